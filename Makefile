@@ -1,0 +1,119 @@
+# Kiln - top-level build. `make run` and `make test` install what is missing
+# (deploy/install-deps.sh), build, and run. Binaries go to $(BUILD)/bin.
+#
+#   make            build everything (optimised) into build/
+#   make run        start nats-server (if none answers), dev provider, store, consumer, gateway
+#   make test       unit + integration tests, built with ASan+UBSan into build/san/
+#   make bench      the benchmark (optimised build)
+#   make clean
+
+BUILD ?= build
+SAN ?= 0
+OPT ?= -O2
+
+PKGS := libnats libprotobuf-c rocksdb libcurl jansson libmicrohttpd libpng zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CC ?= cc
+WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wformat=2
+CFLAGS := -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -I common -I producer -I $(BUILD)/gen $(PKG_CFLAGS)
+LDLIBS := $(PKG_LIBS) -lpthread -lm
+ifeq ($(SAN),1)
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+GEN := $(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h
+COMMON_SRC := $(wildcard common/*.c)
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/kiln.pb-c.o
+CLIENT_OBJ := $(BUILD)/obj/producer/kiln_client.o
+
+obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
+
+BINS := $(BUILD)/bin/kiln-gateway $(BUILD)/bin/kiln-consumer $(BUILD)/bin/kiln-store \
+        $(BUILD)/bin/kiln $(BUILD)/bin/kiln-devprovider
+
+.PHONY: all deps run test unit-test it-test bench clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
+all: $(BINS)
+
+kiln-gateway: $(BUILD)/bin/kiln-gateway
+kiln-consumer: $(BUILD)/bin/kiln-consumer
+kiln-store: $(BUILD)/bin/kiln-store
+kiln: $(BUILD)/bin/kiln
+kiln-devprovider: $(BUILD)/bin/kiln-devprovider
+
+# Installs missing Debian packages (idempotent; quick when nothing is missing).
+deps:
+	@deploy/install-deps.sh
+
+$(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h: proto/kiln.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/kiln.proto
+
+$(BUILD)/obj/gen/kiln.pb-c.o: $(BUILD)/gen/kiln.pb-c.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c $(GEN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/lib/libkilncommon.a: $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BUILD)/lib/libkilnclient.a: $(CLIENT_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BUILD)/bin/kiln-gateway: $(call obj_of,gateway) $(BUILD)/lib/libkilncommon.a
+$(BUILD)/bin/kiln-consumer: $(call obj_of,consumer) $(BUILD)/lib/libkilncommon.a
+$(BUILD)/bin/kiln-store: $(call obj_of,store) $(BUILD)/lib/libkilncommon.a
+$(BUILD)/bin/kiln-devprovider: $(call obj_of,devprovider) $(BUILD)/lib/libkilncommon.a
+$(BUILD)/bin/kiln: $(BUILD)/obj/producer/cli.o $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+$(BINS):
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Tests: Criterion unit tests and integration tests against real daemons.
+UNIT_OBJ := $(call obj_of,tests/unit)
+IT_OBJ := $(call obj_of,tests/integration)
+HARNESS_OBJ := $(BUILD)/obj/tests/harness.o
+$(BUILD)/bin/kiln-unit-tests: $(UNIT_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+$(BUILD)/bin/kiln-it-tests: $(IT_OBJ) $(HARNESS_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+
+tests: $(BINS) $(BUILD)/bin/kiln-unit-tests $(BUILD)/bin/kiln-it-tests
+
+# `make test`: sanitizer build in build/san, then both suites.
+test: deps
+	$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 tests
+	tests/run.sh build/san/bin
+
+unit-test: deps
+	$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 tests
+	tests/run.sh build/san/bin unit
+
+run: deps all
+	deploy/run-dev.sh $(BUILD)/bin
+
+bench: deps
+	$(MAKE) --no-print-directory BUILD=build/bench OPT="-O2 -DNDEBUG" all $(BUILD_BENCH_EXTRA) build/bench/bin/kiln-bench-limit build/bench/bin/kiln-bench
+	bench/run.sh build/bench/bin
+
+BENCH_OBJ = $(call obj_of,bench)
+$(BUILD)/bin/kiln-bench-limit: $(BUILD)/obj/bench/limit.o $(BUILD)/lib/libkilncommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bin/kiln-bench: $(filter-out $(BUILD)/obj/bench/limit.o,$(BENCH_OBJ)) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

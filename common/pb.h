@@ -1,0 +1,29 @@
+/* pb.h - protobuf-c helpers: pack into a malloc'ed buffer, unpack with a size
+ * cap, state names. */
+#ifndef KILN_PB_H
+#define KILN_PB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.pb-c.h"
+#include "status.h"
+
+#define KILN_PB_MAX_BYTES (1024 * 1024) /* largest protobuf payload Kiln accepts */
+
+/* Packs m into a new buffer owned by the caller (free()). */
+kiln_status kiln_pb_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
+
+/* "pending", "processing", "completed", "failed", "cancelled", or "unspecified". */
+const char *kiln_state_name(Kiln__V1__JobState s);
+/* Parses the names above; returns KILN_EINVAL for anything else. */
+kiln_status kiln_state_parse(const char *name, Kiln__V1__JobState *out);
+int kiln_state_is_terminal(Kiln__V1__JobState s);
+
+/* "high", "normal", "low". */
+const char *kiln_priority_name(Kiln__V1__Priority p);
+kiln_status kiln_priority_parse(const char *name, Kiln__V1__Priority *out);
+/* The jobs.generate* subject for a priority. */
+const char *kiln_priority_subject(Kiln__V1__Priority p);
+
+#endif

@@ -1,0 +1,29 @@
+/* provision.h - idempotent create-or-update of Kiln's streams and durable
+ * consumers. Every binary calls it at start so none depends on start order
+ * (and, with interest retention, no job is published before its durables
+ * exist). */
+#ifndef KILN_PROVISION_H
+#define KILN_PROVISION_H
+
+#include <nats/nats.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef struct {
+    int64_t ack_wait_ms;     /* worker durables; default 30000 */
+    int64_t max_ack_pending; /* worker durables; default 20000 */
+    int64_t dup_window_ms;   /* KILN_JOBS duplicate window; default 120000 */
+    int64_t done_max_age_ms; /* KILN_DONE retention; default 7 days */
+    int64_t dead_max_age_ms; /* KILN_DEAD retention; default 30 days */
+} kiln_provision_opts;
+
+/* Fills o with the defaults above. */
+void kiln_provision_opts_init(kiln_provision_opts *o);
+
+/* Creates or updates streams KILN_JOBS, KILN_DONE, KILN_DEAD and the durables
+ * kiln-worker-{high,normal,low} and kiln-store. Safe to call concurrently from
+ * several processes. */
+kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o);
+
+#endif

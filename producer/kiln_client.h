@@ -1,0 +1,84 @@
+/* kiln_client.h - a small C client for Kiln over NATS, for services that
+ * submit jobs and wait for them without going through the HTTP gateway.
+ *
+ *   kiln_client *c = NULL;
+ *   if (kiln_client_connect("nats://127.0.0.1:4222", &c) != KILN_OK) ...
+ *   kiln_job_spec spec; kiln_job_spec_init(&spec);
+ *   spec.user_id = "svc-a"; spec.prompt = "a red fox in snow";
+ *   char id[65];
+ *   kiln_client_submit(c, &spec, id, sizeof id);          // durable when it returns OK
+ *   Kiln__V1__JobStatus *st = NULL;
+ *   kiln_client_wait(c, id, 60000, &st);                  // terminal state or KILN_ETIMEOUT
+ *   kiln__v1__job_status__free_unpacked(st, NULL);
+ *   kiln_client_destroy(c);
+ *
+ * Thread-safety: one kiln_client may be used from several threads. */
+#ifndef KILN_CLIENT_H
+#define KILN_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.pb-c.h"
+#include "status.h"
+
+typedef struct kiln_client kiln_client;
+
+typedef struct {
+    const char *id;              /* NULL: the client makes a UUIDv7 */
+    const char *user_id;         /* required */
+    const char *prompt;          /* required */
+    const char *model;           /* optional */
+    unsigned n;                  /* 0 = 1 */
+    const char *size;            /* optional "WxH" */
+    Kiln__V1__Priority priority; /* default normal */
+    int64_t not_before_ms;       /* 0 = now */
+    unsigned timeout_s;          /* 0 = default */
+    unsigned max_attempts;       /* 0 = default */
+} kiln_job_spec;
+
+void kiln_job_spec_init(kiln_job_spec *s);
+
+/* Connects (comma-separated urls; reconnects forever once connected) and
+ * makes sure Kiln's streams exist. *out is set only on success. */
+kiln_status kiln_client_connect(const char *urls, kiln_client **out);
+void kiln_client_destroy(kiln_client *c); /* NULL-safe; flushes async submits */
+
+/* Validates, publishes to the lane of spec->priority with Nats-Msg-Id = id and
+ * waits for the JetStream ack. Writes the job id to id_out. On invalid input
+ * returns KILN_EINVAL and, if err is given, a sentence naming the field. */
+kiln_status kiln_client_submit(kiln_client *c, const kiln_job_spec *spec, char *id_out,
+                               size_t id_out_len, char *err, size_t errlen);
+
+/* Same without waiting for the ack (for bulk producers); call
+ * kiln_client_flush() to wait for every outstanding ack. *failed counts
+ * publishes JetStream did not acknowledge. */
+kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, char *id_out,
+                                     size_t id_out_len, char *err, size_t errlen);
+kiln_status kiln_client_flush(kiln_client *c, int64_t timeout_ms, uint64_t *failed);
+
+/* jobs.status: the job's current state. KILN_ENOTFOUND when the store does not
+ * know it. Caller frees *out with kiln__v1__job_status__free_unpacked(). */
+kiln_status kiln_client_get(kiln_client *c, const char *id, Kiln__V1__JobStatus **out);
+
+/* Waits until the job is terminal (listens on jobs.done, and checks the
+ * current state first so an already finished job returns at once).
+ * KILN_ETIMEOUT after timeout_ms. Caller frees *out as above. */
+kiln_status kiln_client_wait(kiln_client *c, const char *id, int64_t timeout_ms,
+                             Kiln__V1__JobStatus **out);
+
+/* jobs.cancel: writes the reply's Kiln-Status (e.g. "cancelled",
+ * "already_finished", "not_found") into status_out. */
+kiln_status kiln_client_cancel(kiln_client *c, const char *id, char *status_out, size_t len);
+
+/* A page of a user's jobs, newest first (kiln.store.list). Caller frees *out
+ * with kiln__v1__store_reply__free_unpacked(). cursor may be NULL. */
+kiln_status kiln_client_list(kiln_client *c, const char *user_id, unsigned limit,
+                             const char *cursor, Kiln__V1__StoreReply **out);
+
+/* Calls cb for every jobs.done event until cb returns non-zero or
+ * timeout_ms passes (<0 = forever). */
+typedef int (*kiln_client_done_cb)(const Kiln__V1__JobStatus *st, void *arg);
+kiln_status kiln_client_watch(kiln_client *c, int64_t timeout_ms, kiln_client_done_cb cb, void *arg);
+
+#endif
