@@ -19,6 +19,8 @@
 #define KILN_SUBJ_STORE_CANCEL "kiln.store.cancel"
 #define KILN_SUBJ_STORE_CHECK "kiln.store.check"  /* ids of a fetched batch -> their states */
 #define KILN_SUBJ_STORE_PING "kiln.store.ping"    /* empty -> empty reply: readiness */
+#define KILN_SUBJ_STORE_IDEM "kiln.store.idem"    /* reserve or look up an Idempotency-Key */
+#define KILN_SUBJ_EVENTS_PREFIX "kiln.events."      /* + hex(user) + "." + id: every status change, JobRecord */
 #define KILN_SUBJ_CANCELLED_PREFIX "kiln.cancelled." /* + job id: broadcast to consumers */
 #define KILN_STORE_QUEUE "kiln-store"
 
@@ -28,6 +30,7 @@
 #define KILN_STREAM_JOBS "KILN_JOBS"
 #define KILN_STREAM_DONE "KILN_DONE"
 #define KILN_STREAM_DEAD "KILN_DEAD"
+#define KILN_STREAM_EVENTS "KILN_EVENTS" /* kiln.events.>, limits retention: SSE replay */
 
 #define KILN_DURABLE_HIGH "kiln-worker-high"
 #define KILN_DURABLE_NORMAL "kiln-worker-normal"

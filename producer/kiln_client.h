@@ -6,7 +6,7 @@
  *   kiln_job_spec spec; kiln_job_spec_init(&spec);
  *   spec.user_id = "svc-a"; spec.prompt = "a red fox in snow";
  *   char id[65];
- *   kiln_client_submit(c, &spec, id, sizeof id);          // durable when it returns OK
+ *   kiln_client_submit(c, &spec, id, sizeof id, NULL, 0); // durable when it returns OK
  *   Kiln__V1__JobStatus *st = NULL;
  *   kiln_client_wait(c, id, 60000, &st);                  // terminal state or KILN_ETIMEOUT
  *   kiln__v1__job_status__free_unpacked(st, NULL);
@@ -16,6 +16,7 @@
 #ifndef KILN_CLIENT_H
 #define KILN_CLIENT_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,5 +81,29 @@ kiln_status kiln_client_list(kiln_client *c, const char *user_id, unsigned limit
  * timeout_ms passes (<0 = forever). */
 typedef int (*kiln_client_done_cb)(const Kiln__V1__JobStatus *st, void *arg);
 kiln_status kiln_client_watch(kiln_client *c, int64_t timeout_ms, kiln_client_done_cb cb, void *arg);
+
+/* ---- Additions (beyond the first draft of this header) ------------------ */
+
+/* Default time a request on jobs.status / jobs.cancel / kiln.store.list waits
+ * for its reply, and time a synchronous submit waits for the JetStream ack. */
+#define KILN_CLIENT_REQUEST_TIMEOUT_MS 5000
+
+/* Builds, validates and packs the JobRequest that kiln_client_submit() would
+ * publish, without touching NATS (submit calls it before any NATS call, so
+ * invalid input never reaches the wire). created_at_ms is now. Writes the id
+ * to id_out (needs 37 bytes for a generated id, strlen(spec->id)+1 otherwise).
+ * *buf (malloc'ed, the caller free()s it) and *len are set only on success. */
+kiln_status kiln_client_encode(const kiln_job_spec *spec, char *id_out, size_t id_out_len,
+                               char *err, size_t errlen, uint8_t **buf, size_t *len);
+
+/* Like kiln_client_watch(), but also returns KILN_OK within ~250 ms once
+ * *stop becomes non-zero (e.g. set by a SIGINT handler). stop may be NULL. */
+kiln_status kiln_client_watch_until(kiln_client *c, int64_t timeout_ms, kiln_client_done_cb cb,
+                                    void *arg, const volatile sig_atomic_t *stop);
+
+/* Formats one line "id=... status=... attempts=N created_at=... images=u1,u2
+ * error=code:message" (images/error only when present) into buf. Returns
+ * KILN_EINVAL if buf is too small (buf then holds a truncated line). */
+kiln_status kiln_client_format_status(const Kiln__V1__JobStatus *st, char *buf, size_t len);
 
 #endif

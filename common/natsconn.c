@@ -1,0 +1,202 @@
+/* natsconn.c - the NATS connection every binary uses: reconnects forever,
+ * sends as soon as possible, logs connection events. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "log.h"
+#include "natsconn.h"
+
+#define NATSCONN_MAX_SERVERS 32
+#define NATSCONN_URLS_MAX 4096
+#define NATSCONN_RETRY_MS 250
+#define NATSCONN_RECONNECT_BUF (8 * 1024 * 1024) /* publishes buffered while reconnecting */
+
+kiln_status kiln_nats_status(natsStatus s)
+{
+    switch (s) {
+    case NATS_OK: return KILN_OK;
+    case NATS_TIMEOUT: return KILN_ETIMEOUT;
+    case NATS_NO_MEMORY: return KILN_ENOMEM;
+    case NATS_NO_RESPONDERS:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_NO_SERVER:
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_STALE_CONNECTION:
+    case NATS_IO_ERROR: return KILN_EUNAVAILABLE;
+    default: return KILN_ENATS;
+    }
+}
+
+/* These callbacks run on nats.c's own callback thread. */
+static void natsconn_on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    LOG_WARN("nats disconnected; reconnecting");
+}
+
+static void natsconn_on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)closure;
+    char url[256] = "";
+    if (natsConnection_GetConnectedUrl(nc, url, sizeof url) != NATS_OK) url[0] = '\0';
+    LOG_INFO("nats reconnected url=%s", url);
+}
+
+static void natsconn_on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    LOG_INFO("nats connection closed");
+}
+
+static void natsconn_on_error(natsConnection *nc, natsSubscription *sub, natsStatus err,
+                              void *closure)
+{
+    (void)nc;
+    (void)closure;
+    const char *subj = NULL;
+    if (sub == NULL || natsSubscription_GetSubject(sub) == NULL) subj = "-";
+    else subj = natsSubscription_GetSubject(sub);
+    LOG_WARN("nats async error status=%s subject=%s", natsStatus_GetText(err), subj);
+}
+
+static void natsconn_sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Errors that another try cannot fix. */
+static int natsconn_permanent(natsStatus s)
+{
+    return s == NATS_INVALID_ARG || s == NATS_NO_MEMORY || s == NATS_ADDRESS_MISSING ||
+           s == NATS_CONNECTION_AUTH_FAILED || s == NATS_NOT_PERMITTED ||
+           s == NATS_SECURE_CONNECTION_WANTED || s == NATS_SECURE_CONNECTION_REQUIRED ||
+           s == NATS_SSL_ERROR || s == NATS_FAILED_TO_INITIALIZE;
+}
+
+kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t initial_timeout_ms,
+                                    int64_t max_pending, jsPubAckHandler ack_handler,
+                                    void *ack_closure, natsConnection **nc, jsCtx **js)
+{
+    kiln_status st = KILN_OK;
+    natsStatus s = NATS_OK;
+    natsOptions *opts = NULL;
+    natsConnection *conn = NULL;
+    jsCtx *ctx = NULL;
+    char *copy = NULL;
+    const char *servers[NATSCONN_MAX_SERVERS];
+    int nservers = 0;
+
+    if (urls == NULL || nc == NULL || strlen(urls) > NATSCONN_URLS_MAX) return KILN_EINVAL;
+    copy = strdup(urls);
+    if (copy == NULL) return KILN_ENOMEM;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ", ", &save); tok != NULL; tok = strtok_r(NULL, ", ", &save)) {
+        if (nservers == NATSCONN_MAX_SERVERS) {
+            LOG_ERROR("nats too many servers max=%d", NATSCONN_MAX_SERVERS);
+            st = KILN_EINVAL;
+            goto out;
+        }
+        servers[nservers++] = tok;
+    }
+    if (nservers == 0) {
+        st = KILN_EINVAL;
+        goto out;
+    }
+
+    s = natsOptions_Create(&opts);
+    if (s == NATS_OK) s = natsOptions_SetServers(opts, servers, nservers);
+    if (s == NATS_OK && name != NULL) s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, NATSCONN_RECONNECT_BUF);
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, natsconn_on_disconnected, NULL);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, natsconn_on_reconnected, NULL);
+    if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, natsconn_on_closed, NULL);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, natsconn_on_error, NULL);
+    if (s != NATS_OK) {
+        LOG_ERROR("nats options status=%s", natsStatus_GetText(s));
+        st = kiln_nats_status(s);
+        goto out;
+    }
+
+    int64_t deadline = kiln_mono_ms() + (initial_timeout_ms > 0 ? initial_timeout_ms : 0);
+    int warned = 0;
+    for (;;) {
+        s = natsConnection_Connect(&conn, opts);
+        if (s == NATS_OK) break;
+        conn = NULL;
+        if (natsconn_permanent(s) || kiln_mono_ms() + NATSCONN_RETRY_MS > deadline) {
+            LOG_ERROR("nats connect failed urls=%s status=%s", urls, natsStatus_GetText(s));
+            st = kiln_nats_status(s);
+            goto out;
+        }
+        if (!warned) {
+            LOG_WARN("nats connect failed, retrying urls=%s status=%s timeout_ms=%lld", urls,
+                     natsStatus_GetText(s), (long long)initial_timeout_ms);
+            warned = 1;
+        }
+        natsconn_sleep_ms(NATSCONN_RETRY_MS);
+    }
+
+    if (js != NULL) {
+        jsOptions jo;
+        s = jsOptions_Init(&jo);
+        if (s == NATS_OK) {
+            if (max_pending > 0) jo.PublishAsync.MaxPending = max_pending;
+            jo.PublishAsync.AckHandler = ack_handler;
+            jo.PublishAsync.AckHandlerClosure = ack_closure;
+            s = natsConnection_JetStream(&ctx, conn, &jo);
+        }
+        if (s != NATS_OK) {
+            LOG_ERROR("nats jetstream context status=%s", natsStatus_GetText(s));
+            ctx = NULL;
+            st = kiln_nats_status(s);
+            goto out;
+        }
+    }
+    char url[256] = "";
+    if (natsConnection_GetConnectedUrl(conn, url, sizeof url) != NATS_OK) url[0] = '\0';
+    LOG_INFO("nats connected url=%s name=%s", url, name != NULL ? name : "");
+
+    *nc = conn;
+    conn = NULL;
+    if (js != NULL) {
+        *js = ctx;
+        ctx = NULL;
+    }
+
+out:
+    jsCtx_Destroy(ctx);
+    if (conn != NULL) {
+        natsConnection_Close(conn);
+        natsConnection_Destroy(conn);
+    }
+    natsOptions_Destroy(opts);
+    free(copy);
+    return st;
+}
+
+kiln_status kiln_nats_connect(const char *urls, const char *name, int64_t initial_timeout_ms,
+                              natsConnection **nc, jsCtx **js)
+{
+    return kiln_nats_connect_async(urls, name, initial_timeout_ms, 0, NULL, NULL, nc, js);
+}
+
+void kiln_nats_close(natsConnection *nc, jsCtx *js)
+{
+    jsCtx_Destroy(js);
+    if (nc == NULL) return;
+    /* Push out what is still buffered (SendAsap makes this usually nothing). */
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
+        (void)natsConnection_FlushTimeout(nc, 1000);
+    natsConnection_Close(nc);
+    natsConnection_Destroy(nc);
+}

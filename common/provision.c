@@ -1,0 +1,194 @@
+/* provision.c - idempotent create-or-update of Kiln's streams and durable consumers. */
+#include <string.h>
+
+#include "log.h"
+#include "natsconn.h"
+#include "provision.h"
+#include "subjects.h"
+
+#define PROV_NS_PER_MS 1000000LL
+#define PROV_STORE_ACK_WAIT_MS 30000
+#define PROV_STORE_MAX_ACK_PENDING 50000
+
+void kiln_provision_opts_init(kiln_provision_opts *o)
+{
+    if (o == NULL) return;
+    o->ack_wait_ms = 30000;
+    o->max_ack_pending = 20000;
+    o->dup_window_ms = 120000;
+    o->done_max_age_ms = 7LL * 24 * 3600 * 1000;
+    o->dead_max_age_ms = 30LL * 24 * 3600 * 1000;
+}
+
+static const char *prov_err_text(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t != NULL && t[0] != '\0' ? t : natsStatus_GetText(s);
+}
+
+/* Adds the stream if it does not exist, else updates it to cfg. */
+static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    const char *action = "updated";
+    natsStatus s = js_GetStreamInfo(&si, js, cfg->Name, NULL, &jerr);
+    jsStreamInfo_Destroy(si);
+    si = NULL;
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        jerr = 0;
+        s = js_AddStream(&si, js, cfg, NULL, &jerr);
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        action = "created";
+        /* Another process created it between our get and add: update instead. */
+        if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+            jerr = 0;
+            s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
+            jsStreamInfo_Destroy(si);
+            si = NULL;
+            action = "updated";
+        }
+    } else if (s == NATS_OK) {
+        s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+    }
+    if (s != NATS_OK) {
+        LOG_ERROR("provision stream failed stream=%s status=%s js_err=%d error=\"%s\"", cfg->Name,
+                  natsStatus_GetText(s), (int)jerr, prov_err_text(s));
+        return kiln_nats_status(s);
+    }
+    LOG_DEBUG("provision stream=%s action=%s", cfg->Name, action);
+    return KILN_OK;
+}
+
+/* Adds the durable if it does not exist, else updates it to cfg. */
+static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig *cfg)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    const char *action = "updated";
+    natsStatus s = js_GetConsumerInfo(&ci, js, stream, cfg->Durable, NULL, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    ci = NULL;
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        jerr = 0;
+        s = js_AddConsumer(&ci, js, stream, cfg, NULL, &jerr);
+        jsConsumerInfo_Destroy(ci);
+        ci = NULL;
+        action = "created";
+        if (s != NATS_OK && (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)) {
+            jerr = 0;
+            s = js_UpdateConsumer(&ci, js, stream, cfg, NULL, &jerr);
+            jsConsumerInfo_Destroy(ci);
+            ci = NULL;
+            action = "updated";
+        }
+    } else if (s == NATS_OK) {
+        s = js_UpdateConsumer(&ci, js, stream, cfg, NULL, &jerr);
+        jsConsumerInfo_Destroy(ci);
+        ci = NULL;
+    }
+    if (s != NATS_OK) {
+        LOG_ERROR("provision consumer failed stream=%s durable=%s status=%s js_err=%d error=\"%s\"",
+                  stream, cfg->Durable, natsStatus_GetText(s), (int)jerr, prov_err_text(s));
+        return kiln_nats_status(s);
+    }
+    LOG_DEBUG("provision consumer=%s stream=%s action=%s", cfg->Durable, stream, action);
+    return KILN_OK;
+}
+
+kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
+{
+    kiln_provision_opts def;
+    kiln_status st = KILN_OK;
+    natsStatus s = NATS_OK;
+    if (js == NULL) return KILN_EINVAL;
+    if (o == NULL) {
+        kiln_provision_opts_init(&def);
+        o = &def;
+    }
+
+    /* KILN_JOBS: the three lanes and the transitions; interest retention
+     * keeps a message until the lane's worker durable and the store acked it. */
+    static const char *jobs_subjects[] = {KILN_SUBJ_GENERATE, KILN_SUBJ_GENERATE_HIGH,
+                                          KILN_SUBJ_GENERATE_LOW, KILN_SUBJ_TRANSITION};
+    jsStreamConfig jobs;
+    s = jsStreamConfig_Init(&jobs);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    jobs.Name = KILN_STREAM_JOBS;
+    jobs.Subjects = jobs_subjects;
+    jobs.SubjectsLen = (int)(sizeof jobs_subjects / sizeof jobs_subjects[0]);
+    jobs.Retention = js_InterestPolicy;
+    jobs.Storage = js_FileStorage;
+    jobs.Duplicates = o->dup_window_ms * PROV_NS_PER_MS;
+    st = prov_stream(js, &jobs);
+    if (st != KILN_OK) return st;
+
+    static const char *done_subjects[] = {KILN_SUBJ_DONE};
+    jsStreamConfig done;
+    s = jsStreamConfig_Init(&done);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    done.Name = KILN_STREAM_DONE;
+    done.Subjects = done_subjects;
+    done.SubjectsLen = 1;
+    done.Retention = js_LimitsPolicy;
+    done.Storage = js_FileStorage;
+    done.MaxAge = o->done_max_age_ms * PROV_NS_PER_MS;
+    st = prov_stream(js, &done);
+    if (st != KILN_OK) return st;
+
+    static const char *dead_subjects[] = {KILN_SUBJ_DEAD};
+    jsStreamConfig dead;
+    s = jsStreamConfig_Init(&dead);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    dead.Name = KILN_STREAM_DEAD;
+    dead.Subjects = dead_subjects;
+    dead.SubjectsLen = 1;
+    dead.Retention = js_LimitsPolicy;
+    dead.Storage = js_FileStorage;
+    dead.MaxAge = o->dead_max_age_ms * PROV_NS_PER_MS;
+    st = prov_stream(js, &dead);
+    if (st != KILN_OK) return st;
+
+    static const struct {
+        const char *durable;
+        const char *filter;
+    } lanes[] = {
+        {KILN_DURABLE_HIGH, KILN_SUBJ_GENERATE_HIGH},
+        {KILN_DURABLE_NORMAL, KILN_SUBJ_GENERATE},
+        {KILN_DURABLE_LOW, KILN_SUBJ_GENERATE_LOW},
+    };
+    for (size_t i = 0; i < sizeof lanes / sizeof lanes[0]; i++) {
+        jsConsumerConfig cc;
+        s = jsConsumerConfig_Init(&cc);
+        if (s != NATS_OK) return kiln_nats_status(s);
+        cc.Durable = lanes[i].durable;
+        cc.FilterSubject = lanes[i].filter;
+        cc.DeliverPolicy = js_DeliverAll;
+        cc.AckPolicy = js_AckExplicit;
+        cc.AckWait = o->ack_wait_ms * PROV_NS_PER_MS;
+        cc.MaxAckPending = o->max_ack_pending;
+        cc.MaxDeliver = -1; /* Kiln counts attempts itself */
+        st = prov_consumer(js, KILN_STREAM_JOBS, &cc);
+        if (st != KILN_OK) return st;
+    }
+
+    jsConsumerConfig store;
+    s = jsConsumerConfig_Init(&store);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    store.Durable = KILN_DURABLE_STORE;
+    store.DeliverPolicy = js_DeliverAll;
+    store.AckPolicy = js_AckExplicit;
+    store.AckWait = PROV_STORE_ACK_WAIT_MS * PROV_NS_PER_MS;
+    store.MaxAckPending = PROV_STORE_MAX_ACK_PENDING;
+    store.MaxDeliver = -1;
+    st = prov_consumer(js, KILN_STREAM_JOBS, &store);
+    if (st != KILN_OK) return st;
+
+    LOG_INFO("provisioned streams=%s,%s,%s ack_wait_ms=%lld max_ack_pending=%lld", KILN_STREAM_JOBS,
+             KILN_STREAM_DONE, KILN_STREAM_DEAD, (long long)o->ack_wait_ms,
+             (long long)o->max_ack_pending);
+    return KILN_OK;
+}

@@ -1,0 +1,133 @@
+/* attempts.c - per-prompt attempt counters: a chained hash table with an LRU
+ * list for eviction, under one mutex. Keys are two independent 64-bit hashes
+ * of the prompt, so memory does not depend on prompt length. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "attempts.h"
+#include "hash.h"
+
+#define ATTEMPTS_SEED_A 0x6b696c6e2d61ULL /* "kiln-a" */
+#define ATTEMPTS_SEED_B 0x6b696c6e2d62ULL /* "kiln-b" */
+
+typedef struct attempts_entry {
+    uint64_t ka, kb;
+    uint64_t count;
+    struct attempts_entry *chain;            /* next in the bucket */
+    struct attempts_entry *newer, *older;    /* LRU list */
+} attempts_entry;
+
+struct dev_attempts {
+    pthread_mutex_t mu;
+    attempts_entry **buckets;
+    size_t nbuckets; /* power of two */
+    size_t size, max;
+    attempts_entry *newest, *oldest;
+};
+
+kiln_status dev_attempts_create(size_t max_entries, dev_attempts **out)
+{
+    if (out == NULL || max_entries == 0) return KILN_EINVAL;
+    dev_attempts *t = calloc(1, sizeof *t);
+    if (t == NULL) return KILN_ENOMEM;
+    t->nbuckets = 64;
+    while (t->nbuckets < max_entries) t->nbuckets <<= 1;
+    t->buckets = calloc(t->nbuckets, sizeof *t->buckets);
+    if (t->buckets == NULL) {
+        free(t);
+        return KILN_ENOMEM;
+    }
+    if (pthread_mutex_init(&t->mu, NULL) != 0) {
+        free(t->buckets);
+        free(t);
+        return KILN_ERR;
+    }
+    t->max = max_entries;
+    *out = t;
+    return KILN_OK;
+}
+
+void dev_attempts_destroy(dev_attempts *t)
+{
+    if (t == NULL) return;
+    attempts_entry *e = t->newest;
+    while (e != NULL) {
+        attempts_entry *next = e->older;
+        free(e);
+        e = next;
+    }
+    pthread_mutex_destroy(&t->mu);
+    free(t->buckets);
+    free(t);
+}
+
+static void attempts_lru_unlink(dev_attempts *t, attempts_entry *e)
+{
+    if (e->newer != NULL) e->newer->older = e->older;
+    else t->newest = e->older;
+    if (e->older != NULL) e->older->newer = e->newer;
+    else t->oldest = e->newer;
+    e->newer = e->older = NULL;
+}
+
+static void attempts_lru_push(dev_attempts *t, attempts_entry *e)
+{
+    e->newer = NULL;
+    e->older = t->newest;
+    if (t->newest != NULL) t->newest->newer = e;
+    t->newest = e;
+    if (t->oldest == NULL) t->oldest = e;
+}
+
+/* Removes the least recently used entry from its bucket and the list. */
+static void attempts_evict(dev_attempts *t)
+{
+    attempts_entry *victim = t->oldest;
+    if (victim == NULL) return;
+    attempts_entry **pp = &t->buckets[victim->ka & (t->nbuckets - 1)];
+    while (*pp != NULL && *pp != victim) pp = &(*pp)->chain;
+    if (*pp == victim) *pp = victim->chain;
+    attempts_lru_unlink(t, victim);
+    free(victim);
+    t->size--;
+}
+
+uint64_t dev_attempts_next(dev_attempts *t, const char *prompt, size_t len)
+{
+    if (t == NULL || prompt == NULL) return 1;
+    uint64_t ka = dev_hash64(prompt, len, ATTEMPTS_SEED_A);
+    uint64_t kb = dev_hash64(prompt, len, ATTEMPTS_SEED_B);
+    uint64_t n = 1;
+    pthread_mutex_lock(&t->mu);
+    attempts_entry **bucket = &t->buckets[ka & (t->nbuckets - 1)];
+    attempts_entry *e = *bucket;
+    while (e != NULL && (e->ka != ka || e->kb != kb)) e = e->chain;
+    if (e != NULL) {
+        n = ++e->count;
+        attempts_lru_unlink(t, e);
+        attempts_lru_push(t, e);
+        goto out;
+    }
+    if (t->size >= t->max) attempts_evict(t);
+    e = calloc(1, sizeof *e);
+    if (e == NULL) goto out; /* out of memory: count as a first attempt */
+    e->ka = ka;
+    e->kb = kb;
+    e->count = 1;
+    e->chain = *bucket;
+    *bucket = e;
+    attempts_lru_push(t, e);
+    t->size++;
+out:
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+size_t dev_attempts_size(dev_attempts *t)
+{
+    if (t == NULL) return 0;
+    pthread_mutex_lock(&t->mu);
+    size_t n = t->size;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
