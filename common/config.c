@@ -115,14 +115,27 @@ static void config_fmt_duration(int64_t ms, char *buf, size_t len)
     else snprintf(buf, len, "%" PRId64 "ms", ms);
 }
 
+static const char *config_str(const char *s) { return s != NULL ? s : ""; }
+
+static void config_default_text(const kiln_setting *s, char *buf, size_t len)
+{
+    if (s->def == NULL) snprintf(buf, len, "(required)");
+    else if (s->def[0] == '\0') snprintf(buf, len, "(default \"\")");
+    else snprintf(buf, len, "(default %s)", s->def);
+}
+
+/* One line per setting: flag, environment variable, default, help, range. */
 static void config_print_usage(const kiln_setting *table, size_t n, const char *prog,
                                const char *summary)
 {
-    size_t wflag = 0, wenv = 0;
+    size_t wflag = strlen("--help"), wenv = 0, wdef = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t f = strlen(table[i].flag) + 3 + strlen(config_type_hint(table[i].type));
+        char def[200];
+        config_default_text(&table[i], def, sizeof def);
+        size_t f = strlen(config_str(table[i].flag)) + 3 + strlen(config_type_hint(table[i].type));
         if (f > wflag) wflag = f;
-        if (strlen(table[i].env) > wenv) wenv = strlen(table[i].env);
+        if (strlen(config_str(table[i].env)) > wenv) wenv = strlen(config_str(table[i].env));
+        if (strlen(def) > wdef) wdef = strlen(def);
     }
     printf("Usage: %s [flags]\n", prog != NULL ? prog : "kiln");
     if (summary != NULL && summary[0] != '\0') printf("%s\n", summary);
@@ -131,11 +144,9 @@ static void config_print_usage(const kiln_setting *table, size_t n, const char *
     for (size_t i = 0; i < n; i++) {
         const kiln_setting *s = &table[i];
         char flag[160];
-        snprintf(flag, sizeof flag, "--%s %s", s->flag, config_type_hint(s->type));
+        snprintf(flag, sizeof flag, "--%s %s", config_str(s->flag), config_type_hint(s->type));
         char def[200];
-        if (s->def == NULL) snprintf(def, sizeof def, "(required)");
-        else if (s->def[0] == '\0') snprintf(def, sizeof def, "(default \"\")");
-        else snprintf(def, sizeof def, "(default %s)", s->def);
+        config_default_text(s, def, sizeof def);
         char range[96] = "";
         if (s->min <= s->max && s->type == KILN_SET_INT)
             snprintf(range, sizeof range, " [%" PRId64 "..%" PRId64 "]", s->min, s->max);
@@ -145,10 +156,11 @@ static void config_print_usage(const kiln_setting *table, size_t n, const char *
             config_fmt_duration(s->max, b, sizeof b);
             snprintf(range, sizeof range, " [%s..%s]", a, b);
         }
-        printf("  %-*s  %-*s  %s  %s%s\n", (int)wflag, flag, (int)wenv, s->env, def,
-               s->help != NULL ? s->help : "", range);
+        printf("  %-*s  %-*s  %-*s  %s%s\n", (int)wflag, flag, (int)wenv, config_str(s->env),
+               (int)wdef, def, config_str(s->help), range);
     }
-    printf("  %-*s  %-*s  %s\n", (int)wflag, "--help", (int)wenv, "", "print this help");
+    printf("  %-*s  %-*s  %-*s  %s\n", (int)wflag, "--help", (int)wenv, "", (int)wdef, "",
+           "print this help");
 }
 
 /* Names where a value came from, for error messages: "KILN_X=v" or "--x=v". */
@@ -263,7 +275,11 @@ kiln_status kiln_config_load(const kiln_setting *table, size_t n, int argc, char
     for (size_t i = 0; i < n; i++) {
         text[i] = table[i].def;
         src[i] = table[i].def != NULL ? SRC_DEFAULT : SRC_NONE;
-        const char *e = table[i].env != NULL ? getenv(table[i].env) : NULL;
+        if (table[i].dst == NULL || table[i].flag == NULL || table[i].env == NULL) {
+            snprintf(err, errlen, "bad settings table entry %zu", i);
+            return KILN_EINVAL;
+        }
+        const char *e = getenv(table[i].env);
         if (e != NULL) {
             text[i] = e;
             src[i] = SRC_ENV;

@@ -33,8 +33,8 @@ kiln_status kiln_nats_status(natsStatus s)
 /* These callbacks run on nats.c's own callback thread. */
 static void natsconn_on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)nc;
     (void)closure;
+    if (natsConnection_IsClosed(nc)) return; /* a close, not an outage: on_closed logs it */
     LOG_WARN("nats disconnected; reconnecting");
 }
 

@@ -101,14 +101,19 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
 
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
 {
-    kiln_provision_opts def;
+    kiln_provision_opts def, eff;
     kiln_status st = KILN_OK;
     natsStatus s = NATS_OK;
     if (js == NULL) return KILN_EINVAL;
-    if (o == NULL) {
-        kiln_provision_opts_init(&def);
-        o = &def;
-    }
+    kiln_provision_opts_init(&def);
+    /* Unset (<= 0) fields take their defaults. */
+    eff = o != NULL ? *o : def;
+    if (eff.ack_wait_ms <= 0) eff.ack_wait_ms = def.ack_wait_ms;
+    if (eff.max_ack_pending <= 0) eff.max_ack_pending = def.max_ack_pending;
+    if (eff.dup_window_ms <= 0) eff.dup_window_ms = def.dup_window_ms;
+    if (eff.done_max_age_ms <= 0) eff.done_max_age_ms = def.done_max_age_ms;
+    if (eff.dead_max_age_ms <= 0) eff.dead_max_age_ms = def.dead_max_age_ms;
+    o = &eff;
 
     /* KILN_JOBS: the three lanes and the transitions; interest retention
      * keeps a message until the lane's worker durable and the store acked it. */

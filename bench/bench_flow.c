@@ -1,0 +1,186 @@
+/* bench_flow.c - the job-flow workloads: kiln-W1/W2 (bulk submit through the
+ * client library, then every jobs.done), the backlog drain, and kiln-W3
+ * (submit -> jobs.done latency at a steady rate). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "bench_util.h"
+#include "kiln_client.h"
+
+/* Submits job index i of prefix without waiting for its ack. */
+static kiln_status flow_submit(kiln_client *c, const char *prefix, unsigned i)
+{
+    char id[BENCH_ID_MAX], out[BENCH_ID_MAX], err[256] = "";
+    kiln_job_spec spec;
+    kiln_job_spec_init(&spec);
+    bench_id(id, sizeof id, prefix, i);
+    spec.id = id;
+    spec.user_id = BENCH_USER;
+    spec.prompt = BENCH_PROMPT;
+    kiln_status st = kiln_client_submit_async(c, &spec, out, sizeof out, err, sizeof err);
+    if (st != KILN_OK) fprintf(stderr, "bench: submit %s: %s %s\n", id, kiln_status_str(st), err);
+    return st;
+}
+
+/* Latencies done_us[i] - sub_us[i] of the jobs that finished. */
+static void flow_latency(const bench_done *d, const int64_t *sub_us, double *p50, double *p99)
+{
+    int64_t *lat = malloc(sizeof *lat * d->n);
+    size_t k = 0;
+    *p50 = *p99 = -1;
+    if (lat == NULL) return;
+    for (unsigned i = 0; i < d->n; i++)
+        if (d->done_us[i] != 0 && sub_us[i] != 0) lat[k++] = d->done_us[i] - sub_us[i];
+    bench_percentiles_ms(lat, k, p50, p99);
+    free(lat);
+}
+
+static void flow_extra(char *buf, size_t len, const bench_done *d, uint64_t failed)
+{
+    snprintf(buf, len, "done=%u not_completed=%u dup_events=%u submit_failed=%" PRIu64,
+             atomic_load(&d->done), atomic_load(&d->not_completed), atomic_load(&d->dups), failed);
+}
+
+int bench_w12(const bench_args *a)
+{
+    kiln_client *c = NULL;
+    bench_done d;
+    int64_t *sub_us = NULL;
+    char prefix[48], extra[256];
+    uint64_t failed = 0;
+    int rc = 1;
+    double p50, p99;
+
+    bench_prefix(prefix, sizeof prefix, "w");
+    memset(&d, 0, sizeof d);
+    sub_us = calloc(a->jobs, sizeof *sub_us);
+    if (sub_us == NULL) goto out;
+    if (kiln_client_connect(a->url, &c) != KILN_OK) {
+        fprintf(stderr, "bench: cannot connect to %s\n", a->url);
+        goto out;
+    }
+    if (bench_done_start(&d, a->url, prefix, a->jobs) != KILN_OK) goto out;
+
+    int64_t t0 = bench_now_us();
+    for (unsigned i = 0; i < a->jobs; i++) {
+        sub_us[i] = bench_now_us();
+        if (flow_submit(c, prefix, i) != KILN_OK) goto out;
+    }
+    kiln_status st = kiln_client_flush(c, a->timeout_ms, &failed);
+    int64_t t1 = bench_now_us();
+    if (st != KILN_OK) {
+        fprintf(stderr, "bench: flush: %s\n", kiln_status_str(st));
+        goto out;
+    }
+    snprintf(extra, sizeof extra, "submit_failed=%" PRIu64, failed);
+    /* Per-publish ack times are internal to the client library: no percentiles. */
+    bench_fig("kiln-W1", "W1", a->jobs, (t1 - t0) / 1e6, -1, -1, extra);
+
+    st = bench_done_wait(&d, a->timeout_ms);
+    int64_t t2 = bench_now_us();
+    flow_latency(&d, sub_us, &p50, &p99);
+    flow_extra(extra, sizeof extra, &d, failed);
+    /* On a timeout the line reports the jobs that did finish within it. */
+    bench_fig("kiln-W2", "W2", atomic_load(&d.done), (t2 - t0) / 1e6, p50, p99, extra);
+    if (st != KILN_OK) fprintf(stderr, "bench: W2: only %u of %u jobs done within %" PRId64 " ms\n",
+                               atomic_load(&d.done), a->jobs, a->timeout_ms);
+    rc = st == KILN_OK ? 0 : 1;
+out:
+    bench_done_stop(&d);
+    kiln_client_destroy(c);
+    free(sub_us);
+    return rc;
+}
+
+int bench_backlog(const bench_args *a)
+{
+    kiln_client *c = NULL;
+    bench_done d;
+    char prefix[48], extra[256];
+    uint64_t failed = 0;
+    int rc = 1;
+
+    bench_prefix(prefix, sizeof prefix, "b");
+    memset(&d, 0, sizeof d);
+    if (kiln_client_connect(a->url, &c) != KILN_OK) {
+        fprintf(stderr, "bench: cannot connect to %s\n", a->url);
+        goto out;
+    }
+    if (bench_done_start(&d, a->url, prefix, a->jobs) != KILN_OK) goto out;
+    for (unsigned i = 0; i < a->jobs; i++)
+        if (flow_submit(c, prefix, i) != KILN_OK) goto out;
+    if (kiln_client_flush(c, a->timeout_ms, &failed) != KILN_OK || failed > 0) {
+        fprintf(stderr, "bench: backlog publish not fully acknowledged failed=%" PRIu64 "\n", failed);
+        goto out;
+    }
+    /* Tell run.sh to start the consumer; the clock starts now. */
+    FILE *f = fopen(a->ready_file, "w");
+    if (f == NULL) {
+        fprintf(stderr, "bench: cannot create %s\n", a->ready_file);
+        goto out;
+    }
+    fclose(f);
+    int64_t t0 = bench_now_us();
+    kiln_status st = bench_done_wait(&d, a->timeout_ms);
+    int64_t t1 = bench_now_us();
+    flow_extra(extra, sizeof extra, &d, failed);
+    bench_fig("kiln-drain", "backlog", atomic_load(&d.done), (t1 - t0) / 1e6, -1, -1, extra);
+    rc = st == KILN_OK ? 0 : 1;
+out:
+    bench_done_stop(&d);
+    kiln_client_destroy(c);
+    return rc;
+}
+
+int bench_w3(const bench_args *a)
+{
+    kiln_client *c = NULL;
+    bench_done d;
+    int64_t *sub_us = NULL;
+    char prefix[48], extra[256];
+    uint64_t failed = 0;
+    int rc = 1;
+    double p50, p99;
+    unsigned n = a->rate * a->secs;
+
+    bench_prefix(prefix, sizeof prefix, "l");
+    memset(&d, 0, sizeof d);
+    if (n == 0 || n > BENCH_MAX_JOBS) goto out;
+    sub_us = calloc(n, sizeof *sub_us);
+    if (sub_us == NULL) goto out;
+    if (kiln_client_connect(a->url, &c) != KILN_OK) {
+        fprintf(stderr, "bench: cannot connect to %s\n", a->url);
+        goto out;
+    }
+    if (bench_done_start(&d, a->url, prefix, n) != KILN_OK) goto out;
+
+    /* Open loop: job i is due at t0 + i/rate whatever happened before, so a
+     * slow system cannot slow the offered load down. */
+    int64_t t0 = bench_now_us() + 1000;
+    unsigned late = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int64_t due = t0 + (int64_t)i * 1000000 / a->rate;
+        bench_sleep_until_us(due);
+        sub_us[i] = bench_now_us();
+        if (sub_us[i] - due > 1000) late++;
+        if (flow_submit(c, prefix, i) != KILN_OK) goto out;
+    }
+    int64_t t1 = bench_now_us();
+    kiln_status st = kiln_client_flush(c, a->timeout_ms, &failed);
+    if (st == KILN_OK) st = bench_done_wait(&d, a->timeout_ms);
+    flow_latency(&d, sub_us, &p50, &p99);
+    flow_extra(extra, sizeof extra, &d, failed);
+    size_t off = strlen(extra);
+    snprintf(extra + off, sizeof extra - off, " offered_rate=%u late_submits=%u", a->rate, late);
+    bench_fig("kiln-W3", "W3", atomic_load(&d.done), (t1 - t0) / 1e6, p50, p99, extra);
+    if (st != KILN_OK) fprintf(stderr, "bench: W3: only %u of %u jobs done\n", atomic_load(&d.done), n);
+    rc = st == KILN_OK ? 0 : 1;
+out:
+    bench_done_stop(&d);
+    kiln_client_destroy(c);
+    free(sub_us);
+    return rc;
+}

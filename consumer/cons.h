@@ -1,0 +1,231 @@
+/* cons.h - the consumer's internal modules and the job object they share.
+ *
+ * Threads (see main.c):
+ *   fetch      fetcher.c: pulls jobs, store check, decides, hands runnable jobs on
+ *   transfers  transfers.c: one libcurl multi handle for all provider calls,
+ *              in-progress acks, cancellations, stuck-publish sweeping
+ *   libnats    publish.c's ack handler and cancel.c's subscription run here
+ *   main       settings, wiring, signals, drain
+ *
+ * A job is owned by exactly one thread at a time: the fetch thread until it is
+ * handed to the transfer thread (or finished), the transfer thread while its
+ * call runs, then whichever thread receives its publish acks. The registry
+ * (registry.c) only lets other threads find a job to send in-progress acks or
+ * set its cancel flag, under the registry mutex. */
+#ifndef KILN_CONS_H
+#define KILN_CONS_H
+
+#include <nats/nats.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jobreq.h"
+#include "kiln.pb-c.h"
+#include "metrics.h"
+#include "status.h"
+
+#define CONS_MAX_IMAGES KILN_N_MAX
+#define CONS_ERR_MSG_MAX 512     /* provider error messages kept per job */
+#define CONS_REASON_MAX 600      /* Kiln-Reason header value */
+#define CONS_RESPONSE_MAX (64 * 1024 * 1024) /* provider response body cap */
+#define CONS_URL_MAX 4096        /* image URL passed through from the provider */
+#define CONS_FETCH_MAX 256       /* largest fetch batch */
+
+/* Settings, filled once by main.c and read-only afterwards. */
+typedef struct {
+    char *nats_url;
+    char *data_dir;
+    int64_t concurrency;
+    char *provider_url;
+    char *provider_key;
+    int64_t ack_wait_ms;
+    int64_t retry_base_ms;
+    int64_t retry_cap_ms;
+    int64_t drain_timeout_ms;
+    char *log_level;
+    char *metrics_addr;
+} cons_settings;
+
+/* Process-wide context shared by the modules (set up by main.c). */
+typedef struct {
+    const cons_settings *set;
+    natsConnection *nc;
+    jsCtx *js;
+    atomic_bool stopping;   /* SIGTERM: stop fetching */
+    kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
+        *m_in_flight, *m_provider_ms;
+} cons_ctx;
+
+extern cons_ctx cons_g;
+
+/* ---- job state machine (job.c) ---- */
+
+typedef enum {
+    CONS_JOB_FETCHED = 0, /* message received, slot held */
+    CONS_JOB_CHECKED,     /* store check applied, attempt known */
+    CONS_JOB_RUNNING,     /* provider call in the transfer thread */
+    CONS_JOB_PUBLISHING,  /* result publishes in flight, waiting for JetStream acks */
+    CONS_JOB_ACKED,       /* final: message acked */
+    CONS_JOB_NAKED,       /* final: message nak'd with a delay (retry, not yet due, drain) */
+    CONS_JOB_TERMINATED,  /* final: message Term'd (dead-lettered invalid input) */
+    CONS_JOB_ABANDONED,   /* final: a publish failed; left unacked for redelivery */
+} cons_job_state;
+
+typedef enum { CONS_FINAL_ACK = 0, CONS_FINAL_NAK, CONS_FINAL_TERM } cons_final;
+
+typedef enum { CONS_STEP_TX = 0, CONS_STEP_DEAD } cons_step;
+
+typedef struct {
+    char *url;            /* owned */
+    uint64_t size_bytes;  /* 0 for pass-through URLs */
+} cons_image;
+
+typedef struct cons_job cons_job;
+struct cons_job {
+    cons_job_state state;
+    natsMsg *msg;                 /* the original job message; owned */
+    Kiln__V1__JobRequest *req;    /* decoded request or NULL; owned */
+    char id[KILN_ID_MAX_LEN + 1]; /* "" when unreadable */
+    uint64_t num_delivered;
+    uint64_t stream_seq;
+    const char *lane;             /* "high", "normal", "low" */
+    unsigned attempt;             /* provider attempt number, 1-based (0: never started) */
+    unsigned max_attempts;
+
+    /* Outcome, decided once, then carried out by job.c's publish chain. */
+    Kiln__V1__JobState tx_state;  /* transition to publish; UNSPECIFIED = none */
+    char err_code[48];
+    char err_msg[CONS_ERR_MSG_MAX];
+    int64_t retry_at_ms;
+    cons_image images[CONS_MAX_IMAGES];
+    size_t n_images;
+    char dead_reason[CONS_REASON_MAX]; /* "" = no dead letter */
+    cons_step steps[2];
+    int n_steps, step;
+    cons_final final;
+    int64_t nak_delay_ms;
+    bool truncate_prompt;         /* invalid request: transition carries a shortened prompt */
+
+    /* Publish-ack tracking (registry.c, under its mutex). */
+    natsMsg *pending_pub;         /* the published message we wait an ack for */
+    int64_t pub_deadline_mono;
+    cons_job *pub_next;           /* hash bucket chain */
+    cons_job *reg_prev, *reg_next;/* registry list */
+    bool in_registry;
+
+    /* Provider call (transfer thread only). */
+    void *easy;                   /* CURL * */
+    void *headers;                /* struct curl_slist * */
+    char *req_body;
+    char *resp;
+    size_t resp_len, resp_cap;
+    bool resp_too_large;
+    int64_t retry_after_ms;
+    int64_t started_mono;
+    atomic_bool cancel;           /* set by the cancel subscription */
+    cons_job *next;               /* transfer hand-off queue / running list */
+};
+
+/* Creates a job for a fetched message (takes ownership of msg) and decodes it. */
+kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out);
+/* Store facts for a job; known=false when the store did not answer or does not know the id. */
+typedef struct {
+    bool answered;   /* the store replied to the batch's check */
+    bool known;      /* the store has a record for this id */
+    Kiln__V1__JobState state;
+    unsigned attempts;
+} cons_store_info;
+/* Fetch thread: decides what to do with a checked job (skip, nak, invalid, run). */
+void cons_job_dispatch(cons_job *j, const cons_store_info *si);
+/* Transfer thread: the provider call ended; classify and carry out the outcome. */
+void cons_job_transfer_done(cons_job *j, int curl_code, long http_status);
+/* Transfer thread: the job was cancelled while in flight here. */
+void cons_job_cancelled(cons_job *j);
+/* Transfer thread (drain timeout): hand the job back with nak(0), no transition. */
+void cons_job_hand_back(cons_job *j);
+/* Ack-handler thread: the publish of the current step was acked (ok) or failed. */
+void cons_job_published(cons_job *j, bool ok, const char *err);
+/* Transfer thread: a publish ack never came; give the job up for redelivery. */
+void cons_job_abandon(cons_job *j, const char *why);
+const char *cons_job_state_name(cons_job_state s);
+
+/* ---- slots.c: bounded in-flight accounting ---- */
+kiln_status cons_slots_init(int64_t n);
+void cons_slots_destroy(void);
+/* Waits up to timeout_ms for at least one free slot; returns the free count (0 on timeout). */
+int64_t cons_slots_wait_free(int64_t timeout_ms);
+void cons_slots_take(int64_t n);
+void cons_slots_release(int64_t n);
+int64_t cons_slots_used(void);
+/* Waits until no slot is used; true when idle, false on timeout. */
+bool cons_slots_wait_idle(int64_t timeout_ms);
+
+/* ---- registry.c: in-flight jobs, and published message -> job ---- */
+kiln_status cons_registry_init(int64_t concurrency);
+void cons_registry_destroy(void);
+void cons_registry_add(cons_job *j);
+void cons_registry_remove(cons_job *j);
+/* Marks every in-flight job with this id cancelled; returns how many. */
+int cons_registry_cancel(const char *id);
+/* Sends natsMsg_InProgress for every in-flight job. */
+void cons_registry_keepalive(void);
+/* Remembers that j waits for the ack of m (before publishing m). */
+void cons_registry_track_pub(cons_job *j, natsMsg *m, int64_t deadline_mono);
+/* Forgets the pending publish of j (the publish call itself failed). */
+void cons_registry_untrack_pub(cons_job *j);
+/* Returns the job that waited for m and forgets the link, or NULL. */
+cons_job *cons_registry_take_pub(natsMsg *m);
+/* Detaches up to max jobs whose publish ack is overdue (and removes them from
+ * the registry); the caller abandons them. Returns the count. */
+size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max);
+
+/* ---- publish.c: transitions on kiln.tx and the JetStream ack handler ---- */
+/* Publishes j's transition (state st). track: wait for the ack and continue j's chain. */
+kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool track);
+void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
+                              void *closure);
+
+/* ---- deadletter.c ---- */
+/* Copies j's original payload to jobs.dead with Kiln-Reason (tracked). */
+kiln_status cons_deadletter_publish(cons_job *j);
+
+/* ---- retry.c ---- */
+int64_t cons_retry_delay_ms(unsigned attempt, int64_t base_ms, int64_t cap_ms, int64_t min_ms);
+
+/* ---- provider_openai.c ---- */
+/* Builds the request body for j (malloc'ed JSON string in *body). */
+kiln_status openai_build_request(const Kiln__V1__JobRequest *req, char **body);
+typedef enum { OPENAI_OK = 0, OPENAI_RETRY, OPENAI_FATAL } openai_verdict;
+/* Classifies a finished call and, on success, saves/collects the images into j.
+ * On failure fills j->err_code/err_msg (and j->retry_after_ms stays as parsed). */
+openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status,
+                                    const char *data_dir);
+/* Parses a Retry-After header value (seconds); -1 when absent/unparseable. */
+int64_t openai_parse_retry_after(const char *value, size_t len);
+
+/* ---- imagefile.c ---- */
+/* Writes bytes to <data_dir>/images/<id>/<index>.png via temp file + fsync + rename. */
+kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index,
+                            const unsigned char *bytes, size_t len);
+
+/* ---- transfers.c ---- */
+kiln_status cons_transfers_start(void);
+/* Hands a job to the transfer thread (fetch thread). */
+void cons_transfers_submit(cons_job *j);
+/* Wakes the transfer thread (cancel arrived). */
+void cons_transfers_wakeup(void);
+/* Drain timeout: hand back every running job with nak(0). */
+void cons_transfers_abort_all(void);
+void cons_transfers_stop(void);
+
+/* ---- fetcher.c ---- */
+kiln_status cons_fetcher_start(void);
+void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
+
+/* ---- cancel.c ---- */
+kiln_status cons_cancel_start(void);
+void cons_cancel_stop(void);
+
+#endif

@@ -1,0 +1,72 @@
+/* deadletter.c - copies a job message that cannot be processed to jobs.dead
+ * (stream KILN_DEAD) with its reason; the job's chain continues (and the
+ * original is acked or Term'd) only after JetStream acked the copy. */
+#include <stdio.h>
+#include <string.h>
+
+#include "clock.h"
+#include "cons.h"
+#include "log.h"
+#include "natsconn.h"
+#include "subjects.h"
+
+#define DEAD_MAX_WAIT_MS 10000
+#define DEAD_SWEEP_MS 20000
+
+/* Header values must be one line of printable text. */
+static void dead_sanitize(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; in[i] != '\0' && o + 1 < outlen; i++) {
+        unsigned char c = (unsigned char)in[i];
+        out[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    out[o] = '\0';
+}
+
+kiln_status cons_deadletter_publish(cons_job *j)
+{
+    kiln_status ks = KILN_OK;
+    natsStatus s = NATS_OK;
+    natsMsg *m = NULL;
+    char reason[CONS_REASON_MAX];
+    char msg_id[64];
+    const char *job_id = j->id;
+    const char *hdr_id = NULL;
+    jsPubOptions po;
+
+    /* An undecodable payload may still name its job in the publisher's Nats-Msg-Id. */
+    if (job_id[0] == '\0' && natsMsgHeader_Get(j->msg, KILN_HDR_MSG_ID, &hdr_id) == NATS_OK &&
+        hdr_id != NULL && kiln_jobreq_id_ok(hdr_id))
+        job_id = hdr_id;
+    dead_sanitize(j->dead_reason, reason, sizeof reason);
+    snprintf(msg_id, sizeof msg_id, "dead.%llu.%llu", (unsigned long long)j->stream_seq,
+             (unsigned long long)j->attempt);
+
+    s = natsMsg_Create(&m, KILN_SUBJ_DEAD, NULL, natsMsg_GetData(j->msg),
+                       natsMsg_GetDataLength(j->msg));
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_REASON, reason);
+    if (s == NATS_OK && job_id[0] != '\0') s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, job_id);
+    if (s == NATS_OK) s = jsPubOptions_Init(&po);
+    if (s != NATS_OK) {
+        ks = kiln_nats_status(s);
+        goto out;
+    }
+    po.MsgId = msg_id;
+    po.MaxWait = DEAD_MAX_WAIT_MS;
+    LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", job_id[0] ? job_id : "-",
+             j->lane, (unsigned long long)j->stream_seq, reason);
+    cons_registry_track_pub(j, m, kiln_mono_ms() + DEAD_SWEEP_MS);
+    s = js_PublishMsgAsync(cons_g.js, &m, &po);
+    /* Accepted: the ack handler owns j from here on. */
+    if (s != NATS_OK) {
+        cons_registry_untrack_pub(j);
+        LOG_WARN("dead letter publish failed seq=%llu status=%s",
+                 (unsigned long long)j->stream_seq, natsStatus_GetText(s));
+        ks = KILN_ENATS;
+    }
+
+out:
+    natsMsg_Destroy(m);
+    return ks;
+}

@@ -1,0 +1,330 @@
+/* job.c - the per-job state machine: fetched -> checked -> running ->
+ * publishing result -> acked | nak'd with delay | terminated (| abandoned when
+ * a publish fails, leaving the message for redelivery). Every transition of
+ * cons_job.state happens in this file. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "cons.h"
+#include "log.h"
+#include "pb.h"
+#include "subjects.h"
+
+const char *cons_job_state_name(cons_job_state s)
+{
+    switch (s) {
+    case CONS_JOB_FETCHED: return "fetched";
+    case CONS_JOB_CHECKED: return "checked";
+    case CONS_JOB_RUNNING: return "running";
+    case CONS_JOB_PUBLISHING: return "publishing";
+    case CONS_JOB_ACKED: return "acked";
+    case CONS_JOB_NAKED: return "naked";
+    case CONS_JOB_TERMINATED: return "terminated";
+    case CONS_JOB_ABANDONED: return "abandoned";
+    }
+    return "unknown";
+}
+
+/* The allowed moves, in one place. */
+static bool job_move_ok(cons_job_state from, cons_job_state to)
+{
+    switch (from) {
+    case CONS_JOB_FETCHED: return to == CONS_JOB_CHECKED || to == CONS_JOB_PUBLISHING;
+    case CONS_JOB_CHECKED:
+        return to == CONS_JOB_RUNNING || to == CONS_JOB_PUBLISHING || to == CONS_JOB_ACKED ||
+               to == CONS_JOB_NAKED;
+    case CONS_JOB_RUNNING: return to == CONS_JOB_PUBLISHING || to == CONS_JOB_NAKED;
+    case CONS_JOB_PUBLISHING:
+        return to == CONS_JOB_ACKED || to == CONS_JOB_NAKED || to == CONS_JOB_TERMINATED ||
+               to == CONS_JOB_ABANDONED;
+    case CONS_JOB_ACKED:
+    case CONS_JOB_NAKED:
+    case CONS_JOB_TERMINATED:
+    case CONS_JOB_ABANDONED: return false;
+    }
+    return false;
+}
+
+static void job_move(cons_job *j, cons_job_state to)
+{
+    if (!job_move_ok(j->state, to))
+        LOG_ERROR("job bad state move job=%s from=%s to=%s", j->id, cons_job_state_name(j->state),
+                  cons_job_state_name(to));
+    j->state = to;
+}
+
+kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
+{
+    jsMsgMetaData *meta = NULL;
+    cons_job *j = calloc(1, sizeof *j);
+    if (j == NULL) return KILN_ENOMEM;
+    j->msg = msg;
+    j->lane = lane;
+    j->state = CONS_JOB_FETCHED;
+    j->num_delivered = 1;
+    atomic_init(&j->cancel, false);
+    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+        j->num_delivered = meta->NumDelivered;
+        j->stream_seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+    }
+    int len = natsMsg_GetDataLength(msg);
+    if (len > 0 && len <= KILN_PB_MAX_BYTES)
+        j->req = kiln__v1__job_request__unpack(NULL, (size_t)len,
+                                               (const uint8_t *)natsMsg_GetData(msg));
+    if (j->req != NULL && j->req->id != NULL && kiln_jobreq_id_ok(j->req->id))
+        snprintf(j->id, sizeof j->id, "%s", j->req->id);
+    *out = j;
+    return KILN_OK;
+}
+
+static void job_free(cons_job *j)
+{
+    natsMsg_Destroy(j->msg);
+    if (j->req != NULL) kiln__v1__job_request__free_unpacked(j->req, NULL);
+    for (size_t i = 0; i < j->n_images; i++) free(j->images[i].url);
+    free(j->req_body);
+    free(j->resp);
+    free(j);
+    cons_slots_release(1);
+}
+
+/* Carries out the final action on the original message and frees the job. */
+static void job_final(cons_job *j)
+{
+    natsStatus s = NATS_OK;
+    const char *action = "ack";
+    cons_registry_remove(j);
+    switch (j->final) {
+    case CONS_FINAL_ACK:
+        job_move(j, CONS_JOB_ACKED);
+        s = natsMsg_Ack(j->msg, NULL);
+        break;
+    case CONS_FINAL_NAK:
+        job_move(j, CONS_JOB_NAKED);
+        action = "nak";
+        s = natsMsg_NakWithDelay(j->msg, j->nak_delay_ms, NULL);
+        break;
+    case CONS_FINAL_TERM:
+        job_move(j, CONS_JOB_TERMINATED);
+        action = "term";
+        s = natsMsg_Term(j->msg, NULL);
+        break;
+    }
+    if (s != NATS_OK)
+        LOG_WARN("job %s failed job=%s status=%s (redelivered after ack wait)", action,
+                 j->id, natsStatus_GetText(s));
+    else
+        LOG_DEBUG("job %s job=%s delay_ms=%lld", action, j->id, (long long)j->nak_delay_ms);
+    job_free(j);
+}
+
+static void job_abandon_now(cons_job *j, const char *why)
+{
+    cons_registry_remove(j);
+    LOG_WARN("job abandoned, left for redelivery job=%s attempt=%u step=%d reason=\"%s\"", j->id,
+             j->attempt, j->step, why);
+    j->state = CONS_JOB_ABANDONED;
+    job_free(j);
+}
+
+void cons_job_abandon(cons_job *j, const char *why)
+{
+    job_abandon_now(j, why);
+}
+
+/* Runs the remaining publish steps; each continues from the ack handler. */
+static void job_run_chain(cons_job *j)
+{
+    if (j->step < j->n_steps) {
+        kiln_status st = KILN_OK;
+        switch (j->steps[j->step]) {
+        case CONS_STEP_TX: st = cons_publish_transition(j, j->tx_state, true); break;
+        case CONS_STEP_DEAD: st = cons_deadletter_publish(j); break;
+        }
+        /* On success the ack handler owns j now (it may already be gone). */
+        if (st != KILN_OK) job_abandon_now(j, "publish failed");
+        return;
+    }
+    job_final(j);
+}
+
+/* Plans the outcome and starts carrying it out. */
+static void job_finish(cons_job *j, Kiln__V1__JobState tx, bool dead, cons_final final,
+                       int64_t nak_delay_ms)
+{
+    j->tx_state = tx;
+    j->final = final;
+    j->nak_delay_ms = nak_delay_ms;
+    j->n_steps = 0;
+    j->step = 0;
+    /* Dead letter first: for exhausted jobs the copy must exist before the
+     * FAILED transition makes the job terminal and announced. */
+    if (dead) j->steps[j->n_steps++] = CONS_STEP_DEAD;
+    if (tx != KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED) j->steps[j->n_steps++] = CONS_STEP_TX;
+    if (j->n_steps > 0) job_move(j, CONS_JOB_PUBLISHING);
+    job_run_chain(j);
+}
+
+void cons_job_published(cons_job *j, bool ok, const char *err)
+{
+    if (!ok) {
+        job_abandon_now(j, err != NULL ? err : "publish not acknowledged");
+        return;
+    }
+    if (j->steps[j->step] == CONS_STEP_DEAD) kiln_metric_add(cons_g.m_dead, 1);
+    j->step++;
+    job_run_chain(j);
+}
+
+static void job_set_error(cons_job *j, const char *code, const char *msg)
+{
+    snprintf(j->err_code, sizeof j->err_code, "%s", code);
+    snprintf(j->err_msg, sizeof j->err_msg, "%s", msg);
+}
+
+/* Input that can never be processed: dead letter (and FAILED when the job is addressable). */
+static void job_reject_input(cons_job *j, const char *reason, bool addressable)
+{
+    snprintf(j->dead_reason, sizeof j->dead_reason, "%s", reason);
+    LOG_WARN("job rejected job=%s lane=%s seq=%llu reason=\"%s\"", j->id[0] ? j->id : "-",
+             j->lane, (unsigned long long)j->stream_seq, reason);
+    if (addressable) {
+        j->truncate_prompt = true;
+        kiln_metric_add(cons_g.m_failed, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_TERM, 0);
+    } else {
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, true, CONS_FINAL_TERM, 0);
+    }
+}
+
+void cons_job_dispatch(cons_job *j, const cons_store_info *si)
+{
+    char field[64] = "", msg[256] = "", reason[CONS_REASON_MAX];
+    const Kiln__V1__JobRequest *r = j->req;
+
+    if (r == NULL) {
+        job_reject_input(j, "undecodable", false);
+        return;
+    }
+    if (j->id[0] == '\0') {
+        job_reject_input(j, "invalid_request: id: must match [A-Za-z0-9_-]{1,64}", false);
+        return;
+    }
+    if (r->user_id == NULL || r->user_id[0] == '\0' || strlen(r->user_id) > KILN_USER_MAX_LEN) {
+        job_reject_input(j, "invalid_request: user_id: required, at most 128 bytes", false);
+        return;
+    }
+    if (kiln_jobreq_validate(r, field, sizeof field, msg, sizeof msg) != KILN_OK) {
+        snprintf(reason, sizeof reason, "invalid_request: %s: %s", field, msg);
+        snprintf(j->err_code, sizeof j->err_code, "invalid_argument");
+        snprintf(j->err_msg, sizeof j->err_msg, "%s: %s", field, msg);
+        job_reject_input(j, reason, true);
+        return;
+    }
+
+    job_move(j, CONS_JOB_CHECKED);
+    j->max_attempts = kiln_jobreq_max_attempts(r);
+    if (si->known && kiln_state_is_terminal(si->state)) {
+        LOG_INFO("job skipped, already terminal job=%s state=%s", j->id,
+                 kiln_state_name(si->state));
+        kiln_metric_add(cons_g.m_skipped, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
+        return;
+    }
+    if (si->answered) j->attempt = (si->known ? si->attempts : 0) + 1;
+    else j->attempt = j->num_delivered > 0 ? (unsigned)j->num_delivered : 1;
+
+    int64_t now = kiln_now_ms();
+    if (r->not_before_ms > now) {
+        /* Not due yet: hand it back without using an attempt or holding a slot. */
+        int64_t delay = r->not_before_ms - now;
+        LOG_DEBUG("job not due job=%s delay_ms=%lld", j->id, (long long)delay);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK, delay);
+        return;
+    }
+    if (j->attempt > j->max_attempts) {
+        /* The last allowed attempt was interrupted (worker lost): nothing left to try. */
+        j->attempt = j->max_attempts;
+        job_set_error(j, "attempts_exhausted",
+                      "the last attempt was interrupted and no attempts are left");
+        snprintf(j->dead_reason, sizeof j->dead_reason,
+                 "max_attempts_exhausted: attempt %u was interrupted", j->attempt);
+        LOG_WARN("job exhausted before start job=%s attempts=%u", j->id, j->attempt);
+        kiln_metric_add(cons_g.m_failed, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_ACK, 0);
+        return;
+    }
+
+    /* PROCESSING is informational: no need to wait for its ack. */
+    if (cons_publish_transition(j, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, false) != KILN_OK)
+        LOG_WARN("processing transition not published job=%s attempt=%u", j->id, j->attempt);
+    job_move(j, CONS_JOB_RUNNING);
+    LOG_INFO("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
+             j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
+    cons_transfers_submit(j);
+}
+
+void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
+{
+    int64_t ms = kiln_mono_ms() - j->started_mono;
+    openai_verdict v = openai_handle_result(j, curl_code, http_status, cons_g.set->data_dir);
+    free(j->resp);
+    j->resp = NULL;
+    j->resp_len = j->resp_cap = 0;
+    kiln_metric_observe_ms(cons_g.m_provider_ms, (double)ms);
+
+    switch (v) {
+    case OPENAI_OK:
+        LOG_INFO("job completed job=%s attempt=%u images=%zu ms=%lld", j->id, j->attempt,
+                 j->n_images, (long long)ms);
+        kiln_metric_add(cons_g.m_completed, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, false, CONS_FINAL_ACK, 0);
+        return;
+    case OPENAI_RETRY:
+        if (j->attempt < j->max_attempts) {
+            int64_t delay = cons_retry_delay_ms(j->attempt, cons_g.set->retry_base_ms,
+                                                cons_g.set->retry_cap_ms, j->retry_after_ms);
+            j->retry_at_ms = kiln_now_ms() + delay;
+            LOG_INFO("job retry job=%s attempt=%u max_attempts=%u http=%ld code=%s delay_ms=%lld "
+                     "error=\"%s\"",
+                     j->id, j->attempt, j->max_attempts, http_status, j->err_code,
+                     (long long)delay, j->err_msg);
+            kiln_metric_add(cons_g.m_retried, 1);
+            job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_PENDING, false, CONS_FINAL_NAK, delay);
+            return;
+        }
+        snprintf(j->dead_reason, sizeof j->dead_reason, "max_attempts_exhausted: %s: %s",
+                 j->err_code, j->err_msg);
+        LOG_WARN("job failed, attempts exhausted job=%s attempt=%u code=%s error=\"%s\"", j->id,
+                 j->attempt, j->err_code, j->err_msg);
+        kiln_metric_add(cons_g.m_failed, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_ACK, 0);
+        return;
+    case OPENAI_FATAL:
+        LOG_WARN("job failed job=%s attempt=%u http=%ld code=%s error=\"%s\"", j->id, j->attempt,
+                 http_status, j->err_code, j->err_msg);
+        kiln_metric_add(cons_g.m_failed, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, false, CONS_FINAL_ACK, 0);
+        return;
+    }
+}
+
+void cons_job_cancelled(cons_job *j)
+{
+    LOG_INFO("job cancelled job=%s attempt=%u state=%s", j->id, j->attempt,
+             cons_job_state_name(j->state));
+    j->err_code[0] = '\0';
+    kiln_metric_add(cons_g.m_cancelled, 1);
+    job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_CANCELLED, false, CONS_FINAL_ACK, 0);
+}
+
+void cons_job_hand_back(cons_job *j)
+{
+    LOG_INFO("job handed back at shutdown job=%s attempt=%u", j->id, j->attempt);
+    j->final = CONS_FINAL_NAK;
+    j->nak_delay_ms = 0;
+    job_final(j);
+}

@@ -1,0 +1,224 @@
+/* provider_openai.c - the OpenAI Images API (POST <base>/images/generations):
+ * builds the request JSON, classifies the answer (retryable or not), decodes
+ * b64_json images and saves them, passes URL images through. */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cons.h"
+#include "log.h"
+
+#define OPENAI_IMAGE_MAX (32 * 1024 * 1024) /* decoded bytes per image */
+#define OPENAI_RETRY_AFTER_MAX_S 3600
+
+static const unsigned char openai_png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+kiln_status openai_build_request(const Kiln__V1__JobRequest *req, char **body)
+{
+    kiln_status st = KILN_ENOMEM;
+    json_t *o = json_object();
+    char *s = NULL;
+    if (o == NULL) goto out;
+    /* Free-form params first, so the fields Kiln sets always win. */
+    for (size_t i = 0; i < req->n_params; i++) {
+        const Kiln__V1__JobRequest__ParamsEntry *e = req->params[i];
+        if (e->key == NULL || e->value == NULL) continue;
+        if (json_object_set_new(o, e->key, json_string(e->value)) != 0) {
+            st = KILN_EINVAL; /* not UTF-8: validation should have caught it */
+            goto out;
+        }
+    }
+    if (json_object_set_new(o, "prompt", json_string(req->prompt)) != 0) {
+        st = KILN_EINVAL;
+        goto out;
+    }
+    if (json_object_set_new(o, "n", json_integer((json_int_t)kiln_jobreq_n(req))) != 0 ||
+        json_object_set_new(o, "response_format", json_string("b64_json")) != 0)
+        goto out;
+    if (req->model != NULL && req->model[0] != '\0' &&
+        json_object_set_new(o, "model", json_string(req->model)) != 0)
+        goto out;
+    if (req->size != NULL && req->size[0] != '\0' &&
+        json_object_set_new(o, "size", json_string(req->size)) != 0)
+        goto out;
+    s = json_dumps(o, JSON_COMPACT);
+    if (s == NULL) goto out;
+    *body = s;
+    s = NULL;
+    st = KILN_OK;
+out:
+    free(s);
+    json_decref(o);
+    return st;
+}
+
+int64_t openai_parse_retry_after(const char *value, size_t len)
+{
+    int64_t secs = 0;
+    size_t i = 0, digits = 0;
+    while (i < len && (value[i] == ' ' || value[i] == '\t')) i++;
+    for (; i < len && value[i] >= '0' && value[i] <= '9'; i++, digits++) {
+        secs = secs * 10 + (value[i] - '0');
+        if (secs > OPENAI_RETRY_AFTER_MAX_S) secs = OPENAI_RETRY_AFTER_MAX_S;
+    }
+    while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == '\r' || value[i] == '\n'))
+        i++;
+    /* An HTTP-date form is not honoured: the backoff applies alone. */
+    if (digits == 0 || i != len) return -1;
+    return secs * 1000;
+}
+
+/* Provider's error.message, else a snippet of the body, else "HTTP <code>". */
+static void openai_error_message(const cons_job *j, long http, char *out, size_t outlen)
+{
+    json_error_t jerr;
+    json_t *root = NULL;
+    const char *m = NULL;
+    if (j->resp != NULL && j->resp_len > 0)
+        root = json_loadb(j->resp, j->resp_len, 0, &jerr);
+    if (root != NULL) {
+        json_t *e = json_object_get(root, "error");
+        if (json_is_object(e)) m = json_string_value(json_object_get(e, "message"));
+        else if (json_is_string(e)) m = json_string_value(e);
+    }
+    if (m != NULL && m[0] != '\0') snprintf(out, outlen, "%s", m);
+    else if (j->resp != NULL && j->resp_len > 0)
+        snprintf(out, outlen, "HTTP %ld: %.*s", http, (int)(j->resp_len > 200 ? 200 : j->resp_len),
+                 j->resp);
+    else snprintf(out, outlen, "HTTP %ld", http);
+    for (char *p = out; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20) *p = ' ';
+    json_decref(root);
+}
+
+static openai_verdict openai_fail(cons_job *j, openai_verdict v, const char *code, const char *msg)
+{
+    snprintf(j->err_code, sizeof j->err_code, "%s", code);
+    snprintf(j->err_msg, sizeof j->err_msg, "%s", msg);
+    return v;
+}
+
+/* Strict base64 via OpenSSL; *out is malloc'ed. */
+static kiln_status openai_b64_decode(const char *in, size_t inlen, unsigned char **out,
+                                     size_t *outlen)
+{
+    kiln_status st = KILN_EINVAL;
+    EVP_ENCODE_CTX *ctx = NULL;
+    unsigned char *buf = NULL;
+    int n1 = 0, n2 = 0;
+    if (inlen == 0 || inlen > (size_t)OPENAI_IMAGE_MAX / 3 * 4 + 8) return KILN_EINVAL;
+    buf = malloc(inlen / 4 * 3 + 80);
+    ctx = EVP_ENCODE_CTX_new();
+    if (buf == NULL || ctx == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    EVP_DecodeInit(ctx);
+    if (EVP_DecodeUpdate(ctx, buf, &n1, (const unsigned char *)in, (int)inlen) < 0) goto out;
+    if (EVP_DecodeFinal(ctx, buf + n1, &n2) < 0) goto out;
+    *out = buf;
+    *outlen = (size_t)n1 + (size_t)n2;
+    buf = NULL;
+    st = KILN_OK;
+out:
+    EVP_ENCODE_CTX_free(ctx);
+    free(buf);
+    return st;
+}
+
+/* Parses a 2xx body into j->images (saving decoded files). */
+static openai_verdict openai_take_images(cons_job *j, const char *data_dir)
+{
+    openai_verdict v = OPENAI_OK;
+    json_error_t jerr;
+    json_t *root = json_loadb(j->resp != NULL ? j->resp : "", j->resp_len, 0, &jerr);
+    json_t *data = root != NULL ? json_object_get(root, "data") : NULL;
+    unsigned char *bytes = NULL;
+    size_t nbytes = 0;
+    char msg[256];
+
+    if (!json_is_array(data) || json_array_size(data) == 0) {
+        v = openai_fail(j, OPENAI_RETRY, "bad_response", "provider answer has no data[] images");
+        goto out;
+    }
+    size_t n = json_array_size(data);
+    if (n > CONS_MAX_IMAGES) n = CONS_MAX_IMAGES;
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_array_get(data, i);
+        json_t *b64 = json_object_get(item, "b64_json");
+        json_t *url = json_object_get(item, "url");
+        if (json_is_string(b64)) {
+            if (openai_b64_decode(json_string_value(b64), json_string_length(b64), &bytes,
+                                  &nbytes) != KILN_OK) {
+                v = openai_fail(j, OPENAI_RETRY, "bad_response", "data[].b64_json is not base64");
+                goto out;
+            }
+            if (nbytes < sizeof openai_png_magic ||
+                memcmp(bytes, openai_png_magic, sizeof openai_png_magic) != 0) {
+                v = openai_fail(j, OPENAI_FATAL, "bad_response", "provider image is not a PNG");
+                goto out;
+            }
+            if (cons_image_save(data_dir, j->id, (unsigned)i, bytes, nbytes) != KILN_OK) {
+                v = openai_fail(j, OPENAI_RETRY, "storage_error", "could not save the image");
+                goto out;
+            }
+            snprintf(msg, sizeof msg, "/v1/jobs/%s/images/%zu", j->id, i);
+            j->images[i].url = strdup(msg);
+            j->images[i].size_bytes = nbytes;
+            free(bytes);
+            bytes = NULL;
+        } else if (json_is_string(url) && json_string_length(url) > 0 &&
+                   json_string_length(url) <= CONS_URL_MAX) {
+            j->images[i].url = strdup(json_string_value(url));
+        } else {
+            v = openai_fail(j, OPENAI_RETRY, "bad_response", "data[] item has no b64_json or url");
+            goto out;
+        }
+        if (j->images[i].url == NULL) {
+            v = openai_fail(j, OPENAI_RETRY, "internal", "out of memory");
+            goto out;
+        }
+        j->n_images = i + 1;
+    }
+out:
+    free(bytes);
+    json_decref(root);
+    return v;
+}
+
+openai_verdict openai_handle_result(cons_job *j, int curl_code, long http, const char *data_dir)
+{
+    char msg[CONS_ERR_MSG_MAX];
+    if (curl_code != CURLE_OK) {
+        const char *why = curl_easy_strerror((CURLcode)curl_code);
+        if (j->resp_too_large)
+            return openai_fail(j, OPENAI_FATAL, "bad_response", "provider answer too large");
+        switch ((CURLcode)curl_code) {
+        case CURLE_OPERATION_TIMEDOUT:
+            snprintf(msg, sizeof msg, "provider call exceeded %u s", kiln_jobreq_timeout_s(j->req));
+            return openai_fail(j, OPENAI_RETRY, "timeout", msg);
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+        case CURLE_SEND_ERROR:
+        case CURLE_RECV_ERROR:
+        case CURLE_GOT_NOTHING:
+        case CURLE_SSL_CONNECT_ERROR:
+            return openai_fail(j, OPENAI_RETRY, "provider_unavailable", why);
+        default: return openai_fail(j, OPENAI_RETRY, "provider_error", why);
+        }
+    }
+    if (http >= 200 && http < 300) return openai_take_images(j, data_dir);
+    openai_error_message(j, http, msg, sizeof msg);
+    if (http == 429) return openai_fail(j, OPENAI_RETRY, "rate_limited", msg);
+    if (http == 408) return openai_fail(j, OPENAI_RETRY, "timeout", msg);
+    if (http == 409) return openai_fail(j, OPENAI_RETRY, "provider_error", msg);
+    if (http == 502 || http == 503 || http == 504)
+        return openai_fail(j, OPENAI_RETRY, "provider_unavailable", msg);
+    if (http >= 500) return openai_fail(j, OPENAI_RETRY, "provider_error", msg);
+    if (http >= 400) return openai_fail(j, OPENAI_FATAL, "provider_rejected", msg);
+    return openai_fail(j, OPENAI_RETRY, "provider_error", msg);
+}

@@ -1,0 +1,161 @@
+/* registry.c - the jobs in flight in this process, and the map from a
+ * published message (waiting for its JetStream ack) back to its job. One
+ * mutex guards both; it is held only for list and map updates and for
+ * natsMsg_InProgress, which only queues bytes. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cons.h"
+#include "log.h"
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static cons_job *reg_head;
+static cons_job **reg_buckets;
+static size_t reg_nbuckets; /* power of two */
+
+kiln_status cons_registry_init(int64_t concurrency)
+{
+    size_t n = 64;
+    while ((int64_t)n < concurrency * 2) n <<= 1;
+    reg_buckets = calloc(n, sizeof *reg_buckets);
+    if (reg_buckets == NULL) return KILN_ENOMEM;
+    reg_nbuckets = n;
+    return KILN_OK;
+}
+
+void cons_registry_destroy(void)
+{
+    free(reg_buckets);
+    reg_buckets = NULL;
+    reg_nbuckets = 0;
+}
+
+static size_t reg_hash(const natsMsg *m)
+{
+    uintptr_t p = (uintptr_t)m;
+    p ^= p >> 17;
+    p *= (uintptr_t)0x9E3779B97F4A7C15ULL;
+    return (size_t)(p >> 7) & (reg_nbuckets - 1);
+}
+
+void cons_registry_add(cons_job *j)
+{
+    pthread_mutex_lock(&reg_mu);
+    j->reg_prev = NULL;
+    j->reg_next = reg_head;
+    if (reg_head != NULL) reg_head->reg_prev = j;
+    reg_head = j;
+    j->in_registry = true;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_unlink(cons_job *j)
+{
+    if (!j->in_registry) return;
+    if (j->reg_prev != NULL) j->reg_prev->reg_next = j->reg_next;
+    else reg_head = j->reg_next;
+    if (j->reg_next != NULL) j->reg_next->reg_prev = j->reg_prev;
+    j->reg_prev = j->reg_next = NULL;
+    j->in_registry = false;
+}
+
+/* Removes j from its hash bucket; caller holds reg_mu. */
+static void reg_unhash(cons_job *j)
+{
+    if (j->pending_pub == NULL) return;
+    cons_job **pp = &reg_buckets[reg_hash(j->pending_pub)];
+    while (*pp != NULL && *pp != j) pp = &(*pp)->pub_next;
+    if (*pp == j) *pp = j->pub_next;
+    j->pub_next = NULL;
+    j->pending_pub = NULL;
+}
+
+void cons_registry_remove(cons_job *j)
+{
+    pthread_mutex_lock(&reg_mu);
+    reg_unhash(j);
+    reg_unlink(j);
+    pthread_mutex_unlock(&reg_mu);
+}
+
+int cons_registry_cancel(const char *id)
+{
+    int n = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
+        if (strcmp(j->id, id) == 0) {
+            atomic_store(&j->cancel, true);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return n;
+}
+
+void cons_registry_keepalive(void)
+{
+    int n = 0, failed = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
+        if (natsMsg_InProgress(j->msg, NULL) != NATS_OK) failed++;
+        n++;
+    }
+    pthread_mutex_unlock(&reg_mu);
+    if (failed > 0) LOG_WARN("in-progress ack failed jobs=%d failed=%d", n, failed);
+    else LOG_DEBUG("in-progress acks sent jobs=%d", n);
+}
+
+void cons_registry_track_pub(cons_job *j, natsMsg *m, int64_t deadline_mono)
+{
+    pthread_mutex_lock(&reg_mu);
+    reg_unhash(j);
+    j->pending_pub = m;
+    j->pub_deadline_mono = deadline_mono;
+    size_t b = reg_hash(m);
+    j->pub_next = reg_buckets[b];
+    reg_buckets[b] = j;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+void cons_registry_untrack_pub(cons_job *j)
+{
+    pthread_mutex_lock(&reg_mu);
+    reg_unhash(j);
+    pthread_mutex_unlock(&reg_mu);
+}
+
+cons_job *cons_registry_take_pub(natsMsg *m)
+{
+    cons_job *found = NULL;
+    pthread_mutex_lock(&reg_mu);
+    if (reg_buckets != NULL) {
+        for (cons_job *j = reg_buckets[reg_hash(m)]; j != NULL; j = j->pub_next) {
+            if (j->pending_pub == m) {
+                found = j;
+                break;
+            }
+        }
+        if (found != NULL) reg_unhash(found);
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return found;
+}
+
+size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&reg_mu);
+    cons_job *j = reg_head;
+    while (j != NULL && n < max) {
+        cons_job *next = j->reg_next;
+        if (j->pending_pub != NULL && j->pub_deadline_mono <= now_mono) {
+            reg_unhash(j);
+            reg_unlink(j);
+            out[n++] = j;
+        }
+        j = next;
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return n;
+}

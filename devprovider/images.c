@@ -1,0 +1,267 @@
+/* images.c - request validation and response bodies of the OpenAI Images API
+ * (POST /v1/images/generations), and url-format image file names. */
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "b64.h"
+#include "clock.h"
+#include "hash.h"
+#include "images.h"
+#include "picture.h"
+
+#define IMAGES_SEED 0x70696374757265ULL /* "picture" */
+
+/* Parses "WxH" with each side 1..DEV_SIZE_MAX; 0 on success. */
+static int images_parse_size(const char *s, unsigned *w, unsigned *h)
+{
+    unsigned v[2] = {0, 0};
+    const char *p = s;
+    for (int i = 0; i < 2; i++) {
+        int digits = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (++digits > 5) return -1;
+            v[i] = v[i] * 10 + (unsigned)(*p - '0');
+            p++;
+        }
+        if (digits == 0 || v[i] < 1 || v[i] > DEV_SIZE_MAX) return -1;
+        if (i == 0 && *p++ != 'x') return -1;
+    }
+    if (*p != '\0') return -1;
+    *w = v[0];
+    *h = v[1];
+    return 0;
+}
+
+static unsigned images_clamp(unsigned side)
+{
+    return side > DEV_PICTURE_MAX_SIDE ? DEV_PICTURE_MAX_SIDE : side;
+}
+
+kiln_status dev_images_parse(const char *body, size_t len, dev_images_req *out, char *param,
+                             size_t paramlen, char *msg, size_t msglen)
+{
+    if (body == NULL || out == NULL) return KILN_EINVAL;
+    kiln_status st = KILN_EINVAL;
+    json_error_t jerr;
+    json_t *root = NULL;
+    dev_images_req r = {.n = 1, .w = DEV_DEFAULT_SIDE, .h = DEV_DEFAULT_SIDE};
+    const char *field = "";
+
+    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        snprintf(msg, msglen, "We could not parse the JSON body of your request: %s (line %d).",
+                 jerr.text, jerr.line);
+        goto out;
+    }
+    if (!json_is_object(root)) {
+        snprintf(msg, msglen, "The request body must be a JSON object.");
+        goto out;
+    }
+
+    field = "prompt";
+    json_t *v = json_object_get(root, "prompt");
+    if (v == NULL || json_is_null(v)) {
+        snprintf(msg, msglen, "Missing required parameter: 'prompt'.");
+        goto out;
+    }
+    if (!json_is_string(v)) {
+        snprintf(msg, msglen, "Invalid type for 'prompt': expected a string.");
+        goto out;
+    }
+    size_t plen = json_string_length(v);
+    if (plen == 0) {
+        snprintf(msg, msglen, "Invalid 'prompt': empty string.");
+        goto out;
+    }
+    if (plen > DEV_PROMPT_MAX_BYTES) {
+        snprintf(msg, msglen, "Invalid 'prompt': longer than %d bytes.", DEV_PROMPT_MAX_BYTES);
+        goto out;
+    }
+    if (memchr(json_string_value(v), '\0', plen) != NULL) {
+        snprintf(msg, msglen, "Invalid 'prompt': contains a NUL character.");
+        goto out;
+    }
+
+    field = "model";
+    v = json_object_get(root, "model");
+    if (v != NULL && !json_is_null(v) && !json_is_string(v)) {
+        snprintf(msg, msglen, "Invalid type for 'model': expected a string.");
+        goto out;
+    }
+
+    field = "n";
+    v = json_object_get(root, "n");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            json_integer_value(v) > DEV_N_MAX) {
+            snprintf(msg, msglen, "Invalid 'n': expected an integer from 1 to %d.", DEV_N_MAX);
+            goto out;
+        }
+        r.n = (unsigned)json_integer_value(v);
+    }
+
+    field = "size";
+    v = json_object_get(root, "size");
+    if (v != NULL && !json_is_null(v)) {
+        unsigned w = 0, h = 0;
+        if (!json_is_string(v) ||
+            (strcmp(json_string_value(v), "auto") != 0 &&
+             images_parse_size(json_string_value(v), &w, &h) != 0)) {
+            snprintf(msg, msglen, "Invalid 'size': expected \"WxH\" with sides 1 to %d, or \"auto\".",
+                     DEV_SIZE_MAX);
+            goto out;
+        }
+        if (w != 0) {
+            r.w = images_clamp(w);
+            r.h = images_clamp(h);
+        }
+    }
+
+    field = "response_format";
+    v = json_object_get(root, "response_format");
+    if (v != NULL && !json_is_null(v)) {
+        const char *f = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(f, "b64_json") == 0) r.b64 = 1;
+        else if (strcmp(f, "url") != 0) {
+            snprintf(msg, msglen, "Invalid 'response_format': expected \"url\" or \"b64_json\".");
+            goto out;
+        }
+    }
+
+    field = "";
+    v = json_object_get(root, "prompt");
+    r.prompt = malloc(plen + 1);
+    if (r.prompt == NULL) {
+        st = KILN_ENOMEM;
+        snprintf(msg, msglen, "Out of memory.");
+        goto out;
+    }
+    memcpy(r.prompt, json_string_value(v), plen + 1);
+    r.prompt_len = plen;
+    *out = r;
+    r.prompt = NULL; /* ownership moved to out */
+    st = KILN_OK;
+out:
+    if (st != KILN_OK && param != NULL && paramlen > 0) snprintf(param, paramlen, "%s", field);
+    free(r.prompt);
+    json_decref(root);
+    return st;
+}
+
+void dev_images_req_clear(dev_images_req *r)
+{
+    if (r == NULL) return;
+    free(r->prompt);
+    r->prompt = NULL;
+}
+
+/* One JSON data item for image index i. */
+static kiln_status images_item(const dev_images_req *r, uint64_t seed, const char *base_url,
+                               json_t **out)
+{
+    kiln_status st = KILN_OK;
+    uint8_t *png = NULL;
+    size_t png_len = 0;
+    char *b64 = NULL;
+    json_t *item = json_object();
+    json_t *val = NULL;
+    if (item == NULL) return KILN_ENOMEM;
+    if (r->b64) {
+        st = dev_picture_png(seed, r->w, r->h, &png, &png_len);
+        if (st != KILN_OK) goto out;
+        st = dev_b64_encode(png, png_len, &b64);
+        if (st != KILN_OK) goto out;
+        val = json_stringn_nocheck(b64, strlen(b64));
+    } else {
+        char url[512];
+        snprintf(url, sizeof url, "%s/v1/files/%016" PRIx64 "-%ux%u.png", base_url, seed, r->w,
+                 r->h);
+        val = json_string(url);
+    }
+    if (val == NULL || json_object_set_new(item, r->b64 ? "b64_json" : "url", val) != 0) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    *out = item;
+    item = NULL;
+out:
+    json_decref(item);
+    free(b64);
+    free(png);
+    return st;
+}
+
+kiln_status dev_images_response(const dev_images_req *r, const char *image_prompt,
+                                size_t image_len, const char *base_url, char **json,
+                                size_t *json_len)
+{
+    if (r == NULL || image_prompt == NULL || base_url == NULL || json == NULL) return KILN_EINVAL;
+    kiln_status st = KILN_OK;
+    json_t *root = json_object();
+    json_t *data = json_array();
+    char *s = NULL;
+    if (root == NULL || data == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    uint64_t base = dev_hash64(image_prompt, image_len, IMAGES_SEED);
+    for (unsigned i = 0; i < r->n; i++) {
+        json_t *item = NULL;
+        /* Mixing the index in makes the n pictures of one request differ. */
+        st = images_item(r, dev_hash_mix(base + i), base_url, &item);
+        if (st != KILN_OK) goto out;
+        if (json_array_append_new(data, item) != 0) {
+            st = KILN_ENOMEM;
+            goto out;
+        }
+    }
+    if (json_object_set_new(root, "created", json_integer(kiln_now_ms() / 1000)) != 0 ||
+        json_object_set(root, "data", data) != 0) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    s = json_dumps(root, JSON_COMPACT);
+    if (s == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    *json = s;
+    if (json_len != NULL) *json_len = strlen(s);
+    s = NULL;
+out:
+    free(s);
+    json_decref(data);
+    json_decref(root);
+    return st;
+}
+
+kiln_status dev_images_file_parse(const char *name, uint64_t *seed, unsigned *w, unsigned *h)
+{
+    if (name == NULL || seed == NULL || w == NULL || h == NULL) return KILN_EINVAL;
+    size_t len = strlen(name);
+    if (len < 16 + 1 + 3 + 4 || len > DEV_FILE_NAME_MAX) return KILN_EINVAL;
+    uint64_t s = 0;
+    for (int i = 0; i < 16; i++) {
+        char c = name[i];
+        unsigned d;
+        if (c >= '0' && c <= '9') d = (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') d = (unsigned)(c - 'a' + 10);
+        else return KILN_EINVAL;
+        s = s << 4 | d;
+    }
+    if (name[16] != '-' || strcmp(name + len - 4, ".png") != 0) return KILN_EINVAL;
+    char size[DEV_FILE_NAME_MAX];
+    memcpy(size, name + 17, len - 4 - 17);
+    size[len - 4 - 17] = '\0';
+    unsigned ww, hh;
+    if (images_parse_size(size, &ww, &hh) != 0 || ww > DEV_PICTURE_MAX_SIDE ||
+        hh > DEV_PICTURE_MAX_SIDE)
+        return KILN_EINVAL;
+    *seed = s;
+    *w = ww;
+    *h = hh;
+    return KILN_OK;
+}

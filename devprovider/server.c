@@ -1,0 +1,481 @@
+/* server.c - the dev provider's HTTP server: routes, request bodies, OpenAI
+ * error bodies, fault injection and waiting on libmicrohttpd's
+ * thread-per-connection model (each request may block its own thread). */
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <jansson.h>
+
+#include "attempts.h"
+#include "clock.h"
+#include "directives.h"
+#include "hash.h"
+#include "images.h"
+#include "log.h"
+#include "metrics.h"
+#include "picture.h"
+#include "server.h"
+
+#define SERVER_WAIT_SLICE_MS 100    /* how often a waiting request checks for shutdown */
+#define SERVER_IDLE_TIMEOUT_S 120   /* idle keep-alive connections are closed after this */
+#define SERVER_PATH_LOG_MAX 96      /* logged path prefix */
+#define SERVER_HOST_MAX 255
+#define SERVER_GEN_PATH "/v1/images/generations"
+#define SERVER_FILES_PREFIX "/v1/files/"
+
+struct dev_server {
+    struct MHD_Daemon *mhd;
+    dev_server_opts opts;
+    dev_attempts *attempts;
+    atomic_bool stopping;
+    uint16_t port;
+};
+
+/* Per-request state, created on MHD's first call and freed when the request
+ * completes. Owned by the request's connection thread. */
+typedef struct {
+    int64_t start_us;
+    char *body;
+    size_t len, cap;
+    int too_large;
+    unsigned status;   /* queued HTTP status; 0 = none (aborted) */
+    uint64_t attempt;  /* 0 when not counted */
+    char method[8];
+    char path[SERVER_PATH_LOG_MAX];
+} server_req;
+
+/* Metrics, registered once at start-up. */
+static kiln_metric *m_requests, *m_ok, *m_images, *m_rejected, *m_fail, *m_ratelimit, *m_hang,
+    *m_aborted, *m_files, *m_latency, *m_prompts;
+
+static void server_metrics_init(void)
+{
+    if (m_requests != NULL) return;
+    m_requests = kiln_metric_counter("kiln_devprovider_requests_total", "HTTP requests handled.");
+    m_ok = kiln_metric_counter("kiln_devprovider_generations_ok_total",
+                               "Generation requests answered with images.");
+    m_images = kiln_metric_counter("kiln_devprovider_images_total", "Images returned.");
+    m_rejected = kiln_metric_counter("kiln_devprovider_requests_rejected_total",
+                                     "Requests answered 4xx for bad input or authentication.");
+    m_fail = kiln_metric_counter("kiln_devprovider_faults_fail_total",
+                                 "Injected !fail answers.");
+    m_ratelimit = kiln_metric_counter("kiln_devprovider_faults_ratelimit_total",
+                                      "Injected !ratelimit 429 answers.");
+    m_hang = kiln_metric_counter("kiln_devprovider_faults_hang_total", "Injected !hang requests.");
+    m_aborted = kiln_metric_counter("kiln_devprovider_requests_aborted_total",
+                                    "Requests whose client left (or the server stopped) first.");
+    m_files = kiln_metric_counter("kiln_devprovider_files_total", "Image files served.");
+    m_latency = kiln_metric_histogram_ms("kiln_devprovider_request_ms",
+                                         "Time from request to answer, in ms.");
+    m_prompts = kiln_metric_gauge("kiln_devprovider_tracked_prompts",
+                                  "Prompts whose attempts are being counted.");
+}
+
+/* ---- responses ------------------------------------------------------------ */
+
+/* Queues body (malloc'ed, taken over even on failure) with a status. */
+static enum MHD_Result server_reply(struct MHD_Connection *c, server_req *rq, unsigned status,
+                                    const char *ctype, char *body, size_t len,
+                                    const char *retry_after)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    enum MHD_Result ret = MHD_NO;
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) != MHD_YES) goto out;
+    if (retry_after != NULL &&
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after) != MHD_YES)
+        goto out;
+    ret = MHD_queue_response(c, status, resp);
+    if (ret == MHD_YES) rq->status = status;
+out:
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static const char *server_error_type(unsigned status)
+{
+    if (status == 429) return "requests";
+    if (status >= 500) return "server_error";
+    return "invalid_request_error";
+}
+
+/* Queues an OpenAI-shaped error:
+ * {"error":{"message":..,"type":..,"param":..|null,"code":..|null}}. */
+static enum MHD_Result server_error(struct MHD_Connection *c, server_req *rq, unsigned status,
+                                    const char *message, const char *param, const char *code)
+{
+    const char *p = (param != NULL && param[0] != '\0') ? param : NULL;
+    json_t *root = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type",
+                             server_error_type(status), "param", p, "code", code);
+    if (root == NULL) /* the message quoted invalid UTF-8 from the body */
+        root = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message",
+                         "The request is not valid.", "type", server_error_type(status), "param",
+                         p, "code", code);
+    char *s = root != NULL ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    if (s == NULL) return MHD_NO;
+    return server_reply(c, rq, status, "application/json", s, strlen(s),
+                        status == 429 ? "1" : NULL);
+}
+
+static enum MHD_Result server_text(struct MHD_Connection *c, server_req *rq, unsigned status,
+                                   const char *ctype, const char *text)
+{
+    char *s = strdup(text);
+    if (s == NULL) return MHD_NO;
+    return server_reply(c, rq, status, ctype, s, strlen(s), NULL);
+}
+
+/* ---- waiting -------------------------------------------------------------- */
+
+/* Blocks this connection's thread for delay_ms (< 0: until the client leaves).
+ * Returns 0 when the delay passed, -1 when the client disconnected or the
+ * server is stopping (the caller then drops the request). */
+static int server_wait(dev_server *s, struct MHD_Connection *c, int64_t delay_ms)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int fd = ci != NULL ? ci->connect_fd : -1;
+    int64_t deadline = delay_ms < 0 ? INT64_MAX : kiln_mono_ms() + delay_ms;
+    for (;;) {
+        if (atomic_load(&s->stopping)) return -1;
+        int64_t now = kiln_mono_ms();
+        if (now >= deadline) return 0;
+        int64_t slice = deadline - now;
+        if (slice > SERVER_WAIT_SLICE_MS) slice = SERVER_WAIT_SLICE_MS;
+        if (fd < 0) {
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = slice * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        /* Only POLLRDHUP is asked for, so bytes a client pipelines do not wake
+         * us in a loop; HUP and ERR are always reported. */
+        struct pollfd p = {.fd = fd, .events = POLLRDHUP, .revents = 0};
+        int r = poll(&p, 1, (int)slice);
+        if (r < 0 && errno != EINTR) return -1;
+        if (r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return -1;
+    }
+}
+
+/* ---- routes --------------------------------------------------------------- */
+
+/* Constant-time check of "Authorization: Bearer <key>". */
+static int server_authorized(const dev_server *s, struct MHD_Connection *c)
+{
+    const char *key = s->opts.api_key;
+    if (key == NULL || key[0] == '\0') return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (h == NULL || strncmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    size_t hl = strlen(h), kl = strlen(key);
+    unsigned char diff = (unsigned char)(hl != kl);
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned char)(key[i] ^ (i < hl ? h[i] : 0));
+    return diff == 0;
+}
+
+/* "http://<Host header>" when it looks sane, else the bound loopback address. */
+static void server_base_url(const dev_server *s, struct MHD_Connection *c, char *buf, size_t len)
+{
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    int ok = host != NULL && host[0] != '\0' && strlen(host) <= SERVER_HOST_MAX;
+    for (const char *p = host; ok && *p != '\0'; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             strchr(".-:[]", *p) != NULL;
+    if (ok) snprintf(buf, len, "http://%s", host);
+    else snprintf(buf, len, "http://127.0.0.1:%u", (unsigned)s->port);
+}
+
+static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, server_req *rq)
+{
+    enum MHD_Result ret = MHD_NO;
+    dev_images_req r = {0};
+    char param[32] = "", msg[512] = "";
+    char *body = NULL;
+    size_t body_len = 0;
+
+    if (!server_authorized(s, c)) {
+        kiln_metric_add(m_rejected, 1);
+        return server_error(c, rq, 401,
+                            "Incorrect API key provided. You can set it with KILN_PROVIDER_KEY.",
+                            NULL, "invalid_api_key");
+    }
+    if (rq->too_large) {
+        kiln_metric_add(m_rejected, 1);
+        snprintf(msg, sizeof msg, "The request body is larger than %d bytes.", DEV_BODY_MAX);
+        return server_error(c, rq, 413, msg, NULL, "payload_too_large");
+    }
+    kiln_status st = dev_images_parse(rq->body != NULL ? rq->body : "", rq->len, &r, param,
+                                      sizeof param, msg, sizeof msg);
+    if (st == KILN_EINVAL) {
+        kiln_metric_add(m_rejected, 1);
+        return server_error(c, rq, 400, msg, param, param[0] == '\0' ? "invalid_json" : NULL);
+    }
+    if (st != KILN_OK) return server_error(c, rq, 500, "Out of memory.", NULL, NULL);
+
+    dev_directives d;
+    dev_directives_parse(r.prompt, &d);
+    uint64_t attempt = 1;
+    if (dev_directives_counted(&d)) {
+        attempt = dev_attempts_next(s->attempts, r.prompt, r.prompt_len);
+        rq->attempt = attempt;
+        kiln_metric_set(m_prompts, (int64_t)dev_attempts_size(s->attempts));
+    }
+    dev_step act = dev_directives_action(&d, attempt);
+    uint64_t phash = dev_hash64(r.prompt, r.prompt_len, 0);
+    int64_t delay = d.sleep_ms >= 0 ? d.sleep_ms : s->opts.latency_ms;
+
+    switch (act.kind) {
+    case DEV_ACT_HANG:
+        kiln_metric_add(m_hang, 1);
+        LOG_INFO("fault injected kind=hang attempt=%" PRIu64 " prompt_hash=%016" PRIx64, attempt,
+                 phash);
+        (void)server_wait(s, c, -1);
+        kiln_metric_add(m_aborted, 1);
+        ret = MHD_NO; /* never answer: drop the connection */
+        goto out;
+    case DEV_ACT_FAIL:
+        kiln_metric_add(m_fail, 1);
+        LOG_INFO("fault injected kind=fail code=%d attempt=%" PRIu64 " sleep_ms=%" PRId64
+                 " prompt_hash=%016" PRIx64,
+                 act.code, attempt, delay, phash);
+        break;
+    case DEV_ACT_RATELIMIT:
+        kiln_metric_add(m_ratelimit, 1);
+        LOG_INFO("fault injected kind=ratelimit code=429 attempt=%" PRIu64 " sleep_ms=%" PRId64
+                 " prompt_hash=%016" PRIx64,
+                 attempt, delay, phash);
+        break;
+    case DEV_ACT_SUCCEED:
+        break;
+    }
+    if (delay > 0 && server_wait(s, c, delay) != 0) {
+        kiln_metric_add(m_aborted, 1);
+        ret = MHD_NO;
+        goto out;
+    }
+    if (act.kind == DEV_ACT_FAIL) {
+        snprintf(msg, sizeof msg, "dev provider: injected failure %d (attempt %" PRIu64 ").",
+                 act.code, attempt);
+        ret = server_error(c, rq, (unsigned)act.code, msg, NULL, "injected_failure");
+        goto out;
+    }
+    if (act.kind == DEV_ACT_RATELIMIT) {
+        snprintf(msg, sizeof msg,
+                 "dev provider: injected rate limit (attempt %" PRIu64 "). Retry after 1 s.",
+                 attempt);
+        ret = server_error(c, rq, 429, msg, NULL, "rate_limit_exceeded");
+        goto out;
+    }
+
+    char base[SERVER_HOST_MAX + 16];
+    server_base_url(s, c, base, sizeof base);
+    st = dev_images_response(&r, r.prompt + d.image_off, r.prompt_len - d.image_off, base, &body,
+                             &body_len);
+    if (st != KILN_OK) {
+        ret = server_error(c, rq, 500, "dev provider: could not render the image.", NULL, NULL);
+        goto out;
+    }
+    kiln_metric_add(m_ok, 1);
+    kiln_metric_add(m_images, (int64_t)r.n);
+    ret = server_reply(c, rq, 200, "application/json", body, body_len, NULL);
+    body = NULL; /* server_reply took it */
+out:
+    free(body);
+    dev_images_req_clear(&r);
+    return ret;
+}
+
+static enum MHD_Result server_file(struct MHD_Connection *c, server_req *rq, const char *name)
+{
+    uint64_t seed;
+    unsigned w, h;
+    if (dev_images_file_parse(name, &seed, &w, &h) != KILN_OK)
+        return server_error(c, rq, 404, "No such file.", NULL, "not_found");
+    uint8_t *png = NULL;
+    size_t len = 0;
+    if (dev_picture_png(seed, w, h, &png, &len) != KILN_OK)
+        return server_error(c, rq, 500, "dev provider: could not render the image.", NULL, NULL);
+    kiln_metric_add(m_files, 1);
+    return server_reply(c, rq, 200, "image/png", (char *)png, len, NULL);
+}
+
+static enum MHD_Result server_metrics(struct MHD_Connection *c, server_req *rq)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (kiln_metrics_render(&text, &len) != KILN_OK)
+        return server_text(c, rq, 500, "text/plain; charset=utf-8", "metrics unavailable\n");
+    return server_reply(c, rq, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+}
+
+static enum MHD_Result server_route(dev_server *s, struct MHD_Connection *c, const char *url,
+                                    const char *method, server_req *rq)
+{
+    int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (strcmp(url, "/healthz") == 0 && get)
+        return server_text(c, rq, 200, "text/plain; charset=utf-8", "ok\n");
+    if (strcmp(url, "/metrics") == 0 && get) return server_metrics(c, rq);
+    if (strcmp(url, SERVER_GEN_PATH) == 0) {
+        if (strcmp(method, "POST") == 0) return server_generate(s, c, rq);
+        return server_error(c, rq, 405, "Only POST is allowed on this path.", NULL,
+                            "method_not_allowed");
+    }
+    if (strncmp(url, SERVER_FILES_PREFIX, strlen(SERVER_FILES_PREFIX)) == 0 && get)
+        return server_file(c, rq, url + strlen(SERVER_FILES_PREFIX));
+    return server_error(c, rq, 404, "Unknown path.", NULL, "not_found");
+}
+
+/* ---- libmicrohttpd callbacks ------------------------------------------------ */
+
+/* MHD calls this several times per request: once with the headers, once per
+ * body chunk, once more at the end (the body is then complete). */
+static enum MHD_Result server_access(void *cls, struct MHD_Connection *c, const char *url,
+                                     const char *method, const char *version,
+                                     const char *upload_data, size_t *upload_data_size,
+                                     void **con_cls)
+{
+    (void)version;
+    dev_server *s = cls;
+    server_req *rq = *con_cls;
+    if (rq == NULL) {
+        rq = calloc(1, sizeof *rq);
+        if (rq == NULL) return MHD_NO;
+        rq->start_us = kiln_mono_us();
+        snprintf(rq->method, sizeof rq->method, "%s", method);
+        snprintf(rq->path, sizeof rq->path, "%s", url);
+        *con_cls = rq;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0; /* consumed (or discarded once over the cap) */
+        if (rq->too_large) return MHD_YES;
+        if (rq->len + n > DEV_BODY_MAX) {
+            rq->too_large = 1;
+            free(rq->body);
+            rq->body = NULL;
+            rq->len = rq->cap = 0;
+            return MHD_YES;
+        }
+        if (rq->len + n + 1 > rq->cap) {
+            size_t cap = rq->cap != 0 ? rq->cap : 1024;
+            while (cap < rq->len + n + 1) cap *= 2;
+            char *nb = realloc(rq->body, cap);
+            if (nb == NULL) return MHD_NO;
+            rq->body = nb;
+            rq->cap = cap;
+        }
+        memcpy(rq->body + rq->len, upload_data, n);
+        rq->len += n;
+        rq->body[rq->len] = '\0';
+        return MHD_YES;
+    }
+    return server_route(s, c, url, method, rq);
+}
+
+static void server_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                             enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    server_req *rq = *con_cls;
+    if (rq == NULL) return;
+    double ms = (double)(kiln_mono_us() - rq->start_us) / 1000.0;
+    kiln_metric_add(m_requests, 1);
+    kiln_metric_observe_ms(m_latency, ms);
+    LOG_DEBUG("request method=%s path=%s status=%u attempt=%" PRIu64 " ms=%.1f end=%s",
+              rq->method, rq->path, rq->status, rq->attempt, ms,
+              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted");
+    free(rq->body);
+    free(rq);
+    *con_cls = NULL;
+}
+
+__attribute__((format(printf, 2, 0))) static void server_mhd_log(void *cls, const char *fmt,
+                                                                 va_list ap)
+{
+    (void)cls;
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
+    /* MHD reports every request we drop on purpose (hang, client gone) this way. */
+    if (strncmp(buf, "Application reported internal error", 35) == 0)
+        LOG_DEBUG("libmicrohttpd msg=\"%s\"", buf);
+    else
+        LOG_WARN("libmicrohttpd msg=\"%s\"", buf);
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
+{
+    if (o == NULL || out == NULL || o->addr == NULL) return KILN_EINVAL;
+    kiln_status st = KILN_OK;
+    struct sockaddr_storage ss;
+    size_t sslen = 0;
+    dev_server *s = calloc(1, sizeof *s);
+    if (s == NULL) return KILN_ENOMEM;
+    s->opts = *o;
+    atomic_init(&s->stopping, false);
+    server_metrics_init();
+
+    st = kiln_parse_listen_addr(o->addr, &ss, &sslen);
+    if (st != KILN_OK) goto out; /* kiln_parse_listen_addr logged why */
+    st = dev_attempts_create(o->max_prompts != 0 ? o->max_prompts : DEV_ATTEMPTS_DEFAULT_MAX,
+                             &s->attempts);
+    if (st != KILN_OK) goto out;
+
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, server_mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)SERVER_IDLE_TIMEOUT_S, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_NOTIFY_COMPLETED, server_completed, s, MHD_OPTION_END);
+    if (s->mhd == NULL) {
+        LOG_ERROR("cannot listen addr=%s (address in use or not local?)", o->addr);
+        st = KILN_EIO;
+        goto out;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di != NULL ? di->port : 0;
+    *out = s;
+    s = NULL;
+out:
+    if (s != NULL) {
+        dev_attempts_destroy(s->attempts);
+        free(s);
+    }
+    return st;
+}
+
+uint16_t dev_server_port(const dev_server *s)
+{
+    return s != NULL ? s->port : 0;
+}
+
+void dev_server_stop(dev_server *s)
+{
+    if (s == NULL) return;
+    /* Waiting requests see the flag within SERVER_WAIT_SLICE_MS and return,
+     * so MHD_stop_daemon can join their threads. */
+    atomic_store(&s->stopping, true);
+    if (s->mhd != NULL) MHD_stop_daemon(s->mhd);
+    dev_attempts_destroy(s->attempts);
+    free(s);
+}

@@ -1,0 +1,280 @@
+/* submit.c - POST /v1/jobs: validate, publish to JetStream asynchronously,
+ * answer 202 only after the stream acknowledged the job.
+ *
+ * The MHD thread suspends the connection, records the published natsMsg* in
+ * a table and returns at once; the pub-ack handler (libnats thread) takes the
+ * request out of the table, fills the answer and resumes the connection. */
+#include <ctype.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "clock.h"
+#include "errors.h"
+#include "health.h"
+#include "job_json.h"
+#include "jobreq.h"
+#include "log.h"
+#include "map.h"
+#include "pb.h"
+#include "ratelimit.h"
+#include "rpc.h"
+#include "subjects.h"
+#include "submit.h"
+#include "uuid7.h"
+
+#define SUBMIT_POLL_AFTER_MS 3000
+#define SUBMIT_HASH_LEN 32
+
+static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
+static gw_map *submit_pending; /* natsMsg* -> gw_req* */
+static natsConnection *submit_nc;
+static jsCtx *submit_js;
+static int64_t submit_publish_timeout_ms = 5000;
+static int64_t submit_store_timeout_ms = 2000;
+
+kiln_status gw_submit_init(natsConnection *nc, jsCtx *js, int64_t publish_timeout_ms,
+                           int64_t store_timeout_ms)
+{
+    submit_nc = nc;
+    submit_js = js;
+    submit_publish_timeout_ms = publish_timeout_ms;
+    submit_store_timeout_ms = store_timeout_ms;
+    pthread_mutex_lock(&submit_mu);
+    kiln_status st = submit_pending == NULL ? gw_map_create(8192, &submit_pending) : KILN_OK;
+    pthread_mutex_unlock(&submit_mu);
+    return st;
+}
+
+static void submit_answer_unavailable(gw_req *r, const char *why)
+{
+    gw_answer_error(&r->ans, "unavailable", why, NULL);
+}
+
+/* 202 with the body prepared before publishing. */
+static void submit_answer_accepted(gw_req *r)
+{
+    gw_answer_raw(&r->ans, 202, r->ans.ctype, r->pending_body, r->pending_len);
+    r->pending_body = NULL;
+    gw_answer_header(&r->ans, "Location", "/v1/jobs/%s", r->job_id);
+    gw_health_submit_latency((double)(kiln_mono_us() - r->start_us) / 1000.0);
+}
+
+void gw_submit_fail_pending(void)
+{
+    for (;;) {
+        pthread_mutex_lock(&submit_mu);
+        gw_req *r = submit_pending != NULL ? gw_map_take_any(submit_pending, NULL) : NULL;
+        pthread_mutex_unlock(&submit_mu);
+        if (r == NULL) break;
+        submit_answer_unavailable(r, "the job could not be confirmed before shutdown");
+        gw_server_resume(r);
+    }
+}
+
+void gw_submit_free(void)
+{
+    pthread_mutex_lock(&submit_mu);
+    gw_map_destroy(submit_pending);
+    submit_pending = NULL;
+    pthread_mutex_unlock(&submit_mu);
+}
+
+void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
+                           void *closure)
+{
+    (void)js, (void)closure;
+    pthread_mutex_lock(&submit_mu);
+    gw_req *r = submit_pending != NULL ? gw_map_take(submit_pending, (uint64_t)(uintptr_t)msg)
+                                       : NULL;
+    pthread_mutex_unlock(&submit_mu);
+    if (r != NULL) {
+        if (pa != NULL && pae == NULL) {
+            submit_answer_accepted(r);
+        } else {
+            LOG_WARN("submit publish failed job=%s err=%s", r->job_id,
+                     pae != NULL ? natsStatus_GetText(pae->Err) : "unknown");
+            submit_answer_unavailable(r, "the job queue did not confirm the job; retry");
+        }
+        gw_server_resume(r);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* "application/json" with an optional charset=utf-8 (any case, maybe quoted). */
+static int submit_content_type_ok(const char *ct)
+{
+    if (ct == NULL) return 0;
+    while (*ct == ' ') ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1) != 0) return 0;
+    const char *p = ct + sizeof want - 1;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '\0') return 1;
+    if (*p != ';') return 0;
+    /* Parameters: only charset is checked. */
+    while (*p == ';') {
+        p++;
+        while (*p == ' ' || *p == '\t') p++;
+        const char *name = p;
+        while (*p != '\0' && *p != '=' && *p != ';') p++;
+        if (*p != '=') {
+            if (p == name) continue; /* stray ';' */
+            return 0;
+        }
+        size_t nlen = (size_t)(p - name);
+        while (nlen > 0 && (name[nlen - 1] == ' ' || name[nlen - 1] == '\t')) nlen--;
+        p++;
+        while (*p == ' ' || *p == '\t') p++;
+        const char *val = p;
+        int quoted = *p == '"';
+        if (quoted) val = ++p;
+        while (*p != '\0' && (quoted ? *p != '"' : (*p != ';' && *p != ' ' && *p != '\t'))) p++;
+        size_t vlen = (size_t)(p - val);
+        if (quoted && *p == '"') p++;
+        while (*p == ' ' || *p == '\t') p++;
+        if (nlen == 7 && strncasecmp(name, "charset", 7) == 0 &&
+            !((vlen == 5 && strncasecmp(val, "utf-8", 5) == 0) ||
+              (vlen == 4 && strncasecmp(val, "utf8", 4) == 0)))
+            return 0;
+        if (*p != '\0' && *p != ';') return 0;
+    }
+    return 1;
+}
+
+/* {"id","status":"pending","created_at","poll_after_ms"}, kept until the ack. */
+static kiln_status submit_prepare_body(gw_req *r)
+{
+    json_t *o = json_object();
+    if (o == NULL) return KILN_ENOMEM;
+    int bad = json_object_set_new(o, "id", json_string(r->job_id));
+    bad |= json_object_set_new(o, "status", json_string("pending"));
+    bad |= json_object_set_new(o, "created_at", gw_jobjson_time(r->created_at_ms));
+    bad |= json_object_set_new(o, "poll_after_ms", json_integer(SUBMIT_POLL_AFTER_MS));
+    char *s = bad ? NULL : json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s == NULL) return KILN_ENOMEM;
+    r->pending_body = s;
+    r->pending_len = strlen(s);
+    return KILN_OK;
+}
+
+/* Publishes the packed job; on KILN_OK the ack handler will resume r. The
+ * caller has suspended r. */
+static kiln_status submit_publish(gw_req *r, const char *subject, const uint8_t *buf, size_t len)
+{
+    kiln_status st = KILN_OK;
+    natsMsg *msg = NULL;
+    if (natsConnection_Status(submit_nc) != NATS_CONN_STATUS_CONNECTED) return KILN_EUNAVAILABLE;
+    natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    uint64_t key = (uint64_t)(uintptr_t)msg;
+    pthread_mutex_lock(&submit_mu);
+    st = gw_map_put(submit_pending, key, r);
+    pthread_mutex_unlock(&submit_mu);
+    if (st != KILN_OK) goto out;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = r->job_id;
+    po.MaxWait = submit_publish_timeout_ms;
+    s = js_PublishMsgAsync(submit_js, &msg, &po);
+    if (s != NATS_OK) {
+        /* Not sent: no ack will come. Take r back unless it is already gone. */
+        pthread_mutex_lock(&submit_mu);
+        gw_req *back = gw_map_take(submit_pending, key);
+        pthread_mutex_unlock(&submit_mu);
+        LOG_WARN("submit publish refused job=%s err=%s", r->job_id, natsStatus_GetText(s));
+        st = back != NULL ? kiln_nats_status(s) : KILN_OK;
+        if (st == KILN_OK) st = KILN_EUNAVAILABLE; /* cannot happen: refused means not taken */
+    }
+out:
+    natsMsg_Destroy(msg); /* NULL (no-op) when the library took it */
+    return st;
+}
+
+/* Packs and publishes req for r, which is suspended by then. */
+static void submit_send(gw_req *r, const Kiln__V1__JobRequest *req)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    kiln_status st = kiln_pb_pack((const ProtobufCMessage *)req, &buf, &len);
+    if (st == KILN_OK && r->pending_body == NULL) st = submit_prepare_body(r);
+    if (st == KILN_OK) {
+        gw_server_suspend(r);
+        st = submit_publish(r, kiln_priority_subject(req->priority), buf, len);
+        if (st != KILN_OK) {
+            submit_answer_unavailable(r, "the job queue is unavailable; retry");
+            gw_server_resume(r);
+        }
+    } else {
+        submit_answer_unavailable(r, "out of memory");
+    }
+    free(buf);
+}
+
+void gw_submit_handle(gw_req *r)
+{
+    Kiln__V1__JobRequest *req = NULL;
+    gw_fielderr fe = {0};
+    char field[64], msg[256];
+
+    const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!submit_content_type_ok(ct)) {
+        gw_answer_error(&r->ans, "unsupported_media_type",
+                        "Content-Type must be application/json", NULL);
+        goto out;
+    }
+    const char *idem = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+    if (idem != NULL && !kiln_idem_key_ok(idem)) {
+        gw_answer_error(&r->ans, "invalid_argument",
+                        "Idempotency-Key must be 1-128 visible ASCII characters",
+                        "Idempotency-Key");
+        goto out;
+    }
+    int64_t now = kiln_now_ms();
+    kiln_status st = gw_jobjson_parse(r->body, r->body_len, now, &req, &fe);
+    if (st == KILN_EINVAL) {
+        gw_answer_error(&r->ans, fe.code, fe.msg, fe.field);
+        goto out;
+    }
+    if (st != KILN_OK) {
+        submit_answer_unavailable(r, "out of memory");
+        goto out;
+    }
+    int retry = 1;
+    if (!gw_ratelimit_take(r->user_idx, &retry)) {
+        gw_answer_error(&r->ans, "rate_limited", "too many submissions; slow down", NULL);
+        gw_answer_header(&r->ans, "Retry-After", "%d", retry);
+        goto out;
+    }
+    if (natsConnection_Status(submit_nc) != NATS_CONN_STATUS_CONNECTED) {
+        submit_answer_unavailable(r, "the job queue is unavailable; retry");
+        goto out;
+    }
+    if (kiln_uuid7(r->job_id) != KILN_OK) {
+        submit_answer_unavailable(r, "no randomness for a job id");
+        goto out;
+    }
+    r->created_at_ms = now;
+    req->created_at_ms = now;
+    if (gw_jobjson_set_str(&req->id, r->job_id) != KILN_OK ||
+        gw_jobjson_set_str(&req->user_id, r->user) != KILN_OK ||
+        (idem != NULL && gw_jobjson_set_str(&req->idempotency_key, idem) != KILN_OK)) {
+        submit_answer_unavailable(r, "out of memory");
+        goto out;
+    }
+    if (kiln_jobreq_validate(req, field, sizeof field, msg, sizeof msg) != KILN_OK) {
+        gw_answer_error(&r->ans, "invalid_argument", msg, field);
+        goto out;
+    }
+    submit_send(r, req);
+out:
+    gw_jobjson_request_free(req);
+}

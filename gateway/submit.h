@@ -1,0 +1,22 @@
+/* submit.h - POST /v1/jobs: validate, publish to JetStream asynchronously,
+ * answer 202 only after the stream acknowledged the job. */
+#ifndef GW_SUBMIT_H
+#define GW_SUBMIT_H
+
+#include <nats/nats.h>
+
+#include "server.h"
+
+kiln_status gw_submit_init(natsConnection *nc, jsCtx *js, int64_t publish_timeout_ms,
+                           int64_t store_timeout_ms);
+/* Answers 503 to every submit still waiting for an ack (after NATS closed). */
+void gw_submit_fail_pending(void);
+void gw_submit_free(void);
+
+/* The jsPubAckHandler given to kiln_nats_connect_async (libnats thread). */
+void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
+                           void *closure);
+
+void gw_submit_handle(gw_req *r);
+
+#endif

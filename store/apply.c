@@ -1,0 +1,382 @@
+/* apply.c - the store's transition rules (one switch) and how a record
+ * change becomes one set of writes in a RocksDB batch.
+ *
+ * Records are changed by building a new JobRecord on the stack whose fields
+ * point into the old record and the transition (shallow copies), packing it,
+ * and only then freeing the old record and the transition: nothing is ever
+ * freed through the stack copy. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "apply.h"
+#include "clock.h"
+#include "keys.h"
+#include "log.h"
+#include "pb.h"
+
+#define S_PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
+#define S_PROCESSING KILN__V1__JOB_STATE__JOB_STATE_PROCESSING
+#define S_COMPLETED KILN__V1__JOB_STATE__JOB_STATE_COMPLETED
+#define S_FAILED KILN__V1__JOB_STATE__JOB_STATE_FAILED
+#define S_CANCELLED KILN__V1__JOB_STATE__JOB_STATE_CANCELLED
+
+/* ---- jobs.done list ---------------------------------------------------- */
+
+void apply_done_reset(apply_done_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->items[i].status_pb);
+        l->items[i].status_pb = NULL;
+    }
+    l->n = 0;
+}
+
+void apply_done_free(apply_done_list *l)
+{
+    if (l == NULL) return;
+    apply_done_reset(l);
+    free(l->items);
+    l->items = NULL;
+    l->cap = 0;
+}
+
+static kiln_status apply_done_add(apply_done_list *l, const Kiln__V1__JobStatus *status)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        apply_done *items = realloc(l->items, cap * sizeof *items);
+        if (items == NULL) return KILN_ENOMEM;
+        l->items = items;
+        l->cap = cap;
+    }
+    apply_done *d = &l->items[l->n];
+    memset(d, 0, sizeof *d);
+    snprintf(d->id, sizeof d->id, "%s", status->id);
+    d->state = status->state;
+    kiln_status st = kiln_pb_pack(&status->base, &d->status_pb, &d->status_len);
+    if (st != KILN_OK) return st;
+    l->n++;
+    return KILN_OK;
+}
+
+/* ---- record + indexes + counters in one batch -------------------------- */
+
+static int apply_is_active(Kiln__V1__JobState s) { return s == S_PENDING || s == S_PROCESSING; }
+
+/* Unviewed means: terminal and not viewed. A job marked viewed before it
+ * ended keeps the flag, so it never counts as unviewed (the user has seen
+ * it; the flag is never reset by later transitions). */
+static int apply_is_unviewed(const Kiln__V1__JobRecord *r)
+{
+    return r != NULL && kiln_state_is_terminal(r->status->state) && !r->viewed;
+}
+
+static kiln_status apply_counter_add(db_store *db, rocksdb_writebatch_wi_t *wb, const char *user,
+                                     keys_counter_kind kind, int delta)
+{
+    if (delta == 0) return KILN_OK;
+    uint8_t key[KEYS_MAX];
+    size_t klen = keys_counter(key, user, kind);
+    if (klen == 0) return KILN_EINVAL;
+    uint64_t v = 0;
+    kiln_status st = db_get_u64(db, wb, DB_CF_COUNTERS, key, klen, &v);
+    if (st != KILN_OK) return st;
+    if (delta < 0 && v < (uint64_t)-delta) v = 0; /* never wrap below zero */
+    else v = (uint64_t)((int64_t)v + delta);
+    db_put_u64(db, wb, DB_CF_COUNTERS, key, klen, v);
+    return KILN_OK;
+}
+
+kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
+                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw)
+{
+    const char *id = nw->request->id;
+    const char *user = nw->request->user_id;
+    int64_t created = nw->status->created_at_ms;
+    Kiln__V1__JobState ns = nw->status->state;
+    Kiln__V1__JobState os = old != NULL ? old->status->state : KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED;
+    uint8_t key[KEYS_MAX];
+    size_t klen = 0;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    kiln_status st = kiln_pb_pack(&nw->base, &buf, &len);
+    if (st != KILN_OK) return st;
+    rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_JOBS], id, strlen(id), (const char *)buf, len);
+    free(buf);
+
+    if (old == NULL) {
+        klen = keys_by_user(key, user, created, id);
+        if (klen == 0) return KILN_EINVAL;
+        rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_BY_USER], (const char *)key, klen, "", 0);
+    }
+    if (old == NULL || os != ns) {
+        if (old != NULL) {
+            klen = keys_by_user_state(key, user, os, created, id);
+            if (klen == 0) return KILN_EINVAL;
+            rocksdb_writebatch_wi_delete_cf(wb, db->cf[DB_CF_BY_USER_STATE], (const char *)key, klen);
+        }
+        klen = keys_by_user_state(key, user, ns, created, id);
+        if (klen == 0) return KILN_EINVAL;
+        rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_BY_USER_STATE], (const char *)key, klen, "", 0);
+    }
+    int ou = apply_is_unviewed(old), nu = apply_is_unviewed(nw);
+    if (ou != nu) {
+        klen = keys_by_user(key, user, created, id);
+        if (klen == 0) return KILN_EINVAL;
+        if (nu) rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_UNVIEWED], (const char *)key, klen, "", 0);
+        else rocksdb_writebatch_wi_delete_cf(wb, db->cf[DB_CF_UNVIEWED], (const char *)key, klen);
+    }
+    int oa = old != NULL && apply_is_active(os), na = apply_is_active(ns);
+    st = apply_counter_add(db, wb, user, KEYS_COUNTER_ACTIVE, na - oa);
+    if (st == KILN_OK) st = apply_counter_add(db, wb, user, KEYS_COUNTER_UNVIEWED, nu - ou);
+    return st;
+}
+
+/* ---- the rules ---------------------------------------------------------- */
+
+typedef enum {
+    RULE_IGNORE,    /* stale or impossible: nothing changes */
+    RULE_APPLY,     /* write the new state */
+    RULE_REPUBLISH, /* terminal already, same state again: announce again */
+} apply_rule;
+
+/* The store's transition rules (design.md "Store transition rules"). cur is
+ * the record's current status (a fresh record is pending, attempts 0). */
+static apply_rule apply_decide(const Kiln__V1__JobStatus *cur, Kiln__V1__JobState to,
+                               uint32_t attempt)
+{
+    if (kiln_state_is_terminal(cur->state)) return to == cur->state ? RULE_REPUBLISH : RULE_IGNORE;
+    if (attempt < cur->attempts) return RULE_IGNORE; /* from an earlier attempt */
+    switch (to) {
+    case S_PROCESSING:
+        /* Pending with attempts == attempt means that attempt was already
+         * handed back for a retry: this PROCESSING is a late duplicate. */
+        if (cur->state == S_PENDING && cur->attempts > 0 && attempt == cur->attempts)
+            return RULE_IGNORE;
+        return RULE_APPLY;
+    case S_PENDING:
+    case S_COMPLETED:
+    case S_FAILED:
+    case S_CANCELLED: return RULE_APPLY;
+    default: return RULE_IGNORE; /* UNSPECIFIED or unknown enum values */
+    }
+}
+
+/* A fresh pending record built from req, pointing into it. */
+static void apply_record_init(Kiln__V1__JobRecord *rec, Kiln__V1__JobStatus *status,
+                              const Kiln__V1__JobRequest *req, int64_t fallback_created_ms)
+{
+    kiln__v1__job_record__init(rec);
+    kiln__v1__job_status__init(status);
+    rec->request = (Kiln__V1__JobRequest *)req;
+    rec->status = status;
+    status->id = req->id;
+    status->user_id = req->user_id;
+    status->prompt = req->prompt;
+    status->state = S_PENDING;
+    status->created_at_ms = req->created_at_ms > 0 ? req->created_at_ms : fallback_created_ms;
+    rec->updated_at_ms = kiln_now_ms();
+}
+
+static int apply_user_ok(const char *user)
+{
+    size_t n = user != NULL ? strlen(user) : 0;
+    return n > 0 && n <= KILN_USER_MAX_LEN;
+}
+
+kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+                              size_t len, int64_t fallback_created_ms, int *changed)
+{
+    kiln_status st = KILN_OK;
+    Kiln__V1__JobRequest *req = NULL;
+    Kiln__V1__JobRecord *old = NULL;
+    char field[64] = "", msg[256] = "";
+    *changed = 0;
+
+    if (len > KILN_PB_MAX_BYTES) return KILN_EINVAL;
+    req = kiln__v1__job_request__unpack(NULL, len, data);
+    if (req == NULL) return KILN_EINVAL;
+    if (kiln_jobreq_validate(req, field, sizeof field, msg, sizeof msg) != KILN_OK) {
+        LOG_DEBUG("store ignores invalid job request field=%s", field);
+        st = KILN_EINVAL;
+        goto out;
+    }
+    st = db_load_record(db, NULL, wb, req->id, &old);
+    if (st == KILN_OK) goto out; /* known already: a replay or a duplicate */
+    if (st != KILN_ENOTFOUND) goto out;
+
+    Kiln__V1__JobRecord rec;
+    Kiln__V1__JobStatus status;
+    apply_record_init(&rec, &status, req, fallback_created_ms);
+    st = apply_stage_record(db, wb, NULL, &rec);
+    if (st == KILN_OK) *changed = 1;
+out:
+    if (old != NULL) kiln__v1__job_record__free_unpacked(old, NULL);
+    if (req != NULL) kiln__v1__job_request__free_unpacked(req, NULL);
+    return st;
+}
+
+/* Applies t to the record of t->request->id (old, NULL when there is none). */
+static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
+                             const Kiln__V1__JobRecord *old, const Kiln__V1__JobTransition *t,
+                             apply_done_list *done, int *changed)
+{
+    Kiln__V1__JobRecord rec;
+    Kiln__V1__JobStatus status;
+    Kiln__V1__JobError err = KILN__V1__JOB_ERROR__INIT;
+    int64_t now = kiln_now_ms();
+    int64_t at = t->at_ms > 0 ? t->at_ms : now;
+
+    if (old != NULL) {
+        rec = *old;
+        status = *old->status;
+        rec.status = &status;
+    } else {
+        apply_record_init(&rec, &status, t->request, now);
+    }
+
+    switch (apply_decide(&status, t->state, t->attempt)) {
+    case RULE_IGNORE:
+        LOG_DEBUG("store transition ignored job=%s state=%s attempt=%u current=%s attempts=%u",
+                  status.id, kiln_state_name(t->state), t->attempt, kiln_state_name(status.state),
+                  status.attempts);
+        return KILN_OK;
+    case RULE_REPUBLISH:
+        /* The earlier jobs.done may have been lost in a crash; the stream
+         * drops the copy by Nats-Msg-Id if it was not. */
+        return apply_done_add(done, &status);
+    case RULE_APPLY: break;
+    }
+
+    switch (t->state) {
+    case S_PROCESSING:
+        status.attempts = t->attempt;
+        if (status.started_at_ms == 0) status.started_at_ms = at;
+        status.error = NULL; /* a new attempt: the previous attempt's error is history */
+        rec.progress = t->progress;
+        rec.retry_at_ms = 0;
+        break;
+    case S_PENDING:
+        status.attempts = t->attempt;
+        status.error = t->error;
+        rec.progress = NULL;
+        rec.retry_at_ms = t->retry_at_ms;
+        break;
+    case S_COMPLETED:
+    case S_FAILED:
+    case S_CANCELLED:
+        if (t->attempt > status.attempts) status.attempts = t->attempt;
+        status.n_images = t->n_images;
+        status.images = t->images;
+        status.error = t->error;
+        if (status.error == NULL && t->state != S_COMPLETED) {
+            err.code = t->state == S_CANCELLED ? "cancelled" : "failed";
+            err.message = t->state == S_CANCELLED ? "cancelled by request" : "the job failed";
+            status.error = &err;
+        }
+        if (t->state == S_COMPLETED) status.error = NULL;
+        status.completed_at_ms = at;
+        rec.progress = NULL;
+        rec.retry_at_ms = 0;
+        break;
+    default: return KILN_OK; /* apply_decide never says APPLY for these */
+    }
+    status.state = t->state;
+    rec.updated_at_ms = now;
+
+    kiln_status st = apply_stage_record(db, wb, old, &rec);
+    if (st != KILN_OK) return st;
+    *changed = 1;
+    if (kiln_state_is_terminal(status.state)) return apply_done_add(done, &status);
+    return KILN_OK;
+}
+
+kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+                             size_t len, apply_done_list *done, int *changed)
+{
+    kiln_status st = KILN_OK;
+    Kiln__V1__JobTransition *t = NULL;
+    Kiln__V1__JobRecord *old = NULL;
+    *changed = 0;
+
+    if (len > KILN_PB_MAX_BYTES) return KILN_EINVAL;
+    t = kiln__v1__job_transition__unpack(NULL, len, data);
+    if (t == NULL) return KILN_EINVAL;
+    if (t->request == NULL || !kiln_jobreq_id_ok(t->request->id) ||
+        !apply_user_ok(t->request->user_id)) {
+        st = KILN_EINVAL;
+        goto out;
+    }
+    st = db_load_record(db, NULL, wb, t->request->id, &old);
+    if (st != KILN_OK && st != KILN_ENOTFOUND) goto out;
+    st = apply_one(db, wb, old, t, done, changed);
+out:
+    if (old != NULL) kiln__v1__job_record__free_unpacked(old, NULL);
+    if (t != NULL) kiln__v1__job_transition__free_unpacked(t, NULL);
+    return st;
+}
+
+/* Loads id for user (NULL = any). A job of another user is not found. */
+static kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+                                    const char *user, Kiln__V1__JobRecord **out)
+{
+    Kiln__V1__JobRecord *rec = NULL;
+    if (!kiln_jobreq_id_ok(id)) return KILN_ENOTFOUND;
+    kiln_status st = db_load_record(db, NULL, wb, id, &rec);
+    if (st != KILN_OK) return st;
+    if (user != NULL && strcmp(user, rec->request->user_id) != 0) {
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+        return KILN_ENOTFOUND;
+    }
+    *out = rec;
+    return KILN_OK;
+}
+
+kiln_status apply_cancel(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+                         const char *user, apply_done_list *done, apply_cancel_result *result)
+{
+    Kiln__V1__JobRecord *old = NULL;
+    kiln_status st = apply_load_owned(db, wb, id, user, &old);
+    if (st == KILN_ENOTFOUND) {
+        *result = APPLY_CANCEL_NOT_FOUND;
+        return KILN_OK;
+    }
+    if (st != KILN_OK) return st;
+    if (kiln_state_is_terminal(old->status->state)) {
+        *result = APPLY_CANCEL_ALREADY_FINISHED;
+        goto out;
+    }
+    /* The store's own transition, through the same rules as a consumer's. */
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__JobError err = KILN__V1__JOB_ERROR__INIT;
+    err.code = "cancelled";
+    err.message = "cancelled by request";
+    t.request = old->request;
+    t.state = S_CANCELLED;
+    t.attempt = old->status->attempts;
+    t.at_ms = kiln_now_ms();
+    t.error = &err;
+    int changed = 0;
+    st = apply_one(db, wb, old, &t, done, &changed);
+    if (st == KILN_OK) *result = APPLY_CANCEL_DONE;
+out:
+    kiln__v1__job_record__free_unpacked(old, NULL);
+    return st;
+}
+
+kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+                         const char *user)
+{
+    Kiln__V1__JobRecord *old = NULL;
+    kiln_status st = apply_load_owned(db, wb, id, user, &old);
+    if (st != KILN_OK) return st;
+    if (!old->viewed) {
+        Kiln__V1__JobRecord rec = *old;
+        rec.viewed = 1;
+        rec.updated_at_ms = kiln_now_ms();
+        st = apply_stage_record(db, wb, old, &rec);
+    }
+    kiln__v1__job_record__free_unpacked(old, NULL);
+    return st;
+}

@@ -1,0 +1,75 @@
+/* db.h - the store's RocksDB: column families, point reads, batched writes.
+ *
+ * Threads: reads (db_get, db_load_record without a batch) are safe from any
+ * thread. Every read-modify-write of records, indexes or counters happens
+ * under db_lock() so the apply thread and the request threads (cancel,
+ * viewed) never interleave. */
+#ifndef STORE_DB_H
+#define STORE_DB_H
+
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.pb-c.h"
+#include "status.h"
+
+typedef enum {
+    DB_CF_DEFAULT = 0,
+    DB_CF_JOBS,          /* id -> JobRecord */
+    DB_CF_BY_USER,       /* keys_by_user -> "" */
+    DB_CF_BY_USER_STATE, /* keys_by_user_state -> "" */
+    DB_CF_UNVIEWED,      /* keys_by_user -> "" (terminal and not viewed) */
+    DB_CF_COUNTERS,      /* keys_counter -> be64 */
+    DB_CF_META,          /* DB_META_APPLIED_SEQ -> be64 */
+    DB_CF_COUNT
+} db_cf;
+
+#define DB_META_APPLIED_SEQ "applied_seq"
+
+typedef struct {
+    rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf[DB_CF_COUNT];
+    rocksdb_readoptions_t *ro;
+    rocksdb_writeoptions_t *wo;
+    /* Owned option objects, kept until close. */
+    rocksdb_options_t *opts;
+    rocksdb_options_t *jobs_opts;
+    rocksdb_block_based_table_options_t *bbto;
+    rocksdb_block_based_table_options_t *jobs_bbto;
+    rocksdb_cache_t *cache;
+    pthread_mutex_t write_mu;
+} db_store;
+
+/* Opens (creating if missing) the database at path. *out only on success;
+ * the caller closes it with db_close(). */
+kiln_status db_open(const char *path, db_store **out);
+/* NULL-safe. Flushes nothing: the WAL already holds every write. */
+void db_close(db_store *db);
+
+void db_lock(db_store *db);
+void db_unlock(db_store *db);
+
+/* Point read. ro NULL = default read options. wb non-NULL reads through the
+ * batch (its own pending writes first). *val is malloc'ed (free with
+ * rocksdb_free). KILN_ENOTFOUND when absent, KILN_EIO on a RocksDB error. */
+kiln_status db_get(db_store *db, const rocksdb_readoptions_t *ro, rocksdb_writebatch_wi_t *wb,
+                   db_cf cf, const void *key, size_t klen, char **val, size_t *vlen);
+
+/* Reads and decodes the record of id. Free *out with
+ * kiln__v1__job_record__free_unpacked(). KILN_ENOTFOUND when absent,
+ * KILN_EIO when undecodable. */
+kiln_status db_load_record(db_store *db, const rocksdb_readoptions_t *ro,
+                           rocksdb_writebatch_wi_t *wb, const char *id, Kiln__V1__JobRecord **out);
+
+/* Writes the batch (sync=false: the WAL survives a process crash). */
+kiln_status db_write(db_store *db, rocksdb_writebatch_wi_t *wb);
+
+/* The be64 at key in cf, 0 when absent. */
+kiln_status db_get_u64(db_store *db, rocksdb_writebatch_wi_t *wb, db_cf cf, const void *key,
+                       size_t klen, uint64_t *out);
+void db_put_u64(db_store *db, rocksdb_writebatch_wi_t *wb, db_cf cf, const void *key,
+                size_t klen, uint64_t v);
+
+#endif

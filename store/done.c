@@ -1,0 +1,107 @@
+/* done.c - publishing jobs.done (JetStream) and kiln.cancelled.<id> (core NATS).
+ *
+ * jobs.done carries the JobStatus, headers Kiln-Job-Id, Kiln-Status (state
+ * name) and Nats-Msg-Id "<id>.done" so a re-publish after a crash is dropped
+ * by KILN_DONE's duplicate window. */
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "done.h"
+#include "log.h"
+#include "natsconn.h"
+#include "pb.h"
+#include "subjects.h"
+
+static _Atomic uint64_t done_failed;
+
+void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    (void)pa;
+    (void)closure;
+    if (pae != NULL) {
+        const char *id = NULL;
+        if (msg == NULL || natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK) id = "-";
+        atomic_fetch_add(&done_failed, 1);
+        LOG_WARN("store jobs.done publish failed job=%s status=%s err=\"%s\"", id,
+                 natsStatus_GetText(pae->Err), pae->ErrText != NULL ? pae->ErrText : "");
+    }
+    natsMsg_Destroy(msg);
+}
+
+uint64_t done_failures(void) { return atomic_load(&done_failed); }
+
+/* Builds the jobs.done message of d. */
+static kiln_status done_msg(const apply_done *d, natsMsg **out)
+{
+    natsMsg *m = NULL;
+    char msgid[KILN_ID_MAX_LEN + 16];
+    snprintf(msgid, sizeof msgid, "%s.done", d->id);
+    natsStatus s = natsMsg_Create(&m, KILN_SUBJ_DONE, NULL, (const char *)d->status_pb,
+                                  (int)d->status_len);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, d->id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_STATUS, kiln_state_name(d->state));
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_MSG_ID, msgid);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(m);
+        return kiln_nats_status(s);
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, int64_t timeout_ms)
+{
+    if (l->n == 0) return KILN_OK;
+    uint64_t failed0 = done_failures();
+    for (size_t i = 0; i < l->n; i++) {
+        natsMsg *m = NULL;
+        kiln_status st = done_msg(&l->items[i], &m);
+        if (st != KILN_OK) return st;
+        natsStatus s = js_PublishMsgAsync(js, &m, NULL);
+        natsMsg_Destroy(m); /* NULL when the library took it */
+        if (s != NATS_OK) {
+            LOG_WARN("store jobs.done publish failed job=%s status=%s", l->items[i].id,
+                     natsStatus_GetText(s));
+            return kiln_nats_status(s);
+        }
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = timeout_ms;
+    natsStatus s = js_PublishAsyncComplete(js, &po);
+    if (s != NATS_OK) {
+        LOG_WARN("store jobs.done acks incomplete status=%s", natsStatus_GetText(s));
+        return kiln_nats_status(s);
+    }
+    if (done_failures() != failed0) return KILN_ENATS;
+    return KILN_OK;
+}
+
+kiln_status done_publish_one(jsCtx *js, const apply_done *d)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    kiln_status st = done_msg(d, &m);
+    if (st != KILN_OK) return st;
+    natsStatus s = js_PublishMsg(NULL, js, m, NULL, &jerr);
+    natsMsg_Destroy(m);
+    if (s != NATS_OK) {
+        LOG_WARN("store jobs.done publish failed job=%s status=%s jerr=%d", d->id,
+                 natsStatus_GetText(s), (int)jerr);
+        return kiln_nats_status(s);
+    }
+    return KILN_OK;
+}
+
+kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id)
+{
+    char subj[sizeof KILN_SUBJ_CANCELLED_PREFIX + KILN_ID_MAX_LEN];
+    snprintf(subj, sizeof subj, "%s%s", KILN_SUBJ_CANCELLED_PREFIX, id);
+    natsStatus s = natsConnection_Publish(nc, subj, NULL, 0);
+    if (s != NATS_OK) {
+        LOG_WARN("store cancel broadcast failed job=%s status=%s", id, natsStatus_GetText(s));
+        return kiln_nats_status(s);
+    }
+    return KILN_OK;
+}

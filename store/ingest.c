@@ -1,0 +1,259 @@
+/* ingest.c - the apply thread: pull a batch from KILN_JOBS (durable
+ * kiln-store), apply it in one RocksDB write, publish jobs.done for every
+ * terminal state written, wait for those acks, then ack the batch.
+ *
+ * Only this thread touches sub, wb and done. Order per batch matters:
+ * write before jobs.done (a subscriber that queries sees the terminal
+ * state), jobs.done acked before the batch is acked (a crash in between
+ * redelivers the batch, and re-applying an identical terminal transition
+ * re-publishes jobs.done, de-duplicated by Nats-Msg-Id). */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "apply.h"
+#include "clock.h"
+#include "done.h"
+#include "ingest.h"
+#include "keys.h"
+#include "log.h"
+#include "metrics.h"
+#include "natsconn.h"
+#include "subjects.h"
+
+#define INGEST_BATCH 256
+#define INGEST_FETCH_MS 250       /* short: shutdown and the barrier's idle check react quickly */
+#define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
+#define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
+#define INGEST_ERROR_SLEEP_MS 500
+
+struct ingest {
+    db_store *db;
+    jsCtx *js;
+    barrier *b;
+    natsSubscription *sub;
+    rocksdb_writebatch_wi_t *wb;
+    apply_done_list done;
+    pthread_t thread;
+    int thread_started;
+    atomic_bool stop;
+    kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_invalid, *m_retries, *m_seq;
+};
+
+static void ingest_sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static int ingest_is_lane(const char *subj)
+{
+    return strcmp(subj, KILN_SUBJ_GENERATE) == 0 || strcmp(subj, KILN_SUBJ_GENERATE_HIGH) == 0 ||
+           strcmp(subj, KILN_SUBJ_GENERATE_LOW) == 0;
+}
+
+/* Applies one message into the batch. KILN_EIO (or ENOMEM) aborts the batch. */
+static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
+{
+    jsMsgMetaData *meta = NULL;
+    int64_t ts_ms = kiln_now_ms();
+    int changed = 0;
+    kiln_status st = KILN_OK;
+    const char *subj = natsMsg_GetSubject(msg);
+    const void *data = natsMsg_GetData(msg);
+    int len = natsMsg_GetDataLength(msg);
+
+    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+        *seq = meta->Sequence.Stream;
+        if (meta->Timestamp > 0) ts_ms = meta->Timestamp / 1000000;
+        jsMsgMetaData_Destroy(meta);
+    }
+    if (data == NULL) data = "";
+    if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
+        st = apply_transition(ing->db, ing->wb, data, (size_t)len, &ing->done, &changed);
+        if (st == KILN_EINVAL) {
+            LOG_WARN("store transition undecodable, skipped seq=%llu bytes=%d",
+                     (unsigned long long)*seq, len);
+            kiln_metric_add(ing->m_invalid, 1);
+            st = KILN_OK;
+        }
+    } else if (ingest_is_lane(subj)) {
+        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, &changed);
+        if (st == KILN_EINVAL) {
+            /* The consumer dead-letters it; the store only skips it. */
+            LOG_DEBUG("store job request invalid, skipped seq=%llu", (unsigned long long)*seq);
+            kiln_metric_add(ing->m_invalid, 1);
+            st = KILN_OK;
+        }
+    }
+    if (changed) kiln_metric_add(ing->m_changes, 1);
+    return st;
+}
+
+static void ingest_settle(natsMsgList *list, int ack)
+{
+    for (int i = 0; i < list->Count; i++) {
+        natsStatus s = ack ? natsMsg_Ack(list->Msgs[i], NULL)
+                           : natsMsg_NakWithDelay(list->Msgs[i], INGEST_RETRY_DELAY_MS, NULL);
+        if (s != NATS_OK) {
+            /* Redelivered after AckWait; applying again changes nothing. */
+            LOG_WARN("store %s failed status=%s", ack ? "ack" : "nak", natsStatus_GetText(s));
+            return;
+        }
+    }
+}
+
+static void ingest_batch(ingest *ing, natsMsgList *list)
+{
+    kiln_status st = KILN_OK;
+    uint64_t max_seq = 0;
+    int64_t t0 = kiln_mono_us();
+
+    apply_done_reset(&ing->done);
+    rocksdb_writebatch_wi_clear(ing->wb);
+    db_lock(ing->db);
+    for (int i = 0; i < list->Count && st == KILN_OK; i++) {
+        uint64_t seq = 0;
+        st = ingest_apply_msg(ing, list->Msgs[i], &seq);
+        if (seq > max_seq) max_seq = seq;
+    }
+    if (st == KILN_OK && max_seq > 0) {
+        uint64_t prev = 0;
+        st = db_get_u64(ing->db, ing->wb, DB_CF_META, DB_META_APPLIED_SEQ,
+                        strlen(DB_META_APPLIED_SEQ), &prev);
+        if (st == KILN_OK && max_seq > prev)
+            db_put_u64(ing->db, ing->wb, DB_CF_META, DB_META_APPLIED_SEQ,
+                       strlen(DB_META_APPLIED_SEQ), max_seq);
+    }
+    if (st == KILN_OK) st = db_write(ing->db, ing->wb);
+    db_unlock(ing->db);
+    if (st != KILN_OK) {
+        LOG_ERROR("store batch not applied, will retry msgs=%d status=%s", list->Count,
+                  kiln_status_str(st));
+        kiln_metric_add(ing->m_retries, 1);
+        ingest_settle(list, 0);
+        ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
+        return;
+    }
+    barrier_applied(ing->b, max_seq);
+    kiln_metric_set(ing->m_seq, (int64_t)max_seq);
+
+    st = done_publish_batch(ing->js, &ing->done, INGEST_DONE_ACK_MS);
+    if (st != KILN_OK) {
+        /* The states are written; redelivery re-publishes their jobs.done. */
+        LOG_WARN("store jobs.done not confirmed, batch will be redelivered msgs=%d done=%zu",
+                 list->Count, ing->done.n);
+        kiln_metric_add(ing->m_retries, 1);
+        ingest_settle(list, 0);
+        return;
+    }
+    ingest_settle(list, 1);
+    kiln_metric_add(ing->m_batches, 1);
+    kiln_metric_add(ing->m_msgs, list->Count);
+    kiln_metric_add(ing->m_done, (int64_t)ing->done.n);
+    LOG_DEBUG("store batch applied msgs=%d done=%zu seq=%llu us=%lld", list->Count, ing->done.n,
+              (unsigned long long)max_seq, (long long)(kiln_mono_us() - t0));
+}
+
+static void *ingest_main(void *arg)
+{
+    ingest *ing = arg;
+    int64_t last_err_log = 0;
+    while (!atomic_load(&ing->stop)) {
+        natsMsgList list = {0};
+        jsErrCode jerr = 0;
+        uint64_t epoch = barrier_fetch_begin(ing->b);
+        natsStatus s = natsSubscription_Fetch(&list, ing->sub, INGEST_BATCH, INGEST_FETCH_MS, &jerr);
+        if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0)) {
+            natsMsgList_Destroy(&list);
+            barrier_fetch_idle(ing->b, epoch);
+            continue;
+        }
+        if (s != NATS_OK) {
+            natsMsgList_Destroy(&list);
+            if (kiln_mono_ms() - last_err_log > 5000) {
+                LOG_WARN("store fetch failed status=%s jerr=%d", natsStatus_GetText(s), (int)jerr);
+                last_err_log = kiln_mono_ms();
+            }
+            ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
+            continue;
+        }
+        ingest_batch(ing, &list);
+        natsMsgList_Destroy(&list);
+    }
+    return NULL;
+}
+
+static void ingest_free(ingest *ing)
+{
+    if (ing == NULL) return;
+    if (ing->sub != NULL) {
+        /* Keep the durable: only drop our interest in it. */
+        natsSubscription_Destroy(ing->sub);
+    }
+    if (ing->wb != NULL) rocksdb_writebatch_wi_destroy(ing->wb);
+    apply_done_free(&ing->done);
+    free(ing);
+}
+
+kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
+{
+    kiln_status st = KILN_OK;
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    ingest *ing = calloc(1, sizeof *ing);
+    if (ing == NULL) return KILN_ENOMEM;
+    ing->db = db;
+    ing->js = js;
+    ing->b = b;
+    atomic_init(&ing->stop, false);
+    ing->m_batches = kiln_metric_counter("kiln_store_batches_total", "Fetched batches applied and acked");
+    ing->m_msgs = kiln_metric_counter("kiln_store_messages_total", "KILN_JOBS messages applied and acked");
+    ing->m_changes = kiln_metric_counter("kiln_store_transitions_applied_total",
+                                         "Job requests and transitions that changed a record");
+    ing->m_done = kiln_metric_counter("kiln_store_done_published_total", "jobs.done events published by the apply loop");
+    ing->m_invalid = kiln_metric_counter("kiln_store_invalid_messages_total", "Undecodable or invalid messages skipped");
+    ing->m_retries = kiln_metric_counter("kiln_store_batch_retries_total", "Batches nak'd for redelivery");
+    ing->m_seq = kiln_metric_gauge("kiln_store_applied_seq", "Highest KILN_JOBS sequence applied");
+
+    ing->wb = rocksdb_writebatch_wi_create(0, 1);
+    if (ing->wb == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    jsSubOptions_Init(&so);
+    so.Stream = KILN_STREAM_JOBS;
+    so.Consumer = KILN_DURABLE_STORE;
+    so.ManualAck = true;
+    natsStatus s = js_PullSubscribe(&ing->sub, js, "", KILN_DURABLE_STORE, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        ing->sub = NULL;
+        LOG_ERROR("store pull subscribe failed durable=%s status=%s jerr=%d err=\"%s\"",
+                  KILN_DURABLE_STORE, natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        st = kiln_nats_status(s);
+        goto out;
+    }
+    if (pthread_create(&ing->thread, NULL, ingest_main, ing) != 0) {
+        st = KILN_ERR;
+        goto out;
+    }
+    pthread_setname_np(ing->thread, "kiln-apply");
+    ing->thread_started = 1;
+    LOG_INFO("store apply loop started durable=%s batch=%d", KILN_DURABLE_STORE, INGEST_BATCH);
+    *out = ing;
+    ing = NULL;
+out:
+    ingest_free(ing);
+    return st;
+}
+
+void ingest_stop(ingest *ing)
+{
+    if (ing == NULL) return;
+    atomic_store(&ing->stop, true);
+    if (ing->thread_started) pthread_join(ing->thread, NULL);
+    LOG_INFO("store apply loop stopped");
+    ingest_free(ing);
+}

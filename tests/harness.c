@@ -1,0 +1,1122 @@
+/* harness.c - integration test harness: real processes on free ports, HTTP via
+ * libcurl, NATS via libnats, deadline-based waits (see harness.h). */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <glob.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <criterion/hooks.h>
+#include <curl/curl.h>
+
+#include "kiln.pb-c.h"
+
+extern char **environ;
+
+#define H_START_DEADLINE_MS 30000 /* per component, generous for ASan builds */
+#define H_STOP_DEADLINE_MS 10000
+#define H_BODY_CAP (32u * 1024u * 1024u)
+#define H_ENV_CAP 512
+
+static const char *const h_comp_names[H_NPROC] = {"nats", "devprovider", "store", "consumer",
+                                                  "gateway"};
+static const char *const h_comp_bins[H_NPROC] = {NULL, "kiln-devprovider", "kiln-store",
+                                                 "kiln-consumer", "kiln-gateway"};
+
+/* Every pid this worker started and has not reaped, for h_fini. */
+#define H_MAX_PIDS 64
+static pid_t h_pids[H_MAX_PIDS];
+
+static void h_pid_add(pid_t p)
+{
+    for (int i = 0; i < H_MAX_PIDS; i++) {
+        if (h_pids[i] == 0) {
+            h_pids[i] = p;
+            return;
+        }
+    }
+}
+
+static void h_pid_del(pid_t p)
+{
+    for (int i = 0; i < H_MAX_PIDS; i++)
+        if (h_pids[i] == p) h_pids[i] = 0;
+}
+
+/* ---- small utilities ------------------------------------------------------ */
+
+int64_t h_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void h_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int h_wait_for(int (*cond)(void *arg), void *arg, int64_t deadline_ms, int poll_ms)
+{
+    int64_t end = h_now_ms() + deadline_ms;
+    for (;;) {
+        if (cond(arg)) return 1;
+        if (h_now_ms() >= end) return 0;
+        h_sleep_ms(poll_ms > 0 ? poll_ms : 50);
+    }
+}
+
+const char *h_bin_dir(void)
+{
+    const char *d = getenv("KILN_BIN_DIR");
+    return (d != NULL && d[0] != '\0') ? d : "build/san/bin";
+}
+
+static int h_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    socklen_t al = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &al) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static int h_tcp_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static int h_rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void h_rm_rf(const char *path)
+{
+    nftw(path, h_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void h_mkdir(const char *p)
+{
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) fprintf(stderr, "harness: mkdir %s: %s\n", p, strerror(errno));
+}
+
+static char *h_read_file(const char *path, size_t *len_out)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf != NULL) {
+        if (len + 4096 + 1 > cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t n = fread(buf + len, 1, 4096, f);
+        len += n;
+        if (n == 0) break;
+    }
+    fclose(f);
+    if (buf == NULL) return NULL;
+    buf[len] = '\0';
+    if (len_out != NULL) *len_out = len;
+    return buf;
+}
+
+static void h_print_tail(const char *path, int lines)
+{
+    size_t len = 0;
+    char *buf = h_read_file(path, &len);
+    if (buf == NULL) return;
+    const char *p = buf + len;
+    int seen = 0;
+    while (p > buf) {
+        p--;
+        if (*p == '\n' && p != buf + len - 1 && ++seen >= lines) {
+            p++;
+            break;
+        }
+    }
+    fprintf(stderr, "----- tail of %s -----\n%s%s----- end of %s -----\n", path, p,
+            (len > 0 && buf[len - 1] != '\n') ? "\n" : "", path);
+    free(buf);
+}
+
+/* Sanitizer reports in a log file. */
+static int h_log_sanitizer_hits(const char *path)
+{
+    char *buf = h_read_file(path, NULL);
+    if (buf == NULL) return 0;
+    static const char *const pats[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                       "runtime error:", "AddressSanitizer:DEADLYSIGNAL",
+                                       "ThreadSanitizer"};
+    int hits = 0;
+    for (size_t i = 0; i < sizeof pats / sizeof pats[0]; i++)
+        if (strstr(buf, pats[i]) != NULL) hits++;
+    free(buf);
+    return hits;
+}
+
+/* ---- environment ---------------------------------------------------------- */
+
+static int h_env_has(char **env, int n, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    size_t klen = eq != NULL ? (size_t)(eq - kv) : strlen(kv);
+    for (int i = 0; i < n; i++)
+        if (strncmp(env[i], kv, klen) == 0 && env[i][klen] == '=') return 1;
+    return 0;
+}
+
+/* Adds a strdup of kv unless its name is already present (first wins). */
+static void h_proc_env_add(h_proc *p, const char *kv)
+{
+    if (kv == NULL || p->nenv >= H_MAX_ENV || h_env_has(p->env, p->nenv, kv)) return;
+    char *d = strdup(kv);
+    if (d != NULL) p->env[p->nenv++] = d;
+}
+
+static void h_proc_env_addf(h_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void h_proc_env_addf(h_proc *p, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    h_proc_env_add(p, buf);
+}
+
+/* The full envp for a child: the process's KILN_* entries, then the parent's
+ * environment without KILN_* (so a developer's shell settings do not leak in).
+ * Built before fork: no malloc in the child. */
+static char **h_build_envp(const h_proc *p)
+{
+    size_t n = 0;
+    while (environ[n] != NULL) n++;
+    char **envp = calloc(n + (size_t)p->nenv + 1, sizeof *envp);
+    if (envp == NULL) return NULL;
+    size_t k = 0;
+    for (int i = 0; i < p->nenv; i++) envp[k++] = p->env[i];
+    for (size_t i = 0; i < n && k < n + (size_t)p->nenv; i++)
+        if (strncmp(environ[i], "KILN_", 5) != 0) envp[k++] = environ[i];
+    envp[k] = NULL;
+    return envp;
+}
+
+static const char *h_nats_exe(void)
+{
+    static char path[PATH_MAX];
+    if (path[0] != '\0') return path;
+    const char *env = getenv("PATH");
+    char dirs[4096];
+    snprintf(dirs, sizeof dirs, "%s:/usr/sbin:/usr/bin:/usr/local/bin", env != NULL ? env : "");
+    char *save = NULL;
+    for (char *d = strtok_r(dirs, ":", &save); d != NULL; d = strtok_r(NULL, ":", &save)) {
+        snprintf(path, sizeof path, "%s/nats-server", d);
+        if (access(path, X_OK) == 0) return path;
+    }
+    snprintf(path, sizeof path, "nats-server");
+    return path;
+}
+
+/* ---- processes ------------------------------------------------------------ */
+
+static pid_t h_spawn(const char *exe, char *const argv[], char **envp, const char *log_path,
+                     int stdout_fd)
+{
+    int logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (logfd < 0) {
+        fprintf(stderr, "harness: open %s: %s\n", log_path, strerror(errno));
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Dies with the test worker, so a timed-out test leaves nothing running. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) dup2(devnull, 0);
+        dup2(stdout_fd >= 0 ? stdout_fd : logfd, 1);
+        dup2(logfd, 2);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(exe, argv, envp);
+        dprintf(2, "harness: exec %s: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    close(logfd);
+    if (pid < 0) fprintf(stderr, "harness: fork: %s\n", strerror(errno));
+    else h_pid_add(pid);
+    return pid;
+}
+
+/* Waits for pid up to deadline_ms; returns 1 and the status when it exited. */
+static int h_reap(pid_t pid, int deadline_ms, int *status)
+{
+    int64_t end = h_now_ms() + deadline_ms;
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        if (r == pid || (r < 0 && errno == ECHILD)) {
+            h_pid_del(pid);
+            if (r < 0) *status = -1;
+            return 1;
+        }
+        if (h_now_ms() >= end) return 0;
+        h_sleep_ms(20);
+    }
+}
+
+static int h_status_code(int st)
+{
+    if (st < 0) return -1;
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    return -1;
+}
+
+int h_proc_alive(h_stack *s, h_comp c)
+{
+    h_proc *p = &s->procs[c];
+    if (p->pid <= 0) return 0;
+    int st = 0;
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == p->pid) {
+        h_pid_del(p->pid);
+        p->pid = 0;
+        p->last_status = st;
+        if (c != H_NATS) p->unclean++; /* exited on its own */
+        fprintf(stderr, "harness: %s exited unexpectedly (code %d)\n", p->name, h_status_code(st));
+        return 0;
+    }
+    return 1;
+}
+
+int h_proc_start(h_stack *s, h_comp c)
+{
+    h_proc *p = &s->procs[c];
+    if (p->pid > 0) return 0;
+    char port[16];
+    char *argv[12];
+    int a = 0;
+    if (c == H_NATS) {
+        snprintf(port, sizeof port, "%d", s->nats_port);
+        argv[a++] = (char *)"nats-server";
+        argv[a++] = (char *)"-js";
+        argv[a++] = (char *)"-a";
+        argv[a++] = (char *)"127.0.0.1";
+        argv[a++] = (char *)"-p";
+        argv[a++] = port;
+        argv[a++] = (char *)"-sd";
+        argv[a++] = s->nats_dir;
+    } else {
+        argv[a++] = (char *)h_comp_bins[c];
+    }
+    argv[a] = NULL;
+    char **envp = h_build_envp(p);
+    if (envp == NULL) return -1;
+    if (p->starts > 0) {
+        int fd = open(p->log_path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+        if (fd >= 0) {
+            dprintf(fd, "===== harness: restart #%d of %s =====\n", p->starts, p->name);
+            close(fd);
+        }
+    }
+    pid_t pid = h_spawn(p->exe, argv, envp, p->log_path, -1);
+    free(envp);
+    if (pid < 0) return -1;
+    p->pid = pid;
+    p->starts++;
+    return 0;
+}
+
+int h_proc_kill9(h_stack *s, h_comp c)
+{
+    h_proc *p = &s->procs[c];
+    if (p->pid <= 0) return -1;
+    kill(p->pid, SIGKILL);
+    int st = 0;
+    if (!h_reap(p->pid, H_STOP_DEADLINE_MS, &st)) return -1;
+    p->pid = 0;
+    p->last_status = st;
+    return 0;
+}
+
+int h_proc_term(h_stack *s, h_comp c)
+{
+    h_proc *p = &s->procs[c];
+    if (p->pid <= 0) return -1;
+    int st = 0;
+    kill(p->pid, SIGTERM);
+    if (!h_reap(p->pid, H_STOP_DEADLINE_MS, &st)) {
+        fprintf(stderr, "harness: %s did not exit within %d ms of SIGTERM; SIGKILL\n", p->name,
+                H_STOP_DEADLINE_MS);
+        kill(p->pid, SIGKILL);
+        h_reap(p->pid, H_STOP_DEADLINE_MS, &st);
+        if (c != H_NATS) p->unclean++;
+        p->pid = 0;
+        p->last_status = st;
+        return 128 + SIGKILL;
+    }
+    p->pid = 0;
+    p->last_status = st;
+    int code = h_status_code(st);
+    if (code != 0 && c != H_NATS) {
+        p->unclean++;
+        fprintf(stderr, "harness: %s exited with code %d after SIGTERM\n", p->name, code);
+    }
+    return code;
+}
+
+int h_proc_restart(h_stack *s, h_comp c)
+{
+    if (s->procs[c].pid > 0) h_proc_term(s, c);
+    return h_proc_start(s, c);
+}
+
+void h_stack_dump_logs(const h_stack *s, int lines)
+{
+    for (int c = 0; c < H_NPROC; c++)
+        if (s->procs[c].log_path[0] != '\0') h_print_tail(s->procs[c].log_path, lines);
+}
+
+/* ---- stack ---------------------------------------------------------------- */
+
+static void h_test_dir(char *out, size_t len)
+{
+    const char *root = getenv("KILN_IT_ROOT");
+    const char *suite = criterion_current_suite != NULL ? criterion_current_suite->name : "x";
+    const char *test = criterion_current_test != NULL ? criterion_current_test->name : "x";
+    if (root != NULL && root[0] != '\0') {
+        for (int k = 0; k < 100; k++) {
+            if (k == 0) snprintf(out, len, "%s/%s.%s", root, suite, test);
+            else snprintf(out, len, "%s/%s.%s.%d", root, suite, test, k);
+            if (mkdir(out, 0755) == 0) return;
+        }
+    }
+    snprintf(out, len, "/tmp/kiln-it-%s.%s.XXXXXX", suite, test);
+    if (mkdtemp(out) == NULL) fprintf(stderr, "harness: mkdtemp: %s\n", strerror(errno));
+}
+
+static pthread_once_t h_curl_once = PTHREAD_ONCE_INIT;
+static void h_curl_init(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+}
+
+/* Waits until GET url answers `want`. */
+typedef struct {
+    const char *url;
+    long want;
+    h_stack *s;
+    h_comp comp;
+    int dead;
+} h_ready_arg;
+
+static int h_ready_http(void *arg)
+{
+    h_ready_arg *ra = arg;
+    if (ra->s != NULL && !h_proc_alive(ra->s, ra->comp)) {
+        ra->dead = 1;
+        return 1;
+    }
+    h_resp r;
+    long st = h_http_timeout(&r, "GET", ra->url, NULL, NULL, NULL, 0, NULL, 2000);
+    h_resp_free(&r);
+    return st == ra->want;
+}
+
+typedef struct {
+    h_stack *s;
+    int dead;
+} h_nats_ready_arg;
+
+static int h_ready_nats(void *arg)
+{
+    h_nats_ready_arg *na = arg;
+    if (!h_proc_alive(na->s, H_NATS)) {
+        na->dead = 1;
+        return 1;
+    }
+    return h_tcp_open(na->s->nats_port);
+}
+
+static int h_wait_nats(h_stack *s)
+{
+    h_nats_ready_arg na = {s, 0};
+    if (!h_wait_for(h_ready_nats, &na, H_START_DEADLINE_MS, 30) || na.dead) {
+        fprintf(stderr, "harness: nats-server not ready on port %d\n", s->nats_port);
+        return -1;
+    }
+    return 0;
+}
+
+static int h_wait_http(h_stack *s, h_comp c, const char *url, long want)
+{
+    h_ready_arg ra = {url, want, s, c, 0};
+    if (!h_wait_for(h_ready_http, &ra, H_START_DEADLINE_MS, 50) || ra.dead) {
+        fprintf(stderr, "harness: %s not ready: GET %s never answered %ld%s\n",
+                s->procs[c].name, url, want, ra.dead ? " (process died)" : "");
+        return -1;
+    }
+    return 0;
+}
+
+int h_stack_start(h_stack *s, const h_stack_opts *opts)
+{
+    pthread_once(&h_curl_once, h_curl_init);
+    memset(s, 0, sizeof *s);
+    h_test_dir(s->root, sizeof s->root);
+    snprintf(s->data_dir, sizeof s->data_dir, "%s/data", s->root);
+    snprintf(s->nats_dir, sizeof s->nats_dir, "%s/nats", s->root);
+    snprintf(s->log_dir, sizeof s->log_dir, "%s/logs", s->root);
+    h_mkdir(s->data_dir);
+    h_mkdir(s->nats_dir);
+    h_mkdir(s->log_dir);
+    s->nats_port = h_free_port();
+    s->gw_port = h_free_port();
+    s->dev_port = h_free_port();
+    s->cons_metrics_port = h_free_port();
+    s->store_metrics_port = h_free_port();
+    if (s->nats_port < 0 || s->gw_port < 0 || s->dev_port < 0) return -1;
+    snprintf(s->nats_url, sizeof s->nats_url, "nats://127.0.0.1:%d", s->nats_port);
+    snprintf(s->gw_url, sizeof s->gw_url, "http://127.0.0.1:%d", s->gw_port);
+    snprintf(s->dev_url, sizeof s->dev_url, "http://127.0.0.1:%d", s->dev_port);
+    s->started = 1;
+
+    for (int c = 0; c < H_NPROC; c++) {
+        h_proc *p = &s->procs[c];
+        p->name = h_comp_names[c];
+        p->last_status = -1;
+        snprintf(p->log_path, sizeof p->log_path, "%s/%s.log", s->log_dir, p->name);
+        if (c == H_NATS) snprintf(p->exe, sizeof p->exe, "%s", h_nats_exe());
+        else snprintf(p->exe, sizeof p->exe, "%s/%s", h_bin_dir(), h_comp_bins[c]);
+        if (c == H_NATS) continue;
+        /* Most specific first: the first occurrence of a name wins. */
+        if (c == H_CONSUMER && opts != NULL)
+            for (int i = 0; i < 8 && opts->consumer_env[i] != NULL; i++)
+                h_proc_env_add(p, opts->consumer_env[i]);
+        if (c == H_CONSUMER) h_proc_env_addf(p, "KILN_METRICS_ADDR=127.0.0.1:%d", s->cons_metrics_port);
+        if (c == H_STORE) h_proc_env_addf(p, "KILN_METRICS_ADDR=127.0.0.1:%d", s->store_metrics_port);
+        if (opts != NULL)
+            for (int i = 0; i < H_MAX_ENV && opts->env[i] != NULL; i++) h_proc_env_add(p, opts->env[i]);
+        h_proc_env_addf(p, "KILN_NATS_URL=%s", s->nats_url);
+        h_proc_env_addf(p, "KILN_DATA_DIR=%s", s->data_dir);
+        h_proc_env_add(p, "KILN_LOG_LEVEL=info");
+        h_proc_env_add(p, "KILN_ACK_WAIT=2s");
+        h_proc_env_add(p, "KILN_API_KEYS=" H_TOKEN_ALICE ":alice," H_TOKEN_BOB ":bob");
+        h_proc_env_addf(p, "KILN_PROVIDER_URL=%s/v1", s->dev_url);
+        h_proc_env_addf(p, "KILN_DEVPROVIDER_ADDR=127.0.0.1:%d", s->dev_port);
+        h_proc_env_add(p, "KILN_DEVPROVIDER_LATENCY_MS=0");
+        h_proc_env_addf(p, "KILN_HTTP_ADDR=127.0.0.1:%d", s->gw_port);
+        h_proc_env_add(p, "KILN_SUBMIT_RATE=0");
+    }
+
+    char url[128];
+    if (h_proc_start(s, H_NATS) != 0 || h_wait_nats(s) != 0) goto fail;
+    if (h_proc_start(s, H_DEVPROVIDER) != 0) goto fail;
+    snprintf(url, sizeof url, "%s/healthz", s->dev_url);
+    if (h_wait_http(s, H_DEVPROVIDER, url, 200) != 0) goto fail;
+    if (h_proc_start(s, H_STORE) != 0) goto fail;
+    if (!(opts != NULL && opts->no_consumer) && h_proc_start(s, H_CONSUMER) != 0) goto fail;
+    if (h_proc_start(s, H_GATEWAY) != 0) goto fail;
+    snprintf(url, sizeof url, "%s/readyz", s->gw_url);
+    if (h_wait_http(s, H_GATEWAY, url, 200) != 0) goto fail;
+    if (!h_proc_alive(s, H_STORE)) goto fail;
+    if (!(opts != NULL && opts->no_consumer) && !h_proc_alive(s, H_CONSUMER)) goto fail;
+    return 0;
+fail:
+    fprintf(stderr, "harness: stack failed to start in %s\n", s->root);
+    h_stack_dump_logs(s, 30);
+    return -1;
+}
+
+int h_stack_wait_ready(h_stack *s)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/readyz", s->gw_url);
+    return h_wait_http(s, H_GATEWAY, url, 200);
+}
+
+int h_stack_stop(h_stack *s)
+{
+    if (!s->started) return 0;
+    int problems = 0;
+    for (int c = H_NPROC - 1; c >= 0; c--) {
+        h_proc *p = &s->procs[c];
+        if (p->pid > 0) h_proc_term(s, (h_comp)c);
+        if (c != H_NATS && p->unclean > 0) {
+            fprintf(stderr, "harness: %s: %d unclean exit(s)\n", p->name, p->unclean);
+            problems += p->unclean;
+        }
+        int hits = h_log_sanitizer_hits(p->log_path);
+        if (hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", p->log_path);
+        problems += hits;
+    }
+    for (int c = 0; c < H_NPROC; c++) {
+        h_proc *p = &s->procs[c];
+        for (int i = 0; i < p->nenv; i++) free(p->env[i]);
+        p->nenv = 0;
+        p->unclean = 0; /* counted once */
+    }
+    s->started = 0;
+    if (problems > 0) h_stack_dump_logs(s, 40);
+    return problems;
+}
+
+void h_fini(void)
+{
+    /* A failed test jumps here with its processes still running. */
+    for (int i = 0; i < H_MAX_PIDS; i++)
+        if (h_pids[i] > 0) kill(h_pids[i], SIGTERM);
+    for (int i = 0; i < H_MAX_PIDS; i++) {
+        if (h_pids[i] <= 0) continue;
+        int st = 0;
+        pid_t p = h_pids[i];
+        if (!h_reap(p, 5000, &st)) {
+            kill(p, SIGKILL);
+            h_reap(p, 5000, &st);
+        }
+    }
+    nats_Close();
+}
+
+/* ---- report hooks (run in the Criterion runner process) ------------------- */
+
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+    (void)set;
+    const char *keep = getenv("KILN_IT_ROOT");
+    if (keep != NULL && keep[0] != '\0') return;
+    char root[] = "/tmp/kiln-it.XXXXXX";
+    if (mkdtemp(root) != NULL) setenv("KILN_IT_ROOT", root, 1);
+}
+
+ReportHook(POST_FINI)(struct criterion_test_stats *st)
+{
+    const char *root = getenv("KILN_IT_ROOT");
+    if (root == NULL || st == NULL || st->test == NULL) return;
+    char pat[PATH_MAX];
+    snprintf(pat, sizeof pat, "%s/%s.%s", root, st->test->category, st->test->name);
+    char pat2[PATH_MAX + 8];
+    snprintf(pat2, sizeof pat2, "%s.*", pat);
+    int failed = st->test_status == CR_STATUS_FAILED || st->crashed || st->timed_out;
+    const char *pats[2] = {pat, pat2};
+    for (int k = 0; k < 2; k++) {
+        glob_t g;
+        memset(&g, 0, sizeof g);
+        if (glob(pats[k], 0, NULL, &g) != 0) {
+            globfree(&g);
+            continue;
+        }
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            if (failed) {
+                fprintf(stderr, "===== logs of failed test %s::%s (%s) =====\n", st->test->category,
+                        st->test->name, g.gl_pathv[i]);
+                char lpat[PATH_MAX + 16];
+                snprintf(lpat, sizeof lpat, "%s/logs/*.log", g.gl_pathv[i]);
+                glob_t lg;
+                memset(&lg, 0, sizeof lg);
+                if (glob(lpat, 0, NULL, &lg) == 0)
+                    for (size_t j = 0; j < lg.gl_pathc; j++) h_print_tail(lg.gl_pathv[j], 25);
+                globfree(&lg);
+            }
+            const char *keepall = getenv("KILN_IT_KEEP");
+            if (!(keepall != NULL && keepall[0] == '1') && !(failed && keepall != NULL))
+                h_rm_rf(g.gl_pathv[i]);
+        }
+        globfree(&g);
+    }
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *gs)
+{
+    (void)gs;
+    const char *root = getenv("KILN_IT_ROOT");
+    if (root != NULL && strncmp(root, "/tmp/kiln-it.", 13) == 0) rmdir(root); /* only if empty */
+}
+
+/* ---- HTTP ----------------------------------------------------------------- */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} h_buf;
+
+static size_t h_buf_append(h_buf *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > H_BODY_CAP) return 0;
+    if (b->len + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap : 1024;
+        while (nc < b->len + n + 1) nc *= 2;
+        char *nb = realloc(b->buf, nc);
+        if (nb == NULL) return 0;
+        b->buf = nb;
+        b->cap = nc;
+    }
+    memcpy(b->buf + b->len, p, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
+    return n;
+}
+
+static size_t h_curl_write(char *p, size_t size, size_t nmemb, void *ud)
+{
+    return h_buf_append(ud, p, size * nmemb);
+}
+
+long h_http_timeout(h_resp *r, const char *method, const char *url, const char *token,
+                    const char *ctype, const char *body, size_t body_len,
+                    const char *extra_header, long timeout_ms)
+{
+    pthread_once(&h_curl_once, h_curl_init);
+    memset(r, 0, sizeof *r);
+    h_buf hb = {0}, bb = {0};
+    struct curl_slist *hl = NULL;
+    char line[1024];
+    CURL *c = curl_easy_init();
+    if (c == NULL) {
+        snprintf(r->error, sizeof r->error, "curl_easy_init failed");
+        return 0;
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 5000 ? timeout_ms : 5000L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, h_curl_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &bb);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, h_curl_write);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
+    if (token != NULL) {
+        snprintf(line, sizeof line, "Authorization: Bearer %s", token);
+        hl = curl_slist_append(hl, line);
+    }
+    if (ctype != NULL) {
+        snprintf(line, sizeof line, "Content-Type: %s", ctype);
+        hl = curl_slist_append(hl, line);
+    }
+    if (extra_header != NULL) hl = curl_slist_append(hl, extra_header);
+    hl = curl_slist_append(hl, "Expect:");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body != NULL ? body : "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body != NULL ? body_len : 0));
+    } else {
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        if (body != NULL) {
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        }
+    }
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK) {
+        snprintf(r->error, sizeof r->error, "%s %s: %s", method, url, curl_easy_strerror(rc));
+    } else {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    }
+    curl_easy_cleanup(c);
+    curl_slist_free_all(hl);
+    r->headers = hb.buf != NULL ? hb.buf : strdup("");
+    r->body = bb.buf != NULL ? bb.buf : strdup("");
+    r->body_len = bb.len;
+    if (r->body_len > 0) r->json = json_loadb(r->body, r->body_len, 0, NULL);
+    return r->status;
+}
+
+long h_http(h_resp *r, const char *method, const char *url, const char *token,
+            const char *ctype, const char *body, const char *extra_header)
+{
+    return h_http_timeout(r, method, url, token, ctype, body, body != NULL ? strlen(body) : 0,
+                          extra_header, 20000);
+}
+
+void h_resp_free(h_resp *r)
+{
+    free(r->headers);
+    free(r->body);
+    if (r->json != NULL) json_decref(r->json);
+    memset(r, 0, sizeof *r);
+}
+
+int h_resp_header(const h_resp *r, const char *name, char *out, size_t outlen)
+{
+    if (r->headers == NULL) return 0;
+    size_t nl = strlen(name);
+    int found = 0;
+    const char *p = r->headers;
+    while (*p != '\0') {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
+        if (len > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            const char *end = p + len;
+            while (v < end && (*v == ' ' || *v == '\t')) v++;
+            while (end > v && (end[-1] == '\r' || end[-1] == ' ')) end--;
+            size_t vl = (size_t)(end - v);
+            if (outlen > 0) {
+                if (vl >= outlen) vl = outlen - 1;
+                memcpy(out, v, vl);
+                out[vl] = '\0';
+            }
+            found = 1;
+        }
+        if (eol == NULL) break;
+        p = eol + 1;
+    }
+    return found;
+}
+
+long h_api(h_stack *s, h_resp *r, const char *method, const char *path, const char *token,
+           const char *json_body)
+{
+    char url[2048];
+    snprintf(url, sizeof url, "%s%s", s->gw_url, path);
+    return h_http(r, method, url, token, json_body != NULL ? "application/json" : NULL, json_body,
+                  NULL);
+}
+
+const char *h_jstr(const json_t *o, const char *key)
+{
+    return o != NULL ? json_string_value(json_object_get(o, key)) : NULL;
+}
+
+long long h_jint(const json_t *o, const char *key)
+{
+    json_t *v = o != NULL ? json_object_get(o, key) : NULL;
+    return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+}
+
+const char *h_err_code(const h_resp *r)
+{
+    return r->json != NULL ? h_jstr(json_object_get(r->json, "error"), "code") : NULL;
+}
+
+const char *h_err_field(const h_resp *r)
+{
+    return r->json != NULL ? h_jstr(json_object_get(r->json, "error"), "field") : NULL;
+}
+
+void h_expect_error(const h_resp *r, long status, const char *code, const char *field)
+{
+    cr_expect_eq(r->status, status, "want HTTP %ld (%s), got %ld: %s", status, code, r->status,
+                 r->body != NULL ? r->body : "");
+    json_t *e = r->json != NULL ? json_object_get(r->json, "error") : NULL;
+    cr_expect(json_is_object(e), "error body must be {\"error\":{...}}, got: %s",
+              r->body != NULL ? r->body : "");
+    const char *c = h_jstr(e, "code");
+    const char *m = h_jstr(e, "message");
+    cr_expect(c != NULL && strcmp(c, code) == 0, "want error.code %s, got %s (body %s)", code,
+              c != NULL ? c : "(none)", r->body != NULL ? r->body : "");
+    cr_expect(m != NULL && m[0] != '\0', "error.message must be a non-empty string: %s",
+              r->body != NULL ? r->body : "");
+    if (field != NULL) {
+        const char *f = h_jstr(e, "field");
+        cr_expect(f != NULL && strcmp(f, field) == 0, "want error.field %s, got %s (body %s)",
+                  field, f != NULL ? f : "(none)", r->body != NULL ? r->body : "");
+    }
+}
+
+void h_unique_id(char *out, const char *prefix)
+{
+    static unsigned seq;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(out, 65, "%s-%d-%lld%03u", prefix, (int)getpid(),
+             (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, seq++ % 1000);
+}
+
+long h_submit(h_stack *s, const char *token, const char *body, char *id_out)
+{
+    h_resp r;
+    long st = h_api(s, &r, "POST", "/v1/jobs", token, body);
+    if (id_out != NULL) {
+        const char *id = h_jstr(r.json, "id");
+        snprintf(id_out, 65, "%s", (st == 202 && id != NULL) ? id : "");
+    }
+    if (st != 202)
+        fprintf(stderr, "harness: submit answered %ld: %s %s\n", st, r.body != NULL ? r.body : "",
+                r.error);
+    h_resp_free(&r);
+    return st;
+}
+
+long h_submit_prompt(h_stack *s, const char *token, const char *prompt, char *id_out)
+{
+    json_t *o = json_pack("{s:s}", "prompt", prompt);
+    char *body = json_dumps(o, JSON_COMPACT);
+    long st = h_submit(s, token, body, id_out);
+    free(body);
+    json_decref(o);
+    return st;
+}
+
+json_t *h_get_job(h_stack *s, const char *token, const char *id, long *status_out)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    h_resp r;
+    long st = h_api(s, &r, "GET", path, token, NULL);
+    if (status_out != NULL) *status_out = st;
+    json_t *job = NULL;
+    if (st == 200 && r.json != NULL) job = json_incref(r.json);
+    h_resp_free(&r);
+    return job;
+}
+
+int h_state_terminal(const char *state)
+{
+    return state != NULL && (strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 ||
+                             strcmp(state, "cancelled") == 0);
+}
+
+json_t *h_wait_job(h_stack *s, const char *token, const char *id, const char *state,
+                   int64_t deadline_ms)
+{
+    int64_t end = h_now_ms() + deadline_ms;
+    json_t *last = NULL;
+    for (;;) {
+        json_t *j = h_get_job(s, token, id, NULL);
+        if (j != NULL) {
+            if (last != NULL) json_decref(last);
+            last = j;
+            const char *st = h_jstr(j, "status");
+            if (state != NULL ? (st != NULL && strcmp(st, state) == 0) : h_state_terminal(st))
+                return last;
+            /* A different terminal state never changes again. */
+            if (h_state_terminal(st)) return last;
+        }
+        if (h_now_ms() >= end) return last;
+        h_sleep_ms(100);
+    }
+}
+
+/* ---- NATS ----------------------------------------------------------------- */
+
+int h_nats_connect(h_stack *s, natsConnection **nc, jsCtx **js)
+{
+    natsOptions *o = NULL;
+    natsConnection *c = NULL;
+    jsCtx *j = NULL;
+    natsStatus st = natsOptions_Create(&o);
+    if (st == NATS_OK) st = natsOptions_SetURL(o, s->nats_url);
+    if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, -1);
+    if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 100);
+    if (st == NATS_OK) st = natsConnection_Connect(&c, o);
+    if (st == NATS_OK && js != NULL) st = natsConnection_JetStream(&j, c, NULL);
+    natsOptions_Destroy(o);
+    if (st != NATS_OK) {
+        fprintf(stderr, "harness: nats connect %s: %s\n", s->nats_url, natsStatus_GetText(st));
+        jsCtx_Destroy(j);
+        natsConnection_Destroy(c);
+        return -1;
+    }
+    *nc = c;
+    if (js != NULL) *js = j;
+    return 0;
+}
+
+void h_nats_close(natsConnection *nc, jsCtx *js)
+{
+    jsCtx_Destroy(js);
+    if (nc != NULL) {
+        natsConnection_Close(nc);
+        natsConnection_Destroy(nc);
+    }
+}
+
+int h_js_publish(jsCtx *js, const char *subject, const void *data, int len, const char *msg_id)
+{
+    natsMsg *m = NULL;
+    jsPubAck *ack = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = natsMsg_Create(&m, subject, NULL, data, len);
+    if (st == NATS_OK && msg_id != NULL) st = natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id);
+    if (st == NATS_OK) st = js_PublishMsg(&ack, js, m, NULL, &jerr);
+    if (st != NATS_OK)
+        fprintf(stderr, "harness: js publish %s: %s (jerr %d)\n", subject, natsStatus_GetText(st),
+                (int)jerr);
+    jsPubAck_Destroy(ack);
+    natsMsg_Destroy(m);
+    return st == NATS_OK ? 0 : -1;
+}
+
+int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
+                     const char *prompt)
+{
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    r.id = (char *)id;
+    r.user_id = (char *)user;
+    r.prompt = (char *)(prompt != NULL ? prompt : "");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r.created_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    size_t n = kiln__v1__job_request__get_packed_size(&r);
+    uint8_t *buf = malloc(n > 0 ? n : 1);
+    if (buf == NULL) return -1;
+    kiln__v1__job_request__pack(&r, buf);
+    int rc = h_js_publish(js, subject, buf, (int)n, id);
+    free(buf);
+    return rc;
+}
+
+int h_msg_header(natsMsg *m, const char *name, char *out, size_t len)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(m, name, &v) != NATS_OK || v == NULL) return 0;
+    snprintf(out, len, "%s", v);
+    return 1;
+}
+
+int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, js, "KILN_DONE", NULL, &jerr) != NATS_OK) return -1;
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    int count = 0;
+    if (last_status != NULL && len > 0) last_status[0] = '\0';
+    for (uint64_t seq = first; seq >= 1 && seq <= last; seq++) {
+        natsMsg *m = NULL;
+        if (js_GetMsg(&m, js, "KILN_DONE", seq, NULL, &jerr) != NATS_OK) continue;
+        char v[128];
+        if (h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, id) == 0) {
+            count++;
+            if (last_status != NULL) h_msg_header(m, "Kiln-Status", last_status, len);
+        }
+        natsMsg_Destroy(m);
+    }
+    return count;
+}
+
+natsMsg *h_next_msg_for(natsSubscription *sub, const char *id, int64_t deadline_ms)
+{
+    int64_t end = h_now_ms() + deadline_ms;
+    for (;;) {
+        int64_t left = end - h_now_ms();
+        if (left <= 0) return NULL;
+        natsMsg *m = NULL;
+        natsStatus st = natsSubscription_NextMsg(&m, sub, left);
+        if (st == NATS_TIMEOUT) return NULL;
+        if (st != NATS_OK) {
+            h_sleep_ms(20);
+            continue;
+        }
+        if (id == NULL) return m;
+        char v[128];
+        if (h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, id) == 0) return m;
+        natsMsg_Destroy(m);
+    }
+}
+
+/* ---- CLI ------------------------------------------------------------------ */
+
+int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms)
+{
+    *out = NULL;
+    char exe[PATH_MAX], log[PATH_MAX];
+    snprintf(exe, sizeof exe, "%s/%s", h_bin_dir(), argv[0]);
+    snprintf(log, sizeof log, "%s/cli.log", s->log_dir);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    char **envp = h_build_envp(&s->procs[H_GATEWAY]);
+    if (envp == NULL) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    pid_t pid = h_spawn(exe, argv, envp, log, fds[1]);
+    free(envp);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    h_buf b = {0};
+    int64_t end = h_now_ms() + timeout_ms;
+    int killed = 0;
+    for (;;) {
+        int64_t left = end - h_now_ms();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            killed = 1;
+            break;
+        }
+        struct pollfd pfd = {fds[0], POLLIN, 0};
+        int pr = poll(&pfd, 1, (int)(left > 200 ? 200 : left));
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr > 0) {
+            char tmp[4096];
+            ssize_t n = read(fds[0], tmp, sizeof tmp);
+            if (n > 0) {
+                h_buf_append(&b, tmp, (size_t)n);
+                continue;
+            }
+            if (n == 0) break; /* EOF: the child closed stdout */
+        }
+    }
+    close(fds[0]);
+    int st = 0;
+    if (!h_reap(pid, killed ? 5000 : (int)(timeout_ms > 0 ? timeout_ms : 1000), &st)) {
+        kill(pid, SIGKILL);
+        h_reap(pid, 5000, &st);
+        killed = 1;
+    }
+    *out = b.buf != NULL ? b.buf : strdup("");
+    if (killed) fprintf(stderr, "harness: %s timed out after %lld ms\n", argv[0], (long long)timeout_ms);
+    return h_status_code(st);
+}
