@@ -18,6 +18,7 @@ void kiln_provision_opts_init(kiln_provision_opts *o)
     o->dup_window_ms = 120000;
     o->done_max_age_ms = 7LL * 24 * 3600 * 1000;
     o->dead_max_age_ms = 30LL * 24 * 3600 * 1000;
+    o->events_max_age_ms = 3600LL * 1000;
 }
 
 static const char *prov_err_text(natsStatus s)
@@ -99,6 +100,23 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
     return KILN_OK;
 }
 
+/* A limits-retention stream with one subject, kept for max_age_ms. */
+static kiln_status prov_limits_stream(jsCtx *js, const char *name, const char *subject,
+                                      int64_t max_age_ms)
+{
+    const char *subjects[] = {subject};
+    jsStreamConfig cfg;
+    natsStatus s = jsStreamConfig_Init(&cfg);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    cfg.Name = name;
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = 1;
+    cfg.Retention = js_LimitsPolicy;
+    cfg.Storage = js_FileStorage;
+    cfg.MaxAge = max_age_ms * PROV_NS_PER_MS;
+    return prov_stream(js, &cfg);
+}
+
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
 {
     kiln_provision_opts def, eff;
@@ -113,6 +131,7 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     if (eff.dup_window_ms <= 0) eff.dup_window_ms = def.dup_window_ms;
     if (eff.done_max_age_ms <= 0) eff.done_max_age_ms = def.done_max_age_ms;
     if (eff.dead_max_age_ms <= 0) eff.dead_max_age_ms = def.dead_max_age_ms;
+    if (eff.events_max_age_ms <= 0) eff.events_max_age_ms = def.events_max_age_ms;
     o = &eff;
 
     /* KILN_JOBS: the three lanes and the transitions; interest retention
@@ -131,30 +150,13 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     st = prov_stream(js, &jobs);
     if (st != KILN_OK) return st;
 
-    static const char *done_subjects[] = {KILN_SUBJ_DONE};
-    jsStreamConfig done;
-    s = jsStreamConfig_Init(&done);
-    if (s != NATS_OK) return kiln_nats_status(s);
-    done.Name = KILN_STREAM_DONE;
-    done.Subjects = done_subjects;
-    done.SubjectsLen = 1;
-    done.Retention = js_LimitsPolicy;
-    done.Storage = js_FileStorage;
-    done.MaxAge = o->done_max_age_ms * PROV_NS_PER_MS;
-    st = prov_stream(js, &done);
-    if (st != KILN_OK) return st;
-
-    static const char *dead_subjects[] = {KILN_SUBJ_DEAD};
-    jsStreamConfig dead;
-    s = jsStreamConfig_Init(&dead);
-    if (s != NATS_OK) return kiln_nats_status(s);
-    dead.Name = KILN_STREAM_DEAD;
-    dead.Subjects = dead_subjects;
-    dead.SubjectsLen = 1;
-    dead.Retention = js_LimitsPolicy;
-    dead.Storage = js_FileStorage;
-    dead.MaxAge = o->dead_max_age_ms * PROV_NS_PER_MS;
-    st = prov_stream(js, &dead);
+    /* The public outputs and the SSE replay log keep messages by age. */
+    st = prov_limits_stream(js, KILN_STREAM_DONE, KILN_SUBJ_DONE, o->done_max_age_ms);
+    if (st == KILN_OK)
+        st = prov_limits_stream(js, KILN_STREAM_DEAD, KILN_SUBJ_DEAD, o->dead_max_age_ms);
+    if (st == KILN_OK)
+        st = prov_limits_stream(js, KILN_STREAM_EVENTS, KILN_SUBJ_EVENTS_PREFIX ">",
+                                o->events_max_age_ms);
     if (st != KILN_OK) return st;
 
     static const struct {
@@ -192,8 +194,8 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     st = prov_consumer(js, KILN_STREAM_JOBS, &store);
     if (st != KILN_OK) return st;
 
-    LOG_INFO("provisioned streams=%s,%s,%s ack_wait_ms=%lld max_ack_pending=%lld", KILN_STREAM_JOBS,
-             KILN_STREAM_DONE, KILN_STREAM_DEAD, (long long)o->ack_wait_ms,
+    LOG_INFO("provisioned streams=%s,%s,%s,%s ack_wait_ms=%lld max_ack_pending=%lld", KILN_STREAM_JOBS,
+             KILN_STREAM_DONE, KILN_STREAM_DEAD, KILN_STREAM_EVENTS, (long long)o->ack_wait_ms,
              (long long)o->max_ack_pending);
     return KILN_OK;
 }

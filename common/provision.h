@@ -16,12 +16,13 @@ typedef struct {
     int64_t dup_window_ms;   /* KILN_JOBS duplicate window; default 120000 */
     int64_t done_max_age_ms; /* KILN_DONE retention; default 7 days */
     int64_t dead_max_age_ms; /* KILN_DEAD retention; default 30 days */
+    int64_t events_max_age_ms; /* KILN_EVENTS retention (SSE replay); default 1 hour */
 } kiln_provision_opts;
 
 /* Fills o with the defaults above. */
 void kiln_provision_opts_init(kiln_provision_opts *o);
 
-/* Creates or updates streams KILN_JOBS, KILN_DONE, KILN_DEAD and the durables
+/* Creates or updates streams KILN_JOBS, KILN_DONE, KILN_DEAD, KILN_EVENTS and the durables
  * kiln-worker-{high,normal,low} and kiln-store. Safe to call concurrently from
  * several processes. */
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o);

@@ -14,25 +14,25 @@
 
 #define IMAGES_SEED 0x70696374757265ULL /* "picture" */
 
-/* Parses "WxH" with each side 1..DEV_SIZE_MAX; 0 on success. */
-static int images_parse_size(const char *s, unsigned *w, unsigned *h)
+kiln_status dev_images_parse_size(const char *s, unsigned *w, unsigned *h)
 {
+    if (s == NULL || w == NULL || h == NULL) return KILN_EINVAL;
     unsigned v[2] = {0, 0};
     const char *p = s;
     for (int i = 0; i < 2; i++) {
         int digits = 0;
         while (*p >= '0' && *p <= '9') {
-            if (++digits > 5) return -1;
+            if (++digits > 5) return KILN_EINVAL;
             v[i] = v[i] * 10 + (unsigned)(*p - '0');
             p++;
         }
-        if (digits == 0 || v[i] < 1 || v[i] > DEV_SIZE_MAX) return -1;
-        if (i == 0 && *p++ != 'x') return -1;
+        if (digits == 0 || v[i] < 1 || v[i] > DEV_SIZE_MAX) return KILN_EINVAL;
+        if (i == 0 && *p++ != 'x') return KILN_EINVAL;
     }
-    if (*p != '\0') return -1;
+    if (*p != '\0') return KILN_EINVAL;
     *w = v[0];
     *h = v[1];
-    return 0;
+    return KILN_OK;
 }
 
 static unsigned images_clamp(unsigned side)
@@ -40,14 +40,15 @@ static unsigned images_clamp(unsigned side)
     return side > DEV_PICTURE_MAX_SIDE ? DEV_PICTURE_MAX_SIDE : side;
 }
 
-kiln_status dev_images_parse(const char *body, size_t len, dev_images_req *out, char *param,
-                             size_t paramlen, char *msg, size_t msglen)
+kiln_status dev_images_parse(const char *body, size_t len, unsigned def_w, unsigned def_h,
+                             dev_images_req *out, char *param, size_t paramlen, char *msg,
+                             size_t msglen)
 {
     if (body == NULL || out == NULL) return KILN_EINVAL;
     kiln_status st = KILN_EINVAL;
     json_error_t jerr;
     json_t *root = NULL;
-    dev_images_req r = {.n = 1, .w = DEV_DEFAULT_SIDE, .h = DEV_DEFAULT_SIDE};
+    dev_images_req r = {.n = 1, .w = images_clamp(def_w), .h = images_clamp(def_h)};
     const char *field = "";
 
     root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -109,7 +110,7 @@ kiln_status dev_images_parse(const char *body, size_t len, dev_images_req *out, 
         unsigned w = 0, h = 0;
         if (!json_is_string(v) ||
             (strcmp(json_string_value(v), "auto") != 0 &&
-             images_parse_size(json_string_value(v), &w, &h) != 0)) {
+             dev_images_parse_size(json_string_value(v), &w, &h) != KILN_OK)) {
             snprintf(msg, msglen, "Invalid 'size': expected \"WxH\" with sides 1 to %d, or \"auto\".",
                      DEV_SIZE_MAX);
             goto out;
@@ -257,7 +258,7 @@ kiln_status dev_images_file_parse(const char *name, uint64_t *seed, unsigned *w,
     memcpy(size, name + 17, len - 4 - 17);
     size[len - 4 - 17] = '\0';
     unsigned ww, hh;
-    if (images_parse_size(size, &ww, &hh) != 0 || ww > DEV_PICTURE_MAX_SIDE ||
+    if (dev_images_parse_size(size, &ww, &hh) != KILN_OK || ww > DEV_PICTURE_MAX_SIDE ||
         hh > DEV_PICTURE_MAX_SIDE)
         return KILN_EINVAL;
     *seed = s;

@@ -143,8 +143,7 @@ kiln_status dev_picture_png(uint64_t seed, unsigned w, unsigned h, uint8_t **out
     }
     png_set_write_fn(png, mp, png_write_cb, png_flush_cb);
     png_set_compression_level(png, 1);
-    png_set_compression_strategy(png, Z_RLE);
-    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_SUB);
+    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
     png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_PALETTE, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_set_PLTE(png, info, scene.palette, PICTURE_DISC + 1);

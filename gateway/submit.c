@@ -190,8 +190,8 @@ static kiln_status submit_publish(gw_req *r, const char *subject, const uint8_t 
         gw_req *back = gw_map_take(submit_pending, key);
         pthread_mutex_unlock(&submit_mu);
         LOG_WARN("submit publish refused job=%s err=%s", r->job_id, natsStatus_GetText(s));
+        /* back == NULL: shutdown already answered it. */
         st = back != NULL ? kiln_nats_status(s) : KILN_OK;
-        if (st == KILN_OK) st = KILN_EUNAVAILABLE; /* cannot happen: refused means not taken */
     }
 out:
     natsMsg_Destroy(msg); /* NULL (no-op) when the library took it */

@@ -103,8 +103,8 @@ kiln_status kiln_client_watch_until(kiln_client *c, int64_t timeout_ms, kiln_cli
 
 /* Formats one line "id=... status=... attempts=N created_at=... images=u1,u2
  * error=code:message" (images/error only when present; created_at=- when
- * unknown) into buf. Returns
- * KILN_EINVAL if buf is too small (buf then holds a truncated line). */
+ * unknown) into buf. Returns KILN_EINVAL if buf is too small (buf then holds
+ * a truncated line). */
 kiln_status kiln_client_format_status(const Kiln__V1__JobStatus *st, char *buf, size_t len);
 
 #endif

@@ -5,6 +5,7 @@
  * point into the old record and the transition (shallow copies), packing it,
  * and only then freeing the old record and the transition: nothing is ever
  * freed through the stack copy. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,0 +1,228 @@
+/* fetcher.c - the fetch thread: pulls jobs from the three lane durables,
+ * never more than there are free slots, high lane first with a rotation
+ * that gives normal and low the first pick every few rounds; one store check
+ * per batch; then hands each job to its state machine. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "cons.h"
+#include "log.h"
+#include "natsconn.h"
+#include "pb.h"
+#include "subjects.h"
+
+#define FETCH_IDLE_WAIT_MS 50      /* blocking fetch on the normal lane when all are empty */
+#define FETCH_NOWAIT_EXPIRES_MS 1000
+#define FETCH_SLOT_WAIT_MS 200
+#define FETCH_CHECK_TIMEOUT_MS 1000
+#define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
+#define FETCH_ERR_BACKOFF_MS 250
+
+enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
+
+typedef struct {
+    const char *name;
+    const char *subject;
+    const char *durable;
+    natsSubscription *sub;
+} fetch_lane;
+
+static fetch_lane fetch_lanes[LANE_COUNT] = {
+    {"high", KILN_SUBJ_GENERATE_HIGH, KILN_DURABLE_HIGH, NULL},
+    {"normal", KILN_SUBJ_GENERATE, KILN_DURABLE_NORMAL, NULL},
+    {"low", KILN_SUBJ_GENERATE_LOW, KILN_DURABLE_LOW, NULL},
+};
+
+static pthread_t fetch_thread;
+static bool fetch_started;
+static int64_t fetch_last_err_log;
+
+static void fetch_sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* One kiln.store.check for the batch; fills info[i] for each job. */
+static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
+{
+    Kiln__V1__StoreRequest rq = KILN__V1__STORE_REQUEST__INIT;
+    Kiln__V1__StoreReply *rep = NULL;
+    char **ids = NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0, nids = 0;
+    natsMsg *reply = NULL;
+    bool sync = false;
+
+    memset(info, 0, n * sizeof *info);
+    ids = calloc(n, sizeof *ids);
+    if (ids == NULL) goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (jobs[i]->id[0] == '\0') continue;
+        ids[nids++] = jobs[i]->id;
+        if (jobs[i]->num_delivered > 1) sync = true;
+    }
+    if (nids == 0) goto out;
+    rq.n_ids = nids;
+    rq.ids = ids;
+    rq.sync = sync;
+    if (kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len) != KILN_OK) goto out;
+    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
+                                          FETCH_CHECK_TIMEOUT_MS);
+    if (s != NATS_OK) {
+        LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", nids,
+                 natsStatus_GetText(s));
+        goto out;
+    }
+    int rlen = natsMsg_GetDataLength(reply);
+    rep = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
+                                        (const uint8_t *)natsMsg_GetData(reply));
+    if (rep == NULL || (rep->error_code != NULL && rep->error_code[0] != '\0')) {
+        LOG_WARN("store check unusable, using delivery counts jobs=%zu error=%s", nids,
+                 rep != NULL ? rep->error_code : "undecodable");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (jobs[i]->id[0] == '\0') continue;
+        info[i].answered = true;
+        for (size_t k = 0; k < rep->n_jobs; k++) {
+            const Kiln__V1__JobRecord *rec = rep->jobs[k];
+            if (rec->request == NULL || rec->request->id == NULL || rec->status == NULL) continue;
+            if (strcmp(rec->request->id, jobs[i]->id) != 0) continue;
+            info[i].known = true;
+            info[i].state = rec->status->state;
+            info[i].attempts = rec->status->attempts;
+            break;
+        }
+    }
+out:
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
+    natsMsg_Destroy(reply);
+    free(buf);
+    free(ids);
+}
+
+/* Takes ownership of the fetched messages. */
+static void fetch_process(const fetch_lane *lane, natsMsgList *list)
+{
+    size_t n = (size_t)list->Count, made = 0;
+    cons_job **jobs = calloc(n, sizeof *jobs);
+    cons_store_info *info = calloc(n, sizeof *info);
+    cons_slots_take((int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        cons_job *j = NULL;
+        if (jobs == NULL || info == NULL || cons_job_create(list->Msgs[i], lane->name, &j) != KILN_OK) {
+            /* Out of memory: leave it unacked; it comes back after AckWait. */
+            natsMsg_Destroy(list->Msgs[i]);
+            list->Msgs[i] = NULL;
+            cons_slots_release(1);
+            continue;
+        }
+        list->Msgs[i] = NULL;
+        cons_registry_add(j);
+        jobs[made++] = j;
+    }
+    if (made > 0) fetch_store_check(jobs, made, info);
+    for (size_t i = 0; i < made; i++) cons_job_dispatch(jobs[i], &info[i]);
+    free(jobs);
+    free(info);
+}
+
+/* Fetches up to batch jobs from a lane; returns how many arrived. */
+static int fetch_lane_once(const fetch_lane *lane, int batch, bool nowait, int64_t expires_ms)
+{
+    jsFetchRequest fr;
+    natsMsgList list = {0};
+    jsFetchRequest_Init(&fr);
+    fr.Batch = batch;
+    fr.NoWait = nowait;
+    fr.Expires = expires_ms * 1000000LL;
+    natsStatus s = natsSubscription_FetchRequest(&list, lane->sub, &fr);
+    if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return 0;
+    if (s != NATS_OK) {
+        int64_t now = kiln_mono_ms();
+        if (now - fetch_last_err_log > 5000) {
+            LOG_WARN("fetch failed lane=%s status=%s error=\"%s\"", lane->name,
+                     natsStatus_GetText(s), nats_GetLastError(NULL));
+            fetch_last_err_log = now;
+        }
+        fetch_sleep_ms(FETCH_ERR_BACKOFF_MS);
+        return 0;
+    }
+    int count = list.Count;
+    if (count > 0) fetch_process(lane, &list);
+    natsMsgList_Destroy(&list);
+    return count;
+}
+
+static void *fetch_main(void *arg)
+{
+    (void)arg;
+    static const int orders[3][LANE_COUNT] = {
+        {LANE_HIGH, LANE_NORMAL, LANE_LOW},
+        {LANE_NORMAL, LANE_HIGH, LANE_LOW},
+        {LANE_LOW, LANE_HIGH, LANE_NORMAL},
+    };
+    uint64_t round = 0;
+    while (!atomic_load(&cons_g.stopping)) {
+        int64_t free_n = cons_slots_wait_free(FETCH_SLOT_WAIT_MS);
+        if (free_n <= 0) continue;
+        if (free_n > CONS_FETCH_MAX) free_n = CONS_FETCH_MAX;
+        /* Round-robin fairness: mostly high first, sometimes normal or low first. */
+        unsigned r = (unsigned)(round++ % FETCH_ROTATION);
+        const int *order = orders[r == 3 ? 1 : r == 7 ? 2 : 0];
+        int64_t got = 0;
+        for (int k = 0; k < LANE_COUNT && got < free_n; k++) {
+            if (atomic_load(&cons_g.stopping)) break;
+            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got), true,
+                                   FETCH_NOWAIT_EXPIRES_MS);
+        }
+        if (got == 0 && !atomic_load(&cons_g.stopping)) {
+            /* All lanes empty: wait briefly on the normal lane; a batch of one
+             * returns as soon as a job arrives (larger batches wait out Expires). */
+            fetch_lane_once(&fetch_lanes[LANE_NORMAL], 1, false, FETCH_IDLE_WAIT_MS);
+        }
+    }
+    LOG_INFO("fetching stopped");
+    return NULL;
+}
+
+kiln_status cons_fetcher_start(void)
+{
+    for (int i = 0; i < LANE_COUNT; i++) {
+        jsSubOptions so;
+        jsErrCode jerr = 0;
+        jsSubOptions_Init(&so);
+        so.Stream = KILN_STREAM_JOBS;
+        so.Consumer = fetch_lanes[i].durable; /* bind to the provisioned durable */
+        natsStatus s = js_PullSubscribe(&fetch_lanes[i].sub, cons_g.js, fetch_lanes[i].subject,
+                                        fetch_lanes[i].durable, NULL, &so, &jerr);
+        if (s != NATS_OK) {
+            LOG_ERROR("pull subscribe failed durable=%s status=%s js_err=%d error=\"%s\"",
+                      fetch_lanes[i].durable, natsStatus_GetText(s), (int)jerr,
+                      nats_GetLastError(NULL));
+            fetch_lanes[i].sub = NULL;
+            return kiln_nats_status(s);
+        }
+    }
+    if (pthread_create(&fetch_thread, NULL, fetch_main, NULL) != 0) return KILN_ERR;
+    pthread_setname_np(fetch_thread, "kiln-fetch");
+    fetch_started = true;
+    return KILN_OK;
+}
+
+void cons_fetcher_stop(void)
+{
+    if (fetch_started) {
+        pthread_join(fetch_thread, NULL);
+        fetch_started = false;
+    }
+    for (int i = 0; i < LANE_COUNT; i++) {
+        /* Destroy without Unsubscribe: the durables outlive this process. */
+        natsSubscription_Destroy(fetch_lanes[i].sub);
+        fetch_lanes[i].sub = NULL;
+    }
+}

@@ -1,0 +1,150 @@
+/* main.c - kiln-store: settings, wiring of the store's modules, signals. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "barrier.h"
+#include "config.h"
+#include "db.h"
+#include "done.h"
+#include "ingest.h"
+#include "keys.h"
+#include "log.h"
+#include "metrics.h"
+#include "natsconn.h"
+#include "provision.h"
+#include "queries.h"
+
+#define STORE_CONNECT_TIMEOUT_MS 30000
+#define STORE_DONE_MAX_PENDING 4096 /* jobs.done publishes awaiting their ack */
+
+typedef struct {
+    char *nats_url;
+    char *data_dir;
+    char *log_level;
+    char *metrics_addr;
+    int64_t ack_wait_ms;
+} store_settings;
+
+/* mkdir -p for the data directory. */
+static kiln_status store_mkdirs(const char *path)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return KILN_EINVAL;
+    for (char *p = buf + 1; *p != '\0'; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return KILN_EIO;
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return KILN_EIO;
+    return KILN_OK;
+}
+
+int main(int argc, char **argv)
+{
+    store_settings cfg = {0};
+    const kiln_setting table[] = {
+        {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+         "NATS server(s), comma-separated", &cfg.nats_url},
+        {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
+         "data directory; RocksDB lives in <dir>/store", &cfg.data_dir},
+        {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0,
+         "debug, info, warn or error", &cfg.log_level},
+        {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_STRING, "", 1, 0,
+         "host:port for GET /metrics; empty = off", &cfg.metrics_addr},
+        {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
+         "AckWait of the worker durables (provisioned by every binary)", &cfg.ack_wait_ms},
+    };
+    char err[512] = "";
+    char path[PATH_MAX];
+    int rc = 1;
+    db_store *db = NULL;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    barrier *b = NULL;
+    ingest *ing = NULL;
+    queries *q = NULL;
+
+    kiln_log_init("store");
+    kiln_status st = kiln_config_load(table, sizeof table / sizeof table[0], argc, argv,
+                                      "kiln-store",
+                                      "Kiln status store: applies KILN_JOBS to RocksDB, answers "
+                                      "queries, publishes jobs.done.",
+                                      err, sizeof err);
+    if (st == KILN_EHELP) return 0;
+    if (st != KILN_OK) {
+        fprintf(stderr, "kiln-store: %s\n", err);
+        return 2;
+    }
+    if (kiln_log_set_level(cfg.log_level) != 0) {
+        fprintf(stderr, "kiln-store: KILN_LOG_LEVEL must be debug, info, warn or error\n");
+        return 2;
+    }
+
+    /* Signals are taken by sigwait() in this thread only; every thread
+     * started from here on (ours and nats.c's) inherits the blocked mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (snprintf(path, sizeof path, "%s/store", cfg.data_dir) >= (int)sizeof path) {
+        fprintf(stderr, "kiln-store: KILN_DATA_DIR is too long\n");
+        return 2;
+    }
+    if (store_mkdirs(cfg.data_dir) != KILN_OK) {
+        LOG_ERROR("store cannot create data dir path=%s err=\"%s\"", cfg.data_dir, strerror(errno));
+        goto out;
+    }
+    if (db_open(path, &db) != KILN_OK) goto out;
+
+    uint64_t applied = 0;
+    if (db_get_u64(db, NULL, DB_CF_META, DB_META_APPLIED_SEQ, strlen(DB_META_APPLIED_SEQ),
+                   &applied) != KILN_OK)
+        goto out;
+
+    st = kiln_nats_connect_async(cfg.nats_url, "kiln-store", STORE_CONNECT_TIMEOUT_MS,
+                                 STORE_DONE_MAX_PENDING, done_on_pub_ack, NULL, &nc, &js);
+    if (st != KILN_OK) goto out;
+    kiln_provision_opts po;
+    kiln_provision_opts_init(&po);
+    po.ack_wait_ms = cfg.ack_wait_ms;
+    st = kiln_provision(js, &po);
+    if (st != KILN_OK) {
+        LOG_ERROR("store provisioning failed status=%s", kiln_status_str(st));
+        goto out;
+    }
+
+    if (barrier_create(js, applied, &b) != KILN_OK) goto out;
+    if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
+    if (ingest_start(db, js, b, &ing) != KILN_OK) goto out;
+    if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
+        LOG_ERROR("store metrics listener failed addr=%s", cfg.metrics_addr);
+        goto out;
+    }
+    LOG_INFO("store ready data=%s applied_seq=%llu metrics=%s", path,
+             (unsigned long long)applied, cfg.metrics_addr[0] ? cfg.metrics_addr : "off");
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0) {
+    }
+    LOG_INFO("store shutting down signal=%d", sig);
+    rc = 0;
+out:
+    /* Requests first (they write too), then the apply loop finishes its
+     * batch, then NATS, then RocksDB. */
+    queries_stop(q);
+    ingest_stop(ing);
+    kiln_metrics_http_stop();
+    kiln_nats_close(nc, js);
+    barrier_destroy(b);
+    db_close(db);
+    if (rc == 0) LOG_INFO("store stopped");
+    return rc;
+}

@@ -1,0 +1,279 @@
+/* test_errors.c - every HTTP error code of CONTRACT §3 against the real
+ * gateway, user isolation, and 503 when NATS goes away. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "harness.h"
+
+TestSuite(errors, .fini = h_fini, .timeout = 120);
+
+static void post_expect(h_stack *s, const char *body, long status, const char *code, const char *field)
+{
+    h_resp r;
+    h_api(s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, body);
+    cr_expect_eq(r.status, status, "body %s", body);
+    h_expect_error(&r, status, code, field);
+    h_resp_free(&r);
+}
+
+Test(errors, auth_validation_routing)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    char url[256], hv[256];
+    h_resp r;
+
+    /* 401: no token, unknown token, wrong scheme. */
+    snprintf(url, sizeof url, "%s/v1/jobs", s.gw_url);
+    h_http(&r, "POST", url, NULL, "application/json", "{\"prompt\":\"x\"}", NULL);
+    h_expect_error(&r, 401, "unauthenticated", NULL);
+    cr_expect(h_resp_header(&r, "WWW-Authenticate", hv, sizeof hv) && strncmp(hv, "Bearer", 6) == 0,
+              "401 without WWW-Authenticate: Bearer");
+    h_resp_free(&r);
+    h_http(&r, "GET", url, "tok-nobody", NULL, NULL, NULL);
+    h_expect_error(&r, 401, "unauthenticated", NULL);
+    cr_expect(h_resp_header(&r, "WWW-Authenticate", hv, sizeof hv) && strncmp(hv, "Bearer", 6) == 0);
+    h_resp_free(&r);
+    h_http(&r, "GET", url, NULL, NULL, NULL, "Authorization: Basic dG9rLWFsaWNlOg==");
+    h_expect_error(&r, 401, "unauthenticated", NULL);
+    h_resp_free(&r);
+    /* Operations need no token. */
+    snprintf(url, sizeof url, "%s/healthz", s.gw_url);
+    cr_expect_eq(h_http(&r, "GET", url, NULL, NULL, NULL, NULL), 200, "/healthz without token");
+    h_resp_free(&r);
+    snprintf(url, sizeof url, "%s/metrics", s.gw_url);
+    cr_expect_eq(h_http(&r, "GET", url, NULL, NULL, NULL, NULL), 200, "/metrics without token");
+    h_resp_free(&r);
+
+    /* 400 invalid_json */
+    post_expect(&s, "{not json", 400, "invalid_json", NULL);
+    post_expect(&s, "", 400, "invalid_json", NULL);
+
+    /* 400 invalid_argument, with the field named */
+    post_expect(&s, "{}", 400, "invalid_argument", "prompt");
+    post_expect(&s, "{\"prompt\":\"\"}", 400, "invalid_argument", "prompt");
+    post_expect(&s, "{\"prompt\":42}", 400, "invalid_argument", "prompt");
+    post_expect(&s, "{\"prompt\":\"x\",\"n\":5}", 400, "invalid_argument", "n");
+    post_expect(&s, "{\"prompt\":\"x\",\"n\":0}", 400, "invalid_argument", "n");
+    post_expect(&s, "{\"prompt\":\"x\",\"n\":\"2\"}", 400, "invalid_argument", "n");
+    post_expect(&s, "{\"prompt\":\"x\",\"priority\":\"urgent\"}", 400, "invalid_argument", "priority");
+    post_expect(&s, "{\"prompt\":\"x\",\"size\":\"big\"}", 400, "invalid_argument", "size");
+    post_expect(&s, "{\"prompt\":\"x\",\"max_attempts\":11}", 400, "invalid_argument", "max_attempts");
+    post_expect(&s, "{\"prompt\":\"x\",\"timeout_s\":0}", 400, "invalid_argument", "timeout_s");
+    post_expect(&s, "{\"prompt\":\"x\",\"delay_ms\":-1}", 400, "invalid_argument", "delay_ms");
+    post_expect(&s, "{\"prompt\":\"x\",\"params\":{\"a\":1}}", 400, "invalid_argument", "params");
+    {
+        /* 4001 characters (but well under 64 KiB). */
+        size_t n = 4001;
+        char *big = malloc(n + 32);
+        cr_assert(big != NULL);
+        strcpy(big, "{\"prompt\":\"");
+        memset(big + 11, 'a', n);
+        strcpy(big + 11 + n, "\"}");
+        post_expect(&s, big, 400, "invalid_argument", "prompt");
+        free(big);
+    }
+
+    /* 400 unknown_field names the field */
+    post_expect(&s, "{\"prompt\":\"x\",\"colour\":\"red\"}", 400, "unknown_field", "colour");
+
+    /* A valid body with every optional field is accepted. */
+    h_api(&s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE,
+          "{\"prompt\":\"full fox\",\"model\":\"dev\",\"n\":2,\"size\":\"64x64\",\"priority\":\"high\","
+          "\"params\":{\"style\":\"ink\"},\"delay_ms\":0,\"timeout_s\":60,\"max_attempts\":3}");
+    cr_expect_eq(r.status, 202, "full valid body: %ld %s", r.status, r.body);
+    char full_id[65];
+    snprintf(full_id, sizeof full_id, "%s", h_jstr(r.json, "id") ? h_jstr(r.json, "id") : "");
+    h_resp_free(&r);
+
+    /* 404 */
+    h_api(&s, &r, "GET", "/v1/jobs/no-such-job", H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    h_api(&s, &r, "GET", "/v1/nothing-here", H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    h_api(&s, &r, "POST", "/v1/jobs/no-such-job/viewed", H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    h_api(&s, &r, "POST", "/v1/jobs/no-such-job/cancel", H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+
+    /* 405 with Allow */
+    h_api(&s, &r, "DELETE", "/v1/jobs", H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 405, "method_not_allowed", NULL);
+    cr_expect(h_resp_header(&r, "Allow", hv, sizeof hv) && strstr(hv, "GET") != NULL &&
+                  strstr(hv, "POST") != NULL,
+              "405 Allow header: %s", hv);
+    h_resp_free(&r);
+
+    /* 413 over 64 KiB */
+    {
+        size_t n = 70 * 1024;
+        char *big = malloc(n + 32);
+        cr_assert(big != NULL);
+        strcpy(big, "{\"prompt\":\"");
+        memset(big + 11, 'a', n);
+        strcpy(big + 11 + n, "\"}");
+        post_expect(&s, big, 413, "payload_too_large", NULL);
+        free(big);
+    }
+
+    /* 415 */
+    snprintf(url, sizeof url, "%s/v1/jobs", s.gw_url);
+    h_http(&r, "POST", url, H_TOKEN_ALICE, "text/plain", "{\"prompt\":\"x\"}", NULL);
+    h_expect_error(&r, 415, "unsupported_media_type", NULL);
+    h_resp_free(&r);
+    /* application/json with a charset is fine. */
+    h_http(&r, "POST", url, H_TOKEN_ALICE, "application/json; charset=utf-8", "{\"prompt\":\"charset fox\"}", NULL);
+    cr_expect_eq(r.status, 202, "json with charset: %ld %s", r.status, r.body);
+    h_resp_free(&r);
+
+    if (full_id[0] != '\0') {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, full_id, NULL, 30000);
+        char *d = json_dumps(j, JSON_COMPACT);
+        cr_expect_str_eq(h_jstr(j, "status"), "completed", "full job: %s", d);
+        cr_expect_eq(json_array_size(json_object_get(j, "images")), 2, "n=2 images: %s", d);
+        cr_expect_str_eq(h_jstr(j, "priority"), "high", "%s", d);
+        cr_expect_str_eq(h_jstr(json_object_get(j, "params"), "style"), "ink", "%s", d);
+        free(d);
+        json_decref(j);
+    }
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}
+
+Test(errors, user_isolation)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    char id[65], path[256];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "alice's private fox", id), 202);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "completed");
+    json_t *img = json_array_get(json_object_get(j, "images"), 0);
+    const char *url = h_jstr(img, "url");
+    char img_url[1024] = "";
+    if (url != NULL && url[0] == '/') snprintf(img_url, sizeof img_url, "%s%s", s.gw_url, url);
+    json_decref(j);
+
+    h_resp r;
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    h_api(&s, &r, "GET", path, H_TOKEN_BOB, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    snprintf(path, sizeof path, "/v1/jobs/%s/viewed", id);
+    h_api(&s, &r, "POST", path, H_TOKEN_BOB, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+    h_api(&s, &r, "POST", path, H_TOKEN_BOB, NULL);
+    h_expect_error(&r, 404, "not_found", NULL);
+    h_resp_free(&r);
+    if (img_url[0] != '\0') {
+        h_http(&r, "GET", img_url, H_TOKEN_BOB, NULL, NULL, NULL);
+        cr_expect_eq(r.status, 404, "bob fetched alice's image: %ld", r.status);
+        h_resp_free(&r);
+        h_http(&r, "GET", img_url, NULL, NULL, NULL, NULL);
+        cr_expect_eq(r.status, 401, "image without a token: %ld", r.status);
+        h_resp_free(&r);
+    }
+    h_api(&s, &r, "GET", "/v1/jobs", H_TOKEN_BOB, NULL);
+    cr_expect_eq(r.status, 200);
+    json_t *jobs = json_object_get(r.json, "jobs");
+    cr_expect(json_is_array(jobs));
+    for (size_t i = 0; i < json_array_size(jobs); i++)
+        cr_expect_str_neq(h_jstr(json_array_get(jobs, i), "id"), id, "alice's job in bob's list");
+    cr_expect_eq(h_jint(r.json, "unviewed_count"), 0, "bob's counters include alice's job");
+    h_resp_free(&r);
+
+    /* Alice still sees it, not viewed (bob's attempt changed nothing). */
+    j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
+    cr_expect_str_eq(h_jstr(j, "status"), "completed");
+    cr_expect(json_is_false(json_object_get(j, "viewed")), "bob's viewed call affected alice's job");
+    json_decref(j);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}
+
+typedef struct {
+    h_stack *s;
+    long last;
+    int hung;
+    char retry_after[32];
+    char code[64];
+} post_probe;
+
+/* One POST; records the status and fails the wait when the gateway hangs. */
+static int post_is_503(void *arg)
+{
+    post_probe *p = arg;
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/jobs", p->s->gw_url);
+    h_resp r;
+    int64_t t0 = h_now_ms();
+    const char *body = "{\"prompt\":\"while nats is down\"}";
+    long st = h_http_timeout(&r, "POST", url, H_TOKEN_ALICE, "application/json", body, strlen(body),
+                             NULL, 10000);
+    if (st == 0 || h_now_ms() - t0 > 8000) p->hung++;
+    p->last = st;
+    if (st == 503) {
+        h_resp_header(&r, "Retry-After", p->retry_after, sizeof p->retry_after);
+        const char *c = h_err_code(&r);
+        snprintf(p->code, sizeof p->code, "%s", c != NULL ? c : "");
+    }
+    h_resp_free(&r);
+    return st == 503;
+}
+
+static int post_is_202(void *arg)
+{
+    post_probe *p = arg;
+    char id[65];
+    p->last = h_submit_prompt(p->s, H_TOKEN_ALICE, "after nats came back", id);
+    return p->last == 202;
+}
+
+Test(errors, nats_down_503_then_recovers)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    char id0[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "before the outage", id0), 202);
+    json_decref(h_wait_job(&s, H_TOKEN_ALICE, id0, "completed", 30000));
+
+    h_proc_term(&s, H_NATS);
+    post_probe p = {&s, 0, 0, "", ""};
+    int ok = h_wait_for(post_is_503, &p, 15000, 200);
+    cr_expect(ok, "POST never answered 503 with NATS down (last %ld)", p.last);
+    cr_expect_eq(p.hung, 0, "%d POSTs hung (> 8 s) with NATS down", p.hung);
+    cr_expect(p.retry_after[0] != '\0', "503 without Retry-After");
+    cr_expect_str_eq(p.code, "unavailable");
+    h_resp r;
+    char url[256];
+    snprintf(url, sizeof url, "%s/readyz", s.gw_url);
+    cr_expect_eq(h_http_timeout(&r, "GET", url, NULL, NULL, NULL, 0, NULL, 10000), 503,
+                 "/readyz with NATS down");
+    h_resp_free(&r);
+    snprintf(url, sizeof url, "%s/healthz", s.gw_url);
+    cr_expect_eq(h_http_timeout(&r, "GET", url, NULL, NULL, NULL, 0, NULL, 10000), 200,
+                 "/healthz with NATS down");
+    h_resp_free(&r);
+
+    /* NATS back: ready again, submits work, earlier jobs still there. */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_expect_eq(h_stack_wait_ready(&s), 0, "gateway not ready after NATS came back");
+    ok = h_wait_for(post_is_202, &p, 30000, 250);
+    cr_expect(ok, "POST did not recover after NATS came back (last %ld)", p.last);
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id0, NULL);
+    cr_expect_str_eq(h_jstr(j, "status"), "completed", "job from before the outage");
+    json_decref(j);
+    char id1[65];
+    cr_expect_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "after the outage", id1), 202);
+    j = h_wait_job(&s, H_TOKEN_ALICE, id1, "completed", 30000);
+    cr_expect_str_eq(h_jstr(j, "status"), "completed", "job after NATS restart did not complete");
+    json_decref(j);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}
