@@ -14,8 +14,12 @@
 #include "pb.h"
 #include "subjects.h"
 
-#define FETCH_IDLE_WAIT_MS 50      /* blocking fetch on the normal lane when all are empty */
-#define FETCH_NOWAIT_EXPIRES_MS 1000
+/* nats-server 2.9 treats NoWait+Expires as a one-shot long poll: it answers at
+ * once with what the lane holds, or waits up to Expires and returns as soon as
+ * any message arrives. (NoWait without Expires answers 404 at once, but
+ * nats.c 3.4.1 then does not wait for that answer at all.) */
+#define FETCH_IDLE_WAIT_MS 50      /* long poll on the normal lane when all lanes are empty */
+#define FETCH_POLL_EXPIRES_MS 5    /* what an empty lane costs per round */
 #define FETCH_SLOT_WAIT_MS 200
 #define FETCH_CHECK_TIMEOUT_MS 1000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
@@ -132,15 +136,18 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
 }
 
 /* Fetches up to batch jobs from a lane; returns how many arrived. */
-static int fetch_lane_once(const fetch_lane *lane, int batch, bool nowait, int64_t expires_ms)
+static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms)
 {
     jsFetchRequest fr;
     natsMsgList list = {0};
     jsFetchRequest_Init(&fr);
     fr.Batch = batch;
-    fr.NoWait = nowait;
+    fr.NoWait = true;
     fr.Expires = expires_ms * 1000000LL;
+    int64_t t0 = kiln_mono_ms();
     natsStatus s = natsSubscription_FetchRequest(&list, lane->sub, &fr);
+    LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
+              batch, (long long)expires_ms, natsStatus_GetText(s), list.Count, (long long)(kiln_mono_ms() - t0));
     if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return 0;
     if (s != NATS_OK) {
         int64_t now = kiln_mono_ms();
@@ -177,13 +184,12 @@ static void *fetch_main(void *arg)
         int64_t got = 0;
         for (int k = 0; k < LANE_COUNT && got < free_n; k++) {
             if (atomic_load(&cons_g.stopping)) break;
-            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got), true,
-                                   FETCH_NOWAIT_EXPIRES_MS);
+            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got),
+                                   FETCH_POLL_EXPIRES_MS);
         }
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
-            /* All lanes empty: wait briefly on the normal lane; a batch of one
-             * returns as soon as a job arrives (larger batches wait out Expires). */
-            fetch_lane_once(&fetch_lanes[LANE_NORMAL], 1, false, FETCH_IDLE_WAIT_MS);
+            /* All lanes empty: long poll the normal lane (returns on the first arrival). */
+            fetch_lane_once(&fetch_lanes[LANE_NORMAL], (int)free_n, FETCH_IDLE_WAIT_MS);
         }
     }
     LOG_INFO("fetching stopped");

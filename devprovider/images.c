@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "hash.h"
 #include "images.h"
+#include "piccache.h"
 #include "picture.h"
 
 #define IMAGES_SEED 0x70696374757265ULL /* "picture" */
@@ -171,7 +172,7 @@ static kiln_status images_item(const dev_images_req *r, uint64_t seed, const cha
     json_t *val = NULL;
     if (item == NULL) return KILN_ENOMEM;
     if (r->b64) {
-        st = dev_picture_png(seed, r->w, r->h, &png, &png_len);
+        st = dev_piccache_png(seed, r->w, r->h, &png, &png_len);
         if (st != KILN_OK) goto out;
         st = dev_b64_encode(png, png_len, &b64);
         if (st != KILN_OK) goto out;

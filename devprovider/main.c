@@ -7,13 +7,14 @@
 #include <string.h>
 
 #include "config.h"
+#include "images.h"
 #include "log.h"
 #include "server.h"
 #include "status.h"
 
 int main(int argc, char **argv)
 {
-    char *addr = NULL, *level = NULL, *key = NULL;
+    char *addr = NULL, *level = NULL, *key = NULL, *size = NULL;
     int64_t latency_ms = 0, max_prompts = 0;
     const kiln_setting table[] = {
         {"KILN_DEVPROVIDER_ADDR", "addr", KILN_SET_STRING, "127.0.0.1:8090", 0, -1,
@@ -22,6 +23,8 @@ int main(int argc, char **argv)
          "delay of every generation without a !sleep directive (e.g. 0, 200ms, 2s)", &latency_ms},
         {"KILN_DEVPROVIDER_KEY", "key", KILN_SET_STRING, "", 0, -1,
          "if set, require Authorization: Bearer <key> on /v1/images/generations", &key},
+        {"KILN_DEVPROVIDER_SIZE", "size", KILN_SET_STRING, DEV_DEFAULT_SIZE, 0, -1,
+         "picture size WxH when a request names none (pictures are capped at 1024x1024)", &size},
         {"KILN_DEVPROVIDER_MAX_PROMPTS", "max-prompts", KILN_SET_INT, "100000", 1, 10000000,
          "prompts whose fault-injection attempts are counted (least recently used evicted)",
          &max_prompts},
@@ -39,6 +42,12 @@ int main(int argc, char **argv)
     if (st == KILN_EHELP) return 0;
     if (st != KILN_OK) {
         fprintf(stderr, "kiln-devprovider: %s\n", err);
+        return 2;
+    }
+    unsigned def_w = 0, def_h = 0;
+    if (dev_images_parse_size(size, &def_w, &def_h) != KILN_OK) {
+        fprintf(stderr, "kiln-devprovider: KILN_DEVPROVIDER_SIZE must be WxH with sides 1 to %d\n",
+                DEV_SIZE_MAX);
         return 2;
     }
     if (kiln_log_set_level(level) != KILN_OK) {
@@ -61,7 +70,9 @@ int main(int argc, char **argv)
     dev_server_opts o = {.addr = addr,
                          .latency_ms = latency_ms,
                          .api_key = key,
-                         .max_prompts = (size_t)max_prompts};
+                         .max_prompts = (size_t)max_prompts,
+                         .default_w = def_w,
+                         .default_h = def_h};
     dev_server *srv = NULL;
     st = dev_server_start(&o, &srv);
     if (st != KILN_OK) {

@@ -23,6 +23,7 @@
 #include "images.h"
 #include "log.h"
 #include "metrics.h"
+#include "piccache.h"
 #include "picture.h"
 #include "server.h"
 
@@ -217,8 +218,8 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
         snprintf(msg, sizeof msg, "The request body is larger than %d bytes.", DEV_BODY_MAX);
         return server_error(c, rq, 413, msg, NULL, "payload_too_large");
     }
-    kiln_status st = dev_images_parse(rq->body != NULL ? rq->body : "", rq->len, &r, param,
-                                      sizeof param, msg, sizeof msg);
+    kiln_status st = dev_images_parse(rq->body != NULL ? rq->body : "", rq->len, s->opts.default_w,
+                                      s->opts.default_h, &r, param, sizeof param, msg, sizeof msg);
     if (st == KILN_EINVAL) {
         kiln_metric_add(m_rejected, 1);
         return server_error(c, rq, 400, msg, param, param[0] == '\0' ? "invalid_json" : NULL);
@@ -226,7 +227,10 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
     if (st != KILN_OK) return server_error(c, rq, 500, "Out of memory.", NULL, NULL);
 
     dev_directives d;
-    dev_directives_parse(r.prompt, &d);
+    if (dev_directives_parse(r.prompt, &d) != KILN_OK) {
+        ret = server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
+        goto out;
+    }
     uint64_t attempt = 1;
     if (dev_directives_counted(&d)) {
         attempt = dev_attempts_next(s->attempts, r.prompt, r.prompt_len);
@@ -306,7 +310,7 @@ static enum MHD_Result server_file(struct MHD_Connection *c, server_req *rq, con
         return server_error(c, rq, 404, "No such file.", NULL, "not_found");
     uint8_t *png = NULL;
     size_t len = 0;
-    if (dev_picture_png(seed, w, h, &png, &len) != KILN_OK)
+    if (dev_piccache_png(seed, w, h, &png, &len) != KILN_OK)
         return server_error(c, rq, 500, "dev provider: could not render the image.", NULL, NULL);
     kiln_metric_add(m_files, 1);
     return server_reply(c, rq, 200, "image/png", (char *)png, len, NULL);
@@ -357,6 +361,14 @@ static enum MHD_Result server_access(void *cls, struct MHD_Connection *c, const 
         snprintf(rq->method, sizeof rq->method, "%s", method);
         snprintf(rq->path, sizeof rq->path, "%s", url);
         *con_cls = rq;
+        /* A declared oversized body is refused before it is read. */
+        const char *cl =
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl != NULL && strtoull(cl, NULL, 10) > DEV_BODY_MAX) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "The request body is larger than %d bytes.", DEV_BODY_MAX);
+            return server_error(c, rq, 413, msg, NULL, "payload_too_large");
+        }
         return MHD_YES;
     }
     if (*upload_data_size != 0) {
@@ -423,7 +435,8 @@ __attribute__((format(printf, 2, 0))) static void server_mhd_log(void *cls, cons
 
 kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
 {
-    if (o == NULL || out == NULL || o->addr == NULL) return KILN_EINVAL;
+    if (o == NULL || out == NULL || o->addr == NULL || o->default_w == 0 || o->default_h == 0)
+        return KILN_EINVAL;
     kiln_status st = KILN_OK;
     struct sockaddr_storage ss;
     size_t sslen = 0;
@@ -477,5 +490,6 @@ void dev_server_stop(dev_server *s)
     atomic_store(&s->stopping, true);
     if (s->mhd != NULL) MHD_stop_daemon(s->mhd);
     dev_attempts_destroy(s->attempts);
+    dev_piccache_clear();
     free(s);
 }

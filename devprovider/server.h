@@ -17,6 +17,8 @@ typedef struct {
     int64_t latency_ms;     /* delay of every generation without !sleep */
     const char *api_key;    /* NULL or "": no authentication */
     size_t max_prompts;     /* attempt counters kept; 0 = DEV_ATTEMPTS_DEFAULT_MAX */
+    unsigned default_w;     /* picture size when a request names none (1..8192) */
+    unsigned default_h;
 } dev_server_opts;
 
 typedef struct dev_server dev_server;

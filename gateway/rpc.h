@@ -9,6 +9,7 @@
 
 #include <nats/nats.h>
 
+#include "kiln.pb-c.h"
 #include "server.h"
 
 /* Completion of a call, on a libnats or the timer thread. st is KILN_OK with

@@ -22,6 +22,7 @@
 #include "jobreq.h"
 #include "log.h"
 #include "map.h"
+#include "natsconn.h"
 #include "pb.h"
 #include "ratelimit.h"
 #include "rpc.h"

@@ -163,7 +163,8 @@ static void client_on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckE
  * AckWait to this process's setting, which is the consumers' business. */
 static int client_provisioned(jsCtx *js)
 {
-    static const char *streams[] = {KILN_STREAM_JOBS, KILN_STREAM_DONE, KILN_STREAM_DEAD};
+    static const char *streams[] = {KILN_STREAM_JOBS, KILN_STREAM_DONE, KILN_STREAM_DEAD,
+                                    KILN_STREAM_EVENTS};
     static const char *durables[] = {KILN_DURABLE_HIGH, KILN_DURABLE_NORMAL, KILN_DURABLE_LOW,
                                      KILN_DURABLE_STORE};
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++) {
@@ -462,7 +463,11 @@ kiln_status kiln_client_wait(kiln_client *c, const char *id, int64_t timeout_ms,
         }
         int64_t slice = (deadline < recheck ? deadline : recheck) - now;
         ns = natsSubscription_NextMsg(&m, sub, slice);
-        if (ns == NATS_TIMEOUT || ns == NATS_SLOW_CONSUMER) continue;
+        if (ns == NATS_TIMEOUT) continue;
+        if (ns == NATS_SLOW_CONSUMER) {
+            recheck = 0; /* events were dropped: read the state now */
+            continue;
+        }
         if (ns != NATS_OK) {
             st = kiln_nats_status(ns);
             goto out;

@@ -57,6 +57,11 @@ kiln_status kiln_client_submit(kiln_client *c, const kiln_job_spec *spec, char *
 kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, char *id_out,
                                      size_t id_out_len, char *err, size_t errlen);
 kiln_status kiln_client_flush(kiln_client *c, int64_t timeout_ms, uint64_t *failed);
+/* (flush details: timeout_ms <= 0 waits without limit; *failed counts the
+ * failures since the previous flush; on KILN_ETIMEOUT the unacknowledged
+ * publishes stay pending, a later flush waits for them again, and one that
+ * gets no ack within 30 s counts as failed. submit_async blocks, up to 30 s,
+ * while 16384 publishes are unacknowledged.) */
 
 /* jobs.status: the job's current state. KILN_ENOTFOUND when the store does not
  * know it. Caller frees *out with kiln__v1__job_status__free_unpacked(). */
@@ -64,7 +69,8 @@ kiln_status kiln_client_get(kiln_client *c, const char *id, Kiln__V1__JobStatus 
 
 /* Waits until the job is terminal (listens on jobs.done, and checks the
  * current state first so an already finished job returns at once).
- * KILN_ETIMEOUT after timeout_ms. Caller frees *out as above. */
+ * KILN_ETIMEOUT after timeout_ms (< 0 = no limit); a job the store does not
+ * know yet is waited for too. Caller frees *out as above. */
 kiln_status kiln_client_wait(kiln_client *c, const char *id, int64_t timeout_ms,
                              Kiln__V1__JobStatus **out);
 

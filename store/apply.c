@@ -199,7 +199,7 @@ kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const v
     req = kiln__v1__job_request__unpack(NULL, len, data);
     if (req == NULL) return KILN_EINVAL;
     if (kiln_jobreq_validate(req, field, sizeof field, msg, sizeof msg) != KILN_OK) {
-        LOG_DEBUG("store ignores invalid job request field=%s", field);
+        LOG_DEBUG("ignores invalid job request field=%s", field);
         st = KILN_EINVAL;
         goto out;
     }
@@ -239,7 +239,7 @@ static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
 
     switch (apply_decide(&status, t->state, t->attempt)) {
     case RULE_IGNORE:
-        LOG_DEBUG("store transition ignored job=%s state=%s attempt=%u current=%s attempts=%u",
+        LOG_DEBUG("transition ignored job=%s state=%s attempt=%u current=%s attempts=%u",
                   status.id, kiln_state_name(t->state), t->attempt, kiln_state_name(status.state),
                   status.attempts);
         return KILN_OK;

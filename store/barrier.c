@@ -98,7 +98,7 @@ kiln_status barrier_wait(barrier *b, int64_t timeout_ms)
     jo.Wait = timeout_ms > 0 ? timeout_ms : 1;
     natsStatus s = js_GetStreamInfo(&si, b->js, KILN_STREAM_JOBS, &jo, &jerr);
     if (s != NATS_OK) {
-        LOG_WARN("store barrier stream info failed status=%s jerr=%d", natsStatus_GetText(s),
+        LOG_WARN("barrier stream info failed status=%s jerr=%d", natsStatus_GetText(s),
                  (int)jerr);
         return kiln_nats_status(s);
     }
@@ -129,7 +129,7 @@ kiln_status barrier_wait(barrier *b, int64_t timeout_ms)
     if (st == KILN_ETIMEOUT && (b->applied_seq >= target || b->idle_epoch > epoch0)) st = KILN_OK;
     uint64_t applied = b->applied_seq;
     pthread_mutex_unlock(&b->mu);
-    LOG_DEBUG("store barrier target=%llu applied=%llu status=%s ms=%lld",
+    LOG_DEBUG("barrier target=%llu applied=%llu status=%s ms=%lld",
               (unsigned long long)target, (unsigned long long)applied, kiln_status_str(st),
               (long long)(kiln_mono_ms() - start));
     return st;

@@ -123,7 +123,7 @@ kiln_status db_load_record(db_store *db, const rocksdb_readoptions_t *ro,
     Kiln__V1__JobRecord *rec = kiln__v1__job_record__unpack(NULL, n, (const uint8_t *)v);
     rocksdb_free(v);
     if (rec == NULL || rec->request == NULL || rec->status == NULL) {
-        LOG_ERROR("store record undecodable job=%s bytes=%zu", id, n);
+        LOG_ERROR("record undecodable job=%s bytes=%zu", id, n);
         if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
         return KILN_EIO;
     }

@@ -23,7 +23,7 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
         const char *id = NULL;
         if (msg == NULL || natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK) id = "-";
         atomic_fetch_add(&done_failed, 1);
-        LOG_WARN("store jobs.done publish failed job=%s status=%s err=\"%s\"", id,
+        LOG_WARN("jobs.done publish failed job=%s status=%s err=\"%s\"", id,
                  natsStatus_GetText(pae->Err), pae->ErrText != NULL ? pae->ErrText : "");
     }
     natsMsg_Destroy(msg);
@@ -61,7 +61,7 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, int64_t time
         natsStatus s = js_PublishMsgAsync(js, &m, NULL);
         natsMsg_Destroy(m); /* NULL when the library took it */
         if (s != NATS_OK) {
-            LOG_WARN("store jobs.done publish failed job=%s status=%s", l->items[i].id,
+            LOG_WARN("jobs.done publish failed job=%s status=%s", l->items[i].id,
                      natsStatus_GetText(s));
             return kiln_nats_status(s);
         }
@@ -71,7 +71,7 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, int64_t time
     po.MaxWait = timeout_ms;
     natsStatus s = js_PublishAsyncComplete(js, &po);
     if (s != NATS_OK) {
-        LOG_WARN("store jobs.done acks incomplete status=%s", natsStatus_GetText(s));
+        LOG_WARN("jobs.done acks incomplete status=%s", natsStatus_GetText(s));
         return kiln_nats_status(s);
     }
     if (done_failures() != failed0) return KILN_ENATS;
@@ -87,7 +87,7 @@ kiln_status done_publish_one(jsCtx *js, const apply_done *d)
     natsStatus s = js_PublishMsg(NULL, js, m, NULL, &jerr);
     natsMsg_Destroy(m);
     if (s != NATS_OK) {
-        LOG_WARN("store jobs.done publish failed job=%s status=%s jerr=%d", d->id,
+        LOG_WARN("jobs.done publish failed job=%s status=%s jerr=%d", d->id,
                  natsStatus_GetText(s), (int)jerr);
         return kiln_nats_status(s);
     }
@@ -100,7 +100,7 @@ kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id)
     snprintf(subj, sizeof subj, "%s%s", KILN_SUBJ_CANCELLED_PREFIX, id);
     natsStatus s = natsConnection_Publish(nc, subj, NULL, 0);
     if (s != NATS_OK) {
-        LOG_WARN("store cancel broadcast failed job=%s status=%s", id, natsStatus_GetText(s));
+        LOG_WARN("cancel broadcast failed job=%s status=%s", id, natsStatus_GetText(s));
         return kiln_nats_status(s);
     }
     return KILN_OK;

@@ -23,7 +23,8 @@
 #include "subjects.h"
 
 #define INGEST_BATCH 256
-#define INGEST_FETCH_MS 250       /* short: shutdown and the barrier's idle check react quickly */
+#define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
+#define INGEST_NOWAIT_MS 2000     /* client-side cap of a no_wait fetch */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
@@ -74,7 +75,7 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
     if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
         st = apply_transition(ing->db, ing->wb, data, (size_t)len, &ing->done, &changed);
         if (st == KILN_EINVAL) {
-            LOG_WARN("store transition undecodable, skipped seq=%llu bytes=%d",
+            LOG_WARN("transition undecodable, skipped seq=%llu bytes=%d",
                      (unsigned long long)*seq, len);
             kiln_metric_add(ing->m_invalid, 1);
             st = KILN_OK;
@@ -83,7 +84,7 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
         st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, &changed);
         if (st == KILN_EINVAL) {
             /* The consumer dead-letters it; the store only skips it. */
-            LOG_DEBUG("store job request invalid, skipped seq=%llu", (unsigned long long)*seq);
+            LOG_DEBUG("job request invalid, skipped seq=%llu", (unsigned long long)*seq);
             kiln_metric_add(ing->m_invalid, 1);
             st = KILN_OK;
         }
@@ -99,7 +100,7 @@ static void ingest_settle(natsMsgList *list, int ack)
                            : natsMsg_NakWithDelay(list->Msgs[i], INGEST_RETRY_DELAY_MS, NULL);
         if (s != NATS_OK) {
             /* Redelivered after AckWait; applying again changes nothing. */
-            LOG_WARN("store %s failed status=%s", ack ? "ack" : "nak", natsStatus_GetText(s));
+            LOG_WARN("%s failed status=%s", ack ? "ack" : "nak", natsStatus_GetText(s));
             return;
         }
     }
@@ -130,7 +131,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     if (st == KILN_OK) st = db_write(ing->db, ing->wb);
     db_unlock(ing->db);
     if (st != KILN_OK) {
-        LOG_ERROR("store batch not applied, will retry msgs=%d status=%s", list->Count,
+        LOG_ERROR("batch not applied, will retry msgs=%d status=%s", list->Count,
                   kiln_status_str(st));
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
@@ -143,7 +144,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     st = done_publish_batch(ing->js, &ing->done, INGEST_DONE_ACK_MS);
     if (st != KILN_OK) {
         /* The states are written; redelivery re-publishes their jobs.done. */
-        LOG_WARN("store jobs.done not confirmed, batch will be redelivered msgs=%d done=%zu",
+        LOG_WARN("jobs.done not confirmed, batch will be redelivered msgs=%d done=%zu",
                  list->Count, ing->done.n);
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
@@ -153,35 +154,63 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     kiln_metric_add(ing->m_batches, 1);
     kiln_metric_add(ing->m_msgs, list->Count);
     kiln_metric_add(ing->m_done, (int64_t)ing->done.n);
-    LOG_DEBUG("store batch applied msgs=%d done=%zu seq=%llu us=%lld", list->Count, ing->done.n,
+    LOG_DEBUG("batch applied msgs=%d done=%zu seq=%llu us=%lld", list->Count, ing->done.n,
               (unsigned long long)max_seq, (long long)(kiln_mono_us() - t0));
+}
+
+/* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
+ * batch is there or it expires, which would hold a lone job back for the
+ * full expiry. So: take whatever is waiting at once (no_wait, up to a full
+ * batch); only when nothing is, long-poll for a single message, which
+ * returns the moment one arrives. */
+static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int wait)
+{
+    jsFetchRequest fr;
+    jsFetchRequest_Init(&fr);
+    if (wait) {
+        fr.Batch = 1;
+        fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
+    } else {
+        fr.Batch = INGEST_BATCH;
+        fr.NoWait = true;
+        fr.Expires = (int64_t)INGEST_NOWAIT_MS * 1000000; /* client-side cap only */
+    }
+    return natsSubscription_FetchRequest(list, ing->sub, &fr);
 }
 
 static void *ingest_main(void *arg)
 {
     ingest *ing = arg;
     int64_t last_err_log = 0;
+    int wait = 0;
     while (!atomic_load(&ing->stop)) {
         natsMsgList list = {0};
-        jsErrCode jerr = 0;
         uint64_t epoch = barrier_fetch_begin(ing->b);
-        natsStatus s = natsSubscription_Fetch(&list, ing->sub, INGEST_BATCH, INGEST_FETCH_MS, &jerr);
-        if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0)) {
+        int64_t tf = kiln_mono_ms();
+        natsStatus s = ingest_fetch(ing, &list, wait);
+        LOG_DEBUG("TMP fetch wait=%d ms=%lld status=%s n=%d", wait, (long long)(kiln_mono_ms() - tf), natsStatus_GetText(s), list.Count);
+        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
             natsMsgList_Destroy(&list);
-            barrier_fetch_idle(ing->b, epoch);
+            /* Only a waiting fetch proves nothing is left: a no_wait one
+             * may race a publish that is still being stored. */
+            if (wait) barrier_fetch_idle(ing->b, epoch);
+            wait = 1;
             continue;
         }
         if (s != NATS_OK) {
             natsMsgList_Destroy(&list);
             if (kiln_mono_ms() - last_err_log > 5000) {
-                LOG_WARN("store fetch failed status=%s jerr=%d", natsStatus_GetText(s), (int)jerr);
+                LOG_WARN("fetch failed status=%s err=\"%s\"", natsStatus_GetText(s),
+                         nats_GetLastError(NULL));
                 last_err_log = kiln_mono_ms();
             }
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
+            wait = 0;
             continue;
         }
         ingest_batch(ing, &list);
         natsMsgList_Destroy(&list);
+        wait = 0;
     }
     return NULL;
 }
@@ -230,7 +259,7 @@ kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
     natsStatus s = js_PullSubscribe(&ing->sub, js, "", KILN_DURABLE_STORE, NULL, &so, &jerr);
     if (s != NATS_OK) {
         ing->sub = NULL;
-        LOG_ERROR("store pull subscribe failed durable=%s status=%s jerr=%d err=\"%s\"",
+        LOG_ERROR("pull subscribe failed durable=%s status=%s jerr=%d err=\"%s\"",
                   KILN_DURABLE_STORE, natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
         st = kiln_nats_status(s);
         goto out;
@@ -241,7 +270,7 @@ kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
     }
     pthread_setname_np(ing->thread, "kiln-apply");
     ing->thread_started = 1;
-    LOG_INFO("store apply loop started durable=%s batch=%d", KILN_DURABLE_STORE, INGEST_BATCH);
+    LOG_INFO("apply loop started durable=%s batch=%d", KILN_DURABLE_STORE, INGEST_BATCH);
     *out = ing;
     ing = NULL;
 out:
@@ -254,6 +283,6 @@ void ingest_stop(ingest *ing)
     if (ing == NULL) return;
     atomic_store(&ing->stop, true);
     if (ing->thread_started) pthread_join(ing->thread, NULL);
-    LOG_INFO("store apply loop stopped");
+    LOG_INFO("apply loop stopped");
     ingest_free(ing);
 }

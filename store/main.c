@@ -99,7 +99,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (store_mkdirs(cfg.data_dir) != KILN_OK) {
-        LOG_ERROR("store cannot create data dir path=%s err=\"%s\"", cfg.data_dir, strerror(errno));
+        LOG_ERROR("cannot create data dir path=%s err=\"%s\"", cfg.data_dir, strerror(errno));
         goto out;
     }
     if (db_open(path, &db) != KILN_OK) goto out;
@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     po.ack_wait_ms = cfg.ack_wait_ms;
     st = kiln_provision(js, &po);
     if (st != KILN_OK) {
-        LOG_ERROR("store provisioning failed status=%s", kiln_status_str(st));
+        LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }
 
@@ -125,16 +125,16 @@ int main(int argc, char **argv)
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, js, b, &ing) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
-        LOG_ERROR("store metrics listener failed addr=%s", cfg.metrics_addr);
+        LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
         goto out;
     }
-    LOG_INFO("store ready data=%s applied_seq=%llu metrics=%s", path,
+    LOG_INFO("ready data=%s applied_seq=%llu metrics=%s", path,
              (unsigned long long)applied, cfg.metrics_addr[0] ? cfg.metrics_addr : "off");
 
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {
     }
-    LOG_INFO("store shutting down signal=%d", sig);
+    LOG_INFO("shutting down signal=%d", sig);
     rc = 0;
 out:
     /* Requests first (they write too), then the apply loop finishes its
@@ -145,6 +145,6 @@ out:
     kiln_nats_close(nc, js);
     barrier_destroy(b);
     db_close(db);
-    if (rc == 0) LOG_INFO("store stopped");
+    if (rc == 0) LOG_INFO("stopped");
     return rc;
 }

@@ -57,7 +57,7 @@ static void queries_respond(queries *q, natsMsg *req, const uint8_t *data, size_
     if (s == NATS_OK && hdr != NULL) s = natsMsgHeader_Set(m, hdr, val);
     if (s == NATS_OK) s = natsConnection_PublishMsg(q->nc, m);
     if (s != NATS_OK)
-        LOG_WARN("store reply failed subject=%s status=%s", natsMsg_GetSubject(req),
+        LOG_WARN("reply failed subject=%s status=%s", natsMsg_GetSubject(req),
                  natsStatus_GetText(s));
     natsMsg_Destroy(m);
 }
@@ -317,10 +317,10 @@ static kiln_status queries_do_cancel(queries *q, const char *id, const char *use
         kiln_status ps = KILN_ERR;
         for (int i = 0; i < QUERIES_DONE_TRIES && ps != KILN_OK; i++)
             ps = done_publish_one(q->js, &done.items[0]);
-        if (ps != KILN_OK) LOG_ERROR("store jobs.done for cancel not published job=%s", id);
+        if (ps != KILN_OK) LOG_ERROR("jobs.done for cancel not published job=%s", id);
         (void)done_broadcast_cancelled(q->nc, id);
         kiln_metric_add(q->m_cancelled, 1);
-        LOG_INFO("store job cancelled job=%s", id);
+        LOG_INFO("job cancelled job=%s", id);
     }
     if (st == KILN_OK && rec_out != NULL && *res != APPLY_CANCEL_NOT_FOUND)
         st = db_load_record(q->db, NULL, NULL, id, rec_out);
@@ -448,7 +448,7 @@ kiln_status queries_start(db_store *db, barrier *b, natsConnection *nc, jsCtx *j
             natsStatus s = natsConnection_QueueSubscribe(&sub, nc, queries_table[i].subject,
                                                          KILN_STORE_QUEUE, queries_on_msg, &q->bind[i]);
             if (s != NATS_OK) {
-                LOG_ERROR("store subscribe failed subject=%s status=%s", queries_table[i].subject,
+                LOG_ERROR("subscribe failed subject=%s status=%s", queries_table[i].subject,
                           natsStatus_GetText(s));
                 st = kiln_nats_status(s);
                 goto out;
@@ -462,7 +462,7 @@ kiln_status queries_start(db_store *db, barrier *b, natsConnection *nc, jsCtx *j
         st = kiln_nats_status(s);
         goto out;
     }
-    LOG_INFO("store queries ready subscriptions=%d queue=%s", q->nsubs, KILN_STORE_QUEUE);
+    LOG_INFO("queries ready subscriptions=%d queue=%s", q->nsubs, KILN_STORE_QUEUE);
     *out = q;
     q = NULL;
 out:

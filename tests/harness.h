@@ -54,10 +54,10 @@ typedef struct {
 } h_stack_opts;
 
 typedef struct h_stack {
-    char root[PATH_MAX];
-    char data_dir[PATH_MAX];
-    char nats_dir[PATH_MAX];
-    char log_dir[PATH_MAX];
+    char root[1024];
+    char data_dir[1100];
+    char nats_dir[1100];
+    char log_dir[1100];
     int nats_port, gw_port, dev_port, cons_metrics_port, store_metrics_port;
     char nats_url[64];
     char gw_url[64];        /* "http://127.0.0.1:PORT" */

@@ -6,7 +6,7 @@
 
 #include <criterion/criterion.h>
 
-#include "harness.h"
+#include "../harness.h"
 #include "kiln.pb-c.h"
 
 TestSuite(e2e, .fini = h_fini, .timeout = 120);

@@ -6,7 +6,7 @@
 
 #include <criterion/criterion.h>
 
-#include "harness.h"
+#include "../harness.h"
 
 TestSuite(errors, .fini = h_fini, .timeout = 120);
 

@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# run.sh - `make bench`: starts its own nats-server (JetStream, file storage,
+# temp dir, free loopback port) and Kiln's binaries, runs every workload and
+# prints one line per figure with its goal, met or NOT MET.
+#
+#   bench/run.sh BIN_DIR        (BIN_DIR holds kiln-* and kiln-bench*)
+#
+# Settings (environment): BENCH_JOBS (100000), BENCH_STORE_SIZES
+# (10000,1000000), BENCH_BUDGET_S (270: the store fill stops so the whole run
+# ends within it), BENCH_KEEP=1 keeps the temp dir and logs, BENCH_PHASES
+# ("limit flow w4 store": a subset runs only those parts, e.g. for profiling).
+set -uo pipefail
+
+BIN=${1:?usage: bench/run.sh BIN_DIR}
+BIN=$(cd "$BIN" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+JOBS=${BENCH_JOBS:-100000}
+STORE_SIZES=${BENCH_STORE_SIZES:-10000,1000000}
+BUDGET_S=${BENCH_BUDGET_S:-270}
+PHASES=" ${BENCH_PHASES:-limit flow w4 store} "
+CONCURRENCY=256
+TOKEN=bench-token
+TMP=$(mktemp -d /tmp/kiln-bench.XXXXXX)
+LOGS=$TMP/logs
+mkdir -p "$LOGS"
+
+declare -A PID=()   # name -> pid of what this script started
+SUMMARY=$TMP/summary # every printed figure line, to tell whether all goals were met
+
+note() { echo "bench: $*" >&2; }
+phase() { [[ $PHASES == *" $1 "* ]]; }
+
+stop() { # stop NAME: SIGTERM, wait up to 10 s, then SIGKILL
+    local name=$1 pid=${PID[$1]:-}
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    unset "PID[$name]"
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    local n
+    for n in gateway consumer store devprovider nats; do stop "$n"; done
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then note "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+USED_PORTS=" "
+free_port() { # prints a loopback port nothing listens on and this run has not used
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        case $USED_PORTS in *" $p "*) continue ;; esac
+        answers "$p" && continue
+        USED_PORTS+="$p "
+        echo "$p"
+        return
+    done
+}
+
+wait_for() { # wait_for WHAT SECONDS COMMAND...
+    local what=$1 secs=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@"; do
+        if ((SECONDS >= deadline)); then
+            note "$what did not come up within ${secs}s (logs: $LOGS; BENCH_KEEP=1 keeps them)"
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+start_nats() { # start_nats DATADIR
+    NATS_PORT=$(free_port)
+    NATS_URL=nats://127.0.0.1:$NATS_PORT
+    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" 2>>"$LOGS/nats-server.log" >&2 &
+    PID[nats]=$!
+    wait_for nats-server 15 answers "$NATS_PORT"
+}
+
+start_kiln() { # start_kiln NAME [VAR=VALUE...]: $BIN/kiln-NAME with the shared settings
+    local name=$1
+    shift
+    env KILN_NATS_URL="$NATS_URL" KILN_DATA_DIR="$TMP/data" KILN_LOG_LEVEL=info "$@" \
+        "$BIN/kiln-$name" 2>>"$LOGS/$name.log" >&2 &
+    PID[$name]=$!
+}
+
+http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
+
+start_consumer() {
+    start_kiln consumer KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
+        KILN_CONCURRENCY=$CONCURRENCY KILN_METRICS_ADDR="127.0.0.1:$CONS_METRICS_PORT"
+    wait_for kiln-consumer 15 http_ok "http://127.0.0.1:$CONS_METRICS_PORT/healthz"
+}
+
+hwm_mb() { # peak RSS (VmHWM) of a process this script started, in MiB
+    local pid=${PID[$1]:-}
+    [ -n "$pid" ] && awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || echo "-"
+}
+
+reset_hwm() { # the peak RSS starts again from the current RSS
+    local n
+    for n in "$@"; do
+        [ -n "${PID[$n]:-}" ] && echo 5 >"/proc/${PID[$n]}/clear_refs" 2>/dev/null
+    done
+    return 0
+}
+
+# --- figures --------------------------------------------------------------
+declare -A FIG=() # "<name>/<workload>.<field>" -> value, from the FIG lines
+
+parse_figs() { # parse_figs FILE: reads `FIG name=... workload=... k=v ...` lines
+    local line kv key name wl
+    while read -r line; do
+        [[ $line == FIG\ * ]] || continue
+        name= wl=
+        for kv in $line; do
+            case $kv in name=*) name=${kv#name=} ;; workload=*) wl=${kv#workload=} ;; esac
+        done
+        for kv in $line; do
+            [[ $kv == *=* ]] || continue
+            key=${kv%%=*}
+            FIG[$name/$wl.$key]=${kv#*=}
+        done
+    done <"$1"
+}
+
+fig() { echo "${FIG[$1]:--}"; } # fig NAME/WORKLOAD.FIELD
+
+# cmp A OP B (numbers, "-" is never true)
+cmp() { awk -v a="$1" -v b="$3" -v op="$2" 'BEGIN {
+    if (a == "-" || b == "-" || a == "") exit 1
+    if (op == "<=") exit !(a + 0 <= b + 0); if (op == ">=") exit !(a + 0 >= b + 0)
+    if (op == "==") exit !(a + 0 == b + 0); exit 1 }'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+verdict() { if "$@"; then echo met; else echo "NOT MET"; fi; }
+
+line() { # line NAME/WORKLOAD [extra text]: the standard figure line
+    local k=$1
+    shift
+    local name=${k%/*} wl=${k#*/}
+    printf '%s workload=%s jobs=%s secs=%s rate=%s/s p50_ms=%s p99_ms=%s rss_mb=%s%s\n' \
+        "$name" "$wl" "$(fig "$k.jobs")" "$(fig "$k.secs")" "$(fig "$k.rate")" \
+        "$(fig "$k.p50_ms")" "$(fig "$k.p99_ms")" "${RSS_OVERRIDE:-$(fig "$k.rss_mb")}" "${*:+ $*}" |
+        tee -a "$SUMMARY"
+}
+
+all_met() { # all_met CHECK... (each a quoted command line)
+    local c ok=0
+    for c in "$@"; do eval "$c" || ok=1; done
+    return $ok
+}
+
+run_bench() { # run_bench OUTFILE ARGS...: kiln-bench with its FIG lines kept
+    local out=$1
+    shift
+    "$BIN/kiln-bench" "$@" --url "$NATS_URL" >"$out" 2>>"$LOGS/kiln-bench.log"
+    local rc=$?
+    parse_figs "$out"
+    return $rc
+}
+
+echo "# make bench: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), nats-server $(nats-server --version 2>/dev/null | awk '{print $NF}'), jobs=$JOBS, consumer concurrency $CONCURRENCY, dev provider 0 ms"
+
+DEV_PORT=$(free_port)
+GW_PORT=$(free_port)
+CONS_METRICS_PORT=$(free_port)
+STORE_METRICS_PORT=$(free_port)
+MEM_CONS=- W4_GW=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
+declare -A WRK=()
+
+# --- the limit: libnats alone ---------------------------------------------
+start_nats "$TMP/nats" || exit 1
+if phase limit; then
+    "$BIN/kiln-bench-limit" --url "$NATS_URL" --jobs "$JOBS" >"$TMP/limit.out" 2>>"$LOGS/limit.log" ||
+        note "the limit program failed (see $LOGS/limit.log)"
+    parse_figs "$TMP/limit.out"
+    line limit-W1/W1 "(async publish with Nats-Msg-Id, every ack awaited)"
+    line limit-W2/W2 "(publish + pull batches of 256 + done publish + ack; first publish to last done ack)"
+fi
+
+# --- Kiln: dev provider (0 ms), store, consumer, gateway --------------------
+if phase flow || phase w4; then
+    start_kiln devprovider KILN_DEVPROVIDER_ADDR="127.0.0.1:$DEV_PORT" KILN_DEVPROVIDER_LATENCY_MS=0
+    wait_for kiln-devprovider 15 answers "$DEV_PORT" || exit 1
+    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
+    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
+    start_consumer || exit 1
+    if phase w4; then
+        # Rate limiting off: W4 measures throughput, one user sends everything.
+        start_kiln gateway KILN_HTTP_ADDR="127.0.0.1:$GW_PORT" KILN_API_KEYS="$TOKEN:bench" \
+            KILN_SUBMIT_RATE=0
+        wait_for kiln-gateway 30 http_ok "http://127.0.0.1:$GW_PORT/readyz" || exit 1
+    fi
+fi
+
+if phase flow; then
+    # W1 + W2: one run; W2's clock starts at the first publish.
+    reset_hwm store consumer gateway devprovider
+    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 90000 || note "W2 did not finish every job"
+    W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
+    r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
+    line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) (client library: submit_async + flush, while Kiln runs; rss = producer)"
+    r2=$(ratio "$(fig kiln-W2/W2.rate)" "$(fig limit-W2/W2.rate)")
+    w2ok() { cmp "$r2" '>=' 0.5 && cmp "$(fig kiln-W2/W2.jobs)" '==' "$JOBS"; }
+    RSS_OVERRIDE="store:$W2_STORE,consumer:$W2_CONS" \
+        line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
+
+    # Backlog: JOBS jobs waiting, then a fresh consumer at concurrency 256.
+    stop consumer
+    rm -f "$TMP/ready"
+    "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
+        --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
+    BACKLOG_PID=$!
+    until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
+    start_consumer || exit 1
+    wait "$BACKLOG_PID" || note "the backlog was not fully drained"
+    parse_figs "$TMP/backlog.out"
+    MEM_CONS=$(hwm_mb consumer)
+    RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(a $JOBS-job backlog drained by a consumer started after it; not a goal)"
+
+    # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
+    run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 30000 || note "W3 did not finish every job"
+    w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
+        cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
+    line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) (open loop; rss = bench client)"
+fi
+
+if phase w4; then
+    # W4: the HTTP gateway under wrk; post.lua counts every answer that is not 202.
+    reset_hwm store consumer gateway
+    wrk -t2 -c64 -d10s -s "$HERE/post.lua" "http://127.0.0.1:$GW_PORT/v1/jobs" \
+        >"$TMP/wrk.out" 2>>"$LOGS/wrk.log" || note "wrk failed"
+    W4_GW=$(hwm_mb gateway) W4_STORE=$(hwm_mb store) W4_CONS=$(hwm_mb consumer)
+    read -r -a W <<<"$(grep '^WRK ' "$TMP/wrk.out")"
+    for kv in "${W[@]:1}"; do WRK[${kv%%=*}]=${kv#*=}; done
+    FIG[kiln-W4/W4.jobs]=${WRK[requests]:--}
+    FIG[kiln-W4/W4.secs]=$(awk -v d="${WRK[duration_us]:-0}" 'BEGIN {printf "%.3f", d / 1e6}')
+    FIG[kiln-W4/W4.rate]=$(awk -v n="${WRK[requests]:-0}" -v d="${WRK[duration_us]:-0}" 'BEGIN {if (d > 0) printf "%.0f", n / (d / 1e6); else print "-"}')
+    FIG[kiln-W4/W4.p50_ms]=$(awk -v v="${WRK[p50_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
+    FIG[kiln-W4/W4.p99_ms]=$(awk -v v="${WRK[p99_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
+    SOCK_ERR=$((${WRK[connect_err]:-0} + ${WRK[read_err]:-0} + ${WRK[write_err]:-0} + ${WRK[timeout_err]:-0}))
+    w4ok() { cmp "$(fig kiln-W4/W4.rate)" '>=' 30000 && cmp "$(fig kiln-W4/W4.p99_ms)" '<=' 10 &&
+        [ "${WRK[non202]:-x}" = 0 ] && [ "$SOCK_ERR" = 0 ]; }
+    RSS_OVERRIDE="gateway:$W4_GW" line kiln-W4/W4 "goal=rate>=30000,p99<=10,all-202 $(verdict w4ok) non202=${WRK[non202]:--} first_non202=${WRK[first_non202]:--} socket_errors=$SOCK_ERR (wrk -t2 -c64 -d10s)"
+fi
+
+# --- memory -----------------------------------------------------------------
+if phase flow; then
+    FIG[kiln-mem/backlog.jobs]=$JOBS
+    RSS_OVERRIDE=$MEM_CONS line kiln-mem/backlog "process=consumer concurrency=$CONCURRENCY goal=consumer<=32MiB $(verdict cmp "$MEM_CONS" '<=' 32)"
+fi
+if phase w4; then
+    FIG[kiln-mem/W4.jobs]=${WRK[requests]:--}
+    RSS_OVERRIDE=$W4_GW line kiln-mem/W4 "process=gateway goal=gateway<=64MiB $(verdict cmp "$W4_GW" '<=' 64) (during W4: store=$W4_STORE consumer=$W4_CONS)"
+fi
+if phase flow; then
+    FIG[kiln-mem/W2.jobs]=$JOBS
+    RSS_OVERRIDE=- line kiln-mem/W2 "store=$W2_STORE consumer=$W2_CONS gateway=$W2_GW (peaks during W2; not goals)"
+fi
+
+# --- kiln-store: GET latency with a small and a large store ----------------
+if phase store; then
+    for n in gateway consumer store devprovider nats; do stop "$n"; done
+    start_nats "$TMP/nats-store" || exit 1
+    # A fresh store and no consumer: the filled jobs stay pending, each a full
+    # record with its indexes, like any job waiting for a worker.
+    rm -rf "$TMP/data"
+    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
+    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
+    FILL_MS=$(((BUDGET_S - SECONDS) * 1000))
+    ((FILL_MS < 20000)) && FILL_MS=20000
+    run_bench "$TMP/store.out" store --sizes "$STORE_SIZES" --samples 5000 \
+        --fill-deadline-ms "$FILL_MS" || note "the store could not be filled to every size within the budget"
+    while read -r l; do
+        [[ $l == "FIG name=kiln-store-fill "* || $l == "FIG name=kiln-store "* ]] || continue
+        declare -A S=()
+        for kv in $l; do [[ $kv == *=* ]] && S[${kv%%=*}]=${kv#*=}; done
+        if [ "${S[name]}" = kiln-store-fill ]; then
+            printf 'kiln-store-fill workload=fill jobs=%s secs=%s rate=%s/s p50_ms=- p99_ms=- rss_mb=%s target=%s complete=%s (pending jobs published and applied by the store; not a goal)\n' \
+                "${S[jobs]}" "${S[secs]}" "${S[rate]}" "$(hwm_mb store)" "${S[target]}" "${S[complete]}" | tee -a "$SUMMARY"
+            continue
+        fi
+        sok() { cmp "${S[p99_ms]}" '<=' 1 && [ "${S[get_errors]}" = 0 ]; }
+        printf 'kiln-store workload=%s jobs=%s secs=%s rate=%s/s p50_ms=%s p99_ms=%s rss_mb=%s store_jobs=%s get_errors=%s goal=p99<=1 %s (jobs.status of random ids, one at a time; rss = store)\n' \
+            "${S[workload]}" "${S[jobs]}" "${S[secs]}" "${S[rate]}" "${S[p50_ms]}" "${S[p99_ms]}" \
+            "$(hwm_mb store)" "${S[store_jobs]}" "${S[get_errors]}" "$(verdict sok)" | tee -a "$SUMMARY"
+    done <"$TMP/store.out"
+    for want in ${STORE_SIZES//,/ }; do
+        grep -q "target=$want .*complete=yes" "$TMP/store.out" ||
+            echo "kiln-store workload=store-$want goal=p99<=1 NOT MET (the store did not reach $want jobs within the budget)" | tee -a "$SUMMARY"
+    done
+fi
+
+echo "# make bench: ${SECONDS}s in run.sh; $(grep -q 'NOT MET' "$SUMMARY" 2>/dev/null && echo "some goals NOT MET" || echo "every goal met")"
+exit 0

@@ -1,0 +1,186 @@
+/* main.c - kiln-consumer: settings, wiring of the modules, signals and the
+ * SIGTERM drain. */
+#include <curl/curl.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "cons.h"
+#include "log.h"
+#include "metrics.h"
+#include "natsconn.h"
+#include "provision.h"
+
+#define MAIN_CONNECT_TIMEOUT_MS 15000
+#define MAIN_HANDBACK_WAIT_MS 5000
+#define MAIN_PUBLISH_WAIT_MS 5000
+
+cons_ctx cons_g;
+static cons_settings main_set;
+
+static const kiln_setting main_table[] = {
+    {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+     "NATS server(s), comma-separated", &main_set.nats_url},
+    {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
+     "saved images go to <dir>/images/<id>/<index>.png", &main_set.data_dir},
+    {"KILN_CONCURRENCY", "concurrency", KILN_SET_INT, "16", 1, 4096,
+     "max jobs in flight (provider calls) in this process", &main_set.concurrency},
+    {"KILN_PROVIDER_URL", "provider-url", KILN_SET_STRING, "http://127.0.0.1:8090/v1", 1, 0,
+     "provider base URL; jobs POST to <url>/images/generations", &main_set.provider_url},
+    {"KILN_PROVIDER_KEY", "provider-key", KILN_SET_STRING, "", 1, 0,
+     "provider bearer token (optional; never logged)", &main_set.provider_key},
+    {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
+     "JetStream AckWait of the worker durables; in-progress acks every third of it",
+     &main_set.ack_wait_ms},
+    {"KILN_RETRY_BASE", "retry-base", KILN_SET_DURATION, "1s", 1, 3600000,
+     "retry backoff base (exponential, full jitter)", &main_set.retry_base_ms},
+    {"KILN_RETRY_CAP", "retry-cap", KILN_SET_DURATION, "60s", 1, 86400000,
+     "retry backoff cap", &main_set.retry_cap_ms},
+    {"KILN_DRAIN_TIMEOUT", "drain-timeout", KILN_SET_DURATION, "30s", 0, 3600000,
+     "on SIGTERM, how long in-flight jobs may finish before they are handed back",
+     &main_set.drain_timeout_ms},
+    {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0, "debug, info, warn, error",
+     &main_set.log_level},
+    {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_STRING, "", 1, 0,
+     "host:port for GET /metrics (empty = off)", &main_set.metrics_addr},
+};
+
+static void main_register_metrics(void)
+{
+    cons_g.m_completed = kiln_metric_counter("kiln_consumer_jobs_completed_total", "jobs completed");
+    cons_g.m_failed = kiln_metric_counter("kiln_consumer_jobs_failed_total", "jobs failed");
+    cons_g.m_retried = kiln_metric_counter("kiln_consumer_jobs_retried_total",
+                                           "attempts that ended in a retry");
+    cons_g.m_cancelled = kiln_metric_counter("kiln_consumer_jobs_cancelled_total",
+                                             "jobs cancelled while in flight");
+    cons_g.m_dead = kiln_metric_counter("kiln_consumer_dead_letters_total",
+                                        "messages copied to jobs.dead");
+    cons_g.m_skipped = kiln_metric_counter("kiln_consumer_jobs_skipped_total",
+                                           "deliveries skipped because the job was already terminal");
+    cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");
+    cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
+                                                    "provider call duration");
+}
+
+/* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
+static void main_wait_signal(const sigset_t *set)
+{
+    int sig = 0;
+    while (sigwait(set, &sig) != 0) {
+    }
+    LOG_INFO("signal received signal=%s, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+int main(int argc, char **argv)
+{
+    int rc = 1;
+    char err[512] = "";
+    sigset_t sigs;
+    kiln_status st;
+    kiln_provision_opts popts;
+    bool curl_up = false, slots_up = false, reg_up = false, metrics_up = false;
+
+    kiln_log_init("consumer");
+    st = kiln_config_load(main_table, sizeof main_table / sizeof main_table[0], argc, argv,
+                          "kiln-consumer",
+                          "Pulls Kiln jobs from JetStream and runs them against the image provider.",
+                          err, sizeof err);
+    if (st == KILN_EHELP) return 0;
+    if (st != KILN_OK) {
+        fprintf(stderr, "kiln-consumer: %s\n", err);
+        return 2;
+    }
+    if (kiln_log_set_level(main_set.log_level) != KILN_OK) {
+        fprintf(stderr, "kiln-consumer: KILN_LOG_LEVEL=%s: must be debug, info, warn or error\n",
+                main_set.log_level);
+        return 2;
+    }
+    if (main_set.retry_cap_ms < main_set.retry_base_ms) {
+        fprintf(stderr, "kiln-consumer: KILN_RETRY_CAP must not be below KILN_RETRY_BASE\n");
+        return 2;
+    }
+    if (strncmp(main_set.provider_url, "http://", 7) != 0 &&
+        strncmp(main_set.provider_url, "https://", 8) != 0) {
+        fprintf(stderr, "kiln-consumer: KILN_PROVIDER_URL=%s: must start with http:// or https://\n",
+                main_set.provider_url);
+        return 2;
+    }
+    cons_g.set = &main_set;
+    atomic_init(&cons_g.stopping, false);
+
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread exists */
+    signal(SIGPIPE, SIG_IGN);
+
+    main_register_metrics();
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        LOG_ERROR("curl init failed");
+        goto out;
+    }
+    curl_up = true;
+    if (cons_slots_init(main_set.concurrency) != KILN_OK) goto out;
+    slots_up = true;
+    if (cons_registry_init(main_set.concurrency) != KILN_OK) goto out;
+    reg_up = true;
+    if (main_set.metrics_addr[0] != '\0') {
+        if (kiln_metrics_http_start(main_set.metrics_addr) != KILN_OK) {
+            LOG_ERROR("metrics listener failed addr=%s", main_set.metrics_addr);
+            goto out;
+        }
+        metrics_up = true;
+    }
+
+    st = kiln_nats_connect_async(main_set.nats_url, "kiln-consumer", MAIN_CONNECT_TIMEOUT_MS,
+                                 4 * main_set.concurrency + 256, cons_publish_ack_handler, NULL,
+                                 &cons_g.nc, &cons_g.js);
+    if (st != KILN_OK) goto out;
+    kiln_provision_opts_init(&popts);
+    popts.ack_wait_ms = main_set.ack_wait_ms;
+    if (kiln_provision(cons_g.js, &popts) != KILN_OK) goto out;
+    if (cons_transfers_start() != KILN_OK) goto out;
+    if (cons_cancel_start() != KILN_OK) goto out;
+    if (cons_fetcher_start() != KILN_OK) goto out;
+    LOG_INFO("consumer ready concurrency=%lld provider=%s data_dir=%s ack_wait_ms=%lld",
+             (long long)main_set.concurrency, main_set.provider_url, main_set.data_dir,
+             (long long)main_set.ack_wait_ms);
+
+    main_wait_signal(&sigs);
+    rc = 0;
+
+out:
+    /* Drain: stop fetching, let in-flight jobs finish, hand back the rest. */
+    atomic_store(&cons_g.stopping, true);
+    cons_fetcher_stop();
+    if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
+        LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());
+        cons_transfers_abort_all();
+        (void)cons_slots_wait_idle(MAIN_HANDBACK_WAIT_MS);
+    }
+    if (cons_g.js != NULL) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = MAIN_PUBLISH_WAIT_MS;
+        if (js_PublishAsyncComplete(cons_g.js, &po) != NATS_OK)
+            LOG_WARN("some publish acks did not arrive before exit");
+    }
+    if (slots_up && !cons_slots_wait_idle(1000))
+        LOG_WARN("exiting with jobs unfinished in_flight=%lld (redelivered after ack wait)",
+                 (long long)cons_slots_used());
+    cons_cancel_stop();
+    cons_transfers_stop();
+    kiln_nats_close(cons_g.nc, cons_g.js);
+    cons_g.nc = NULL;
+    cons_g.js = NULL;
+    if (metrics_up) kiln_metrics_http_stop();
+    if (reg_up) cons_registry_destroy();
+    if (slots_up) cons_slots_destroy();
+    if (curl_up) curl_global_cleanup();
+    nats_Close();
+    LOG_INFO("consumer stopped rc=%d", rc);
+    return rc;
+}

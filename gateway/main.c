@@ -1,0 +1,173 @@
+/* main.c - kiln-gateway: settings, wiring of the modules, signals. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "auth.h"
+#include "config.h"
+#include "health.h"
+#include "images.h"
+#include "log.h"
+#include "metrics.h"
+#include "natsconn.h"
+#include "provision.h"
+#include "query.h"
+#include "ratelimit.h"
+#include "rpc.h"
+#include "server.h"
+#include "submit.h"
+#include "timers.h"
+#include "waiter.h"
+
+#define MAIN_NATS_CONNECT_MS 30000  /* initial connect retries before giving up */
+#define MAIN_MAX_PENDING_PUBS 65536 /* async publishes awaiting their ack */
+#define MAIN_SHUTDOWN_GRACE_MS 10000
+
+typedef struct {
+    char *nats_url;
+    char *http_addr;
+    char *api_keys;
+    char *data_dir;
+    char *log_level;
+    int64_t threads;
+    double submit_rate;
+    int64_t submit_burst;
+    int64_t store_timeout_ms;
+    int64_t publish_timeout_ms;
+    int64_t ack_wait_ms;
+} main_settings;
+
+int main(int argc, char **argv)
+{
+    main_settings cfg = {0};
+    const kiln_setting table[] = {
+        {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+         "NATS server(s), comma-separated", &cfg.nats_url},
+        {"KILN_HTTP_ADDR", "http-addr", KILN_SET_STRING, "127.0.0.1:8080", 1, 0,
+         "HTTP listen address host:port", &cfg.http_addr},
+        {"KILN_API_KEYS", "api-keys", KILN_SET_STRING, NULL, 1, 0,
+         "API keys: token:user_id[,token:user_id...]", &cfg.api_keys},
+        {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
+         "images are served from <dir>/images/<id>/<index>.png", &cfg.data_dir},
+        {"KILN_HTTP_THREADS", "http-threads", KILN_SET_INT, "4", 1, 256,
+         "HTTP event-loop threads", &cfg.threads},
+        {"KILN_SUBMIT_RATE", "submit-rate", KILN_SET_RATE, "0", 1, 0,
+         "per-user submit limit, e.g. 20/s or 600/min; 0 = off", &cfg.submit_rate},
+        {"KILN_SUBMIT_BURST", "submit-burst", KILN_SET_INT, "0", 0, 1000000,
+         "per-user burst above the rate; 0 = one second's worth (at least 1)", &cfg.submit_burst},
+        {"KILN_STORE_TIMEOUT", "store-timeout", KILN_SET_DURATION, "2s", 100, 60000,
+         "how long a query waits for the store before 503", &cfg.store_timeout_ms},
+        {"KILN_PUBLISH_TIMEOUT", "publish-timeout", KILN_SET_DURATION, "5s", 100, 60000,
+         "how long a submit waits for the JetStream ack before 503", &cfg.publish_timeout_ms},
+        {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
+         "JetStream AckWait of the worker durables (provisioning; same as the consumer's)",
+         &cfg.ack_wait_ms},
+        {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0, "debug, info, warn, error",
+         &cfg.log_level},
+    };
+    char err[512];
+    int rc = 1;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    int server_started = 0, timers_started = 0, rpc_started = 0, waiter_started = 0;
+
+    kiln_log_init("gateway");
+    kiln_status st = kiln_config_load(table, sizeof table / sizeof table[0], argc, argv,
+                                      "kiln-gateway",
+                                      "Kiln HTTP/JSON API: validates and publishes jobs to "
+                                      "JetStream, answers queries from the status store.",
+                                      err, sizeof err);
+    if (st == KILN_EHELP) return 0;
+    if (st != KILN_OK) {
+        fprintf(stderr, "kiln-gateway: %s\n", err);
+        return 2;
+    }
+    if (kiln_log_set_level(cfg.log_level) != KILN_OK) {
+        fprintf(stderr, "kiln-gateway: KILN_LOG_LEVEL must be debug, info, warn or error\n");
+        return 2;
+    }
+    if (gw_auth_init(cfg.api_keys, err, sizeof err) != KILN_OK) {
+        fprintf(stderr, "kiln-gateway: %s\n", err);
+        return 2;
+    }
+    gw_server_opts so;
+    memset(&so, 0, sizeof so);
+    so.threads = (unsigned)cfg.threads;
+    if (kiln_parse_listen_addr(cfg.http_addr, &so.addr, &so.addr_len) != KILN_OK) {
+        fprintf(stderr, "kiln-gateway: KILN_HTTP_ADDR \"%s\" is not host:port\n", cfg.http_addr);
+        gw_auth_free();
+        return 2;
+    }
+    if (gw_ratelimit_init(cfg.submit_rate, (long)cfg.submit_burst, gw_auth_count()) != KILN_OK) {
+        fprintf(stderr, "kiln-gateway: out of memory\n");
+        gw_auth_free();
+        return 1;
+    }
+
+    /* Signals are taken by sigwait() here; every thread created later inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    st = kiln_nats_connect_async(cfg.nats_url, "kiln-gateway", MAIN_NATS_CONNECT_MS,
+                                 MAIN_MAX_PENDING_PUBS, gw_submit_ack_handler, NULL, &nc, &js);
+    if (st != KILN_OK) {
+        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
+        goto out;
+    }
+    kiln_provision_opts po;
+    kiln_provision_opts_init(&po);
+    po.ack_wait_ms = cfg.ack_wait_ms;
+    if ((st = kiln_provision(js, &po)) != KILN_OK) {
+        LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
+        goto out;
+    }
+    if ((st = gw_health_init(nc)) != KILN_OK) goto out;
+    if ((st = gw_timers_start()) != KILN_OK) goto out;
+    timers_started = 1;
+    if ((st = gw_rpc_init(nc)) != KILN_OK) goto out;
+    rpc_started = 1;
+    if ((st = gw_waiter_init(nc)) != KILN_OK) goto out;
+    waiter_started = 1;
+    if ((st = gw_submit_init(nc, js, cfg.publish_timeout_ms, cfg.store_timeout_ms)) != KILN_OK)
+        goto out;
+    gw_query_init(cfg.store_timeout_ms);
+    gw_images_init(cfg.data_dir, cfg.store_timeout_ms);
+    if ((st = gw_server_start(&so)) != KILN_OK) {
+        LOG_ERROR("cannot listen on HTTP address addr=%s", cfg.http_addr);
+        goto out;
+    }
+    server_started = 1;
+    LOG_INFO("gateway listening addr=%s threads=%u keys=%zu submit_rate=%.3f", cfg.http_addr,
+             so.threads, gw_auth_count(), cfg.submit_rate);
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0) {
+    }
+    LOG_INFO("shutting down signal=%d", sig);
+    rc = 0;
+out:
+    if (server_started) gw_server_quiesce();
+    /* Waiters are answered now with the job's current state. */
+    if (waiter_started) gw_waiter_shutdown();
+    if (server_started) gw_server_drain(MAIN_SHUTDOWN_GRACE_MS);
+    if (rpc_started) gw_rpc_shutdown();
+    kiln_nats_close(nc, js);
+    /* No more acks can come: whatever still waits gets a 503. */
+    gw_submit_fail_pending();
+    if (server_started) gw_server_drain(1000);
+    if (timers_started) gw_timers_stop();
+    if (server_started) gw_server_stop();
+    gw_submit_free();
+    gw_waiter_free();
+    gw_ratelimit_free();
+    gw_auth_free();
+    if (rc == 0) LOG_INFO("gateway stopped");
+    return rc;
+}
