@@ -4,6 +4,8 @@
 #include "log.h"
 #include "natsconn.h"
 #include "provision.h"
+
+#include <stdbool.h>
 #include "subjects.h"
 
 #define PROV_NS_PER_MS 1000000LL
@@ -27,8 +29,8 @@ static const char *prov_err_text(natsStatus s)
     return t != NULL && t[0] != '\0' ? t : natsStatus_GetText(s);
 }
 
-/* Adds the stream if it does not exist, else updates it to cfg. */
-static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg)
+/* Adds the stream if it does not exist, else (when update) updates it to cfg. */
+static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg, bool update)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
@@ -50,6 +52,8 @@ static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg)
             si = NULL;
             action = "updated";
         }
+    } else if (s == NATS_OK && !update) {
+        action = "kept";
     } else if (s == NATS_OK) {
         s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
         jsStreamInfo_Destroy(si);
@@ -64,8 +68,8 @@ static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg)
     return KILN_OK;
 }
 
-/* Adds the durable if it does not exist, else updates it to cfg. */
-static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig *cfg)
+/* Adds the durable if it does not exist, else (when update) updates it to cfg. */
+static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig *cfg, bool update)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
@@ -86,6 +90,8 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
             ci = NULL;
             action = "updated";
         }
+    } else if (s == NATS_OK && !update) {
+        action = "kept";
     } else if (s == NATS_OK) {
         s = js_UpdateConsumer(&ci, js, stream, cfg, NULL, &jerr);
         jsConsumerInfo_Destroy(ci);
@@ -102,7 +108,7 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
 
 /* A limits-retention stream with one subject, kept for max_age_ms. */
 static kiln_status prov_limits_stream(jsCtx *js, const char *name, const char *subject,
-                                      int64_t max_age_ms)
+                                      int64_t max_age_ms, bool update)
 {
     const char *subjects[] = {subject};
     jsStreamConfig cfg;
@@ -114,7 +120,7 @@ static kiln_status prov_limits_stream(jsCtx *js, const char *name, const char *s
     cfg.Retention = js_LimitsPolicy;
     cfg.Storage = js_FileStorage;
     cfg.MaxAge = max_age_ms * PROV_NS_PER_MS;
-    return prov_stream(js, &cfg);
+    return prov_stream(js, &cfg, update);
 }
 
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
@@ -147,16 +153,16 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     jobs.Retention = js_InterestPolicy;
     jobs.Storage = js_FileStorage;
     jobs.Duplicates = o->dup_window_ms * PROV_NS_PER_MS;
-    st = prov_stream(js, &jobs);
+    st = prov_stream(js, &jobs, o->update_existing);
     if (st != KILN_OK) return st;
 
     /* The public outputs and the SSE replay log keep messages by age. */
-    st = prov_limits_stream(js, KILN_STREAM_DONE, KILN_SUBJ_DONE, o->done_max_age_ms);
+    st = prov_limits_stream(js, KILN_STREAM_DONE, KILN_SUBJ_DONE, o->done_max_age_ms, o->update_existing);
     if (st == KILN_OK)
-        st = prov_limits_stream(js, KILN_STREAM_DEAD, KILN_SUBJ_DEAD, o->dead_max_age_ms);
+        st = prov_limits_stream(js, KILN_STREAM_DEAD, KILN_SUBJ_DEAD, o->dead_max_age_ms, o->update_existing);
     if (st == KILN_OK)
         st = prov_limits_stream(js, KILN_STREAM_EVENTS, KILN_SUBJ_EVENTS_PREFIX ">",
-                                o->events_max_age_ms);
+                                o->events_max_age_ms, o->update_existing);
     if (st != KILN_OK) return st;
 
     static const struct {
@@ -178,7 +184,7 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
         cc.AckWait = o->ack_wait_ms * PROV_NS_PER_MS;
         cc.MaxAckPending = o->max_ack_pending;
         cc.MaxDeliver = -1; /* Kiln counts attempts itself */
-        st = prov_consumer(js, KILN_STREAM_JOBS, &cc);
+        st = prov_consumer(js, KILN_STREAM_JOBS, &cc, o->update_existing);
         if (st != KILN_OK) return st;
     }
 
@@ -191,7 +197,7 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     store.AckWait = PROV_STORE_ACK_WAIT_MS * PROV_NS_PER_MS;
     store.MaxAckPending = PROV_STORE_MAX_ACK_PENDING;
     store.MaxDeliver = -1;
-    st = prov_consumer(js, KILN_STREAM_JOBS, &store);
+    st = prov_consumer(js, KILN_STREAM_JOBS, &store, o->update_existing);
     if (st != KILN_OK) return st;
 
     LOG_INFO("provisioned streams=%s,%s,%s,%s ack_wait_ms=%lld max_ack_pending=%lld", KILN_STREAM_JOBS,

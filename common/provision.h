@@ -6,6 +6,7 @@
 #define KILN_PROVISION_H
 
 #include <nats/nats.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "status.h"
@@ -17,6 +18,9 @@ typedef struct {
     int64_t done_max_age_ms; /* KILN_DONE retention; default 7 days */
     int64_t dead_max_age_ms; /* KILN_DEAD retention; default 30 days */
     int64_t events_max_age_ms; /* KILN_EVENTS retention (SSE replay); default 1 hour */
+    bool update_existing;    /* false (default): only create what is missing. The
+                              * consumer, which owns AckWait, passes true so its
+                              * settings reach existing streams and durables. */
 } kiln_provision_opts;
 
 /* Fills o with the defaults above. */

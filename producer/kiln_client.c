@@ -158,29 +158,6 @@ static void client_on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckE
     natsMsg_Destroy(msg);
 }
 
-/* 1 when every stream and durable Kiln needs already exists. The client then
- * skips kiln_provision(): provisioning would also reset the worker durables'
- * AckWait to this process's setting, which is the consumers' business. */
-static int client_provisioned(jsCtx *js)
-{
-    static const char *streams[] = {KILN_STREAM_JOBS, KILN_STREAM_DONE, KILN_STREAM_DEAD,
-                                    KILN_STREAM_EVENTS};
-    static const char *durables[] = {KILN_DURABLE_HIGH, KILN_DURABLE_NORMAL, KILN_DURABLE_LOW,
-                                     KILN_DURABLE_STORE};
-    for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++) {
-        jsStreamInfo *si = NULL;
-        if (js_GetStreamInfo(&si, js, streams[i], NULL, NULL) != NATS_OK) return 0;
-        jsStreamInfo_Destroy(si);
-    }
-    for (size_t i = 0; i < sizeof durables / sizeof durables[0]; i++) {
-        jsConsumerInfo *ci = NULL;
-        if (js_GetConsumerInfo(&ci, js, KILN_STREAM_JOBS, durables[i], NULL, NULL) != NATS_OK)
-            return 0;
-        jsConsumerInfo_Destroy(ci);
-    }
-    return 1;
-}
-
 kiln_status kiln_client_connect(const char *urls, kiln_client **out)
 {
     kiln_client *c = NULL;
@@ -196,16 +173,10 @@ kiln_status kiln_client_connect(const char *urls, kiln_client **out)
                                  CLIENT_ASYNC_MAX_PENDING, client_on_async_ack, c, &c->nc,
                                  &c->js);
     if (st != KILN_OK) goto out;
-    if (!client_provisioned(c->js)) {
-        kiln_provision_opts_init(&po);
-        /* First process up: use the deployment's ack wait when it is set. */
-        const char *aw = getenv("KILN_ACK_WAIT");
-        int64_t ms = 0;
-        if (aw != NULL && kiln_config_parse_duration_ms(aw, &ms) == KILN_OK && ms > 0)
-            po.ack_wait_ms = ms;
-        st = kiln_provision(c->js, &po);
-        if (st != KILN_OK) goto out;
-    }
+    /* Create-only: the consumers own the durables' settings. */
+    kiln_provision_opts_init(&po);
+    st = kiln_provision(c->js, &po);
+    if (st != KILN_OK) goto out;
 
     *out = c;
     c = NULL;

@@ -24,7 +24,6 @@
 
 #define INGEST_BATCH 256
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
-#define INGEST_NOWAIT_MS 2000     /* client-side cap of a no_wait fetch */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
@@ -160,21 +159,16 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
 
 /* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
  * batch is there or it expires, which would hold a lone job back for the
- * full expiry. So: take whatever is waiting at once (no_wait, up to a full
- * batch); only when nothing is, long-poll for a single message, which
- * returns the moment one arrives. */
-static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int wait)
+ * full expiry. A no_wait request with an expiry instead makes the server
+ * (2.9) answer as soon as anything is there (up to a full batch) and wait
+ * up to the expiry only when nothing is. */
+static natsStatus ingest_fetch(ingest *ing, natsMsgList *list)
 {
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
-    if (wait) {
-        fr.Batch = 1;
-        fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
-    } else {
-        fr.Batch = INGEST_BATCH;
-        fr.NoWait = true;
-        fr.Expires = (int64_t)INGEST_NOWAIT_MS * 1000000; /* client-side cap only */
-    }
+    fr.Batch = INGEST_BATCH;
+    fr.NoWait = true;
+    fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
     return natsSubscription_FetchRequest(list, ing->sub, &fr);
 }
 
@@ -182,19 +176,13 @@ static void *ingest_main(void *arg)
 {
     ingest *ing = arg;
     int64_t last_err_log = 0;
-    int wait = 0;
     while (!atomic_load(&ing->stop)) {
         natsMsgList list = {0};
         uint64_t epoch = barrier_fetch_begin(ing->b);
-        int64_t tf = kiln_mono_ms();
-        natsStatus s = ingest_fetch(ing, &list, wait);
-        LOG_DEBUG("TMP fetch wait=%d ms=%lld status=%s n=%d", wait, (long long)(kiln_mono_ms() - tf), natsStatus_GetText(s), list.Count);
+        natsStatus s = ingest_fetch(ing, &list);
         if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
             natsMsgList_Destroy(&list);
-            /* Only a waiting fetch proves nothing is left: a no_wait one
-             * may race a publish that is still being stored. */
-            if (wait) barrier_fetch_idle(ing->b, epoch);
-            wait = 1;
+            barrier_fetch_idle(ing->b, epoch);
             continue;
         }
         if (s != NATS_OK) {
@@ -205,12 +193,10 @@ static void *ingest_main(void *arg)
                 last_err_log = kiln_mono_ms();
             }
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
-            wait = 0;
             continue;
         }
         ingest_batch(ing, &list);
         natsMsgList_Destroy(&list);
-        wait = 0;
     }
     return NULL;
 }
