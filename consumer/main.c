@@ -141,6 +141,7 @@ int main(int argc, char **argv)
     if (st != KILN_OK) goto out;
     kiln_provision_opts_init(&popts);
     popts.ack_wait_ms = main_set.ack_wait_ms;
+    popts.update_existing = true; /* the consumer owns AckWait */
     if (kiln_provision(cons_g.js, &popts) != KILN_OK) goto out;
     if (cons_transfers_start() != KILN_OK) goto out;
     if (cons_cancel_start() != KILN_OK) goto out;

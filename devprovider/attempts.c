@@ -1,14 +1,11 @@
 /* attempts.c - per-prompt attempt counters: a chained hash table with an LRU
- * list for eviction, under one mutex. Keys are two independent 64-bit hashes
- * of the prompt, so memory does not depend on prompt length. */
+ * list for eviction, under one mutex. Keys are 128 bits of the prompt's
+ * SHA-256, so memory does not depend on prompt length. */
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "attempts.h"
 #include "hash.h"
-
-#define ATTEMPTS_SEED_A 0x6b696c6e2d61ULL /* "kiln-a" */
-#define ATTEMPTS_SEED_B 0x6b696c6e2d62ULL /* "kiln-b" */
 
 typedef struct attempts_entry {
     uint64_t ka, kb;
@@ -92,25 +89,31 @@ static void attempts_evict(dev_attempts *t)
     t->size--;
 }
 
-uint64_t dev_attempts_next(dev_attempts *t, const char *prompt, size_t len)
+kiln_status dev_attempts_next(dev_attempts *t, const char *prompt, size_t len, uint64_t *attempt)
 {
-    if (t == NULL || prompt == NULL) return 1;
-    uint64_t ka = dev_hash64(prompt, len, ATTEMPTS_SEED_A);
-    uint64_t kb = dev_hash64(prompt, len, ATTEMPTS_SEED_B);
-    uint64_t n = 1;
+    if (t == NULL || prompt == NULL || attempt == NULL) return KILN_EINVAL;
+    uint64_t key[2];
+    kiln_status st = dev_hash_key(prompt, len, key);
+    if (st != KILN_OK) return st;
+    uint64_t ka = key[0], kb = key[1];
     pthread_mutex_lock(&t->mu);
     attempts_entry **bucket = &t->buckets[ka & (t->nbuckets - 1)];
     attempts_entry *e = *bucket;
     while (e != NULL && (e->ka != ka || e->kb != kb)) e = e->chain;
     if (e != NULL) {
-        n = ++e->count;
+        *attempt = ++e->count;
         attempts_lru_unlink(t, e);
         attempts_lru_push(t, e);
         goto out;
     }
-    if (t->size >= t->max) attempts_evict(t);
     e = calloc(1, sizeof *e);
-    if (e == NULL) goto out; /* out of memory: count as a first attempt */
+    if (e == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    /* Evict only once the new entry exists, so a failure changes nothing;
+     * bucket points into the array and stays valid across the eviction. */
+    if (t->size >= t->max) attempts_evict(t);
     e->ka = ka;
     e->kb = kb;
     e->count = 1;
@@ -118,9 +121,10 @@ uint64_t dev_attempts_next(dev_attempts *t, const char *prompt, size_t len)
     *bucket = e;
     attempts_lru_push(t, e);
     t->size++;
+    *attempt = 1;
 out:
     pthread_mutex_unlock(&t->mu);
-    return n;
+    return st;
 }
 
 size_t dev_attempts_size(dev_attempts *t)

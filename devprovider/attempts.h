@@ -1,5 +1,5 @@
 /* attempts.h - per-prompt attempt counters for fault injection: a bounded,
- * thread-safe table keyed by a 128-bit hash of the exact prompt text. */
+ * thread-safe table keyed by a 128-bit digest of the exact prompt text. */
 #ifndef DEV_ATTEMPTS_H
 #define DEV_ATTEMPTS_H
 
@@ -17,10 +17,10 @@ typedef struct dev_attempts dev_attempts;
 kiln_status dev_attempts_create(size_t max_entries, dev_attempts **out);
 void dev_attempts_destroy(dev_attempts *t); /* accepts NULL */
 
-/* Counts one more attempt of the prompt text [prompt, prompt+len) and returns
- * its number (1 for the first). Thread-safe. A prompt evicted by newer ones
- * starts again at 1. */
-uint64_t dev_attempts_next(dev_attempts *t, const char *prompt, size_t len);
+/* Counts one more attempt of the prompt text [prompt, prompt+len) and writes
+ * its number (1 for the first) to *attempt. Thread-safe. A prompt evicted by
+ * newer ones starts again at 1. KILN_ENOMEM/KILN_ERR leave the table as it was. */
+kiln_status dev_attempts_next(dev_attempts *t, const char *prompt, size_t len, uint64_t *attempt);
 
 /* Number of prompts currently tracked. */
 size_t dev_attempts_size(dev_attempts *t);

@@ -1,34 +1,28 @@
-/* hash.c - a fast 64-bit non-cryptographic hash (8-byte multiply-xorshift rounds). */
-#include <string.h>
+/* hash.c - prompt digests via libcrypto's SHA-256 and SplitMix64's finaliser. */
+#include <openssl/evp.h>
 
 #include "hash.h"
 
-#define HASH_M1 0x9e3779b97f4a7c15ULL
-#define HASH_M2 0xbf58476d1ce4e5b9ULL
+kiln_status dev_hash_key(const void *p, size_t len, uint64_t key[2])
+{
+    if ((p == NULL && len != 0) || key == NULL) return KILN_EINVAL;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (EVP_Digest(p, len, md, &md_len, EVP_sha256(), NULL) != 1 || md_len < 16) return KILN_ERR;
+    for (int w = 0; w < 2; w++) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++) v = v << 8 | md[8 * w + i];
+        key[w] = v;
+    }
+    return KILN_OK;
+}
 
 uint64_t dev_hash_mix(uint64_t x)
 {
-    /* splitmix64's finaliser. */
     x ^= x >> 30;
-    x *= HASH_M2;
+    x *= 0xbf58476d1ce4e5b9ULL;
     x ^= x >> 27;
     x *= 0x94d049bb133111ebULL;
     x ^= x >> 31;
     return x;
-}
-
-uint64_t dev_hash64(const void *p, size_t len, uint64_t seed)
-{
-    const unsigned char *b = p;
-    uint64_t h = dev_hash_mix(seed ^ (len * HASH_M1));
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, b, 8); /* unaligned-safe */
-        h = dev_hash_mix(h ^ (w * HASH_M1)) + HASH_M2;
-        b += 8;
-        len -= 8;
-    }
-    uint64_t tail = 0;
-    for (size_t i = 0; i < len; i++) tail |= (uint64_t)b[i] << (8 * i);
-    return dev_hash_mix(h ^ (tail * HASH_M1) ^ len);
 }

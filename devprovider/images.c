@@ -2,18 +2,19 @@
  * (POST /v1/images/generations), and url-format image file names. */
 #include <inttypes.h>
 #include <jansson.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "b64.h"
 #include "clock.h"
 #include "hash.h"
 #include "images.h"
 #include "piccache.h"
 #include "picture.h"
 
-#define IMAGES_SEED 0x70696374757265ULL /* "picture" */
+#define IMAGES_B64_IN_MAX ((INT_MAX / 4) * 3) /* EVP_EncodeBlock takes an int length */
 
 kiln_status dev_images_parse_size(const char *s, unsigned *w, unsigned *h)
 {
@@ -160,6 +161,17 @@ void dev_images_req_clear(dev_images_req *r)
     r->prompt = NULL;
 }
 
+/* Base64 (RFC 4648, padded) of len bytes into a new string the caller frees. */
+static kiln_status images_b64(const uint8_t *in, size_t len, char **out)
+{
+    if (len > IMAGES_B64_IN_MAX) return KILN_EINVAL;
+    char *s = malloc((len + 2) / 3 * 4 + 1); /* EVP_EncodeBlock adds a NUL */
+    if (s == NULL) return KILN_ENOMEM;
+    (void)EVP_EncodeBlock((unsigned char *)s, in, (int)len);
+    *out = s;
+    return KILN_OK;
+}
+
 /* One JSON data item for image index i. */
 static kiln_status images_item(const dev_images_req *r, uint64_t seed, const char *base_url,
                                json_t **out)
@@ -174,7 +186,7 @@ static kiln_status images_item(const dev_images_req *r, uint64_t seed, const cha
     if (r->b64) {
         st = dev_piccache_png(seed, r->w, r->h, &png, &png_len);
         if (st != KILN_OK) goto out;
-        st = dev_b64_encode(png, png_len, &b64);
+        st = images_b64(png, png_len, &b64);
         if (st != KILN_OK) goto out;
         val = json_stringn_nocheck(b64, strlen(b64));
     } else {
@@ -209,7 +221,10 @@ kiln_status dev_images_response(const dev_images_req *r, const char *image_promp
         st = KILN_ENOMEM;
         goto out;
     }
-    uint64_t base = dev_hash64(image_prompt, image_len, IMAGES_SEED);
+    uint64_t key[2];
+    st = dev_hash_key(image_prompt, image_len, key);
+    if (st != KILN_OK) goto out;
+    uint64_t base = key[0];
     for (unsigned i = 0; i < r->n; i++) {
         json_t *item = NULL;
         /* Mixing the index in makes the n pictures of one request differ. */

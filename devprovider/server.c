@@ -232,13 +232,18 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
         goto out;
     }
     uint64_t attempt = 1;
+    uint64_t pkey[2] = {0, 0}; /* logged as prompt_hash with injected faults */
     if (dev_directives_counted(&d)) {
-        attempt = dev_attempts_next(s->attempts, r.prompt, r.prompt_len);
+        if (dev_attempts_next(s->attempts, r.prompt, r.prompt_len, &attempt) != KILN_OK ||
+            dev_hash_key(r.prompt, r.prompt_len, pkey) != KILN_OK) {
+            ret = server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
+            goto out;
+        }
         rq->attempt = attempt;
         kiln_metric_set(m_prompts, (int64_t)dev_attempts_size(s->attempts));
     }
     dev_step act = dev_directives_action(&d, attempt);
-    uint64_t phash = dev_hash64(r.prompt, r.prompt_len, 0);
+    uint64_t phash = pkey[0];
     int64_t delay = d.sleep_ms >= 0 ? d.sleep_ms : s->opts.latency_ms;
 
     switch (act.kind) {

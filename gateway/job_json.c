@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "clock.h"
 #include "job_json.h"
 #include "jobreq.h"
@@ -205,6 +207,81 @@ static kiln_status jobjson_fill(json_t *root, int64_t now_ms, Kiln__V1__JobReque
     return jobjson_params(root, r, e);
 }
 
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 when invalid. */
+static size_t jobjson_utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len;
+    uint32_t cp;
+    if (p[0] < 0x80) return 1;
+    if ((p[0] & 0xe0) == 0xc0) len = 2, cp = p[0] & 0x1f;
+    else if ((p[0] & 0xf0) == 0xe0) len = 3, cp = p[0] & 0x0f;
+    else if ((p[0] & 0xf8) == 0xf0) len = 4, cp = p[0] & 0x07;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+        return 0;
+    return len;
+}
+
+/* The body is not UTF-8. To name the field at fault, parse a copy with each
+ * bad byte replaced by U+FFFF (a noncharacter) and look for it in the values. */
+static kiln_status jobjson_bad_utf8(const char *body, size_t len, gw_fielderr *e)
+{
+    static const char mark[] = "\xef\xbf\xbf";
+    const char *field = NULL;
+    json_t *root = NULL;
+    char *copy = len <= SIZE_MAX / 3 ? malloc(len * 3 + 1) : NULL;
+    if (copy == NULL) return KILN_ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = jobjson_utf8_seq((const unsigned char *)body + i, len - i);
+        if (n == 0) {
+            memcpy(copy + o, mark, 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(copy + o, body + i, n);
+            o += n;
+            i += n;
+        }
+    }
+    root = json_loadb(copy, o, JSON_REJECT_DUPLICATES, NULL);
+    const char *key;
+    json_t *val;
+    if (json_is_object(root)) {
+        json_object_foreach(root, key, val) {
+            int bad = strstr(key, mark) != NULL;
+            if (json_is_string(val) && strstr(json_string_value(val), mark) != NULL) bad = 1;
+            if (json_is_object(val)) {
+                const char *k2;
+                json_t *v2;
+                json_object_foreach(val, k2, v2) {
+                    if (strstr(k2, mark) != NULL ||
+                        (json_is_string(v2) && strstr(json_string_value(v2), mark) != NULL))
+                        bad = 1;
+                }
+            }
+            if (bad && strstr(key, mark) == NULL) {
+                field = key;
+                break;
+            }
+        }
+    }
+    kiln_status st;
+    if (field != NULL)
+        st = jobjson_fail(e, "invalid_argument", field, "%s must be valid UTF-8", field);
+    else
+        st = jobjson_fail(e, "invalid_json", NULL, "the body is not valid UTF-8");
+    json_decref(root);
+    free(copy);
+    return st;
+}
+
 kiln_status gw_jobjson_parse(const char *body, size_t len, int64_t now_ms,
                              Kiln__V1__JobRequest **out, gw_fielderr *e)
 {
@@ -214,6 +291,10 @@ kiln_status gw_jobjson_parse(const char *body, size_t len, int64_t now_ms,
     json_error_t jerr;
 
     root = json_loadb(body != NULL ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL && json_error_code(&jerr) == json_error_invalid_utf8) {
+        st = jobjson_bad_utf8(body, len, e);
+        goto out;
+    }
     if (root == NULL) {
         st = jobjson_fail(e, "invalid_json", NULL, "the body is not valid JSON: %s (line %d)",
                           jerr.text, jerr.line);
@@ -236,6 +317,18 @@ out:
     gw_jobjson_request_free(r);
     json_decref(root);
     return st;
+}
+
+kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[32])
+{
+    json_t *root = json_loadb(body != NULL ? body : "", len, JSON_REJECT_DUPLICATES, NULL);
+    char *canon = root != NULL ? json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    unsigned int n = 0;
+    int ok = canon != NULL && EVP_Digest(canon, strlen(canon), out, &n, EVP_sha256(), NULL) == 1 &&
+             n == 32;
+    free(canon);
+    json_decref(root);
+    return ok ? KILN_OK : KILN_ENOMEM;
 }
 
 json_t *gw_jobjson_time(int64_t ms)

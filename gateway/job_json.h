@@ -25,6 +25,10 @@ kiln_status gw_jobjson_parse(const char *body, size_t len, int64_t now_ms,
                              Kiln__V1__JobRequest **out, gw_fielderr *e);
 void gw_jobjson_request_free(Kiln__V1__JobRequest *r);
 
+/* SHA-256 of the body as canonical JSON (keys sorted, compact), for
+ * Idempotency-Key: the "same body" test. The body parsed already. */
+kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[32]);
+
 /* Sets a string field of a request built by gw_jobjson_parse. */
 kiln_status gw_jobjson_set_str(char **field, const char *value);
 

@@ -36,9 +36,12 @@ void gw_query_answer_store_error(gw_req *r, kiln_status st, const char *code, co
     if (strcmp(code, "not_found") == 0) gw_answer_error(&r->ans, "not_found", "no such job", NULL);
     else if (strcmp(code, "already_finished") == 0)
         gw_answer_error(&r->ans, "already_finished", "the job already finished", NULL);
+    else if (strcmp(code, "invalid_argument") == 0 && r->route == GW_ROUTE_LIST)
+        /* The only list argument the store judges itself is the opaque cursor. */
+        gw_answer_error(&r->ans, "invalid_argument", "cursor is not valid", "cursor");
     else if (strcmp(code, "invalid_argument") == 0)
         gw_answer_error(&r->ans, "invalid_argument", msg != NULL && msg[0] ? msg : "invalid argument",
-                        r->route == GW_ROUTE_LIST ? "cursor" : NULL);
+                        NULL);
     else if (strcmp(code, "idempotency_conflict") == 0)
         gw_answer_error(&r->ans, "idempotency_conflict", msg, NULL);
     else

@@ -209,7 +209,7 @@ static void server_completed(void *cls, struct MHD_Connection *conn, void **con_
     gw_answer_reset(&r->ans);
     free(r->body);
     free(r->pending_body);
-    free(r->idem_hash);
+    /* r->op is released by its owner before the request can complete. */
     free(r);
     *con_cls = NULL;
 }

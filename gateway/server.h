@@ -74,7 +74,6 @@ typedef struct gw_req {
     char *pending_body;       /* submit: the 202 body, sent after the ack */
     size_t pending_len;
     int rpc_kind;             /* which store call is in flight */
-    uint8_t *idem_hash;       /* submit with Idempotency-Key: body hash (32 bytes) */
     void *op;                 /* handler-owned extra state (freed by its owner) */
 } gw_req;
 

@@ -24,6 +24,7 @@
 #include "map.h"
 #include "natsconn.h"
 #include "pb.h"
+#include "query.h"
 #include "ratelimit.h"
 #include "rpc.h"
 #include "subjects.h"
@@ -32,6 +33,14 @@
 
 #define SUBMIT_POLL_AFTER_MS 3000
 #define SUBMIT_HASH_LEN 32
+
+/* A submit with Idempotency-Key waits for the store first: the packed job
+ * is kept here (r->op) until the key is known to be new. */
+typedef struct {
+    uint8_t *buf;
+    size_t len;
+    const char *subject;
+} submit_op;
 
 static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
 static gw_map *submit_pending; /* natsMsg* -> gw_req* */
@@ -199,6 +208,117 @@ out:
     return st;
 }
 
+static void submit_op_free(gw_req *r)
+{
+    submit_op *op = r->op;
+    if (op == NULL) return;
+    free(op->buf);
+    free(op);
+    r->op = NULL;
+}
+
+/* Publishes the kept job of suspended r; answers and resumes r on failure. */
+static void submit_publish_op(gw_req *r)
+{
+    submit_op *op = r->op;
+    r->op = NULL; /* r may be answered and freed as soon as it is published */
+    kiln_status st = submit_publish(r, op->subject, op->buf, op->len);
+    free(op->buf);
+    free(op);
+    if (st != KILN_OK) {
+        submit_answer_unavailable(r, "the job queue is unavailable; retry");
+        gw_server_resume(r);
+    }
+}
+
+/* The job the key already named: 200 with it. */
+static void submit_idem_get_done(gw_req *r, kiln_status st, natsMsg *reply)
+{
+    Kiln__V1__StoreReply *rep = st == KILN_OK ? gw_rpc_store_reply(reply) : NULL;
+    json_t *j = NULL;
+    if (rep != NULL && (rep->error_code == NULL || rep->error_code[0] == '\0') &&
+        rep->n_jobs >= 1 && rep->jobs[0] != NULL && (j = gw_jobjson_job(rep->jobs[0])) != NULL) {
+        gw_answer_json(&r->ans, 200, j);
+        gw_answer_header(&r->ans, "Location", "/v1/jobs/%s", r->job_id);
+    } else if (rep != NULL && rep->error_code != NULL && strcmp(rep->error_code, "not_found") == 0) {
+        /* The first request with this key is not durable (yet): let the client retry. */
+        submit_answer_unavailable(r, "the request with this Idempotency-Key is still in progress; retry");
+    } else {
+        submit_answer_unavailable(r, "the status store is unavailable; retry");
+    }
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
+    gw_server_resume(r);
+}
+
+static void submit_idem_done(gw_req *r, kiln_status st, natsMsg *reply)
+{
+    Kiln__V1__StoreReply *rep = st == KILN_OK ? gw_rpc_store_reply(reply) : NULL;
+    if (rep == NULL) {
+        submit_op_free(r);
+        submit_answer_unavailable(r, "the status store is unavailable; retry");
+        gw_server_resume(r);
+        goto out;
+    }
+    if (rep->error_code != NULL && rep->error_code[0] != '\0') {
+        submit_op_free(r);
+        if (strcmp(rep->error_code, "idempotency_conflict") == 0)
+            gw_answer_error(&r->ans, "idempotency_conflict",
+                            "this Idempotency-Key was used with a different body", NULL);
+        else
+            gw_query_answer_store_error(r, KILN_OK, rep->error_code, rep->error_message);
+        gw_server_resume(r);
+        goto out;
+    }
+    if (rep->idem_new || rep->idem_id == NULL || strcmp(rep->idem_id, r->job_id) == 0) {
+        submit_publish_op(r);
+        goto out;
+    }
+    /* Seen before with the same body: answer with the original job. */
+    submit_op_free(r);
+    snprintf(r->job_id, sizeof r->job_id, "%s", rep->idem_id);
+    Kiln__V1__StoreRequest q = KILN__V1__STORE_REQUEST__INIT;
+    q.user_id = r->user;
+    q.id = r->job_id;
+    q.sync = 1;
+    if (gw_rpc_store(KILN_SUBJ_STORE_GET, &q, submit_store_timeout_ms, submit_idem_get_done, r) !=
+        KILN_OK) {
+        submit_answer_unavailable(r, "the status store is unavailable; retry");
+        gw_server_resume(r);
+    }
+out:
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
+}
+
+/* Reserves the key with the store; publishing follows in submit_idem_done. */
+static void submit_send_idem(gw_req *r, const Kiln__V1__JobRequest *req, uint8_t *buf, size_t len)
+{
+    uint8_t hash[32];
+    submit_op *op = NULL;
+    if (gw_jobjson_body_hash(r->body, r->body_len, hash) != KILN_OK ||
+        (op = calloc(1, sizeof *op)) == NULL) {
+        free(buf);
+        submit_answer_unavailable(r, "out of memory");
+        return;
+    }
+    op->buf = buf;
+    op->len = len;
+    op->subject = kiln_priority_subject(req->priority);
+    r->op = op;
+    Kiln__V1__StoreRequest q = KILN__V1__STORE_REQUEST__INIT;
+    q.user_id = r->user;
+    q.idempotency_key = req->idempotency_key;
+    q.body_hash.data = hash;
+    q.body_hash.len = sizeof hash;
+    q.new_id = r->job_id;
+    gw_server_suspend(r);
+    if (gw_rpc_store(KILN_SUBJ_STORE_IDEM, &q, submit_store_timeout_ms, submit_idem_done, r) !=
+        KILN_OK) {
+        submit_op_free(r);
+        submit_answer_unavailable(r, "the status store is unavailable; retry");
+        gw_server_resume(r);
+    }
+}
+
 /* Packs and publishes req for r, which is suspended by then. */
 static void submit_send(gw_req *r, const Kiln__V1__JobRequest *req)
 {
@@ -206,6 +326,10 @@ static void submit_send(gw_req *r, const Kiln__V1__JobRequest *req)
     size_t len = 0;
     kiln_status st = kiln_pb_pack((const ProtobufCMessage *)req, &buf, &len);
     if (st == KILN_OK && r->pending_body == NULL) st = submit_prepare_body(r);
+    if (st == KILN_OK && req->idempotency_key != NULL && req->idempotency_key[0] != '\0') {
+        submit_send_idem(r, req, buf, len);
+        return;
+    }
     if (st == KILN_OK) {
         gw_server_suspend(r);
         st = submit_publish(r, kiln_priority_subject(req->priority), buf, len);

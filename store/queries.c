@@ -5,6 +5,7 @@
  * latency does not grow with the store. A miss on get/viewed/cancel/status
  * first waits on the barrier (≤ 2 s) and looks again, so a job is never
  * "not found" just because its JobRequest is still on its way to RocksDB. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,7 +180,9 @@ static void queries_list(queries *q, natsMsg *msg)
     }
     kiln_status st = list_read(q->db, req, &page, &field);
     if (st == KILN_EINVAL) {
-        queries_reply_error(q, msg, "invalid_argument", field);
+        char text[64];
+        snprintf(text, sizeof text, "%s is not valid", field);
+        queries_reply_error(q, msg, "invalid_argument", text);
     } else if (st != KILN_OK) {
         queries_reply_status(q, msg, st);
     } else {

@@ -221,8 +221,13 @@ static int h_env_has(char **env, int n, const char *kv)
 static void h_proc_env_add(h_proc *p, const char *kv)
 {
     if (kv == NULL || p->nenv >= H_MAX_ENV || h_env_has(p->env, p->nenv, kv)) return;
-    char *d = strdup(kv);
-    if (d != NULL) p->env[p->nenv++] = d;
+    if (strlen(kv) >= sizeof p->env_store[0]) {
+        fprintf(stderr, "harness: environment entry too long: %.40s...\n", kv);
+        return;
+    }
+    snprintf(p->env_store[p->nenv], sizeof p->env_store[0], "%s", kv);
+    p->env[p->nenv] = p->env_store[p->nenv];
+    p->nenv++;
 }
 
 static void h_proc_env_addf(h_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -606,8 +611,6 @@ int h_stack_stop(h_stack *s)
     }
     for (int c = 0; c < H_NPROC; c++) {
         h_proc *p = &s->procs[c];
-        for (int i = 0; i < p->nenv; i++) free(p->env[i]);
-        p->nenv = 0;
         p->unclean = 0; /* counted once */
     }
     s->started = 0;

@@ -433,3 +433,46 @@ Test(e2e, cli_submit_wait_get)
     free(out);
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }
+
+Test(e2e, get_wait_and_job_events)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    char id[65], path[256];
+    h_resp r;
+
+    /* ?wait=N answers as soon as the job is terminal. */
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1500 waiting fox", id), 202);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", id);
+    int64_t t0 = h_now_ms();
+    long st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(st, 200, "GET ?wait: %ld %s", st, r.body);
+    cr_expect_str_eq(h_jstr(r.json, "status"), "completed", "GET ?wait=20 answered before terminal: %s", r.body);
+    cr_expect(took < 15000, "GET ?wait=20 took %lld ms for a 1.5 s job", (long long)took);
+    h_resp_free(&r);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=61", id);
+    h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 400, "invalid_argument", NULL);
+    h_resp_free(&r);
+
+    /* Per-job SSE stream: events, then closed after the terminal one. */
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 streaming fox", id), 202);
+    char url[512], ctype[128] = "";
+    snprintf(url, sizeof url, "%s/v1/jobs/%s/events", s.gw_url, id);
+    st = h_http_timeout(&r, "GET", url, H_TOKEN_ALICE, NULL, NULL, 0, NULL, 30000);
+    cr_expect_eq(st, 200, "GET events: %ld %s", st, r.error);
+    cr_expect(h_resp_header(&r, "Content-Type", ctype, sizeof ctype) && strncmp(ctype, "text/event-stream", 17) == 0,
+              "events content type %s", ctype);
+    cr_expect(r.body != NULL && strstr(r.body, "event: job") != NULL, "no 'event: job' in stream: %s", r.body);
+    cr_expect(r.body != NULL && strstr(r.body, "\nid: ") != NULL, "no 'id:' in stream: %s", r.body);
+    cr_expect(r.body != NULL && strstr(r.body, "data: ") != NULL, "no 'data:' in stream: %s", r.body);
+    cr_expect(r.body != NULL && strstr(r.body, "\"completed\"") != NULL, "stream ended without the terminal event: %s",
+              r.body);
+    h_resp_free(&r);
+    /* Another user's job stream is 404. */
+    st = h_http_timeout(&r, "GET", url, H_TOKEN_BOB, NULL, NULL, 0, NULL, 10000);
+    cr_expect_eq(st, 404, "bob streamed alice's job: %ld", st);
+    h_resp_free(&r);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}

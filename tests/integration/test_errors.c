@@ -277,3 +277,34 @@ Test(errors, nats_down_503_then_recovers)
     json_decref(j);
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }
+
+Test(errors, submit_rate_limit_per_user)
+{
+    h_stack s;
+    h_stack_opts o = {.env = {"KILN_SUBMIT_RATE=1/s", "KILN_SUBMIT_BURST=2", NULL}};
+    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
+    h_resp r;
+    int limited = 0, accepted = 0;
+    char retry_after[32] = "";
+    for (int i = 0; i < 6; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"prompt\":\"rate fox %d\"}", i);
+        long st = h_api(&s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, body);
+        if (st == 202) accepted++;
+        if (st == 429) {
+            if (limited++ == 0) {
+                h_expect_error(&r, 429, "rate_limited", NULL);
+                cr_expect(h_resp_header(&r, "Retry-After", retry_after, sizeof retry_after) && atoi(retry_after) >= 1,
+                          "429 without a Retry-After of at least 1 s: '%s'", retry_after);
+            }
+        }
+        h_resp_free(&r);
+    }
+    cr_expect(accepted >= 2, "burst 2: only %d accepted", accepted);
+    cr_expect(limited >= 1, "6 quick submits at 1/s burst 2: none was rate limited");
+    /* Per user: bob is not limited by alice's burst. */
+    long st = h_api(&s, &r, "POST", "/v1/jobs", H_TOKEN_BOB, "{\"prompt\":\"bob rate fox\"}");
+    cr_expect_eq(st, 202, "bob limited by alice's submits: %ld %s", st, r.body);
+    h_resp_free(&r);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}

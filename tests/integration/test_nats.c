@@ -8,6 +8,7 @@
 
 #include "../harness.h"
 #include "kiln.pb-c.h"
+#include "kiln_client.h"
 
 TestSuite(nats, .fini = h_fini, .timeout = 120);
 
@@ -189,5 +190,37 @@ Test(nats, priority_lanes_complete)
     cr_expect_str_eq(h_jstr(j, "status"), "completed", "low lane job");
     json_decref(j);
     h_nats_close(nc, js);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}
+
+Test(nats, client_library_submit_wait_get)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    kiln_client *c = NULL;
+    cr_assert_eq(kiln_client_connect(s.nats_url, &c), KILN_OK);
+    kiln_job_spec spec;
+    kiln_job_spec_init(&spec);
+    spec.user_id = "alice";
+    spec.prompt = "a client library fox";
+    char id[65], err[256] = "";
+    cr_assert_eq(kiln_client_submit(c, &spec, id, sizeof id, err, sizeof err), KILN_OK, "submit: %s", err);
+    Kiln__V1__JobStatus *st = NULL;
+    cr_assert_eq(kiln_client_wait(c, id, 30000, &st), KILN_OK, "wait for %s", id);
+    cr_expect_eq(st->state, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED);
+    cr_expect_str_eq(st->id, id);
+    kiln__v1__job_status__free_unpacked(st, NULL);
+    st = NULL;
+    cr_expect_eq(kiln_client_get(c, id, &st), KILN_OK);
+    if (st != NULL) kiln__v1__job_status__free_unpacked(st, NULL);
+    st = NULL;
+    cr_expect_eq(kiln_client_get(c, "no-such-job", &st), KILN_ENOTFOUND);
+    /* Invalid input is refused before publishing, naming the field. */
+    spec.prompt = "";
+    cr_expect_eq(kiln_client_submit(c, &spec, id, sizeof id, err, sizeof err), KILN_EINVAL);
+    cr_expect(strstr(err, "prompt") != NULL, "error should name prompt: %s", err);
+    kiln_client_destroy(c);
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
+    json_decref(j);
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }

@@ -28,6 +28,31 @@ static int worker_idle(void *arg)
     return idle;
 }
 
+typedef struct {
+    jsCtx *js;
+    const char *id;
+    int n;
+    char status[64];
+    h_stack *s;
+} done_arg;
+
+static int done_seen(void *arg)
+{
+    done_arg *d = arg;
+    d->n = h_done_count(d->js, d->id, d->status, sizeof d->status);
+    return d->n >= 1;
+}
+
+static int state_changed(void *arg)
+{
+    done_arg *d = arg;
+    json_t *j = h_get_job(d->s, H_TOKEN_ALICE, d->id, NULL);
+    const char *st = h_jstr(j, "status");
+    int changed = st == NULL || strcmp(st, "completed") != 0;
+    json_decref(j);
+    return changed;
+}
+
 Test(restart, store_restart_keeps_jobs_and_catches_up)
 {
     h_stack s;
@@ -50,9 +75,8 @@ Test(restart, store_restart_keeps_jobs_and_catches_up)
     }
     /* Every terminal job is in KILN_DONE before the store goes down. */
     for (int i = 0; i < N; i++) {
-        natsMsg *m = h_next_msg_for(done, ids[i], 15000);
-        cr_expect(m != NULL, "no jobs.done for %s", ids[i]);
-        natsMsg_Destroy(m);
+        done_arg da = {js, ids[i], 0, "", &s};
+        cr_expect(h_wait_for(done_seen, &da, 15000, 100), "no jobs.done in KILN_DONE for %s", ids[i]);
     }
     /* Mark one viewed: the flag must survive too. */
     char path[256];
@@ -107,31 +131,6 @@ Test(restart, store_restart_keeps_jobs_and_catches_up)
     natsSubscription_Destroy(done);
     h_nats_close(nc, js);
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-typedef struct {
-    jsCtx *js;
-    const char *id;
-    int n;
-    char status[64];
-    h_stack *s;
-} done_arg;
-
-static int done_seen(void *arg)
-{
-    done_arg *d = arg;
-    d->n = h_done_count(d->js, d->id, d->status, sizeof d->status);
-    return d->n >= 1;
-}
-
-static int state_changed(void *arg)
-{
-    done_arg *d = arg;
-    json_t *j = h_get_job(d->s, H_TOKEN_ALICE, d->id, NULL);
-    const char *st = h_jstr(j, "status");
-    int changed = st == NULL || strcmp(st, "completed") != 0;
-    json_decref(j);
-    return changed;
 }
 
 /* Stops the consumer mid-job (SIGKILL or SIGTERM), starts a new one, and checks
