@@ -17,6 +17,7 @@ typedef struct {
     unsigned nsizes;
     unsigned samples;       /* store: GETs per size */
     int64_t fill_deadline_ms; /* store: stop filling after this long */
+    long store_pid;         /* store: the kiln-store process, for its peak RSS (0 = unknown) */
 } bench_args;
 
 /* The JobRequest every workload submits: user "bench", a fixed ~120-character

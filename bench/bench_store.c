@@ -65,10 +65,10 @@ static uint64_t store_rand(uint64_t *s)
 
 /* Times `samples` jobs.status requests for random ids in [0, size). */
 static void store_gets(kiln_client *c, const char *prefix, unsigned size, unsigned samples,
-                       const char *workload)
+                       const char *workload, long store_pid)
 {
     int64_t *lat = malloc(sizeof *lat * samples);
-    char id[BENCH_ID_MAX], extra[128];
+    char id[BENCH_ID_MAX], extra[160];
     uint64_t seed = 0x9e3779b97f4a7c15ULL ^ size;
     unsigned errors = 0, k = 0;
     double p50, p99;
@@ -89,7 +89,8 @@ static void store_gets(kiln_client *c, const char *prefix, unsigned size, unsign
     }
     int64_t t1 = bench_now_us();
     bench_percentiles_ms(lat, k, &p50, &p99);
-    snprintf(extra, sizeof extra, "store_jobs=%u gets=%u get_errors=%u", size, samples, errors);
+    snprintf(extra, sizeof extra, "store_jobs=%u gets=%u get_errors=%u store_rss_mb=%.1f", size,
+             samples, errors, bench_rss_mb_of(store_pid));
     bench_fig("kiln-store", workload, samples, (t1 - t0) / 1e6, p50, p99, extra);
     free(lat);
 }
@@ -129,14 +130,16 @@ int bench_store(const bench_args *a)
         }
         int64_t t1 = bench_now_us();
         unsigned size = applied < have + added ? (unsigned)applied : have + added;
-        snprintf(extra, sizeof extra, "target=%u published=%u publish_secs=%.3f complete=%s",
-                 want, added, (tpub - t0) / 1e6, size >= want ? "yes" : "no");
+        snprintf(extra, sizeof extra,
+                 "target=%u published=%u publish_secs=%.3f complete=%s store_rss_mb=%.1f", want,
+                 added, (tpub - t0) / 1e6, size >= want ? "yes" : "no",
+                 bench_rss_mb_of(a->store_pid));
         bench_fig("kiln-store-fill", "fill", size - have, (t1 - t0) / 1e6, -1, -1, extra);
         have = size;
         if (want >= 1000000 && want % 1000000 == 0) snprintf(wl, sizeof wl, "store-%uM", want / 1000000);
         else if (want >= 1000 && want % 1000 == 0) snprintf(wl, sizeof wl, "store-%uk", want / 1000);
         else snprintf(wl, sizeof wl, "store-%u", want);
-        store_gets(c, prefix, have, a->samples, wl);
+        store_gets(c, prefix, have, a->samples, wl, a->store_pid);
         if (size < want) {
             fprintf(stderr, "bench: store held %u of %u jobs at the fill deadline\n", size, want);
             goto out;

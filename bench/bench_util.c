@@ -67,18 +67,32 @@ void bench_prefix(char *buf, size_t len, const char *tag)
              (unsigned long)(ts.tv_sec * 1000 + ts.tv_nsec / 1000000) & 0xffffffffUL);
 }
 
-double bench_rss_mb(void)
+static double bench_hwm_of(const char *path)
 {
-    FILE *f = fopen("/proc/self/status", "r");
+    FILE *f = fopen(path, "r");
     char line[256];
-    double mb = 0;
-    if (f == NULL) return 0;
+    double mb = -1;
+    if (f == NULL) return -1;
     while (fgets(line, sizeof line, f) != NULL) {
         unsigned long kb;
         if (sscanf(line, "VmHWM: %lu kB", &kb) == 1) mb = kb / 1024.0;
     }
     fclose(f);
     return mb;
+}
+
+double bench_rss_mb(void)
+{
+    double mb = bench_hwm_of("/proc/self/status");
+    return mb < 0 ? 0 : mb;
+}
+
+double bench_rss_mb_of(long pid)
+{
+    char path[64];
+    if (pid <= 0) return -1;
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+    return bench_hwm_of(path);
 }
 
 static void bench_fmt_ms(char *buf, size_t len, double v)

@@ -32,6 +32,7 @@ long bench_id_index(const char *id, const char *prefix);
 void bench_prefix(char *buf, size_t len, const char *tag);
 
 double bench_rss_mb(void); /* this process's peak RSS (VmHWM) */
+double bench_rss_mb_of(long pid); /* another process's peak RSS; -1 when unknown */
 
 /* Prints `FIG name=... workload=... jobs=N secs=S rate=R p50_ms=X p99_ms=Y rss_mb=M`
  * plus extra (may be NULL) to stdout. A negative p50/p99 prints as "-". */

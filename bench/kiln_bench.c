@@ -18,7 +18,8 @@ static void kb_usage(void)
             "  --ready-file PATH   backlog: created once the backlog is durable\n"
             "  --sizes A,B         store: store sizes to measure GETs at (10000,1000000)\n"
             "  --samples N         store: GETs per size (default 5000)\n"
-            "  --fill-deadline-ms N  store: stop filling after this long (default 150000)\n");
+            "  --fill-deadline-ms N  store: stop filling after this long (default 150000)\n"
+            "  --store-pid PID     store: the kiln-store process, to report its peak RSS\n");
 }
 
 static int kb_uint(const char *s, unsigned max, unsigned *out)
@@ -73,6 +74,9 @@ int main(int argc, char **argv)
         else if (!bad && strcmp(o, "--fill-deadline-ms") == 0) {
             bad = kb_uint(val, 3600000, &v);
             a.fill_deadline_ms = v;
+        } else if (!bad && strcmp(o, "--store-pid") == 0) {
+            bad = kb_uint(val, 1u << 30, &v);
+            a.store_pid = (long)v;
         } else bad = 1;
         if (bad) {
             fprintf(stderr, "kiln-bench: bad option %s\n", o);

@@ -92,17 +92,41 @@ start_nats() { # start_nats DATADIR
 start_kiln() { # start_kiln NAME [VAR=VALUE...]: $BIN/kiln-NAME with the shared settings
     local name=$1
     shift
-    env KILN_NATS_URL="$NATS_URL" KILN_DATA_DIR="$TMP/data" KILN_LOG_LEVEL=info "$@" \
+    env KILN_NATS_URL="$NATS_URL" KILN_DATA_DIR="$DATA_DIR" KILN_LOG_LEVEL=info "$@" \
         "$BIN/kiln-$name" 2>>"$LOGS/$name.log" >&2 &
     PID[$name]=$!
 }
 
-http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
+http_ok() { curl -fs -o /dev/null --max-time 1 "$1" 2>/dev/null; }
 
 start_consumer() {
     start_kiln consumer KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
         KILN_CONCURRENCY=$CONCURRENCY KILN_METRICS_ADDR="127.0.0.1:$CONS_METRICS_PORT"
     wait_for kiln-consumer 15 http_ok "http://127.0.0.1:$CONS_METRICS_PORT/healthz"
+}
+
+STACK=0
+start_stack() { # a fresh nats-server and Kiln (dev provider, store, consumer, gateway)
+    STACK=$((STACK + 1))
+    local dir=$TMP/stack$STACK
+    mkdir -p "$dir"
+    DATA_DIR=$dir/data
+    start_nats "$dir/nats" || return 1
+    start_kiln devprovider KILN_DEVPROVIDER_ADDR="127.0.0.1:$DEV_PORT" KILN_DEVPROVIDER_LATENCY_MS=0
+    wait_for kiln-devprovider 15 answers "$DEV_PORT" || return 1
+    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
+    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || return 1
+    start_consumer || return 1
+    phase w4 || return 0
+    # Rate limiting off: W4 measures throughput, one user sends everything.
+    start_kiln gateway KILN_HTTP_ADDR="127.0.0.1:$GW_PORT" KILN_API_KEYS="$TOKEN:bench" \
+        KILN_SUBMIT_RATE=0
+    wait_for kiln-gateway 30 http_ok "http://127.0.0.1:$GW_PORT/readyz"
+}
+
+stop_stack() {
+    local n
+    for n in gateway consumer store devprovider nats; do stop "$n"; done
 }
 
 hwm_mb() { # peak RSS (VmHWM) of a process this script started, in MiB
@@ -184,34 +208,34 @@ MEM_CONS=- W4_GW=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
 declare -A WRK=()
 
 # --- the limit: libnats alone ---------------------------------------------
-start_nats "$TMP/nats" || exit 1
 if phase limit; then
+    start_nats "$TMP/nats-limit" || exit 1
     "$BIN/kiln-bench-limit" --url "$NATS_URL" --jobs "$JOBS" >"$TMP/limit.out" 2>>"$LOGS/limit.log" ||
         note "the limit program failed (see $LOGS/limit.log)"
+    stop nats
     parse_figs "$TMP/limit.out"
     line limit-W1/W1 "(async publish with Nats-Msg-Id, every ack awaited)"
     line limit-W2/W2 "(publish + pull batches of 256 + done publish + ack; first publish to last done ack)"
 fi
 
-# --- Kiln: dev provider (0 ms), store, consumer, gateway --------------------
+# --- Kiln: each phase gets a fresh stack if the previous one left work -------
 if phase flow || phase w4; then
-    start_kiln devprovider KILN_DEVPROVIDER_ADDR="127.0.0.1:$DEV_PORT" KILN_DEVPROVIDER_LATENCY_MS=0
-    wait_for kiln-devprovider 15 answers "$DEV_PORT" || exit 1
-    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
-    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
-    start_consumer || exit 1
-    if phase w4; then
-        # Rate limiting off: W4 measures throughput, one user sends everything.
-        start_kiln gateway KILN_HTTP_ADDR="127.0.0.1:$GW_PORT" KILN_API_KEYS="$TOKEN:bench" \
-            KILN_SUBMIT_RATE=0
-        wait_for kiln-gateway 30 http_ok "http://127.0.0.1:$GW_PORT/readyz" || exit 1
-    fi
+    start_stack || exit 1
 fi
+DIRTY=0
+fresh_if_dirty() {
+    if [ "$DIRTY" = 1 ]; then
+        note "the previous phase left unfinished jobs: starting a fresh nats-server and Kiln"
+        stop_stack
+        start_stack || exit 1
+        DIRTY=0
+    fi
+}
 
 if phase flow; then
     # W1 + W2: one run; W2's clock starts at the first publish.
     reset_hwm store consumer gateway devprovider
-    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 90000 || note "W2 did not finish every job"
+    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 90000 || { note "W2 did not finish every job"; DIRTY=1; }
     W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
     r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
     line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) (client library: submit_async + flush, while Kiln runs; rss = producer)"
@@ -221,6 +245,7 @@ if phase flow; then
         line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
 
     # Backlog: JOBS jobs waiting, then a fresh consumer at concurrency 256.
+    fresh_if_dirty
     stop consumer
     rm -f "$TMP/ready"
     "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
@@ -228,13 +253,14 @@ if phase flow; then
     BACKLOG_PID=$!
     until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
     start_consumer || exit 1
-    wait "$BACKLOG_PID" || note "the backlog was not fully drained"
+    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; DIRTY=1; }
     parse_figs "$TMP/backlog.out"
     MEM_CONS=$(hwm_mb consumer)
     RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(a $JOBS-job backlog drained by a consumer started after it; not a goal)"
 
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
-    run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 30000 || note "W3 did not finish every job"
+    fresh_if_dirty
+    run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; DIRTY=1; }
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
     line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) (open loop; rss = bench client)"
@@ -242,6 +268,7 @@ fi
 
 if phase w4; then
     # W4: the HTTP gateway under wrk; post.lua counts every answer that is not 202.
+    fresh_if_dirty
     reset_hwm store consumer gateway
     wrk -t2 -c64 -d10s -s "$HERE/post.lua" "http://127.0.0.1:$GW_PORT/v1/jobs" \
         >"$TMP/wrk.out" 2>>"$LOGS/wrk.log" || note "wrk failed"
@@ -262,7 +289,9 @@ fi
 # --- memory -----------------------------------------------------------------
 if phase flow; then
     FIG[kiln-mem/backlog.jobs]=$JOBS
-    RSS_OVERRIDE=$MEM_CONS line kiln-mem/backlog "process=consumer concurrency=$CONCURRENCY goal=consumer<=32MiB $(verdict cmp "$MEM_CONS" '<=' 32)"
+    # Only a consumer that really worked through the backlog shows its memory.
+    memok() { cmp "$MEM_CONS" '<=' 32 && cmp "$(fig kiln-drain/backlog.jobs)" '==' "$JOBS"; }
+    RSS_OVERRIDE=$MEM_CONS line kiln-mem/backlog "process=consumer concurrency=$CONCURRENCY drained=$(fig kiln-drain/backlog.jobs)/$JOBS goal=consumer<=32MiB,drained $(verdict memok)"
 fi
 if phase w4; then
     FIG[kiln-mem/W4.jobs]=${WRK[requests]:--}
@@ -275,30 +304,30 @@ fi
 
 # --- kiln-store: GET latency with a small and a large store ----------------
 if phase store; then
-    for n in gateway consumer store devprovider nats; do stop "$n"; done
-    start_nats "$TMP/nats-store" || exit 1
+    stop_stack
     # A fresh store and no consumer: the filled jobs stay pending, each a full
     # record with its indexes, like any job waiting for a worker.
-    rm -rf "$TMP/data"
+    DATA_DIR=$TMP/store-data
+    start_nats "$TMP/nats-store" || exit 1
     start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
     wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
     FILL_MS=$(((BUDGET_S - SECONDS) * 1000))
     ((FILL_MS < 20000)) && FILL_MS=20000
     run_bench "$TMP/store.out" store --sizes "$STORE_SIZES" --samples 5000 \
-        --fill-deadline-ms "$FILL_MS" || note "the store could not be filled to every size within the budget"
+        --fill-deadline-ms "$FILL_MS" --store-pid "${PID[store]}" || note "the store could not be filled to every size within the budget"
     while read -r l; do
         [[ $l == "FIG name=kiln-store-fill "* || $l == "FIG name=kiln-store "* ]] || continue
         declare -A S=()
         for kv in $l; do [[ $kv == *=* ]] && S[${kv%%=*}]=${kv#*=}; done
         if [ "${S[name]}" = kiln-store-fill ]; then
             printf 'kiln-store-fill workload=fill jobs=%s secs=%s rate=%s/s p50_ms=- p99_ms=- rss_mb=%s target=%s complete=%s (pending jobs published and applied by the store; not a goal)\n' \
-                "${S[jobs]}" "${S[secs]}" "${S[rate]}" "$(hwm_mb store)" "${S[target]}" "${S[complete]}" | tee -a "$SUMMARY"
+                "${S[jobs]}" "${S[secs]}" "${S[rate]}" "${S[store_rss_mb]}" "${S[target]}" "${S[complete]}" | tee -a "$SUMMARY"
             continue
         fi
         sok() { cmp "${S[p99_ms]}" '<=' 1 && [ "${S[get_errors]}" = 0 ]; }
         printf 'kiln-store workload=%s jobs=%s secs=%s rate=%s/s p50_ms=%s p99_ms=%s rss_mb=%s store_jobs=%s get_errors=%s goal=p99<=1 %s (jobs.status of random ids, one at a time; rss = store)\n' \
             "${S[workload]}" "${S[jobs]}" "${S[secs]}" "${S[rate]}" "${S[p50_ms]}" "${S[p99_ms]}" \
-            "$(hwm_mb store)" "${S[store_jobs]}" "${S[get_errors]}" "$(verdict sok)" | tee -a "$SUMMARY"
+            "${S[store_rss_mb]}" "${S[store_jobs]}" "${S[get_errors]}" "$(verdict sok)" | tee -a "$SUMMARY"
     done <"$TMP/store.out"
     for want in ${STORE_SIZES//,/ }; do
         grep -q "target=$want .*complete=yes" "$TMP/store.out" ||

@@ -19,7 +19,7 @@
  * any message arrives. (NoWait without Expires answers 404 at once, but
  * nats.c 3.4.1 then does not wait for that answer at all.) */
 #define FETCH_IDLE_WAIT_MS 50      /* long poll on the normal lane when all lanes are empty */
-#define FETCH_POLL_EXPIRES_MS 5    /* what an empty lane costs per round */
+#define FETCH_POLL_EXPIRES_MS 5    /* what an empty lane costs per round (at least 2 RTT) */
 #define FETCH_SLOT_WAIT_MS 200
 #define FETCH_CHECK_TIMEOUT_MS 1000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
@@ -40,6 +40,7 @@ static fetch_lane fetch_lanes[LANE_COUNT] = {
     {"low", KILN_SUBJ_GENERATE_LOW, KILN_DURABLE_LOW, NULL},
 };
 
+static int64_t fetch_poll_ms = FETCH_POLL_EXPIRES_MS;
 static pthread_t fetch_thread;
 static bool fetch_started;
 static int64_t fetch_last_err_log;
@@ -184,12 +185,12 @@ static void *fetch_main(void *arg)
         int64_t got = 0;
         for (int k = 0; k < LANE_COUNT && got < free_n; k++) {
             if (atomic_load(&cons_g.stopping)) break;
-            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got),
-                                   FETCH_POLL_EXPIRES_MS);
+            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got), fetch_poll_ms);
         }
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* All lanes empty: long poll the normal lane (returns on the first arrival). */
-            fetch_lane_once(&fetch_lanes[LANE_NORMAL], (int)free_n, FETCH_IDLE_WAIT_MS);
+            fetch_lane_once(&fetch_lanes[LANE_NORMAL], (int)free_n,
+                            fetch_poll_ms > FETCH_IDLE_WAIT_MS ? fetch_poll_ms : FETCH_IDLE_WAIT_MS);
         }
     }
     LOG_INFO("fetching stopped");
@@ -214,6 +215,15 @@ kiln_status cons_fetcher_start(void)
             return kiln_nats_status(s);
         }
     }
+    /* nats.c gives up on a fetch at the same instant the server expires it, so
+     * a poll must outlast the round trip or its answer lands after we left. */
+    int64_t rtt_ns = 0;
+    if (natsConnection_RTT(cons_g.nc, &rtt_ns) == NATS_OK) {
+        int64_t need = 2 * (rtt_ns / 1000000) + 2;
+        if (need > fetch_poll_ms) fetch_poll_ms = need;
+    }
+    LOG_INFO("fetcher started poll_ms=%lld idle_wait_ms=%d rtt_us=%lld", (long long)fetch_poll_ms,
+             FETCH_IDLE_WAIT_MS, (long long)(rtt_ns / 1000));
     if (pthread_create(&fetch_thread, NULL, fetch_main, NULL) != 0) return KILN_ERR;
     pthread_setname_np(fetch_thread, "kiln-fetch");
     fetch_started = true;

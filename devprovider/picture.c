@@ -11,22 +11,22 @@
 #include "hash.h"
 #include "picture.h"
 
-#define PNG_OUT_MAX (16u * 1024u * 1024u) /* an encoded picture never exceeds this */
+#define PICTURE_PNG_MAX (16u * 1024u * 1024u) /* an encoded picture never exceeds this */
 
 typedef struct {
     uint8_t *buf;
     size_t len, cap;
     int overflow;
-} png_membuf;
+} picture_membuf;
 
-static void png_write_cb(png_structp png, png_bytep data, png_size_t n)
+static void picture_write_cb(png_structp png, png_bytep data, png_size_t n)
 {
-    png_membuf *m = png_get_io_ptr(png);
+    picture_membuf *m = png_get_io_ptr(png);
     if (m->overflow) return;
     if (m->len + n > m->cap) {
         size_t cap = m->cap != 0 ? m->cap : 4096;
         while (cap < m->len + n) cap *= 2;
-        uint8_t *nb = cap <= PNG_OUT_MAX ? realloc(m->buf, cap) : NULL;
+        uint8_t *nb = cap <= PICTURE_PNG_MAX ? realloc(m->buf, cap) : NULL;
         if (nb == NULL) {
             m->overflow = 1; /* reported after png_write_end */
             return;
@@ -38,10 +38,10 @@ static void png_write_cb(png_structp png, png_bytep data, png_size_t n)
     m->len += n;
 }
 
-static void png_flush_cb(png_structp png) { (void)png; }
+static void picture_flush_cb(png_structp png) { (void)png; }
 
 /* libpng reports errors by longjmp; keep its warnings quiet. */
-static void png_warn_cb(png_structp png, png_const_charp msg)
+static void picture_warn_cb(png_structp png, png_const_charp msg)
 {
     (void)png;
     (void)msg;
@@ -119,12 +119,12 @@ kiln_status dev_picture_png(uint64_t seed, unsigned w, unsigned h, uint8_t **out
     /* volatile: these are modified between setjmp and a possible longjmp. */
     uint8_t *volatile row = NULL;
     uint8_t *volatile lut = NULL;
-    png_membuf m = {0};
-    png_membuf *volatile mp = &m;
+    picture_membuf m = {0};
+    picture_membuf *volatile mp = &m;
     picture_scene scene;
     picture_scene_make(seed, w, h, &scene);
 
-    png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, png_warn_cb);
+    png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, picture_warn_cb);
     if (png == NULL) return KILN_ENOMEM;
     info = png_create_info_struct(png);
     if (info == NULL) {
@@ -141,7 +141,7 @@ kiln_status dev_picture_png(uint64_t seed, unsigned w, unsigned h, uint8_t **out
         st = KILN_ENOMEM;
         goto out;
     }
-    png_set_write_fn(png, mp, png_write_cb, png_flush_cb);
+    png_set_write_fn(png, mp, picture_write_cb, picture_flush_cb);
     png_set_compression_level(png, 1);
     png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
     png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_PALETTE, PNG_INTERLACE_NONE,

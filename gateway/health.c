@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "errors.h"
+#include "gate.h"
 #include "health.h"
 #include "metrics.h"
 #include "rpc.h"
@@ -79,7 +80,13 @@ static void health_ping_done(gw_req *r, kiln_status st, natsMsg *reply)
 
 void gw_health_readyz(gw_req *r)
 {
-    if (health_nc == NULL || natsConnection_Status(health_nc) != NATS_CONN_STATUS_CONNECTED) {
+    int connected = 0;
+    if (gw_gate_enter()) {
+        connected = health_nc != NULL &&
+                    natsConnection_Status(health_nc) == NATS_CONN_STATUS_CONNECTED;
+        gw_gate_leave();
+    }
+    if (!connected) {
         gw_answer_error(&r->ans, "unavailable", "NATS is not connected", NULL);
         return;
     }

@@ -8,6 +8,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "gate.h"
 #include "health.h"
 #include "images.h"
 #include "log.h"
@@ -122,6 +123,7 @@ int main(int argc, char **argv)
         goto out;
     }
     kiln_provision_opts po;
+    memset(&po, 0, sizeof po); /* fields opts_init leaves alone stay false/0 */
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
     if ((st = kiln_provision(js, &po)) != KILN_OK) {
@@ -156,6 +158,9 @@ out:
     if (server_started) gw_server_quiesce();
     /* Waiters are answered now with the job's current state. */
     if (waiter_started) gw_waiter_shutdown();
+    /* From here on requests on kept-alive connections get 503 without NATS;
+     * what is in flight (acks, store replies) still completes. */
+    gw_gate_close();
     if (server_started) gw_server_drain(MAIN_SHUTDOWN_GRACE_MS);
     if (rpc_started) gw_rpc_shutdown();
     kiln_nats_close(nc, js);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "gate.h"
 #include "log.h"
 #include "map.h"
 #include "natsconn.h"
@@ -113,12 +114,18 @@ kiln_status gw_rpc_call(const char *subject, const void *data, size_t len, int64
     kiln_status st = KILN_OK;
     rpc_call *c = NULL;
     char reply[128];
-    if (rpc_nc == NULL) return KILN_EUNAVAILABLE;
-    if (natsConnection_Status(rpc_nc) != NATS_CONN_STATUS_CONNECTED) return KILN_EUNAVAILABLE;
+    if (!gw_gate_enter()) return KILN_EUNAVAILABLE;
+    if (rpc_nc == NULL || natsConnection_Status(rpc_nc) != NATS_CONN_STATUS_CONNECTED) {
+        gw_gate_leave();
+        return KILN_EUNAVAILABLE;
+    }
     uint64_t token = atomic_fetch_add(&rpc_next_token, 1);
     snprintf(reply, sizeof reply, "%s.%" PRIu64, (const char *)rpc_inbox, token);
     c = malloc(sizeof *c);
-    if (c == NULL) return KILN_ENOMEM;
+    if (c == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
     c->done = done;
     c->r = r;
     pthread_mutex_lock(&rpc_mu);
@@ -143,6 +150,7 @@ kiln_status gw_rpc_call(const char *subject, const void *data, size_t len, int64
         goto out;
     }
 out:
+    gw_gate_leave();
     free(c);
     return st;
 }

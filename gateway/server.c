@@ -23,6 +23,7 @@
 static struct MHD_Daemon *server_daemon;
 static MHD_socket server_listen_fd = MHD_INVALID_SOCKET;
 static atomic_long server_suspended;
+static atomic_bool server_quiescing; /* answers carry Connection: close */
 
 void gw_answer_reset(gw_answer *a)
 {
@@ -106,6 +107,8 @@ static enum MHD_Result server_queue(gw_req *r)
     enum MHD_Result ok = MHD_YES;
     if (a->ctype != NULL && MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->ctype) != MHD_YES)
         ok = MHD_NO;
+    if (ok == MHD_YES && atomic_load(&server_quiescing))
+        ok = MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     for (int i = 0; i < a->nhdr && ok == MHD_YES; i++)
         ok = MHD_add_response_header(resp, a->hdr[i].name, a->hdr[i].value);
     if (ok == MHD_YES) ok = MHD_queue_response(r->conn, (unsigned)a->status, resp);
@@ -231,6 +234,7 @@ kiln_status gw_server_start(const gw_server_opts *o)
 void gw_server_quiesce(void)
 {
     if (server_daemon == NULL || server_listen_fd != MHD_INVALID_SOCKET) return;
+    atomic_store(&server_quiescing, true);
     server_listen_fd = MHD_quiesce_daemon(server_daemon);
 }
 

@@ -17,6 +17,7 @@
 
 #include "clock.h"
 #include "errors.h"
+#include "gate.h"
 #include "health.h"
 #include "job_json.h"
 #include "jobreq.h"
@@ -222,7 +223,11 @@ static void submit_publish_op(gw_req *r)
 {
     submit_op *op = r->op;
     r->op = NULL; /* r may be answered and freed as soon as it is published */
-    kiln_status st = submit_publish(r, op->subject, op->buf, op->len);
+    kiln_status st = KILN_EUNAVAILABLE;
+    if (gw_gate_enter()) {
+        st = submit_publish(r, op->subject, op->buf, op->len);
+        gw_gate_leave();
+    }
     free(op->buf);
     free(op);
     if (st != KILN_OK) {
@@ -348,6 +353,7 @@ void gw_submit_handle(gw_req *r)
     Kiln__V1__JobRequest *req = NULL;
     gw_fielderr fe = {0};
     char field[64], msg[256];
+    int gated = 0;
 
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -379,6 +385,11 @@ void gw_submit_handle(gw_req *r)
         gw_answer_header(&r->ans, "Retry-After", "%d", retry);
         goto out;
     }
+    if (!gw_gate_enter()) {
+        submit_answer_unavailable(r, "the gateway is shutting down; retry");
+        goto out;
+    }
+    gated = 1;
     if (natsConnection_Status(submit_nc) != NATS_CONN_STATUS_CONNECTED) {
         submit_answer_unavailable(r, "the job queue is unavailable; retry");
         goto out;
@@ -401,5 +412,6 @@ void gw_submit_handle(gw_req *r)
     }
     submit_send(r, req);
 out:
+    if (gated) gw_gate_leave();
     gw_jobjson_request_free(req);
 }

@@ -434,7 +434,7 @@ Test(e2e, cli_submit_wait_get)
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }
 
-Test(e2e, get_wait_and_job_events)
+Test(e2e, get_wait)
 {
     h_stack s;
     cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
@@ -455,7 +455,16 @@ Test(e2e, get_wait_and_job_events)
     h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
     h_expect_error(&r, 400, "invalid_argument", NULL);
     h_resp_free(&r);
+    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+}
 
+Test(e2e, job_events_sse)
+{
+    h_stack s;
+    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    char id[65];
+    h_resp r;
+    long st;
     /* Per-job SSE stream: events, then closed after the terminal one. */
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 streaming fox", id), 202);
     char url[512], ctype[128] = "";
