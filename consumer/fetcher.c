@@ -218,7 +218,7 @@ kiln_status cons_fetcher_start(void)
     /* nats.c gives up on a fetch at the same instant the server expires it, so
      * a poll must outlast the round trip or its answer lands after we left. */
     int64_t rtt_ns = 0;
-    if (natsConnection_RTT(cons_g.nc, &rtt_ns) == NATS_OK) {
+    if (natsConnection_GetRTT(cons_g.nc, &rtt_ns) == NATS_OK) {
         int64_t need = 2 * (rtt_ns / 1000000) + 2;
         if (need > fetch_poll_ms) fetch_poll_ms = need;
     }
