@@ -14,6 +14,7 @@
 
 void kiln_provision_opts_init(kiln_provision_opts *o)
 {
+    memset(o, 0, sizeof *o);
     if (o == NULL) return;
     o->ack_wait_ms = 30000;
     o->max_ack_pending = 20000;

@@ -582,8 +582,8 @@ int h_stack_start(h_stack *s, const h_stack_opts *opts)
     if (!(opts != NULL && opts->no_consumer) && !h_proc_alive(s, H_CONSUMER)) goto fail;
     return 0;
 fail:
+    /* The report hook prints every log's tail for the failed test. */
     fprintf(stderr, "harness: stack failed to start in %s\n", s->root);
-    h_stack_dump_logs(s, 30);
     return -1;
 }
 
@@ -614,7 +614,6 @@ int h_stack_stop(h_stack *s)
         p->unclean = 0; /* counted once */
     }
     s->started = 0;
-    if (problems > 0) h_stack_dump_logs(s, 40);
     return problems;
 }
 

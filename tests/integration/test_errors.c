@@ -14,7 +14,7 @@ static void post_expect(h_stack *s, const char *body, long status, const char *c
 {
     h_resp r;
     h_api(s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, body);
-    cr_expect_eq(r.status, status, "body %s", body);
+    if (r.status != status) cr_log_error("request body was: %.200s", body);
     h_expect_error(&r, status, code, field);
     h_resp_free(&r);
 }

@@ -217,10 +217,14 @@ Test(nats, client_library_submit_wait_get)
     cr_expect_eq(kiln_client_get(c, "no-such-job", &st), KILN_ENOTFOUND);
     /* Invalid input is refused before publishing, naming the field. */
     spec.prompt = "";
-    cr_expect_eq(kiln_client_submit(c, &spec, id, sizeof id, err, sizeof err), KILN_EINVAL);
+    char bad_id[65] = "";
+    cr_expect_eq(kiln_client_submit(c, &spec, bad_id, sizeof bad_id, err, sizeof err), KILN_EINVAL);
     cr_expect(strstr(err, "prompt") != NULL, "error should name prompt: %s", err);
     kiln_client_destroy(c);
-    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
+    long gst = 0;
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, &gst);
+    cr_expect_eq(gst, 200, "client-submitted job not visible to alice over HTTP");
+    cr_expect_str_eq(h_jstr(j, "status"), "completed");
     json_decref(j);
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }
