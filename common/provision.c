@@ -14,8 +14,8 @@
 
 void kiln_provision_opts_init(kiln_provision_opts *o)
 {
-    memset(o, 0, sizeof *o);
     if (o == NULL) return;
+    memset(o, 0, sizeof *o);
     o->ack_wait_ms = 30000;
     o->max_ack_pending = 20000;
     o->dup_window_ms = 120000;
