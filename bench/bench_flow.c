@@ -110,12 +110,15 @@ int bench_backlog(const bench_args *a)
         goto out;
     }
     if (bench_done_start(&d, a->url, prefix, a->jobs) != KILN_OK) goto out;
+    int64_t tp = bench_now_us();
     for (unsigned i = 0; i < a->jobs; i++)
         if (flow_submit(c, prefix, i) != KILN_OK) goto out;
     if (kiln_client_flush(c, a->timeout_ms, &failed) != KILN_OK || failed > 0) {
         fprintf(stderr, "bench: backlog publish not fully acknowledged failed=%" PRIu64 "\n", failed);
         goto out;
     }
+    /* The same publish as kiln-W1 with no consumer competing for the CPU. */
+    bench_fig("kiln-W1", "W1-noconsumer", a->jobs, (bench_now_us() - tp) / 1e6, -1, -1, NULL);
     /* Tell run.sh to start the consumer; the clock starts now. */
     FILE *f = fopen(a->ready_file, "w");
     if (f == NULL) {

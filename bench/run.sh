@@ -134,6 +134,39 @@ hwm_mb() { # peak RSS (VmHWM) of a process this script started, in MiB
     [ -n "$pid" ] && awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || echo "-"
 }
 
+cpu_ticks() { # user+system clock ticks used so far by a process this script started
+    local pid=${PID[$1]:-}
+    [ -n "$pid" ] && awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0
+}
+
+children_ticks() { # user+system ticks of this shell's waited-for children (kiln-bench, wrk)
+    local -a t
+    read -r -a t <<<"$(times | tail -n 1)"
+    awk -v u="${t[0]}" -v s="${t[1]}" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(u, a, /[ms]/); split(s, b, /[ms]/); printf "%d", (a[1] * 60 + a[2] + b[1] * 60 + b[2]) * hz }'
+}
+
+declare -A CPU0=()
+cpu_mark() { # remembers the CPU used so far by every process
+    local n
+    for n in nats devprovider store consumer gateway; do CPU0[$n]=$(cpu_ticks "$n"); done
+    CPU0[client]=$(children_ticks)
+    CPU0[wall]=$(date +%s%N)
+}
+
+cpu_line() { # cpu_line WORKLOAD: sets CPU_LINE to the CPU seconds per process since cpu_mark
+    local n out="" hz
+    hz=$(getconf CLK_TCK)
+    local wall
+    wall=$(awk -v a="${CPU0[wall]}" -v b="$(date +%s%N)" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
+    for n in nats store consumer devprovider gateway; do
+        [ -n "${PID[$n]:-}" ] || continue
+        out+=" $n=$(awk -v a="${CPU0[$n]}" -v b="$(cpu_ticks "$n")" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
+    done
+    out+=" bench_client=$(awk -v a="${CPU0[client]}" -v b="$(children_ticks)" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
+    CPU_LINE="kiln-cpu workload=$1 wall_s=$wall cpu_s:$out (CPU seconds per process during the workload, $(nproc) cores; not a goal)"
+}
+
 reset_hwm() { # the peak RSS starts again from the current RSS
     local n
     for n in "$@"; do
@@ -235,27 +268,32 @@ fresh_if_dirty() {
 if phase flow; then
     # W1 + W2: one run; W2's clock starts at the first publish.
     reset_hwm store consumer gateway devprovider
-    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 90000 || { note "W2 did not finish every job"; DIRTY=1; }
+    cpu_mark
+    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 60000 || { note "W2 did not finish every job"; DIRTY=1; }
     W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
+    cpu_line W2
+    CPU_W2=$CPU_LINE
     r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
     line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) (client library: submit_async + flush, while Kiln runs; rss = producer)"
     r2=$(ratio "$(fig kiln-W2/W2.rate)" "$(fig limit-W2/W2.rate)")
     w2ok() { cmp "$r2" '>=' 0.5 && cmp "$(fig kiln-W2/W2.jobs)" '==' "$JOBS"; }
     RSS_OVERRIDE="store:$W2_STORE,consumer:$W2_CONS" \
         line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
+    echo "$CPU_W2"
 
     # Backlog: JOBS jobs waiting, then a fresh consumer at concurrency 256.
     fresh_if_dirty
     stop consumer
     rm -f "$TMP/ready"
     "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
-        --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
+        --timeout-ms 40000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
     BACKLOG_PID=$!
     until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
     start_consumer || exit 1
     wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; DIRTY=1; }
     parse_figs "$TMP/backlog.out"
     MEM_CONS=$(hwm_mb consumer)
+    line kiln-W1/W1-noconsumer "ratio=$(ratio "$(fig kiln-W1/W1-noconsumer.rate)" "$(fig limit-W1/W1.rate)") (the backlog's publish: as W1 but with the consumer stopped; not a goal)"
     RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(a $JOBS-job backlog drained by a consumer started after it; not a goal)"
 
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
@@ -270,9 +308,12 @@ if phase w4; then
     # W4: the HTTP gateway under wrk; post.lua counts every answer that is not 202.
     fresh_if_dirty
     reset_hwm store consumer gateway
+    cpu_mark
     wrk -t2 -c64 -d10s -s "$HERE/post.lua" "http://127.0.0.1:$GW_PORT/v1/jobs" \
         >"$TMP/wrk.out" 2>>"$LOGS/wrk.log" || note "wrk failed"
     W4_GW=$(hwm_mb gateway) W4_STORE=$(hwm_mb store) W4_CONS=$(hwm_mb consumer)
+    cpu_line W4
+    CPU_W4=$CPU_LINE
     read -r -a W <<<"$(grep '^WRK ' "$TMP/wrk.out")"
     for kv in "${W[@]:1}"; do WRK[${kv%%=*}]=${kv#*=}; done
     FIG[kiln-W4/W4.jobs]=${WRK[requests]:--}
@@ -284,6 +325,7 @@ if phase w4; then
     w4ok() { cmp "$(fig kiln-W4/W4.rate)" '>=' 30000 && cmp "$(fig kiln-W4/W4.p99_ms)" '<=' 10 &&
         [ "${WRK[non202]:-x}" = 0 ] && [ "$SOCK_ERR" = 0 ]; }
     RSS_OVERRIDE="gateway:$W4_GW" line kiln-W4/W4 "goal=rate>=30000,p99<=10,all-202 $(verdict w4ok) non202=${WRK[non202]:--} first_non202=${WRK[first_non202]:--} socket_errors=$SOCK_ERR (wrk -t2 -c64 -d10s)"
+    echo "$CPU_W4"
 fi
 
 # --- memory -----------------------------------------------------------------

@@ -80,9 +80,28 @@ static int natsconn_permanent(natsStatus s)
            s == NATS_SSL_ERROR || s == NATS_FAILED_TO_INITIALIZE;
 }
 
+void kiln_nats_opts_init(kiln_nats_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->send_asap = true;
+}
+
 kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t initial_timeout_ms,
                                     int64_t max_pending, jsPubAckHandler ack_handler,
                                     void *ack_closure, natsConnection **nc, jsCtx **js)
+{
+    kiln_nats_opts o;
+    kiln_nats_opts_init(&o);
+    o.name = name;
+    o.initial_timeout_ms = initial_timeout_ms;
+    o.max_pending = max_pending;
+    o.ack_handler = ack_handler;
+    o.ack_closure = ack_closure;
+    return kiln_nats_connect_opts(urls, &o, nc, js);
+}
+
+kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, natsConnection **nc,
+                                   jsCtx **js)
 {
     kiln_status st = KILN_OK;
     natsStatus s = NATS_OK;
@@ -93,7 +112,10 @@ kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t 
     const char *servers[NATSCONN_MAX_SERVERS];
     int nservers = 0;
 
-    if (urls == NULL || nc == NULL || strlen(urls) > NATSCONN_URLS_MAX) return KILN_EINVAL;
+    if (urls == NULL || o == NULL || nc == NULL || strlen(urls) > NATSCONN_URLS_MAX)
+        return KILN_EINVAL;
+    const char *name = o->name;
+    int64_t initial_timeout_ms = o->initial_timeout_ms;
     copy = strdup(urls);
     if (copy == NULL) return KILN_ENOMEM;
     char *save = NULL;
@@ -116,7 +138,8 @@ kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t 
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
     if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, NATSCONN_RECONNECT_BUF);
-    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK && o->send_asap) s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK && o->global_delivery) s = natsOptions_UseGlobalMessageDelivery(opts, true);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, natsconn_on_disconnected, NULL);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, natsconn_on_reconnected, NULL);
     if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, natsconn_on_closed, NULL);
@@ -150,9 +173,10 @@ kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t 
         jsOptions jo;
         s = jsOptions_Init(&jo);
         if (s == NATS_OK) {
-            if (max_pending > 0) jo.PublishAsync.MaxPending = max_pending;
-            jo.PublishAsync.AckHandler = ack_handler;
-            jo.PublishAsync.AckHandlerClosure = ack_closure;
+            if (o->max_pending > 0) jo.PublishAsync.MaxPending = o->max_pending;
+            if (o->js_wait_ms > 0) jo.Wait = o->js_wait_ms;
+            jo.PublishAsync.AckHandler = o->ack_handler;
+            jo.PublishAsync.AckHandlerClosure = o->ack_closure;
             s = natsConnection_JetStream(&ctx, conn, &jo);
         }
         if (s != NATS_OK) {

@@ -4,6 +4,7 @@
 #define KILN_NATSCONN_H
 
 #include <nats/nats.h>
+#include <stdbool.h>
 
 #include "status.h"
 
@@ -18,6 +19,27 @@ kiln_status kiln_nats_connect(const char *urls, const char *name, int64_t initia
 kiln_status kiln_nats_connect_async(const char *urls, const char *name, int64_t initial_timeout_ms,
                                     int64_t max_pending, jsPubAckHandler ack_handler,
                                     void *ack_closure, natsConnection **nc, jsCtx **js);
+
+/* Options of kiln_nats_connect_opts; kiln_nats_opts_init sets the defaults
+ * that kiln_nats_connect_async uses (send_asap true, the rest 0/NULL). */
+typedef struct {
+    const char *name;           /* connection name shown by the server */
+    int64_t initial_timeout_ms; /* initial connect retries (0 = one try) */
+    bool send_asap;             /* write every publish at once (low latency); false lets
+                                 * libnats' flusher thread batch writes (fewer syscalls) */
+    bool global_delivery;       /* async subscriptions share libnats' delivery thread pool
+                                 * instead of one thread each (many subscriptions) */
+    int64_t max_pending;        /* JetStream async publishes awaiting acks; 0 = default */
+    jsPubAckHandler ack_handler;
+    void *ack_closure;
+    int64_t js_wait_ms;         /* JetStream API call timeout; 0 = library default (5 s) */
+} kiln_nats_opts;
+
+void kiln_nats_opts_init(kiln_nats_opts *o);
+
+/* kiln_nats_connect_async with every option explicit. */
+kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, natsConnection **nc,
+                                   jsCtx **js);
 
 /* Destroys js then drains/closes and destroys nc. Accepts NULLs. */
 void kiln_nats_close(natsConnection *nc, jsCtx *js);

@@ -46,6 +46,7 @@ typedef struct {
     int64_t drain_timeout_ms;
     char *log_level;
     char *metrics_addr;
+    char *min_available_mem; /* KILN_MIN_AVAILABLE_MEM text, parsed by memwatch.c */
 } cons_settings;
 
 /* Process-wide context shared by the modules (set up by main.c). */
@@ -55,10 +56,13 @@ typedef struct {
     jsCtx *js;
     atomic_bool stopping;   /* SIGTERM: stop fetching */
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
-        *m_in_flight, *m_provider_ms;
+        *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms;
 } cons_ctx;
 
+/* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers
+ * are NULL until cons_ctx_register_metrics() (kiln_metric_* accept NULL). */
 extern cons_ctx cons_g;
+void cons_ctx_register_metrics(void);
 
 /* ---- job state machine (job.c) ---- */
 
@@ -136,6 +140,7 @@ typedef struct {
     bool known;      /* the store has a record for this id */
     Kiln__V1__JobState state;
     unsigned attempts;
+    uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
 } cons_store_info;
 /* Fetch thread: decides what to do with a checked job (skip, nak, invalid, run). */
 void cons_job_dispatch(cons_job *j, const cons_store_info *si);
@@ -150,6 +155,11 @@ void cons_job_published(cons_job *j, bool ok, const char *err);
 /* Transfer thread: a publish ack never came; give the job up for redelivery. */
 void cons_job_abandon(cons_job *j, const char *why);
 const char *cons_job_state_name(cons_job_state s);
+/* The state machine's allowed moves, in one place (exposed for tests). */
+bool cons_job_move_ok(cons_job_state from, cons_job_state to);
+/* A first delivery whose stream sequence is not the one that created the
+ * store's record: a second copy of the id published after the duplicate window. */
+bool cons_job_is_duplicate_copy(const cons_job *j, const cons_store_info *si);
 
 /* ---- slots.c: bounded in-flight accounting ---- */
 kiln_status cons_slots_init(int64_t n);
@@ -227,5 +237,25 @@ void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
 /* ---- cancel.c ---- */
 kiln_status cons_cancel_start(void);
 void cons_cancel_stop(void);
+/* Remembers a cancelled id (bounded, most recent win) and tells whether an id
+ * was cancelled recently: a job fetched while its cancel is in flight is
+ * skipped even when the store check did not answer. Any thread. */
+void cons_cancel_remember(const char *id);
+bool cons_cancel_recent(const char *id);
+
+/* ---- memwatch.c: pause fetching while available memory is low ---- */
+/* Parses a byte size: digits and an optional unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB,
+ * T/TB/TiB (case-insensitive; all powers of 1024). "0" = off. */
+kiln_status cons_memwatch_parse_bytes(const char *s, uint64_t *out);
+/* Reads MemAvailable (bytes) from /proc/meminfo text. */
+kiln_status cons_memwatch_parse_meminfo(const char *text, uint64_t *avail_bytes);
+/* Sets the floor (KILN_MIN_AVAILABLE_MEM text); EINVAL when unparseable, EIO
+ * when a non-zero floor cannot be watched. */
+kiln_status cons_memwatch_init(const char *floor_text);
+/* Tests: read meminfo from another file (NULL = /proc/meminfo). */
+void cons_memwatch_set_source(const char *path);
+/* Fetch thread: true while fetching should pause. Reads meminfo at most every
+ * 250 ms; logs once when pausing and once when resuming. */
+bool cons_memwatch_paused(void);
 
 #endif

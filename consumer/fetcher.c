@@ -24,6 +24,7 @@
 #define FETCH_CHECK_TIMEOUT_MS 1000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
+#define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
 
 enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
 
@@ -100,6 +101,7 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
             info[i].known = true;
             info[i].state = rec->status->state;
             info[i].attempts = rec->status->attempts;
+            info[i].request_seq = rec->request_seq;
             break;
         }
     }
@@ -176,6 +178,11 @@ static void *fetch_main(void *arg)
     };
     uint64_t round = 0;
     while (!atomic_load(&cons_g.stopping)) {
+        if (cons_memwatch_paused()) {
+            /* In-flight jobs go on; nothing new is taken until memory is back. */
+            fetch_sleep_ms(FETCH_MEM_PAUSE_MS);
+            continue;
+        }
         int64_t free_n = cons_slots_wait_free(FETCH_SLOT_WAIT_MS);
         if (free_n <= 0) continue;
         if (free_n > CONS_FETCH_MAX) free_n = CONS_FETCH_MAX;

@@ -27,8 +27,7 @@ const char *cons_job_state_name(cons_job_state s)
     return "unknown";
 }
 
-/* The allowed moves, in one place. */
-static bool job_move_ok(cons_job_state from, cons_job_state to)
+bool cons_job_move_ok(cons_job_state from, cons_job_state to)
 {
     switch (from) {
     case CONS_JOB_FETCHED: return to == CONS_JOB_CHECKED || to == CONS_JOB_PUBLISHING;
@@ -49,10 +48,18 @@ static bool job_move_ok(cons_job_state from, cons_job_state to)
 
 static void job_move(cons_job *j, cons_job_state to)
 {
-    if (!job_move_ok(j->state, to))
+    if (!cons_job_move_ok(j->state, to))
         LOG_ERROR("job bad state move job=%s from=%s to=%s", j->id, cons_job_state_name(j->state),
                   cons_job_state_name(to));
     j->state = to;
+}
+
+bool cons_job_is_duplicate_copy(const cons_job *j, const cons_store_info *si)
+{
+    /* Only a first delivery: a redelivered copy may be one that already ran an
+     * attempt (its store check had not answered), and must finish. */
+    return si->answered && si->known && si->request_seq != 0 && j->num_delivered == 1 &&
+           j->stream_seq != 0 && j->stream_seq != si->request_seq;
 }
 
 kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
@@ -227,6 +234,22 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
 
     job_move(j, CONS_JOB_CHECKED);
     j->max_attempts = kiln_jobreq_max_attempts(r);
+    if (cons_job_is_duplicate_copy(j, si)) {
+        LOG_INFO("job duplicate copy skipped job=%s lane=%s seq=%llu first_seq=%llu state=%s", j->id,
+                 j->lane, (unsigned long long)j->stream_seq, (unsigned long long)si->request_seq,
+                 kiln_state_name(si->state));
+        kiln_metric_add(cons_g.m_duplicates, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
+        return;
+    }
+    if (cons_cancel_recent(j->id)) {
+        /* Its cancel went out while it was being fetched (the store check may
+         * not have answered, or answered just before the cancel was written). */
+        LOG_INFO("job skipped, cancelled job=%s", j->id);
+        kiln_metric_add(cons_g.m_skipped, 1);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
+        return;
+    }
     if (si->known && kiln_state_is_terminal(si->state)) {
         LOG_INFO("job skipped, already terminal job=%s state=%s", j->id,
                  kiln_state_name(si->state));

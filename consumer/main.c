@@ -18,7 +18,6 @@
 #define MAIN_HANDBACK_WAIT_MS 5000
 #define MAIN_PUBLISH_WAIT_MS 5000
 
-cons_ctx cons_g;
 static cons_settings main_set;
 
 static const kiln_setting main_table[] = {
@@ -46,24 +45,10 @@ static const kiln_setting main_table[] = {
      &main_set.log_level},
     {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_STRING, "", 1, 0,
      "host:port for GET /metrics (empty = off)", &main_set.metrics_addr},
+    {"KILN_MIN_AVAILABLE_MEM", "min-available-mem", KILN_SET_STRING, "0", 1, 0,
+     "pause fetching while MemAvailable is below this, e.g. 64MB, 1GB (0 = off)",
+     &main_set.min_available_mem},
 };
-
-static void main_register_metrics(void)
-{
-    cons_g.m_completed = kiln_metric_counter("kiln_consumer_jobs_completed_total", "jobs completed");
-    cons_g.m_failed = kiln_metric_counter("kiln_consumer_jobs_failed_total", "jobs failed");
-    cons_g.m_retried = kiln_metric_counter("kiln_consumer_jobs_retried_total",
-                                           "attempts that ended in a retry");
-    cons_g.m_cancelled = kiln_metric_counter("kiln_consumer_jobs_cancelled_total",
-                                             "jobs cancelled while in flight");
-    cons_g.m_dead = kiln_metric_counter("kiln_consumer_dead_letters_total",
-                                        "messages copied to jobs.dead");
-    cons_g.m_skipped = kiln_metric_counter("kiln_consumer_jobs_skipped_total",
-                                           "deliveries skipped because the job was already terminal");
-    cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");
-    cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
-                                                    "provider call duration");
-}
 
 /* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
 static void main_wait_signal(const sigset_t *set)
@@ -108,6 +93,13 @@ int main(int argc, char **argv)
                 main_set.provider_url);
         return 2;
     }
+    st = cons_memwatch_init(main_set.min_available_mem);
+    if (st != KILN_OK) {
+        fprintf(stderr, "kiln-consumer: KILN_MIN_AVAILABLE_MEM=%s: %s\n", main_set.min_available_mem,
+                st == KILN_EINVAL ? "must be a size like 0, 512MB or 2GB"
+                                  : "cannot read MemAvailable from /proc/meminfo");
+        return 2;
+    }
     cons_g.set = &main_set;
     atomic_init(&cons_g.stopping, false);
 
@@ -117,7 +109,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread exists */
     signal(SIGPIPE, SIG_IGN);
 
-    main_register_metrics();
+    cons_ctx_register_metrics();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         LOG_ERROR("curl init failed");
         goto out;

@@ -25,7 +25,7 @@ static const char *const health_route_names[GW_ROUTE_COUNT] = {
     [GW_ROUTE_NONE] = "unknown", [GW_ROUTE_HEALTHZ] = "healthz", [GW_ROUTE_READYZ] = "readyz",
     [GW_ROUTE_METRICS] = "metrics", [GW_ROUTE_SUBMIT] = "submit", [GW_ROUTE_LIST] = "list",
     [GW_ROUTE_GET] = "get", [GW_ROUTE_CANCEL] = "cancel", [GW_ROUTE_VIEWED] = "viewed",
-    [GW_ROUTE_IMAGE] = "image",
+    [GW_ROUTE_IMAGE] = "image", [GW_ROUTE_EVENTS] = "events",
 };
 
 static atomic_uint_fast64_t health_requests[GW_ROUTE_COUNT][HEALTH_CLASSES];

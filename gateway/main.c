@@ -19,6 +19,7 @@
 #include "ratelimit.h"
 #include "rpc.h"
 #include "server.h"
+#include "sse.h"
 #include "submit.h"
 #include "timers.h"
 #include "waiter.h"
@@ -71,8 +72,8 @@ int main(int argc, char **argv)
     };
     char err[512];
     int rc = 1;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
+    natsConnection *nc = NULL, *sse_nc = NULL;
+    jsCtx *js = NULL, *sse_js = NULL;
     int server_started = 0, timers_started = 0, rpc_started = 0, waiter_started = 0;
 
     kiln_log_init("gateway");
@@ -130,6 +131,18 @@ int main(int argc, char **argv)
         LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }
+    /* Event streams get their own connection whose subscriptions share
+     * libnats' delivery thread pool: thousands of clients, few threads. */
+    kiln_nats_opts so_sse;
+    kiln_nats_opts_init(&so_sse);
+    so_sse.name = "kiln-gateway-events";
+    so_sse.initial_timeout_ms = MAIN_NATS_CONNECT_MS;
+    so_sse.global_delivery = true;
+    so_sse.js_wait_ms = cfg.store_timeout_ms;
+    if ((st = kiln_nats_connect_opts(cfg.nats_url, &so_sse, &sse_nc, &sse_js)) != KILN_OK) {
+        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
+        goto out;
+    }
     if ((st = gw_health_init(nc)) != KILN_OK) goto out;
     if ((st = gw_timers_start()) != KILN_OK) goto out;
     timers_started = 1;
@@ -140,6 +153,7 @@ int main(int argc, char **argv)
     if ((st = gw_submit_init(nc, js, cfg.publish_timeout_ms, cfg.store_timeout_ms)) != KILN_OK)
         goto out;
     gw_query_init(cfg.store_timeout_ms);
+    if ((st = gw_sse_init(sse_nc, sse_js, cfg.store_timeout_ms)) != KILN_OK) goto out;
     gw_images_init(cfg.data_dir, cfg.store_timeout_ms);
     if ((st = gw_server_start(&so)) != KILN_OK) {
         LOG_ERROR("cannot listen on HTTP address addr=%s", cfg.http_addr);
@@ -156,6 +170,8 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     if (server_started) gw_server_quiesce();
+    /* Event streams end now; their clients resume elsewhere with Last-Event-ID. */
+    gw_sse_shutdown(server_started ? 2000 : 0);
     /* Waiters are answered now with the job's current state. */
     if (waiter_started) gw_waiter_shutdown();
     /* From here on requests on kept-alive connections get 503 without NATS;
@@ -169,6 +185,8 @@ out:
     if (server_started) gw_server_drain(1000);
     if (timers_started) gw_timers_stop();
     if (server_started) gw_server_stop();
+    /* After the daemon: releasing a stream unsubscribes on this connection. */
+    kiln_nats_close(sse_nc, sse_js);
     gw_submit_free();
     gw_waiter_free();
     gw_ratelimit_free();

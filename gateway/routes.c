@@ -9,6 +9,7 @@
 #include "jobreq.h"
 #include "query.h"
 #include "routes.h"
+#include "sse.h"
 #include "submit.h"
 
 /* A parsed path: the route family and, for job routes, the id and index. */
@@ -22,6 +23,8 @@ typedef enum {
     ROUTES_P_CANCEL,    /* /v1/jobs/{id}/cancel */
     ROUTES_P_VIEWED,    /* /v1/jobs/{id}/viewed */
     ROUTES_P_IMAGE,     /* /v1/jobs/{id}/images/{index} */
+    ROUTES_P_EVENTS,    /* /v1/events */
+    ROUTES_P_JOB_EVENTS, /* /v1/jobs/{id}/events */
 } routes_path;
 
 #define ROUTES_JOBS_PREFIX "/v1/jobs/"
@@ -34,6 +37,7 @@ static routes_path routes_parse(const char *url, char *id, size_t idlen, int *in
     if (strcmp(url, "/readyz") == 0) return ROUTES_P_READYZ;
     if (strcmp(url, "/metrics") == 0) return ROUTES_P_METRICS;
     if (strcmp(url, "/v1/jobs") == 0) return ROUTES_P_JOBS;
+    if (strcmp(url, "/v1/events") == 0) return ROUTES_P_EVENTS;
     if (strncmp(url, ROUTES_JOBS_PREFIX, strlen(ROUTES_JOBS_PREFIX)) != 0) return ROUTES_P_NONE;
     const char *p = url + strlen(ROUTES_JOBS_PREFIX);
     const char *slash = strchr(p, '/');
@@ -49,6 +53,7 @@ static routes_path routes_parse(const char *url, char *id, size_t idlen, int *in
     const char *rest = slash;
     if (strcmp(rest, "/cancel") == 0) return ROUTES_P_CANCEL;
     if (strcmp(rest, "/viewed") == 0) return ROUTES_P_VIEWED;
+    if (strcmp(rest, "/events") == 0) return ROUTES_P_JOB_EVENTS;
     if (strncmp(rest, "/images/", 8) == 0) {
         const char *ix = rest + 8;
         /* Exactly one digit 0..3: nothing else can name an image file. */
@@ -72,6 +77,8 @@ gw_route gw_routes_classify(const char *url)
     case ROUTES_P_CANCEL: return GW_ROUTE_CANCEL;
     case ROUTES_P_VIEWED: return GW_ROUTE_VIEWED;
     case ROUTES_P_IMAGE: return GW_ROUTE_IMAGE;
+    case ROUTES_P_EVENTS:
+    case ROUTES_P_JOB_EVENTS: return GW_ROUTE_EVENTS;
     case ROUTES_P_NONE: break;
     }
     return GW_ROUTE_NONE;
@@ -139,6 +146,20 @@ void gw_routes_dispatch(gw_req *r)
         if (post) gw_submit_handle(r);
         else gw_query_list(r);
         return;
+    case ROUTES_P_EVENTS:
+        if (!routes_is(r->method, MHD_HTTP_METHOD_GET)) {
+            routes_method_not_allowed(r, "GET");
+            return;
+        }
+        if (!routes_authenticate(r)) return;
+        gw_sse_user(r);
+        return;
+    case ROUTES_P_JOB_EVENTS:
+        if (!routes_is(r->method, MHD_HTTP_METHOD_GET)) {
+            routes_method_not_allowed(r, "GET");
+            return;
+        }
+        break;
     case ROUTES_P_JOB:
     case ROUTES_P_IMAGE:
         if (!get) {
@@ -164,6 +185,7 @@ void gw_routes_dispatch(gw_req *r)
     case ROUTES_P_CANCEL: gw_query_cancel(r); return;
     case ROUTES_P_VIEWED: gw_query_viewed(r); return;
     case ROUTES_P_IMAGE: gw_images_get(r); return;
+    case ROUTES_P_JOB_EVENTS: gw_sse_job(r); return;
     default: gw_answer_error(&r->ans, "not_found", "no such path", NULL); return;
     }
 }

@@ -29,6 +29,7 @@ void gw_answer_reset(gw_answer *a)
 {
     free(a->body);
     if (a->fd >= 0) close(a->fd);
+    if (a->resp != NULL) MHD_destroy_response(a->resp);
     memset(a, 0, sizeof *a);
     a->fd = -1;
     a->ctype = SERVER_JSON_CTYPE;
@@ -96,7 +97,10 @@ static enum MHD_Result server_queue(gw_req *r)
     gw_answer *a = &r->ans;
     struct MHD_Response *resp = NULL;
     if (a->status == 0) gw_answer_error(a, "unavailable", "the request was not answered", NULL);
-    if (a->fd >= 0) {
+    if (a->resp != NULL) {
+        resp = a->resp;
+        a->resp = NULL;
+    } else if (a->fd >= 0) {
         resp = MHD_create_response_from_fd64(a->fd_size, a->fd);
         if (resp != NULL) a->fd = -1; /* MHD closes it */
     } else {

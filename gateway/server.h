@@ -29,6 +29,7 @@ typedef enum {
     GW_ROUTE_CANCEL,
     GW_ROUTE_VIEWED,
     GW_ROUTE_IMAGE,
+    GW_ROUTE_EVENTS,
     GW_ROUTE_COUNT
 } gw_route;
 
@@ -39,6 +40,7 @@ typedef struct {
     size_t len;
     const char *ctype;   /* static string */
     int fd;              /* >= 0: send this file (owned) instead of body */
+    struct MHD_Response *resp; /* non-NULL: send this prepared response (owned; e.g. a stream) */
     uint64_t fd_size;
     int nhdr;
     struct {

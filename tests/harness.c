@@ -609,6 +609,11 @@ int h_stack_stop(h_stack *s)
         if (hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", p->log_path);
         problems += hits;
     }
+    char cli_log[PATH_MAX];
+    snprintf(cli_log, sizeof cli_log, "%s/cli.log", s->log_dir);
+    int cli_hits = h_log_sanitizer_hits(cli_log);
+    if (cli_hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", cli_log);
+    problems += cli_hits;
     for (int c = 0; c < H_NPROC; c++) {
         h_proc *p = &s->procs[c];
         p->unclean = 0; /* counted once */

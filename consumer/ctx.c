@@ -1,0 +1,27 @@
+/* ctx.c - the consumer's process-wide context (cons_g) and its metrics, kept
+ * out of main.c so the modules link into the unit-test binary. */
+#include "cons.h"
+
+cons_ctx cons_g;
+
+void cons_ctx_register_metrics(void)
+{
+    cons_g.m_completed = kiln_metric_counter("kiln_consumer_jobs_completed_total", "jobs completed");
+    cons_g.m_failed = kiln_metric_counter("kiln_consumer_jobs_failed_total", "jobs failed");
+    cons_g.m_retried = kiln_metric_counter("kiln_consumer_jobs_retried_total",
+                                           "attempts that ended in a retry");
+    cons_g.m_cancelled = kiln_metric_counter("kiln_consumer_jobs_cancelled_total",
+                                             "jobs cancelled while in flight");
+    cons_g.m_dead = kiln_metric_counter("kiln_consumer_dead_letters_total",
+                                        "messages copied to jobs.dead");
+    cons_g.m_skipped = kiln_metric_counter("kiln_consumer_jobs_skipped_total",
+                                           "deliveries skipped because the job was already terminal");
+    cons_g.m_duplicates = kiln_metric_counter(
+        "kiln_consumer_duplicates_skipped_total",
+        "second copies of a job id (published after the duplicate window) acked without running");
+    cons_g.m_mem_paused = kiln_metric_gauge("kiln_consumer_fetch_paused_low_memory",
+                                            "1 while fetching is paused for low available memory");
+    cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");
+    cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
+                                                    "provider call duration");
+}

@@ -1,0 +1,420 @@
+/* test_consumer.c - unit tests for kiln-consumer's modules: retry backoff,
+ * Retry-After, provider answer handling and HTTP classification, the job
+ * state machine, duplicate copies, recent cancels and the memory floor. */
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../consumer/cons.h"
+
+/* ---- retry backoff ------------------------------------------------------- */
+
+Test(retry, full_jitter_within_exponential_ceiling)
+{
+    for (unsigned attempt = 1; attempt <= 5; attempt++) {
+        int64_t ceiling = 100LL << (attempt - 1);
+        int64_t lo = ceiling, hi = 0;
+        for (int i = 0; i < 2000; i++) {
+            int64_t d = cons_retry_delay_ms(attempt, 100, 60000, 0);
+            cr_assert(d >= 0 && d <= ceiling, "attempt %u delay %lld ceiling %lld", attempt,
+                      (long long)d, (long long)ceiling);
+            if (d < lo) lo = d;
+            if (d > hi) hi = d;
+        }
+        /* Full jitter: the whole range is used, not just the top. */
+        cr_assert(lo < ceiling / 4, "attempt %u min %lld", attempt, (long long)lo);
+        cr_assert(hi > ceiling * 3 / 4, "attempt %u max %lld", attempt, (long long)hi);
+    }
+}
+
+Test(retry, capped)
+{
+    for (unsigned attempt = 6; attempt < 200; attempt += 7) {
+        for (int i = 0; i < 200; i++) {
+            int64_t d = cons_retry_delay_ms(attempt, 1000, 5000, 0);
+            cr_assert(d >= 0 && d <= 5000, "attempt %u delay %lld", attempt, (long long)d);
+        }
+    }
+    /* Huge attempt numbers must not overflow the doubling. */
+    cr_assert_leq(cons_retry_delay_ms(4000000000u, 1000, 86400000, 0), 86400000);
+}
+
+Test(retry, retry_after_is_a_floor)
+{
+    for (int i = 0; i < 500; i++) {
+        int64_t d = cons_retry_delay_ms(1, 100, 60000, 3000);
+        cr_assert_eq(d, 3000, "ceiling 100 < Retry-After 3000: exactly the floor, got %lld",
+                     (long long)d);
+        d = cons_retry_delay_ms(8, 1000, 60000, 2000);
+        cr_assert(d >= 2000 && d <= 60000, "got %lld", (long long)d);
+    }
+    /* Retry-After wins over the cap too. */
+    cr_assert_eq(cons_retry_delay_ms(3, 100, 1000, 5000), 5000);
+}
+
+/* ---- Retry-After parsing ------------------------------------------------- */
+
+static int64_t ra(const char *s)
+{
+    return openai_parse_retry_after(s, strlen(s));
+}
+
+Test(retry_after, parse)
+{
+    cr_assert_eq(ra("1"), 1000);
+    cr_assert_eq(ra(" 2\r\n"), 2000);
+    cr_assert_eq(ra("\t0 \r\n"), 0);
+    cr_assert_eq(ra("120"), 120000);
+    cr_assert_eq(ra("999999999999999999999"), 3600 * 1000LL, "capped at an hour");
+    cr_assert_eq(ra(""), -1);
+    cr_assert_eq(ra(" \r\n"), -1);
+    cr_assert_eq(ra("1.5"), -1);
+    cr_assert_eq(ra("-1"), -1);
+    cr_assert_eq(ra("soon"), -1);
+    cr_assert_eq(ra("Wed, 21 Oct 2015 07:28:00 GMT"), -1, "HTTP-date is not honoured");
+}
+
+/* ---- provider answers ---------------------------------------------------- */
+
+typedef struct {
+    cons_job j;
+    Kiln__V1__JobRequest req;
+    char dir[64];
+} pjob;
+
+static pjob *pjob_new(const char *body)
+{
+    pjob *p = calloc(1, sizeof *p);
+    cr_assert_not_null(p);
+    kiln__v1__job_request__init(&p->req);
+    p->req.id = "job-1";
+    p->req.user_id = "u";
+    p->req.prompt = "a red fox";
+    p->j.req = &p->req;
+    snprintf(p->j.id, sizeof p->j.id, "job-1");
+    snprintf(p->dir, sizeof p->dir, "/tmp/kiln-ut-cons.XXXXXX");
+    cr_assert_not_null(mkdtemp(p->dir));
+    if (body != NULL) {
+        p->j.resp = strdup(body);
+        p->j.resp_len = strlen(body);
+    }
+    return p;
+}
+
+static void pjob_free(pjob *p)
+{
+    char cmd[128];
+    for (size_t i = 0; i < CONS_MAX_IMAGES; i++) free(p->j.images[i].url);
+    free(p->j.resp);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", p->dir);
+    cr_assert_eq(system(cmd), 0);
+    free(p);
+}
+
+static openai_verdict run(pjob *p, int curl_code, long http)
+{
+    return openai_handle_result(&p->j, curl_code, http, p->dir);
+}
+
+Test(provider, b64_json_is_decoded_and_saved)
+{
+    unsigned char png[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    for (size_t i = 8; i < sizeof png; i++) png[i] = (unsigned char)(i * 7);
+    char b64[128], body[256];
+    EVP_EncodeBlock((unsigned char *)b64, png, (int)sizeof png);
+    snprintf(body, sizeof body, "{\"created\":1,\"data\":[{\"b64_json\":\"%s\"}]}", b64);
+    pjob *p = pjob_new(body);
+    cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_OK, "err=%s %s", p->j.err_code, p->j.err_msg);
+    cr_assert_eq(p->j.n_images, 1);
+    cr_assert_str_eq(p->j.images[0].url, "/v1/jobs/job-1/images/0");
+    cr_assert_eq(p->j.images[0].size_bytes, sizeof png);
+
+    char path[128];
+    unsigned char back[128];
+    snprintf(path, sizeof path, "%s/images/job-1/0.png", p->dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s missing", path);
+    size_t n = fread(back, 1, sizeof back, f);
+    fclose(f);
+    cr_assert_eq(n, sizeof png);
+    cr_assert_eq(memcmp(back, png, sizeof png), 0);
+    pjob_free(p);
+}
+
+Test(provider, url_passes_through)
+{
+    pjob *p = pjob_new("{\"data\":[{\"url\":\"https://cdn.example/a.png\"},"
+                       "{\"url\":\"https://cdn.example/b.png\"}]}");
+    cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_OK);
+    cr_assert_eq(p->j.n_images, 2);
+    cr_assert_str_eq(p->j.images[0].url, "https://cdn.example/a.png");
+    cr_assert_str_eq(p->j.images[1].url, "https://cdn.example/b.png");
+    cr_assert_eq(p->j.images[0].size_bytes, 0);
+    pjob_free(p);
+}
+
+Test(provider, not_png_is_fatal)
+{
+    pjob *p = pjob_new("{\"data\":[{\"b64_json\":\"aGVsbG8gd29ybGQ=\"}]}");
+    cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_FATAL);
+    cr_assert_str_eq(p->j.err_code, "bad_response");
+    pjob_free(p);
+}
+
+Test(provider, openai_error_body_gives_the_message)
+{
+    pjob *p = pjob_new("{\"error\":{\"message\":\"Your prompt was rejected.\","
+                       "\"type\":\"invalid_request_error\",\"code\":null}}");
+    cr_assert_eq(run(p, CURLE_OK, 400), OPENAI_FATAL);
+    cr_assert_str_eq(p->j.err_code, "provider_rejected");
+    cr_assert_str_eq(p->j.err_msg, "Your prompt was rejected.");
+    pjob_free(p);
+
+    p = pjob_new("upstream exploded\n");
+    cr_assert_eq(run(p, CURLE_OK, 502), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "provider_unavailable");
+    cr_assert_str_eq(p->j.err_msg, "HTTP 502: upstream exploded ", "control chars blanked");
+    pjob_free(p);
+
+    p = pjob_new(NULL);
+    cr_assert_eq(run(p, CURLE_OK, 503), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_msg, "HTTP 503");
+    pjob_free(p);
+}
+
+/* A 2xx body that is not the expected JSON is treated as retryable: a
+ * truncated or garbled answer is most often transient (a proxy, a dropped
+ * connection), and max_attempts bounds the cost. */
+Test(provider, malformed_success_body_is_retryable)
+{
+    const char *bodies[] = {"{\"data\":[{\"b64_json\":", "not json", "{}", "{\"data\":[]}",
+                            "{\"data\":[{}]}", "{\"data\":[{\"b64_json\":\"!!!not base64!!!\"}]}"};
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        pjob *p = pjob_new(bodies[i]);
+        cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_RETRY, "body %s", bodies[i]);
+        cr_assert_str_eq(p->j.err_code, "bad_response", "body %s", bodies[i]);
+        cr_assert_eq(p->j.n_images, 0);
+        pjob_free(p);
+    }
+}
+
+Test(provider, http_status_classification)
+{
+    const long fatal[] = {400, 401, 403, 404, 405, 413, 415, 422};
+    const long retry[] = {408, 409, 429, 500, 501, 502, 503, 504, 599};
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) {
+        pjob *p = pjob_new("{\"error\":{\"message\":\"no\"}}");
+        cr_assert_eq(run(p, CURLE_OK, fatal[i]), OPENAI_FATAL, "HTTP %ld", fatal[i]);
+        cr_assert_str_eq(p->j.err_code, "provider_rejected");
+        pjob_free(p);
+    }
+    for (size_t i = 0; i < sizeof retry / sizeof retry[0]; i++) {
+        pjob *p = pjob_new("{\"error\":{\"message\":\"later\"}}");
+        cr_assert_eq(run(p, CURLE_OK, retry[i]), OPENAI_RETRY, "HTTP %ld", retry[i]);
+        cr_assert_str_eq(p->j.err_msg, "later");
+        pjob_free(p);
+    }
+    pjob *p = pjob_new(NULL);
+    cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "rate_limited");
+    pjob_free(p);
+}
+
+Test(provider, transport_errors)
+{
+    pjob *p = pjob_new(NULL);
+    cr_assert_eq(run(p, CURLE_COULDNT_CONNECT, 0), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "provider_unavailable");
+    pjob_free(p);
+
+    p = pjob_new(NULL);
+    cr_assert_eq(run(p, CURLE_OPERATION_TIMEDOUT, 0), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "timeout");
+    pjob_free(p);
+
+    p = pjob_new(NULL);
+    p->j.resp_too_large = true;
+    cr_assert_eq(run(p, CURLE_WRITE_ERROR, 200), OPENAI_FATAL);
+    pjob_free(p);
+}
+
+Test(provider, request_body)
+{
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobRequest__ParamsEntry e = KILN__V1__JOB_REQUEST__PARAMS_ENTRY__INIT;
+    Kiln__V1__JobRequest__ParamsEntry *ep = &e;
+    char *body = NULL;
+    e.key = "prompt"; /* a param may not override what Kiln sets */
+    e.value = "evil";
+    r.id = "x";
+    r.user_id = "u";
+    r.prompt = "a \"quoted\" fox";
+    r.n = 2;
+    r.size = "512x512";
+    r.n_params = 1;
+    r.params = &ep;
+    cr_assert_eq(openai_build_request(&r, &body), KILN_OK);
+    cr_assert_not_null(strstr(body, "\"prompt\":\"a \\\"quoted\\\" fox\""), "%s", body);
+    cr_assert_not_null(strstr(body, "\"n\":2"), "%s", body);
+    cr_assert_not_null(strstr(body, "\"size\":\"512x512\""), "%s", body);
+    cr_assert_not_null(strstr(body, "\"response_format\":\"b64_json\""), "%s", body);
+    cr_assert_null(strstr(body, "evil"), "%s", body);
+    free(body);
+}
+
+/* ---- job state machine --------------------------------------------------- */
+
+Test(job_state, allowed_moves)
+{
+    enum { N = CONS_JOB_ABANDONED + 1 };
+    /* allowed[from][to] */
+    static const bool allowed[N][N] = {
+        [CONS_JOB_FETCHED] = {[CONS_JOB_CHECKED] = true, [CONS_JOB_PUBLISHING] = true},
+        [CONS_JOB_CHECKED] = {[CONS_JOB_RUNNING] = true, [CONS_JOB_PUBLISHING] = true,
+                              [CONS_JOB_ACKED] = true, [CONS_JOB_NAKED] = true},
+        [CONS_JOB_RUNNING] = {[CONS_JOB_PUBLISHING] = true, [CONS_JOB_NAKED] = true},
+        [CONS_JOB_PUBLISHING] = {[CONS_JOB_ACKED] = true, [CONS_JOB_NAKED] = true,
+                                 [CONS_JOB_TERMINATED] = true, [CONS_JOB_ABANDONED] = true},
+    };
+    for (int f = 0; f < N; f++)
+        for (int t = 0; t < N; t++)
+            cr_assert_eq(cons_job_move_ok((cons_job_state)f, (cons_job_state)t), allowed[f][t],
+                         "%s -> %s", cons_job_state_name((cons_job_state)f),
+                         cons_job_state_name((cons_job_state)t));
+    cr_assert_str_eq(cons_job_state_name(CONS_JOB_PUBLISHING), "publishing");
+}
+
+/* ---- duplicate copies ---------------------------------------------------- */
+
+Test(job, duplicate_copy)
+{
+    cons_job j;
+    cons_store_info si;
+    memset(&j, 0, sizeof j);
+    memset(&si, 0, sizeof si);
+    j.num_delivered = 1;
+    j.stream_seq = 42;
+    si.answered = si.known = true;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    si.request_seq = 7;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "first delivery, other sequence");
+    si.request_seq = 42;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "the copy that created the record");
+    si.request_seq = 0;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "store without request_seq");
+    si.request_seq = 7;
+    j.num_delivered = 2;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "redeliveries finish what they started");
+    j.num_delivered = 1;
+    si.known = false;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "no record yet");
+    si.known = true;
+    si.answered = false;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "store did not answer");
+}
+
+/* ---- recently cancelled ids ---------------------------------------------- */
+
+Test(cancel, recent_ids)
+{
+    cr_assert_not(cons_cancel_recent("job-a"));
+    cons_cancel_remember("job-a");
+    cons_cancel_remember("job-b");
+    cr_assert(cons_cancel_recent("job-a"));
+    cr_assert(cons_cancel_recent("job-b"));
+    cr_assert_not(cons_cancel_recent("job-c"));
+    cr_assert_not(cons_cancel_recent(""));
+    cons_cancel_remember("bad id with spaces");
+    cr_assert_not(cons_cancel_recent("bad id with spaces"));
+}
+
+/* ---- memory floor -------------------------------------------------------- */
+
+static uint64_t bytes_of(const char *s)
+{
+    uint64_t v = 12345;
+    cr_assert_eq(cons_memwatch_parse_bytes(s, &v), KILN_OK, "parse(%s)", s);
+    return v;
+}
+
+Test(memwatch, parse_bytes)
+{
+    cr_assert_eq(bytes_of("0"), 0);
+    cr_assert_eq(bytes_of("4096"), 4096);
+    cr_assert_eq(bytes_of("10B"), 10);
+    cr_assert_eq(bytes_of("64MB"), 64ULL << 20);
+    cr_assert_eq(bytes_of("64 mb"), 64ULL << 20);
+    cr_assert_eq(bytes_of("64MiB"), 64ULL << 20);
+    cr_assert_eq(bytes_of("512k"), 512ULL << 10);
+    cr_assert_eq(bytes_of("1GB"), 1ULL << 30);
+    cr_assert_eq(bytes_of("2g"), 2ULL << 30);
+    cr_assert_eq(bytes_of("1TiB"), 1ULL << 40);
+    uint64_t v = 0;
+    const char *bad[] = {"", "MB", "-1", "1.5GB", "12 parsecs", "1PB", "99999999999999999999",
+                         "20000000000TB", "1 G B"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_assert_eq(cons_memwatch_parse_bytes(bad[i], &v), KILN_EINVAL, "parse(%s)", bad[i]);
+}
+
+Test(memwatch, parse_meminfo)
+{
+    uint64_t v = 0;
+    cr_assert_eq(cons_memwatch_parse_meminfo("MemTotal:       24576000 kB\n"
+                                             "MemFree:         1000000 kB\n"
+                                             "MemAvailable:    2048000 kB\n"
+                                             "Buffers:           10000 kB\n",
+                                             &v),
+                 KILN_OK);
+    cr_assert_eq(v, 2048000ULL * 1024);
+    cr_assert_eq(cons_memwatch_parse_meminfo("MemTotal: 1 kB\n", &v), KILN_ENOTFOUND);
+    cr_assert_eq(cons_memwatch_parse_meminfo("MemAvailable: x kB\n", &v), KILN_EINVAL);
+}
+
+static void write_meminfo(const char *path, unsigned long long kb)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "MemTotal: 99999999 kB\nMemAvailable: %llu kB\n", kb);
+    fclose(f);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+Test(memwatch, pauses_below_floor_and_resumes)
+{
+    char path[] = "/tmp/kiln-ut-meminfo.XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    write_meminfo(path, 100 * 1024); /* 100 MiB available */
+    cons_memwatch_set_source(path);
+
+    cr_assert_eq(cons_memwatch_init("0"), KILN_OK);
+    cr_assert_not(cons_memwatch_paused(), "floor 0 = off");
+
+    cr_assert_eq(cons_memwatch_init("1GB"), KILN_OK);
+    cr_assert(cons_memwatch_paused());
+    write_meminfo(path, 4 * 1024 * 1024); /* 4 GiB */
+    cr_assert(cons_memwatch_paused(), "re-read at most every 250 ms");
+    sleep_ms(300);
+    cr_assert_not(cons_memwatch_paused(), "resumed");
+    write_meminfo(path, 1024);
+    sleep_ms(300);
+    cr_assert(cons_memwatch_paused(), "paused again");
+
+    cr_assert_eq(cons_memwatch_init("lots"), KILN_EINVAL);
+    cons_memwatch_set_source("/nonexistent/meminfo");
+    cr_assert_eq(cons_memwatch_init("1GB"), KILN_EIO);
+    cons_memwatch_set_source(NULL);
+    unlink(path);
+}
