@@ -40,8 +40,12 @@ static void flow_latency(const bench_done *d, const int64_t *sub_us, double *p50
 
 static void flow_extra(char *buf, size_t len, const bench_done *d, uint64_t failed)
 {
-    snprintf(buf, len, "done=%u not_completed=%u dup_events=%u submit_failed=%" PRIu64,
-             atomic_load(&d->done), atomic_load(&d->not_completed), atomic_load(&d->dups), failed);
+    char stages[160];
+    bench_done_stages(d, stages, sizeof stages);
+    snprintf(buf, len, "done=%u not_completed=%u dup_events=%u submit_failed=%" PRIu64
+             " stages_ms_p50/p99=%s",
+             atomic_load(&d->done), atomic_load(&d->not_completed), atomic_load(&d->dups), failed,
+             stages);
 }
 
 int bench_w12(const bench_args *a)
@@ -49,7 +53,7 @@ int bench_w12(const bench_args *a)
     kiln_client *c = NULL;
     bench_done d;
     int64_t *sub_us = NULL;
-    char prefix[48], extra[256];
+    char prefix[48], extra[512];
     uint64_t failed = 0;
     int rc = 1;
     double p50, p99;
@@ -99,7 +103,7 @@ int bench_backlog(const bench_args *a)
 {
     kiln_client *c = NULL;
     bench_done d;
-    char prefix[48], extra[256];
+    char prefix[48], extra[512];
     uint64_t failed = 0;
     int rc = 1;
 
@@ -143,7 +147,7 @@ int bench_w3(const bench_args *a)
     kiln_client *c = NULL;
     bench_done d;
     int64_t *sub_us = NULL;
-    char prefix[48], extra[256];
+    char prefix[48], extra[512];
     uint64_t failed = 0;
     int rc = 1;
     double p50, p99;

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "clock.h"
+#include "kiln.pb-c.h"
 #include "natsconn.h"
 #include "subjects.h"
 
@@ -129,6 +131,16 @@ static void bench_on_done(natsConnection *nc, natsSubscription *sub, natsMsg *m,
         atomic_fetch_add(&d->dups, 1);
     } else {
         d->done_us[i] = now;
+        int len = natsMsg_GetDataLength(m);
+        Kiln__V1__JobStatus *js =
+            len > 0 ? kiln__v1__job_status__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m))
+                    : NULL;
+        if (js != NULL && js->created_at_ms > 0 && js->started_at_ms > 0 && js->completed_at_ms > 0) {
+            d->stage_us[0][i] = (js->started_at_ms - js->created_at_ms) * 1000;
+            d->stage_us[1][i] = (js->completed_at_ms - js->started_at_ms) * 1000;
+            d->stage_us[2][i] = (kiln_now_ms() - js->completed_at_ms) * 1000;
+        }
+        if (js != NULL) kiln__v1__job_status__free_unpacked(js, NULL);
         if (natsMsgHeader_Get(m, KILN_HDR_STATUS, &state) != NATS_OK || state == NULL ||
             strcmp(state, "completed") != 0)
             atomic_fetch_add(&d->not_completed, 1);
@@ -146,6 +158,14 @@ kiln_status bench_done_start(bench_done *d, const char *url, const char *prefix,
     d->n = n;
     d->done_us = calloc(n, sizeof *d->done_us);
     if (d->done_us == NULL) return KILN_ENOMEM;
+    for (int k = 0; k < 3; k++) {
+        d->stage_us[k] = malloc(sizeof *d->stage_us[k] * n);
+        if (d->stage_us[k] == NULL) {
+            bench_done_stop(d);
+            return KILN_ENOMEM;
+        }
+        for (unsigned i = 0; i < n; i++) d->stage_us[k][i] = -1;
+    }
     st = kiln_nats_connect(url, "kiln-bench-done", 5000, &d->nc, NULL);
     if (st != KILN_OK) goto out;
     natsStatus s = natsConnection_Subscribe(&d->sub, d->nc, KILN_SUBJ_DONE, bench_on_done, d);
@@ -179,4 +199,28 @@ void bench_done_stop(bench_done *d)
     d->nc = NULL;
     free(d->done_us);
     d->done_us = NULL;
+    for (int k = 0; k < 3; k++) {
+        free(d->stage_us[k]);
+        d->stage_us[k] = NULL;
+    }
+}
+
+void bench_done_stages(const bench_done *d, char *buf, size_t len)
+{
+    static const char *names[3] = {"queue", "run", "done"};
+    size_t off = 0;
+    buf[0] = '\0';
+    int64_t *v = malloc(sizeof *v * (d->n > 0 ? d->n : 1));
+    if (v == NULL) return;
+    for (int k = 0; k < 3 && off < len; k++) {
+        size_t c = 0;
+        double p50, p99;
+        for (unsigned i = 0; i < d->n; i++)
+            if (d->stage_us[k][i] >= 0) v[c++] = d->stage_us[k][i];
+        bench_percentiles_ms(v, c, &p50, &p99);
+        int w = snprintf(buf + off, len - off, "%s%s=%.0f/%.0f", k > 0 ? "," : "", names[k], p50, p99);
+        if (w < 0) break;
+        off += (size_t)w;
+    }
+    free(v);
 }

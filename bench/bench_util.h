@@ -47,6 +47,11 @@ typedef struct {
     char prefix[48];
     unsigned n;
     int64_t *done_us;     /* n entries, 0 = not yet */
+    /* Per job, from the event's JobStatus times (wall clock, ms resolution,
+     * stored in us): created -> started (queue, fetch, store check),
+     * started -> completed (provider call, image save, transition),
+     * completed -> event received (store apply, jobs.done publish). -1 = unknown. */
+    int64_t *stage_us[3];
     atomic_uint done;     /* distinct jobs seen */
     atomic_uint not_completed; /* events whose Kiln-Status is not "completed" */
     atomic_uint dups;     /* repeated events (at-least-once delivery) */
@@ -57,5 +62,8 @@ kiln_status bench_done_start(bench_done *d, const char *url, const char *prefix,
 /* Waits until every job is done or timeout_ms passes; returns KILN_ETIMEOUT then. */
 kiln_status bench_done_wait(bench_done *d, int64_t timeout_ms);
 void bench_done_stop(bench_done *d);
+
+/* Formats "queue=P50/P99,run=P50/P99,done=P50/P99" (ms) over the finished jobs. */
+void bench_done_stages(const bench_done *d, char *buf, size_t len);
 
 #endif

@@ -55,25 +55,32 @@ trap 'exit 130' INT TERM
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Ports below the kernel's ephemeral range, so no outgoing connection holds one.
+read -r EPH_LO _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LO=32768
+((EPH_LO > 12000)) || EPH_LO=32768
 USED_PORTS=" "
-free_port() { # prints a loopback port nothing listens on and this run has not used
+free_port() { # free_port VAR: sets VAR to a loopback port nothing listens on, new to this run
+    local -n out_=$1
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (EPH_LO - 10000)))
         case $USED_PORTS in *" $p "*) continue ;; esac
         answers "$p" && continue
         USED_PORTS+="$p "
-        echo "$p"
+        out_=$p
         return
     done
 }
 
-wait_for() { # wait_for WHAT SECONDS COMMAND...
-    local what=$1 secs=$2
+wait_for() { # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds; it returning 2 = give up
+    local what=$1 secs=$2 rc
     shift 2
     local deadline=$((SECONDS + secs))
-    until "$@"; do
-        if ((SECONDS >= deadline)); then
+    while :; do
+        "$@"
+        rc=$?
+        ((rc == 0)) && return 0
+        if ((rc == 2 || SECONDS >= deadline)); then
             note "$what did not come up within ${secs}s (logs: $LOGS; BENCH_KEEP=1 keeps them)"
             return 1
         fi
@@ -81,12 +88,23 @@ wait_for() { # wait_for WHAT SECONDS COMMAND...
     done
 }
 
-start_nats() { # start_nats DATADIR
-    NATS_PORT=$(free_port)
-    NATS_URL=nats://127.0.0.1:$NATS_PORT
-    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" 2>>"$LOGS/nats-server.log" >&2 &
-    PID[nats]=$!
-    wait_for nats-server 15 answers "$NATS_PORT"
+start_nats() { # start_nats DATADIR; a new port on each of 3 tries (another process may take one)
+    local try
+    for try in 1 2 3; do
+        free_port NATS_PORT
+        NATS_URL=nats://127.0.0.1:$NATS_PORT
+        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" 2>>"$LOGS/nats-server.log" >&2 &
+        PID[nats]=$!
+        wait_for nats-server 15 answers_or_died nats "$NATS_PORT" && kill -0 "${PID[nats]}" 2>/dev/null && return 0
+        stop nats
+    done
+    return 1
+}
+
+answers_or_died() { # answers_or_died NAME PORT: true once PORT answers; stops waiting if NAME exited
+    answers "$2" && return 0
+    kill -0 "${PID[$1]}" 2>/dev/null || { note "$1 exited at start"; return 2; }
+    return 1
 }
 
 start_kiln() { # start_kiln NAME [VAR=VALUE...]: $BIN/kiln-NAME with the shared settings
@@ -98,30 +116,49 @@ start_kiln() { # start_kiln NAME [VAR=VALUE...]: $BIN/kiln-NAME with the shared 
 }
 
 http_ok() { curl -fs -o /dev/null --max-time 1 "$1" 2>/dev/null; }
+http_ok_or_died() { # http_ok_or_died NAME URL (see answers_or_died)
+    http_ok "$2" && return 0
+    kill -0 "${PID[$1]}" 2>/dev/null || { note "kiln-$1 exited at start"; return 2; }
+    return 1
+}
 
 start_consumer() {
     start_kiln consumer KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
         KILN_CONCURRENCY=$CONCURRENCY KILN_METRICS_ADDR="127.0.0.1:$CONS_METRICS_PORT"
-    wait_for kiln-consumer 15 http_ok "http://127.0.0.1:$CONS_METRICS_PORT/healthz"
+    wait_for kiln-consumer 15 http_ok_or_died consumer "http://127.0.0.1:$CONS_METRICS_PORT/healthz"
 }
 
 STACK=0
-start_stack() { # a fresh nats-server and Kiln (dev provider, store, consumer, gateway)
+start_stack() { # a fresh nats-server and Kiln; 3 tries (a port may be taken meanwhile)
+    local try
+    for try in 1 2 3; do
+        start_stack_once && return 0
+        note "starting Kiln failed (try $try); see $LOGS"
+        stop_stack
+    done
+    return 1
+}
+
+start_stack_once() { # nats-server, dev provider, store, consumer, gateway, on new ports
+    free_port DEV_PORT
+    free_port GW_PORT
+    free_port CONS_METRICS_PORT
+    free_port STORE_METRICS_PORT
     STACK=$((STACK + 1))
     local dir=$TMP/stack$STACK
     mkdir -p "$dir"
     DATA_DIR=$dir/data
     start_nats "$dir/nats" || return 1
     start_kiln devprovider KILN_DEVPROVIDER_ADDR="127.0.0.1:$DEV_PORT" KILN_DEVPROVIDER_LATENCY_MS=0
-    wait_for kiln-devprovider 15 answers "$DEV_PORT" || return 1
+    wait_for kiln-devprovider 15 answers_or_died devprovider "$DEV_PORT" || return 1
     start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
-    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || return 1
+    wait_for kiln-store 15 http_ok_or_died store "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || return 1
     start_consumer || return 1
     phase w4 || return 0
     # Rate limiting off: W4 measures throughput, one user sends everything.
     start_kiln gateway KILN_HTTP_ADDR="127.0.0.1:$GW_PORT" KILN_API_KEYS="$TOKEN:bench" \
         KILN_SUBMIT_RATE=0
-    wait_for kiln-gateway 30 http_ok "http://127.0.0.1:$GW_PORT/readyz"
+    wait_for kiln-gateway 30 http_ok_or_died gateway "http://127.0.0.1:$GW_PORT/readyz"
 }
 
 stop_stack() {
@@ -141,16 +178,19 @@ cpu_ticks() { # user+system clock ticks used so far by a process this script sta
 
 children_ticks() { # user+system ticks of this shell's waited-for children (kiln-bench, wrk)
     local -a t
-    read -r -a t <<<"$(times | tail -n 1)"
+    times >"$TMP/times" # not in a pipeline: a subshell has no children of its own
+    read -r -a t <<<"$(tail -n 1 "$TMP/times")"
     awk -v u="${t[0]}" -v s="${t[1]}" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        split(u, a, /[ms]/); split(s, b, /[ms]/); printf "%d", (a[1] * 60 + a[2] + b[1] * 60 + b[2]) * hz }'
+        split(u, a, /[ms]/); split(s, b, /[ms]/); printf "%d", (a[1] * 60 + a[2] + b[1] * 60 + b[2]) * hz }' >"$TMP/ticks"
+    TICKS=$(cat "$TMP/ticks")
 }
 
 declare -A CPU0=()
 cpu_mark() { # remembers the CPU used so far by every process
     local n
     for n in nats devprovider store consumer gateway; do CPU0[$n]=$(cpu_ticks "$n"); done
-    CPU0[client]=$(children_ticks)
+    children_ticks
+    CPU0[client]=$TICKS
     CPU0[wall]=$(date +%s%N)
 }
 
@@ -163,7 +203,8 @@ cpu_line() { # cpu_line WORKLOAD: sets CPU_LINE to the CPU seconds per process s
         [ -n "${PID[$n]:-}" ] || continue
         out+=" $n=$(awk -v a="${CPU0[$n]}" -v b="$(cpu_ticks "$n")" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
     done
-    out+=" bench_client=$(awk -v a="${CPU0[client]}" -v b="$(children_ticks)" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
+    children_ticks
+    out+=" bench_client=$(awk -v a="${CPU0[client]}" -v b="$TICKS" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
     CPU_LINE="kiln-cpu workload=$1 wall_s=$wall cpu_s:$out (CPU seconds per process during the workload, $(nproc) cores; not a goal)"
 }
 
@@ -233,10 +274,6 @@ run_bench() { # run_bench OUTFILE ARGS...: kiln-bench with its FIG lines kept
 
 echo "# make bench: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), nats-server $(nats-server --version 2>/dev/null | awk '{print $NF}'), jobs=$JOBS, consumer concurrency $CONCURRENCY, dev provider 0 ms"
 
-DEV_PORT=$(free_port)
-GW_PORT=$(free_port)
-CONS_METRICS_PORT=$(free_port)
-STORE_METRICS_PORT=$(free_port)
 MEM_CONS=- W4_GW=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
 declare -A WRK=()
 
@@ -351,8 +388,9 @@ if phase store; then
     # record with its indexes, like any job waiting for a worker.
     DATA_DIR=$TMP/store-data
     start_nats "$TMP/nats-store" || exit 1
+    free_port STORE_METRICS_PORT
     start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
-    wait_for kiln-store 15 http_ok "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
+    wait_for kiln-store 15 http_ok_or_died store "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || exit 1
     FILL_MS=$(((BUDGET_S - SECONDS) * 1000))
     ((FILL_MS < 20000)) && FILL_MS=20000
     run_bench "$TMP/store.out" store --sizes "$STORE_SIZES" --samples 5000 \

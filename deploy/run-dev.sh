@@ -15,9 +15,11 @@ export KILN_API_KEYS=${KILN_API_KEYS:-dev-token:dev}
 
 mkdir -p "$KILN_DATA_DIR/logs"
 pids=()
+stopping=0
 
 stop_all() {
     trap - INT TERM EXIT
+    stopping=1
     echo "run: stopping"
     local i
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -82,4 +84,6 @@ MSG
 
 # Stay until Ctrl-C or until any component exits.
 wait -n "${pids[@]}" || true
-echo "run: a component exited; stopping the rest" >&2
+if ((stopping == 0)); then
+    echo "run: a component exited; stopping the rest (see $KILN_DATA_DIR/logs)" >&2
+fi

@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "rpc.h"
 #include "server.h"
+#include "sse.h"
 #include "subjects.h"
 
 #define HEALTH_PING_TIMEOUT_MS 1000
@@ -30,7 +31,7 @@ static const char *const health_route_names[GW_ROUTE_COUNT] = {
 
 static atomic_uint_fast64_t health_requests[GW_ROUTE_COUNT][HEALTH_CLASSES];
 static kiln_metric *health_m_latency, *health_m_accepted, *health_m_unavailable,
-    *health_m_rate_limited, *health_m_suspended;
+    *health_m_rate_limited, *health_m_suspended, *health_m_streams;
 static natsConnection *health_nc;
 
 kiln_status gw_health_init(natsConnection *nc)
@@ -46,6 +47,7 @@ kiln_status gw_health_init(natsConnection *nc)
                                                 "requests answered 429");
     health_m_suspended = kiln_metric_gauge("kiln_gateway_waiting_requests",
                                            "requests waiting for NATS or the store");
+    health_m_streams = kiln_metric_gauge("kiln_gateway_event_streams", "open SSE event streams");
     return KILN_OK;
 }
 
@@ -104,6 +106,7 @@ void gw_health_metrics(gw_req *r)
     char *common = NULL, *out = NULL;
     size_t clen = 0;
     kiln_metric_set(health_m_suspended, gw_server_suspended_count());
+    kiln_metric_set(health_m_streams, gw_sse_count());
     if (kiln_metrics_render(&common, &clen) != KILN_OK) {
         gw_answer_error(&r->ans, "unavailable", "metrics are unavailable", NULL);
         return;

@@ -11,6 +11,7 @@
 
 #include "apply.h"
 #include "clock.h"
+#include "idem.h"
 #include "keys.h"
 #include "log.h"
 #include "pb.h"
@@ -60,6 +61,20 @@ static kiln_status apply_done_add(apply_done_list *l, const Kiln__V1__JobStatus 
     return KILN_OK;
 }
 
+void apply_sink_reset(apply_sink *s)
+{
+    apply_done_reset(&s->done);
+    events_reset(&s->events);
+    s->replay = 0;
+}
+
+void apply_sink_free(apply_sink *s)
+{
+    if (s == NULL) return;
+    apply_done_free(&s->done);
+    events_free(&s->events);
+}
+
 /* ---- record + indexes + counters in one batch -------------------------- */
 
 static int apply_is_active(Kiln__V1__JobState s) { return s == S_PENDING || s == S_PROCESSING; }
@@ -88,8 +103,25 @@ static kiln_status apply_counter_add(db_store *db, rocksdb_writebatch_wi_t *wb, 
     return KILN_OK;
 }
 
+/* Is old -> nw worth an event? Re-applying the same state and attempt
+ * (a duplicate transition) is not. */
+static int apply_visible(const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
+                         events_kind *kind)
+{
+    *kind = EVENTS_STATE;
+    if (old == NULL || old->status->state != nw->status->state ||
+        old->status->attempts != nw->status->attempts)
+        return 1;
+    if (!old->viewed && nw->viewed) {
+        *kind = EVENTS_VIEWED;
+        return 1;
+    }
+    return 0;
+}
+
 kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
-                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw)
+                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
+                               events_list *ev)
 {
     const char *id = nw->request->id;
     const char *user = nw->request->user_id;
@@ -101,10 +133,14 @@ kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
     uint8_t *buf = NULL;
     size_t len = 0;
 
+    events_kind kind = EVENTS_STATE;
     kiln_status st = kiln_pb_pack(&nw->base, &buf, &len);
     if (st != KILN_OK) return st;
     rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_JOBS], id, strlen(id), (const char *)buf, len);
+    /* The event carries the bytes just written: no second pack, no read. */
+    if (ev != NULL && apply_visible(old, nw, &kind)) st = events_add_packed(ev, nw, kind, &buf, len);
     free(buf);
+    if (st != KILN_OK) return st;
 
     if (old == NULL) {
         klen = keys_by_user(key, user, created, id);
@@ -136,31 +172,28 @@ kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
 
 /* ---- the rules ---------------------------------------------------------- */
 
-typedef enum {
-    RULE_IGNORE,    /* stale or impossible: nothing changes */
-    RULE_APPLY,     /* write the new state */
-    RULE_REPUBLISH, /* terminal already, same state again: announce again */
-} apply_rule;
-
-/* The store's transition rules (design.md "Store transition rules"). cur is
- * the record's current status (a fresh record is pending, attempts 0). */
-static apply_rule apply_decide(const Kiln__V1__JobStatus *cur, Kiln__V1__JobState to,
-                               uint32_t attempt)
+apply_rule apply_decide(const Kiln__V1__JobStatus *cur, Kiln__V1__JobState to, uint32_t attempt)
 {
-    if (kiln_state_is_terminal(cur->state)) return to == cur->state ? RULE_REPUBLISH : RULE_IGNORE;
-    if (attempt < cur->attempts) return RULE_IGNORE; /* from an earlier attempt */
+    if (kiln_state_is_terminal(cur->state))
+        return to == cur->state ? APPLY_RULE_REPUBLISH : APPLY_RULE_IGNORE;
     switch (to) {
+    case S_CANCELLED:
+        /* The store's own decision (kiln.store.cancel / jobs.cancel): it
+         * carries the attempt count the store saw, which a PROCESSING
+         * published meanwhile may have passed. Never stale. */
+        return APPLY_RULE_APPLY;
     case S_PROCESSING:
+        if (attempt < cur->attempts) return APPLY_RULE_IGNORE; /* an earlier attempt */
         /* Pending with attempts == attempt means that attempt was already
          * handed back for a retry: this PROCESSING is a late duplicate. */
         if (cur->state == S_PENDING && cur->attempts > 0 && attempt == cur->attempts)
-            return RULE_IGNORE;
-        return RULE_APPLY;
-    case S_PENDING:
-    case S_COMPLETED:
+            return APPLY_RULE_IGNORE;
+        return APPLY_RULE_APPLY;
+    case S_PENDING:   /* retry after a retryable failure of `attempt` */
+    case S_COMPLETED: /* a consumer's result */
     case S_FAILED:
-    case S_CANCELLED: return RULE_APPLY;
-    default: return RULE_IGNORE; /* UNSPECIFIED or unknown enum values */
+        return attempt < cur->attempts ? APPLY_RULE_IGNORE : APPLY_RULE_APPLY;
+    default: return APPLY_RULE_IGNORE; /* UNSPECIFIED or unknown enum values */
     }
 }
 
@@ -186,8 +219,26 @@ static int apply_user_ok(const char *user)
     return n > 0 && n <= KILN_USER_MAX_LEN;
 }
 
+/* A NATS publisher's Idempotency-Key: record (user, key) -> id when free,
+ * with the same TTL as the gateway's reservations. */
+static kiln_status apply_idem_from_request(db_store *db, rocksdb_writebatch_wi_t *wb,
+                                           const Kiln__V1__JobRequest *req, int64_t now_ms)
+{
+    uint8_t hash[IDEM_HASH_LEN];
+    idem_result res;
+    if (req->idempotency_key == NULL || req->idempotency_key[0] == '\0') return KILN_OK;
+    kiln_status st = idem_request_hash(req, hash);
+    if (st == KILN_OK)
+        st = idem_reserve(db, wb, req->user_id, req->idempotency_key, hash, req->id, now_ms, &res);
+    if (st == KILN_EINVAL) return KILN_OK; /* validated already; nothing to record */
+    if (st == KILN_OK && !res.is_new && strcmp(res.id, req->id) != 0)
+        LOG_INFO("idempotency key already names another job job=%s other=%s", req->id, res.id);
+    return st;
+}
+
 kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
-                              size_t len, int64_t fallback_created_ms, int *changed)
+                              size_t len, int64_t fallback_created_ms, uint64_t seq,
+                              apply_sink *sink, int *changed)
 {
     kiln_status st = KILN_OK;
     Kiln__V1__JobRequest *req = NULL;
@@ -204,13 +255,22 @@ kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const v
         goto out;
     }
     st = db_load_record(db, NULL, wb, req->id, &old);
-    if (st == KILN_OK) goto out; /* known already: a replay or a duplicate */
+    if (st == KILN_OK) {
+        /* Known already: a replay or a duplicate. A replay announces the
+         * new record again if nothing has happened to it since. */
+        if (sink->replay && old->status->state == S_PENDING && old->status->attempts == 0 &&
+            old->request_seq == seq)
+            st = events_add(&sink->events, old, EVENTS_STATE);
+        goto out;
+    }
     if (st != KILN_ENOTFOUND) goto out;
 
     Kiln__V1__JobRecord rec;
     Kiln__V1__JobStatus status;
     apply_record_init(&rec, &status, req, fallback_created_ms);
-    st = apply_stage_record(db, wb, NULL, &rec);
+    rec.request_seq = seq;
+    st = apply_stage_record(db, wb, NULL, &rec, &sink->events);
+    if (st == KILN_OK) st = apply_idem_from_request(db, wb, req, fallback_created_ms);
     if (st == KILN_OK) *changed = 1;
 out:
     if (old != NULL) kiln__v1__job_record__free_unpacked(old, NULL);
@@ -221,7 +281,7 @@ out:
 /* Applies t to the record of t->request->id (old, NULL when there is none). */
 static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
                              const Kiln__V1__JobRecord *old, const Kiln__V1__JobTransition *t,
-                             apply_done_list *done, int *changed)
+                             apply_sink *sink, int *changed)
 {
     Kiln__V1__JobRecord rec;
     Kiln__V1__JobStatus status;
@@ -238,35 +298,43 @@ static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
     }
 
     switch (apply_decide(&status, t->state, t->attempt)) {
-    case RULE_IGNORE:
+    case APPLY_RULE_IGNORE:
         LOG_DEBUG("transition ignored job=%s state=%s attempt=%u current=%s attempts=%u",
                   status.id, kiln_state_name(t->state), t->attempt, kiln_state_name(status.state),
                   status.attempts);
+        /* A replayed transition whose effect is the record as it stands:
+         * its event may not have reached KILN_EVENTS the first time. */
+        if (sink->replay && old != NULL && status.state == t->state && status.attempts == t->attempt)
+            return events_add(&sink->events, old, EVENTS_STATE);
         return KILN_OK;
-    case RULE_REPUBLISH:
+    case APPLY_RULE_REPUBLISH: {
         /* The earlier jobs.done may have been lost in a crash; the stream
          * drops the copy by Nats-Msg-Id if it was not. */
-        return apply_done_add(done, &status);
-    case RULE_APPLY: break;
+        kiln_status st = apply_done_add(&sink->done, &status);
+        if (st == KILN_OK && sink->replay) st = events_add(&sink->events, old, EVENTS_STATE);
+        return st;
+    }
+    case APPLY_RULE_APPLY: break;
     }
 
+    /* What each applied transition writes (apply_decide chose APPLY). */
     switch (t->state) {
-    case S_PROCESSING:
+    case S_PROCESSING: /* attempt starts: started_at on the first one */
         status.attempts = t->attempt;
         if (status.started_at_ms == 0) status.started_at_ms = at;
         status.error = NULL; /* a new attempt: the previous attempt's error is history */
         rec.progress = t->progress;
         rec.retry_at_ms = 0;
         break;
-    case S_PENDING:
+    case S_PENDING: /* retry: keeps the failed attempt's error until the next start */
         status.attempts = t->attempt;
         status.error = t->error;
         rec.progress = NULL;
         rec.retry_at_ms = t->retry_at_ms;
         break;
-    case S_COMPLETED:
+    case S_COMPLETED: /* terminal: images/error, completed_at; jobs.done after the write */
     case S_FAILED:
-    case S_CANCELLED:
+    case S_CANCELLED: /* the store's cancel; the apply loop also broadcasts kiln.cancelled.<id> */
         if (t->attempt > status.attempts) status.attempts = t->attempt;
         status.n_images = t->n_images;
         status.images = t->images;
@@ -286,15 +354,15 @@ static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
     status.state = t->state;
     rec.updated_at_ms = now;
 
-    kiln_status st = apply_stage_record(db, wb, old, &rec);
+    kiln_status st = apply_stage_record(db, wb, old, &rec, &sink->events);
     if (st != KILN_OK) return st;
     *changed = 1;
-    if (kiln_state_is_terminal(status.state)) return apply_done_add(done, &status);
+    if (kiln_state_is_terminal(status.state)) return apply_done_add(&sink->done, &status);
     return KILN_OK;
 }
 
 kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
-                             size_t len, apply_done_list *done, int *changed)
+                             size_t len, apply_sink *sink, int *changed)
 {
     kiln_status st = KILN_OK;
     Kiln__V1__JobTransition *t = NULL;
@@ -311,22 +379,21 @@ kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const vo
     }
     st = db_load_record(db, NULL, wb, t->request->id, &old);
     if (st != KILN_OK && st != KILN_ENOTFOUND) goto out;
-    st = apply_one(db, wb, old, t, done, changed);
+    st = apply_one(db, wb, old, t, sink, changed);
 out:
     if (old != NULL) kiln__v1__job_record__free_unpacked(old, NULL);
     if (t != NULL) kiln__v1__job_transition__free_unpacked(t, NULL);
     return st;
 }
 
-/* Loads id for user (NULL = any). A job of another user is not found. */
-static kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
-                                    const char *user, Kiln__V1__JobRecord **out)
+kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+                             const char *user, Kiln__V1__JobRecord **out)
 {
     Kiln__V1__JobRecord *rec = NULL;
     if (!kiln_jobreq_id_ok(id)) return KILN_ENOTFOUND;
     kiln_status st = db_load_record(db, NULL, wb, id, &rec);
     if (st != KILN_OK) return st;
-    if (user != NULL && strcmp(user, rec->request->user_id) != 0) {
+    if (user != NULL && user[0] != '\0' && strcmp(user, rec->request->user_id) != 0) {
         kiln__v1__job_record__free_unpacked(rec, NULL);
         return KILN_ENOTFOUND;
     }
@@ -334,40 +401,8 @@ static kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, c
     return KILN_OK;
 }
 
-kiln_status apply_cancel(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
-                         const char *user, apply_done_list *done, apply_cancel_result *result)
-{
-    Kiln__V1__JobRecord *old = NULL;
-    kiln_status st = apply_load_owned(db, wb, id, user, &old);
-    if (st == KILN_ENOTFOUND) {
-        *result = APPLY_CANCEL_NOT_FOUND;
-        return KILN_OK;
-    }
-    if (st != KILN_OK) return st;
-    if (kiln_state_is_terminal(old->status->state)) {
-        *result = APPLY_CANCEL_ALREADY_FINISHED;
-        goto out;
-    }
-    /* The store's own transition, through the same rules as a consumer's. */
-    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
-    Kiln__V1__JobError err = KILN__V1__JOB_ERROR__INIT;
-    err.code = "cancelled";
-    err.message = "cancelled by request";
-    t.request = old->request;
-    t.state = S_CANCELLED;
-    t.attempt = old->status->attempts;
-    t.at_ms = kiln_now_ms();
-    t.error = &err;
-    int changed = 0;
-    st = apply_one(db, wb, old, &t, done, &changed);
-    if (st == KILN_OK) *result = APPLY_CANCEL_DONE;
-out:
-    kiln__v1__job_record__free_unpacked(old, NULL);
-    return st;
-}
-
 kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
-                         const char *user)
+                         const char *user, events_list *ev)
 {
     Kiln__V1__JobRecord *old = NULL;
     kiln_status st = apply_load_owned(db, wb, id, user, &old);
@@ -376,7 +411,7 @@ kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *
         Kiln__V1__JobRecord rec = *old;
         rec.viewed = 1;
         rec.updated_at_ms = kiln_now_ms();
-        st = apply_stage_record(db, wb, old, &rec);
+        st = apply_stage_record(db, wb, old, &rec, ev);
     }
     kiln__v1__job_record__free_unpacked(old, NULL);
     return st;

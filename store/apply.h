@@ -1,5 +1,6 @@
 /* apply.h - the store's transition rules and how a record change becomes
- * one set of writes (record, indexes, counters) in a RocksDB batch.
+ * one set of writes (record, indexes, counters) in a RocksDB batch, plus
+ * what the batch must announce once written (jobs.done, events).
  *
  * Every function here stages writes into wb and reads through it, so several
  * changes to the same job in one batch see each other. The caller holds
@@ -11,6 +12,7 @@
 #include <stdint.h>
 
 #include "db.h"
+#include "events.h"
 #include "jobreq.h"
 #include "kiln.pb-c.h"
 #include "status.h"
@@ -33,37 +35,62 @@ void apply_done_reset(apply_done_list *l);
 /* Frees everything. NULL-safe. */
 void apply_done_free(apply_done_list *l);
 
-/* Stages the change old -> nw (old NULL for a new record): the record, its
- * by_user / by_user_state / unviewed entries and the user's counters. */
-kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
-                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw);
+/* What a batch must announce after its write: terminal states (jobs.done)
+ * and every record change (kiln.events.*). replay is set by the caller for
+ * a redelivered message: a change it finds already written is announced
+ * again (the first announcement may have failed; Nats-Msg-Id de-duplicates). */
+typedef struct {
+    apply_done_list done;
+    events_list events;
+    int replay;
+} apply_sink;
 
-/* A JobRequest from jobs.generate*. fallback_created_ms stands in for a
- * missing created_at_ms. *changed = 1 when a new record was staged.
+void apply_sink_reset(apply_sink *s);
+void apply_sink_free(apply_sink *s); /* NULL-safe */
+
+typedef enum {
+    APPLY_RULE_IGNORE,    /* stale or impossible: nothing changes */
+    APPLY_RULE_APPLY,     /* write the new state */
+    APPLY_RULE_REPUBLISH, /* terminal already, same state again: announce again */
+} apply_rule;
+
+/* The transition rules (design.md "Store transition rules"), without I/O:
+ * what a transition to `to` from attempt `attempt` does to a record whose
+ * status is cur (a record not yet written is pending with attempts 0). */
+apply_rule apply_decide(const Kiln__V1__JobStatus *cur, Kiln__V1__JobState to, uint32_t attempt);
+
+/* Stages the change old -> nw (old NULL for a new record): the record, its
+ * by_user / by_user_state / unviewed entries and the user's counters. When
+ * ev is non-NULL and the change is visible (new record, state, attempts or
+ * viewed changed), appends it to ev. */
+kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
+                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
+                               events_list *ev);
+
+/* A JobRequest from jobs.generate* at stream sequence seq (stored as the
+ * record's request_seq). fallback_created_ms stands in for a missing
+ * created_at_ms. A new record with an idempotency_key also reserves the key
+ * when it is free. *changed = 1 when a new record was staged.
  * KILN_EINVAL: undecodable or invalid (the caller acks and ignores it);
  * KILN_EIO: RocksDB failed (the caller retries the batch). */
 kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
-                              size_t len, int64_t fallback_created_ms, int *changed);
+                              size_t len, int64_t fallback_created_ms, uint64_t seq,
+                              apply_sink *sink, int *changed);
 
 /* A JobTransition from kiln.tx. Terminal states written (or re-applied
- * identically) are appended to done. Errors as apply_job_request. */
+ * identically) go to sink->done, changes to sink->events. Errors as
+ * apply_job_request. */
 kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
-                             size_t len, apply_done_list *done, int *changed);
+                             size_t len, apply_sink *sink, int *changed);
 
-typedef enum {
-    APPLY_CANCEL_DONE = 0,        /* pending/processing -> cancelled (staged) */
-    APPLY_CANCEL_ALREADY_FINISHED, /* terminal already */
-    APPLY_CANCEL_NOT_FOUND,        /* unknown id, or another user's job */
-} apply_cancel_result;
+/* Loads id for user (NULL or "" = any user). Another user's job, or an
+ * invalid id, is KILN_ENOTFOUND. wb may be NULL. */
+kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+                             const char *user, Kiln__V1__JobRecord **out);
 
-/* Cancels the job id for user (NULL = any user, for jobs.cancel). On
- * APPLY_CANCEL_DONE the jobs.done announcement is appended to done. */
-kiln_status apply_cancel(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
-                         const char *user, apply_done_list *done, apply_cancel_result *result);
-
-/* Marks the job viewed (see the comment in apply.c). KILN_ENOTFOUND for an
- * unknown id or another user's job. */
+/* Marks the job viewed (see the comment in apply.c); the change goes to ev
+ * (may be NULL). KILN_ENOTFOUND for an unknown id or another user's job. */
 kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
-                         const char *user);
+                         const char *user, events_list *ev);
 
 #endif

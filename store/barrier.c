@@ -86,6 +86,36 @@ uint64_t barrier_applied_seq(barrier *b)
     return v;
 }
 
+/* CLOCK_MONOTONIC now + ms. */
+static struct timespec barrier_deadline(int64_t ms)
+{
+    struct timespec d;
+    clock_gettime(CLOCK_MONOTONIC, &d);
+    if (ms <= 0) return d;
+    d.tv_sec += ms / 1000;
+    d.tv_nsec += (ms % 1000) * 1000000L;
+    if (d.tv_nsec >= 1000000000L) {
+        d.tv_sec++;
+        d.tv_nsec -= 1000000000L;
+    }
+    return d;
+}
+
+kiln_status barrier_wait_seq(barrier *b, uint64_t seq, int64_t timeout_ms)
+{
+    struct timespec deadline = barrier_deadline(timeout_ms);
+    kiln_status st = KILN_OK;
+    pthread_mutex_lock(&b->mu);
+    while (b->applied_seq < seq) {
+        if (pthread_cond_timedwait(&b->cond, &b->mu, &deadline) == ETIMEDOUT) {
+            if (b->applied_seq < seq) st = KILN_ETIMEOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+    return st;
+}
+
 kiln_status barrier_wait(barrier *b, int64_t timeout_ms)
 {
     jsStreamInfo *si = NULL;
@@ -105,17 +135,7 @@ kiln_status barrier_wait(barrier *b, int64_t timeout_ms)
     uint64_t target = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
 
-    int64_t left = timeout_ms - (kiln_mono_ms() - start);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    if (left > 0) {
-        deadline.tv_sec += left / 1000;
-        deadline.tv_nsec += (left % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec deadline = barrier_deadline(timeout_ms - (kiln_mono_ms() - start));
     kiln_status st = KILN_OK;
     pthread_mutex_lock(&b->mu);
     uint64_t epoch0 = b->fetch_epoch;

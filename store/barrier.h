@@ -33,4 +33,9 @@ uint64_t barrier_applied_seq(barrier *b);
  * most timeout_ms. KILN_OK when caught up, KILN_ETIMEOUT, or the NATS error. */
 kiln_status barrier_wait(barrier *b, int64_t timeout_ms);
 
+/* Request threads: waits (≤ timeout_ms) until the apply loop has written
+ * everything up to stream sequence seq - a message this process published
+ * itself (the store's cancel). KILN_OK or KILN_ETIMEOUT. */
+kiln_status barrier_wait_seq(barrier *b, uint64_t seq, int64_t timeout_ms);
+
 #endif

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "idem.h"
 #include "keys.h"
 #include "log.h"
 #include "pb.h"
@@ -12,10 +13,10 @@
 #define DB_MAX_OPEN_FILES 512
 
 static const char *const db_cf_names[DB_CF_COUNT] = {
-    "default", "jobs", "by_user", "by_user_state", "unviewed", "counters", "meta",
+    "default", "jobs", "by_user", "by_user_state", "unviewed", "counters", "meta", "idem",
 };
 
-kiln_status db_open(const char *path, db_store **out)
+kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out)
 {
     kiln_status st = KILN_OK;
     char *err = NULL;
@@ -26,6 +27,7 @@ kiln_status db_open(const char *path, db_store **out)
         return KILN_ERR;
     }
 
+    db->idem_ttl_ms = idem_ttl_ms;
     db->cache = rocksdb_cache_create_lru(DB_BLOCK_CACHE_BYTES);
     db->bbto = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(db->bbto, db->cache);
@@ -46,8 +48,18 @@ kiln_status db_open(const char *path, db_store **out)
     db->jobs_opts = rocksdb_options_create_copy(db->opts);
     rocksdb_options_set_block_based_table_factory(db->jobs_opts, db->jobs_bbto);
 
+    /* idem drops expired reservations whenever RocksDB compacts it. */
+    db->idem_filter = idem_compaction_filter_create(idem_ttl_ms);
+    if (db->idem_filter == NULL) {
+        st = KILN_ENOMEM;
+        goto out;
+    }
+    db->idem_opts = rocksdb_options_create_copy(db->opts);
+    rocksdb_options_set_compaction_filter(db->idem_opts, db->idem_filter);
+
     const rocksdb_options_t *cf_opts[DB_CF_COUNT];
-    for (int i = 0; i < DB_CF_COUNT; i++) cf_opts[i] = (i == DB_CF_JOBS) ? db->jobs_opts : db->opts;
+    for (int i = 0; i < DB_CF_COUNT; i++)
+        cf_opts[i] = i == DB_CF_JOBS ? db->jobs_opts : i == DB_CF_IDEM ? db->idem_opts : db->opts;
 
     db->db = rocksdb_open_column_families(db->opts, path, DB_CF_COUNT, db_cf_names, cf_opts,
                                           db->cf, &err);
@@ -78,6 +90,8 @@ void db_close(db_store *db)
     if (db->ro != NULL) rocksdb_readoptions_destroy(db->ro);
     if (db->wo != NULL) rocksdb_writeoptions_destroy(db->wo);
     if (db->jobs_opts != NULL) rocksdb_options_destroy(db->jobs_opts);
+    if (db->idem_opts != NULL) rocksdb_options_destroy(db->idem_opts);
+    if (db->idem_filter != NULL) rocksdb_compactionfilter_destroy(db->idem_filter);
     if (db->opts != NULL) rocksdb_options_destroy(db->opts);
     if (db->jobs_bbto != NULL) rocksdb_block_based_options_destroy(db->jobs_bbto);
     if (db->bbto != NULL) rocksdb_block_based_options_destroy(db->bbto);

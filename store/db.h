@@ -23,6 +23,7 @@ typedef enum {
     DB_CF_UNVIEWED,      /* keys_by_user -> "" (terminal and not viewed) */
     DB_CF_COUNTERS,      /* keys_counter -> be64 */
     DB_CF_META,          /* DB_META_APPLIED_SEQ -> be64 */
+    DB_CF_IDEM,          /* keys_idem -> idem value (idem.h) */
     DB_CF_COUNT
 } db_cf;
 
@@ -39,12 +40,16 @@ typedef struct {
     rocksdb_block_based_table_options_t *bbto;
     rocksdb_block_based_table_options_t *jobs_bbto;
     rocksdb_cache_t *cache;
+    rocksdb_options_t *idem_opts;
+    rocksdb_compactionfilter_t *idem_filter;
+    int64_t idem_ttl_ms; /* Idempotency-Key entries older than this are free */
     pthread_mutex_t write_mu;
 } db_store;
 
-/* Opens (creating if missing) the database at path. *out only on success;
- * the caller closes it with db_close(). */
-kiln_status db_open(const char *path, db_store **out);
+/* Opens (creating if missing) the database at path; idem_ttl_ms is how long
+ * Idempotency-Key entries are kept. *out only on success; the caller closes
+ * it with db_close(). */
+kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out);
 /* NULL-safe. Flushes nothing: the WAL already holds every write. */
 void db_close(db_store *db);
 

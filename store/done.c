@@ -1,4 +1,5 @@
-/* done.c - publishing jobs.done (JetStream) and kiln.cancelled.<id> (core NATS).
+/* done.c - publishing a written batch's announcements: jobs.done and
+ * kiln.events.* (JetStream) and kiln.cancelled.<id> (core NATS).
  *
  * jobs.done carries the JobStatus, headers Kiln-Job-Id, Kiln-Status (state
  * name) and Nats-Msg-Id "<id>.done" so a re-publish after a crash is dropped
@@ -23,8 +24,9 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
         const char *id = NULL;
         if (msg == NULL || natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK) id = "-";
         atomic_fetch_add(&done_failed, 1);
-        LOG_WARN("jobs.done publish failed job=%s status=%s err=\"%s\"", id,
-                 natsStatus_GetText(pae->Err), pae->ErrText != NULL ? pae->ErrText : "");
+        LOG_WARN("publish failed subject=%s job=%s status=%s err=\"%s\"",
+                 msg != NULL ? natsMsg_GetSubject(msg) : "-", id, natsStatus_GetText(pae->Err),
+                 pae->ErrText != NULL ? pae->ErrText : "");
     }
     natsMsg_Destroy(msg);
 }
@@ -50,9 +52,10 @@ static kiln_status done_msg(const apply_done *d, natsMsg **out)
     return KILN_OK;
 }
 
-kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, int64_t timeout_ms)
+kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
+                               int64_t timeout_ms)
 {
-    if (l->n == 0) return KILN_OK;
+    if (l->n == 0 && ev->n == 0) return KILN_OK;
     uint64_t failed0 = done_failures();
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
@@ -66,31 +69,17 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, int64_t time
             return kiln_nats_status(s);
         }
     }
+    kiln_status est = events_publish_async(js, ev);
+    if (est != KILN_OK) return est;
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms;
     natsStatus s = js_PublishAsyncComplete(js, &po);
     if (s != NATS_OK) {
-        LOG_WARN("jobs.done acks incomplete status=%s", natsStatus_GetText(s));
+        LOG_WARN("jobs.done/event acks incomplete status=%s", natsStatus_GetText(s));
         return kiln_nats_status(s);
     }
     if (done_failures() != failed0) return KILN_ENATS;
-    return KILN_OK;
-}
-
-kiln_status done_publish_one(jsCtx *js, const apply_done *d)
-{
-    natsMsg *m = NULL;
-    jsErrCode jerr = 0;
-    kiln_status st = done_msg(d, &m);
-    if (st != KILN_OK) return st;
-    natsStatus s = js_PublishMsg(NULL, js, m, NULL, &jerr);
-    natsMsg_Destroy(m);
-    if (s != NATS_OK) {
-        LOG_WARN("jobs.done publish failed job=%s status=%s jerr=%d", d->id,
-                 natsStatus_GetText(s), (int)jerr);
-        return kiln_nats_status(s);
-    }
     return KILN_OK;
 }
 

@@ -1,12 +1,14 @@
 /* ingest.c - the apply thread: pull a batch from KILN_JOBS (durable
- * kiln-store), apply it in one RocksDB write, publish jobs.done for every
- * terminal state written, wait for those acks, then ack the batch.
+ * kiln-store), apply it in one RocksDB write, broadcast kiln.cancelled.<id>
+ * for jobs it cancelled, publish jobs.done for every terminal state and an
+ * event for every change written, wait for those acks, then ack the batch.
  *
- * Only this thread touches sub, wb and done. Order per batch matters:
+ * Only this thread touches sub, wb and sink. Order per batch matters:
  * write before jobs.done (a subscriber that queries sees the terminal
- * state), jobs.done acked before the batch is acked (a crash in between
- * redelivers the batch, and re-applying an identical terminal transition
- * re-publishes jobs.done, de-duplicated by Nats-Msg-Id). */
+ * state), jobs.done and events acked before the batch is acked (a crash in
+ * between redelivers the batch; re-applying an identical terminal
+ * transition re-publishes jobs.done, and a redelivered message re-announces
+ * the change it finds written, de-duplicated by Nats-Msg-Id). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include "apply.h"
 #include "clock.h"
 #include "done.h"
+#include "idem.h"
 #include "ingest.h"
 #include "keys.h"
 #include "log.h"
@@ -27,18 +30,22 @@
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
+#define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
 
 struct ingest {
     db_store *db;
+    natsConnection *nc;
     jsCtx *js;
     barrier *b;
     natsSubscription *sub;
     rocksdb_writebatch_wi_t *wb;
-    apply_done_list done;
+    apply_sink sink;
+    int64_t next_sweep_ms; /* monotonic */
     pthread_t thread;
     int thread_started;
     atomic_bool stop;
-    kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_invalid, *m_retries, *m_seq;
+    kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_events, *m_invalid, *m_retries,
+        *m_seq;
 };
 
 static void ingest_sleep_ms(int64_t ms)
@@ -65,14 +72,16 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
     const void *data = natsMsg_GetData(msg);
     int len = natsMsg_GetDataLength(msg);
 
+    ing->sink.replay = 0;
     if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
         *seq = meta->Sequence.Stream;
         if (meta->Timestamp > 0) ts_ms = meta->Timestamp / 1000000;
+        ing->sink.replay = meta->NumDelivered > 1;
         jsMsgMetaData_Destroy(meta);
     }
     if (data == NULL) data = "";
     if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
-        st = apply_transition(ing->db, ing->wb, data, (size_t)len, &ing->done, &changed);
+        st = apply_transition(ing->db, ing->wb, data, (size_t)len, &ing->sink, &changed);
         if (st == KILN_EINVAL) {
             LOG_WARN("transition undecodable, skipped seq=%llu bytes=%d",
                      (unsigned long long)*seq, len);
@@ -80,7 +89,8 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
             st = KILN_OK;
         }
     } else if (ingest_is_lane(subj)) {
-        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, &changed);
+        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, *seq, &ing->sink,
+                               &changed);
         if (st == KILN_EINVAL) {
             /* The consumer dead-letters it; the store only skips it. */
             LOG_DEBUG("job request invalid, skipped seq=%llu", (unsigned long long)*seq);
@@ -111,7 +121,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     uint64_t max_seq = 0;
     int64_t t0 = kiln_mono_us();
 
-    apply_done_reset(&ing->done);
+    apply_sink_reset(&ing->sink);
     rocksdb_writebatch_wi_clear(ing->wb);
     db_lock(ing->db);
     for (int i = 0; i < list->Count && st == KILN_OK; i++) {
@@ -140,11 +150,23 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     barrier_applied(ing->b, max_seq);
     kiln_metric_set(ing->m_seq, (int64_t)max_seq);
 
-    st = done_publish_batch(ing->js, &ing->done, INGEST_DONE_ACK_MS);
+    /* A consumer running a job cancelled here aborts it (best effort: the
+     * consumer's batch check and the terminal record stop it anyway). */
+    for (size_t i = 0; i < ing->sink.done.n; i++) {
+        const apply_done *d = &ing->sink.done.items[i];
+        if (d->state == KILN__V1__JOB_STATE__JOB_STATE_CANCELLED) {
+            (void)done_broadcast_cancelled(ing->nc, d->id);
+            LOG_INFO("job cancelled job=%s", d->id);
+        }
+    }
+
+    st = done_publish_batch(ing->js, &ing->sink.done, &ing->sink.events, INGEST_DONE_ACK_MS);
     if (st != KILN_OK) {
-        /* The states are written; redelivery re-publishes their jobs.done. */
-        LOG_WARN("jobs.done not confirmed, batch will be redelivered msgs=%d done=%zu",
-                 list->Count, ing->done.n);
+        /* The states are written; redelivery re-publishes their jobs.done
+         * and events. */
+        LOG_WARN("jobs.done/events not confirmed, batch will be redelivered msgs=%d done=%zu "
+                 "events=%zu",
+                 list->Count, ing->sink.done.n, ing->sink.events.n);
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
         return;
@@ -152,9 +174,11 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     ingest_settle(list, 1);
     kiln_metric_add(ing->m_batches, 1);
     kiln_metric_add(ing->m_msgs, list->Count);
-    kiln_metric_add(ing->m_done, (int64_t)ing->done.n);
-    LOG_DEBUG("batch applied msgs=%d done=%zu seq=%llu us=%lld", list->Count, ing->done.n,
-              (unsigned long long)max_seq, (long long)(kiln_mono_us() - t0));
+    kiln_metric_add(ing->m_done, (int64_t)ing->sink.done.n);
+    kiln_metric_add(ing->m_events, (int64_t)ing->sink.events.n);
+    LOG_DEBUG("batch applied msgs=%d done=%zu events=%zu seq=%llu us=%lld", list->Count,
+              ing->sink.done.n, ing->sink.events.n, (unsigned long long)max_seq,
+              (long long)(kiln_mono_us() - t0));
 }
 
 /* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
@@ -178,6 +202,13 @@ static void *ingest_main(void *arg)
     int64_t last_err_log = 0;
     while (!atomic_load(&ing->stop)) {
         natsMsgList list = {0};
+        if (kiln_mono_ms() >= ing->next_sweep_ms) {
+            /* Expired Idempotency-Keys: the idem CF's compaction filter
+             * drops them when RocksDB rewrites the files. */
+            idem_suggest_sweep(ing->db);
+            int64_t every = ing->db->idem_ttl_ms / 8;
+            ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
+        }
         uint64_t epoch = barrier_fetch_begin(ing->b);
         natsStatus s = ingest_fetch(ing, &list);
         if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
@@ -209,11 +240,11 @@ static void ingest_free(ingest *ing)
         natsSubscription_Destroy(ing->sub);
     }
     if (ing->wb != NULL) rocksdb_writebatch_wi_destroy(ing->wb);
-    apply_done_free(&ing->done);
+    apply_sink_free(&ing->sink);
     free(ing);
 }
 
-kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
+kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b, ingest **out)
 {
     kiln_status st = KILN_OK;
     jsSubOptions so;
@@ -221,7 +252,9 @@ kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
     ingest *ing = calloc(1, sizeof *ing);
     if (ing == NULL) return KILN_ENOMEM;
     ing->db = db;
+    ing->nc = nc;
     ing->js = js;
+    ing->next_sweep_ms = kiln_mono_ms() + INGEST_IDEM_SWEEP_MIN_MS;
     ing->b = b;
     atomic_init(&ing->stop, false);
     ing->m_batches = kiln_metric_counter("kiln_store_batches_total", "Fetched batches applied and acked");
@@ -229,6 +262,8 @@ kiln_status ingest_start(db_store *db, jsCtx *js, barrier *b, ingest **out)
     ing->m_changes = kiln_metric_counter("kiln_store_transitions_applied_total",
                                          "Job requests and transitions that changed a record");
     ing->m_done = kiln_metric_counter("kiln_store_done_published_total", "jobs.done events published by the apply loop");
+    ing->m_events = kiln_metric_counter("kiln_store_events_published_total",
+                                        "Record changes published on kiln.events.*");
     ing->m_invalid = kiln_metric_counter("kiln_store_invalid_messages_total", "Undecodable or invalid messages skipped");
     ing->m_retries = kiln_metric_counter("kiln_store_batch_retries_total", "Batches nak'd for redelivery");
     ing->m_seq = kiln_metric_gauge("kiln_store_applied_seq", "Highest KILN_JOBS sequence applied");

@@ -75,6 +75,15 @@ size_t keys_counter(uint8_t *buf, const char *user, keys_counter_kind kind)
     return n;
 }
 
+size_t keys_idem(uint8_t *buf, const char *user, const char *key)
+{
+    size_t n = keys_user_prefix(buf, user);
+    size_t kl = strlen(key);
+    if (n == 0 || kl == 0 || kl > KILN_IDEM_KEY_MAX_LEN || n + kl > KEYS_IDEM_MAX) return 0;
+    memcpy(buf + n, key, kl);
+    return n + kl;
+}
+
 kiln_status keys_index_id(const uint8_t *key, size_t klen, size_t prefix_len, char *id,
                           size_t idlen)
 {

@@ -11,6 +11,8 @@
 /* [u8 len][user ≤128][u8 state][be64][id ≤64] plus slack. */
 #define KEYS_MAX 256
 #define KEYS_CURSOR_MAX_HEX (2 * KEYS_MAX)
+/* idem: [u8 len][user ≤128][key ≤128]. */
+#define KEYS_IDEM_MAX (1 + 128 + 128)
 
 typedef enum { KEYS_COUNTER_ACTIVE = 1, KEYS_COUNTER_UNVIEWED = 2 } keys_counter_kind;
 
@@ -27,6 +29,9 @@ size_t keys_by_user_state(uint8_t *buf, const char *user, Kiln__V1__JobState sta
                           int64_t created_at_ms, const char *id);
 /* counters: [u8 len][user][u8 kind]. */
 size_t keys_counter(uint8_t *buf, const char *user, keys_counter_kind kind);
+
+/* idem: [u8 len][user][idempotency key] (buf: KEYS_IDEM_MAX bytes). */
+size_t keys_idem(uint8_t *buf, const char *user, const char *key);
 
 /* Extracts the job id from an index key whose prefix is prefix_len bytes long.
  * id must hold KILN_ID_MAX_LEN + 1 bytes. KILN_EINVAL on a malformed key. */

@@ -96,7 +96,8 @@ Test(ratelimit, nats_down_is_503_not_a_hang)
     cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "before the outage vole", id), 202);
-    cr_assert_eq(h_proc_term(&s, H_NATS), 0, "nats-server did not stop");
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM */
+    cr_assert(!h_proc_alive(&s, H_NATS), "nats-server did not stop");
 
     int64_t t0 = h_now_ms();
     rl_down_probe p = {&s, 0, 0, "", ""};
