@@ -315,7 +315,7 @@ if phase flow; then
     r2=$(ratio "$(fig kiln-W2/W2.rate)" "$(fig limit-W2/W2.rate)")
     w2ok() { cmp "$r2" '>=' 0.5 && cmp "$(fig kiln-W2/W2.jobs)" '==' "$JOBS"; }
     RSS_OVERRIDE="store:$W2_STORE,consumer:$W2_CONS" \
-        line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
+        line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) stages_ms_p50/p99=$(fig 'kiln-W2/W2.stages_ms_p50/p99') (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
     echo "$CPU_W2"
 
     # Backlog: JOBS jobs waiting, then a fresh consumer at concurrency 256.
@@ -338,7 +338,7 @@ if phase flow; then
     run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; DIRTY=1; }
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
-    line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) (open loop; rss = bench client)"
+    line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) stages_ms_p50/p99=$(fig 'kiln-W3/W3.stages_ms_p50/p99') (open loop; stages: queue = submit to started, run = started to completed, done = completed to jobs.done received; rss = bench client)"
 fi
 
 if phase w4; then

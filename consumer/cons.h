@@ -164,8 +164,9 @@ bool cons_job_is_duplicate_copy(const cons_job *j, const cons_store_info *si);
 /* ---- slots.c: bounded in-flight accounting ---- */
 kiln_status cons_slots_init(int64_t n);
 void cons_slots_destroy(void);
-/* Waits up to timeout_ms for at least one free slot; returns the free count (0 on timeout). */
-int64_t cons_slots_wait_free(int64_t timeout_ms);
+/* Waits up to timeout_ms until at least want slots are free; returns the free
+ * count then (fewer than want, possibly 0, on timeout). */
+int64_t cons_slots_wait_free(int64_t want, int64_t timeout_ms);
 void cons_slots_take(int64_t n);
 void cons_slots_release(int64_t n);
 int64_t cons_slots_used(void);

@@ -25,6 +25,19 @@
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
+/* An empty poll costs up to FETCH_POLL_EXPIRES_MS of server-side waiting, so
+ * a lane found empty is left alone for a while instead of being polled every
+ * round. High and low have a publish hint (a core subscription to their
+ * subject) that ends the pause at once; normal, the bulk lane, has none (its
+ * copies would double the traffic) and is caught by the idle long poll. The
+ * pause still bounds how late a redelivery or an expired nak delay is seen. */
+#define FETCH_EMPTY_SKIP_MS 100    /* high, low: pause after an empty poll (hinted) */
+#define FETCH_EMPTY_SKIP_NORMAL_MS 20
+/* Gather: when only a few slots are free, wait this long for more, so a
+ * round (fetch + store check) carries a useful batch. */
+#define FETCH_GATHER_MS 5
+#define FETCH_GATHER_DIV 8         /* gather target: concurrency / 8, capped */
+#define FETCH_GATHER_MAX 64
 
 enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
 
@@ -32,13 +45,17 @@ typedef struct {
     const char *name;
     const char *subject;
     const char *durable;
+    bool hinted;                /* has a publish-hint subscription */
     natsSubscription *sub;
+    natsSubscription *hint_sub;
+    atomic_bool hint;           /* set by the hint subscription (libnats thread) */
+    int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
-    {"high", KILN_SUBJ_GENERATE_HIGH, KILN_DURABLE_HIGH, NULL},
-    {"normal", KILN_SUBJ_GENERATE, KILN_DURABLE_NORMAL, NULL},
-    {"low", KILN_SUBJ_GENERATE_LOW, KILN_DURABLE_LOW, NULL},
+    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH, .hinted = true},
+    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL},
+    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW, .hinted = true},
 };
 
 static int64_t fetch_poll_ms = FETCH_POLL_EXPIRES_MS;
@@ -76,8 +93,11 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
     rq.ids = ids;
     rq.sync = sync;
     if (kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len) != KILN_OK) goto out;
+    int64_t t0 = kiln_mono_ms();
     natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
                                           FETCH_CHECK_TIMEOUT_MS);
+    LOG_DEBUG("store check jobs=%zu sync=%d status=%s ms=%lld", nids, (int)sync,
+              natsStatus_GetText(s), (long long)(kiln_mono_ms() - t0));
     if (s != NATS_OK) {
         LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", nids,
                  natsStatus_GetText(s));
@@ -168,6 +188,19 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
     return count;
 }
 
+/* Polls one lane unless it was found empty lately and has no hint since. */
+static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
+{
+    if (now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
+    /* Clear before polling: a publish during the poll sets it again. */
+    atomic_store(&lane->hint, false);
+    int got = fetch_lane_once(lane, (int)want, fetch_poll_ms);
+    if (got == 0)
+        lane->skip_until = now + (lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS);
+    else lane->skip_until = 0;
+    return got;
+}
+
 static void *fetch_main(void *arg)
 {
     (void)arg;
@@ -176,6 +209,9 @@ static void *fetch_main(void *arg)
         {LANE_NORMAL, LANE_HIGH, LANE_LOW},
         {LANE_LOW, LANE_HIGH, LANE_NORMAL},
     };
+    int64_t gather = cons_g.set->concurrency / FETCH_GATHER_DIV;
+    if (gather > FETCH_GATHER_MAX) gather = FETCH_GATHER_MAX;
+    if (gather < 1) gather = 1;
     uint64_t round = 0;
     while (!atomic_load(&cons_g.stopping)) {
         if (cons_memwatch_paused()) {
@@ -183,25 +219,40 @@ static void *fetch_main(void *arg)
             fetch_sleep_ms(FETCH_MEM_PAUSE_MS);
             continue;
         }
-        int64_t free_n = cons_slots_wait_free(FETCH_SLOT_WAIT_MS);
+        int64_t free_n = cons_slots_wait_free(1, FETCH_SLOT_WAIT_MS);
         if (free_n <= 0) continue;
+        /* Busy: let a few more slots free up so the round carries a batch. */
+        if (free_n < gather) free_n = cons_slots_wait_free(gather, FETCH_GATHER_MS);
         if (free_n > CONS_FETCH_MAX) free_n = CONS_FETCH_MAX;
         /* Round-robin fairness: mostly high first, sometimes normal or low first. */
         unsigned r = (unsigned)(round++ % FETCH_ROTATION);
         const int *order = orders[r == 3 ? 1 : r == 7 ? 2 : 0];
-        int64_t got = 0;
+        int64_t got = 0, now = kiln_mono_ms();
         for (int k = 0; k < LANE_COUNT && got < free_n; k++) {
             if (atomic_load(&cons_g.stopping)) break;
-            got += fetch_lane_once(&fetch_lanes[order[k]], (int)(free_n - got), fetch_poll_ms);
+            got += fetch_lane_maybe(&fetch_lanes[order[k]], free_n - got, now);
         }
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
-            /* All lanes empty: long poll the normal lane (returns on the first arrival). */
-            fetch_lane_once(&fetch_lanes[LANE_NORMAL], (int)free_n,
-                            fetch_poll_ms > FETCH_IDLE_WAIT_MS ? fetch_poll_ms : FETCH_IDLE_WAIT_MS);
+            /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
+            fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
+            if (fetch_lane_once(nl, (int)free_n,
+                                fetch_poll_ms > FETCH_IDLE_WAIT_MS ? fetch_poll_ms
+                                                                   : FETCH_IDLE_WAIT_MS) > 0)
+                nl->skip_until = 0;
         }
     }
     LOG_INFO("fetching stopped");
     return NULL;
+}
+
+/* Runs on a libnats thread for every publish on a hinted lane's subject. */
+static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    fetch_lane *lane = closure;
+    atomic_store(&lane->hint, true);
+    natsMsg_Destroy(msg);
 }
 
 kiln_status cons_fetcher_start(void)
@@ -219,6 +270,17 @@ kiln_status cons_fetcher_start(void)
                       fetch_lanes[i].durable, natsStatus_GetText(s), (int)jerr,
                       nats_GetLastError(NULL));
             fetch_lanes[i].sub = NULL;
+            return kiln_nats_status(s);
+        }
+        atomic_init(&fetch_lanes[i].hint, false);
+        fetch_lanes[i].skip_until = 0;
+        if (!fetch_lanes[i].hinted) continue;
+        s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc, fetch_lanes[i].subject,
+                                     fetch_on_hint, &fetch_lanes[i]);
+        if (s != NATS_OK) {
+            LOG_ERROR("hint subscribe failed subject=%s status=%s", fetch_lanes[i].subject,
+                      natsStatus_GetText(s));
+            fetch_lanes[i].hint_sub = NULL;
             return kiln_nats_status(s);
         }
     }
@@ -244,6 +306,11 @@ void cons_fetcher_stop(void)
         fetch_started = false;
     }
     for (int i = 0; i < LANE_COUNT; i++) {
+        if (fetch_lanes[i].hint_sub != NULL) {
+            natsSubscription_Unsubscribe(fetch_lanes[i].hint_sub);
+            natsSubscription_Destroy(fetch_lanes[i].hint_sub);
+            fetch_lanes[i].hint_sub = NULL;
+        }
         /* Destroy without Unsubscribe: the durables outlive this process. */
         natsSubscription_Destroy(fetch_lanes[i].sub);
         fetch_lanes[i].sub = NULL;

@@ -45,13 +45,15 @@ static void slots_deadline(int64_t timeout_ms, struct timespec *ts)
     }
 }
 
-int64_t cons_slots_wait_free(int64_t timeout_ms)
+int64_t cons_slots_wait_free(int64_t want, int64_t timeout_ms)
 {
     struct timespec ts;
     int64_t free_n = 0;
+    if (want < 1) want = 1;
+    if (want > slots_total) want = slots_total;
     slots_deadline(timeout_ms, &ts);
     pthread_mutex_lock(&slots_mu);
-    while (slots_used >= slots_total) {
+    while (slots_total - slots_used < want) {
         if (pthread_cond_timedwait(&slots_cv, &slots_mu, &ts) == ETIMEDOUT) break;
     }
     free_n = slots_total - slots_used;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -166,6 +167,11 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
     ssize_t n;
     pthread_mutex_lock(&c->mu);
     if (c->failed) {
+        /* With MHD_USE_TURBO MHD closes the socket only on its thread's next
+         * wake-up; the FIN tells the client now (it resumes with Last-Event-ID). */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci != NULL) shutdown(ci->connect_fd, SHUT_WR);
         n = MHD_CONTENT_READER_END_WITH_ERROR;
     } else if (c->len > c->off) {
         size_t k = c->len - c->off;

@@ -34,6 +34,7 @@
 
 #define SUBMIT_POLL_AFTER_MS 3000
 #define SUBMIT_HASH_LEN 32
+#define SUBMIT_KIND_REPLAY 100 /* r->rpc_kind: an Idempotency-Key replay, answered 200 */
 
 /* A submit with Idempotency-Key waits for the store first: the packed job
  * is kept here (r->op) until the key is known to be new. */
@@ -71,7 +72,8 @@ static void submit_answer_unavailable(gw_req *r, const char *why)
 /* 202 with the body prepared before publishing. */
 static void submit_answer_accepted(gw_req *r)
 {
-    gw_answer_raw(&r->ans, 202, r->ans.ctype, r->pending_body, r->pending_len);
+    gw_answer_raw(&r->ans, r->rpc_kind == SUBMIT_KIND_REPLAY ? 200 : 202, r->ans.ctype,
+                  r->pending_body, r->pending_len);
     r->pending_body = NULL;
     gw_answer_header(&r->ans, "Location", "/v1/jobs/%s", r->job_id);
     gw_health_submit_latency((double)(kiln_mono_us() - r->start_us) / 1000.0);
@@ -236,28 +238,53 @@ static void submit_publish_op(gw_req *r)
     }
 }
 
-/* The job the key already named: 200 with it. */
-static void submit_idem_get_done(gw_req *r, kiln_status st, natsMsg *reply)
+/* The key names a job the store has no record of yet (the first publish
+ * failed or is still in flight): publish the same request again under that
+ * id (Nats-Msg-Id dedup makes a concurrent copy harmless) and answer 200
+ * with the pending job once JetStream confirmed it. */
+static void submit_replay(gw_req *r, const char *idem_id)
 {
-    Kiln__V1__StoreReply *rep = st == KILN_OK ? gw_rpc_store_reply(reply) : NULL;
-    json_t *j = NULL;
-    if (rep != NULL && (rep->error_code == NULL || rep->error_code[0] == '\0') &&
-        rep->n_jobs >= 1 && rep->jobs[0] != NULL && (j = gw_jobjson_job(rep->jobs[0])) != NULL) {
-        gw_answer_json(&r->ans, 200, j);
-        gw_answer_header(&r->ans, "Location", "/v1/jobs/%s", r->job_id);
-    } else if (rep != NULL && rep->error_code != NULL && strcmp(rep->error_code, "not_found") == 0) {
-        /* The first request with this key is not durable (yet): let the client retry. */
-        submit_answer_unavailable(r, "the request with this Idempotency-Key is still in progress; retry");
-    } else {
-        submit_answer_unavailable(r, "the status store is unavailable; retry");
+    submit_op *op = r->op;
+    Kiln__V1__JobRequest *req = NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    kiln_status st = KILN_ENOMEM;
+    req = kiln__v1__job_request__unpack(NULL, op->len, op->buf);
+    if (req == NULL) goto out;
+    snprintf(r->job_id, sizeof r->job_id, "%s", idem_id);
+    int64_t created = kiln_uuid7_time_ms(idem_id);
+    r->created_at_ms = created > 0 ? created : req->created_at_ms;
+    char *old_id = req->id;
+    req->id = r->job_id;
+    req->created_at_ms = r->created_at_ms;
+    st = kiln_pb_pack((const ProtobufCMessage *)req, &buf, &len);
+    req->id = old_id; /* free_unpacked frees the unpacked string */
+    if (st != KILN_OK) goto out;
+    free(r->pending_body);
+    r->pending_body = NULL;
+    if ((st = submit_prepare_body(r)) != KILN_OK) goto out;
+    free(op->buf);
+    op->buf = buf;
+    op->len = len;
+    buf = NULL;
+    r->rpc_kind = SUBMIT_KIND_REPLAY;
+    LOG_INFO("submit idempotent replay job=%s user=%s", r->job_id, r->user);
+    submit_publish_op(r);
+out:
+    if (req != NULL) kiln__v1__job_request__free_unpacked(req, NULL);
+    free(buf);
+    if (st != KILN_OK) {
+        submit_op_free(r);
+        submit_answer_unavailable(r, "out of memory");
+        gw_server_resume(r);
     }
-    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
-    gw_server_resume(r);
 }
 
+/* The store's answer to kiln.store.idem (libnats or timer thread). */
 static void submit_idem_done(gw_req *r, kiln_status st, natsMsg *reply)
 {
     Kiln__V1__StoreReply *rep = st == KILN_OK ? gw_rpc_store_reply(reply) : NULL;
+    json_t *j = NULL;
     if (rep == NULL) {
         submit_op_free(r);
         submit_answer_unavailable(r, "the status store is unavailable; retry");
@@ -274,22 +301,30 @@ static void submit_idem_done(gw_req *r, kiln_status st, natsMsg *reply)
         gw_server_resume(r);
         goto out;
     }
-    if (rep->idem_new || rep->idem_id == NULL || strcmp(rep->idem_id, r->job_id) == 0) {
+    if (rep->idem_new) {
         submit_publish_op(r);
         goto out;
     }
-    /* Seen before with the same body: answer with the original job. */
+    if (rep->idem_id == NULL || !kiln_jobreq_id_ok(rep->idem_id)) {
+        submit_op_free(r);
+        submit_answer_unavailable(r, "the status store gave no job for this Idempotency-Key; retry");
+        gw_server_resume(r);
+        goto out;
+    }
+    if (rep->n_jobs < 1 || rep->jobs[0] == NULL) {
+        submit_replay(r, rep->idem_id);
+        goto out;
+    }
+    /* Seen before with the same body: 200 with the original job. */
     submit_op_free(r);
     snprintf(r->job_id, sizeof r->job_id, "%s", rep->idem_id);
-    Kiln__V1__StoreRequest q = KILN__V1__STORE_REQUEST__INIT;
-    q.user_id = r->user;
-    q.id = r->job_id;
-    q.sync = 1;
-    if (gw_rpc_store(KILN_SUBJ_STORE_GET, &q, submit_store_timeout_ms, submit_idem_get_done, r) !=
-        KILN_OK) {
-        submit_answer_unavailable(r, "the status store is unavailable; retry");
-        gw_server_resume(r);
+    if ((j = gw_jobjson_job(rep->jobs[0])) == NULL) {
+        submit_answer_unavailable(r, "out of memory");
+    } else {
+        gw_answer_json(&r->ans, 200, j);
+        gw_answer_header(&r->ans, "Location", "/v1/jobs/%s", r->job_id);
     }
+    gw_server_resume(r);
 out:
     if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
 }

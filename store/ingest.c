@@ -1,7 +1,8 @@
 /* ingest.c - the apply thread: pull a batch from KILN_JOBS (durable
- * kiln-store), apply it in one RocksDB write, broadcast kiln.cancelled.<id>
- * for jobs it cancelled, publish jobs.done for every terminal state and an
- * event for every change written, wait for those acks, then ack the batch.
+ * kiln-store), apply it in one RocksDB write, publish jobs.done for every
+ * terminal state and an event for every change written, wait for those
+ * acks, broadcast kiln.cancelled.<id> for jobs it cancelled, then ack the
+ * batch.
  *
  * Only this thread touches sub, wb and sink. Order per batch matters:
  * write before jobs.done (a subscriber that queries sees the terminal
@@ -150,8 +151,11 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     barrier_applied(ing->b, max_seq);
     kiln_metric_set(ing->m_seq, (int64_t)max_seq);
 
-    /* A consumer running a job cancelled here aborts it (best effort: the
-     * consumer's batch check and the terminal record stop it anyway). */
+    st = done_publish_batch(ing->js, &ing->sink.done, &ing->sink.events, INGEST_DONE_ACK_MS);
+    /* Then a consumer running a job cancelled here aborts it. Sent whatever
+     * jobs.done did: the cancel is written, and waiting for a redelivery
+     * would hold the provider call up. Best effort: the consumer's batch
+     * check and the terminal record stop the job anyway. */
     for (size_t i = 0; i < ing->sink.done.n; i++) {
         const apply_done *d = &ing->sink.done.items[i];
         if (d->state == KILN__V1__JOB_STATE__JOB_STATE_CANCELLED) {
@@ -159,8 +163,6 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
             LOG_INFO("job cancelled job=%s", d->id);
         }
     }
-
-    st = done_publish_batch(ing->js, &ing->sink.done, &ing->sink.events, INGEST_DONE_ACK_MS);
     if (st != KILN_OK) {
         /* The states are written; redelivery re-publishes their jobs.done
          * and events. */

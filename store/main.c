@@ -19,7 +19,7 @@
 #include "queries.h"
 
 #define STORE_CONNECT_TIMEOUT_MS 30000
-#define STORE_DONE_MAX_PENDING 4096 /* jobs.done publishes awaiting their ack */
+#define STORE_DONE_MAX_PENDING 4096 /* jobs.done and event publishes awaiting their ack */
 
 typedef struct {
     char *nats_url;
@@ -27,6 +27,7 @@ typedef struct {
     char *log_level;
     char *metrics_addr;
     int64_t ack_wait_ms;
+    int64_t idem_ttl_ms;
 } store_settings;
 
 /* mkdir -p for the data directory. */
@@ -58,6 +59,9 @@ int main(int argc, char **argv)
          "host:port for GET /metrics; empty = off", &cfg.metrics_addr},
         {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
          "AckWait of the worker durables (provisioned by every binary)", &cfg.ack_wait_ms},
+        {"KILN_IDEM_TTL", "idem-ttl", KILN_SET_DURATION, "48h", 24LL * 3600 * 1000,
+         30LL * 24 * 3600 * 1000, "how long Idempotency-Keys are honoured (at least 24h)",
+         &cfg.idem_ttl_ms},
     };
     char err[512] = "";
     char path[PATH_MAX];
@@ -102,7 +106,7 @@ int main(int argc, char **argv)
         LOG_ERROR("cannot create data dir path=%s err=\"%s\"", cfg.data_dir, strerror(errno));
         goto out;
     }
-    if (db_open(path, &db) != KILN_OK) goto out;
+    if (db_open(path, cfg.idem_ttl_ms, &db) != KILN_OK) goto out;
 
     uint64_t applied = 0;
     if (db_get_u64(db, NULL, DB_CF_META, DB_META_APPLIED_SEQ, strlen(DB_META_APPLIED_SEQ),
@@ -123,7 +127,7 @@ int main(int argc, char **argv)
 
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
-    if (ingest_start(db, js, b, &ing) != KILN_OK) goto out;
+    if (ingest_start(db, nc, js, b, &ing) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
         LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
         goto out;

@@ -1,6 +1,11 @@
 /* queries.c - the store's request/reply handlers: kiln.store.* (StoreRequest
  * -> StoreReply) and the public jobs.status / jobs.cancel.
  *
+ * Job states are written by the apply loop only: a cancel is published as
+ * a transition on kiln.tx and answered once the apply loop has written it.
+ * Request threads write only what no transition carries (the viewed flag,
+ * Idempotency-Key reservations), under db_lock().
+ *
  * Every read is a point lookup (or an O(limit) index scan for list), so
  * latency does not grow with the store. A miss on get/viewed/cancel/status
  * first waits on the barrier (≤ 2 s) and looks again, so a job is never
@@ -10,8 +15,10 @@
 #include <string.h>
 
 #include "apply.h"
+#include "cancel.h"
 #include "clock.h"
-#include "done.h"
+#include "events.h"
+#include "idem.h"
 #include "jobreq.h"
 #include "list.h"
 #include "log.h"
@@ -24,7 +31,8 @@
 #define QUERIES_CHECK_MAX_IDS 1024
 #define QUERIES_MAX_SUBS 32
 #define QUERIES_DRAIN_MS 5000
-#define QUERIES_DONE_TRIES 3
+#define QUERIES_EVENT_TRIES 3
+#define QUERIES_CANCEL_WAIT_MS 2000 /* for the apply loop to write a cancel */
 
 typedef struct queries_binding queries_binding;
 typedef void (*queries_fn)(queries *q, natsMsg *msg);
@@ -42,7 +50,7 @@ struct queries {
     natsSubscription *subs[QUERIES_MAX_SUBS];
     int nsubs;
     queries_binding bind[16];
-    kiln_metric *m_latency, *m_requests, *m_cancelled;
+    kiln_metric *m_latency, *m_requests, *m_cancelled, *m_idem_new;
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -240,6 +248,7 @@ static void queries_check(queries *q, natsMsg *msg)
         sts[n].id = req->ids[i];
         sts[n].state = rec->status->state;
         sts[n].attempts = rec->status->attempts;
+        recs[n].request_seq = rec->request_seq;
         recs[n].request = &reqs[n];
         recs[n].status = &sts[n];
         ptrs[n] = &recs[n];
@@ -264,87 +273,167 @@ static void queries_ping(queries *q, natsMsg *msg)
     queries_reply(q, msg, &r);
 }
 
-/* ---- writes: viewed, cancel --------------------------------------------- */
+/* ---- writes: viewed, idem, cancel ---------------------------------------- */
 
 static void queries_viewed(queries *q, natsMsg *msg)
 {
     Kiln__V1__StoreRequest *req = queries_parse(msg);
     Kiln__V1__JobRecord *rec = NULL;
     rocksdb_writebatch_wi_t *wb = NULL;
+    events_list ev = {0};
     kiln_status st = KILN_OK;
     if (req == NULL || req->user_id[0] == '\0') {
         queries_reply_error(q, msg, "invalid_argument", req == NULL ? "undecodable StoreRequest" : "user_id");
         goto out;
     }
     wb = rocksdb_writebatch_wi_create(0, 1);
+    if (wb == NULL) {
+        queries_reply_error(q, msg, "unavailable", "out of memory");
+        goto out;
+    }
     for (int pass = 0; pass < 2; pass++) {
         rocksdb_writebatch_wi_clear(wb);
+        events_reset(&ev);
         db_lock(q->db);
-        st = apply_viewed(q->db, wb, req->id, req->user_id);
+        st = apply_viewed(q->db, wb, req->id, req->user_id, &ev);
         if (st == KILN_OK) st = db_write(q->db, wb);
         db_unlock(q->db);
         if (st != KILN_ENOTFOUND || pass == 1 || !kiln_jobreq_id_ok(req->id)) break;
         (void)barrier_wait(q->b, BARRIER_MAX_WAIT_MS);
     }
+    /* Written: the event is best effort from here (a failure is logged). */
+    if (st == KILN_OK) (void)events_publish_sync(q->js, &ev, QUERIES_EVENT_TRIES);
     if (st == KILN_OK) st = db_load_record(q->db, NULL, NULL, req->id, &rec);
     if (st == KILN_OK) queries_reply_record(q, msg, rec, NULL);
     else queries_reply_status(q, msg, st);
+out:
+    events_free(&ev);
+    if (wb != NULL) rocksdb_writebatch_wi_destroy(wb);
+    if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+    if (req != NULL) kiln__v1__store_request__free_unpacked(req, NULL);
+}
+
+/* kiln.store.idem: reserve (user, idempotency_key) for new_id, or say
+ * which job it names. Reply: idem_id, idem_new, jobs[0] = the record of
+ * idem_id when the store has it; a known key with another body hash is
+ * error_code idempotency_conflict (with idem_id). */
+static void queries_idem(queries *q, natsMsg *msg)
+{
+    Kiln__V1__StoreRequest *req = queries_parse(msg);
+    Kiln__V1__JobRecord *rec = NULL;
+    rocksdb_writebatch_wi_t *wb = NULL;
+    idem_result res;
+    const char *bad = NULL;
+    if (req == NULL) bad = "undecodable StoreRequest";
+    else if (req->user_id[0] == '\0') bad = "user_id is required";
+    else if (!kiln_idem_key_ok(req->idempotency_key)) bad = "idempotency_key must be 1-128 visible ASCII characters";
+    else if (req->body_hash.len != IDEM_HASH_LEN) bad = "body_hash must be 32 bytes";
+    else if (!kiln_jobreq_id_ok(req->new_id)) bad = "new_id is not a valid job id";
+    if (bad != NULL) {
+        queries_reply_error(q, msg, "invalid_argument", bad);
+        goto out;
+    }
+    wb = rocksdb_writebatch_wi_create(0, 1);
+    if (wb == NULL) {
+        queries_reply_error(q, msg, "unavailable", "out of memory");
+        goto out;
+    }
+    /* Lookup and reservation under the write mutex: two concurrent
+     * requests with one key cannot both reserve it. */
+    db_lock(q->db);
+    kiln_status st = idem_reserve(q->db, wb, req->user_id, req->idempotency_key,
+                                  req->body_hash.data, req->new_id, kiln_now_ms(), &res);
+    if (st == KILN_OK && res.is_new) st = db_write(q->db, wb);
+    db_unlock(q->db);
+    if (st != KILN_OK) {
+        queries_reply_error(q, msg, "unavailable", "the store could not reserve the key");
+        goto out;
+    }
+    if (res.is_new) kiln_metric_add(q->m_idem_new, 1);
+    Kiln__V1__StoreReply r = KILN__V1__STORE_REPLY__INIT;
+    r.idem_id = res.id;
+    r.idem_new = res.is_new;
+    if (res.conflict) {
+        r.error_code = "idempotency_conflict";
+        r.error_message = "this Idempotency-Key was used with a different body";
+    } else if (apply_load_owned(q->db, NULL, res.id, req->user_id, &rec) == KILN_OK) {
+        r.n_jobs = 1;
+        r.jobs = &rec;
+    }
+    queries_reply(q, msg, &r);
 out:
     if (wb != NULL) rocksdb_writebatch_wi_destroy(wb);
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
     if (req != NULL) kiln__v1__store_request__free_unpacked(req, NULL);
 }
 
-/* Cancels id (for user, NULL = any). Writes the cancelled state, then
- * announces it on jobs.done, then tells consumers to abort a running call.
- * *rec_out (optional) gets the record as it is afterwards. */
+typedef enum {
+    QUERIES_CANCEL_DONE = 0,         /* the apply loop wrote cancelled */
+    QUERIES_CANCEL_ALREADY_FINISHED, /* terminal already (or finished first) */
+    QUERIES_CANCEL_NOT_FOUND,        /* unknown id, or another user's job */
+} queries_cancel_result;
+
+/* Cancels id (for user, NULL = any) through the stream: a non-terminal job
+ * gets the store's CANCELLED transition on kiln.tx; once the apply loop has
+ * written it (it then publishes jobs.done and kiln.cancelled.<id>), the
+ * record says whether the cancel or a result that came first won. *rec_out
+ * gets the record as it is afterwards (not for NOT_FOUND). KILN_ETIMEOUT or
+ * a NATS status when the cancel could not be confirmed: the caller answers
+ * unavailable and a retry is safe. */
 static kiln_status queries_do_cancel(queries *q, const char *id, const char *user,
-                                     apply_cancel_result *res, Kiln__V1__JobRecord **rec_out)
+                                     queries_cancel_result *res, Kiln__V1__JobRecord **rec_out)
 {
-    apply_done_list done = {0};
-    kiln_status st = KILN_OK;
-    rocksdb_writebatch_wi_t *wb = rocksdb_writebatch_wi_create(0, 1);
-    *res = APPLY_CANCEL_NOT_FOUND;
-    for (int pass = 0; pass < 2; pass++) {
-        rocksdb_writebatch_wi_clear(wb);
-        apply_done_reset(&done);
-        db_lock(q->db);
-        st = apply_cancel(q->db, wb, id, user, &done, res);
-        if (st == KILN_OK && *res == APPLY_CANCEL_DONE) st = db_write(q->db, wb);
-        db_unlock(q->db);
-        if (st != KILN_OK || *res != APPLY_CANCEL_NOT_FOUND || pass == 1 || !kiln_jobreq_id_ok(id))
-            break;
-        (void)barrier_wait(q->b, BARRIER_MAX_WAIT_MS);
+    Kiln__V1__JobRecord *rec = NULL;
+    uint64_t seq = 0;
+    *res = QUERIES_CANCEL_NOT_FOUND;
+    kiln_status st = queries_load(q, id, user, 0, &rec);
+    if (st == KILN_ENOTFOUND) return KILN_OK;
+    if (st != KILN_OK) return st;
+    if (!kiln_state_is_terminal(rec->status->state)) {
+        st = cancel_publish(q->js, rec, &seq);
+        if (st == KILN_OK) st = barrier_wait_seq(q->b, seq, QUERIES_CANCEL_WAIT_MS);
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+        rec = NULL;
+        if (st != KILN_OK) {
+            LOG_WARN("cancel not confirmed job=%s seq=%llu status=%s", id, (unsigned long long)seq,
+                     kiln_status_str(st));
+            return st;
+        }
+        st = db_load_record(q->db, NULL, NULL, id, &rec);
+        if (st != KILN_OK) return st;
+        if (!kiln_state_is_terminal(rec->status->state)) {
+            /* Cannot happen by the rules; do not claim success. */
+            LOG_ERROR("cancel applied but job not terminal job=%s state=%s", id,
+                      kiln_state_name(rec->status->state));
+            kiln__v1__job_record__free_unpacked(rec, NULL);
+            return KILN_ERR;
+        }
+        if (rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_CANCELLED) {
+            *res = QUERIES_CANCEL_DONE;
+            kiln_metric_add(q->m_cancelled, 1);
+        } else {
+            *res = QUERIES_CANCEL_ALREADY_FINISHED;
+        }
+    } else {
+        *res = QUERIES_CANCEL_ALREADY_FINISHED;
     }
-    if (st == KILN_OK && *res == APPLY_CANCEL_DONE && done.n > 0) {
-        kiln_status ps = KILN_ERR;
-        for (int i = 0; i < QUERIES_DONE_TRIES && ps != KILN_OK; i++)
-            ps = done_publish_one(q->js, &done.items[0]);
-        if (ps != KILN_OK) LOG_ERROR("jobs.done for cancel not published job=%s", id);
-        (void)done_broadcast_cancelled(q->nc, id);
-        kiln_metric_add(q->m_cancelled, 1);
-        LOG_INFO("job cancelled job=%s", id);
-    }
-    if (st == KILN_OK && rec_out != NULL && *res != APPLY_CANCEL_NOT_FOUND)
-        st = db_load_record(q->db, NULL, NULL, id, rec_out);
-    apply_done_free(&done);
-    rocksdb_writebatch_wi_destroy(wb);
-    return st;
+    *rec_out = rec;
+    return KILN_OK;
 }
 
 static void queries_cancel(queries *q, natsMsg *msg)
 {
     Kiln__V1__StoreRequest *req = queries_parse(msg);
     Kiln__V1__JobRecord *rec = NULL;
-    apply_cancel_result res = APPLY_CANCEL_NOT_FOUND;
+    queries_cancel_result res = QUERIES_CANCEL_NOT_FOUND;
     if (req == NULL || req->user_id[0] == '\0') {
         queries_reply_error(q, msg, "invalid_argument", req == NULL ? "undecodable StoreRequest" : "user_id");
         goto out;
     }
     kiln_status st = queries_do_cancel(q, req->id, req->user_id, &res, &rec);
     if (st != KILN_OK) queries_reply_status(q, msg, st);
-    else if (res == APPLY_CANCEL_NOT_FOUND) queries_reply_status(q, msg, KILN_ENOTFOUND);
-    else queries_reply_record(q, msg, rec, res == APPLY_CANCEL_ALREADY_FINISHED ? "already_finished" : NULL);
+    else if (res == QUERIES_CANCEL_NOT_FOUND) queries_reply_status(q, msg, KILN_ENOTFOUND);
+    else queries_reply_record(q, msg, rec, res == QUERIES_CANCEL_ALREADY_FINISHED ? "already_finished" : NULL);
 out:
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
     if (req != NULL) kiln__v1__store_request__free_unpacked(req, NULL);
@@ -382,16 +471,16 @@ static void queries_jobs_cancel(queries *q, natsMsg *msg)
 {
     char id[KILN_ID_MAX_LEN + 1];
     Kiln__V1__JobRecord *rec = NULL;
-    apply_cancel_result res = APPLY_CANCEL_NOT_FOUND;
+    queries_cancel_result res = QUERIES_CANCEL_NOT_FOUND;
     kiln_status st = KILN_OK;
     if (queries_body_id(msg, id, sizeof id)) st = queries_do_cancel(q, id, NULL, &res, &rec);
     if (st != KILN_OK) {
         queries_respond(q, msg, NULL, 0, KILN_HDR_ERROR, "unavailable");
-    } else if (res == APPLY_CANCEL_NOT_FOUND || rec == NULL) {
+    } else if (res == QUERIES_CANCEL_NOT_FOUND || rec == NULL) {
         queries_respond(q, msg, NULL, 0, KILN_HDR_STATUS, "not_found");
     } else {
         queries_reply_status_pb(q, msg, rec->status, KILN_HDR_STATUS,
-                                res == APPLY_CANCEL_DONE ? "cancelled" : "already_finished");
+                                res == QUERIES_CANCEL_DONE ? "cancelled" : "already_finished");
     }
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
 }
@@ -420,8 +509,9 @@ static const struct {
     {KILN_SUBJ_STORE_CHECK, queries_check, 2},
     {KILN_SUBJ_STORE_LIST, queries_list, 2},
     {KILN_SUBJ_STORE_VIEWED, queries_viewed, 1},
-    {KILN_SUBJ_STORE_CANCEL, queries_cancel, 1},
-    {KILN_SUBJ_CANCEL, queries_jobs_cancel, 1},
+    {KILN_SUBJ_STORE_CANCEL, queries_cancel, 2},
+    {KILN_SUBJ_CANCEL, queries_jobs_cancel, 2},
+    {KILN_SUBJ_STORE_IDEM, queries_idem, 2},
     {KILN_SUBJ_STORE_PING, queries_ping, 1},
 };
 
@@ -437,6 +527,8 @@ kiln_status queries_start(db_store *db, barrier *b, natsConnection *nc, jsCtx *j
     q->m_latency = kiln_metric_histogram_ms("kiln_store_query_ms", "Store request handling time");
     q->m_requests = kiln_metric_counter("kiln_store_queries_total", "Store requests answered");
     q->m_cancelled = kiln_metric_counter("kiln_store_cancelled_total", "Jobs cancelled by request");
+    q->m_idem_new = kiln_metric_counter("kiln_store_idem_reserved_total",
+                                        "Idempotency-Keys reserved through kiln.store.idem");
 
     size_t nt = sizeof queries_table / sizeof queries_table[0];
     for (size_t i = 0; i < nt; i++) {

@@ -1,5 +1,5 @@
 /* queries.h - the store's request/reply handlers (queue group kiln-store):
- * kiln.store.{get,list,viewed,cancel,check,ping} with StoreRequest/StoreReply,
+ * kiln.store.{get,list,viewed,cancel,check,ping,idem} with StoreRequest/StoreReply,
  * and the public jobs.status and jobs.cancel (CONTRACT §4).
  *
  * Threads: nats.c calls each subscription's handler on that subscription's

@@ -224,8 +224,10 @@ Test(resilience, consumer_sigterm_drains_in_flight)
     cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
 }
 
-/* The consumer's setting for the minimum available memory, found in --help. */
-static int res_find_mem_setting(h_stack *s, char *name, size_t len)
+/* The consumer's setting for the minimum available memory, found in --help,
+ * and a value far above / far below any machine's available memory in the
+ * setting's own syntax (an <int> uses the ends of its [lo..hi] range). */
+static int res_find_mem_setting(h_stack *s, char *name, size_t len, char *high, char *low, size_t vlen)
 {
     char *out = NULL;
     char *argv[] = {"kiln-consumer", "--help", NULL};
@@ -235,11 +237,28 @@ static int res_find_mem_setting(h_stack *s, char *name, size_t len)
         size_t n = strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789");
         char tok[128];
         snprintf(tok, sizeof tok, "%.*s", (int)n, p);
-        if (strstr(tok, "MEM") != NULL) {
-            snprintf(name, len, "%s", tok);
-            found = 1;
-            break;
+        if (strstr(tok, "MEM") == NULL) continue;
+        snprintf(name, len, "%s", tok);
+        found = 1;
+        const char *bol = p;
+        while (bol > out && bol[-1] != '\n') bol--;
+        const char *eol = strchr(p, '\n');
+        char line[1024];
+        snprintf(line, sizeof line, "%.*s", (int)(eol != NULL ? eol - bol : (long)strlen(bol)), bol);
+        long long lo = 0, hi = 0;
+        const char *rg = strrchr(line, '[');
+        if (strstr(line, "<int>") != NULL) {
+            if (rg == NULL || sscanf(rg, "[%lld..%lld]", &lo, &hi) != 2) {
+                lo = 0;
+                hi = 1000000000000LL;
+            }
+            snprintf(high, vlen, "%lld", hi);
+            snprintf(low, vlen, "%lld", lo);
+        } else {
+            snprintf(high, vlen, "1000000MB");
+            snprintf(low, vlen, "1MB");
         }
+        break;
     }
     free(out);
     return found;
@@ -265,14 +284,14 @@ Test(resilience, memory_floor_holds_jobs)
     h_stack s;
     h_stack_opts o = {.no_consumer = 1};
     cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
-    char name[128] = "";
-    int have = res_find_mem_setting(&s, name, sizeof name);
+    char name[128] = "", high[64] = "", low[64] = "";
+    int have = res_find_mem_setting(&s, name, sizeof name, high, low, sizeof high);
     if (!have) {
         h_stack_stop(&s);
         cr_assert_fail("consumer: no available-memory floor setting (no KILN_*MEM* in kiln-consumer --help)");
     }
     char kv[192];
-    snprintf(kv, sizeof kv, "%s=1000000MB", name); /* far above any machine's available memory */
+    snprintf(kv, sizeof kv, "%s=%s", name, high); /* far above any machine's available memory */
     res_set_env(&s.procs[H_CONSUMER], kv);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
 
@@ -286,7 +305,7 @@ Test(resilience, memory_floor_holds_jobs)
     json_decref(j);
 
     if (h_proc_alive(&s, H_CONSUMER)) cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "consumer exit code with the floor");
-    snprintf(kv, sizeof kv, "%s=1MB", name);
+    snprintf(kv, sizeof kv, "%s=%s", name, low);
     res_set_env(&s.procs[H_CONSUMER], kv);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
     j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 30000);

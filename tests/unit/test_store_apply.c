@@ -1,0 +1,361 @@
+/* test_store_apply.c - unit tests for the store's transition rules: the pure
+ * decision (apply_decide) and the applied result against a real RocksDB in a
+ * temporary directory (records, counters, jobs.done and event lists,
+ * request_seq, Idempotency-Key reservations and their expiry). */
+#define _XOPEN_SOURCE 700
+#include <criterion/criterion.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../store/apply.h"
+#include "../../store/idem.h"
+#include "../../store/keys.h"
+#include "clock.h"
+#include "pb.h"
+
+#define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
+#define PROCESSING KILN__V1__JOB_STATE__JOB_STATE_PROCESSING
+#define COMPLETED KILN__V1__JOB_STATE__JOB_STATE_COMPLETED
+#define FAILED KILN__V1__JOB_STATE__JOB_STATE_FAILED
+#define CANCELLED KILN__V1__JOB_STATE__JOB_STATE_CANCELLED
+#define DAY_MS (24LL * 3600 * 1000)
+
+static apply_rule decide(Kiln__V1__JobState cur, uint32_t attempts, Kiln__V1__JobState to,
+                         uint32_t attempt)
+{
+    Kiln__V1__JobStatus s = KILN__V1__JOB_STATUS__INIT;
+    s.state = cur;
+    s.attempts = attempts;
+    return apply_decide(&s, to, attempt);
+}
+
+/* ---- the pure rules ------------------------------------------------------ */
+
+Test(store_rules, terminal_never_changes)
+{
+    Kiln__V1__JobState terminal[] = {COMPLETED, FAILED, CANCELLED};
+    Kiln__V1__JobState to[] = {PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED};
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 5; j++) {
+            apply_rule r = decide(terminal[i], 2, to[j], 9);
+            cr_assert_eq(r, terminal[i] == to[j] ? APPLY_RULE_REPUBLISH : APPLY_RULE_IGNORE,
+                         "from %d to %d", terminal[i], to[j]);
+        }
+}
+
+Test(store_rules, stale_attempts_are_ignored)
+{
+    cr_assert_eq(decide(PROCESSING, 3, PROCESSING, 2), APPLY_RULE_IGNORE);
+    cr_assert_eq(decide(PROCESSING, 3, PENDING, 2), APPLY_RULE_IGNORE);
+    cr_assert_eq(decide(PROCESSING, 3, COMPLETED, 2), APPLY_RULE_IGNORE);
+    cr_assert_eq(decide(PROCESSING, 3, FAILED, 1), APPLY_RULE_IGNORE);
+}
+
+Test(store_rules, cancelled_is_never_stale)
+{
+    cr_assert_eq(decide(PROCESSING, 3, CANCELLED, 0), APPLY_RULE_APPLY);
+    cr_assert_eq(decide(PENDING, 2, CANCELLED, 1), APPLY_RULE_APPLY);
+    cr_assert_eq(decide(PENDING, 0, CANCELLED, 0), APPLY_RULE_APPLY);
+}
+
+Test(store_rules, normal_progress_applies)
+{
+    cr_assert_eq(decide(PENDING, 0, PROCESSING, 1), APPLY_RULE_APPLY);
+    cr_assert_eq(decide(PROCESSING, 1, PROCESSING, 1), APPLY_RULE_APPLY, "a duplicate rewrites");
+    cr_assert_eq(decide(PROCESSING, 1, PENDING, 1), APPLY_RULE_APPLY, "retry");
+    cr_assert_eq(decide(PENDING, 1, PROCESSING, 2), APPLY_RULE_APPLY, "next attempt");
+    cr_assert_eq(decide(PROCESSING, 2, COMPLETED, 2), APPLY_RULE_APPLY);
+    cr_assert_eq(decide(PENDING, 0, FAILED, 0), APPLY_RULE_APPLY, "invalid job fails at once");
+}
+
+Test(store_rules, late_processing_after_retry_is_ignored)
+{
+    /* Attempt 1 was handed back (pending, attempts 1): its PROCESSING
+     * arriving late must not make the job look running again. */
+    cr_assert_eq(decide(PENDING, 1, PROCESSING, 1), APPLY_RULE_IGNORE);
+}
+
+Test(store_rules, unknown_states_are_ignored)
+{
+    cr_assert_eq(decide(PENDING, 0, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, 1),
+                 APPLY_RULE_IGNORE);
+    cr_assert_eq(decide(PENDING, 0, (Kiln__V1__JobState)42, 1), APPLY_RULE_IGNORE);
+}
+
+/* ---- against RocksDB ------------------------------------------------------- */
+
+static char tdir[64];
+static db_store *tdb;
+static apply_sink sink;
+static rocksdb_writebatch_wi_t *twb;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void db_setup(void)
+{
+    snprintf(tdir, sizeof tdir, "/tmp/kiln-store-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(tdir));
+    cr_assert_eq(db_open(tdir, 2 * DAY_MS, &tdb), KILN_OK);
+    twb = rocksdb_writebatch_wi_create(0, 1);
+    memset(&sink, 0, sizeof sink);
+}
+
+static void db_teardown(void)
+{
+    apply_sink_free(&sink);
+    if (twb != NULL) rocksdb_writebatch_wi_destroy(twb);
+    db_close(tdb);
+    tdb = NULL;
+    twb = NULL;
+    nftw(tdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(store_apply, .init = db_setup, .fini = db_teardown);
+
+static void begin(int replay)
+{
+    apply_sink_reset(&sink);
+    sink.replay = replay;
+    rocksdb_writebatch_wi_clear(twb);
+    db_lock(tdb);
+}
+
+static void commit(void)
+{
+    kiln_status st = db_write(tdb, twb);
+    db_unlock(tdb);
+    cr_assert_eq(st, KILN_OK);
+}
+
+static int job_request(const char *id, const char *user, const char *idem, uint64_t seq,
+                       int replay)
+{
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    r.id = (char *)id;
+    r.user_id = (char *)user;
+    r.prompt = "a red fox";
+    r.created_at_ms = 1795503882123LL;
+    if (idem != NULL) r.idempotency_key = (char *)idem;
+    cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+    begin(replay);
+    kiln_status st = apply_job_request(tdb, twb, buf, len, kiln_now_ms(), seq, &sink, &changed);
+    commit();
+    free(buf);
+    cr_assert_eq(st, KILN_OK);
+    return changed;
+}
+
+static int transition(const char *id, const char *user, Kiln__V1__JobState state,
+                      uint32_t attempt, int replay)
+{
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    r.id = (char *)id;
+    r.user_id = (char *)user;
+    r.prompt = "a red fox";
+    t.request = &r;
+    t.state = state;
+    t.attempt = attempt;
+    t.at_ms = 1795503890000LL;
+    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    begin(replay);
+    kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
+    commit();
+    free(buf);
+    cr_assert_eq(st, KILN_OK);
+    return changed;
+}
+
+static Kiln__V1__JobRecord *load(const char *id)
+{
+    Kiln__V1__JobRecord *rec = NULL;
+    cr_assert_eq(db_load_record(tdb, NULL, NULL, id, &rec), KILN_OK);
+    return rec;
+}
+
+static uint64_t counter(const char *user, keys_counter_kind kind)
+{
+    uint8_t k[KEYS_MAX];
+    uint64_t v = 0;
+    size_t kl = keys_counter(k, user, kind);
+    cr_assert_eq(db_get_u64(tdb, NULL, DB_CF_COUNTERS, k, kl, &v), KILN_OK);
+    return v;
+}
+
+Test(store_apply, job_request_creates_pending_with_request_seq_and_event)
+{
+    cr_assert_eq(job_request("j1", "alice", NULL, 17, 0), 1);
+    cr_assert_eq(sink.events.n, 1);
+    cr_assert_str_eq(sink.events.items[0].msgid, "j1.pending.0.ev");
+    cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.616c696365.j1");
+    cr_assert_eq(sink.done.n, 0);
+    Kiln__V1__JobRecord *rec = load("j1");
+    cr_assert_eq(rec->status->state, PENDING);
+    cr_assert_eq(rec->request_seq, 17);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    cr_assert_eq(counter("alice", KEYS_COUNTER_ACTIVE), 1);
+
+    /* A second copy changes nothing and keeps the first sequence. */
+    cr_assert_eq(job_request("j1", "alice", NULL, 99, 0), 0);
+    cr_assert_eq(sink.events.n, 0);
+    /* A redelivery of the same message announces the record again. */
+    cr_assert_eq(job_request("j1", "alice", NULL, 17, 1), 0);
+    cr_assert_eq(sink.events.n, 1);
+    rec = load("j1");
+    cr_assert_eq(rec->request_seq, 17);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+}
+
+Test(store_apply, life_of_a_job_with_retry)
+{
+    job_request("j2", "bob", NULL, 1, 0);
+    cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 1);
+    cr_assert_str_eq(sink.events.items[0].msgid, "j2.processing.1.ev");
+    cr_assert_eq(transition("j2", "bob", PENDING, 1, 0), 1);
+    cr_assert_str_eq(sink.events.items[0].msgid, "j2.pending.1.ev");
+    /* The late duplicate of attempt 1 starting: ignored, no event. */
+    cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 0);
+    cr_assert_eq(sink.events.n, 0);
+    cr_assert_eq(transition("j2", "bob", PROCESSING, 2, 0), 1);
+    cr_assert_eq(transition("j2", "bob", COMPLETED, 2, 0), 1);
+    cr_assert_eq(sink.done.n, 1);
+    cr_assert_eq(sink.done.items[0].state, COMPLETED);
+    cr_assert_eq(sink.events.n, 1);
+    cr_assert_str_eq(sink.events.items[0].msgid, "j2.completed.2.ev");
+    cr_assert_eq(counter("bob", KEYS_COUNTER_ACTIVE), 0);
+    cr_assert_eq(counter("bob", KEYS_COUNTER_UNVIEWED), 1);
+
+    /* The same terminal state again: jobs.done again, an event only on a replay. */
+    cr_assert_eq(transition("j2", "bob", COMPLETED, 2, 0), 0);
+    cr_assert_eq(sink.done.n, 1);
+    cr_assert_eq(sink.events.n, 0);
+    cr_assert_eq(transition("j2", "bob", COMPLETED, 2, 1), 0);
+    cr_assert_eq(sink.done.n, 1);
+    cr_assert_eq(sink.events.n, 1);
+    /* Another terminal state: nothing. */
+    cr_assert_eq(transition("j2", "bob", FAILED, 3, 0), 0);
+    cr_assert_eq(sink.done.n + sink.events.n, 0);
+    Kiln__V1__JobRecord *rec = load("j2");
+    cr_assert_eq(rec->status->state, COMPLETED);
+    cr_assert_eq(rec->status->attempts, 2);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+}
+
+Test(store_apply, cancel_with_an_older_attempt_still_cancels)
+{
+    job_request("j3", "carol", NULL, 1, 0);
+    transition("j3", "carol", PROCESSING, 3, 0);
+    /* The store read attempts 1 when it published the cancel. */
+    cr_assert_eq(transition("j3", "carol", CANCELLED, 1, 0), 1);
+    cr_assert_eq(sink.done.n, 1);
+    cr_assert_eq(sink.done.items[0].state, CANCELLED);
+    cr_assert_str_eq(sink.events.items[0].msgid, "j3.cancelled.3.ev");
+    Kiln__V1__JobRecord *rec = load("j3");
+    cr_assert_eq(rec->status->state, CANCELLED);
+    cr_assert_eq(rec->status->attempts, 3);
+    cr_assert_not_null(rec->status->error);
+    cr_assert_str_eq(rec->status->error->code, "cancelled");
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    cr_assert_eq(counter("carol", KEYS_COUNTER_ACTIVE), 0);
+    /* The consumer's result arriving after the cancel is ignored. */
+    cr_assert_eq(transition("j3", "carol", COMPLETED, 3, 0), 0);
+    cr_assert_eq(sink.done.n, 0);
+}
+
+Test(store_apply, viewed_is_an_event_once)
+{
+    events_list ev = {0};
+    job_request("j4", "dave", NULL, 1, 0);
+    transition("j4", "dave", FAILED, 1, 0);
+    begin(0);
+    cr_assert_eq(apply_viewed(tdb, twb, "j4", "dave", &ev), KILN_OK);
+    commit();
+    cr_assert_eq(ev.n, 1);
+    cr_assert_str_eq(ev.items[0].msgid, "j4.viewed.1.ev");
+    cr_assert_eq(counter("dave", KEYS_COUNTER_UNVIEWED), 0);
+    events_reset(&ev);
+    begin(0);
+    cr_assert_eq(apply_viewed(tdb, twb, "j4", "dave", &ev), KILN_OK);
+    commit();
+    cr_assert_eq(ev.n, 0, "already viewed");
+    begin(0);
+    cr_assert_eq(apply_viewed(tdb, twb, "j4", "eve", &ev), KILN_ENOTFOUND);
+    db_unlock(tdb);
+    events_free(&ev);
+}
+
+static idem_result reserve(const char *user, const char *key, uint8_t fill, const char *id,
+                           int64_t now)
+{
+    uint8_t hash[IDEM_HASH_LEN];
+    idem_result res;
+    memset(hash, fill, sizeof hash);
+    begin(0);
+    cr_assert_eq(idem_reserve(tdb, twb, user, key, hash, id, now, &res), KILN_OK);
+    commit();
+    return res;
+}
+
+Test(store_apply, idem_reserve_semantics)
+{
+    int64_t now = kiln_now_ms();
+    idem_result r = reserve("alice", "k1", 1, "id-a", now);
+    cr_assert(r.is_new);
+    cr_assert_str_eq(r.id, "id-a");
+    r = reserve("alice", "k1", 1, "id-b", now + 1000);
+    cr_assert_not(r.is_new);
+    cr_assert_not(r.conflict);
+    cr_assert_str_eq(r.id, "id-a");
+    r = reserve("alice", "k1", 2, "id-c", now + 1000);
+    cr_assert(r.conflict);
+    cr_assert_str_eq(r.id, "id-a");
+    r = reserve("bob", "k1", 2, "id-d", now);
+    cr_assert(r.is_new, "keys are per user");
+    /* Past the TTL the key is free again. */
+    r = reserve("alice", "k1", 2, "id-e", now + 2 * DAY_MS);
+    cr_assert(r.is_new);
+    cr_assert_str_eq(r.id, "id-e");
+}
+
+Test(store_apply, idem_from_a_nats_job_request)
+{
+    job_request("j5", "alice", "nk", 1, 0);
+    idem_result r = reserve("alice", "nk", 7, "id-x", kiln_now_ms());
+    cr_assert_not(r.is_new);
+    cr_assert_str_eq(r.id, "j5");
+    /* A reserved key is not taken over by a later job with the same key. */
+    job_request("j6", "alice", "nk", 2, 0);
+    r = reserve("alice", "nk", 7, "id-x", kiln_now_ms());
+    cr_assert_str_eq(r.id, "j5");
+}
+
+Test(store_apply, compaction_drops_expired_idem_entries)
+{
+    uint8_t k[KEYS_IDEM_MAX];
+    char *v = NULL;
+    size_t vl = 0;
+    reserve("alice", "old", 1, "id-old", kiln_now_ms() - 3 * DAY_MS);
+    reserve("alice", "new", 1, "id-new", kiln_now_ms());
+    rocksdb_compact_range_cf(tdb->db, tdb->cf[DB_CF_IDEM], NULL, 0, NULL, 0);
+    size_t kl = keys_idem(k, "alice", "old");
+    cr_assert_eq(db_get(tdb, NULL, NULL, DB_CF_IDEM, k, kl, &v, &vl), KILN_ENOTFOUND);
+    kl = keys_idem(k, "alice", "new");
+    cr_assert_eq(db_get(tdb, NULL, NULL, DB_CF_IDEM, k, kl, &v, &vl), KILN_OK);
+    rocksdb_free(v);
+    idem_suggest_sweep(tdb); /* must not block or fail */
+}
