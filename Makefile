@@ -105,7 +105,7 @@ run: deps all
 	deploy/run-dev.sh $(BUILD)/bin
 
 bench: deps
-	$(MAKE) --no-print-directory BUILD=build/bench OPT="-O2 -DNDEBUG" all $(BUILD_BENCH_EXTRA) build/bench/bin/kiln-bench-limit build/bench/bin/kiln-bench
+	$(MAKE) --no-print-directory -j2 BUILD=build/bench OPT="-O2 -DNDEBUG" all $(BUILD_BENCH_EXTRA) build/bench/bin/kiln-bench-limit build/bench/bin/kiln-bench
 	bench/run.sh build/bench/bin
 
 BENCH_OBJ = $(call obj_of,bench)

@@ -1,7 +1,8 @@
 /* fetcher.c - the fetch thread: pulls jobs from the three lane durables,
  * never more than there are free slots, high lane first with a rotation
- * that gives normal and low the first pick every few rounds; one store check
- * per batch; then hands each job to its state machine. */
+ * that gives normal and low the first pick every few rounds; lanes found
+ * empty rest briefly (high and low are woken by a publish hint); one store
+ * check per batch; then hands each job to its state machine. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

@@ -117,8 +117,14 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    st = kiln_nats_connect_async(cfg.nats_url, "kiln-gateway", MAIN_NATS_CONNECT_MS,
-                                 MAIN_MAX_PENDING_PUBS, gw_submit_ack_handler, NULL, &nc, &js);
+    kiln_nats_opts no;
+    kiln_nats_opts_init(&no);
+    no.name = "kiln-gateway";
+    no.initial_timeout_ms = MAIN_NATS_CONNECT_MS;
+    no.max_pending = MAIN_MAX_PENDING_PUBS;
+    no.ack_handler = gw_submit_ack_handler;
+    no.send_asap = getenv("GW_EXP_NOASAP") == NULL; /* EXPERIMENT */
+    st = kiln_nats_connect_opts(cfg.nats_url, &no, &nc, &js);
     if (st != KILN_OK) {
         LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
         goto out;

@@ -52,11 +52,8 @@ static kiln_status done_msg(const apply_done *d, natsMsg **out)
     return KILN_OK;
 }
 
-kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
-                               int64_t timeout_ms)
+kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events_list *ev)
 {
-    if (l->n == 0 && ev->n == 0) return KILN_OK;
-    uint64_t failed0 = done_failures();
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
         kiln_status st = done_msg(&l->items[i], &m);
@@ -69,8 +66,11 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events
             return kiln_nats_status(s);
         }
     }
-    kiln_status est = events_publish_async(js, ev);
-    if (est != KILN_OK) return est;
+    return events_publish_async(js, ev);
+}
+
+kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms)
+{
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms;
@@ -81,6 +81,16 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events
     }
     if (done_failures() != failed0) return KILN_ENATS;
     return KILN_OK;
+}
+
+kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
+                               int64_t timeout_ms)
+{
+    if (l->n == 0 && ev->n == 0) return KILN_OK;
+    uint64_t failed0 = done_failures();
+    kiln_status st = done_publish_async(js, l, ev);
+    if (st != KILN_OK) return st;
+    return done_wait(js, failed0, timeout_ms);
 }
 
 kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id)

@@ -17,9 +17,19 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
 /* Async publishes JetStream rejected or timed out, since start. */
 uint64_t done_failures(void);
 
-/* Publishes every jobs.done item and every event asynchronously and waits
- * (≤ timeout_ms) for all their acks. KILN_OK only when JetStream
- * acknowledged every one. The apply thread is the only async publisher. */
+/* Publishes every jobs.done item and every event asynchronously without
+ * waiting; done_wait() then confirms them. Returns KILN_OK when every
+ * publish was handed to the library. The apply thread is the only async
+ * publisher, and publishes one batch's outputs only after the previous
+ * batch's were confirmed, so done_wait() covers exactly this batch. */
+kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events_list *ev);
+
+/* Waits (≤ timeout_ms) for the acks of everything published async so far.
+ * failed0 is done_failures() read before those publishes. KILN_OK only when
+ * JetStream acknowledged every one. */
+kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms);
+
+/* done_publish_async then done_wait. */
 kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
                                int64_t timeout_ms);
 

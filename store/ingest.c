@@ -1,15 +1,22 @@
-/* ingest.c - the apply thread: pull a batch from KILN_JOBS (durable
- * kiln-store), apply it in one RocksDB write, publish jobs.done for every
- * terminal state and an event for every change written, wait for those
- * acks, broadcast kiln.cancelled.<id> for jobs it cancelled, then ack the
- * batch.
+/* ingest.c - the apply loop: pull batches from KILN_JOBS (durable
+ * kiln-store), apply each in one RocksDB write, publish jobs.done for every
+ * terminal state and an event for every change written, and ack the batch
+ * once JetStream confirmed those publishes; broadcast kiln.cancelled.<id>
+ * for jobs it cancelled.
  *
- * Only this thread touches sub, wb and sink. Order per batch matters:
- * write before jobs.done (a subscriber that queries sees the terminal
- * state), jobs.done and events acked before the batch is acked (a crash in
- * between redelivers the batch; re-applying an identical terminal
- * transition re-publishes jobs.done, and a redelivered message re-announces
- * the change it finds written, de-duplicated by Nats-Msg-Id). */
+ * Two threads. "kiln-fetch" pulls batches ahead of need (a fetch is a
+ * round trip) into a short FIFO queue. "kiln-apply" is the only user of wb,
+ * the sinks and the async publisher, and pipelines one batch deep: batch
+ * k+1 is staged and written while the acks of batch k's publishes travel;
+ * then k's publishes are confirmed and k is acked, and only then k+1's
+ * outputs are published. So the rules still hold per message: written
+ * before jobs.done (a subscriber that queries sees the terminal state), and
+ * jobs.done/events confirmed before the message is acked (a crash in
+ * between redelivers it; re-applying an identical terminal transition
+ * re-publishes jobs.done, and a redelivered message re-announces the change
+ * it finds written, de-duplicated by Nats-Msg-Id). Outputs keep stream
+ * order because batch k+1 publishes only after batch k's were confirmed. */
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +33,22 @@
 #include "natsconn.h"
 #include "subjects.h"
 
-#define INGEST_BATCH 256
+/* 1024 messages make at most 2048 publishes (jobs.done + event each),
+ * below the publisher's max pending (main.c). */
+#define INGEST_BATCH 1024
+#define INGEST_AHEAD 2            /* fetched batches queued ahead of the apply thread */
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
+
+/* One fetch result: a batch, or "nothing there" (idle) for the barrier. */
+typedef struct {
+    natsMsgList list;
+    uint64_t epoch;
+    int idle;
+} ingest_item;
 
 struct ingest {
     db_store *db;
@@ -40,10 +57,22 @@ struct ingest {
     barrier *b;
     natsSubscription *sub;
     rocksdb_writebatch_wi_t *wb;
-    apply_sink sink;
+    apply_sink sink[2];      /* [cur] for the batch being staged, [cur ^ 1] in flight */
+    int cur;
+    natsMsgList inflight;    /* written and published, awaiting publish acks */
+    int has_inflight;
+    uint64_t inflight_failed0; /* done_failures() before its publishes */
+    int64_t inflight_t0;
+    uint64_t inflight_seq;
     int64_t next_sweep_ms; /* monotonic */
-    pthread_t thread;
-    int thread_started;
+    /* fetch queue (FIFO) */
+    pthread_mutex_t qmu;
+    pthread_cond_t qcond; /* CLOCK_MONOTONIC; both directions */
+    ingest_item q[INGEST_AHEAD];
+    int qhead, qn;
+    int q_ready;
+    pthread_t thread, fetcher;
+    int thread_started, fetcher_started;
     atomic_bool stop;
     kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_events, *m_invalid, *m_retries,
         *m_seq;
@@ -63,7 +92,7 @@ static int ingest_is_lane(const char *subj)
 }
 
 /* Applies one message into the batch. KILN_EIO (or ENOMEM) aborts the batch. */
-static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
+static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg, uint64_t *seq)
 {
     jsMsgMetaData *meta = NULL;
     int64_t ts_ms = kiln_now_ms();
@@ -73,16 +102,16 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
     const void *data = natsMsg_GetData(msg);
     int len = natsMsg_GetDataLength(msg);
 
-    ing->sink.replay = 0;
+    sink->replay = 0;
     if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
         *seq = meta->Sequence.Stream;
         if (meta->Timestamp > 0) ts_ms = meta->Timestamp / 1000000;
-        ing->sink.replay = meta->NumDelivered > 1;
+        sink->replay = meta->NumDelivered > 1;
         jsMsgMetaData_Destroy(meta);
     }
     if (data == NULL) data = "";
     if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
-        st = apply_transition(ing->db, ing->wb, data, (size_t)len, &ing->sink, &changed);
+        st = apply_transition(ing->db, ing->wb, data, (size_t)len, sink, &changed);
         if (st == KILN_EINVAL) {
             LOG_WARN("transition undecodable, skipped seq=%llu bytes=%d",
                      (unsigned long long)*seq, len);
@@ -90,7 +119,7 @@ static kiln_status ingest_apply_msg(ingest *ing, natsMsg *msg, uint64_t *seq)
             st = KILN_OK;
         }
     } else if (ingest_is_lane(subj)) {
-        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, *seq, &ing->sink,
+        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, *seq, sink,
                                &changed);
         if (st == KILN_EINVAL) {
             /* The consumer dead-letters it; the store only skips it. */
@@ -116,18 +145,127 @@ static void ingest_settle(natsMsgList *list, int ack)
     }
 }
 
+/* ---- fetch queue ---------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC now + ms. */
+static struct timespec ingest_deadline(int64_t ms)
+{
+    struct timespec d;
+    clock_gettime(CLOCK_MONOTONIC, &d);
+    d.tv_sec += ms / 1000;
+    d.tv_nsec += (ms % 1000) * 1000000L;
+    if (d.tv_nsec >= 1000000000L) {
+        d.tv_sec++;
+        d.tv_nsec -= 1000000000L;
+    }
+    return d;
+}
+
+/* Fetch thread: waits for a free slot. 0 when stopping. */
+static int ingest_q_wait_room(ingest *ing)
+{
+    pthread_mutex_lock(&ing->qmu);
+    while (ing->qn == INGEST_AHEAD && !atomic_load(&ing->stop)) {
+        struct timespec d = ingest_deadline(INGEST_FETCH_MS);
+        pthread_cond_timedwait(&ing->qcond, &ing->qmu, &d);
+    }
+    int ok = ing->qn < INGEST_AHEAD;
+    pthread_mutex_unlock(&ing->qmu);
+    return ok;
+}
+
+/* Fetch thread: appends it (ownership of its list moves). */
+static void ingest_q_push(ingest *ing, ingest_item *it)
+{
+    pthread_mutex_lock(&ing->qmu);
+    ing->q[(ing->qhead + ing->qn) % INGEST_AHEAD] = *it;
+    ing->qn++;
+    pthread_cond_broadcast(&ing->qcond);
+    pthread_mutex_unlock(&ing->qmu);
+    memset(it, 0, sizeof *it);
+}
+
+/* Apply thread: takes the oldest item, waiting up to wait_ms. 0 when none. */
+static int ingest_q_pop(ingest *ing, ingest_item *out, int64_t wait_ms)
+{
+    pthread_mutex_lock(&ing->qmu);
+    if (ing->qn == 0 && wait_ms > 0 && !atomic_load(&ing->stop)) {
+        struct timespec d = ingest_deadline(wait_ms);
+        while (ing->qn == 0 && !atomic_load(&ing->stop))
+            if (pthread_cond_timedwait(&ing->qcond, &ing->qmu, &d) == ETIMEDOUT) break;
+    }
+    int got = ing->qn > 0;
+    if (got) {
+        *out = ing->q[ing->qhead];
+        ing->qhead = (ing->qhead + 1) % INGEST_AHEAD;
+        ing->qn--;
+        pthread_cond_broadcast(&ing->qcond);
+    }
+    pthread_mutex_unlock(&ing->qmu);
+    return got;
+}
+
+/* ---- apply thread ----------------------------------------------------------- */
+
+/* Confirms the in-flight batch's publishes, broadcasts its cancels and acks
+ * it (or naks it when a publish was not confirmed: the states are written,
+ * and the redelivery re-publishes their jobs.done and events). */
+static void ingest_settle_inflight(ingest *ing)
+{
+    if (!ing->has_inflight) return;
+    apply_sink *sk = &ing->sink[ing->cur ^ 1];
+    kiln_status st = KILN_OK;
+    if (sk->done.n > 0 || sk->events.n > 0)
+        st = done_wait(ing->js, ing->inflight_failed0, INGEST_DONE_ACK_MS);
+    /* Then a consumer running a job cancelled here aborts it. Sent whatever
+     * jobs.done did: the cancel is written, and waiting for a redelivery
+     * would hold the provider call up. Best effort: the consumer's batch
+     * check and the terminal record stop the job anyway. */
+    for (size_t i = 0; i < sk->done.n; i++) {
+        const apply_done *d = &sk->done.items[i];
+        if (d->state == KILN__V1__JOB_STATE__JOB_STATE_CANCELLED) {
+            (void)done_broadcast_cancelled(ing->nc, d->id);
+            LOG_INFO("job cancelled job=%s", d->id);
+        }
+    }
+    if (st != KILN_OK) {
+        LOG_WARN("jobs.done/events not confirmed, batch will be redelivered msgs=%d done=%zu "
+                 "events=%zu",
+                 ing->inflight.Count, sk->done.n, sk->events.n);
+        kiln_metric_add(ing->m_retries, 1);
+        ingest_settle(&ing->inflight, 0);
+    } else {
+        ingest_settle(&ing->inflight, 1);
+        kiln_metric_add(ing->m_batches, 1);
+        kiln_metric_add(ing->m_msgs, ing->inflight.Count);
+        kiln_metric_add(ing->m_done, (int64_t)sk->done.n);
+        kiln_metric_add(ing->m_events, (int64_t)sk->events.n);
+        LOG_DEBUG("batch acked msgs=%d done=%zu events=%zu seq=%llu us=%lld",
+                  ing->inflight.Count, sk->done.n, sk->events.n,
+                  (unsigned long long)ing->inflight_seq,
+                  (long long)(kiln_mono_us() - ing->inflight_t0));
+    }
+    apply_sink_reset(sk);
+    natsMsgList_Destroy(&ing->inflight);
+    memset(&ing->inflight, 0, sizeof ing->inflight);
+    ing->has_inflight = 0;
+}
+
+/* Stages and writes list, settles the previous batch, then publishes this
+ * batch's outputs and keeps it in flight. Takes ownership of list. */
 static void ingest_batch(ingest *ing, natsMsgList *list)
 {
     kiln_status st = KILN_OK;
     uint64_t max_seq = 0;
     int64_t t0 = kiln_mono_us();
+    apply_sink *sk = &ing->sink[ing->cur];
 
-    apply_sink_reset(&ing->sink);
+    apply_sink_reset(sk);
     rocksdb_writebatch_wi_clear(ing->wb);
     db_lock(ing->db);
     for (int i = 0; i < list->Count && st == KILN_OK; i++) {
         uint64_t seq = 0;
-        st = ingest_apply_msg(ing, list->Msgs[i], &seq);
+        st = ingest_apply_msg(ing, sk, list->Msgs[i], &seq);
         if (seq > max_seq) max_seq = seq;
     }
     if (st == KILN_OK && max_seq > 0) {
@@ -138,49 +276,82 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
             db_put_u64(ing->db, ing->wb, DB_CF_META, DB_META_APPLIED_SEQ,
                        strlen(DB_META_APPLIED_SEQ), max_seq);
     }
+    int64_t t_staged = kiln_mono_us();
     if (st == KILN_OK) st = db_write(ing->db, ing->wb);
     db_unlock(ing->db);
+    int64_t t_written = kiln_mono_us();
     if (st != KILN_OK) {
         LOG_ERROR("batch not applied, will retry msgs=%d status=%s", list->Count,
                   kiln_status_str(st));
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
+        natsMsgList_Destroy(list);
+        apply_sink_reset(sk);
+        ingest_settle_inflight(ing);
         ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
         return;
     }
     barrier_applied(ing->b, max_seq);
     kiln_metric_set(ing->m_seq, (int64_t)max_seq);
 
-    st = done_publish_batch(ing->js, &ing->sink.done, &ing->sink.events, INGEST_DONE_ACK_MS);
-    /* Then a consumer running a job cancelled here aborts it. Sent whatever
-     * jobs.done did: the cancel is written, and waiting for a redelivery
-     * would hold the provider call up. Best effort: the consumer's batch
-     * check and the terminal record stop the job anyway. */
-    for (size_t i = 0; i < ing->sink.done.n; i++) {
-        const apply_done *d = &ing->sink.done.items[i];
-        if (d->state == KILN__V1__JOB_STATE__JOB_STATE_CANCELLED) {
-            (void)done_broadcast_cancelled(ing->nc, d->id);
-            LOG_INFO("job cancelled job=%s", d->id);
-        }
-    }
+    /* The previous batch's acks had the time of this batch's write. */
+    ingest_settle_inflight(ing);
+    int64_t t_settled = kiln_mono_us();
+
+    uint64_t failed0 = done_failures();
+    st = done_publish_async(ing->js, &sk->done, &sk->events);
     if (st != KILN_OK) {
-        /* The states are written; redelivery re-publishes their jobs.done
-         * and events. */
-        LOG_WARN("jobs.done/events not confirmed, batch will be redelivered msgs=%d done=%zu "
-                 "events=%zu",
-                 list->Count, ing->sink.done.n, ing->sink.events.n);
+        /* Let whatever did go out finish, so the next batch waits for its own only. */
+        (void)done_wait(ing->js, failed0, INGEST_DONE_ACK_MS);
+        LOG_WARN("jobs.done/events publish failed, batch will be redelivered msgs=%d",
+                 list->Count);
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
+        natsMsgList_Destroy(list);
+        apply_sink_reset(sk);
         return;
     }
-    ingest_settle(list, 1);
-    kiln_metric_add(ing->m_batches, 1);
-    kiln_metric_add(ing->m_msgs, list->Count);
-    kiln_metric_add(ing->m_done, (int64_t)ing->sink.done.n);
-    kiln_metric_add(ing->m_events, (int64_t)ing->sink.events.n);
-    LOG_DEBUG("batch applied msgs=%d done=%zu events=%zu seq=%llu us=%lld", list->Count,
-              ing->sink.done.n, ing->sink.events.n, (unsigned long long)max_seq,
-              (long long)(kiln_mono_us() - t0));
+    ing->inflight = *list;
+    memset(list, 0, sizeof *list);
+    ing->has_inflight = 1;
+    ing->inflight_failed0 = failed0;
+    ing->inflight_t0 = t0;
+    ing->inflight_seq = max_seq;
+    ing->cur ^= 1;
+    LOG_DEBUG("batch written msgs=%d seq=%llu stage_us=%lld write_us=%lld settle_prev_us=%lld "
+              "publish_us=%lld",
+              ing->inflight.Count, (unsigned long long)max_seq, (long long)(t_staged - t0),
+              (long long)(t_written - t_staged), (long long)(t_settled - t_written),
+              (long long)(kiln_mono_us() - t_settled));
+}
+
+static void *ingest_apply_main(void *arg)
+{
+    ingest *ing = arg;
+    while (!atomic_load(&ing->stop)) {
+        ingest_item it;
+        if (kiln_mono_ms() >= ing->next_sweep_ms) {
+            /* Expired Idempotency-Keys: the idem CF's compaction filter
+             * drops them when RocksDB rewrites the files. */
+            idem_suggest_sweep(ing->db);
+            int64_t every = ing->db->idem_ttl_ms / 8;
+            ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
+        }
+        /* Nothing fetched yet: finish the batch in flight rather than hold
+         * its acks until more arrives. */
+        if (!ingest_q_pop(ing, &it, ing->has_inflight ? 0 : INGEST_FETCH_MS)) {
+            ingest_settle_inflight(ing);
+            continue;
+        }
+        if (it.idle) {
+            /* FIFO: every batch fetched before this empty fetch is written. */
+            barrier_fetch_idle(ing->b, it.epoch);
+            continue;
+        }
+        ingest_batch(ing, &it.list);
+    }
+    ingest_settle_inflight(ing);
+    return NULL;
 }
 
 /* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
@@ -198,28 +369,24 @@ static natsStatus ingest_fetch(ingest *ing, natsMsgList *list)
     return natsSubscription_FetchRequest(list, ing->sub, &fr);
 }
 
-static void *ingest_main(void *arg)
+static void *ingest_fetch_main(void *arg)
 {
     ingest *ing = arg;
     int64_t last_err_log = 0;
-    while (!atomic_load(&ing->stop)) {
-        natsMsgList list = {0};
-        if (kiln_mono_ms() >= ing->next_sweep_ms) {
-            /* Expired Idempotency-Keys: the idem CF's compaction filter
-             * drops them when RocksDB rewrites the files. */
-            idem_suggest_sweep(ing->db);
-            int64_t every = ing->db->idem_ttl_ms / 8;
-            ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
-        }
-        uint64_t epoch = barrier_fetch_begin(ing->b);
-        natsStatus s = ingest_fetch(ing, &list);
-        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
-            natsMsgList_Destroy(&list);
-            barrier_fetch_idle(ing->b, epoch);
+    while (ingest_q_wait_room(ing)) {
+        ingest_item it;
+        memset(&it, 0, sizeof it);
+        it.epoch = barrier_fetch_begin(ing->b);
+        natsStatus s = ingest_fetch(ing, &it.list);
+        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && it.list.Count == 0)) {
+            natsMsgList_Destroy(&it.list);
+            memset(&it.list, 0, sizeof it.list);
+            it.idle = 1;
+            ingest_q_push(ing, &it);
             continue;
         }
         if (s != NATS_OK) {
-            natsMsgList_Destroy(&list);
+            natsMsgList_Destroy(&it.list);
             if (kiln_mono_ms() - last_err_log > 5000) {
                 LOG_WARN("fetch failed status=%s err=\"%s\"", natsStatus_GetText(s),
                          nats_GetLastError(NULL));
@@ -228,8 +395,7 @@ static void *ingest_main(void *arg)
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
             continue;
         }
-        ingest_batch(ing, &list);
-        natsMsgList_Destroy(&list);
+        ingest_q_push(ing, &it);
     }
     return NULL;
 }
@@ -237,15 +403,28 @@ static void *ingest_main(void *arg)
 static void ingest_free(ingest *ing)
 {
     if (ing == NULL) return;
+    /* Batches fetched but never applied: nak'd so a restart gets them at once
+     * instead of after AckWait. */
+    while (ing->qn > 0) {
+        ingest_item *it = &ing->q[ing->qhead];
+        ingest_settle(&it->list, 0);
+        natsMsgList_Destroy(&it->list);
+        ing->qhead = (ing->qhead + 1) % INGEST_AHEAD;
+        ing->qn--;
+    }
     if (ing->sub != NULL) {
         /* Keep the durable: only drop our interest in it. */
         natsSubscription_Destroy(ing->sub);
     }
     if (ing->wb != NULL) rocksdb_writebatch_wi_destroy(ing->wb);
-    apply_sink_free(&ing->sink);
+    apply_sink_free(&ing->sink[0]);
+    apply_sink_free(&ing->sink[1]);
+    if (ing->q_ready) {
+        pthread_cond_destroy(&ing->qcond);
+        pthread_mutex_destroy(&ing->qmu);
+    }
     free(ing);
 }
-
 kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b, ingest **out)
 {
     kiln_status st = KILN_OK;
