@@ -94,18 +94,18 @@ tests: $(BINS) $(BUILD)/bin/kiln-unit-tests $(BUILD)/bin/kiln-it-tests
 
 # `make test`: sanitizer build in build/san, then both suites.
 test: deps
-	$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 tests
+	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
 	tests/run.sh build/san/bin
 
 unit-test: deps
-	$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 tests
+	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
 	tests/run.sh build/san/bin unit
 
 run: deps all
 	deploy/run-dev.sh $(BUILD)/bin
 
 bench: deps
-	$(MAKE) --no-print-directory -j2 BUILD=build/bench OPT="-O2 -DNDEBUG" all $(BUILD_BENCH_EXTRA) build/bench/bin/kiln-bench-limit build/bench/bin/kiln-bench
+	$(MAKE) --no-print-directory -j2 BUILD=build/bench OPT="-O2 -DNDEBUG" all build/bench/bin/kiln-bench-limit build/bench/bin/kiln-bench
 	bench/run.sh build/bench/bin
 
 BENCH_OBJ = $(call obj_of,bench)

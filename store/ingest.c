@@ -425,6 +425,22 @@ static void ingest_free(ingest *ing)
     }
     free(ing);
 }
+/* Stops both threads (the apply thread settles its batch in flight). NULL-safe. */
+static void ingest_join(ingest *ing)
+{
+    if (ing == NULL) return;
+    atomic_store(&ing->stop, true);
+    if (ing->q_ready) {
+        pthread_mutex_lock(&ing->qmu);
+        pthread_cond_broadcast(&ing->qcond);
+        pthread_mutex_unlock(&ing->qmu);
+    }
+    if (ing->fetcher_started) pthread_join(ing->fetcher, NULL);
+    if (ing->thread_started) pthread_join(ing->thread, NULL);
+    ing->fetcher_started = 0;
+    ing->thread_started = 0;
+}
+
 kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b, ingest **out)
 {
     kiln_status st = KILN_OK;
@@ -449,6 +465,25 @@ kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b
     ing->m_retries = kiln_metric_counter("kiln_store_batch_retries_total", "Batches nak'd for redelivery");
     ing->m_seq = kiln_metric_gauge("kiln_store_applied_seq", "Highest KILN_JOBS sequence applied");
 
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) {
+        st = KILN_ERR;
+        goto out;
+    }
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int crc = pthread_cond_init(&ing->qcond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0) {
+        st = KILN_ERR;
+        goto out;
+    }
+    if (pthread_mutex_init(&ing->qmu, NULL) != 0) {
+        pthread_cond_destroy(&ing->qcond);
+        st = KILN_ERR;
+        goto out;
+    }
+    ing->q_ready = 1;
+
     ing->wb = rocksdb_writebatch_wi_create(0, 1);
     if (ing->wb == NULL) {
         st = KILN_ENOMEM;
@@ -466,16 +501,24 @@ kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b
         st = kiln_nats_status(s);
         goto out;
     }
-    if (pthread_create(&ing->thread, NULL, ingest_main, ing) != 0) {
+    if (pthread_create(&ing->fetcher, NULL, ingest_fetch_main, ing) != 0) {
+        st = KILN_ERR;
+        goto out;
+    }
+    pthread_setname_np(ing->fetcher, "kiln-fetch");
+    ing->fetcher_started = 1;
+    if (pthread_create(&ing->thread, NULL, ingest_apply_main, ing) != 0) {
         st = KILN_ERR;
         goto out;
     }
     pthread_setname_np(ing->thread, "kiln-apply");
     ing->thread_started = 1;
-    LOG_INFO("apply loop started durable=%s batch=%d", KILN_DURABLE_STORE, INGEST_BATCH);
+    LOG_INFO("apply loop started durable=%s batch=%d ahead=%d", KILN_DURABLE_STORE, INGEST_BATCH,
+             INGEST_AHEAD);
     *out = ing;
     ing = NULL;
 out:
+    ingest_join(ing);
     ingest_free(ing);
     return st;
 }
@@ -483,8 +526,7 @@ out:
 void ingest_stop(ingest *ing)
 {
     if (ing == NULL) return;
-    atomic_store(&ing->stop, true);
-    if (ing->thread_started) pthread_join(ing->thread, NULL);
+    ingest_join(ing);
     LOG_INFO("apply loop stopped");
     ingest_free(ing);
 }
