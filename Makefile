@@ -47,7 +47,8 @@ kiln-devprovider: $(BUILD)/bin/kiln-devprovider
 deps:
 	@deploy/install-deps.sh
 
-$(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h: proto/kiln.proto
+# One protoc-c run makes both files (grouped target: safe under -j).
+$(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h &: proto/kiln.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/kiln.proto
 

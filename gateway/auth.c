@@ -115,7 +115,12 @@ out:
 
 int gw_auth_check(struct MHD_Connection *c, const char **user)
 {
-    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    return gw_auth_check_header(
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), user);
+}
+
+int gw_auth_check_header(const char *h, const char **user)
+{
     if (h == NULL) return -1;
     while (*h == ' ') h++;
     if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t')) return -1;

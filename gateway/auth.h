@@ -20,5 +20,7 @@ size_t gw_auth_count(void);
 /* Checks the Authorization header of c. Returns the key index and sets *user,
  * or returns -1. Compares in constant time against every key. */
 int gw_auth_check(struct MHD_Connection *c, const char **user);
+/* The same for an Authorization header value (NULL = absent). */
+int gw_auth_check_header(const char *authorization, const char **user);
 
 #endif

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "auth.h"
@@ -54,7 +56,7 @@ int main(int argc, char **argv)
          "API keys: token:user_id[,token:user_id...]", &cfg.api_keys},
         {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
          "images are served from <dir>/images/<id>/<index>.png", &cfg.data_dir},
-        {"KILN_HTTP_THREADS", "http-threads", KILN_SET_INT, "4", 1, 256,
+        {"KILN_HTTP_THREADS", "http-threads", KILN_SET_INT, "2", 1, 256,
          "HTTP event-loop threads", &cfg.threads},
         {"KILN_SUBMIT_RATE", "submit-rate", KILN_SET_RATE, "0", 1, 0,
          "per-user submit limit, e.g. 20/s or 600/min; 0 = off", &cfg.submit_rate},
@@ -72,7 +74,7 @@ int main(int argc, char **argv)
     };
     char err[512];
     int rc = 1;
-    natsConnection *nc = NULL, *sse_nc = NULL;
+    natsConnection *nc = NULL, *qnc = NULL, *sse_nc = NULL;
     jsCtx *js = NULL, *sse_js = NULL;
     int server_started = 0, timers_started = 0, rpc_started = 0, waiter_started = 0;
 
@@ -109,6 +111,13 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* Every SSE client holds a socket: use the whole hard limit of descriptors. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) LOG_WARN("cannot raise the descriptor limit");
+    }
+
     /* Signals are taken by sigwait() here; every thread created later inherits the mask. */
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -123,7 +132,10 @@ int main(int argc, char **argv)
     no.initial_timeout_ms = MAIN_NATS_CONNECT_MS;
     no.max_pending = MAIN_MAX_PENDING_PUBS;
     no.ack_handler = gw_submit_ack_handler;
-    no.send_asap = getenv("GW_EXP_NOASAP") == NULL; /* EXPERIMENT */
+    /* Without SendAsap publishes from the HTTP threads are batched into the
+     * socket by libnats' flusher thread: measured ~30% less gateway and
+     * nats-server CPU per submit and higher throughput at the same p50. */
+    no.send_asap = false;
     st = kiln_nats_connect_opts(cfg.nats_url, &no, &nc, &js);
     if (st != KILN_OK) {
         LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
@@ -133,7 +145,15 @@ int main(int argc, char **argv)
     memset(&po, 0, sizeof po); /* fields opts_init leaves alone stay false/0 */
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
-    if ((st = kiln_provision(js, &po)) != KILN_OK) {
+    /* Other binaries provision at the same moment; a lost create race is
+     * worth another try before giving up. */
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        if ((st = kiln_provision(js, &po)) == KILN_OK) break;
+        LOG_WARN("provisioning failed, retrying attempt=%d status=%s", attempt,
+                 kiln_status_str(st));
+        usleep(200 * 1000);
+    }
+    if (st != KILN_OK) {
         LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }
@@ -149,12 +169,20 @@ int main(int argc, char **argv)
         LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
         goto out;
     }
+    /* Store queries and the jobs.done feed (every completion) on a connection
+     * of their own, so their traffic does not queue behind the submit
+     * publishes and acks on the connection's lock and reader thread. */
+    if ((st = kiln_nats_connect(cfg.nats_url, "kiln-gateway-query", MAIN_NATS_CONNECT_MS, &qnc,
+                                NULL)) != KILN_OK) {
+        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
+        goto out;
+    }
     if ((st = gw_health_init(nc)) != KILN_OK) goto out;
     if ((st = gw_timers_start()) != KILN_OK) goto out;
     timers_started = 1;
-    if ((st = gw_rpc_init(nc)) != KILN_OK) goto out;
+    if ((st = gw_rpc_init(qnc)) != KILN_OK) goto out;
     rpc_started = 1;
-    if ((st = gw_waiter_init(nc)) != KILN_OK) goto out;
+    if ((st = gw_waiter_init(qnc)) != KILN_OK) goto out;
     waiter_started = 1;
     if ((st = gw_submit_init(nc, js, cfg.publish_timeout_ms, cfg.store_timeout_ms)) != KILN_OK)
         goto out;
@@ -185,6 +213,7 @@ out:
     gw_gate_close();
     if (server_started) gw_server_drain(MAIN_SHUTDOWN_GRACE_MS);
     if (rpc_started) gw_rpc_shutdown();
+    kiln_nats_close(qnc, NULL);
     kiln_nats_close(nc, js);
     /* No more acks can come: whatever still waits gets a 503. */
     gw_submit_fail_pending();

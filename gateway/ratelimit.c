@@ -43,11 +43,17 @@ void gw_ratelimit_free(void)
 
 bool gw_ratelimit_take(int idx, int *retry_after_s)
 {
+    return gw_ratelimit_take_at(idx, kiln_mono_us(), retry_after_s);
+}
+
+bool gw_ratelimit_take_at(int idx, int64_t now, int *retry_after_s)
+{
     if (rl_rate <= 0 || idx < 0 || (size_t)idx >= rl_n) return true;
     ratelimit_bucket *b = &rl_buckets[idx];
     bool ok;
     pthread_mutex_lock(&b->mu);
-    int64_t now = kiln_mono_us();
+    /* A clock read before another thread's later one must not refill backwards. */
+    if (now < b->last_us) now = b->last_us;
     b->tokens = fmin(rl_burst, b->tokens + (double)(now - b->last_us) / 1e6 * rl_rate);
     b->last_us = now;
     ok = b->tokens >= 1.0;

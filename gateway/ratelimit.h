@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "status.h"
 
@@ -14,5 +15,7 @@ void gw_ratelimit_free(void);
 
 /* Takes one token for key idx; on false *retry_after_s says when to retry. */
 bool gw_ratelimit_take(int idx, int *retry_after_s);
+/* The same at a given kiln_mono_us() time (tests). */
+bool gw_ratelimit_take_at(int idx, int64_t now_us, int *retry_after_s);
 
 #endif

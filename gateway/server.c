@@ -230,6 +230,8 @@ kiln_status gw_server_start(const gw_server_opts *o)
         (const struct sockaddr *)&o->addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads,
         MHD_OPTION_NOTIFY_COMPLETED, server_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)SERVER_CONN_TIMEOUT_S, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+        /* Event streams hold their connection: allow many (each costs an fd). */
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_SERVER_MAX_CONNECTIONS,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, /* restart without waiting out TIME_WAIT */
         MHD_OPTION_END);
     if (server_daemon == NULL) return KILN_ERR;

@@ -16,6 +16,7 @@
 #define GW_ANSWER_MAX_HEADERS 4
 #define GW_HEADER_VALUE_MAX 160
 #define GW_USER_MAX 129
+#define GW_SERVER_MAX_CONNECTIONS 16384 /* open HTTP connections (SSE clients included) */
 
 /* Routes, also the metric label of a request. */
 typedef enum {

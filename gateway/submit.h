@@ -19,4 +19,7 @@ void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *p
 
 void gw_submit_handle(gw_req *r);
 
+/* 1 when a Content-Type is application/json, optionally with charset=utf-8. */
+int gw_submit_content_type_ok(const char *content_type);
+
 #endif

@@ -61,10 +61,18 @@ static kiln_status apply_done_add(apply_done_list *l, const Kiln__V1__JobStatus 
     return KILN_OK;
 }
 
+static void apply_counters_clear(apply_sink *s)
+{
+    if (s->ncounters == 0) return;
+    for (size_t i = 0; i < s->capcounters; i++) s->counters[i].klen = 0;
+    s->ncounters = 0;
+}
+
 void apply_sink_reset(apply_sink *s)
 {
     apply_done_reset(&s->done);
     events_reset(&s->events);
+    apply_counters_clear(s);
     s->replay = 0;
 }
 
@@ -73,6 +81,75 @@ void apply_sink_free(apply_sink *s)
     if (s == NULL) return;
     apply_done_free(&s->done);
     events_free(&s->events);
+    free(s->counters);
+    s->counters = NULL;
+    s->ncounters = s->capcounters = 0;
+}
+
+static size_t apply_counter_hash(const uint8_t *key, size_t klen)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < klen; i++) h = (h ^ key[i]) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+/* The slot of key in tab (cap a power of two, never full): its entry or a free slot. */
+static apply_counter *apply_counter_slot(apply_counter *tab, size_t cap, const uint8_t *key,
+                                         size_t klen)
+{
+    size_t i = apply_counter_hash(key, klen) & (cap - 1);
+    while (tab[i].klen != 0 && (tab[i].klen != klen || memcmp(tab[i].key, key, klen) != 0))
+        i = (i + 1) & (cap - 1);
+    return &tab[i];
+}
+
+/* Adds delta to the batch's change of counter key (grows the table at half full). */
+static kiln_status apply_counter_defer(apply_sink *s, const uint8_t *key, size_t klen, int delta)
+{
+    if (2 * (s->ncounters + 1) > s->capcounters) {
+        size_t cap = s->capcounters ? s->capcounters * 2 : 64;
+        apply_counter *tab = calloc(cap, sizeof *tab);
+        if (tab == NULL) return KILN_ENOMEM;
+        for (size_t i = 0; i < s->capcounters; i++)
+            if (s->counters[i].klen != 0)
+                *apply_counter_slot(tab, cap, s->counters[i].key, s->counters[i].klen) = s->counters[i];
+        free(s->counters);
+        s->counters = tab;
+        s->capcounters = cap;
+    }
+    apply_counter *c = apply_counter_slot(s->counters, s->capcounters, key, klen);
+    if (c->klen == 0) {
+        memcpy(c->key, key, klen);
+        c->klen = klen;
+        c->delta = 0;
+        s->ncounters++;
+    }
+    c->delta += delta;
+    return KILN_OK;
+}
+
+/* Reads the counter at key, adds delta (never below zero) and stages it. */
+static kiln_status apply_counter_write(db_store *db, db_batch *wb,
+                                       const uint8_t *key, size_t klen, int64_t delta)
+{
+    uint64_t v = 0;
+    kiln_status st = db_get_u64(db, wb, DB_CF_COUNTERS, key, klen, &v);
+    if (st != KILN_OK) return st;
+    if (delta < 0 && v < (uint64_t)-delta) v = 0; /* never wrap below zero */
+    else v = (uint64_t)((int64_t)v + delta);
+    db_put_u64(db, wb, DB_CF_COUNTERS, key, klen, v);
+    return KILN_OK;
+}
+
+kiln_status apply_sink_flush_counters(db_store *db, db_batch *wb, apply_sink *s)
+{
+    kiln_status st = KILN_OK;
+    for (size_t i = 0; i < s->capcounters && st == KILN_OK; i++) {
+        const apply_counter *c = &s->counters[i];
+        if (c->klen != 0 && c->delta != 0) st = apply_counter_write(db, wb, c->key, c->klen, c->delta);
+    }
+    apply_counters_clear(s);
+    return st;
 }
 
 /* ---- record + indexes + counters in one batch -------------------------- */
@@ -87,20 +164,16 @@ static int apply_is_unviewed(const Kiln__V1__JobRecord *r)
     return r != NULL && kiln_state_is_terminal(r->status->state) && !r->viewed;
 }
 
-static kiln_status apply_counter_add(db_store *db, rocksdb_writebatch_wi_t *wb, const char *user,
-                                     keys_counter_kind kind, int delta)
+/* Changes a user counter: at once in wb, or summed in defer (the batch's sink). */
+static kiln_status apply_counter_add(db_store *db, db_batch *wb, apply_sink *defer,
+                                     const char *user, keys_counter_kind kind, int delta)
 {
     if (delta == 0) return KILN_OK;
     uint8_t key[KEYS_MAX];
     size_t klen = keys_counter(key, user, kind);
     if (klen == 0) return KILN_EINVAL;
-    uint64_t v = 0;
-    kiln_status st = db_get_u64(db, wb, DB_CF_COUNTERS, key, klen, &v);
-    if (st != KILN_OK) return st;
-    if (delta < 0 && v < (uint64_t)-delta) v = 0; /* never wrap below zero */
-    else v = (uint64_t)((int64_t)v + delta);
-    db_put_u64(db, wb, DB_CF_COUNTERS, key, klen, v);
-    return KILN_OK;
+    if (defer != NULL) return apply_counter_defer(defer, key, klen, delta);
+    return apply_counter_write(db, wb, key, klen, delta);
 }
 
 /* Is old -> nw worth an event? Re-applying the same state and attempt
@@ -119,9 +192,10 @@ static int apply_visible(const Kiln__V1__JobRecord *old, const Kiln__V1__JobReco
     return 0;
 }
 
-kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
+/* apply_stage_record; counter changes go to defer when it is non-NULL. */
+static kiln_status apply_stage(db_store *db, db_batch *wb,
                                const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
-                               events_list *ev)
+                               events_list *ev, apply_sink *defer)
 {
     const char *id = nw->request->id;
     const char *user = nw->request->user_id;
@@ -136,7 +210,7 @@ kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
     events_kind kind = EVENTS_STATE;
     kiln_status st = kiln_pb_pack(&nw->base, &buf, &len);
     if (st != KILN_OK) return st;
-    rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_JOBS], id, strlen(id), (const char *)buf, len);
+    db_batch_put(wb, DB_CF_JOBS, id, strlen(id), (const char *)buf, len);
     /* The event carries the bytes just written: no second pack, no read. */
     if (ev != NULL && apply_visible(old, nw, &kind)) st = events_add_packed(ev, nw, kind, &buf, len);
     free(buf);
@@ -145,29 +219,36 @@ kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
     if (old == NULL) {
         klen = keys_by_user(key, user, created, id);
         if (klen == 0) return KILN_EINVAL;
-        rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_BY_USER], (const char *)key, klen, "", 0);
+        db_batch_put(wb, DB_CF_BY_USER, (const char *)key, klen, "", 0);
     }
     if (old == NULL || os != ns) {
         if (old != NULL) {
             klen = keys_by_user_state(key, user, os, created, id);
             if (klen == 0) return KILN_EINVAL;
-            rocksdb_writebatch_wi_delete_cf(wb, db->cf[DB_CF_BY_USER_STATE], (const char *)key, klen);
+            db_batch_delete(wb, DB_CF_BY_USER_STATE, (const char *)key, klen);
         }
         klen = keys_by_user_state(key, user, ns, created, id);
         if (klen == 0) return KILN_EINVAL;
-        rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_BY_USER_STATE], (const char *)key, klen, "", 0);
+        db_batch_put(wb, DB_CF_BY_USER_STATE, (const char *)key, klen, "", 0);
     }
     int ou = apply_is_unviewed(old), nu = apply_is_unviewed(nw);
     if (ou != nu) {
         klen = keys_by_user(key, user, created, id);
         if (klen == 0) return KILN_EINVAL;
-        if (nu) rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_UNVIEWED], (const char *)key, klen, "", 0);
-        else rocksdb_writebatch_wi_delete_cf(wb, db->cf[DB_CF_UNVIEWED], (const char *)key, klen);
+        if (nu) db_batch_put(wb, DB_CF_UNVIEWED, (const char *)key, klen, "", 0);
+        else db_batch_delete(wb, DB_CF_UNVIEWED, (const char *)key, klen);
     }
     int oa = old != NULL && apply_is_active(os), na = apply_is_active(ns);
-    st = apply_counter_add(db, wb, user, KEYS_COUNTER_ACTIVE, na - oa);
-    if (st == KILN_OK) st = apply_counter_add(db, wb, user, KEYS_COUNTER_UNVIEWED, nu - ou);
+    st = apply_counter_add(db, wb, defer, user, KEYS_COUNTER_ACTIVE, na - oa);
+    if (st == KILN_OK) st = apply_counter_add(db, wb, defer, user, KEYS_COUNTER_UNVIEWED, nu - ou);
     return st;
+}
+
+kiln_status apply_stage_record(db_store *db, db_batch *wb,
+                               const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
+                               events_list *ev)
+{
+    return apply_stage(db, wb, old, nw, ev, NULL);
 }
 
 /* ---- the rules ---------------------------------------------------------- */
@@ -221,7 +302,7 @@ static int apply_user_ok(const char *user)
 
 /* A NATS publisher's Idempotency-Key: record (user, key) -> id when free,
  * with the same TTL as the gateway's reservations. */
-static kiln_status apply_idem_from_request(db_store *db, rocksdb_writebatch_wi_t *wb,
+static kiln_status apply_idem_from_request(db_store *db, db_batch *wb,
                                            const Kiln__V1__JobRequest *req, int64_t now_ms)
 {
     uint8_t hash[IDEM_HASH_LEN];
@@ -236,7 +317,7 @@ static kiln_status apply_idem_from_request(db_store *db, rocksdb_writebatch_wi_t
     return st;
 }
 
-kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
                               size_t len, int64_t fallback_created_ms, uint64_t seq,
                               apply_sink *sink, int *changed)
 {
@@ -269,7 +350,7 @@ kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const v
     Kiln__V1__JobStatus status;
     apply_record_init(&rec, &status, req, fallback_created_ms);
     rec.request_seq = seq;
-    st = apply_stage_record(db, wb, NULL, &rec, &sink->events);
+    st = apply_stage(db, wb, NULL, &rec, &sink->events, sink->defer_counters ? sink : NULL);
     if (st == KILN_OK) st = apply_idem_from_request(db, wb, req, fallback_created_ms);
     if (st == KILN_OK) *changed = 1;
 out:
@@ -279,7 +360,7 @@ out:
 }
 
 /* Applies t to the record of t->request->id (old, NULL when there is none). */
-static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
+static kiln_status apply_one(db_store *db, db_batch *wb,
                              const Kiln__V1__JobRecord *old, const Kiln__V1__JobTransition *t,
                              apply_sink *sink, int *changed)
 {
@@ -354,14 +435,15 @@ static kiln_status apply_one(db_store *db, rocksdb_writebatch_wi_t *wb,
     status.state = t->state;
     rec.updated_at_ms = now;
 
-    kiln_status st = apply_stage_record(db, wb, old, &rec, &sink->events);
+    kiln_status st =
+        apply_stage(db, wb, old, &rec, &sink->events, sink->defer_counters ? sink : NULL);
     if (st != KILN_OK) return st;
     *changed = 1;
     if (kiln_state_is_terminal(status.state)) return apply_done_add(&sink->done, &status);
     return KILN_OK;
 }
 
-kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+kiln_status apply_transition(db_store *db, db_batch *wb, const void *data,
                              size_t len, apply_sink *sink, int *changed)
 {
     kiln_status st = KILN_OK;
@@ -386,7 +468,7 @@ out:
     return st;
 }
 
-kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+kiln_status apply_load_owned(db_store *db, db_batch *wb, const char *id,
                              const char *user, Kiln__V1__JobRecord **out)
 {
     Kiln__V1__JobRecord *rec = NULL;
@@ -401,7 +483,7 @@ kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const ch
     return KILN_OK;
 }
 
-kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+kiln_status apply_viewed(db_store *db, db_batch *wb, const char *id,
                          const char *user, events_list *ev)
 {
     Kiln__V1__JobRecord *old = NULL;

@@ -14,6 +14,7 @@
 #include "db.h"
 #include "events.h"
 #include "jobreq.h"
+#include "keys.h"
 #include "kiln.pb-c.h"
 #include "status.h"
 
@@ -39,14 +40,32 @@ void apply_done_free(apply_done_list *l);
  * and every record change (kiln.events.*). replay is set by the caller for
  * a redelivered message: a change it finds already written is announced
  * again (the first announcement may have failed; Nats-Msg-Id de-duplicates). */
+/* One user counter's change over a batch. */
+typedef struct {
+    uint8_t key[KEYS_MAX];
+    size_t klen; /* 0 = free slot */
+    int64_t delta;
+} apply_counter;
+
 typedef struct {
     apply_done_list done;
     events_list events;
     int replay;
+    /* defer_counters (the apply loop sets it): counter changes are summed
+     * here (open addressing on the key) and staged once per batch by
+     * apply_sink_flush_counters() instead of a read and a write per
+     * message. 0: every change is read-modify-written in wb at once. */
+    int defer_counters;
+    apply_counter *counters;
+    size_t ncounters, capcounters;
 } apply_sink;
 
 void apply_sink_reset(apply_sink *s);
 void apply_sink_free(apply_sink *s); /* NULL-safe */
+
+/* Stages the summed counter changes (one read and one write per counter)
+ * and forgets them. Call before db_write() when defer_counters is set. */
+kiln_status apply_sink_flush_counters(db_store *db, db_batch *wb, apply_sink *s);
 
 typedef enum {
     APPLY_RULE_IGNORE,    /* stale or impossible: nothing changes */
@@ -63,7 +82,7 @@ apply_rule apply_decide(const Kiln__V1__JobStatus *cur, Kiln__V1__JobState to, u
  * by_user / by_user_state / unviewed entries and the user's counters. When
  * ev is non-NULL and the change is visible (new record, state, attempts or
  * viewed changed), appends it to ev. */
-kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
+kiln_status apply_stage_record(db_store *db, db_batch *wb,
                                const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
                                events_list *ev);
 
@@ -73,24 +92,24 @@ kiln_status apply_stage_record(db_store *db, rocksdb_writebatch_wi_t *wb,
  * when it is free. *changed = 1 when a new record was staged.
  * KILN_EINVAL: undecodable or invalid (the caller acks and ignores it);
  * KILN_EIO: RocksDB failed (the caller retries the batch). */
-kiln_status apply_job_request(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
                               size_t len, int64_t fallback_created_ms, uint64_t seq,
                               apply_sink *sink, int *changed);
 
 /* A JobTransition from kiln.tx. Terminal states written (or re-applied
  * identically) go to sink->done, changes to sink->events. Errors as
  * apply_job_request. */
-kiln_status apply_transition(db_store *db, rocksdb_writebatch_wi_t *wb, const void *data,
+kiln_status apply_transition(db_store *db, db_batch *wb, const void *data,
                              size_t len, apply_sink *sink, int *changed);
 
 /* Loads id for user (NULL or "" = any user). Another user's job, or an
  * invalid id, is KILN_ENOTFOUND. wb may be NULL. */
-kiln_status apply_load_owned(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+kiln_status apply_load_owned(db_store *db, db_batch *wb, const char *id,
                              const char *user, Kiln__V1__JobRecord **out);
 
 /* Marks the job viewed (see the comment in apply.c); the change goes to ev
  * (may be NULL). KILN_ENOTFOUND for an unknown id or another user's job. */
-kiln_status apply_viewed(db_store *db, rocksdb_writebatch_wi_t *wb, const char *id,
+kiln_status apply_viewed(db_store *db, db_batch *wb, const char *id,
                          const char *user, events_list *ev);
 
 #endif

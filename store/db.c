@@ -103,18 +103,27 @@ void db_close(db_store *db)
 void db_lock(db_store *db) { pthread_mutex_lock(&db->write_mu); }
 void db_unlock(db_store *db) { pthread_mutex_unlock(&db->write_mu); }
 
-kiln_status db_get(db_store *db, const rocksdb_readoptions_t *ro, rocksdb_writebatch_wi_t *wb,
-                   db_cf cf, const void *key, size_t klen, char **val, size_t *vlen)
+kiln_status db_get(db_store *db, const rocksdb_readoptions_t *ro, db_batch *wb, db_cf cf,
+                   const void *key, size_t klen, char **val, size_t *vlen)
 {
     char *err = NULL;
     char *v = NULL;
     size_t n = 0;
     if (ro == NULL) ro = db->ro;
-    if (wb != NULL)
-        v = rocksdb_writebatch_wi_get_from_batch_and_db_cf(wb, db->db, ro, db->cf[cf], key, klen,
-                                                           &n, &err);
-    else
-        v = rocksdb_get_cf(db->db, ro, db->cf[cf], key, klen, &n, &err);
+    if (wb != NULL) {
+        const char *bv = NULL;
+        int found = db_batch_find(wb, cf, key, klen, &bv, &n);
+        if (found < 0) return KILN_ENOTFOUND;
+        if (found > 0) {
+            v = malloc(n > 0 ? n : 1); /* rocksdb_free() is free() */
+            if (v == NULL) return KILN_ENOMEM;
+            if (n > 0) memcpy(v, bv, n);
+            *val = v;
+            *vlen = n;
+            return KILN_OK;
+        }
+    }
+    v = rocksdb_get_cf(db->db, ro, db->cf[cf], key, klen, &n, &err);
     if (err != NULL) {
         LOG_ERROR("rocksdb get failed cf=%s err=\"%s\"", db_cf_names[cf], err);
         rocksdb_free(err);
@@ -127,8 +136,7 @@ kiln_status db_get(db_store *db, const rocksdb_readoptions_t *ro, rocksdb_writeb
     return KILN_OK;
 }
 
-kiln_status db_load_record(db_store *db, const rocksdb_readoptions_t *ro,
-                           rocksdb_writebatch_wi_t *wb, const char *id, Kiln__V1__JobRecord **out)
+kiln_status db_load_record(db_store *db, const rocksdb_readoptions_t *ro, db_batch *wb, const char *id, Kiln__V1__JobRecord **out)
 {
     char *v = NULL;
     size_t n = 0;
@@ -145,20 +153,28 @@ kiln_status db_load_record(db_store *db, const rocksdb_readoptions_t *ro,
     return KILN_OK;
 }
 
-kiln_status db_write(db_store *db, rocksdb_writebatch_wi_t *wb)
+kiln_status db_write(db_store *db, db_batch *wb)
 {
     char *err = NULL;
-    rocksdb_write_writebatch_wi(db->db, db->wo, wb, &err);
-    if (err != NULL) {
-        LOG_ERROR("rocksdb write failed err=\"%s\"", err);
-        rocksdb_free(err);
-        return KILN_EIO;
+    rocksdb_writebatch_t *rb = rocksdb_writebatch_create();
+    if (rb == NULL) return KILN_ENOMEM;
+    kiln_status st = db_batch_fill(wb, db, rb);
+    if (st != KILN_OK) {
+        LOG_ERROR("write batch incomplete (out of memory)");
+    } else if (rocksdb_writebatch_count(rb) > 0) {
+        rocksdb_write(db->db, db->wo, rb, &err);
+        if (err != NULL) {
+            LOG_ERROR("rocksdb write failed err=\"%s\"", err);
+            rocksdb_free(err);
+            st = KILN_EIO;
+        }
     }
-    return KILN_OK;
+    rocksdb_writebatch_destroy(rb);
+    return st;
 }
 
-kiln_status db_get_u64(db_store *db, rocksdb_writebatch_wi_t *wb, db_cf cf, const void *key,
-                       size_t klen, uint64_t *out)
+kiln_status db_get_u64(db_store *db, db_batch *wb, db_cf cf, const void *key, size_t klen,
+                       uint64_t *out)
 {
     char *v = NULL;
     size_t n = 0;
@@ -173,10 +189,10 @@ kiln_status db_get_u64(db_store *db, rocksdb_writebatch_wi_t *wb, db_cf cf, cons
     return KILN_OK;
 }
 
-void db_put_u64(db_store *db, rocksdb_writebatch_wi_t *wb, db_cf cf, const void *key,
-                size_t klen, uint64_t v)
+void db_put_u64(db_store *db, db_batch *wb, db_cf cf, const void *key, size_t klen, uint64_t v)
 {
     uint8_t buf[8];
+    (void)db;
     keys_put_be64(buf, v);
-    rocksdb_writebatch_wi_put_cf(wb, db->cf[cf], key, klen, (const char *)buf, sizeof buf);
+    db_batch_put(wb, cf, key, klen, buf, sizeof buf);
 }

@@ -42,7 +42,7 @@ int idem_expired(int64_t created_ms, int64_t now_ms, int64_t ttl_ms)
     return now_ms - created_ms >= ttl_ms;
 }
 
-kiln_status idem_reserve(db_store *db, rocksdb_writebatch_wi_t *wb, const char *user,
+kiln_status idem_reserve(db_store *db, db_batch *wb, const char *user,
                          const char *key, const uint8_t hash[IDEM_HASH_LEN], const char *new_id,
                          int64_t now_ms, idem_result *res)
 {
@@ -68,7 +68,7 @@ kiln_status idem_reserve(db_store *db, rocksdb_writebatch_wi_t *wb, const char *
     }
     size_t n = idem_value_encode(v, now_ms, new_id, hash);
     if (n == 0) return KILN_EINVAL;
-    rocksdb_writebatch_wi_put_cf(wb, db->cf[DB_CF_IDEM], (const char *)k, klen, (const char *)v, n);
+    db_batch_put(wb, DB_CF_IDEM, (const char *)k, klen, (const char *)v, n);
     snprintf(res->id, sizeof res->id, "%s", new_id);
     res->is_new = 1;
     return KILN_OK;

@@ -39,7 +39,7 @@ typedef struct {
 /* Looks up (user, key) through wb and, when it is free (absent or expired),
  * stages the entry (now_ms, new_id, hash) into wb. The caller holds
  * db_lock() and writes wb. KILN_EINVAL for a bad user/key/id. */
-kiln_status idem_reserve(db_store *db, rocksdb_writebatch_wi_t *wb, const char *user,
+kiln_status idem_reserve(db_store *db, db_batch *wb, const char *user,
                          const char *key, const uint8_t hash[IDEM_HASH_LEN], const char *new_id,
                          int64_t now_ms, idem_result *res);
 

@@ -1,22 +1,21 @@
-/* ingest.c - the apply loop: pull batches from KILN_JOBS (durable
- * kiln-store), apply each in one RocksDB write, publish jobs.done for every
- * terminal state and an event for every change written, and ack the batch
- * once JetStream confirmed those publishes; broadcast kiln.cancelled.<id>
- * for jobs it cancelled.
+/* ingest.c - the apply loop (thread "kiln-apply"): pull batches from
+ * KILN_JOBS (durable kiln-store), apply each in one RocksDB write, publish
+ * jobs.done for every terminal state and an event for every change written,
+ * and ack the batch once JetStream confirmed those publishes; broadcast
+ * kiln.cancelled.<id> for jobs it cancelled.
  *
- * Two threads. "kiln-fetch" pulls batches ahead of need (a fetch is a
- * round trip) into a short FIFO queue. "kiln-apply" is the only user of wb,
- * the sinks and the async publisher, and pipelines one batch deep: batch
- * k+1 is staged and written while the acks of batch k's publishes travel;
- * then k's publishes are confirmed and k is acked, and only then k+1's
- * outputs are published. So the rules still hold per message: written
- * before jobs.done (a subscriber that queries sees the terminal state), and
- * jobs.done/events confirmed before the message is acked (a crash in
- * between redelivers it; re-applying an identical terminal transition
- * re-publishes jobs.done, and a redelivered message re-announces the change
- * it finds written, de-duplicated by Nats-Msg-Id). Outputs keep stream
- * order because batch k+1 publishes only after batch k's were confirmed. */
-#include <errno.h>
+ * Pipelined one batch deep: batch k+1 is fetched, staged and written while
+ * the acks of batch k's publishes travel; then k's publishes are confirmed
+ * and k is acked, and only then k+1's outputs are published. So the rules
+ * still hold per message: written before jobs.done (a subscriber that
+ * queries sees the terminal state), and jobs.done/events confirmed before
+ * the message is acked (a crash in between redelivers it; re-applying an
+ * identical terminal transition re-publishes jobs.done, and a redelivered
+ * message re-announces the change it finds written, de-duplicated by
+ * Nats-Msg-Id). Outputs keep stream order because batch k+1 publishes only
+ * after batch k's were confirmed. One thread does every fetch, ack and
+ * message destroy of the subscription (nats.c 3.4.1 crashed, rarely, when a
+ * second thread fetched while this one destroyed acked batches). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,19 +35,11 @@
 /* 1024 messages make at most 2048 publishes (jobs.done + event each),
  * below the publisher's max pending (main.c). */
 #define INGEST_BATCH 1024
-#define INGEST_AHEAD 2            /* fetched batches queued ahead of the apply thread */
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
-
-/* One fetch result: a batch, or "nothing there" (idle) for the barrier. */
-typedef struct {
-    natsMsgList list;
-    uint64_t epoch;
-    int idle;
-} ingest_item;
 
 struct ingest {
     db_store *db;
@@ -56,7 +47,7 @@ struct ingest {
     jsCtx *js;
     barrier *b;
     natsSubscription *sub;
-    rocksdb_writebatch_wi_t *wb;
+    db_batch *wb;
     apply_sink sink[2];      /* [cur] for the batch being staged, [cur ^ 1] in flight */
     int cur;
     natsMsgList inflight;    /* written and published, awaiting publish acks */
@@ -65,14 +56,8 @@ struct ingest {
     int64_t inflight_t0;
     uint64_t inflight_seq;
     int64_t next_sweep_ms; /* monotonic */
-    /* fetch queue (FIFO) */
-    pthread_mutex_t qmu;
-    pthread_cond_t qcond; /* CLOCK_MONOTONIC; both directions */
-    ingest_item q[INGEST_AHEAD];
-    int qhead, qn;
-    int q_ready;
-    pthread_t thread, fetcher;
-    int thread_started, fetcher_started;
+    pthread_t thread;
+    int thread_started;
     atomic_bool stop;
     kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_events, *m_invalid, *m_retries,
         *m_seq;
@@ -145,67 +130,7 @@ static void ingest_settle(natsMsgList *list, int ack)
     }
 }
 
-/* ---- fetch queue ---------------------------------------------------------- */
-
-/* CLOCK_MONOTONIC now + ms. */
-static struct timespec ingest_deadline(int64_t ms)
-{
-    struct timespec d;
-    clock_gettime(CLOCK_MONOTONIC, &d);
-    d.tv_sec += ms / 1000;
-    d.tv_nsec += (ms % 1000) * 1000000L;
-    if (d.tv_nsec >= 1000000000L) {
-        d.tv_sec++;
-        d.tv_nsec -= 1000000000L;
-    }
-    return d;
-}
-
-/* Fetch thread: waits for a free slot. 0 when stopping. */
-static int ingest_q_wait_room(ingest *ing)
-{
-    pthread_mutex_lock(&ing->qmu);
-    while (ing->qn == INGEST_AHEAD && !atomic_load(&ing->stop)) {
-        struct timespec d = ingest_deadline(INGEST_FETCH_MS);
-        pthread_cond_timedwait(&ing->qcond, &ing->qmu, &d);
-    }
-    int ok = ing->qn < INGEST_AHEAD;
-    pthread_mutex_unlock(&ing->qmu);
-    return ok;
-}
-
-/* Fetch thread: appends it (ownership of its list moves). */
-static void ingest_q_push(ingest *ing, ingest_item *it)
-{
-    pthread_mutex_lock(&ing->qmu);
-    ing->q[(ing->qhead + ing->qn) % INGEST_AHEAD] = *it;
-    ing->qn++;
-    pthread_cond_broadcast(&ing->qcond);
-    pthread_mutex_unlock(&ing->qmu);
-    memset(it, 0, sizeof *it);
-}
-
-/* Apply thread: takes the oldest item, waiting up to wait_ms. 0 when none. */
-static int ingest_q_pop(ingest *ing, ingest_item *out, int64_t wait_ms)
-{
-    pthread_mutex_lock(&ing->qmu);
-    if (ing->qn == 0 && wait_ms > 0 && !atomic_load(&ing->stop)) {
-        struct timespec d = ingest_deadline(wait_ms);
-        while (ing->qn == 0 && !atomic_load(&ing->stop))
-            if (pthread_cond_timedwait(&ing->qcond, &ing->qmu, &d) == ETIMEDOUT) break;
-    }
-    int got = ing->qn > 0;
-    if (got) {
-        *out = ing->q[ing->qhead];
-        ing->qhead = (ing->qhead + 1) % INGEST_AHEAD;
-        ing->qn--;
-        pthread_cond_broadcast(&ing->qcond);
-    }
-    pthread_mutex_unlock(&ing->qmu);
-    return got;
-}
-
-/* ---- apply thread ----------------------------------------------------------- */
+/* ---- pipeline --------------------------------------------------------------- */
 
 /* Confirms the in-flight batch's publishes, broadcasts its cancels and acks
  * it (or naks it when a publish was not confirmed: the states are written,
@@ -252,7 +177,8 @@ static void ingest_settle_inflight(ingest *ing)
 }
 
 /* Stages and writes list, settles the previous batch, then publishes this
- * batch's outputs and keeps it in flight. Takes ownership of list. */
+ * batch's outputs and keeps it in flight. Takes ownership of list (leaves
+ * it empty). */
 static void ingest_batch(ingest *ing, natsMsgList *list)
 {
     kiln_status st = KILN_OK;
@@ -261,13 +187,14 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     apply_sink *sk = &ing->sink[ing->cur];
 
     apply_sink_reset(sk);
-    rocksdb_writebatch_wi_clear(ing->wb);
+    db_batch_clear(ing->wb);
     db_lock(ing->db);
     for (int i = 0; i < list->Count && st == KILN_OK; i++) {
         uint64_t seq = 0;
         st = ingest_apply_msg(ing, sk, list->Msgs[i], &seq);
         if (seq > max_seq) max_seq = seq;
     }
+    if (st == KILN_OK) st = apply_sink_flush_counters(ing->db, ing->wb, sk);
     if (st == KILN_OK && max_seq > 0) {
         uint64_t prev = 0;
         st = db_get_u64(ing->db, ing->wb, DB_CF_META, DB_META_APPLIED_SEQ,
@@ -286,6 +213,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
         natsMsgList_Destroy(list);
+        memset(list, 0, sizeof *list);
         apply_sink_reset(sk);
         ingest_settle_inflight(ing);
         ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
@@ -294,7 +222,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     barrier_applied(ing->b, max_seq);
     kiln_metric_set(ing->m_seq, (int64_t)max_seq);
 
-    /* The previous batch's acks had the time of this batch's write. */
+    /* The previous batch's acks had the time of this batch's fetch and write. */
     ingest_settle_inflight(ing);
     int64_t t_settled = kiln_mono_us();
 
@@ -308,6 +236,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
         kiln_metric_add(ing->m_retries, 1);
         ingest_settle(list, 0);
         natsMsgList_Destroy(list);
+        memset(list, 0, sizeof *list);
         apply_sink_reset(sk);
         return;
     }
@@ -324,12 +253,29 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
               (long long)(t_written - t_staged), (long long)(t_settled - t_written),
               (long long)(kiln_mono_us() - t_settled));
 }
+/* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
+ * batch is there or it expires, which would hold a lone job back for the
+ * full expiry. A no_wait request with an expiry instead makes the server
+ * (2.9) answer as soon as anything is there (up to a full batch) and wait
+ * up to the expiry only when nothing is. With a batch in flight, a plain
+ * no_wait request (no expiry) answers at once even when nothing is there,
+ * so that batch's acks are not held up by the long poll. */
+static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int long_poll)
+{
+    jsFetchRequest fr;
+    jsFetchRequest_Init(&fr);
+    fr.Batch = INGEST_BATCH;
+    fr.NoWait = true;
+    if (long_poll) fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
+    return natsSubscription_FetchRequest(list, ing->sub, &fr);
+}
 
-static void *ingest_apply_main(void *arg)
+static void *ingest_main(void *arg)
 {
     ingest *ing = arg;
+    int64_t last_err_log = 0;
     while (!atomic_load(&ing->stop)) {
-        ingest_item it;
+        natsMsgList list = {0};
         if (kiln_mono_ms() >= ing->next_sweep_ms) {
             /* Expired Idempotency-Keys: the idem CF's compaction filter
              * drops them when RocksDB rewrites the files. */
@@ -337,56 +283,20 @@ static void *ingest_apply_main(void *arg)
             int64_t every = ing->db->idem_ttl_ms / 8;
             ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
         }
-        /* Nothing fetched yet: finish the batch in flight rather than hold
-         * its acks until more arrives. */
-        if (!ingest_q_pop(ing, &it, ing->has_inflight ? 0 : INGEST_FETCH_MS)) {
+        int long_poll = !ing->has_inflight;
+        uint64_t epoch = barrier_fetch_begin(ing->b);
+        natsStatus s = ingest_fetch(ing, &list, long_poll);
+        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
+            natsMsgList_Destroy(&list);
+            /* Every batch fetched before is written (this thread wrote it). */
+            barrier_fetch_idle(ing->b, epoch);
+            /* Nothing more: finish the batch in flight rather than hold its acks. */
             ingest_settle_inflight(ing);
             continue;
         }
-        if (it.idle) {
-            /* FIFO: every batch fetched before this empty fetch is written. */
-            barrier_fetch_idle(ing->b, it.epoch);
-            continue;
-        }
-        ingest_batch(ing, &it.list);
-    }
-    ingest_settle_inflight(ing);
-    return NULL;
-}
-
-/* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
- * batch is there or it expires, which would hold a lone job back for the
- * full expiry. A no_wait request with an expiry instead makes the server
- * (2.9) answer as soon as anything is there (up to a full batch) and wait
- * up to the expiry only when nothing is. */
-static natsStatus ingest_fetch(ingest *ing, natsMsgList *list)
-{
-    jsFetchRequest fr;
-    jsFetchRequest_Init(&fr);
-    fr.Batch = INGEST_BATCH;
-    fr.NoWait = true;
-    fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
-    return natsSubscription_FetchRequest(list, ing->sub, &fr);
-}
-
-static void *ingest_fetch_main(void *arg)
-{
-    ingest *ing = arg;
-    int64_t last_err_log = 0;
-    while (ingest_q_wait_room(ing)) {
-        ingest_item it;
-        memset(&it, 0, sizeof it);
-        it.epoch = barrier_fetch_begin(ing->b);
-        natsStatus s = ingest_fetch(ing, &it.list);
-        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && it.list.Count == 0)) {
-            natsMsgList_Destroy(&it.list);
-            memset(&it.list, 0, sizeof it.list);
-            it.idle = 1;
-            ingest_q_push(ing, &it);
-            continue;
-        }
         if (s != NATS_OK) {
-            natsMsgList_Destroy(&it.list);
+            natsMsgList_Destroy(&list);
+            ingest_settle_inflight(ing);
             if (kiln_mono_ms() - last_err_log > 5000) {
                 LOG_WARN("fetch failed status=%s err=\"%s\"", natsStatus_GetText(s),
                          nats_GetLastError(NULL));
@@ -395,50 +305,24 @@ static void *ingest_fetch_main(void *arg)
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
             continue;
         }
-        ingest_q_push(ing, &it);
+        ingest_batch(ing, &list);
+        natsMsgList_Destroy(&list); /* empty when it went in flight */
     }
+    ingest_settle_inflight(ing);
     return NULL;
 }
 
 static void ingest_free(ingest *ing)
 {
     if (ing == NULL) return;
-    /* Batches fetched but never applied: nak'd so a restart gets them at once
-     * instead of after AckWait. */
-    while (ing->qn > 0) {
-        ingest_item *it = &ing->q[ing->qhead];
-        ingest_settle(&it->list, 0);
-        natsMsgList_Destroy(&it->list);
-        ing->qhead = (ing->qhead + 1) % INGEST_AHEAD;
-        ing->qn--;
-    }
     if (ing->sub != NULL) {
         /* Keep the durable: only drop our interest in it. */
         natsSubscription_Destroy(ing->sub);
     }
-    if (ing->wb != NULL) rocksdb_writebatch_wi_destroy(ing->wb);
+    db_batch_destroy(ing->wb);
     apply_sink_free(&ing->sink[0]);
     apply_sink_free(&ing->sink[1]);
-    if (ing->q_ready) {
-        pthread_cond_destroy(&ing->qcond);
-        pthread_mutex_destroy(&ing->qmu);
-    }
     free(ing);
-}
-/* Stops both threads (the apply thread settles its batch in flight). NULL-safe. */
-static void ingest_join(ingest *ing)
-{
-    if (ing == NULL) return;
-    atomic_store(&ing->stop, true);
-    if (ing->q_ready) {
-        pthread_mutex_lock(&ing->qmu);
-        pthread_cond_broadcast(&ing->qcond);
-        pthread_mutex_unlock(&ing->qmu);
-    }
-    if (ing->fetcher_started) pthread_join(ing->fetcher, NULL);
-    if (ing->thread_started) pthread_join(ing->thread, NULL);
-    ing->fetcher_started = 0;
-    ing->thread_started = 0;
 }
 
 kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b, ingest **out)
@@ -465,30 +349,10 @@ kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b
     ing->m_retries = kiln_metric_counter("kiln_store_batch_retries_total", "Batches nak'd for redelivery");
     ing->m_seq = kiln_metric_gauge("kiln_store_applied_seq", "Highest KILN_JOBS sequence applied");
 
-    pthread_condattr_t ca;
-    if (pthread_condattr_init(&ca) != 0) {
-        st = KILN_ERR;
-        goto out;
-    }
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int crc = pthread_cond_init(&ing->qcond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (crc != 0) {
-        st = KILN_ERR;
-        goto out;
-    }
-    if (pthread_mutex_init(&ing->qmu, NULL) != 0) {
-        pthread_cond_destroy(&ing->qcond);
-        st = KILN_ERR;
-        goto out;
-    }
-    ing->q_ready = 1;
-
-    ing->wb = rocksdb_writebatch_wi_create(0, 1);
-    if (ing->wb == NULL) {
-        st = KILN_ENOMEM;
-        goto out;
-    }
+    ing->sink[0].defer_counters = 1;
+    ing->sink[1].defer_counters = 1;
+    st = db_batch_create(&ing->wb);
+    if (st != KILN_OK) goto out;
     jsSubOptions_Init(&so);
     so.Stream = KILN_STREAM_JOBS;
     so.Consumer = KILN_DURABLE_STORE;
@@ -501,24 +365,16 @@ kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b
         st = kiln_nats_status(s);
         goto out;
     }
-    if (pthread_create(&ing->fetcher, NULL, ingest_fetch_main, ing) != 0) {
-        st = KILN_ERR;
-        goto out;
-    }
-    pthread_setname_np(ing->fetcher, "kiln-fetch");
-    ing->fetcher_started = 1;
-    if (pthread_create(&ing->thread, NULL, ingest_apply_main, ing) != 0) {
+    if (pthread_create(&ing->thread, NULL, ingest_main, ing) != 0) {
         st = KILN_ERR;
         goto out;
     }
     pthread_setname_np(ing->thread, "kiln-apply");
     ing->thread_started = 1;
-    LOG_INFO("apply loop started durable=%s batch=%d ahead=%d", KILN_DURABLE_STORE, INGEST_BATCH,
-             INGEST_AHEAD);
+    LOG_INFO("apply loop started durable=%s batch=%d", KILN_DURABLE_STORE, INGEST_BATCH);
     *out = ing;
     ing = NULL;
 out:
-    ingest_join(ing);
     ingest_free(ing);
     return st;
 }
@@ -526,7 +382,8 @@ out:
 void ingest_stop(ingest *ing)
 {
     if (ing == NULL) return;
-    ingest_join(ing);
+    atomic_store(&ing->stop, true);
+    if (ing->thread_started) pthread_join(ing->thread, NULL);
     LOG_INFO("apply loop stopped");
     ingest_free(ing);
 }

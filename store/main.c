@@ -67,8 +67,8 @@ int main(int argc, char **argv)
     char path[PATH_MAX];
     int rc = 1;
     db_store *db = NULL;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
+    natsConnection *nc = NULL, *anc = NULL;
+    jsCtx *js = NULL, *ajs = NULL;
     barrier *b = NULL;
     ingest *ing = NULL;
     queries *q = NULL;
@@ -125,9 +125,22 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    /* The apply loop gets its own connection without SendAsap: libnats'
+     * flusher then writes its acks and publishes in large chunks instead of
+     * one syscall each, while queries keep the low-latency connection. */
+    kiln_nats_opts ao;
+    kiln_nats_opts_init(&ao);
+    ao.name = "kiln-store-apply";
+    ao.initial_timeout_ms = STORE_CONNECT_TIMEOUT_MS;
+    ao.send_asap = false;
+    ao.max_pending = STORE_DONE_MAX_PENDING;
+    ao.ack_handler = done_on_pub_ack;
+    st = kiln_nats_connect_opts(cfg.nats_url, &ao, &anc, &ajs);
+    if (st != KILN_OK) goto out;
+
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
-    if (ingest_start(db, nc, js, b, &ing) != KILN_OK) goto out;
+    if (ingest_start(db, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
         LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
         goto out;
@@ -146,6 +159,7 @@ out:
     queries_stop(q);
     ingest_stop(ing);
     kiln_metrics_http_stop();
+    kiln_nats_close(anc, ajs);
     kiln_nats_close(nc, js);
     barrier_destroy(b);
     db_close(db);

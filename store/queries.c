@@ -279,20 +279,19 @@ static void queries_viewed(queries *q, natsMsg *msg)
 {
     Kiln__V1__StoreRequest *req = queries_parse(msg);
     Kiln__V1__JobRecord *rec = NULL;
-    rocksdb_writebatch_wi_t *wb = NULL;
+    db_batch *wb = NULL;
     events_list ev = {0};
     kiln_status st = KILN_OK;
     if (req == NULL || req->user_id[0] == '\0') {
         queries_reply_error(q, msg, "invalid_argument", req == NULL ? "undecodable StoreRequest" : "user_id");
         goto out;
     }
-    wb = rocksdb_writebatch_wi_create(0, 1);
-    if (wb == NULL) {
+    if (db_batch_create(&wb) != KILN_OK) {
         queries_reply_error(q, msg, "unavailable", "out of memory");
         goto out;
     }
     for (int pass = 0; pass < 2; pass++) {
-        rocksdb_writebatch_wi_clear(wb);
+        db_batch_clear(wb);
         events_reset(&ev);
         db_lock(q->db);
         st = apply_viewed(q->db, wb, req->id, req->user_id, &ev);
@@ -308,7 +307,7 @@ static void queries_viewed(queries *q, natsMsg *msg)
     else queries_reply_status(q, msg, st);
 out:
     events_free(&ev);
-    if (wb != NULL) rocksdb_writebatch_wi_destroy(wb);
+    db_batch_destroy(wb);
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
     if (req != NULL) kiln__v1__store_request__free_unpacked(req, NULL);
 }
@@ -321,7 +320,7 @@ static void queries_idem(queries *q, natsMsg *msg)
 {
     Kiln__V1__StoreRequest *req = queries_parse(msg);
     Kiln__V1__JobRecord *rec = NULL;
-    rocksdb_writebatch_wi_t *wb = NULL;
+    db_batch *wb = NULL;
     idem_result res;
     const char *bad = NULL;
     if (req == NULL) bad = "undecodable StoreRequest";
@@ -333,8 +332,7 @@ static void queries_idem(queries *q, natsMsg *msg)
         queries_reply_error(q, msg, "invalid_argument", bad);
         goto out;
     }
-    wb = rocksdb_writebatch_wi_create(0, 1);
-    if (wb == NULL) {
+    if (db_batch_create(&wb) != KILN_OK) {
         queries_reply_error(q, msg, "unavailable", "out of memory");
         goto out;
     }
@@ -362,7 +360,7 @@ static void queries_idem(queries *q, natsMsg *msg)
     }
     queries_reply(q, msg, &r);
 out:
-    if (wb != NULL) rocksdb_writebatch_wi_destroy(wb);
+    db_batch_destroy(wb);
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
     if (req != NULL) kiln__v1__store_request__free_unpacked(req, NULL);
 }

@@ -241,6 +241,31 @@ static void h_proc_env_addf(h_proc *p, const char *fmt, ...)
     h_proc_env_add(p, buf);
 }
 
+int h_proc_setenv(h_stack *s, h_comp c, const char *kv)
+{
+    h_proc *p = &s->procs[c];
+    const char *eq = strchr(kv, '=');
+    size_t klen = eq != NULL ? (size_t)(eq - kv) : strlen(kv);
+    if (strlen(kv) >= sizeof p->env_store[0]) return -1;
+    for (int i = 0; i < p->nenv; i++) {
+        if (strncmp(p->env_store[i], kv, klen) != 0 || p->env_store[i][klen] != '=') continue;
+        if (eq != NULL) {
+            snprintf(p->env_store[i], sizeof p->env_store[0], "%s", kv);
+            return 0;
+        }
+        /* Remove: close the gap, pointers follow their slots. */
+        for (int k = i; k + 1 < p->nenv; k++)
+            memcpy(p->env_store[k], p->env_store[k + 1], sizeof p->env_store[0]);
+        p->nenv--;
+        p->env[p->nenv] = NULL;
+        return 0;
+    }
+    if (eq == NULL) return 0;
+    if (p->nenv >= H_MAX_ENV) return -1;
+    h_proc_env_add(p, kv);
+    return 0;
+}
+
 /* The full envp for a child: the process's KILN_* entries, then the parent's
  * environment without KILN_* (so a developer's shell settings do not leak in).
  * Built before fork: no malloc in the child. */
@@ -558,7 +583,8 @@ int h_stack_start(h_stack *s, const h_stack_opts *opts)
             for (int i = 0; i < H_MAX_ENV && opts->env[i] != NULL; i++) h_proc_env_add(p, opts->env[i]);
         h_proc_env_addf(p, "KILN_NATS_URL=%s", s->nats_url);
         h_proc_env_addf(p, "KILN_DATA_DIR=%s", s->data_dir);
-        h_proc_env_add(p, "KILN_LOG_LEVEL=info");
+        const char *lvl = getenv("KILN_IT_LOG_LEVEL"); /* e.g. debug, while chasing a flaky test */
+        h_proc_env_addf(p, "KILN_LOG_LEVEL=%s", lvl != NULL && lvl[0] != '\0' ? lvl : "info");
         h_proc_env_add(p, "KILN_ACK_WAIT=2s");
         h_proc_env_add(p, "KILN_API_KEYS=" H_TOKEN_ALICE ":alice," H_TOKEN_BOB ":bob");
         h_proc_env_addf(p, "KILN_PROVIDER_URL=%s/v1", s->dev_url);
@@ -620,6 +646,16 @@ int h_stack_stop(h_stack *s)
     }
     s->started = 0;
     return problems;
+}
+
+void h_start(h_stack *s, const h_stack_opts *opts)
+{
+    cr_assert_eq(h_stack_start(s, opts), 0, "stack did not start (see logs)");
+}
+
+void h_stop(h_stack *s)
+{
+    cr_assert_eq(h_stack_stop(s), 0, "unclean shutdown (see logs)");
 }
 
 void h_fini(void)
@@ -890,11 +926,12 @@ long h_submit(h_stack *s, const char *token, const char *body, char *id_out)
 {
     h_resp r;
     long st = h_api(s, &r, "POST", "/v1/jobs", token, body);
+    int ok = st == 202 || st == 200;
     if (id_out != NULL) {
         const char *id = h_jstr(r.json, "id");
-        snprintf(id_out, 65, "%s", (st == 202 && id != NULL) ? id : "");
+        snprintf(id_out, 65, "%s", (ok && id != NULL) ? id : "");
     }
-    if (st != 202)
+    if (!ok)
         fprintf(stderr, "harness: submit answered %ld: %s %s\n", st, r.body != NULL ? r.body : "",
                 r.error);
     h_resp_free(&r);
@@ -949,6 +986,110 @@ json_t *h_wait_job(h_stack *s, const char *token, const char *id, const char *st
         if (h_now_ms() >= end) return last;
         h_sleep_ms(100);
     }
+}
+
+void h_expect_job(h_stack *s, const char *token, const char *id, const char *state, int attempts,
+                  int64_t deadline_ms, const char *what)
+{
+    json_t *j = h_wait_job(s, token, id, state, deadline_ms);
+    char *d = h_job_dump(j);
+    const char *st = h_jstr(j, "status");
+    if (state != NULL)
+        cr_expect(st != NULL && strcmp(st, state) == 0, "%s: job %s: want status %s, got %s: %s", what, id,
+                  state, st != NULL ? st : "(none)", d);
+    else
+        cr_expect(h_state_terminal(st), "%s: job %s not terminal: %s", what, id, d);
+    if (attempts >= 0)
+        cr_expect_eq(h_jint(j, "attempts"), attempts, "%s: job %s: want %d attempts: %s", what, id, attempts, d);
+    free(d);
+    json_decref(j);
+}
+
+long h_job_post(h_stack *s, h_resp *r, const char *token, const char *id, const char *action)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/jobs/%s/%s", id, action);
+    return h_api(s, r, "POST", path, token, NULL);
+}
+
+json_t *h_list(h_stack *s, const char *token, const char *query)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/v1/jobs%s", query != NULL ? query : "");
+    h_resp r;
+    json_t *out = NULL;
+    if (h_api(s, &r, "GET", path, token, NULL) == 200 && r.json != NULL) out = json_incref(r.json);
+    h_resp_free(&r);
+    return out;
+}
+
+int h_list_count(h_stack *s, const char *token)
+{
+    json_t *l = h_list(s, token, "?limit=200");
+    json_t *jobs = json_object_get(l, "jobs");
+    int n = json_is_array(jobs) ? (int)json_array_size(jobs) : -1;
+    json_decref(l);
+    return n;
+}
+
+/* ---- job fields ------------------------------------------------------------ */
+
+char *h_job_dump(const json_t *job)
+{
+    char *d = job != NULL ? json_dumps(job, JSON_COMPACT) : NULL;
+    return d != NULL ? d : strdup("(no job)");
+}
+
+int64_t h_ts_ms(const char *t)
+{
+    if (t == NULL || strlen(t) != 24 || t[4] != '-' || t[7] != '-' || t[10] != 'T' || t[13] != ':' ||
+        t[16] != ':' || t[19] != '.' || t[23] != 'Z')
+        return -1;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int ms = 0;
+    if (sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &ms) != 7)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+int64_t h_job_ms(const json_t *job, const char *key)
+{
+    return h_ts_ms(h_jstr(job, key));
+}
+
+int h_jnull(const json_t *o, const char *key)
+{
+    json_t *v = o != NULL ? json_object_get(o, key) : NULL;
+    return v == NULL || json_is_null(v);
+}
+
+double h_metric(h_stack *s, h_comp c, const char *name)
+{
+    char url[128];
+    int port = c == H_CONSUMER ? s->cons_metrics_port
+             : c == H_STORE    ? s->store_metrics_port
+             : c == H_GATEWAY  ? s->gw_port
+                               : s->dev_port;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", port);
+    h_resp r;
+    double sum = -1;
+    if (h_http_timeout(&r, "GET", url, NULL, NULL, NULL, 0, NULL, 5000) == 200) {
+        size_t nl = strlen(name);
+        for (const char *p = r.body; p != NULL && *p != '\0';) {
+            if (strncmp(p, name, nl) == 0 && (p[nl] == ' ' || p[nl] == '{')) {
+                const char *sp = strchr(p + nl, ' ');
+                if (sp != NULL) sum = (sum < 0 ? 0 : sum) + strtod(sp + 1, NULL);
+            }
+            p = strchr(p, '\n');
+            if (p != NULL) p++;
+        }
+    }
+    h_resp_free(&r);
+    return sum;
 }
 
 /* ---- NATS ----------------------------------------------------------------- */
@@ -1050,24 +1191,169 @@ int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len)
     return count;
 }
 
-natsMsg *h_next_msg_for(natsSubscription *sub, const char *id, int64_t deadline_ms)
+Kiln__V1__JobStatus *h_msg_status(natsMsg *m)
 {
-    int64_t end = h_now_ms() + deadline_ms;
-    for (;;) {
-        int64_t left = end - h_now_ms();
-        if (left <= 0) return NULL;
-        natsMsg *m = NULL;
-        natsStatus st = natsSubscription_NextMsg(&m, sub, left);
-        if (st == NATS_TIMEOUT) return NULL;
-        if (st != NATS_OK) {
-            h_sleep_ms(20);
-            continue;
-        }
-        if (id == NULL) return m;
-        char v[128];
-        if (h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, id) == 0) return m;
+    if (m == NULL) return NULL;
+    return kiln__v1__job_status__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                        (const uint8_t *)natsMsg_GetData(m));
+}
+
+#define H_COLLECT_CAP 1024
+
+struct h_collector {
+    natsSubscription *sub;
+    natsMsg *msgs[H_COLLECT_CAP];
+    int n;
+    int dropped; /* arrived after the table was full (never expected in a test) */
+};
+
+static int h_collect_matches(natsMsg *m, const char *id)
+{
+    if (id == NULL) return 1;
+    char v[128];
+    return h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, id) == 0;
+}
+
+static int h_collect_counted(const h_collector *c, const char *id)
+{
+    int k = 0;
+    for (int i = 0; i < c->n; i++) k += h_collect_matches(c->msgs[i], id);
+    return k;
+}
+
+/* Takes one message from the subscription, waiting up to wait_ms (>= 1). */
+static int h_collect_one(h_collector *c, int64_t wait_ms)
+{
+    natsMsg *m = NULL;
+    natsStatus st = natsSubscription_NextMsg(&m, c->sub, wait_ms > 0 ? wait_ms : 1);
+    if (st != NATS_OK) {
+        /* NATS_TIMEOUT, or the connection is reconnecting: nothing now. */
+        if (st != NATS_TIMEOUT) h_sleep_ms((int)(wait_ms < 20 ? wait_ms : 20));
+        return 0;
+    }
+    if (c->n < H_COLLECT_CAP) {
+        c->msgs[c->n++] = m;
+    } else {
+        c->dropped++;
         natsMsg_Destroy(m);
     }
+    return 1;
+}
+
+int h_collect_wait(h_collector *c, const char *id, int n, int64_t deadline_ms)
+{
+    if (c == NULL) return -1;
+    while (h_collect_one(c, 1)) {
+    }
+    int64_t end = h_now_ms() + deadline_ms;
+    int have = h_collect_counted(c, id);
+    while (have < n) {
+        int64_t left = end - h_now_ms();
+        if (left <= 0) break;
+        if (h_collect_one(c, left)) have = h_collect_counted(c, id);
+    }
+    return have;
+}
+
+natsMsg *h_collect_msg(h_collector *c, const char *id, int k)
+{
+    if (c == NULL) return NULL;
+    h_collect_wait(c, id, 0, 0);
+    for (int i = 0; i < c->n; i++)
+        if (h_collect_matches(c->msgs[i], id) && k-- == 0) return c->msgs[i];
+    return NULL;
+}
+
+static h_collector *h_collect_open(natsConnection *nc, const char *subject)
+{
+    h_collector *c = calloc(1, sizeof *c);
+    if (c == NULL) return NULL;
+    if (natsConnection_SubscribeSync(&c->sub, nc, subject) != NATS_OK) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void h_collect_free(h_collector *c)
+{
+    if (c == NULL) return;
+    for (int i = 0; i < c->n; i++) natsMsg_Destroy(c->msgs[i]);
+    natsSubscription_Destroy(c->sub);
+    free(c);
+}
+
+void h_nats_open(h_stack *s, h_nats *n)
+{
+    memset(n, 0, sizeof *n);
+    cr_assert_eq(h_nats_connect(s, &n->nc, &n->js), 0, "cannot connect to nats-server");
+    n->done = h_collect_open(n->nc, "jobs.done");
+    n->dead = h_collect_open(n->nc, "jobs.dead");
+    cr_assert(n->done != NULL && n->dead != NULL, "cannot subscribe to jobs.done / jobs.dead");
+    /* The server knows the subscriptions before the test publishes anything. */
+    cr_assert_eq(natsConnection_Flush(n->nc), NATS_OK, "flush after subscribing");
+}
+
+void h_nats_free(h_nats *n)
+{
+    h_collect_free(n->done);
+    h_collect_free(n->dead);
+    h_nats_close(n->nc, n->js);
+    memset(n, 0, sizeof *n);
+}
+
+typedef struct {
+    jsCtx *js;
+    const char *id;
+    int count;
+    char status[64];
+} h_done_arg;
+
+static int h_done_seen(void *arg)
+{
+    h_done_arg *a = arg;
+    a->count = h_done_count(a->js, a->id, a->status, sizeof a->status);
+    return a->count >= 1;
+}
+
+void h_expect_done_once(h_nats *n, const char *id, const char *state, int64_t deadline_ms)
+{
+    h_done_arg a = {n->js, id, 0, ""};
+    h_wait_for(h_done_seen, &a, deadline_ms, 100);
+    cr_expect_eq(a.count, 1, "KILN_DONE holds %d copies for %s (want exactly 1)", a.count, id);
+    if (state != NULL)
+        cr_expect_str_eq(a.status, state, "KILN_DONE Kiln-Status for %s: %s, want %s", id, a.status, state);
+}
+
+Kiln__V1__JobStatus *h_status_request(h_nats *n, const char *id, char *err, size_t errlen)
+{
+    natsMsg *rep = NULL;
+    if (errlen > 0) err[0] = '\0';
+    natsStatus st = natsConnection_RequestString(&rep, n->nc, "jobs.status", id, 5000);
+    if (st != NATS_OK) {
+        snprintf(err, errlen, "request failed: %s", natsStatus_GetText(st));
+        return NULL;
+    }
+    Kiln__V1__JobStatus *out = NULL;
+    if (!h_msg_header(rep, "Kiln-Error", err, errlen)) {
+        out = h_msg_status(rep);
+        if (out == NULL) snprintf(err, errlen, "reply is not a JobStatus (%d bytes)", natsMsg_GetDataLength(rep));
+    } else if (natsMsg_GetDataLength(rep) != 0) {
+        /* An error reply has an empty body (CONTRACT §4). */
+        snprintf(err + strlen(err), errlen - strlen(err), " (with a %d-byte body)", natsMsg_GetDataLength(rep));
+    }
+    natsMsg_Destroy(rep);
+    return out;
+}
+
+int h_worker_idle(jsCtx *js, const char *durable)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, js, "KILN_JOBS", durable, NULL, &jerr) != NATS_OK) return 0;
+    int idle = ci->NumAckPending == 0 && ci->NumPending == 0 && ci->Delivered.Stream > 0;
+    jsConsumerInfo_Destroy(ci);
+    return idle;
 }
 
 /* ---- CLI ------------------------------------------------------------------ */

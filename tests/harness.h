@@ -12,10 +12,16 @@
  *   TestSuite(e2e, .fini = h_fini, .timeout = 90);
  *   Test(e2e, submit) {
  *       h_stack s;
- *       cr_assert_eq(h_stack_start(&s, NULL), 0);
- *       ...
- *       cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown, see logs");
+ *       h_start(&s, NULL);           // asserts the stack came up
+ *       char id[65];
+ *       cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"fox\"}", id), 202);
+ *       h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "fox");
+ *       h_stop(&s);                  // asserts clean exits, no sanitizer reports
  *   }
+ *
+ * Every wait takes a deadline and polls or blocks on a condition; no test
+ * sleeps for a fixed time except to observe that something does NOT happen
+ * (an "observation window", said so where it is used).
  */
 #ifndef KILN_TEST_HARNESS_H
 #define KILN_TEST_HARNESS_H
@@ -28,6 +34,8 @@
 #include <jansson.h>
 #include <nats/nats.h>
 
+#include "kiln.pb-c.h"
+
 #define H_TOKEN_ALICE "tok-alice"
 #define H_TOKEN_BOB "tok-bob"
 #define H_MAX_ENV 24
@@ -39,8 +47,12 @@ typedef struct {
     const char *name;       /* "nats", "devprovider", ... */
     char exe[PATH_MAX];
     char log_path[PATH_MAX];
-    char *env[H_MAX_ENV];   /* extra "K=V" entries for this process, into env_store */
-    char env_store[H_MAX_ENV][512]; /* no heap: a failed test longjmps past h_stack_stop */
+    /* Extra "K=V" entries for this process. The strings live in env_store, not
+     * on the heap: a failed assertion longjmps past h_stack_stop, and heap
+     * strings would then leak (LeakSanitizer fails the run). Change them only
+     * with h_proc_setenv. */
+    char *env[H_MAX_ENV];
+    char env_store[H_MAX_ENV][512];
     int nenv;
     pid_t pid;              /* 0 when not running */
     int starts;             /* how many times it was started */
@@ -84,6 +96,11 @@ int h_stack_stop(h_stack *s);
 /* Criterion .fini for every suite: stops whatever a failed test left running. */
 void h_fini(void);
 
+/* h_stack_start / h_stack_stop that cr_assert success: "stack did not start",
+ * "unclean shutdown (see logs)". The usual first and last line of a test. */
+void h_start(h_stack *s, const h_stack_opts *opts);
+void h_stop(h_stack *s);
+
 /* One component. h_proc_start starts it again with the same settings (ports,
  * data dir, environment); h_proc_kill9 SIGKILLs it and reaps it; h_proc_term
  * SIGTERMs it, waits (10 s, then SIGKILL) and returns its exit code (or 128+sig). */
@@ -92,6 +109,11 @@ int h_proc_kill9(h_stack *s, h_comp c);
 int h_proc_term(h_stack *s, h_comp c);
 int h_proc_restart(h_stack *s, h_comp c); /* h_proc_term then h_proc_start; 0 on success */
 int h_proc_alive(h_stack *s, h_comp c);
+/* Changes component c's environment for its next start: "K=V" sets K
+ * (replacing an earlier value, including the harness's own), "K" alone
+ * removes it. Returns 0, or -1 when the entry is too long or the table is
+ * full. No heap (see h_proc.env), so nothing to free. */
+int h_proc_setenv(h_stack *s, h_comp c, const char *kv);
 
 /* Waits (30 s) until the gateway's /readyz answers 200 again; 0 when it did. */
 int h_stack_wait_ready(h_stack *s);
@@ -148,8 +170,9 @@ void h_expect_error(const h_resp *r, long status, const char *code, const char *
 /* A process-unique id with a prefix, e.g. "raw-1234-1700000000123" (>= 65 bytes). */
 void h_unique_id(char *out, const char *prefix);
 
-/* POST /v1/jobs with body; on 202 copies the id into id_out (>= 65 bytes).
- * Returns the HTTP status. */
+/* POST /v1/jobs with body; on 202 (or 200 for a known Idempotency-Key)
+ * copies the id into id_out (>= 65 bytes, "" otherwise). Returns the HTTP
+ * status. */
 long h_submit(h_stack *s, const char *token, const char *body, char *id_out);
 /* POST /v1/jobs {"prompt": prompt}; same as above. */
 long h_submit_prompt(h_stack *s, const char *token, const char *prompt, char *id_out);
@@ -161,6 +184,34 @@ json_t *h_get_job(h_stack *s, const char *token, const char *id, long *status_ou
 json_t *h_wait_job(h_stack *s, const char *token, const char *id, const char *state,
                    int64_t deadline_ms);
 int h_state_terminal(const char *state);
+/* Waits like h_wait_job and cr_expects the job reached `state` (NULL: any
+ * terminal state) and, when attempts >= 0, that many attempts. `what` names
+ * the job in failure messages (which carry the whole job object). */
+void h_expect_job(h_stack *s, const char *token, const char *id, const char *state, int attempts,
+                  int64_t deadline_ms, const char *what);
+/* POST /v1/jobs/{id}/{action} ("cancel", "viewed"). Returns the HTTP status;
+ * free r with h_resp_free. */
+long h_job_post(h_stack *s, h_resp *r, const char *token, const char *id, const char *action);
+/* GET /v1/jobs<query> (query "" or "?limit=3..."): the whole list object
+ * (caller json_decref), NULL unless 200. */
+json_t *h_list(h_stack *s, const char *token, const char *query);
+/* Number of jobs on the caller's first list page of 200; -1 on error. */
+int h_list_count(h_stack *s, const char *token);
+
+/* ---- job fields ------------------------------------------------------------ */
+
+/* The job as compact JSON for failure messages; "(no job)" for NULL. Caller frees. */
+char *h_job_dump(const json_t *job);
+/* RFC 3339 UTC with milliseconds ("2026-11-24T07:04:42.123Z", exactly that
+ * shape) to unix ms; -1 when t is NULL or not that shape. */
+int64_t h_ts_ms(const char *t);
+/* h_ts_ms of a job's time field ("created_at", "started_at", ...). */
+int64_t h_job_ms(const json_t *job, const char *key);
+/* 1 when key is absent or JSON null. */
+int h_jnull(const json_t *o, const char *key);
+/* Sum of a counter or gauge (over its label sets) on component c's /metrics
+ * (consumer, store, gateway, devprovider); -1 when absent or unreachable. */
+double h_metric(h_stack *s, h_comp c, const char *name);
 
 /* ---- NATS ----------------------------------------------------------------- */
 
@@ -177,12 +228,44 @@ int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char 
 /* Number of messages in stream KILN_DONE whose Kiln-Job-Id header is id; the
  * last one's Kiln-Status is copied into last_status (may be NULL). -1 on error. */
 int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len);
-/* Waits on a sync subscription for a message whose header Kiln-Job-Id is id
- * (others are skipped and destroyed). Returns the message (caller destroys)
- * or NULL on timeout. */
-natsMsg *h_next_msg_for(natsSubscription *sub, const char *id, int64_t deadline_ms);
 /* A header value of a message copied into out; 1 when present. */
 int h_msg_header(natsMsg *m, const char *name, char *out, size_t len);
+/* The message's payload as a JobStatus (caller kiln__v1__job_status__free_unpacked), or NULL. */
+Kiln__V1__JobStatus *h_msg_status(natsMsg *m);
+
+/* Collects every message of one subject (a sync subscription read by the
+ * test's own thread, so no locking): messages are kept in arrival order and
+ * can be counted and looked at per job (header Kiln-Job-Id) while the test
+ * goes on. */
+typedef struct h_collector h_collector;
+/* Reads what has arrived, then waits until at least n messages for id (NULL:
+ * any message) are there or deadline_ms passes. Returns how many there are
+ * (>= n on success). n = 0 just counts what has arrived. */
+int h_collect_wait(h_collector *c, const char *id, int n, int64_t deadline_ms);
+/* The k-th (0-based) collected message for id (NULL: any), or NULL. Owned by
+ * the collector (valid until h_nats_free). */
+natsMsg *h_collect_msg(h_collector *c, const char *id, int k);
+
+/* A test's NATS side: a connection, a JetStream context, and collectors on
+ * jobs.done and jobs.dead subscribed (and flushed) before the test acts. */
+typedef struct {
+    natsConnection *nc;
+    jsCtx *js;
+    h_collector *done;
+    h_collector *dead;
+} h_nats;
+/* Connects to the stack's nats-server and subscribes; cr_asserts success. */
+void h_nats_open(h_stack *s, h_nats *n);
+void h_nats_free(h_nats *n);
+/* Waits (deadline_ms) until KILN_DONE holds a copy for id, then cr_expects
+ * exactly one copy, with Kiln-Status `state`. */
+void h_expect_done_once(h_nats *n, const char *id, const char *state, int64_t deadline_ms);
+/* jobs.status request for id: the reply's JobStatus (caller frees), or NULL
+ * with the reply's Kiln-Error header (or the NATS error) in err. */
+Kiln__V1__JobStatus *h_status_request(h_nats *n, const char *id, char *err, size_t errlen);
+/* The durable `durable` on KILN_JOBS has delivered something and has nothing
+ * pending or unacked (the consumer finished its work). */
+int h_worker_idle(jsCtx *js, const char *durable);
 
 /* ---- other processes ------------------------------------------------------ */
 

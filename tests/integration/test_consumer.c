@@ -1,5 +1,6 @@
-/* test_consumer.c - the consumer's guarantees against the dev provider's
- * fault injection: bounded concurrency, retries, non-retryable failures. */
+/* test_consumer.c - the consumer process: bounded concurrency, SIGKILL mid-job
+ * (redelivered, completed exactly once), SIGTERM (drains what is in flight,
+ * hands back the rest, loses nothing). Provider failures are in test_retry.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,10 +10,6 @@
 #include "../harness.h"
 
 TestSuite(consumer, .fini = h_fini, .timeout = 120);
-
-static const h_stack_opts quick_retries = {
-    .env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=500ms", NULL},
-};
 
 typedef struct {
     h_stack *s;
@@ -25,19 +22,16 @@ typedef struct {
 static int conc_sample(void *arg)
 {
     conc_arg *a = arg;
-    h_resp r;
-    if (h_api(a->s, &r, "GET", "/v1/jobs?limit=50", H_TOKEN_ALICE, NULL) != 200) {
-        h_resp_free(&r);
-        return 0;
-    }
-    json_t *jobs = json_object_get(r.json, "jobs");
+    json_t *l = h_list(a->s, H_TOKEN_ALICE, "?limit=50");
+    if (l == NULL) return 0;
+    json_t *jobs = json_object_get(l, "jobs");
     int processing = 0, completed = 0;
     for (size_t i = 0; i < json_array_size(jobs); i++) {
         const char *st = h_jstr(json_array_get(jobs, i), "status");
         if (st != NULL && strcmp(st, "processing") == 0) processing++;
         if (st != NULL && strcmp(st, "completed") == 0) completed++;
     }
-    h_resp_free(&r);
+    json_decref(l);
     if (processing > a->max_processing) a->max_processing = processing;
     a->samples++;
     a->done = completed;
@@ -48,7 +42,7 @@ Test(consumer, bounded_concurrency)
 {
     h_stack s;
     h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=2", NULL}};
-    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
+    h_start(&s, &o);
     char ids[6][65];
     int64_t t0 = h_now_ms();
     for (int i = 0; i < 6; i++) {
@@ -63,94 +57,112 @@ Test(consumer, bounded_concurrency)
     cr_expect(a.max_processing >= 1, "never saw a job processing (%d samples)", a.samples);
     /* 6 jobs of 1 s, 2 at a time: at least 3 s. */
     cr_expect(took >= 2900, "6 x 1 s jobs with concurrency 2 finished in %lld ms", (long long)took);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
-Test(consumer, retryable_500_then_success)
+typedef struct {
+    h_stack *s;
+    const char *id;
+} job_arg;
+
+static int job_not_completed(void *arg)
+{
+    job_arg *a = arg;
+    json_t *j = h_get_job(a->s, H_TOKEN_ALICE, a->id, NULL);
+    const char *st = h_jstr(j, "status");
+    int changed = st == NULL || strcmp(st, "completed") != 0;
+    json_decref(j);
+    return changed;
+}
+
+Test(consumer, kill9_mid_job_completes_exactly_once)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &quick_retries), 0, "stack did not start");
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!fail=500:2 retry fox", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    cr_expect_str_eq(h_jstr(j, "status"), "completed", "%s", d);
-    cr_expect_eq(h_jint(j, "attempts"), 3, "%s", d);
-    cr_expect(json_is_null(json_object_get(j, "error")), "completed job keeps an error: %s", d);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=3000 slow fox", id), 202);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 20000);
+    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started processing");
+    json_decref(j);
+    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+
+    j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
+    char *d = h_job_dump(j);
+    cr_assert_str_eq(h_jstr(j, "status"), "completed", "job after consumer death: %s", d);
+    cr_expect(h_jint(j, "attempts") >= 1, "%s", d);
+    cr_expect_eq(json_array_size(json_object_get(j, "images")), 1, "%s", d);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+
+    /* Exactly one terminal state: one jobs.done copy (de-duplicated stream),
+     * and the state never changes afterwards. */
+    h_expect_done_once(&n, id, "completed", 10000);
+    /* Observation window: a redelivery of the old attempt must not change it. */
+    job_arg ja = {&s, id};
+    cr_expect(!h_wait_for(job_not_completed, &ja, 4000, 250), "terminal state changed after completion");
+    h_expect_done_once(&n, id, "completed", 1000);
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
-Test(consumer, rate_limited_then_success)
+Test(consumer, sigterm_drains_in_flight_and_hands_back_the_rest)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &quick_retries), 0, "stack did not start");
-    char id[65];
+    h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=2", "KILN_DRAIN_TIMEOUT=10s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+
+    enum { NFLY = 2, NQ = 3 };
+    char fly[NFLY][65], q[NQ][65];
+    for (int i = 0; i < NFLY; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "!sleep=1500 draining shrew %d", i);
+        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, fly[i]), 202);
+    }
+    for (int i = 0; i < NFLY; i++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, fly[i], "processing", 15000);
+        cr_assert_str_eq(h_jstr(j, "status"), "processing", "in-flight job %d never started", i);
+        json_decref(j);
+    }
+    for (int i = 0; i < NQ; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "queued shrew %d", i);
+        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, q[i]), 202);
+    }
+
     int64_t t0 = h_now_ms();
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!ratelimit=1 patient fox", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
+    int rc = h_proc_term(&s, H_CONSUMER);
     int64_t took = h_now_ms() - t0;
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    cr_expect_str_eq(h_jstr(j, "status"), "completed", "%s", d);
-    cr_expect_eq(h_jint(j, "attempts"), 2, "%s", d);
-    /* Retry-After: 1 is honoured even though the backoff cap is 500 ms. */
-    cr_expect(took >= 900, "retried after %lld ms, before Retry-After: 1", (long long)took);
-    free(d);
-    json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
+    cr_expect_eq(rc, 0, "consumer: exit code %d after SIGTERM mid-job", rc);
+    cr_expect(took < 10000, "consumer: took %lld ms to drain (drain timeout 10 s)", (long long)took);
 
-Test(consumer, non_retryable_400_fails_at_once)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, &quick_retries), 0, "stack did not start");
-    char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!fail=400 hopeless fox", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 30000);
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    cr_expect_str_eq(h_jstr(j, "status"), "failed", "%s", d);
-    cr_expect_eq(h_jint(j, "attempts"), 1, "%s", d);
-    json_t *e = json_object_get(j, "error");
-    cr_expect(json_is_object(e), "failed job without error: %s", d);
-    const char *code = h_jstr(e, "code");
-    const char *msg = h_jstr(e, "message");
-    cr_expect(code != NULL && code[0] != '\0', "error.code: %s", d);
-    cr_expect(msg != NULL && msg[0] != '\0', "error.message: %s", d);
-    /* The provider's own message is passed on. */
-    cr_expect(msg != NULL && strstr(msg, "injected failure") != NULL, "error.message should carry the provider's answer: %s", d);
-    cr_expect(json_object_get(j, "completed_at") != NULL && !json_is_null(json_object_get(j, "completed_at")),
-              "completed_at on a failed job: %s", d);
-    free(d);
-    json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
+    /* The in-flight jobs finished during the drain. */
+    for (int i = 0; i < NFLY; i++)
+        h_expect_job(&s, H_TOKEN_ALICE, fly[i], "completed", 1, 5000, "in-flight job finished by the drain");
+    /* The queued ones were not taken (or were handed back) and wait. */
+    for (int i = 0; i < NQ; i++) {
+        json_t *j = h_get_job(&s, H_TOKEN_ALICE, q[i], NULL);
+        char *d = h_job_dump(j);
+        cr_expect(!h_state_terminal(h_jstr(j, "status")), "queued job %d ended with no consumer: %s", i, d);
+        free(d);
+        json_decref(j);
+    }
 
-Test(consumer, exhausted_retries_fail_and_go_to_dead)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, &quick_retries), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    natsSubscription *dead = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&dead, nc, "jobs.dead"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
-
-    char id[65];
-    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"!fail=503 always down fox\",\"max_attempts\":2}", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    cr_expect_str_eq(h_jstr(j, "status"), "failed", "%s", d);
-    cr_expect_eq(h_jint(j, "attempts"), 2, "%s", d);
-    free(d);
-    json_decref(j);
-    natsMsg *m = h_next_msg_for(dead, id, 15000);
-    cr_expect(m != NULL, "exhausted job not copied to jobs.dead");
-    char v[256] = "";
-    if (m != NULL) cr_expect(h_msg_header(m, "Kiln-Reason", v, sizeof v) && v[0] != '\0', "no Kiln-Reason");
-    natsMsg_Destroy(m);
-    natsSubscription_Destroy(dead);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    /* A new consumer finishes the rest; nothing is lost or run twice. */
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    for (int i = 0; i < NQ; i++) {
+        h_expect_job(&s, H_TOKEN_ALICE, q[i], "completed", -1, 30000, "queued job after the restart");
+        h_expect_done_once(&n, q[i], "completed", 10000);
+    }
+    for (int i = 0; i < NFLY; i++) {
+        h_expect_job(&s, H_TOKEN_ALICE, fly[i], "completed", 1, 5000, "drained job after the restart");
+        h_expect_done_once(&n, fly[i], "completed", 5000);
+    }
+    h_nats_free(&n);
+    h_stop(&s);
 }

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <criterion/criterion.h>
 
@@ -11,26 +10,11 @@
 
 TestSuite(delay, .fini = h_fini, .timeout = 120);
 
-/* RFC 3339 UTC with milliseconds to unix ms, -1 if not. */
-static int64_t delay_ts_ms(const char *t)
-{
-    if (t == NULL) return -1;
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int ms = 0;
-    if (sscanf(t, "%d-%d-%dT%d:%d:%d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &ms) != 7)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return (int64_t)timegm(&tm) * 1000 + ms;
-}
-
 Test(delay, starts_on_time_without_holding_a_slot)
 {
     h_stack s;
     h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
-    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
+    h_start(&s, &o);
 
     char id[65];
     cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"delayed badger\",\"delay_ms\":2000}", id), 202);
@@ -48,21 +32,20 @@ Test(delay, starts_on_time_without_holding_a_slot)
 
     /* Still waiting: pending, no attempt used. */
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *d = h_job_dump(j);
     if (h_now_ms() - t0 < 1800) {
         cr_expect_str_eq(h_jstr(j, "status"), "pending", "delayed job before its time: %s", d);
         cr_expect_eq(h_jint(j, "attempts"), 0, "consumer: delay used an attempt: %s", d);
-        json_t *sa = json_object_get(j, "started_at");
-        cr_expect(sa == NULL || json_is_null(sa), "delayed job started early: %s", d);
+        cr_expect(h_jnull(j, "started_at"), "delayed job started early: %s", d);
     }
     free(d);
     json_decref(j);
 
     j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 20000);
-    d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    d = h_job_dump(j);
     cr_assert_str_eq(h_jstr(j, "status"), "completed", "delayed job: %s", d);
     cr_expect_eq(h_jint(j, "attempts"), 1, "%s", d);
-    int64_t created = delay_ts_ms(h_jstr(j, "created_at")), started = delay_ts_ms(h_jstr(j, "started_at"));
+    int64_t created = h_job_ms(j, "created_at"), started = h_job_ms(j, "started_at");
     cr_expect(created > 0 && started > 0, "timestamps: %s", d);
     cr_expect(started - created >= 2000, "consumer: delayed job started %lld ms after creation (delay 2000): %s",
               (long long)(started - created), d);
@@ -70,14 +53,14 @@ Test(delay, starts_on_time_without_holding_a_slot)
               (long long)(started - created), d);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(delay, many_delayed_do_not_block_others)
 {
     h_stack s;
     h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=2", NULL}};
-    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
+    h_start(&s, &o);
     enum { N = 8 };
     char ids[N][65];
     for (int i = 0; i < N; i++) {
@@ -88,15 +71,14 @@ Test(delay, many_delayed_do_not_block_others)
     char quick[65];
     int64_t t0 = h_now_ms();
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "undelayed badger", quick), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, quick, "completed", 10000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed", "job behind 8 delayed jobs");
+    h_expect_job(&s, H_TOKEN_ALICE, quick, "completed", 1, 10000, "job behind 8 delayed jobs");
     cr_expect(h_now_ms() - t0 < 3000, "consumer: job behind delayed ones took %lld ms", (long long)(h_now_ms() - t0));
-    json_decref(j);
+    json_t *j;
     for (int i = 0; i < N; i++) {
         j = h_get_job(&s, H_TOKEN_ALICE, ids[i], NULL);
         cr_expect_str_eq(h_jstr(j, "status"), "pending");
         cr_expect_eq(h_jint(j, "attempts"), 0);
         json_decref(j);
     }
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }

@@ -1,5 +1,5 @@
 /* test_e2e.c - a job's whole life through the real stack: HTTP submit, GET,
- * image bytes, jobs.done event, jobs.status, listing, viewed, cancel. */
+ * image bytes, jobs.done event, jobs.status, listing, viewed, the CLI. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,21 +7,13 @@
 #include <criterion/criterion.h>
 
 #include "../harness.h"
-#include "kiln.pb-c.h"
 
 TestSuite(e2e, .fini = h_fini, .timeout = 120);
-
-static int is_rfc3339_ms(const char *t)
-{
-    /* 2026-11-24T07:04:42.123Z */
-    return t != NULL && strlen(t) == 24 && t[4] == '-' && t[7] == '-' && t[10] == 'T' &&
-           t[13] == ':' && t[16] == ':' && t[19] == '.' && t[23] == 'Z';
-}
 
 Test(e2e, submit_get_complete_image)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
 
     h_resp r;
     long st = h_api(&s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, "{\"prompt\":\"a red fox in snow\"}");
@@ -31,7 +23,7 @@ Test(e2e, submit_get_complete_image)
     char jid[65];
     snprintf(jid, sizeof jid, "%s", id);
     cr_expect_str_eq(h_jstr(r.json, "status"), "pending");
-    cr_expect(is_rfc3339_ms(h_jstr(r.json, "created_at")), "created_at not RFC 3339 ms: %s", r.body);
+    cr_expect(h_ts_ms(h_jstr(r.json, "created_at")) > 0, "created_at not RFC 3339 ms: %s", r.body);
     cr_expect(h_jint(r.json, "poll_after_ms") > 0, "poll_after_ms missing: %s", r.body);
     char ctype[128] = "", loc[256] = "";
     cr_expect(h_resp_header(&r, "Content-Type", ctype, sizeof ctype) &&
@@ -54,11 +46,11 @@ Test(e2e, submit_get_complete_image)
 
     j = h_wait_job(&s, H_TOKEN_ALICE, jid, "completed", 30000);
     cr_assert(j != NULL, "job vanished");
-    char *dump = json_dumps(j, JSON_COMPACT);
+    char *dump = h_job_dump(j);
     cr_assert_str_eq(h_jstr(j, "status"), "completed", "job: %s", dump);
     cr_expect_eq(h_jint(j, "attempts"), 1, "attempts: %s", dump);
-    cr_expect(is_rfc3339_ms(h_jstr(j, "started_at")), "started_at: %s", dump);
-    cr_expect(is_rfc3339_ms(h_jstr(j, "completed_at")), "completed_at: %s", dump);
+    cr_expect(h_job_ms(j, "started_at") > 0, "started_at: %s", dump);
+    cr_expect(h_job_ms(j, "completed_at") > 0, "completed_at: %s", dump);
     cr_expect(json_is_null(json_object_get(j, "error")), "error should be null: %s", dump);
     cr_expect(json_object_get(j, "poll_after_ms") == NULL, "poll_after_ms only while not terminal: %s", dump);
     json_t *images = json_object_get(j, "images");
@@ -81,25 +73,21 @@ Test(e2e, submit_get_complete_image)
     free(dump);
     json_decref(j);
 
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(e2e, done_event_and_status_request)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    natsSubscription *sub = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "jobs.done"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
 
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a blue heron at dawn", id), 202);
 
-    natsMsg *m = h_next_msg_for(sub, id, 30000);
-    cr_assert(m != NULL, "no jobs.done for %s within 30 s", id);
+    cr_assert_eq(h_collect_wait(n.done, id, 1, 30000), 1, "no jobs.done for %s within 30 s", id);
+    natsMsg *m = h_collect_msg(n.done, id, 0);
     /* jobs.done comes only after the terminal state is durable: query at once. */
     long gst = 0;
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, &gst);
@@ -112,8 +100,7 @@ Test(e2e, done_event_and_status_request)
     cr_expect(h_msg_header(m, "Kiln-Status", v, sizeof v) && strcmp(v, "completed") == 0,
               "Kiln-Status header: %s", v);
     cr_expect(h_msg_header(m, "Nats-Msg-Id", v, sizeof v) && v[0] != '\0', "Nats-Msg-Id header missing");
-    Kiln__V1__JobStatus *js_st = kiln__v1__job_status__unpack(
-        NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    Kiln__V1__JobStatus *js_st = h_msg_status(m);
     cr_assert(js_st != NULL, "jobs.done payload is not a JobStatus");
     cr_expect_str_eq(js_st->id, id);
     cr_expect_str_eq(js_st->user_id, "alice");
@@ -123,39 +110,31 @@ Test(e2e, done_event_and_status_request)
     cr_expect(js_st->completed_at_ms > 0 && js_st->started_at_ms > 0 && js_st->created_at_ms > 0);
     cr_expect_str_eq(js_st->prompt, "a blue heron at dawn");
     kiln__v1__job_status__free_unpacked(js_st, NULL);
-    natsMsg_Destroy(m);
 
     /* jobs.status for the known id. */
-    natsMsg *rep = NULL;
-    cr_assert_eq(natsConnection_RequestString(&rep, nc, "jobs.status", id, 5000), NATS_OK,
-                 "jobs.status request failed");
-    Kiln__V1__JobStatus *q = kiln__v1__job_status__unpack(
-        NULL, (size_t)natsMsg_GetDataLength(rep), (const uint8_t *)natsMsg_GetData(rep));
-    cr_assert(q != NULL, "jobs.status reply is not a JobStatus");
+    char err[128];
+    Kiln__V1__JobStatus *q = h_status_request(&n, id, err, sizeof err);
+    cr_assert(q != NULL, "jobs.status for %s: %s", id, err);
     cr_expect_str_eq(q->id, id);
     cr_expect_eq(q->state, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED);
     cr_expect_str_eq(q->user_id, "alice");
     kiln__v1__job_status__free_unpacked(q, NULL);
-    natsMsg_Destroy(rep);
 
     /* jobs.status for an unknown id: empty body, Kiln-Error: not_found. */
-    rep = NULL;
-    cr_assert_eq(natsConnection_RequestString(&rep, nc, "jobs.status", "no-such-job-42", 5000), NATS_OK);
-    cr_expect_eq(natsMsg_GetDataLength(rep), 0, "unknown id: body should be empty");
-    cr_expect(h_msg_header(rep, "Kiln-Error", v, sizeof v) && strcmp(v, "not_found") == 0,
-              "unknown id: want Kiln-Error: not_found");
-    natsMsg_Destroy(rep);
+    q = h_status_request(&n, "no-such-job-42", err, sizeof err);
+    cr_expect(q == NULL, "jobs.status answered a JobStatus for an unknown id");
+    if (q != NULL) kiln__v1__job_status__free_unpacked(q, NULL);
+    cr_expect_str_eq(err, "not_found", "unknown id: want Kiln-Error: not_found and an empty body, got: %s", err);
 
     /* Exactly one copy in the KILN_DONE stream. */
-    cr_expect_eq(h_done_count(js, id, v, sizeof v), 1);
-    natsSubscription_Destroy(sub);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_expect_done_once(&n, id, "completed", 5000);
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 /* The ids of one listing page, appended to ids[]; returns next_cursor (malloc'ed) or NULL. */
 static char *list_page(h_stack *s, const char *token, const char *query, char ids[][65], int *nids,
-                       int cap, json_t **whole)
+                       int cap)
 {
     char path[512];
     snprintf(path, sizeof path, "/v1/jobs%s", query);
@@ -176,18 +155,8 @@ static char *list_page(h_stack *s, const char *token, const char *query, char id
     json_t *nc = json_object_get(r.json, "next_cursor");
     char *next = json_is_string(nc) ? strdup(json_string_value(nc)) : NULL;
     cr_expect(nc != NULL, "next_cursor must be present (string or null): %s", r.body);
-    if (whole != NULL) *whole = json_incref(r.json);
     h_resp_free(&r);
     return next;
-}
-
-static json_t *list_json(h_stack *s, const char *token, const char *query)
-{
-    char ids[256][65];
-    int n = 0;
-    json_t *w = NULL;
-    free(list_page(s, token, query, ids, &n, 256, &w));
-    return w;
 }
 
 static int in_list(char ids[][65], int n, const char *id)
@@ -200,7 +169,7 @@ static int in_list(char ids[][65], int n, const char *id)
 Test(e2e, list_paginate_filter_viewed)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     enum { N = 7 };
     char ids[N][65];
     for (int i = 0; i < N - 1; i++) {
@@ -211,12 +180,9 @@ Test(e2e, list_paginate_filter_viewed)
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!fail=400 list bad", ids[N - 1]), 202);
     char bob_id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_BOB, "bob's fox", bob_id), 202);
-    for (int i = 0; i < N; i++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, ids[i], NULL, 30000);
-        cr_assert(j != NULL && h_state_terminal(h_jstr(j, "status")), "job %s not terminal", ids[i]);
-        json_decref(j);
-    }
-    json_decref(h_wait_job(&s, H_TOKEN_BOB, bob_id, NULL, 30000));
+    for (int i = 0; i < N; i++)
+        h_expect_job(&s, H_TOKEN_ALICE, ids[i], i < N - 1 ? "completed" : "failed", -1, 30000, "list job");
+    h_expect_job(&s, H_TOKEN_BOB, bob_id, "completed", -1, 30000, "bob's job");
 
     /* Pages of 3 cover every job once, newest first. */
     char seen[64][65];
@@ -228,7 +194,7 @@ Test(e2e, list_paginate_filter_viewed)
         else snprintf(q, sizeof q, "?limit=3");
         free(cursor);
         int before = nseen;
-        cursor = list_page(&s, H_TOKEN_ALICE, q, seen, &nseen, 64, NULL);
+        cursor = list_page(&s, H_TOKEN_ALICE, q, seen, &nseen, 64);
         cr_assert(nseen - before <= 3, "page larger than limit");
         pages++;
     } while (cursor != NULL && pages < 10);
@@ -253,11 +219,11 @@ Test(e2e, list_paginate_filter_viewed)
     /* Status filter. */
     char f[16][65];
     int nf = 0;
-    free(list_page(&s, H_TOKEN_ALICE, "?status=failed", f, &nf, 16, NULL));
+    free(list_page(&s, H_TOKEN_ALICE, "?status=failed", f, &nf, 16));
     cr_expect_eq(nf, 1, "status=failed listed %d jobs", nf);
     if (nf == 1) cr_expect_str_eq(f[0], ids[N - 1]);
     nf = 0;
-    free(list_page(&s, H_TOKEN_ALICE, "?status=completed", f, &nf, 16, NULL));
+    free(list_page(&s, H_TOKEN_ALICE, "?status=completed", f, &nf, 16));
     cr_expect_eq(nf, N - 1, "status=completed listed %d jobs", nf);
     cr_expect(!in_list(f, nf, ids[N - 1]), "failed job in status=completed");
 
@@ -269,126 +235,45 @@ Test(e2e, list_paginate_filter_viewed)
     json_t *w = h_get_job(&s, H_TOKEN_ALICE, slow, NULL);
     cr_expect(w != NULL && !h_state_terminal(h_jstr(w, "status")), "slow job not active");
     json_decref(w);
-    w = list_json(&s, H_TOKEN_ALICE, "");
+    w = h_list(&s, H_TOKEN_ALICE, "");
     cr_expect_eq(h_jint(w, "active_count"), 1, "active_count with one slow job: %lld", h_jint(w, "active_count"));
     cr_expect_eq(h_jint(w, "unviewed_count"), N, "unviewed_count: %lld", h_jint(w, "unviewed_count"));
     json_decref(w);
 
     /* viewed */
-    char path[256];
-    snprintf(path, sizeof path, "/v1/jobs/%s/viewed", ids[0]);
-    long st = h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL);
+    long st = h_job_post(&s, &r, H_TOKEN_ALICE, ids[0], "viewed");
     cr_expect_eq(st, 200, "POST viewed: %ld %s", st, r.body);
     cr_expect(json_is_true(json_object_get(r.json, "viewed")), "viewed not true: %s", r.body);
     h_resp_free(&r);
-    st = h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL); /* idempotent */
+    st = h_job_post(&s, &r, H_TOKEN_ALICE, ids[0], "viewed"); /* idempotent */
     cr_expect_eq(st, 200);
     h_resp_free(&r);
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, ids[0], NULL);
     cr_expect(json_is_true(json_object_get(j, "viewed")), "GET after viewed: viewed not true");
     json_decref(j);
-    w = list_json(&s, H_TOKEN_ALICE, "");
+    w = h_list(&s, H_TOKEN_ALICE, "");
     cr_expect_eq(h_jint(w, "unviewed_count"), N - 1, "unviewed_count after viewed: %lld", h_jint(w, "unviewed_count"));
     json_decref(w);
     nf = 0;
-    free(list_page(&s, H_TOKEN_ALICE, "?unviewed=true", f, &nf, 16, NULL));
+    free(list_page(&s, H_TOKEN_ALICE, "?unviewed=true", f, &nf, 16));
     cr_expect(!in_list(f, nf, ids[0]), "viewed job listed with unviewed=true");
     cr_expect(in_list(f, nf, ids[1]), "unviewed job missing with unviewed=true");
 
     /* Bob's counters are his own. */
-    w = list_json(&s, H_TOKEN_BOB, "");
+    w = h_list(&s, H_TOKEN_BOB, "");
     cr_expect_eq(json_array_size(json_object_get(w, "jobs")), 1);
     cr_expect_eq(h_jint(w, "active_count"), 0);
     cr_expect_eq(h_jint(w, "unviewed_count"), 1);
     json_decref(w);
 
-    j = h_wait_job(&s, H_TOKEN_ALICE, slow, "completed", 30000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed");
-    json_decref(j);
-    w = list_json(&s, H_TOKEN_ALICE, "");
+    h_expect_job(&s, H_TOKEN_ALICE, slow, "completed", 1, 30000, "slow list job");
+    w = h_list(&s, H_TOKEN_ALICE, "");
     cr_expect_eq(h_jint(w, "active_count"), 0, "active_count after the slow job finished: %lld", h_jint(w, "active_count"));
     cr_expect_eq(h_jint(w, "unviewed_count"), N, "unviewed_count after the slow job finished: %lld",
                  h_jint(w, "unviewed_count"));
     json_decref(w);
 
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(e2e, cancel_pending_processing_terminal)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char pend[65], proc[65];
-    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"later fox\",\"delay_ms\":60000}", pend), 202);
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=20000 long cancel fox", proc), 202);
-
-    char path[256];
-    h_resp r;
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", pend);
-    long st = h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL);
-    cr_expect_eq(st, 200, "cancel pending: %ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "status"), "cancelled", "cancel pending body: %s", r.body);
-    h_resp_free(&r);
-    json_t *j = h_get_job(&s, H_TOKEN_ALICE, pend, NULL);
-    cr_expect_str_eq(h_jstr(j, "status"), "cancelled");
-    json_decref(j);
-
-    j = h_wait_job(&s, H_TOKEN_ALICE, proc, "processing", 20000);
-    cr_assert_str_eq(h_jstr(j, "status"), "processing");
-    json_decref(j);
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", proc);
-    int64_t t0 = h_now_ms();
-    st = h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL);
-    cr_expect_eq(st, 200, "cancel processing: %ld %s", st, r.body);
-    h_resp_free(&r);
-    j = h_wait_job(&s, H_TOKEN_ALICE, proc, NULL, 10000);
-    cr_expect_str_eq(h_jstr(j, "status"), "cancelled", "processing job did not end cancelled");
-    json_decref(j);
-    cr_expect(h_now_ms() - t0 < 5000, "cancel of a processing job took %lld ms", (long long)(h_now_ms() - t0));
-
-    /* Terminal: 409 already_finished. */
-    st = h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 409, "already_finished", NULL);
-    h_resp_free(&r);
-
-    /* A cancelled pending job never starts, even after its delay would pass
-     * for the consumer: it stays cancelled. */
-    j = h_get_job(&s, H_TOKEN_ALICE, pend, NULL);
-    cr_expect_str_eq(h_jstr(j, "status"), "cancelled");
-    cr_expect(json_is_null(json_object_get(j, "started_at")) || json_object_get(j, "started_at") == NULL,
-              "cancelled pending job has started_at");
-    json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(e2e, idempotency_key)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/jobs", s.gw_url);
-    h_resp r;
-    long st = h_http(&r, "POST", url, H_TOKEN_ALICE, "application/json", "{\"prompt\":\"idem fox\"}",
-                     "Idempotency-Key: key-1");
-    cr_assert_eq(st, 202, "%ld %s", st, r.body);
-    char id[65];
-    snprintf(id, sizeof id, "%s", h_jstr(r.json, "id"));
-    h_resp_free(&r);
-    st = h_http(&r, "POST", url, H_TOKEN_ALICE, "application/json", "{\"prompt\":\"idem fox\"}",
-                "Idempotency-Key: key-1");
-    cr_expect_eq(st, 200, "same key + body: want 200, got %ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "id"), id, "same key returned another job");
-    h_resp_free(&r);
-    st = h_http(&r, "POST", url, H_TOKEN_ALICE, "application/json", "{\"prompt\":\"other fox\"}",
-                "Idempotency-Key: key-1");
-    h_expect_error(&r, 409, "idempotency_conflict", NULL);
-    h_resp_free(&r);
-    /* Another user with the same key is independent. */
-    st = h_http(&r, "POST", url, H_TOKEN_BOB, "application/json", "{\"prompt\":\"other fox\"}",
-                "Idempotency-Key: key-1");
-    cr_expect_eq(st, 202, "bob with alice's key: %ld %s", st, r.body);
-    h_resp_free(&r);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 static int find_uuid(const char *s, char *out)
@@ -414,7 +299,7 @@ static int find_uuid(const char *s, char *out)
 Test(e2e, cli_submit_wait_get)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     char *out = NULL;
     char *argv1[] = {"kiln", "submit", "a cli fox", "--user", "alice", "--wait", NULL};
     int rc = h_run_cli(&s, argv1, &out, 60000);
@@ -437,57 +322,5 @@ Test(e2e, cli_submit_wait_get)
     rc = h_run_cli(&s, argv3, &out, 30000);
     cr_expect_neq(rc, 0, "kiln get of an unknown id should fail");
     free(out);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(e2e, get_wait)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char id[65], path[256];
-    h_resp r;
-
-    /* ?wait=N answers as soon as the job is terminal. */
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1500 waiting fox", id), 202);
-    snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", id);
-    int64_t t0 = h_now_ms();
-    long st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-    int64_t took = h_now_ms() - t0;
-    cr_expect_eq(st, 200, "GET ?wait: %ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "status"), "completed", "GET ?wait=20 answered before terminal: %s", r.body);
-    cr_expect(took < 15000, "GET ?wait=20 took %lld ms for a 1.5 s job", (long long)took);
-    h_resp_free(&r);
-    snprintf(path, sizeof path, "/v1/jobs/%s?wait=61", id);
-    h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 400, "invalid_argument", NULL);
-    h_resp_free(&r);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(e2e, job_events_sse)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char id[65];
-    h_resp r;
-    long st;
-    /* Per-job SSE stream: events, then closed after the terminal one. */
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 streaming fox", id), 202);
-    char url[512], ctype[128] = "";
-    snprintf(url, sizeof url, "%s/v1/jobs/%s/events", s.gw_url, id);
-    st = h_http_timeout(&r, "GET", url, H_TOKEN_ALICE, NULL, NULL, 0, NULL, 30000);
-    cr_expect_eq(st, 200, "GET events: %ld %s", st, r.error);
-    cr_expect(h_resp_header(&r, "Content-Type", ctype, sizeof ctype) && strncmp(ctype, "text/event-stream", 17) == 0,
-              "events content type %s", ctype);
-    cr_expect(r.body != NULL && strstr(r.body, "event: job") != NULL, "no 'event: job' in stream: %s", r.body);
-    cr_expect(r.body != NULL && strstr(r.body, "\nid: ") != NULL, "no 'id:' in stream: %s", r.body);
-    cr_expect(r.body != NULL && strstr(r.body, "data: ") != NULL, "no 'data:' in stream: %s", r.body);
-    cr_expect(r.body != NULL && strstr(r.body, "\"completed\"") != NULL, "stream ended without the terminal event: %s",
-              r.body);
-    h_resp_free(&r);
-    /* Another user's job stream is 404. */
-    st = h_http_timeout(&r, "GET", url, H_TOKEN_BOB, NULL, NULL, 0, NULL, 10000);
-    cr_expect_eq(st, 404, "bob streamed alice's job: %ld", st);
-    h_resp_free(&r);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }

@@ -205,12 +205,15 @@ static void ev_dump(const ev_sse *c, char *out, size_t len)
 
 /* ---- long-poll -------------------------------------------------------------- */
 
-Test(events, wait_returns_at_terminal)
+Test(events, wait_long_poll)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char id[65], path[256];
+    h_start(&s, NULL);
+    char id[65], slow[65], path[256];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 waiting stoat", id), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=30000 patient stoat", slow), 202);
+
+    /* ?wait=N answers as soon as the job is terminal. */
     snprintf(path, sizeof path, "/v1/jobs/%s?wait=10", id);
     h_resp r;
     int64_t t0 = h_now_ms();
@@ -220,30 +223,28 @@ Test(events, wait_returns_at_terminal)
     cr_expect_str_eq(h_jstr(r.json, "status"), "completed", "gateway: ?wait=10 answered before terminal: %s", r.body);
     cr_expect(took < 4000, "gateway: ?wait=10 on a 1 s job took %lld ms", (long long)took);
     h_resp_free(&r);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
 
-Test(events, wait_times_out_non_terminal)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    char id[65], path[256];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=30000 patient stoat", id), 202);
-    snprintf(path, sizeof path, "/v1/jobs/%s?wait=1", id);
-    h_resp r;
-    int64_t t0 = h_now_ms();
-    long st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-    int64_t took = h_now_ms() - t0;
+    /* ... or after N s with the job still running. */
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=1", slow);
+    t0 = h_now_ms();
+    st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    took = h_now_ms() - t0;
     cr_expect_eq(st, 200, "%ld %s", st, r.body);
     const char *status = h_jstr(r.json, "status");
     cr_expect(status != NULL && !h_state_terminal(status), "status %s", status);
     cr_expect(took >= 900, "gateway: ?wait=1 answered after %lld ms (should wait ~1 s)", (long long)took);
     cr_expect(took < 3500, "gateway: ?wait=1 answered after %lld ms", (long long)took);
     h_resp_free(&r);
-    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
-    h_api(&s, &r, "POST", path, H_TOKEN_ALICE, NULL);
+
+    /* wait is 0..60 s. */
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=61", id);
+    h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    h_expect_error(&r, 400, "invalid_argument", NULL);
     h_resp_free(&r);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+
+    h_job_post(&s, &r, H_TOKEN_ALICE, slow, "cancel");
+    h_resp_free(&r);
+    h_stop(&s);
 }
 
 /* ---- SSE ------------------------------------------------------------------- */
@@ -251,7 +252,7 @@ Test(events, wait_times_out_non_terminal)
 Test(events, job_stream_closes_after_terminal)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     char id[65], url[512], dump[4096];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 streaming stoat", id), 202);
     snprintf(url, sizeof url, "%s/v1/jobs/%s/events", s.gw_url, id);
@@ -284,13 +285,13 @@ Test(events, job_stream_closes_after_terminal)
     cr_expect(c2.nev >= 1 && strcmp(c2.ev[c2.nev - 1].status, "completed") == 0, "finished job stream: %s", dump);
     ev_fini(&c);
     ev_fini(&c2);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(events, user_stream_own_jobs_and_resume)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     char url[256], dump[8192];
     snprintf(url, sizeof url, "%s/v1/events", s.gw_url);
     char aid[65], bid[65];
@@ -344,7 +345,7 @@ Test(events, user_stream_own_jobs_and_resume)
         ev_fini(&c2);
     }
     ev_fini(&c);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 /* ---- many idle waiters ----------------------------------------------------- */
@@ -372,7 +373,7 @@ static size_t ev_discard(char *p, size_t size, size_t nmemb, void *ud)
 Test(events, many_idle_waiters_few_threads)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     char id[65], url[512];
     cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"far future stoat\",\"delay_ms\":600000}", id), 202);
     snprintf(url, sizeof url, "%s/v1/jobs/%s?wait=5", s.gw_url, id);
@@ -431,5 +432,5 @@ Test(events, many_idle_waiters_few_threads)
     cr_expect(max_threads > 0 && max_threads < 50,
               "gateway: %d threads with %d idle long-polls (before: %d): a thread per waiter?", max_threads, N,
               threads_before);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }

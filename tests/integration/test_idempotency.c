@@ -20,44 +20,12 @@ static long idem_post(h_stack *s, h_resp *r, const char *token, const char *body
     return h_http(r, "POST", url, token, "application/json", body, hdr);
 }
 
-/* Number of jobs in the caller's list (first page, up to 200). */
-static int idem_list_count(h_stack *s, const char *token)
-{
-    h_resp r;
-    int n = -1;
-    if (h_api(s, &r, "GET", "/v1/jobs?limit=200", token, NULL) == 200)
-        n = (int)json_array_size(json_object_get(r.json, "jobs"));
-    h_resp_free(&r);
-    return n;
-}
-
-/* Value of a counter on a /metrics page (sum over label sets), -1 if absent. */
-static double idem_metric(const char *url, const char *name)
-{
-    h_resp r;
-    double sum = -1;
-    if (h_http_timeout(&r, "GET", url, NULL, NULL, NULL, 0, NULL, 5000) == 200) {
-        size_t nl = strlen(name);
-        for (const char *p = r.body; p != NULL && *p != '\0';) {
-            if (strncmp(p, name, nl) == 0 && (p[nl] == ' ' || p[nl] == '{')) {
-                const char *sp = strchr(p + nl, ' ');
-                if (sp != NULL) sum = (sum < 0 ? 0 : sum) + strtod(sp + 1, NULL);
-            }
-            p = strchr(p, '\n');
-            if (p != NULL) p++;
-        }
-    }
-    h_resp_free(&r);
-    return sum;
-}
-
 Test(idem, same_key_same_job_one_run)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
 
     const char *body = "{\"prompt\":\"idem otter\",\"priority\":\"high\"}";
     h_resp r;
@@ -84,13 +52,8 @@ Test(idem, same_key_same_job_one_run)
     snprintf(bob_id, sizeof bob_id, "%s", bid != NULL ? bid : "");
     h_resp_free(&r);
 
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 30000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed");
-    cr_expect_eq(h_jint(j, "attempts"), 1);
-    json_decref(j);
-    j = h_wait_job(&s, H_TOKEN_BOB, bob_id, "completed", 30000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed");
-    json_decref(j);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "alice's idempotent job");
+    h_expect_job(&s, H_TOKEN_BOB, bob_id, "completed", 1, 30000, "bob's job with alice's key");
 
     /* A repeat after completion still maps to the original (and does not run again). */
     st = idem_post(&s, &r, H_TOKEN_ALICE, body, "k-otter-1");
@@ -99,16 +62,13 @@ Test(idem, same_key_same_job_one_run)
     cr_expect_str_eq(h_jstr(r.json, "status"), "completed", "200 answer should be the job: %s", r.body);
     h_resp_free(&r);
 
-    cr_expect_eq(idem_list_count(&s, H_TOKEN_ALICE), 1, "alice has more than one job");
-    cr_expect_eq(idem_list_count(&s, H_TOKEN_BOB), 1, "bob's job count");
-    char v[64];
-    cr_expect_eq(h_done_count(js, id, v, sizeof v), 1, "jobs.done copies for the idempotent job");
-    char murl[128];
-    snprintf(murl, sizeof murl, "http://127.0.0.1:%d/metrics", s.cons_metrics_port);
-    double ran = idem_metric(murl, "kiln_consumer_jobs_completed_total");
+    cr_expect_eq(h_list_count(&s, H_TOKEN_ALICE), 1, "alice has more than one job");
+    cr_expect_eq(h_list_count(&s, H_TOKEN_BOB), 1, "bob's job count");
+    h_expect_done_once(&n, id, "completed", 5000);
+    double ran = h_metric(&s, H_CONSUMER, "kiln_consumer_jobs_completed_total");
     if (ran >= 0) cr_expect_eq(ran, 2.0, "consumer completed %.0f jobs, want 2 (alice's once, bob's)", ran);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 typedef struct {
@@ -131,7 +91,7 @@ static void *idem_race(void *arg)
 Test(idem, concurrent_same_key_one_job)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     enum { N = 6 };
     idem_racer a[N];
     pthread_t t[N];
@@ -148,17 +108,15 @@ Test(idem, concurrent_same_key_one_job)
     }
     cr_expect_eq(accepted, 1, "%d concurrent submits with one key answered 202", accepted);
     cr_assert(a[0].id[0] != '\0', "gateway/store: no racer got a job id");
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, a[0].id, "completed", 30000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed");
-    json_decref(j);
-    cr_expect_eq(idem_list_count(&s, H_TOKEN_ALICE), 1, "concurrent submits with one key made several jobs");
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_expect_job(&s, H_TOKEN_ALICE, a[0].id, "completed", 1, 30000, "raced job");
+    cr_expect_eq(h_list_count(&s, H_TOKEN_ALICE), 1, "concurrent submits with one key made several jobs");
+    h_stop(&s);
 }
 
 Test(idem, key_survives_store_and_gateway_restart)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     const char *body = "{\"prompt\":\"durable key otter\"}";
     h_resp r;
     long st = idem_post(&s, &r, H_TOKEN_ALICE, body, "k-durable");
@@ -184,39 +142,31 @@ Test(idem, key_survives_store_and_gateway_restart)
     st = idem_post(&s, &r, H_TOKEN_ALICE, "{\"prompt\":\"different\"}", "k-durable");
     h_expect_error(&r, 409, "idempotency_conflict", NULL);
     h_resp_free(&r);
-    cr_expect_eq(idem_list_count(&s, H_TOKEN_ALICE), 1, "a second job was created after restart");
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    cr_expect_eq(h_list_count(&s, H_TOKEN_ALICE), 1, "a second job was created after restart");
+    h_stop(&s);
 }
 
 Test(idem, nats_same_msg_id_one_job)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    natsSubscription *done = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&done, nc, "jobs.done"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
 
     char id[65];
     h_unique_id(id, "dup");
-    cr_assert_eq(h_publish_jobreq(js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
-    cr_assert_eq(h_publish_jobreq(js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
-    natsMsg *m = h_next_msg_for(done, id, 30000);
-    cr_assert(m != NULL, "no jobs.done for %s", id);
-    natsMsg_Destroy(m);
-    m = h_next_msg_for(done, id, 3000);
-    cr_expect(m == NULL, "a second jobs.done for one Nats-Msg-Id");
-    natsMsg_Destroy(m);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
+    cr_assert_eq(h_collect_wait(n.done, id, 1, 30000), 1, "no jobs.done for %s", id);
+    /* Observation window: a second run would announce again. */
+    cr_expect_eq(h_collect_wait(n.done, id, 2, 3000), 1, "a second jobs.done for one Nats-Msg-Id");
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
     cr_expect_str_eq(h_jstr(j, "status"), "completed");
     cr_expect_eq(h_jint(j, "attempts"), 1, "duplicate publish ran twice");
     json_decref(j);
-    cr_expect_eq(idem_list_count(&s, H_TOKEN_ALICE), 1);
-    natsSubscription_Destroy(done);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    cr_expect_eq(h_list_count(&s, H_TOKEN_ALICE), 1);
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 /* Shrinks KILN_JOBS' duplicate window so a test can publish "after" it. */
@@ -236,41 +186,37 @@ static int idem_shrink_dup_window(jsCtx *js, int64_t ms)
 Test(idem, nats_copy_after_dup_window_not_run)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    cr_assert_eq(idem_shrink_dup_window(js, 300), 0, "could not shrink the duplicate window");
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    cr_assert_eq(idem_shrink_dup_window(n.js, 300), 0, "could not shrink the duplicate window");
 
     char id[65];
     h_unique_id(id, "late-dup");
     /* The first run fails with 400 (terminal); a second run of the same
      * prompt would succeed, and the consumer's counters would show it. */
-    cr_assert_eq(h_publish_jobreq(js, "jobs.generate", id, "alice", "!fail=400:1 late dup otter"), 0);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!fail=400:1 late dup otter"), 0);
     json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 30000);
     cr_assert_str_eq(h_jstr(j, "status"), "failed");
     json_decref(j);
-    char murl[128];
-    snprintf(murl, sizeof murl, "http://127.0.0.1:%d/metrics", s.cons_metrics_port);
 
     /* The window has passed: JetStream stores the second copy. */
-    cr_assert_eq(h_publish_jobreq(js, "jobs.generate", id, "alice", "!fail=400:1 late dup otter"), 0);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!fail=400:1 late dup otter"), 0);
     char marker[65];
     h_unique_id(marker, "marker");
-    cr_assert_eq(h_publish_jobreq(js, "jobs.generate", marker, "alice", "marker otter"), 0);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", marker, "alice", "marker otter"), 0);
     j = h_wait_job(&s, H_TOKEN_ALICE, marker, "completed", 30000);
     cr_assert_str_eq(h_jstr(j, "status"), "completed");
     json_decref(j);
 
-    double completed = idem_metric(murl, "kiln_consumer_jobs_completed_total");
+    double completed = h_metric(&s, H_CONSUMER, "kiln_consumer_jobs_completed_total");
     cr_expect_eq(completed, 1.0, "consumer: a second copy of a finished job was run (completed_total %.0f, want 1)",
                  completed);
     j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
     cr_expect_str_eq(h_jstr(j, "status"), "failed");
     cr_expect_eq(h_jint(j, "attempts"), 1);
     json_decref(j);
-    char v[64];
-    cr_expect_eq(h_done_count(js, id, v, sizeof v), 1, "jobs.done copies");
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_expect_done_once(&n, id, "failed", 5000);
+    h_nats_free(&n);
+    h_stop(&s);
 }

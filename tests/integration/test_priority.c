@@ -13,21 +13,6 @@ TestSuite(priority, .fini = h_fini, .timeout = 150);
 
 static const h_stack_opts prio_opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
 
-/* RFC 3339 UTC with milliseconds to unix ms, -1 if not. */
-static int64_t prio_ts_ms(const char *t)
-{
-    if (t == NULL) return -1;
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int ms = 0;
-    if (sscanf(t, "%d-%d-%dT%d:%d:%d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &ms) != 7)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return (int64_t)timegm(&tm) * 1000 + ms;
-}
-
 static long prio_submit(h_stack *s, const char *prio, const char *prompt, char *id, int64_t *created)
 {
     json_t *o = json_pack("{s:s,s:s}", "prompt", prompt, "priority", prio);
@@ -36,7 +21,7 @@ static long prio_submit(h_stack *s, const char *prio, const char *prompt, char *
     long st = h_api(s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, body);
     const char *jid = h_jstr(r.json, "id");
     snprintf(id, 65, "%s", (st == 202 && jid != NULL) ? jid : "");
-    if (created != NULL) *created = prio_ts_ms(h_jstr(r.json, "created_at"));
+    if (created != NULL) *created = h_ts_ms(h_jstr(r.json, "created_at"));
     h_resp_free(&r);
     free(body);
     json_decref(o);
@@ -46,7 +31,7 @@ static long prio_submit(h_stack *s, const char *prio, const char *prompt, char *
 Test(priority, high_overtakes_low_backlog)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &prio_opts), 0, "stack did not start");
+    h_start(&s, &prio_opts);
     enum { N = 20 };
     char low[N][65];
     for (int i = 0; i < N; i++) {
@@ -64,14 +49,14 @@ Test(priority, high_overtakes_low_backlog)
     cr_assert_eq(prio_submit(&s, "high", "!sleep=200 high marten", high, &high_created), 202);
     j = h_wait_job(&s, H_TOKEN_ALICE, high, "completed", 30000);
     cr_assert_str_eq(h_jstr(j, "status"), "completed");
-    int64_t high_started = prio_ts_ms(h_jstr(j, "started_at"));
+    int64_t high_started = h_job_ms(j, "started_at");
     json_decref(j);
     cr_assert(high_created > 0 && high_started > 0);
 
     int overtook = 0, after = 0, pending_low = 0;
     for (int i = 0; i < N; i++) {
         j = h_wait_job(&s, H_TOKEN_ALICE, low[i], "completed", 30000);
-        int64_t st = prio_ts_ms(h_jstr(j, "started_at"));
+        int64_t st = h_job_ms(j, "started_at");
         cr_expect(st > 0, "low job %d never started", i);
         if (st >= high_created && st < high_started) overtook++; /* started between submit and high's start */
         if (st >= high_started) after++;
@@ -80,13 +65,13 @@ Test(priority, high_overtakes_low_backlog)
     pending_low = overtook + after;
     cr_expect(overtook <= 2, "consumer: %d low jobs started after the high one was submitted and before it", overtook);
     cr_expect(after >= 5, "test setup: only %d of %d low jobs were still waiting behind the high one", after, pending_low);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(priority, low_not_starved_by_high_flow)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &prio_opts), 0, "stack did not start");
+    h_start(&s, &prio_opts);
     enum { NLOW = 4, NHIGH_MAX = 120 };
     char low[NLOW][65];
     static char high[NHIGH_MAX][65];
@@ -129,11 +114,11 @@ Test(priority, low_not_starved_by_high_flow)
     for (int i = 0; i < NLOW; i++) {
         j = h_wait_job(&s, H_TOKEN_ALICE, low[i], "completed", 60000);
         cr_expect_str_eq(h_jstr(j, "status"), "completed", "low job %d starved for good", i);
-        int64_t ct = prio_ts_ms(h_jstr(j, "completed_at"));
+        int64_t ct = h_job_ms(j, "completed_at");
         if (ct > 0 && ct <= flow_end_wall) low_done_during++;
         json_decref(j);
     }
     cr_expect(high_waiting, "test setup: the high lane ran dry during the flow (%d high jobs)", nhigh);
     cr_expect(low_done_during >= 1, "consumer: no low job completed during %d high submissions (starvation)", nhigh);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }

@@ -1,6 +1,7 @@
-/* test_resilience.c - delivery semantics, resilience: NATS restarted under
- * load, the store killed while jobs finish, a consumer drained by SIGTERM, and
- * the consumer's available-memory floor. */
+/* test_resilience.c - durability and outages: the store restarted (SIGTERM)
+ * on its data dir or killed (SIGKILL) while jobs finish, NATS restarted under
+ * load, and the consumer's available-memory floor. Consumer SIGKILL/SIGTERM
+ * are in test_consumer.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,39 +11,6 @@
 #include "../harness.h"
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
-
-/* Sets (or replaces) "K=V" in a component's environment for its next start.
- * The harness owns the array but never frees it; res_unset_env removes and
- * frees an entry this file added, so it does not leak. */
-static void res_unset_env(h_proc *p, const char *name)
-{
-    size_t kl = strlen(name);
-    for (int i = 0; i < p->nenv; i++) {
-        if (strncmp(p->env[i], name, kl) == 0 && p->env[i][kl] == '=') {
-            free(p->env[i]);
-            for (int k = i; k + 1 < p->nenv; k++) p->env[k] = p->env[k + 1];
-            p->env[--p->nenv] = NULL;
-            return;
-        }
-    }
-}
-
-static void res_set_env(h_proc *p, const char *kv)
-{
-    const char *eq = strchr(kv, '=');
-    size_t kl = eq != NULL ? (size_t)(eq - kv) : strlen(kv);
-    char *d = strdup(kv);
-    cr_assert(d != NULL);
-    for (int i = 0; i < p->nenv; i++) {
-        if (strncmp(p->env[i], kv, kl) == 0 && p->env[i][kl] == '=') {
-            free(p->env[i]);
-            p->env[i] = d;
-            return;
-        }
-    }
-    cr_assert(p->nenv < H_MAX_ENV, "environment full");
-    p->env[p->nenv++] = d;
-}
 
 typedef struct {
     h_stack *s;
@@ -65,16 +33,10 @@ typedef struct {
     const char *durable;
 } res_idle_arg;
 
-/* A worker durable has nothing pending and nothing unacked. */
 static int res_worker_idle(void *arg)
 {
     res_idle_arg *a = arg;
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, a->js, "KILN_JOBS", a->durable, NULL, &jerr) != NATS_OK) return 0;
-    int idle = ci->NumAckPending == 0 && ci->NumPending == 0 && ci->Delivered.Stream > 0;
-    jsConsumerInfo_Destroy(ci);
-    return idle;
+    return h_worker_idle(a->js, a->durable);
 }
 
 /* Diagnostics for a stuck job: where the worker durable thinks it is. */
@@ -95,26 +57,121 @@ static void res_dump_worker(jsCtx *js, const char *durable)
     jsConsumerInfo_Destroy(ci);
 }
 
-static void res_expect_completed_once(h_stack *s, jsCtx *js, const char *id, int attempts, int64_t deadline_ms)
+/* The job completed (with `attempts` attempts when > 0) and jobs.done announced it once. */
+static void res_expect_completed_once(h_stack *s, h_nats *n, const char *id, int attempts, int64_t deadline_ms)
 {
-    json_t *j = h_wait_job(s, H_TOKEN_ALICE, id, NULL, deadline_ms);
-    char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    cr_expect_str_eq(h_jstr(j, "status"), "completed", "job %s: %s", id, d);
-    if (attempts > 0) cr_expect_eq(h_jint(j, "attempts"), attempts, "job %s: %s", id, d);
-    free(d);
-    json_decref(j);
-    if (js != NULL) {
-        char v[64] = "";
-        int n = h_done_count(js, id, v, sizeof v);
-        cr_expect_eq(n, 1, "KILN_DONE holds %d copies for %s (want exactly 1)", n, id);
-        cr_expect_str_eq(v, "completed", "jobs.done Kiln-Status for %s", id);
+    h_expect_job(s, H_TOKEN_ALICE, id, "completed", attempts > 0 ? attempts : -1, deadline_ms, "job");
+    h_expect_done_once(n, id, "completed", 10000);
+}
+
+Test(resilience, store_sigterm_restart_keeps_jobs_and_catches_up)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+
+    enum { N = 4 };
+    char ids[N][65];
+    json_t *before[N];
+    const char *prompts[N] = {"restart fox 0", "restart fox 1", "!fail=400 restart bad", "restart fox 3"};
+    for (int i = 0; i < N; i++) cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, prompts[i], ids[i]), 202);
+    for (int i = 0; i < N; i++) {
+        before[i] = h_wait_job(&s, H_TOKEN_ALICE, ids[i], NULL, 30000);
+        cr_assert(before[i] != NULL && h_state_terminal(h_jstr(before[i], "status")), "job %d not terminal", i);
     }
+    /* Every terminal job is announced before the store goes down. */
+    for (int i = 0; i < N; i++)
+        cr_expect_eq(h_collect_wait(n.done, ids[i], 1, 15000), 1, "no jobs.done for %s", ids[i]);
+    /* Mark one viewed: the flag must survive too. */
+    h_resp r;
+    cr_expect_eq(h_job_post(&s, &r, H_TOKEN_ALICE, ids[0], "viewed"), 200);
+    h_resp_free(&r);
+
+    cr_assert_eq(h_proc_term(&s, H_STORE), 0, "store did not exit 0 on SIGTERM");
+
+    /* A job published while the store is down (the store never saw its
+     * request) is processed by the consumer, and announced only once the
+     * store has recorded it. */
+    char down_id[65];
+    h_unique_id(down_id, "while-store-down");
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", down_id, "alice", "fox while the store is down"), 0);
+    res_idle_arg wa = {n.js, "kiln-worker-normal"};
+    cr_expect(h_wait_for(res_worker_idle, &wa, 30000, 100), "consumer did not finish the job while the store was down");
+    cr_expect_eq(h_collect_wait(n.done, down_id, 0, 0), 0, "jobs.done published while the store was down");
+
+    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "stack not ready after store restart");
+
+    cr_expect_eq(h_collect_wait(n.done, down_id, 1, 30000), 1, "job completed while the store was down was never announced");
+    res_expect_completed_once(&s, &n, down_id, 1, 5000);
+
+    for (int i = 0; i < N; i++) {
+        long gst = 0;
+        json_t *j = h_get_job(&s, H_TOKEN_ALICE, ids[i], &gst);
+        cr_expect_eq(gst, 200, "job %s lost by the store restart", ids[i]);
+        cr_expect_str_eq(h_jstr(j, "status"), h_jstr(before[i], "status"));
+        cr_expect_eq(h_jint(j, "attempts"), h_jint(before[i], "attempts"));
+        cr_expect_str_eq(h_jstr(j, "completed_at"), h_jstr(before[i], "completed_at"));
+        cr_expect_eq(json_is_true(json_object_get(j, "viewed")), i == 0, "viewed flag after restart (job %d)", i);
+        /* A clean restart announces nothing twice. */
+        h_expect_done_once(&n, ids[i], h_jstr(before[i], "status"), 1000);
+        json_decref(j);
+        json_decref(before[i]);
+    }
+    json_t *l = h_list(&s, H_TOKEN_ALICE, "");
+    char *d = h_job_dump(l);
+    cr_expect_eq(json_array_size(json_object_get(l, "jobs")), N + 1, "list after restart: %s", d);
+    cr_expect_eq(h_jint(l, "unviewed_count"), N, "unviewed_count after restart: %s", d);
+    cr_expect_eq(h_jint(l, "active_count"), 0, "active_count after restart: %s", d);
+    free(d);
+    json_decref(l);
+
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+Test(resilience, store_killed_jobs_done_still_announced)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+
+    enum { N = 3 };
+    char ids[N][65];
+    for (int i = 0; i < N; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "!sleep=1200 store down mole %d", i);
+        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, ids[i]), 202);
+    }
+    for (int i = 0; i < N; i++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, ids[i], "processing", 15000);
+        cr_expect_str_eq(h_jstr(j, "status"), "processing", "job %d never started", i);
+        json_decref(j);
+    }
+    cr_assert_eq(h_proc_kill9(&s, H_STORE), 0);
+    /* The jobs end while the store is down. */
+    res_idle_arg ia = {n.js, "kiln-worker-normal"};
+    cr_expect(h_wait_for(res_worker_idle, &ia, 20000, 100), "consumer did not finish the jobs with the store down");
+    for (int i = 0; i < N; i++)
+        cr_expect_eq(h_collect_wait(n.done, ids[i], 0, 0), 0, "jobs.done for %s before the store recorded it", ids[i]);
+
+    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the store restart");
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(h_collect_wait(n.done, ids[i], 1, 20000), 1,
+                     "store: job %d ended while the store was down and was never announced", i);
+        res_expect_completed_once(&s, &n, ids[i], 1, 10000);
+    }
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 Test(resilience, nats_restart_every_accepted_job_completes)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
+    h_start(&s, NULL);
     enum { NRUN = 5, NDELAY = 2 };
     char run[NRUN][65], del[NDELAY][65];
     for (int i = 0; i < NRUN; i++) {
@@ -132,21 +189,20 @@ Test(resilience, nats_restart_every_accepted_job_completes)
     json_decref(j);
 
     /* Same port, same store dir: an outage, not a new server. */
-    h_proc_term(&s, H_NATS);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     res_ready_arg ra = {&s, 0};
     cr_expect(h_wait_for(res_gateway_not_ready, &ra, 10000, 100), "gateway /readyz stayed 200 with NATS down");
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "gateway not ready after NATS came back");
 
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    for (int i = 0; i < NRUN; i++) res_expect_completed_once(&s, js, run[i], 0, 60000);
+    h_nats n;
+    h_nats_open(&s, &n);
+    for (int i = 0; i < NRUN; i++) res_expect_completed_once(&s, &n, run[i], 0, 60000);
     for (int i = 0; i < NDELAY; i++) {
         json_t *dj = h_wait_job(&s, H_TOKEN_ALICE, del[i], "completed", 30000);
-        if (!h_state_terminal(h_jstr(dj, "status"))) res_dump_worker(js, "kiln-worker-normal");
+        if (!h_state_terminal(h_jstr(dj, "status"))) res_dump_worker(n.js, "kiln-worker-normal");
         json_decref(dj);
-        res_expect_completed_once(&s, js, del[i], 1, 1000);
+        res_expect_completed_once(&s, &n, del[i], 1, 1000);
     }
     cr_expect(h_proc_alive(&s, H_STORE), "store died with the NATS outage");
     cr_expect(h_proc_alive(&s, H_CONSUMER), "consumer died with the NATS outage");
@@ -155,111 +211,9 @@ Test(resilience, nats_restart_every_accepted_job_completes)
     /* And new work flows. */
     char id[65];
     cr_expect_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "after outage mole", id), 202);
-    res_expect_completed_once(&s, js, id, 1, 30000);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(resilience, store_killed_jobs_done_still_announced)
-{
-    h_stack s;
-    cr_assert_eq(h_stack_start(&s, NULL), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    natsSubscription *done = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&done, nc, "jobs.done"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
-
-    enum { N = 3 };
-    char ids[N][65];
-    for (int i = 0; i < N; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "!sleep=1200 store down mole %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, ids[i]), 202);
-    }
-    for (int i = 0; i < N; i++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, ids[i], "processing", 15000);
-        cr_expect_str_eq(h_jstr(j, "status"), "processing", "job %d never started", i);
-        json_decref(j);
-    }
-    cr_assert_eq(h_proc_kill9(&s, H_STORE), 0);
-    /* The jobs end while the store is down. */
-    res_idle_arg ia = {js, "kiln-worker-normal"};
-    cr_expect(h_wait_for(res_worker_idle, &ia, 20000, 100), "consumer did not finish the jobs with the store down");
-    for (int i = 0; i < N; i++) {
-        char v[64];
-        cr_expect_eq(h_done_count(js, ids[i], v, sizeof v), 0, "jobs.done before the store recorded it");
-    }
-
-    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the store restart");
-    for (int i = 0; i < N; i++) {
-        natsMsg *m = h_next_msg_for(done, ids[i], 20000);
-        cr_expect(m != NULL, "store: job %d ended while the store was down and was never announced", i);
-        natsMsg_Destroy(m);
-        res_expect_completed_once(&s, js, ids[i], 1, 10000);
-    }
-    natsSubscription_Destroy(done);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
-}
-
-Test(resilience, consumer_sigterm_drains_in_flight)
-{
-    h_stack s;
-    h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=2", "KILN_DRAIN_TIMEOUT=10s", NULL}};
-    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-
-    enum { NFLY = 2, NQ = 3 };
-    char fly[NFLY][65], q[NQ][65];
-    for (int i = 0; i < NFLY; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "!sleep=1500 draining shrew %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, fly[i]), 202);
-    }
-    for (int i = 0; i < NFLY; i++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, fly[i], "processing", 15000);
-        cr_assert_str_eq(h_jstr(j, "status"), "processing", "in-flight job %d never started", i);
-        json_decref(j);
-    }
-    for (int i = 0; i < NQ; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "queued shrew %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, q[i]), 202);
-    }
-
-    int64_t t0 = h_now_ms();
-    int rc = h_proc_term(&s, H_CONSUMER);
-    int64_t took = h_now_ms() - t0;
-    cr_expect_eq(rc, 0, "consumer: exit code %d after SIGTERM", rc);
-    cr_expect(took < 10000, "consumer: took %lld ms to drain (drain timeout 10 s)", (long long)took);
-
-    /* The in-flight jobs finished during the drain, once. */
-    for (int i = 0; i < NFLY; i++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, fly[i], NULL, 5000);
-        char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-        cr_expect_str_eq(h_jstr(j, "status"), "completed", "consumer: in-flight job %d not finished by the drain: %s", i, d);
-        free(d);
-        json_decref(j);
-    }
-    /* The queued ones were not taken (or were handed back) and wait. */
-    for (int i = 0; i < NQ; i++) {
-        json_t *j = h_get_job(&s, H_TOKEN_ALICE, q[i], NULL);
-        char *d = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-        cr_expect(!h_state_terminal(h_jstr(j, "status")), "queued job %d ended with no consumer: %s", i, d);
-        free(d);
-        json_decref(j);
-    }
-
-    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
-    for (int i = 0; i < NQ; i++) res_expect_completed_once(&s, js, q[i], 0, 30000);
-    for (int i = 0; i < NFLY; i++) res_expect_completed_once(&s, js, fly[i], 1, 5000);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    res_expect_completed_once(&s, &n, id, 1, 30000);
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 /* The consumer's setting for the minimum available memory, found in --help,
@@ -321,7 +275,7 @@ Test(resilience, memory_floor_holds_jobs)
 {
     h_stack s;
     h_stack_opts o = {.no_consumer = 1};
-    cr_assert_eq(h_stack_start(&s, &o), 0, "stack did not start");
+    h_start(&s, &o);
     char name[128] = "", high[64] = "", low[64] = "";
     int have = res_find_mem_setting(&s, name, sizeof name, high, low, sizeof high);
     if (!have) {
@@ -330,12 +284,13 @@ Test(resilience, memory_floor_holds_jobs)
     }
     char kv[192];
     snprintf(kv, sizeof kv, "%s=%s", name, high); /* far above any machine's available memory */
-    res_set_env(&s.procs[H_CONSUMER], kv);
+    cr_assert_eq(h_proc_setenv(&s, H_CONSUMER, kv), 0);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
 
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "memory starved mole", id), 202);
     res_job_arg a = {&s, id};
+    /* Observation window: the job must not start while the floor holds. */
     cr_expect(!h_wait_for(res_job_started, &a, 3000, 100), "consumer: started a job below the memory floor (%s)", kv);
     cr_expect(h_proc_alive(&s, H_CONSUMER), "consumer exited with %s (should wait, not die)", kv);
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
@@ -344,12 +299,8 @@ Test(resilience, memory_floor_holds_jobs)
 
     if (h_proc_alive(&s, H_CONSUMER)) cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "consumer exit code with the floor");
     snprintf(kv, sizeof kv, "%s=%s", name, low);
-    res_set_env(&s.procs[H_CONSUMER], kv);
+    cr_assert_eq(h_proc_setenv(&s, H_CONSUMER, kv), 0);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
-    j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 30000);
-    cr_expect_str_eq(h_jstr(j, "status"), "completed", "job after lowering the memory floor");
-    json_decref(j);
-    int problems = h_stack_stop(&s);
-    res_unset_env(&s.procs[H_CONSUMER], name);
-    cr_assert_eq(problems, 0, "unclean shutdown (see logs)");
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "job after lowering the memory floor");
+    h_stop(&s);
 }

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <criterion/criterion.h>
 
@@ -17,21 +16,6 @@ static const h_stack_opts retry_opts = {
     .env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=1s", NULL},
 };
 
-/* RFC 3339 UTC with milliseconds ("2026-11-24T07:04:42.123Z") to unix ms, -1 if not. */
-static int64_t retry_ts_ms(const char *t)
-{
-    if (t == NULL) return -1;
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int ms = 0;
-    if (sscanf(t, "%d-%d-%dT%d:%d:%d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &ms) != 7)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return (int64_t)timegm(&tm) * 1000 + ms;
-}
-
 /* Submits body, waits for a terminal state, returns the job (caller decref)
  * and its JSON text in *dump (caller frees). */
 static json_t *retry_run(h_stack *s, const char *body, char **dump, int64_t deadline_ms)
@@ -39,14 +23,14 @@ static json_t *retry_run(h_stack *s, const char *body, char **dump, int64_t dead
     char id[65];
     cr_assert_eq(h_submit(s, H_TOKEN_ALICE, body, id), 202, "submit %s", body);
     json_t *j = h_wait_job(s, H_TOKEN_ALICE, id, NULL, deadline_ms);
-    *dump = j != NULL ? json_dumps(j, JSON_COMPACT) : strdup("(no job)");
+    *dump = h_job_dump(j);
     return j;
 }
 
 Test(retry, fail500_twice_then_completed)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &retry_opts), 0, "stack did not start");
+    h_start(&s, &retry_opts);
     char *d = NULL;
     json_t *j = retry_run(&s, "{\"prompt\":\"!fail=500:2 retry heron\"}", &d, 30000);
     cr_expect_str_eq(h_jstr(j, "status"), "completed", "consumer: 500 must be retried: %s", d);
@@ -55,13 +39,13 @@ Test(retry, fail500_twice_then_completed)
     cr_expect_eq(json_array_size(json_object_get(j, "images")), 1, "%s", d);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(retry, ratelimit_honours_retry_after)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &retry_opts), 0, "stack did not start");
+    h_start(&s, &retry_opts);
     char *d = NULL;
     int64_t t0 = h_now_ms();
     json_t *j = retry_run(&s, "{\"prompt\":\"!ratelimit=1 retry owl\"}", &d, 30000);
@@ -70,44 +54,42 @@ Test(retry, ratelimit_honours_retry_after)
     cr_expect_eq(h_jint(j, "attempts"), 2, "%s", d);
     /* started_at is the first start; the 429 came at once, so the second
      * attempt (and completed_at) is at least Retry-After = 1 s later. */
-    int64_t st = retry_ts_ms(h_jstr(j, "started_at")), ct = retry_ts_ms(h_jstr(j, "completed_at"));
+    int64_t st = h_job_ms(j, "started_at"), ct = h_job_ms(j, "completed_at");
     cr_expect(st > 0 && ct > 0, "timestamps missing: %s", d);
     cr_expect(ct - st >= 950, "consumer retried %lld ms after a 429 with Retry-After: 1 (backoff base is 100 ms): %s",
               (long long)(ct - st), d);
     cr_expect(took >= 950, "job completed %lld ms after submit despite Retry-After: 1", (long long)took);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(retry, fail400_fails_at_once)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &retry_opts), 0, "stack did not start");
+    h_start(&s, &retry_opts);
     char *d = NULL;
     json_t *j = retry_run(&s, "{\"prompt\":\"!fail=400 retry crow\"}", &d, 30000);
     cr_expect_str_eq(h_jstr(j, "status"), "failed", "%s", d);
     cr_expect_eq(h_jint(j, "attempts"), 1, "consumer: 400 is not retryable: %s", d);
     json_t *e = json_object_get(j, "error");
+    cr_expect(json_is_object(e), "failed job without error: %s", d);
     const char *code = h_jstr(e, "code"), *msg = h_jstr(e, "message");
     cr_expect(code != NULL && code[0] != '\0', "failed job without error.code: %s", d);
     cr_expect(msg != NULL && strstr(msg, "injected failure 400") != NULL,
               "error.message should carry the provider's message: %s", d);
+    cr_expect(h_job_ms(j, "completed_at") > 0, "failed job without completed_at: %s", d);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }
 
 Test(retry, exhausted_fails_and_goes_to_dead)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &retry_opts), 0, "stack did not start");
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    natsSubscription *dead = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&dead, nc, "jobs.dead"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    h_start(&s, &retry_opts);
+    h_nats n;
+    h_nats_open(&s, &n);
 
     char *d = NULL;
     json_t *j = retry_run(&s, "{\"prompt\":\"!fail=503 retry raven\",\"max_attempts\":2}", &d, 30000);
@@ -116,25 +98,25 @@ Test(retry, exhausted_fails_and_goes_to_dead)
     cr_expect_eq(h_jint(j, "attempts"), 2, "max_attempts 2: %s", d);
     cr_expect(h_jstr(json_object_get(j, "error"), "code") != NULL, "no error: %s", d);
 
-    natsMsg *m = id != NULL ? h_next_msg_for(dead, id, 10000) : NULL;
-    cr_expect(m != NULL, "consumer: exhausted job not copied to jobs.dead (with Kiln-Job-Id %s)", id);
+    int copies = id != NULL ? h_collect_wait(n.dead, id, 1, 10000) : 0;
+    cr_expect_eq(copies, 1, "consumer: exhausted job copied %d times to jobs.dead (with Kiln-Job-Id %s)", copies, id);
+    natsMsg *m = id != NULL ? h_collect_msg(n.dead, id, 0) : NULL;
     char v[256] = "";
     if (m != NULL) {
         cr_expect(h_msg_header(m, "Kiln-Reason", v, sizeof v) && v[0] != '\0', "jobs.dead copy without Kiln-Reason");
         cr_expect(natsMsg_GetDataLength(m) > 0, "jobs.dead copy without the original payload");
-        natsMsg_Destroy(m);
     }
+    if (id != NULL) h_expect_done_once(&n, id, "failed", 5000);
     free(d);
     json_decref(j);
-    natsSubscription_Destroy(dead);
-    h_nats_close(nc, js);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 Test(retry, per_attempt_timeout)
 {
     h_stack s;
-    cr_assert_eq(h_stack_start(&s, &retry_opts), 0, "stack did not start");
+    h_start(&s, &retry_opts);
     char *d = NULL;
     int64_t t0 = h_now_ms();
     json_t *j = retry_run(&s, "{\"prompt\":\"!hang retry sloth\",\"timeout_s\":1,\"max_attempts\":2}", &d, 30000);
@@ -146,5 +128,5 @@ Test(retry, per_attempt_timeout)
     cr_expect(took < 15000, "two 1 s attempts took %lld ms", (long long)took);
     free(d);
     json_decref(j);
-    cr_assert_eq(h_stack_stop(&s), 0, "unclean shutdown (see logs)");
+    h_stop(&s);
 }

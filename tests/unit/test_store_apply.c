@@ -90,7 +90,7 @@ Test(store_rules, unknown_states_are_ignored)
 static char tdir[64];
 static db_store *tdb;
 static apply_sink sink;
-static rocksdb_writebatch_wi_t *twb;
+static db_batch *twb;
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -105,14 +105,14 @@ static void db_setup(void)
     snprintf(tdir, sizeof tdir, "/tmp/kiln-store-test-XXXXXX");
     cr_assert_not_null(mkdtemp(tdir));
     cr_assert_eq(db_open(tdir, 2 * DAY_MS, &tdb), KILN_OK);
-    twb = rocksdb_writebatch_wi_create(0, 1);
+    cr_assert_eq(db_batch_create(&twb), KILN_OK);
     memset(&sink, 0, sizeof sink);
 }
 
 static void db_teardown(void)
 {
     apply_sink_free(&sink);
-    if (twb != NULL) rocksdb_writebatch_wi_destroy(twb);
+    db_batch_destroy(twb);
     db_close(tdb);
     tdb = NULL;
     twb = NULL;
@@ -125,7 +125,7 @@ static void begin(int replay)
 {
     apply_sink_reset(&sink);
     sink.replay = replay;
-    rocksdb_writebatch_wi_clear(twb);
+    db_batch_clear(twb);
     db_lock(tdb);
 }
 
