@@ -872,6 +872,27 @@ long h_api(h_stack *s, h_resp *r, const char *method, const char *path, const ch
                   NULL);
 }
 
+long h_gw_status(h_stack *s, const char *path, long timeout_ms)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", s->gw_url, path);
+    h_resp r;
+    long st = h_http_timeout(&r, "GET", url, NULL, NULL, NULL, 0, NULL, timeout_ms);
+    h_resp_free(&r);
+    return st;
+}
+
+void h_expect_api_error(h_stack *s, const char *method, const char *path, const char *token,
+                        const char *json_body, long status, const char *code, const char *field)
+{
+    h_resp r;
+    h_api(s, &r, method, path, token, json_body);
+    if (r.status != status)
+        cr_log_error("%s %s with body %.200s", method, path, json_body != NULL ? json_body : "(none)");
+    h_expect_error(&r, status, code, field);
+    h_resp_free(&r);
+}
+
 const char *h_jstr(const json_t *o, const char *key)
 {
     return o != NULL ? json_string_value(json_object_get(o, key)) : NULL;
@@ -948,6 +969,19 @@ long h_submit_prompt(h_stack *s, const char *token, const char *prompt, char *id
     return st;
 }
 
+void h_submit_each(h_stack *s, const char *token, const char *body_fmt, int n, char ids[][65])
+{
+    for (int k = 0; k < n; k++) {
+        /* %d by hand: a non-literal format would defeat -Wformat checks. */
+        const char *at = strstr(body_fmt, "%d");
+        cr_assert(at != NULL, "h_submit_each: no %%d in %s", body_fmt);
+        char body[1024];
+        snprintf(body, sizeof body, "%.*s%d%s", (int)(at - body_fmt), body_fmt, k, at + 2);
+        long st = h_submit(s, token, body, ids[k]);
+        cr_assert_eq(st, 202, "submit %s: HTTP %ld", body, st);
+    }
+}
+
 json_t *h_get_job(h_stack *s, const char *token, const char *id, long *status_out)
 {
     char path[256];
@@ -1003,6 +1037,27 @@ void h_expect_job(h_stack *s, const char *token, const char *id, const char *sta
         cr_expect_eq(h_jint(j, "attempts"), attempts, "%s: job %s: want %d attempts: %s", what, id, attempts, d);
     free(d);
     json_decref(j);
+}
+
+int h_job_stays(h_stack *s, const char *token, const char *id, const char *state, int64_t window_ms,
+                char *why, size_t whylen)
+{
+    int64_t end = h_now_ms() + window_ms;
+    if (whylen > 0) why[0] = '\0';
+    for (;;) {
+        json_t *j = h_get_job(s, token, id, NULL);
+        const char *st = h_jstr(j, "status");
+        if (st == NULL || strcmp(st, state) != 0) {
+            char *d = h_job_dump(j);
+            snprintf(why, whylen, "%s", d);
+            free(d);
+            json_decref(j);
+            return 0;
+        }
+        json_decref(j);
+        if (h_now_ms() >= end) return 1;
+        h_sleep_ms(100);
+    }
 }
 
 long h_job_post(h_stack *s, h_resp *r, const char *token, const char *id, const char *action)

@@ -156,6 +156,13 @@ int h_resp_header(const h_resp *r, const char *name, char *out, size_t outlen);
 long h_api(h_stack *s, h_resp *r, const char *method, const char *path, const char *token,
            const char *json_body);
 
+/* Status of an unauthenticated GET of a gateway path ("/readyz", "/healthz",
+ * "/metrics"); 0 when the request failed. */
+long h_gw_status(h_stack *s, const char *path, long timeout_ms);
+/* One gateway request (h_api) that must be an error: h_expect_error on it. */
+void h_expect_api_error(h_stack *s, const char *method, const char *path, const char *token,
+                        const char *json_body, long status, const char *code, const char *field);
+
 /* JSON helpers: the string/integer at key, or NULL/-1. */
 const char *h_jstr(const json_t *o, const char *key);
 long long h_jint(const json_t *o, const char *key);
@@ -176,6 +183,9 @@ void h_unique_id(char *out, const char *prefix);
 long h_submit(h_stack *s, const char *token, const char *body, char *id_out);
 /* POST /v1/jobs {"prompt": prompt}; same as above. */
 long h_submit_prompt(h_stack *s, const char *token, const char *prompt, char *id_out);
+/* Submits n jobs, body k being body_fmt with %d replaced by k (body_fmt has
+ * exactly one %d), and cr_asserts each answered 202; ids into ids[k]. */
+void h_submit_each(h_stack *s, const char *token, const char *body_fmt, int n, char ids[][65]);
 /* GET /v1/jobs/{id}; returns the job object (caller json_decref) or NULL. */
 json_t *h_get_job(h_stack *s, const char *token, const char *id, long *status_out);
 /* Polls GET until the job's status is `state` (or, when state is NULL, any
@@ -189,6 +199,11 @@ int h_state_terminal(const char *state);
  * the job in failure messages (which carry the whole job object). */
 void h_expect_job(h_stack *s, const char *token, const char *id, const char *state, int attempts,
                   int64_t deadline_ms, const char *what);
+/* Observation window: polls the job for window_ms and returns 1 when its
+ * status was `state` at every look, 0 (with the job in why) at the first
+ * look where it was not. For "X must NOT happen" checks; not a wait. */
+int h_job_stays(h_stack *s, const char *token, const char *id, const char *state, int64_t window_ms,
+                char *why, size_t whylen);
 /* POST /v1/jobs/{id}/{action} ("cancel", "viewed"). Returns the HTTP status;
  * free r with h_resp_free. */
 long h_job_post(h_stack *s, h_resp *r, const char *token, const char *id, const char *action);

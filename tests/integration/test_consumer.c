@@ -45,11 +45,7 @@ Test(consumer, bounded_concurrency)
     h_start(&s, &o);
     char ids[6][65];
     int64_t t0 = h_now_ms();
-    for (int i = 0; i < 6; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "!sleep=1000 concurrency fox %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, ids[i]), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=1000 concurrency fox %d\"}", 6, ids);
     conc_arg a = {&s, 0, 0, 0};
     cr_assert(h_wait_for(conc_sample, &a, 40000, 50), "only %d of 6 jobs completed", a.done);
     int64_t took = h_now_ms() - t0;
@@ -58,21 +54,6 @@ Test(consumer, bounded_concurrency)
     /* 6 jobs of 1 s, 2 at a time: at least 3 s. */
     cr_expect(took >= 2900, "6 x 1 s jobs with concurrency 2 finished in %lld ms", (long long)took);
     h_stop(&s);
-}
-
-typedef struct {
-    h_stack *s;
-    const char *id;
-} job_arg;
-
-static int job_not_completed(void *arg)
-{
-    job_arg *a = arg;
-    json_t *j = h_get_job(a->s, H_TOKEN_ALICE, a->id, NULL);
-    const char *st = h_jstr(j, "status");
-    int changed = st == NULL || strcmp(st, "completed") != 0;
-    json_decref(j);
-    return changed;
 }
 
 Test(consumer, kill9_mid_job_completes_exactly_once)
@@ -102,8 +83,9 @@ Test(consumer, kill9_mid_job_completes_exactly_once)
      * and the state never changes afterwards. */
     h_expect_done_once(&n, id, "completed", 10000);
     /* Observation window: a redelivery of the old attempt must not change it. */
-    job_arg ja = {&s, id};
-    cr_expect(!h_wait_for(job_not_completed, &ja, 4000, 250), "terminal state changed after completion");
+    char why[2048];
+    cr_expect(h_job_stays(&s, H_TOKEN_ALICE, id, "completed", 4000, why, sizeof why),
+              "terminal state changed after completion: %s", why);
     h_expect_done_once(&n, id, "completed", 1000);
     h_nats_free(&n);
     h_stop(&s);
@@ -119,21 +101,13 @@ Test(consumer, sigterm_drains_in_flight_and_hands_back_the_rest)
 
     enum { NFLY = 2, NQ = 3 };
     char fly[NFLY][65], q[NQ][65];
-    for (int i = 0; i < NFLY; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "!sleep=1500 draining shrew %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, fly[i]), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=1500 draining shrew %d\"}", NFLY, fly);
     for (int i = 0; i < NFLY; i++) {
         json_t *j = h_wait_job(&s, H_TOKEN_ALICE, fly[i], "processing", 15000);
         cr_assert_str_eq(h_jstr(j, "status"), "processing", "in-flight job %d never started", i);
         json_decref(j);
     }
-    for (int i = 0; i < NQ; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "queued shrew %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, q[i]), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"queued shrew %d\"}", NQ, q);
 
     int64_t t0 = h_now_ms();
     int rc = h_proc_term(&s, H_CONSUMER);

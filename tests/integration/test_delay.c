@@ -63,11 +63,7 @@ Test(delay, many_delayed_do_not_block_others)
     h_start(&s, &o);
     enum { N = 8 };
     char ids[N][65];
-    for (int i = 0; i < N; i++) {
-        char body[128];
-        snprintf(body, sizeof body, "{\"prompt\":\"far badger %d\",\"delay_ms\":60000}", i);
-        cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, body, ids[i]), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"far badger %d\",\"delay_ms\":60000}", N, ids);
     char quick[65];
     int64_t t0 = h_now_ms();
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "undelayed badger", quick), 202);

@@ -86,7 +86,7 @@ Test(e2e, done_event_and_status_request)
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a blue heron at dawn", id), 202);
 
-    cr_assert_eq(h_collect_wait(n.done, id, 1, 30000), 1, "no jobs.done for %s within 30 s", id);
+    cr_assert(h_collect_wait(n.done, id, 1, 30000) >= 1, "no jobs.done for %s within 30 s", id);
     natsMsg *m = h_collect_msg(n.done, id, 0);
     /* jobs.done comes only after the terminal state is durable: query at once. */
     long gst = 0;
@@ -172,11 +172,7 @@ Test(e2e, list_paginate_filter_viewed)
     h_start(&s, NULL);
     enum { N = 7 };
     char ids[N][65];
-    for (int i = 0; i < N - 1; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "list fox %d", i);
-        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, p, ids[i]), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"list fox %d\"}", N - 1, ids);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!fail=400 list bad", ids[N - 1]), 202);
     char bob_id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_BOB, "bob's fox", bob_id), 202);
@@ -208,13 +204,8 @@ Test(e2e, list_paginate_filter_viewed)
     if (nseen == N) cr_expect_str_eq(seen[0], ids[N - 1], "newest job is not first");
 
     /* Bad limits. */
-    h_resp r;
-    h_api(&s, &r, "GET", "/v1/jobs?limit=0", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 400, "invalid_argument", NULL);
-    h_resp_free(&r);
-    h_api(&s, &r, "GET", "/v1/jobs?limit=201", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 400, "invalid_argument", NULL);
-    h_resp_free(&r);
+    h_expect_api_error(&s, "GET", "/v1/jobs?limit=0", H_TOKEN_ALICE, NULL, 400, "invalid_argument", NULL);
+    h_expect_api_error(&s, "GET", "/v1/jobs?limit=201", H_TOKEN_ALICE, NULL, 400, "invalid_argument", NULL);
 
     /* Status filter. */
     char f[16][65];
@@ -241,6 +232,7 @@ Test(e2e, list_paginate_filter_viewed)
     json_decref(w);
 
     /* viewed */
+    h_resp r;
     long st = h_job_post(&s, &r, H_TOKEN_ALICE, ids[0], "viewed");
     cr_expect_eq(st, 200, "POST viewed: %ld %s", st, r.body);
     cr_expect(json_is_true(json_object_get(r.json, "viewed")), "viewed not true: %s", r.body);

@@ -13,11 +13,19 @@ TestSuite(errors, .fini = h_fini, .timeout = 120);
 
 static void post_expect(h_stack *s, const char *body, long status, const char *code, const char *field)
 {
-    h_resp r;
-    h_api(s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE, body);
-    if (r.status != status) cr_log_error("request body was: %.200s", body);
-    h_expect_error(&r, status, code, field);
-    h_resp_free(&r);
+    h_expect_api_error(s, "POST", "/v1/jobs", H_TOKEN_ALICE, body, status, code, field);
+}
+
+/* POST {"prompt":"aaa..."} with an n-character prompt, expecting an error. */
+static void post_long_prompt(h_stack *s, size_t n, long status, const char *code, const char *field)
+{
+    char *big = malloc(n + 32);
+    cr_assert(big != NULL);
+    strcpy(big, "{\"prompt\":\"");
+    memset(big + 11, 'a', n);
+    strcpy(big + 11 + n, "\"}");
+    post_expect(s, big, status, code, field);
+    free(big);
 }
 
 Test(errors, auth_validation_routing)
@@ -42,44 +50,32 @@ Test(errors, auth_validation_routing)
     h_expect_error(&r, 401, "unauthenticated", NULL);
     h_resp_free(&r);
     /* Operations need no token. */
-    snprintf(url, sizeof url, "%s/healthz", s.gw_url);
-    cr_expect_eq(h_http(&r, "GET", url, NULL, NULL, NULL, NULL), 200, "/healthz without token");
-    h_resp_free(&r);
-    snprintf(url, sizeof url, "%s/metrics", s.gw_url);
-    cr_expect_eq(h_http(&r, "GET", url, NULL, NULL, NULL, NULL), 200, "/metrics without token");
-    h_resp_free(&r);
+    cr_expect_eq(h_gw_status(&s, "/healthz", 10000), 200, "/healthz without token");
+    cr_expect_eq(h_gw_status(&s, "/metrics", 10000), 200, "/metrics without token");
 
-    /* 400 invalid_json */
-    post_expect(&s, "{not json", 400, "invalid_json", NULL);
-    post_expect(&s, "", 400, "invalid_json", NULL);
-
-    /* 400 invalid_argument, with the field named */
-    post_expect(&s, "{}", 400, "invalid_argument", "prompt");
-    post_expect(&s, "{\"prompt\":\"\"}", 400, "invalid_argument", "prompt");
-    post_expect(&s, "{\"prompt\":42}", 400, "invalid_argument", "prompt");
-    post_expect(&s, "{\"prompt\":\"x\",\"n\":5}", 400, "invalid_argument", "n");
-    post_expect(&s, "{\"prompt\":\"x\",\"n\":0}", 400, "invalid_argument", "n");
-    post_expect(&s, "{\"prompt\":\"x\",\"n\":\"2\"}", 400, "invalid_argument", "n");
-    post_expect(&s, "{\"prompt\":\"x\",\"priority\":\"urgent\"}", 400, "invalid_argument", "priority");
-    post_expect(&s, "{\"prompt\":\"x\",\"size\":\"big\"}", 400, "invalid_argument", "size");
-    post_expect(&s, "{\"prompt\":\"x\",\"max_attempts\":11}", 400, "invalid_argument", "max_attempts");
-    post_expect(&s, "{\"prompt\":\"x\",\"timeout_s\":0}", 400, "invalid_argument", "timeout_s");
-    post_expect(&s, "{\"prompt\":\"x\",\"delay_ms\":-1}", 400, "invalid_argument", "delay_ms");
-    post_expect(&s, "{\"prompt\":\"x\",\"params\":{\"a\":1}}", 400, "invalid_argument", "params");
-    {
-        /* 4001 characters (but well under 64 KiB). */
-        size_t n = 4001;
-        char *big = malloc(n + 32);
-        cr_assert(big != NULL);
-        strcpy(big, "{\"prompt\":\"");
-        memset(big + 11, 'a', n);
-        strcpy(big + 11 + n, "\"}");
-        post_expect(&s, big, 400, "invalid_argument", "prompt");
-        free(big);
-    }
-
-    /* 400 unknown_field names the field */
-    post_expect(&s, "{\"prompt\":\"x\",\"colour\":\"red\"}", 400, "unknown_field", "colour");
+    /* 400: invalid_json, and invalid_argument naming the field. */
+    static const struct {
+        const char *body, *code, *field;
+    } bad[] = {
+        {"{not json", "invalid_json", NULL},
+        {"", "invalid_json", NULL},
+        {"{}", "invalid_argument", "prompt"},
+        {"{\"prompt\":\"\"}", "invalid_argument", "prompt"},
+        {"{\"prompt\":42}", "invalid_argument", "prompt"},
+        {"{\"prompt\":\"x\",\"n\":5}", "invalid_argument", "n"},
+        {"{\"prompt\":\"x\",\"n\":0}", "invalid_argument", "n"},
+        {"{\"prompt\":\"x\",\"n\":\"2\"}", "invalid_argument", "n"},
+        {"{\"prompt\":\"x\",\"priority\":\"urgent\"}", "invalid_argument", "priority"},
+        {"{\"prompt\":\"x\",\"size\":\"big\"}", "invalid_argument", "size"},
+        {"{\"prompt\":\"x\",\"max_attempts\":11}", "invalid_argument", "max_attempts"},
+        {"{\"prompt\":\"x\",\"timeout_s\":0}", "invalid_argument", "timeout_s"},
+        {"{\"prompt\":\"x\",\"delay_ms\":-1}", "invalid_argument", "delay_ms"},
+        {"{\"prompt\":\"x\",\"params\":{\"a\":1}}", "invalid_argument", "params"},
+        {"{\"prompt\":\"x\",\"colour\":\"red\"}", "unknown_field", "colour"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        post_expect(&s, bad[i].body, 400, bad[i].code, bad[i].field);
+    post_long_prompt(&s, 4001, 400, "invalid_argument", "prompt"); /* well under 64 KiB */
 
     /* A valid body with every optional field is accepted. */
     h_api(&s, &r, "POST", "/v1/jobs", H_TOKEN_ALICE,
@@ -91,18 +87,10 @@ Test(errors, auth_validation_routing)
     h_resp_free(&r);
 
     /* 404 */
-    h_api(&s, &r, "GET", "/v1/jobs/no-such-job", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 404, "not_found", NULL);
-    h_resp_free(&r);
-    h_api(&s, &r, "GET", "/v1/nothing-here", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 404, "not_found", NULL);
-    h_resp_free(&r);
-    h_api(&s, &r, "POST", "/v1/jobs/no-such-job/viewed", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 404, "not_found", NULL);
-    h_resp_free(&r);
-    h_api(&s, &r, "POST", "/v1/jobs/no-such-job/cancel", H_TOKEN_ALICE, NULL);
-    h_expect_error(&r, 404, "not_found", NULL);
-    h_resp_free(&r);
+    h_expect_api_error(&s, "GET", "/v1/jobs/no-such-job", H_TOKEN_ALICE, NULL, 404, "not_found", NULL);
+    h_expect_api_error(&s, "GET", "/v1/nothing-here", H_TOKEN_ALICE, NULL, 404, "not_found", NULL);
+    h_expect_api_error(&s, "POST", "/v1/jobs/no-such-job/viewed", H_TOKEN_ALICE, NULL, 404, "not_found", NULL);
+    h_expect_api_error(&s, "POST", "/v1/jobs/no-such-job/cancel", H_TOKEN_ALICE, NULL, 404, "not_found", NULL);
 
     /* 405 with Allow */
     h_api(&s, &r, "DELETE", "/v1/jobs", H_TOKEN_ALICE, NULL);
@@ -113,16 +101,7 @@ Test(errors, auth_validation_routing)
     h_resp_free(&r);
 
     /* 413 over 64 KiB */
-    {
-        size_t n = 70 * 1024;
-        char *big = malloc(n + 32);
-        cr_assert(big != NULL);
-        strcpy(big, "{\"prompt\":\"");
-        memset(big + 11, 'a', n);
-        strcpy(big + 11 + n, "\"}");
-        post_expect(&s, big, 413, "payload_too_large", NULL);
-        free(big);
-    }
+    post_long_prompt(&s, 70 * 1024, 413, "payload_too_large", NULL);
 
     /* 415 */
     snprintf(url, sizeof url, "%s/v1/jobs", s.gw_url);
@@ -164,9 +143,7 @@ Test(errors, user_isolation)
 
     h_resp r;
     snprintf(path, sizeof path, "/v1/jobs/%s", id);
-    h_api(&s, &r, "GET", path, H_TOKEN_BOB, NULL);
-    h_expect_error(&r, 404, "not_found", NULL);
-    h_resp_free(&r);
+    h_expect_api_error(&s, "GET", path, H_TOKEN_BOB, NULL, 404, "not_found", NULL);
     h_job_post(&s, &r, H_TOKEN_BOB, id, "viewed");
     h_expect_error(&r, 404, "not_found", NULL);
     h_resp_free(&r);

@@ -20,6 +20,21 @@ static long idem_post(h_stack *s, h_resp *r, const char *token, const char *body
     return h_http(r, "POST", url, token, "application/json", body, hdr);
 }
 
+/* Alice's key is known: the same body answers 200 with job id, another
+ * body 409 idempotency_conflict. */
+static void idem_expect_known(h_stack *s, const char *body, const char *other_body, const char *key,
+                              const char *id, const char *what)
+{
+    h_resp r;
+    long st = idem_post(s, &r, H_TOKEN_ALICE, body, key);
+    cr_expect_eq(st, 200, "%s: same user+key+body must answer 200: %ld %s", what, st, r.body);
+    cr_expect_str_eq(h_jstr(r.json, "id"), id, "%s: same key answered another job: %s", what, r.body);
+    h_resp_free(&r);
+    idem_post(s, &r, H_TOKEN_ALICE, other_body, key);
+    h_expect_error(&r, 409, "idempotency_conflict", NULL);
+    h_resp_free(&r);
+}
+
 Test(idem, same_key_same_job_one_run)
 {
     h_stack s;
@@ -35,14 +50,7 @@ Test(idem, same_key_same_job_one_run)
     snprintf(id, sizeof id, "%s", h_jstr(r.json, "id"));
     h_resp_free(&r);
 
-    st = idem_post(&s, &r, H_TOKEN_ALICE, body, "k-otter-1");
-    cr_expect_eq(st, 200, "gateway/store: same user+key+body must answer 200: %ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "id"), id, "same key answered another job: %s", r.body);
-    h_resp_free(&r);
-
-    st = idem_post(&s, &r, H_TOKEN_ALICE, "{\"prompt\":\"idem otter, other body\"}", "k-otter-1");
-    h_expect_error(&r, 409, "idempotency_conflict", NULL);
-    h_resp_free(&r);
+    idem_expect_known(&s, body, "{\"prompt\":\"idem otter, other body\"}", "k-otter-1", id, "repeat");
 
     st = idem_post(&s, &r, H_TOKEN_BOB, body, "k-otter-1");
     cr_expect_eq(st, 202, "bob with alice's key: %ld %s", st, r.body);
@@ -135,13 +143,7 @@ Test(idem, key_survives_store_and_gateway_restart)
     cr_assert_eq(h_proc_start(&s, H_GATEWAY), 0);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after restart");
 
-    st = idem_post(&s, &r, H_TOKEN_ALICE, body, "k-durable");
-    cr_expect_eq(st, 200, "store: key forgotten after restart: %ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "id"), id, "key maps to another job after restart: %s", r.body);
-    h_resp_free(&r);
-    st = idem_post(&s, &r, H_TOKEN_ALICE, "{\"prompt\":\"different\"}", "k-durable");
-    h_expect_error(&r, 409, "idempotency_conflict", NULL);
-    h_resp_free(&r);
+    idem_expect_known(&s, body, "{\"prompt\":\"different\"}", "k-durable", id, "store: after restart");
     cr_expect_eq(h_list_count(&s, H_TOKEN_ALICE), 1, "a second job was created after restart");
     h_stop(&s);
 }
@@ -157,7 +159,7 @@ Test(idem, nats_same_msg_id_one_job)
     h_unique_id(id, "dup");
     cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
     cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "!sleep=300 dup otter"), 0);
-    cr_assert_eq(h_collect_wait(n.done, id, 1, 30000), 1, "no jobs.done for %s", id);
+    cr_assert(h_collect_wait(n.done, id, 1, 30000) >= 1, "no jobs.done for %s", id);
     /* Observation window: a second run would announce again. */
     cr_expect_eq(h_collect_wait(n.done, id, 2, 3000), 1, "a second jobs.done for one Nats-Msg-Id");
     json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);

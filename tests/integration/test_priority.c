@@ -34,11 +34,7 @@ Test(priority, high_overtakes_low_backlog)
     h_start(&s, &prio_opts);
     enum { N = 20 };
     char low[N][65];
-    for (int i = 0; i < N; i++) {
-        char p[64];
-        snprintf(p, sizeof p, "!sleep=200 low marten %d", i);
-        cr_assert_eq(prio_submit(&s, "low", p, low[i], NULL), 202);
-    }
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=200 low marten %d\",\"priority\":\"low\"}", N, low);
     /* The backlog is being worked on. */
     json_t *j = h_wait_job(&s, H_TOKEN_ALICE, low[0], "completed", 20000);
     cr_assert_str_eq(h_jstr(j, "status"), "completed", "low backlog does not move");

