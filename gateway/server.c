@@ -21,7 +21,6 @@
 #define SERVER_CONN_TIMEOUT_S 120 /* idle keep-alive connections */
 
 static struct MHD_Daemon *server_daemon;
-static MHD_socket server_listen_fd = MHD_INVALID_SOCKET;
 static atomic_long server_suspended;
 static atomic_bool server_quiescing; /* answers carry Connection: close */
 
@@ -238,11 +237,14 @@ kiln_status gw_server_start(const gw_server_opts *o)
     return KILN_OK;
 }
 
+/* Stops taking new work: every answer from now on carries Connection: close,
+ * and the router refuses new work with 503. MHD_quiesce_daemon() is not used:
+ * with a thread pool and epoll, libmicrohttpd 0.9.75 can abort in it ("Failed
+ * to remove listen FD from epoll set"), and the listener closes with
+ * MHD_stop_daemon() a moment later anyway. */
 void gw_server_quiesce(void)
 {
-    if (server_daemon == NULL || server_listen_fd != MHD_INVALID_SOCKET) return;
     atomic_store(&server_quiescing, true);
-    server_listen_fd = MHD_quiesce_daemon(server_daemon);
 }
 
 void gw_server_drain(int64_t grace_ms)
@@ -258,6 +260,4 @@ void gw_server_stop(void)
     if (server_daemon == NULL) return;
     MHD_stop_daemon(server_daemon);
     server_daemon = NULL;
-    if (server_listen_fd != MHD_INVALID_SOCKET) close(server_listen_fd);
-    server_listen_fd = MHD_INVALID_SOCKET;
 }
