@@ -32,6 +32,7 @@
 #define CONS_RESPONSE_MAX (64 * 1024 * 1024) /* provider response body cap */
 #define CONS_URL_MAX 4096        /* image URL passed through from the provider */
 #define CONS_FETCH_MAX 256       /* largest fetch batch */
+#define CONS_HDR_REDRIVE "Kiln-Redrive" /* re-published lost message: its original stream seq */
 
 /* Settings, filled once by main.c and read-only afterwards. */
 typedef struct {
@@ -47,6 +48,7 @@ typedef struct {
     char *log_level;
     char *metrics_addr;
     char *min_available_mem; /* KILN_MIN_AVAILABLE_MEM text, parsed by memwatch.c */
+    int64_t stall_check_ms;  /* KILN_STALL_CHECK: stall.c interval, 0 = off */
 } cons_settings;
 
 /* Process-wide context shared by the modules (set up by main.c). */
@@ -94,6 +96,7 @@ struct cons_job {
     char id[KILN_ID_MAX_LEN + 1]; /* "" when unreadable */
     uint64_t num_delivered;
     uint64_t stream_seq;
+    uint64_t redrive_of;          /* Kiln-Redrive header (stall.c re-drive), 0 = none */
     const char *lane;             /* "high", "normal", "low" */
     unsigned attempt;             /* provider attempt number, 1-based (0: never started) */
     unsigned max_attempts;
@@ -258,5 +261,18 @@ void cons_memwatch_set_source(const char *path);
 /* Fetch thread: true while fetching should pause. Reads meminfo at most every
  * 250 ms; logs once when pausing and once when resuming. */
 bool cons_memwatch_paused(void);
+
+/* ---- stall.c: re-publishes job messages a 2.9.10 restart left undeliverable ---- */
+kiln_status cons_stall_start(void); /* no-op when stall_check_ms is 0 */
+void cons_stall_stop(void);
+/* Highest stream sequence the durable is certainly done with. */
+uint64_t cons_stall_upper(uint64_t delivered_stream, uint64_t ack_floor_stream,
+                          int64_t num_ack_pending);
+/* The next at most max sequences in [first_seq, upper] from *cursor (wrapping
+ * to first_seq); advances *cursor. False when the range is empty. */
+bool cons_stall_window(uint64_t first_seq, uint64_t upper, uint64_t *cursor, uint64_t max,
+                       uint64_t *from, uint64_t *to);
+/* A lane message at or below the upper bound, still in the stream: re-drive it? */
+bool cons_stall_should_redrive(uint64_t seq, uint64_t redrive_of, const cons_store_info *si);
 
 #endif

@@ -58,8 +58,12 @@ bool cons_job_is_duplicate_copy(const cons_job *j, const cons_store_info *si)
 {
     /* Only a first delivery: a redelivered copy may be one that already ran an
      * attempt (its store check had not answered), and must finish. */
-    return si->answered && si->known && si->request_seq != 0 && j->num_delivered == 1 &&
-           j->stream_seq != 0 && j->stream_seq != si->request_seq;
+    if (!(si->answered && si->known && si->request_seq != 0 && j->num_delivered == 1 &&
+          j->stream_seq != 0 && j->stream_seq != si->request_seq))
+        return false;
+    /* A re-drive of the job's own lost copy (stall.c) runs while the job waits. */
+    return !(j->redrive_of == si->request_seq &&
+             si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING);
 }
 
 kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
@@ -77,6 +81,9 @@ kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
         j->stream_seq = meta->Sequence.Stream;
         jsMsgMetaData_Destroy(meta);
     }
+    const char *redrive = NULL;
+    if (natsMsgHeader_Get(msg, CONS_HDR_REDRIVE, &redrive) == NATS_OK && redrive != NULL)
+        j->redrive_of = strtoull(redrive, NULL, 10);
     int len = natsMsg_GetDataLength(msg);
     if (len > 0 && len <= KILN_PB_MAX_BYTES)
         j->req = kiln__v1__job_request__unpack(NULL, (size_t)len,

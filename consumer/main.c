@@ -48,6 +48,9 @@ static const kiln_setting main_table[] = {
     {"KILN_MIN_AVAILABLE_MEM", "min-available-mem", KILN_SET_STRING, "0", 1, 0,
      "pause fetching while MemAvailable is below this, e.g. 64MB, 1GB (0 = off)",
      &main_set.min_available_mem},
+    {"KILN_STALL_CHECK", "stall-check", KILN_SET_DURATION, "10s", 0, 3600000,
+     "how often to look for job messages lost by a NATS restart and re-publish them (0 = off)",
+     &main_set.stall_check_ms},
 };
 
 /* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
@@ -138,6 +141,7 @@ int main(int argc, char **argv)
     if (cons_transfers_start() != KILN_OK) goto out;
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
+    if (cons_stall_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld provider=%s data_dir=%s ack_wait_ms=%lld",
              (long long)main_set.concurrency, main_set.provider_url, main_set.data_dir,
              (long long)main_set.ack_wait_ms);
@@ -148,6 +152,7 @@ int main(int argc, char **argv)
 out:
     /* Drain: stop fetching, let in-flight jobs finish, hand back the rest. */
     atomic_store(&cons_g.stopping, true);
+    cons_stall_stop();
     cons_fetcher_stop();
     if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());

@@ -33,7 +33,7 @@
 #include "subjects.h"
 
 /* 1024 messages make at most 2048 publishes (jobs.done + event each),
- * below the publisher's max pending (main.c). */
+ * well below the apply connection's max pending (main.c). */
 #define INGEST_BATCH 1024
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
@@ -253,20 +253,34 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
               (long long)(t_written - t_staged), (long long)(t_settled - t_written),
               (long long)(kiln_mono_us() - t_settled));
 }
+
 /* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
  * batch is there or it expires, which would hold a lone job back for the
  * full expiry. A no_wait request with an expiry instead makes the server
  * (2.9) answer as soon as anything is there (up to a full batch) and wait
- * up to the expiry only when nothing is. With a batch in flight, a plain
- * no_wait request (no expiry) answers at once even when nothing is there,
- * so that batch's acks are not held up by the long poll. */
-static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int long_poll)
+ * up to the expiry only when nothing is.
+ *
+ * Late messages: when nats.c's wait ends before the server's answer arrived
+ * (a server slower than the expiry, under heavy load), those messages stay
+ * queued in the subscription, and nats.c 3.4.1's next fetch takes them all
+ * into its array of Batch slots first, writing past its end when there are
+ * more (heap corruption; reproduced with a 5 ms expiry, and the store as it
+ * was before crashed the same way under load). So the expiry stays long,
+ * and when messages are already queued the array is sized for them plus
+ * one more request's worth still on the wire. *asked = the Batch used. */
+static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int *asked)
 {
+    int queued = 0;
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
     fr.Batch = INGEST_BATCH;
+    if (natsSubscription_GetPending(ing->sub, &queued, NULL) == NATS_OK && queued > 0) {
+        fr.Batch = queued + 2 * INGEST_BATCH;
+        LOG_WARN("late messages queued from an expired fetch msgs=%d batch=%d", queued, fr.Batch);
+    }
     fr.NoWait = true;
-    if (long_poll) fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
+    fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
+    *asked = fr.Batch;
     return natsSubscription_FetchRequest(list, ing->sub, &fr);
 }
 
@@ -283,9 +297,13 @@ static void *ingest_main(void *arg)
             int64_t every = ing->db->idem_ttl_ms / 8;
             ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
         }
-        int long_poll = !ing->has_inflight;
+        /* A partial batch last time means the stream was drained: the next
+         * fetch may wait up to its expiry, so finish the batch in flight
+         * first. Full batches (a backlog) keep the pipeline going. */
+        if (ing->has_inflight && ing->inflight.Count < INGEST_BATCH) ingest_settle_inflight(ing);
         uint64_t epoch = barrier_fetch_begin(ing->b);
-        natsStatus s = ingest_fetch(ing, &list, long_poll);
+        int asked = 0;
+        natsStatus s = ingest_fetch(ing, &list, &asked);
         if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
             natsMsgList_Destroy(&list);
             /* Every batch fetched before is written (this thread wrote it). */
@@ -304,6 +322,12 @@ static void *ingest_main(void *arg)
             }
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
             continue;
+        }
+        if (list.Count > asked) {
+            /* nats.c overfilled the array (see ingest_fetch): memory is
+             * already corrupt, stop before it does more harm. */
+            LOG_ERROR("fetch returned more than asked msgs=%d batch=%d", list.Count, asked);
+            abort();
         }
         ingest_batch(ing, &list);
         natsMsgList_Destroy(&list); /* empty when it went in flight */

@@ -20,6 +20,9 @@
 
 #define STORE_CONNECT_TIMEOUT_MS 30000
 #define STORE_DONE_MAX_PENDING 4096 /* jobs.done and event publishes awaiting their ack */
+/* The apply loop's connection: one batch's publishes (≤ 2 per message,
+ * batches of 1024 and rarely up to 3 batches' worth, see ingest.c). */
+#define STORE_APPLY_MAX_PENDING 16384
 
 typedef struct {
     char *nats_url;
@@ -133,7 +136,7 @@ int main(int argc, char **argv)
     ao.name = "kiln-store-apply";
     ao.initial_timeout_ms = STORE_CONNECT_TIMEOUT_MS;
     ao.send_asap = false;
-    ao.max_pending = STORE_DONE_MAX_PENDING;
+    ao.max_pending = STORE_APPLY_MAX_PENDING;
     ao.ack_handler = done_on_pub_ack;
     st = kiln_nats_connect_opts(cfg.nats_url, &ao, &anc, &ajs);
     if (st != KILN_OK) goto out;

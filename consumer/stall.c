@@ -1,0 +1,381 @@
+/* stall.c - stalled-message recovery: finds job messages a worker durable will
+ * never deliver again and re-publishes them.
+ *
+ * nats-server 2.9.10 can lose a worker durable's ack-pending entries across a
+ * restart (seen for jobs nak'd with a delay just before the stop): the message
+ * stays in KILN_JOBS (interest retention, the worker never acked it) but the
+ * durable counts it as handled. Every KILN_STALL_CHECK this thread looks, per
+ * lane, at the lane's messages at or below the highest stream sequence the
+ * durable has certainly finished with (its ack floor; its delivered sequence
+ * when nothing is ack-pending). A worker acks a job's message only once the
+ * job is terminal (or skipped as terminal/cancelled), so such a message that
+ * is still in the stream, is the job's own copy (the store's request_seq) and
+ * whose job the store (sync check) reports pending was lost. It is published
+ * again on its subject (headers Kiln-Redrive: <original seq>, Nats-Msg-Id:
+ * <id>.redrive.<seq>) and the old copy deleted. Several consumer processes may
+ * do this at once: the Nats-Msg-Id dedup and the idempotent delete make that
+ * safe. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "clock.h"
+#include "cons.h"
+#include "log.h"
+#include "pb.h"
+#include "subjects.h"
+
+#define STALL_SCAN_MAX 512      /* stream sequences looked at per lane per round */
+#define STALL_BATCH_MAX 64      /* candidates per store check */
+#define STALL_API_WAIT_MS 2000  /* JetStream API calls */
+#define STALL_CHECK_TIMEOUT_MS 3000 /* kiln.store.check (sync waits up to 2 s in the store) */
+#define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
+
+typedef struct {
+    const char *name;
+    const char *subject;
+    const char *durable;
+    uint64_t cursor;            /* next sequence to look at; scans resume here */
+} stall_lane;
+
+static stall_lane stall_lanes[] = {
+    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH},
+    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL},
+    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW},
+};
+#define STALL_NLANES (sizeof stall_lanes / sizeof stall_lanes[0])
+
+typedef struct {
+    natsMsg *msg;               /* owned */
+    uint64_t seq;
+    uint64_t redrive_of;        /* its Kiln-Redrive value, 0 when none */
+    char id[KILN_ID_MAX_LEN + 1];
+} stall_cand;
+
+static pthread_t stall_thread;
+static bool stall_started;
+static bool stall_stop_flag;    /* under stall_mu */
+static pthread_mutex_t stall_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t stall_cv;
+static int64_t stall_last_err_log = -STALL_ERR_LOG_MS;
+static kiln_metric *stall_m_redriven;
+
+uint64_t cons_stall_upper(uint64_t delivered_stream, uint64_t ack_floor_stream,
+                          int64_t num_ack_pending)
+{
+    /* Everything at or below the ack floor was acked; with nothing ack-pending,
+     * everything delivered was. (2.9 moves the floor past skipped other-subject
+     * sequences, so it can be above the delivered sequence.) */
+    if (num_ack_pending == 0 && delivered_stream > ack_floor_stream) return delivered_stream;
+    return ack_floor_stream;
+}
+
+bool cons_stall_window(uint64_t first_seq, uint64_t upper, uint64_t *cursor, uint64_t max,
+                       uint64_t *from, uint64_t *to)
+{
+    if (max == 0 || first_seq == 0 || upper < first_seq) return false;
+    uint64_t f = *cursor;
+    if (f < first_seq || f > upper) f = first_seq; /* wrapped: start a new pass */
+    uint64_t t = upper;
+    if (t - f >= max) t = f + max - 1;
+    *from = f;
+    *to = t;
+    *cursor = t + 1;
+    return true;
+}
+
+bool cons_stall_should_redrive(uint64_t seq, uint64_t redrive_of, const cons_store_info *si)
+{
+    if (!si->answered || !si->known || si->request_seq == 0) return false;
+    /* Only the job's own copy (or a re-drive of it): a second copy of the id
+     * was acked as a duplicate while the job itself may still be waiting. */
+    if (seq != si->request_seq && redrive_of != si->request_seq) return false;
+    /* Processing: it may be running right now somewhere. Terminal: done. */
+    return si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+}
+
+static void stall_warn_rate_limited(const char *what, const char *lane, natsStatus s, jsErrCode jerr)
+{
+    int64_t now = kiln_mono_ms();
+    if (now - stall_last_err_log < STALL_ERR_LOG_MS) return;
+    stall_last_err_log = now;
+    LOG_WARN("stall check failed step=%s lane=%s status=%s js_err=%d", what, lane,
+             natsStatus_GetText(s), (int)jerr);
+}
+
+/* One sync kiln.store.check for the candidates' ids; fills info[i]. */
+static void stall_store_check(const stall_cand *c, size_t n, cons_store_info *info)
+{
+    Kiln__V1__StoreRequest rq = KILN__V1__STORE_REQUEST__INIT;
+    Kiln__V1__StoreReply *rep = NULL;
+    char *ids[STALL_BATCH_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    natsMsg *reply = NULL;
+
+    memset(info, 0, n * sizeof *info);
+    if (n == 0 || n > STALL_BATCH_MAX) return;
+    for (size_t i = 0; i < n; i++) ids[i] = (char *)c[i].id;
+    rq.n_ids = n;
+    rq.ids = ids;
+    rq.sync = true; /* the store must have applied everything up to now */
+    if (kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len) != KILN_OK) goto out;
+    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
+                                          STALL_CHECK_TIMEOUT_MS);
+    if (s != NATS_OK) {
+        stall_warn_rate_limited("store_check", "-", s, 0);
+        goto out;
+    }
+    int rlen = natsMsg_GetDataLength(reply);
+    rep = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
+                                        (const uint8_t *)natsMsg_GetData(reply));
+    if (rep == NULL || (rep->error_code != NULL && rep->error_code[0] != '\0')) goto out;
+    for (size_t i = 0; i < n; i++) {
+        info[i].answered = true;
+        for (size_t k = 0; k < rep->n_jobs; k++) {
+            const Kiln__V1__JobRecord *rec = rep->jobs[k];
+            if (rec->request == NULL || rec->request->id == NULL || rec->status == NULL) continue;
+            if (strcmp(rec->request->id, c[i].id) != 0) continue;
+            info[i].known = true;
+            info[i].state = rec->status->state;
+            info[i].attempts = rec->status->attempts;
+            info[i].request_seq = rec->request_seq;
+            break;
+        }
+    }
+out:
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
+    natsMsg_Destroy(reply);
+    free(buf);
+}
+
+/* Copies the original's headers except the ones the re-drive sets. */
+static natsStatus stall_copy_headers(natsMsg *from, natsMsg *to)
+{
+    const char **keys = NULL;
+    int nkeys = 0;
+    natsStatus s = natsMsgHeader_Keys(from, &keys, &nkeys);
+    if (s == NATS_NOT_FOUND) return NATS_OK;
+    for (int i = 0; s == NATS_OK && i < nkeys; i++) {
+        if (strcasecmp(keys[i], KILN_HDR_MSG_ID) == 0 || strcasecmp(keys[i], CONS_HDR_REDRIVE) == 0)
+            continue;
+        const char **vals = NULL;
+        int nvals = 0;
+        s = natsMsgHeader_Values(from, keys[i], &vals, &nvals);
+        for (int v = 0; s == NATS_OK && v < nvals; v++) s = natsMsgHeader_Add(to, keys[i], vals[v]);
+        free((void *)vals);
+    }
+    free((void *)keys);
+    return s;
+}
+
+/* Publishes the candidate again (waits for the JetStream ack), then deletes the old copy. */
+static void stall_redrive(const stall_lane *lane, const stall_cand *c)
+{
+    natsMsg *m = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    char msg_id[KILN_ID_MAX_LEN + 48], orig[24];
+    uint64_t orig_seq = c->redrive_of != 0 ? c->redrive_of : c->seq;
+
+    snprintf(msg_id, sizeof msg_id, "%s.redrive.%" PRIu64, c->id, c->seq);
+    snprintf(orig, sizeof orig, "%" PRIu64, orig_seq);
+    natsStatus s = natsMsg_Create(&m, lane->subject, NULL, natsMsg_GetData(c->msg),
+                                  natsMsg_GetDataLength(c->msg));
+    if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, CONS_HDR_REDRIVE, orig);
+    if (s == NATS_OK) s = jsPubOptions_Init(&po);
+    if (s == NATS_OK) {
+        po.MsgId = msg_id;
+        po.ExpectStream = KILN_STREAM_JOBS;
+        po.MaxWait = STALL_API_WAIT_MS;
+        s = js_PublishMsg(&pa, cons_g.js, m, &po, &jerr);
+    }
+    if (s != NATS_OK) {
+        LOG_WARN("stalled message re-drive publish failed job=%s lane=%s seq=%" PRIu64
+                 " status=%s js_err=%d",
+                 c->id, lane->name, c->seq, natsStatus_GetText(s), (int)jerr);
+        goto out;
+    }
+    /* Only now the old copy may go: the new one is stored. */
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    jerr = 0;
+    natsStatus ds = js_DeleteMsg(cons_g.js, KILN_STREAM_JOBS, c->seq, &jo, &jerr);
+    bool gone = ds == NATS_NOT_FOUND || jerr == JSSequenceNotFoundErr || jerr == JSNoMessageFoundErr;
+    if (ds != NATS_OK && !gone)
+        LOG_WARN("stalled message delete failed job=%s lane=%s seq=%" PRIu64 " status=%s js_err=%d",
+                 c->id, lane->name, c->seq, natsStatus_GetText(ds), (int)jerr);
+    LOG_WARN("stalled message re-driven job=%s lane=%s seq=%" PRIu64 " orig_seq=%" PRIu64
+             " new_seq=%" PRIu64 " duplicate=%d",
+             c->id, lane->name, c->seq, orig_seq, pa->Sequence, (int)pa->Duplicate);
+    if (!pa->Duplicate) kiln_metric_add(stall_m_redriven, 1);
+out:
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+}
+
+static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n)
+{
+    cons_store_info info[STALL_BATCH_MAX];
+    stall_store_check(c, *n, info);
+    for (size_t i = 0; i < *n; i++) {
+        if (cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
+            stall_redrive(lane, &c[i]);
+        else
+            LOG_DEBUG("stall check keeps job=%s lane=%s seq=%" PRIu64 " answered=%d known=%d state=%s "
+                      "request_seq=%" PRIu64,
+                      c[i].id, lane->name, c[i].seq, (int)info[i].answered, (int)info[i].known,
+                      kiln_state_name(info[i].state), info[i].request_seq);
+        natsMsg_Destroy(c[i].msg);
+        c[i].msg = NULL;
+    }
+    *n = 0;
+}
+
+/* Reads the candidate at seq (if it is a decodable job on the lane's subject). */
+static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, stall_cand *c)
+{
+    const char *subj = natsMsg_GetSubject(m);
+    const char *hv = NULL;
+    if (subj == NULL || strcmp(subj, lane->subject) != 0) return false;
+    int len = natsMsg_GetDataLength(m);
+    if (len <= 0 || len > KILN_PB_MAX_BYTES) return false;
+    Kiln__V1__JobRequest *r =
+        kiln__v1__job_request__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
+    if (r == NULL) return false;
+    bool ok = r->id != NULL && kiln_jobreq_id_ok(r->id);
+    if (ok) snprintf(c->id, sizeof c->id, "%s", r->id);
+    kiln__v1__job_request__free_unpacked(r, NULL);
+    if (!ok) return false;
+    c->seq = seq;
+    c->redrive_of = 0;
+    if (natsMsgHeader_Get(m, CONS_HDR_REDRIVE, &hv) == NATS_OK && hv != NULL)
+        c->redrive_of = strtoull(hv, NULL, 10);
+    c->msg = m;
+    return true;
+}
+
+static void stall_check_lane(stall_lane *lane, uint64_t first_seq)
+{
+    jsConsumerInfo *ci = NULL;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    stall_cand cands[STALL_BATCH_MAX];
+    size_t nc = 0;
+    uint64_t from = 0, to = 0;
+
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    natsStatus s = js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->durable, &jo, &jerr);
+    if (s != NATS_OK) {
+        stall_warn_rate_limited("consumer_info", lane->name, s, jerr);
+        return;
+    }
+    uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+    if (!cons_stall_window(first_seq, upper, &lane->cursor, STALL_SCAN_MAX, &from, &to)) return;
+    for (uint64_t seq = from; seq <= to && !atomic_load(&cons_g.stopping); seq++) {
+        natsMsg *m = NULL;
+        jerr = 0;
+        s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
+        if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) continue; /* acked by all: gone */
+        if (s != NATS_OK) {
+            stall_warn_rate_limited("get_msg", lane->name, s, jerr);
+            lane->cursor = seq; /* resume here next round */
+            break;
+        }
+        if (!stall_candidate(lane, m, seq, &cands[nc])) {
+            natsMsg_Destroy(m);
+            continue;
+        }
+        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc);
+    }
+    if (nc > 0) stall_flush(lane, cands, &nc);
+}
+
+static void stall_round(void)
+{
+    jsStreamInfo *si = NULL;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    natsStatus s = js_GetStreamInfo(&si, cons_g.js, KILN_STREAM_JOBS, &jo, &jerr);
+    if (s != NATS_OK) {
+        stall_warn_rate_limited("stream_info", "-", s, jerr);
+        return;
+    }
+    uint64_t first = si->State.FirstSeq, msgs = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    if (msgs == 0) return; /* nothing retained, nothing lost */
+    for (size_t i = 0; i < STALL_NLANES && !atomic_load(&cons_g.stopping); i++)
+        stall_check_lane(&stall_lanes[i], first);
+}
+
+static void *stall_main(void *arg)
+{
+    (void)arg;
+    int64_t interval = cons_g.set->stall_check_ms;
+    pthread_mutex_lock(&stall_mu);
+    while (!stall_stop_flag) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += interval / 1000;
+        ts.tv_nsec += (long)(interval % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        while (!stall_stop_flag && pthread_cond_timedwait(&stall_cv, &stall_mu, &ts) == 0) {
+        }
+        if (stall_stop_flag) break;
+        pthread_mutex_unlock(&stall_mu);
+        if (!atomic_load(&cons_g.stopping) &&
+            natsConnection_Status(cons_g.nc) == NATS_CONN_STATUS_CONNECTED)
+            stall_round();
+        pthread_mutex_lock(&stall_mu);
+    }
+    pthread_mutex_unlock(&stall_mu);
+    return NULL;
+}
+
+kiln_status cons_stall_start(void)
+{
+    if (cons_g.set->stall_check_ms <= 0) {
+        LOG_INFO("stall check off");
+        return KILN_OK;
+    }
+    stall_m_redriven = kiln_metric_counter("kiln_consumer_stalled_redriven_total",
+                                           "lost job messages published again by the stall check");
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) return KILN_ERR;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&stall_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) return KILN_ERR;
+    stall_stop_flag = false;
+    if (pthread_create(&stall_thread, NULL, stall_main, NULL) != 0) {
+        pthread_cond_destroy(&stall_cv);
+        return KILN_ERR;
+    }
+    pthread_setname_np(stall_thread, "kiln-stall");
+    stall_started = true;
+    LOG_INFO("stall check started interval_ms=%lld", (long long)cons_g.set->stall_check_ms);
+    return KILN_OK;
+}
+
+void cons_stall_stop(void)
+{
+    if (!stall_started) return;
+    pthread_mutex_lock(&stall_mu);
+    stall_stop_flag = true;
+    pthread_cond_signal(&stall_cv);
+    pthread_mutex_unlock(&stall_mu);
+    pthread_join(stall_thread, NULL);
+    pthread_cond_destroy(&stall_cv);
+    stall_started = false;
+}

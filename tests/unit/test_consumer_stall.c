@@ -1,0 +1,91 @@
+/* test_consumer_stall.c - unit tests for consumer/stall.c's decisions (which
+ * stream sequences are certainly done, the scan window, which messages to
+ * re-drive) and the Kiln-Redrive exemption of the duplicate-copy rule. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "../../consumer/cons.h"
+
+Test(stall, upper_bound)
+{
+    /* The 2.9.10 loss: delivered 19, floor 18, nothing unacked -> 19 is done with. */
+    cr_assert_eq(cons_stall_upper(19, 18, 0), 19);
+    /* Healthy idle durable; 2.9 can move the floor past other-subject sequences. */
+    cr_assert_eq(cons_stall_upper(19, 19, 0), 19);
+    cr_assert_eq(cons_stall_upper(19, 25, 0), 25);
+    /* Something unacked (e.g. waiting out a nak delay): only the floor counts. */
+    cr_assert_eq(cons_stall_upper(19, 18, 1), 18);
+    cr_assert_eq(cons_stall_upper(40, 10, 5), 10);
+    cr_assert_eq(cons_stall_upper(0, 0, 0), 0);
+}
+
+Test(stall, window)
+{
+    uint64_t cur = 0, from = 0, to = 0;
+    cr_assert_not(cons_stall_window(0, 10, &cur, 100, &from, &to), "empty stream");
+    cr_assert_not(cons_stall_window(20, 19, &cur, 100, &from, &to), "everything below the first seq");
+    cr_assert(cons_stall_window(5, 9, &cur, 100, &from, &to));
+    cr_assert_eq(from, 5);
+    cr_assert_eq(to, 9);
+    cr_assert_eq(cur, 10);
+    /* Capped, then resumed where it stopped, then wrapped. */
+    cur = 0;
+    cr_assert(cons_stall_window(1, 10, &cur, 4, &from, &to));
+    cr_assert(from == 1 && to == 4, "%llu..%llu", (unsigned long long)from, (unsigned long long)to);
+    cr_assert(cons_stall_window(1, 10, &cur, 4, &from, &to));
+    cr_assert(from == 5 && to == 8);
+    cr_assert(cons_stall_window(1, 10, &cur, 4, &from, &to));
+    cr_assert(from == 9 && to == 10);
+    cr_assert(cons_stall_window(1, 10, &cur, 4, &from, &to));
+    cr_assert(from == 1 && to == 4, "wraps to the first sequence");
+    /* The stream's first sequence moved past the cursor. */
+    cur = 3;
+    cr_assert(cons_stall_window(7, 10, &cur, 4, &from, &to));
+    cr_assert(from == 7 && to == 10);
+}
+
+Test(stall, should_redrive)
+{
+    cons_store_info si = {.answered = true, .known = true,
+                          .state = KILN__V1__JOB_STATE__JOB_STATE_PENDING, .request_seq = 19};
+    cr_assert(cons_stall_should_redrive(19, 0, &si), "the job's own copy, pending");
+    cr_assert(cons_stall_should_redrive(30, 19, &si), "a re-drive of it, lost again");
+    cr_assert_not(cons_stall_should_redrive(25, 0, &si), "a second copy of the id");
+    cr_assert_not(cons_stall_should_redrive(30, 25, &si), "a re-drive of a second copy");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "may be running");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "terminal");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_CANCELLED;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "cancelled");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    si.answered = false;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "store did not answer");
+    si.answered = true;
+    si.known = false;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "store does not know the job");
+    si.known = true;
+    si.request_seq = 0;
+    cr_assert_not(cons_stall_should_redrive(19, 0, &si), "no request_seq");
+}
+
+Test(stall, redrive_exempt_from_duplicate_rule)
+{
+    cons_job j;
+    memset(&j, 0, sizeof j);
+    j.num_delivered = 1;
+    j.stream_seq = 30;
+    j.redrive_of = 19;
+    cons_store_info si = {.answered = true, .known = true,
+                          .state = KILN__V1__JOB_STATE__JOB_STATE_PENDING, .request_seq = 19};
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "re-drive of the pending job's copy runs");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "processing: the original may be running");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "terminal");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    j.redrive_of = 25;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "re-drive of another copy");
+    j.redrive_of = 0;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "no header: a second copy");
+}
