@@ -164,10 +164,17 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
 {
     jsFetchRequest fr;
     natsMsgList list = {0};
+    int queued = 0;
     jsFetchRequest_Init(&fr);
     fr.Batch = batch;
     fr.NoWait = true;
     fr.Expires = expires_ms * 1000000LL;
+    /* nats.c 3.4.1 bug: messages that arrive after a fetch expired stay queued
+     * on the subscription, and the next fetch copies them into its Batch-sized
+     * array without a bound (heap overflow). Size the request to hold them;
+     * what is beyond our free slots is handed back below. */
+    if (natsSubscription_GetPending(lane->sub, &queued, NULL) == NATS_OK && queued > 0)
+        fr.Batch = batch + queued;
     int64_t t0 = kiln_mono_ms();
     natsStatus s = natsSubscription_FetchRequest(&list, lane->sub, &fr);
     LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
@@ -182,6 +189,19 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
         }
         fetch_sleep_ms(FETCH_ERR_BACKOFF_MS);
         return 0;
+    }
+    if (list.Count > fr.Batch) {
+        /* The overrun above happened anyway: memory is no longer trustworthy. */
+        LOG_ERROR("fetch returned more than asked lane=%s asked=%d got=%d", lane->name, fr.Batch,
+                  list.Count);
+        abort();
+    }
+    /* Late arrivals beyond the free slots go back to JetStream at once. */
+    while (list.Count > batch) {
+        natsMsg *extra = list.Msgs[--list.Count];
+        natsMsg_Nak(extra, NULL);
+        natsMsg_Destroy(extra);
+        list.Msgs[list.Count] = NULL;
     }
     int count = list.Count;
     if (count > 0) fetch_process(lane, &list);
