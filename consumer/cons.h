@@ -33,6 +33,10 @@
 #define CONS_URL_MAX 4096        /* image URL passed through from the provider */
 #define CONS_FETCH_MAX 256       /* largest fetch batch */
 #define CONS_HDR_REDRIVE "Kiln-Redrive" /* re-published lost message: its original stream seq */
+/* A provider call still running after this long is announced as PROCESSING;
+ * quicker ones go straight to their result (which carries started_at_ms). */
+#define CONS_PROCESSING_AFTER_MS 250
+#define CONS_SUMMARY_EVERY_MS 10000 /* INFO summary of per-job outcomes */
 
 /* Settings, filled once by main.c and read-only afterwards. */
 typedef struct {
@@ -131,6 +135,8 @@ struct cons_job {
     bool resp_too_large;
     int64_t retry_after_ms;
     int64_t started_mono;
+    int64_t started_at_ms;        /* wall clock when the attempt began; 0 = not started */
+    bool processing_sent;         /* PROCESSING published for this attempt */
     atomic_bool cancel;           /* set by the cancel subscription */
     cons_job *next;               /* transfer hand-off queue / running list */
 };
@@ -149,6 +155,11 @@ typedef struct {
 void cons_job_dispatch(cons_job *j, const cons_store_info *si);
 /* Transfer thread: the provider call ended; classify and carry out the outcome. */
 void cons_job_transfer_done(cons_job *j, int curl_code, long http_status);
+/* Transfer thread: the call has run CONS_PROCESSING_AFTER_MS; publishes PROCESSING once. */
+void cons_job_call_slow(cons_job *j);
+/* Logs one INFO line with the outcomes counted since the last one, when there
+ * were any and CONS_SUMMARY_EVERY_MS passed (any thread; the transfer loop). */
+void cons_job_log_summary(int64_t now_mono);
 /* Transfer thread: the job was cancelled while in flight here. */
 void cons_job_cancelled(cons_job *j);
 /* Transfer thread (drain timeout): hand the job back with nak(0), no transition. */
@@ -220,7 +231,7 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status
 int64_t openai_parse_retry_after(const char *value, size_t len);
 
 /* ---- imagefile.c ---- */
-/* Writes bytes to <data_dir>/images/<id>/<index>.png via temp file + fsync + rename. */
+/* Writes bytes to <data_dir>/images/<id>/<index>.png via temp file + rename (no fsync). */
 kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index,
                             const unsigned char *bytes, size_t len);
 

@@ -175,6 +175,8 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
      * what is beyond our free slots is handed back below. */
     if (natsSubscription_GetPending(lane->sub, &queued, NULL) == NATS_OK && queued > 0)
         fr.Batch = batch + queued;
+    /* The library rewrites fr.Batch and fr.Expires while it works: keep our own copy. */
+    const int asked = fr.Batch;
     int64_t t0 = kiln_mono_ms();
     natsStatus s = natsSubscription_FetchRequest(&list, lane->sub, &fr);
     LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
@@ -190,9 +192,9 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
         fetch_sleep_ms(FETCH_ERR_BACKOFF_MS);
         return 0;
     }
-    if (list.Count > fr.Batch) {
+    if (list.Count > asked) {
         /* The overrun above happened anyway: memory is no longer trustworthy. */
-        LOG_ERROR("fetch returned more than asked lane=%s asked=%d got=%d", lane->name, fr.Batch,
+        LOG_ERROR("fetch returned more than asked lane=%s asked=%d got=%d", lane->name, asked,
                   list.Count);
         abort();
     }

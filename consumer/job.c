@@ -12,6 +12,38 @@
 #include "pb.h"
 #include "subjects.h"
 
+/* Outcomes since the last summary line (per-job lines are DEBUG). */
+enum { SUM_COMPLETED = 0, SUM_FAILED, SUM_RETRIED, SUM_SKIPPED, SUM_CANCELLED, SUM_COUNT };
+static atomic_ullong job_sum[SUM_COUNT];
+static _Atomic int64_t job_sum_last_mono;
+
+static void job_count(int which)
+{
+    atomic_fetch_add_explicit(&job_sum[which], 1, memory_order_relaxed);
+}
+
+void cons_job_log_summary(int64_t now_mono)
+{
+    int64_t last = atomic_load(&job_sum_last_mono);
+    if (last == 0) {
+        atomic_compare_exchange_strong(&job_sum_last_mono, &last, now_mono);
+        return;
+    }
+    if (now_mono - last < CONS_SUMMARY_EVERY_MS ||
+        !atomic_compare_exchange_strong(&job_sum_last_mono, &last, now_mono))
+        return;
+    unsigned long long c[SUM_COUNT], any = 0;
+    for (int i = 0; i < SUM_COUNT; i++) {
+        c[i] = atomic_exchange(&job_sum[i], 0);
+        any |= c[i];
+    }
+    if (any != 0)
+        LOG_INFO("jobs summary secs=%lld completed=%llu failed=%llu retried=%llu skipped=%llu "
+                 "cancelled=%llu in_flight=%lld",
+                 (long long)((now_mono - last + 500) / 1000), c[SUM_COMPLETED], c[SUM_FAILED],
+                 c[SUM_RETRIED], c[SUM_SKIPPED], c[SUM_CANCELLED], (long long)cons_slots_used());
+}
+
 const char *cons_job_state_name(cons_job_state s)
 {
     switch (s) {
@@ -208,6 +240,7 @@ static void job_reject_input(cons_job *j, const char *reason, bool addressable)
     if (addressable) {
         j->truncate_prompt = true;
         kiln_metric_add(cons_g.m_failed, 1);
+        job_count(SUM_FAILED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_TERM, 0);
     } else {
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, true, CONS_FINAL_TERM, 0);
@@ -254,13 +287,15 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
          * not have answered, or answered just before the cancel was written). */
         LOG_INFO("job skipped, cancelled job=%s", j->id);
         kiln_metric_add(cons_g.m_skipped, 1);
+        job_count(SUM_SKIPPED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
         return;
     }
     if (si->known && kiln_state_is_terminal(si->state)) {
-        LOG_INFO("job skipped, already terminal job=%s state=%s", j->id,
-                 kiln_state_name(si->state));
+        LOG_DEBUG("job skipped, already terminal job=%s state=%s", j->id,
+                  kiln_state_name(si->state));
         kiln_metric_add(cons_g.m_skipped, 1);
+        job_count(SUM_SKIPPED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
         return;
     }
@@ -284,17 +319,28 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
                  "max_attempts_exhausted: attempt %u was interrupted", j->attempt);
         LOG_WARN("job exhausted before start job=%s attempts=%u", j->id, j->attempt);
         kiln_metric_add(cons_g.m_failed, 1);
+        job_count(SUM_FAILED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_ACK, 0);
         return;
     }
 
+    /* PROCESSING goes out only if the call is still running after
+     * CONS_PROCESSING_AFTER_MS (cons_job_call_slow); the result carries this. */
+    j->started_at_ms = kiln_now_ms();
+    j->processing_sent = false;
+    job_move(j, CONS_JOB_RUNNING);
+    LOG_DEBUG("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
+              j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
+    cons_transfers_submit(j);
+}
+
+void cons_job_call_slow(cons_job *j)
+{
+    if (j->processing_sent) return;
+    j->processing_sent = true;
     /* PROCESSING is informational: no need to wait for its ack. */
     if (cons_publish_transition(j, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, false) != KILN_OK)
         LOG_WARN("processing transition not published job=%s attempt=%u", j->id, j->attempt);
-    job_move(j, CONS_JOB_RUNNING);
-    LOG_INFO("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
-             j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
-    cons_transfers_submit(j);
 }
 
 void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
@@ -308,9 +354,10 @@ void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
 
     switch (v) {
     case OPENAI_OK:
-        LOG_INFO("job completed job=%s attempt=%u images=%zu ms=%lld", j->id, j->attempt,
-                 j->n_images, (long long)ms);
+        LOG_DEBUG("job completed job=%s attempt=%u images=%zu ms=%lld", j->id, j->attempt,
+                  j->n_images, (long long)ms);
         kiln_metric_add(cons_g.m_completed, 1);
+        job_count(SUM_COMPLETED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, false, CONS_FINAL_ACK, 0);
         return;
     case OPENAI_RETRY:
@@ -323,6 +370,7 @@ void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
                      j->id, j->attempt, j->max_attempts, http_status, j->err_code,
                      (long long)delay, j->err_msg);
             kiln_metric_add(cons_g.m_retried, 1);
+            job_count(SUM_RETRIED);
             job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_PENDING, false, CONS_FINAL_NAK, delay);
             return;
         }
@@ -331,12 +379,14 @@ void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
         LOG_WARN("job failed, attempts exhausted job=%s attempt=%u code=%s error=\"%s\"", j->id,
                  j->attempt, j->err_code, j->err_msg);
         kiln_metric_add(cons_g.m_failed, 1);
+        job_count(SUM_FAILED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, true, CONS_FINAL_ACK, 0);
         return;
     case OPENAI_FATAL:
         LOG_WARN("job failed job=%s attempt=%u http=%ld code=%s error=\"%s\"", j->id, j->attempt,
                  http_status, j->err_code, j->err_msg);
         kiln_metric_add(cons_g.m_failed, 1);
+        job_count(SUM_FAILED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_FAILED, false, CONS_FINAL_ACK, 0);
         return;
     }
@@ -348,6 +398,7 @@ void cons_job_cancelled(cons_job *j)
              cons_job_state_name(j->state));
     j->err_code[0] = '\0';
     kiln_metric_add(cons_g.m_cancelled, 1);
+    job_count(SUM_CANCELLED);
     job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_CANCELLED, false, CONS_FINAL_ACK, 0);
 }
 

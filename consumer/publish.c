@@ -88,6 +88,7 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
     t.state = st;
     t.attempt = j->attempt;
     t.at_ms = kiln_now_ms();
+    t.started_at_ms = j->started_at_ms; /* 0 when the attempt never started */
     if (st == KILN__V1__JOB_STATE__JOB_STATE_COMPLETED) {
         for (size_t i = 0; i < j->n_images; i++) {
             kiln__v1__image__init(&imgs[i]);

@@ -28,6 +28,9 @@ static cons_job *tr_inbox_head, *tr_inbox_tail; /* guarded by tr_mu */
 static atomic_bool tr_quit;
 static atomic_bool tr_abort;
 static cons_job *tr_running;                    /* transfer thread only */
+/* Transfer thread: when the next running call may cross CONS_PROCESSING_AFTER_MS
+ * without PROCESSING sent (monotonic ms; INT64_MAX = none). */
+static int64_t tr_next_slow = INT64_MAX;
 static char tr_url[TR_URL_MAX];
 static char tr_auth[TR_AUTH_MAX];
 
@@ -129,6 +132,8 @@ static CURLcode tr_start(cons_job *j)
     if (rc != CURLE_OK) return rc;
     if (curl_multi_add_handle(tr_multi, e) != CURLM_OK) return CURLE_FAILED_INIT;
     j->started_mono = kiln_mono_ms();
+    if (!j->processing_sent && j->started_mono + CONS_PROCESSING_AFTER_MS < tr_next_slow)
+        tr_next_slow = j->started_mono + CONS_PROCESSING_AFTER_MS;
     j->next = tr_running;
     tr_running = j;
     return CURLE_OK;
@@ -202,6 +207,20 @@ static void tr_collect_done(void)
     }
 }
 
+/* Announces PROCESSING for calls running longer than CONS_PROCESSING_AFTER_MS.
+ * Runs only when the earliest such deadline passed, so quick calls cost no scan. */
+static void tr_announce_slow(int64_t now)
+{
+    if (now < tr_next_slow) return;
+    tr_next_slow = INT64_MAX;
+    for (cons_job *j = tr_running; j != NULL; j = j->next) {
+        if (j->processing_sent) continue;
+        int64_t due = j->started_mono + CONS_PROCESSING_AFTER_MS;
+        if (due <= now) cons_job_call_slow(j);
+        else if (due < tr_next_slow) tr_next_slow = due;
+    }
+}
+
 static void tr_sweep_overdue(int64_t now)
 {
     cons_job *batch[TR_OVERDUE_BATCH];
@@ -225,12 +244,15 @@ static void *tr_main(void *arg)
         tr_collect_done();
 
         int64_t now = kiln_mono_ms();
+        tr_announce_slow(now);
         if (now >= next_ka) {
             cons_registry_keepalive();
             tr_sweep_overdue(now);
             next_ka = now + ka_every;
         }
+        cons_job_log_summary(now);
         int64_t wait = next_ka - now;
+        if (tr_next_slow - now < wait) wait = tr_next_slow - now;
         if (wait > TR_POLL_MAX_MS) wait = TR_POLL_MAX_MS;
         if (wait < 1) wait = 1;
         curl_multi_poll(tr_multi, NULL, 0, (int)wait, NULL);

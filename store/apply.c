@@ -398,6 +398,9 @@ static kiln_status apply_one(db_store *db, db_batch *wb,
     case APPLY_RULE_APPLY: break;
     }
 
+    /* A quick provider call publishes no PROCESSING, and a slow one publishes
+     * it late: the transition carries when the attempt began. */
+    if (t->started_at_ms > 0 && status.started_at_ms == 0) status.started_at_ms = t->started_at_ms;
     /* What each applied transition writes (apply_decide chose APPLY). */
     switch (t->state) {
     case S_PROCESSING: /* attempt starts: started_at on the first one */
