@@ -389,10 +389,14 @@ static kiln_status apply_one(db_store *db, db_batch *wb,
             return events_add(&sink->events, old, EVENTS_STATE);
         return KILN_OK;
     case APPLY_RULE_REPUBLISH: {
-        /* The earlier jobs.done may have been lost in a crash; the stream
-         * drops the copy by Nats-Msg-Id if it was not. */
+        /* Only a redelivered message re-announces: the store may have crashed
+         * between writing the state and confirming its jobs.done (the stream
+         * drops the copy by Nats-Msg-Id if it was not lost). A new message with
+         * the same terminal state, e.g. the consumer's CANCELLED after the
+         * store's own, announces nothing: duplicates only on crash replay. */
+        if (!sink->replay) return KILN_OK;
         kiln_status st = apply_done_add(&sink->done, &status);
-        if (st == KILN_OK && sink->replay) st = events_add(&sink->events, old, EVENTS_STATE);
+        if (st == KILN_OK) st = events_add(&sink->events, old, EVENTS_STATE);
         return st;
     }
     case APPLY_RULE_APPLY: break;

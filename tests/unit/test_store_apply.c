@@ -157,8 +157,10 @@ static int job_request(const char *id, const char *user, const char *idem, uint6
     return changed;
 }
 
-static int transition(const char *id, const char *user, Kiln__V1__JobState state,
-                      uint32_t attempt, int replay)
+/* A transition carrying started_at_ms (0 = none), at_ms fixed at TX_AT_MS. */
+#define TX_AT_MS 1795503890000LL
+static int transition_started(const char *id, const char *user, Kiln__V1__JobState state,
+                              uint32_t attempt, int64_t started_at_ms, int replay)
 {
     Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
     Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
@@ -171,7 +173,8 @@ static int transition(const char *id, const char *user, Kiln__V1__JobState state
     t.request = &r;
     t.state = state;
     t.attempt = attempt;
-    t.at_ms = 1795503890000LL;
+    t.at_ms = TX_AT_MS;
+    t.started_at_ms = started_at_ms;
     cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
     begin(replay);
     kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
@@ -179,6 +182,12 @@ static int transition(const char *id, const char *user, Kiln__V1__JobState state
     free(buf);
     cr_assert_eq(st, KILN_OK);
     return changed;
+}
+
+static int transition(const char *id, const char *user, Kiln__V1__JobState state,
+                      uint32_t attempt, int replay)
+{
+    return transition_started(id, user, state, attempt, 0, replay);
 }
 
 static Kiln__V1__JobRecord *load(const char *id)
@@ -240,9 +249,10 @@ Test(store_apply, life_of_a_job_with_retry)
     cr_assert_eq(counter("bob", KEYS_COUNTER_ACTIVE), 0);
     cr_assert_eq(counter("bob", KEYS_COUNTER_UNVIEWED), 1);
 
-    /* The same terminal state again: jobs.done again, an event only on a replay. */
+    /* The same terminal state again in a new message: no second announcement;
+     * in a redelivered one (crash replay): jobs.done and the event again. */
     cr_assert_eq(transition("j2", "bob", COMPLETED, 2, 0), 0);
-    cr_assert_eq(sink.done.n, 1);
+    cr_assert_eq(sink.done.n, 0);
     cr_assert_eq(sink.events.n, 0);
     cr_assert_eq(transition("j2", "bob", COMPLETED, 2, 1), 0);
     cr_assert_eq(sink.done.n, 1);
@@ -297,6 +307,74 @@ Test(store_apply, viewed_is_an_event_once)
     cr_assert_eq(apply_viewed(tdb, twb, "j4", "eve", &ev), KILN_ENOTFOUND);
     db_unlock(tdb);
     events_free(&ev);
+}
+
+static int64_t started_at(const char *id)
+{
+    Kiln__V1__JobRecord *rec = load(id);
+    int64_t v = rec->status->started_at_ms;
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    return v;
+}
+
+Test(store_apply, started_at_from_a_completed_without_processing)
+{
+    /* A quick provider call: no PROCESSING, the result carries the start. */
+    job_request("j7", "frank", NULL, 1, 0);
+    cr_assert_eq(started_at("j7"), 0);
+    cr_assert_eq(transition_started("j7", "frank", COMPLETED, 1, TX_AT_MS - 4000, 0), 1);
+    Kiln__V1__JobRecord *rec = load("j7");
+    cr_assert_eq(rec->status->state, COMPLETED);
+    cr_assert_eq(rec->status->started_at_ms, TX_AT_MS - 4000, "taken from the transition");
+    cr_assert_eq(rec->status->completed_at_ms, TX_AT_MS);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    /* The republished jobs.done carries it too. */
+    cr_assert_eq(sink.done.n, 1);
+    Kiln__V1__JobStatus *ds = kiln__v1__job_status__unpack(NULL, sink.done.items[0].status_len,
+                                                           sink.done.items[0].status_pb);
+    cr_assert_not_null(ds);
+    cr_assert_eq(ds->started_at_ms, TX_AT_MS - 4000);
+    kiln__v1__job_status__free_unpacked(ds, NULL);
+}
+
+Test(store_apply, started_at_from_a_pending_retry_is_never_overwritten)
+{
+    /* Attempt 1 failed retryably without a PROCESSING: the retry carries
+     * when it began. */
+    job_request("j8", "grace", NULL, 1, 0);
+    cr_assert_eq(transition_started("j8", "grace", PENDING, 1, TX_AT_MS - 9000, 0), 1);
+    cr_assert_eq(started_at("j8"), TX_AT_MS - 9000);
+    /* Later attempts, with or without their own start, keep the first one. */
+    cr_assert_eq(transition_started("j8", "grace", PROCESSING, 2, TX_AT_MS - 1000, 0), 1);
+    cr_assert_eq(started_at("j8"), TX_AT_MS - 9000, "PROCESSING does not overwrite");
+    cr_assert_eq(transition_started("j8", "grace", PROCESSING, 2, 0, 0), 1);
+    cr_assert_eq(started_at("j8"), TX_AT_MS - 9000, "nor does its at_ms");
+    cr_assert_eq(transition_started("j8", "grace", COMPLETED, 2, TX_AT_MS - 1000, 0), 1);
+    cr_assert_eq(started_at("j8"), TX_AT_MS - 9000, "nor does the result");
+}
+
+Test(store_apply, started_at_set_by_processing_is_not_overwritten)
+{
+    job_request("j9", "heidi", NULL, 1, 0);
+    /* A PROCESSING without started_at_ms starts at its at_ms. */
+    cr_assert_eq(transition_started("j9", "heidi", PROCESSING, 1, 0, 0), 1);
+    cr_assert_eq(started_at("j9"), TX_AT_MS);
+    /* A duplicate PROCESSING carrying an earlier start: still the first. */
+    cr_assert_eq(transition_started("j9", "heidi", PROCESSING, 1, TX_AT_MS - 500, 0), 1);
+    cr_assert_eq(started_at("j9"), TX_AT_MS);
+    cr_assert_eq(transition_started("j9", "heidi", FAILED, 1, TX_AT_MS - 500, 0), 1);
+    cr_assert_eq(started_at("j9"), TX_AT_MS);
+}
+
+Test(store_apply, started_at_ignored_with_an_ignored_transition)
+{
+    /* Only an applied transition sets it: a stale result (attempt 1 after
+     * the record moved to attempt 2) leaves it unset. */
+    job_request("j10", "ivan", NULL, 1, 0);
+    cr_assert_eq(transition_started("j10", "ivan", PENDING, 2, 0, 0), 1);
+    cr_assert_eq(started_at("j10"), 0, "a PENDING without a start sets nothing");
+    cr_assert_eq(transition_started("j10", "ivan", COMPLETED, 1, TX_AT_MS - 700, 0), 0);
+    cr_assert_eq(started_at("j10"), 0);
 }
 
 static idem_result reserve(const char *user, const char *key, uint8_t fill, const char *id,
