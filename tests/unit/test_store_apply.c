@@ -328,7 +328,7 @@ Test(store_apply, started_at_from_a_completed_without_processing)
     cr_assert_eq(rec->status->started_at_ms, TX_AT_MS - 4000, "taken from the transition");
     cr_assert_eq(rec->status->completed_at_ms, TX_AT_MS);
     kiln__v1__job_record__free_unpacked(rec, NULL);
-    /* The republished jobs.done carries it too. */
+    /* The jobs.done status carries it too. */
     cr_assert_eq(sink.done.n, 1);
     Kiln__V1__JobStatus *ds = kiln__v1__job_status__unpack(NULL, sink.done.items[0].status_len,
                                                            sink.done.items[0].status_pb);
