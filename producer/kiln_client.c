@@ -225,6 +225,23 @@ static kiln_status client_make_msg(const kiln_client *c, const kiln_job_spec *sp
     return KILN_OK;
 }
 
+/* Builds the message for a submit into m, its id into id (idlen bytes), and
+ * checks that the caller's id_out_len can hold that id. */
+static kiln_status client_prepare(const kiln_client *c, const kiln_job_spec *spec, char *id,
+                                  size_t idlen, size_t id_out_len, char *err, size_t errlen,
+                                  natsMsg **m)
+{
+    kiln_status st = client_make_msg(c, spec, id, idlen, err, errlen, m);
+    if (st != KILN_OK) return st;
+    if (strlen(id) + 1 > id_out_len) {
+        client_seterr(err, errlen, "id_out is too small for the job id");
+        natsMsg_Destroy(*m);
+        *m = NULL;
+        return KILN_EINVAL;
+    }
+    return KILN_OK;
+}
+
 kiln_status kiln_client_submit(kiln_client *c, const kiln_job_spec *spec, char *id_out,
                                size_t id_out_len, char *err, size_t errlen)
 {
@@ -234,13 +251,8 @@ kiln_status kiln_client_submit(kiln_client *c, const kiln_job_spec *spec, char *
     jsPubOptions po;
     char id[KILN_ID_MAX_LEN + 1];
 
-    kiln_status st = client_make_msg(c, spec, id, sizeof id, err, errlen, &m);
+    kiln_status st = client_prepare(c, spec, id, sizeof id, id_out_len, err, errlen, &m);
     if (st != KILN_OK) goto out;
-    if (strlen(id) + 1 > id_out_len) {
-        client_seterr(err, errlen, "id_out is too small for the job id");
-        st = KILN_EINVAL;
-        goto out;
-    }
     jsPubOptions_Init(&po);
     po.MsgId = id;
     po.MaxWait = KILN_CLIENT_REQUEST_TIMEOUT_MS;
@@ -265,13 +277,8 @@ kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, 
     jsPubOptions po;
     char id[KILN_ID_MAX_LEN + 1];
 
-    kiln_status st = client_make_msg(c, spec, id, sizeof id, err, errlen, &m);
+    kiln_status st = client_prepare(c, spec, id, sizeof id, id_out_len, err, errlen, &m);
     if (st != KILN_OK) goto out;
-    if (strlen(id) + 1 > id_out_len) {
-        client_seterr(err, errlen, "id_out is too small for the job id");
-        st = KILN_EINVAL;
-        goto out;
-    }
     jsPubOptions_Init(&po);
     po.MsgId = id;
     po.MaxWait = CLIENT_ASYNC_ACK_WAIT_MS;
