@@ -43,5 +43,6 @@
 #define KILN_HDR_REASON "Kiln-Reason"
 #define KILN_HDR_ERROR "Kiln-Error"
 #define KILN_HDR_MSG_ID "Nats-Msg-Id"
+#define KILN_HDR_REDRIVE "Kiln-Redrive" /* re-published lost job: its original KILN_JOBS sequence */
 
 #endif

@@ -32,7 +32,6 @@
 #define CONS_RESPONSE_MAX (64 * 1024 * 1024) /* provider response body cap */
 #define CONS_URL_MAX 4096        /* image URL passed through from the provider */
 #define CONS_FETCH_MAX 256       /* largest fetch batch */
-#define CONS_HDR_REDRIVE "Kiln-Redrive" /* re-published lost message: its original stream seq */
 /* A provider call still running after this long is announced as PROCESSING;
  * quicker ones go straight to their result (which carries started_at_ms). */
 #define CONS_PROCESSING_AFTER_MS 250

@@ -114,7 +114,7 @@ kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
         jsMsgMetaData_Destroy(meta);
     }
     const char *redrive = NULL;
-    if (natsMsgHeader_Get(msg, CONS_HDR_REDRIVE, &redrive) == NATS_OK && redrive != NULL)
+    if (natsMsgHeader_Get(msg, KILN_HDR_REDRIVE, &redrive) == NATS_OK && redrive != NULL)
         j->redrive_of = strtoull(redrive, NULL, 10);
     int len = natsMsg_GetDataLength(msg);
     if (len > 0 && len <= KILN_PB_MAX_BYTES)

@@ -161,7 +161,7 @@ static natsStatus stall_copy_headers(natsMsg *from, natsMsg *to)
     natsStatus s = natsMsgHeader_Keys(from, &keys, &nkeys);
     if (s == NATS_NOT_FOUND) return NATS_OK;
     for (int i = 0; s == NATS_OK && i < nkeys; i++) {
-        if (strcasecmp(keys[i], KILN_HDR_MSG_ID) == 0 || strcasecmp(keys[i], CONS_HDR_REDRIVE) == 0)
+        if (strcasecmp(keys[i], KILN_HDR_MSG_ID) == 0 || strcasecmp(keys[i], KILN_HDR_REDRIVE) == 0)
             continue;
         const char **vals = NULL;
         int nvals = 0;
@@ -189,7 +189,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
     natsStatus s = natsMsg_Create(&m, lane->subject, NULL, natsMsg_GetData(c->msg),
                                   natsMsg_GetDataLength(c->msg));
     if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, CONS_HDR_REDRIVE, orig);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_REDRIVE, orig);
     if (s == NATS_OK) s = jsPubOptions_Init(&po);
     if (s == NATS_OK) {
         po.MsgId = msg_id;
@@ -255,7 +255,7 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
     if (!ok) return false;
     c->seq = seq;
     c->redrive_of = 0;
-    if (natsMsgHeader_Get(m, CONS_HDR_REDRIVE, &hv) == NATS_OK && hv != NULL)
+    if (natsMsgHeader_Get(m, KILN_HDR_REDRIVE, &hv) == NATS_OK && hv != NULL)
         c->redrive_of = strtoull(hv, NULL, 10);
     c->msg = m;
     return true;

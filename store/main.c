@@ -17,6 +17,7 @@
 #include "natsconn.h"
 #include "provision.h"
 #include "queries.h"
+#include "sweep.h"
 
 #define STORE_CONNECT_TIMEOUT_MS 30000
 #define STORE_DONE_MAX_PENDING 4096 /* jobs.done and event publishes awaiting their ack */
@@ -31,6 +32,7 @@ typedef struct {
     char *metrics_addr;
     int64_t ack_wait_ms;
     int64_t idem_ttl_ms;
+    int64_t sweep_interval_ms;
 } store_settings;
 
 /* mkdir -p for the data directory. */
@@ -65,6 +67,9 @@ int main(int argc, char **argv)
         {"KILN_IDEM_TTL", "idem-ttl", KILN_SET_DURATION, "48h", 24LL * 3600 * 1000,
          30LL * 24 * 3600 * 1000, "how long Idempotency-Keys are honoured (at least 24h)",
          &cfg.idem_ttl_ms},
+        {"KILN_SWEEP_INTERVAL", "sweep-interval", KILN_SET_DURATION, "30s", 0, 24LL * 3600 * 1000,
+         "how often pending jobs whose JobRequest vanished from KILN_JOBS are re-published; 0 = off",
+         &cfg.sweep_interval_ms},
     };
     char err[512] = "";
     char path[PATH_MAX];
@@ -75,6 +80,7 @@ int main(int argc, char **argv)
     barrier *b = NULL;
     ingest *ing = NULL;
     queries *q = NULL;
+    sweep *sw = NULL;
 
     kiln_log_init("store");
     kiln_status st = kiln_config_load(table, sizeof table / sizeof table[0], argc, argv,
@@ -144,6 +150,7 @@ int main(int argc, char **argv)
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, anc, ajs, b, &ing) != KILN_OK) goto out;
+    if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
         LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
         goto out;
@@ -157,8 +164,10 @@ int main(int argc, char **argv)
     LOG_INFO("shutting down signal=%d", sig);
     rc = 0;
 out:
-    /* Requests first (they write too), then the apply loop finishes its
-     * batch, then NATS, then RocksDB. */
+    /* The sweep first (it waits on the apply loop), then requests (they
+     * write too), then the apply loop finishes its batch, then NATS, then
+     * RocksDB. */
+    sweep_stop(sw);
     queries_stop(q);
     ingest_stop(ing);
     kiln_metrics_http_stop();
