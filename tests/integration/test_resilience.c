@@ -139,9 +139,9 @@ Test(resilience, nats_restart_every_accepted_job_completes)
 {
     h_stack s;
     h_start(&s, NULL);
-    /* Jobs nak'd with a delay at the moment of the restart are left out: nats-server
-     * 2.9.10 can drop them at recovery (see stall/delayed_jobs_survive_nats_restarts
-     * and README "Known limitations"). */
+    /* Jobs nak'd with a delay at the moment of the restart, which nats-server
+     * 2.9.10 can drop at recovery, are covered by
+     * stall/delayed_jobs_survive_nats_restarts (the store's sweep repairs them). */
     enum { NRUN = 5 };
     char run[NRUN][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=1500 outage mole %d\"}", NRUN, run);
