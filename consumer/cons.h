@@ -150,6 +150,11 @@ typedef struct {
     unsigned attempts;
     uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
 } cons_store_info;
+/* storecheck.c: one kiln.store.check for ids (NULL/empty entries are
+ * skipped); fills info[i] for each. With sync the store first applies all it
+ * holds. Returns KILN_OK when the store answered; info[i].answered says so per id. */
+kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_t timeout_ms,
+                             cons_store_info *info);
 /* Fetch thread: decides what to do with a checked job (skip, nak, invalid, run). */
 void cons_job_dispatch(cons_job *j, const cons_store_info *si);
 /* Transfer thread: the provider call ended; classify and carry out the outcome. */

@@ -70,66 +70,24 @@ static void fetch_sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* One kiln.store.check for the batch; fills info[i] for each job. */
+/* One kiln.store.check for the batch (sync when any job is a redelivery, so
+ * its attempt count is current); fills info[i] for each job. */
 static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
 {
-    Kiln__V1__StoreRequest rq = KILN__V1__STORE_REQUEST__INIT;
-    Kiln__V1__StoreReply *rep = NULL;
-    char **ids = NULL;
-    uint8_t *buf = NULL;
-    size_t len = 0, nids = 0;
-    natsMsg *reply = NULL;
+    const char **ids = calloc(n, sizeof *ids);
     bool sync = false;
-
-    memset(info, 0, n * sizeof *info);
-    ids = calloc(n, sizeof *ids);
-    if (ids == NULL) goto out;
+    if (ids == NULL) {
+        memset(info, 0, n * sizeof *info);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
-        if (jobs[i]->id[0] == '\0') continue;
-        ids[nids++] = jobs[i]->id;
+        ids[i] = jobs[i]->id;
         if (jobs[i]->num_delivered > 1) sync = true;
     }
-    if (nids == 0) goto out;
-    rq.n_ids = nids;
-    rq.ids = ids;
-    rq.sync = sync;
-    if (kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len) != KILN_OK) goto out;
-    int64_t t0 = kiln_mono_ms();
-    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
-                                          FETCH_CHECK_TIMEOUT_MS);
-    LOG_DEBUG("store check jobs=%zu sync=%d status=%s ms=%lld", nids, (int)sync,
-              natsStatus_GetText(s), (long long)(kiln_mono_ms() - t0));
-    if (s != NATS_OK) {
-        LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", nids,
-                 natsStatus_GetText(s));
-        goto out;
-    }
-    int rlen = natsMsg_GetDataLength(reply);
-    rep = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
-                                        (const uint8_t *)natsMsg_GetData(reply));
-    if (rep == NULL || (rep->error_code != NULL && rep->error_code[0] != '\0')) {
-        LOG_WARN("store check unusable, using delivery counts jobs=%zu error=%s", nids,
-                 rep != NULL ? rep->error_code : "undecodable");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (jobs[i]->id[0] == '\0') continue;
-        info[i].answered = true;
-        for (size_t k = 0; k < rep->n_jobs; k++) {
-            const Kiln__V1__JobRecord *rec = rep->jobs[k];
-            if (rec->request == NULL || rec->request->id == NULL || rec->status == NULL) continue;
-            if (strcmp(rec->request->id, jobs[i]->id) != 0) continue;
-            info[i].known = true;
-            info[i].state = rec->status->state;
-            info[i].attempts = rec->status->attempts;
-            info[i].request_seq = rec->request_seq;
-            break;
-        }
-    }
-out:
-    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
-    natsMsg_Destroy(reply);
-    free(buf);
+    kiln_status st = cons_store_check(ids, n, sync, FETCH_CHECK_TIMEOUT_MS, info);
+    if (st != KILN_OK)
+        LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", n,
+                 kiln_status_str(st));
     free(ids);
 }
 

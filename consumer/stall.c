@@ -107,50 +107,20 @@ static void stall_warn_rate_limited(const char *what, const char *lane, natsStat
              natsStatus_GetText(s), (int)jerr);
 }
 
-/* One sync kiln.store.check for the candidates' ids; fills info[i]. */
+/* One sync kiln.store.check for the candidates' ids (the store must have
+ * applied everything up to now); fills info[i]. */
 static void stall_store_check(const stall_cand *c, size_t n, cons_store_info *info)
 {
-    Kiln__V1__StoreRequest rq = KILN__V1__STORE_REQUEST__INIT;
-    Kiln__V1__StoreReply *rep = NULL;
-    char *ids[STALL_BATCH_MAX];
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    natsMsg *reply = NULL;
-
+    const char *ids[STALL_BATCH_MAX];
     memset(info, 0, n * sizeof *info);
     if (n == 0 || n > STALL_BATCH_MAX) return;
-    for (size_t i = 0; i < n; i++) ids[i] = (char *)c[i].id;
-    rq.n_ids = n;
-    rq.ids = ids;
-    rq.sync = true; /* the store must have applied everything up to now */
-    if (kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len) != KILN_OK) goto out;
-    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
-                                          STALL_CHECK_TIMEOUT_MS);
-    if (s != NATS_OK) {
-        stall_warn_rate_limited("store_check", "-", s, 0);
-        goto out;
+    for (size_t i = 0; i < n; i++) ids[i] = c[i].id;
+    kiln_status st = cons_store_check(ids, n, true, STALL_CHECK_TIMEOUT_MS, info);
+    int64_t now = kiln_mono_ms();
+    if (st != KILN_OK && now - stall_last_err_log >= STALL_ERR_LOG_MS) {
+        stall_last_err_log = now;
+        LOG_WARN("stall check failed step=store_check status=%s", kiln_status_str(st));
     }
-    int rlen = natsMsg_GetDataLength(reply);
-    rep = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
-                                        (const uint8_t *)natsMsg_GetData(reply));
-    if (rep == NULL || (rep->error_code != NULL && rep->error_code[0] != '\0')) goto out;
-    for (size_t i = 0; i < n; i++) {
-        info[i].answered = true;
-        for (size_t k = 0; k < rep->n_jobs; k++) {
-            const Kiln__V1__JobRecord *rec = rep->jobs[k];
-            if (rec->request == NULL || rec->request->id == NULL || rec->status == NULL) continue;
-            if (strcmp(rec->request->id, c[i].id) != 0) continue;
-            info[i].known = true;
-            info[i].state = rec->status->state;
-            info[i].attempts = rec->status->attempts;
-            info[i].request_seq = rec->request_seq;
-            break;
-        }
-    }
-out:
-    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
-    natsMsg_Destroy(reply);
-    free(buf);
 }
 
 /* Copies the original's headers except the ones the re-drive sets. */
