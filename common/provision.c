@@ -45,8 +45,11 @@ static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg, bool update)
         jsStreamInfo_Destroy(si);
         si = NULL;
         action = "created";
-        /* Another process created it between our get and add: update instead. */
-        if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+        /* Another process created it between our get and add. */
+        if (s != NATS_OK && jerr == JSStreamNameExistErr && !update) {
+            s = NATS_OK; /* created meanwhile by another process: keep its config */
+            action = "kept";
+        } else if (s != NATS_OK && jerr == JSStreamNameExistErr) {
             jerr = 0;
             s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
             jsStreamInfo_Destroy(si);
@@ -84,7 +87,11 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
         jsConsumerInfo_Destroy(ci);
         ci = NULL;
         action = "created";
-        if (s != NATS_OK && (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)) {
+        bool exists = jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr;
+        if (s != NATS_OK && exists && !update) {
+            s = NATS_OK; /* created meanwhile by another process: keep its config */
+            action = "kept";
+        } else if (s != NATS_OK && exists) {
             jerr = 0;
             s = js_UpdateConsumer(&ci, js, stream, cfg, NULL, &jerr);
             jsConsumerInfo_Destroy(ci);
