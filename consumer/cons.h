@@ -235,7 +235,7 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status
 int64_t openai_parse_retry_after(const char *value, size_t len);
 
 /* ---- imagefile.c ---- */
-/* Writes bytes to <data_dir>/images/<id>/<index>.png via temp file + rename (no fsync). */
+/* Writes bytes to kiln_image_path(data_dir, id, index) via temp file + rename (no fsync). */
 kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index,
                             const unsigned char *bytes, size_t len);
 

@@ -24,7 +24,7 @@ static const kiln_setting main_table[] = {
     {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
      "NATS server(s), comma-separated", &main_set.nats_url},
     {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
-     "saved images go to <dir>/images/<id>/<index>.png", &main_set.data_dir},
+     "saved images go to <dir>/images/<shard>/<id>.<index>.png", &main_set.data_dir},
     {"KILN_CONCURRENCY", "concurrency", KILN_SET_INT, "16", 1, 4096,
      "max jobs in flight (provider calls) in this process", &main_set.concurrency},
     {"KILN_PROVIDER_URL", "provider-url", KILN_SET_STRING, "http://127.0.0.1:8090/v1", 1, 0,

@@ -1,5 +1,5 @@
 /* images.c - GET /v1/jobs/{id}/images/{index}: checks with the store that the
- * job is the caller's, then serves $KILN_DATA_DIR/images/<id>/<index>.png.
+ * job is the caller's, then serves the file at kiln_image_path (common/imagepath.h).
  * The id was checked against [A-Za-z0-9_-]{1,64} and index is one digit 0-3,
  * so the path cannot leave the images directory. */
 #include <fcntl.h>
@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "imagepath.h"
 #include "images.h"
 #include "log.h"
 #include "query.h"
@@ -27,9 +28,8 @@ void gw_images_init(const char *data_dir, int64_t store_timeout_ms)
 static void images_serve(gw_req *r)
 {
     char path[4096];
-    int n = snprintf(path, sizeof path, "%s/images/%s/%d.png", images_dir, r->job_id,
-                     r->image_index);
-    if (n < 0 || (size_t)n >= sizeof path) {
+    if (kiln_image_path(path, sizeof path, images_dir, r->job_id, (unsigned)r->image_index) !=
+        KILN_OK) {
         gw_answer_error(&r->ans, "not_found", "no such image", NULL);
         return;
     }

@@ -55,7 +55,7 @@ int main(int argc, char **argv)
         {"KILN_API_KEYS", "api-keys", KILN_SET_STRING, NULL, 1, 0,
          "API keys: token:user_id[,token:user_id...]", &cfg.api_keys},
         {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
-         "images are served from <dir>/images/<id>/<index>.png", &cfg.data_dir},
+         "images are served from <dir>/images/<shard>/<id>.<index>.png", &cfg.data_dir},
         {"KILN_HTTP_THREADS", "http-threads", KILN_SET_INT, "2", 1, 256,
          "HTTP event-loop threads", &cfg.threads},
         {"KILN_SUBMIT_RATE", "submit-rate", KILN_SET_RATE, "0", 1, 0,

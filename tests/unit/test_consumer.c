@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../../consumer/cons.h"
+#include "imagepath.h"
 
 /* ---- retry backoff ------------------------------------------------------- */
 
@@ -137,7 +138,7 @@ Test(provider, b64_json_is_decoded_and_saved)
 
     char path[128];
     unsigned char back[128];
-    snprintf(path, sizeof path, "%s/images/job-1/0.png", p->dir);
+    cr_assert_eq(kiln_image_path(path, sizeof path, p->dir, "job-1", 0), KILN_OK);
     FILE *f = fopen(path, "rb");
     cr_assert_not_null(f, "%s missing", path);
     size_t n = fread(back, 1, sizeof back, f);
