@@ -15,7 +15,15 @@
  * Nats-Msg-Id). Outputs keep stream order because batch k+1 publishes only
  * after batch k's were confirmed. One thread does every fetch, ack and
  * message destroy of the subscription (nats.c 3.4.1 crashed, rarely, when a
- * second thread fetched while this one destroyed acked batches). */
+ * second thread fetched while this one destroyed acked batches).
+ *
+ * Latency: libnats' flusher waits 1 ms before writing a buffered connection.
+ * Fetch requests therefore go on a SendAsap connection, and when a batch is
+ * partial (nothing else waiting: the latency-bound case) its publishes are
+ * flushed at once; full batches (a backlog) leave the flushing to libnats.
+ * Acks are "+ACK" publishes to the message's reply subject (the JetStream
+ * ack protocol, as natsMsg_Ack sends it) on the buffered connection, so a
+ * batch's acks cost one write, not one each. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +47,7 @@
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
 #define INGEST_ERROR_SLEEP_MS 500
+#define INGEST_FLUSH_MS 1000      /* PING/PONG of the explicit flush after a partial batch */
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
 
 struct ingest {
@@ -117,10 +126,17 @@ static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg,
     return st;
 }
 
-static void ingest_settle(natsMsgList *list, int ack)
+static natsStatus ingest_ack(ingest *ing, natsMsg *msg)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply == NULL || reply[0] == '\0') return NATS_OK; /* not from JetStream: nothing to ack */
+    return natsConnection_Publish(ing->nc, reply, "+ACK", 4);
+}
+
+static void ingest_settle(ingest *ing, natsMsgList *list, int ack)
 {
     for (int i = 0; i < list->Count; i++) {
-        natsStatus s = ack ? natsMsg_Ack(list->Msgs[i], NULL)
+        natsStatus s = ack ? ingest_ack(ing, list->Msgs[i])
                            : natsMsg_NakWithDelay(list->Msgs[i], INGEST_RETRY_DELAY_MS, NULL);
         if (s != NATS_OK) {
             /* Redelivered after AckWait; applying again changes nothing. */
@@ -158,9 +174,9 @@ static void ingest_settle_inflight(ingest *ing)
                  "events=%zu",
                  ing->inflight.Count, sk->done.n, sk->events.n);
         kiln_metric_add(ing->m_retries, 1);
-        ingest_settle(&ing->inflight, 0);
+        ingest_settle(ing, &ing->inflight, 0);
     } else {
-        ingest_settle(&ing->inflight, 1);
+        ingest_settle(ing, &ing->inflight, 1);
         kiln_metric_add(ing->m_batches, 1);
         kiln_metric_add(ing->m_msgs, ing->inflight.Count);
         kiln_metric_add(ing->m_done, (int64_t)sk->done.n);
@@ -211,7 +227,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
         LOG_ERROR("batch not applied, will retry msgs=%d status=%s", list->Count,
                   kiln_status_str(st));
         kiln_metric_add(ing->m_retries, 1);
-        ingest_settle(list, 0);
+        ingest_settle(ing, list, 0);
         natsMsgList_Destroy(list);
         memset(list, 0, sizeof *list);
         apply_sink_reset(sk);
@@ -234,11 +250,17 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
         LOG_WARN("jobs.done/events publish failed, batch will be redelivered msgs=%d",
                  list->Count);
         kiln_metric_add(ing->m_retries, 1);
-        ingest_settle(list, 0);
+        ingest_settle(ing, list, 0);
         natsMsgList_Destroy(list);
         memset(list, 0, sizeof *list);
         apply_sink_reset(sk);
         return;
+    }
+    if (list->Count < INGEST_BATCH && (sk->done.n > 0 || sk->events.n > 0)) {
+        /* Partial batch: subscribers wait on these; write them now (the
+         * PING round trip this costs overlaps the wait for their acks). */
+        natsStatus fs = natsConnection_FlushTimeout(ing->nc, INGEST_FLUSH_MS);
+        if (fs != NATS_OK) LOG_DEBUG("flush failed status=%s", natsStatus_GetText(fs));
     }
     ing->inflight = *list;
     memset(list, 0, sizeof *list);
@@ -349,7 +371,8 @@ static void ingest_free(ingest *ing)
     free(ing);
 }
 
-kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b, ingest **out)
+kiln_status ingest_start(db_store *db, jsCtx *pull_js, natsConnection *nc, jsCtx *js, barrier *b,
+                         ingest **out)
 {
     kiln_status st = KILN_OK;
     jsSubOptions so;
@@ -381,7 +404,7 @@ kiln_status ingest_start(db_store *db, natsConnection *nc, jsCtx *js, barrier *b
     so.Stream = KILN_STREAM_JOBS;
     so.Consumer = KILN_DURABLE_STORE;
     so.ManualAck = true;
-    natsStatus s = js_PullSubscribe(&ing->sub, js, "", KILN_DURABLE_STORE, NULL, &so, &jerr);
+    natsStatus s = js_PullSubscribe(&ing->sub, pull_js, "", KILN_DURABLE_STORE, NULL, &so, &jerr);
     if (s != NATS_OK) {
         ing->sub = NULL;
         LOG_ERROR("pull subscribe failed durable=%s status=%s jerr=%d err=\"%s\"",

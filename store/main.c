@@ -134,9 +134,11 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    /* The apply loop gets its own connection without SendAsap: libnats'
-     * flusher then writes its acks and publishes in large chunks instead of
-     * one syscall each, while queries keep the low-latency connection. */
+    /* The apply loop publishes and acks on its own connection without
+     * SendAsap: libnats' flusher then writes them in large chunks instead of
+     * one syscall each. Its fetch requests go on the SendAsap connection
+     * (with the queries): buffered, each would wait for the flusher's 1 ms
+     * pause before the server saw it (ingest.c). */
     kiln_nats_opts ao;
     kiln_nats_opts_init(&ao);
     ao.name = "kiln-store-apply";
@@ -149,7 +151,7 @@ int main(int argc, char **argv)
 
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
-    if (ingest_start(db, anc, ajs, b, &ing) != KILN_OK) goto out;
+    if (ingest_start(db, js, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
         LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
