@@ -122,6 +122,11 @@ http_ok_or_died() { # http_ok_or_died NAME URL (see answers_or_died)
     return 1
 }
 
+start_store() {
+    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
+    wait_for kiln-store 15 http_ok_or_died store "http://127.0.0.1:$STORE_METRICS_PORT/healthz"
+}
+
 start_consumer() {
     start_kiln consumer KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
         KILN_CONCURRENCY=$CONCURRENCY KILN_METRICS_ADDR="127.0.0.1:$CONS_METRICS_PORT"
@@ -151,8 +156,7 @@ start_stack_once() { # nats-server, dev provider, store, consumer, gateway, on n
     start_nats "$dir/nats" || return 1
     start_kiln devprovider KILN_DEVPROVIDER_ADDR="127.0.0.1:$DEV_PORT" KILN_DEVPROVIDER_LATENCY_MS=0
     wait_for kiln-devprovider 15 answers_or_died devprovider "$DEV_PORT" || return 1
-    start_kiln store KILN_METRICS_ADDR="127.0.0.1:$STORE_METRICS_PORT"
-    wait_for kiln-store 15 http_ok_or_died store "http://127.0.0.1:$STORE_METRICS_PORT/healthz" || return 1
+    start_store || return 1
     start_consumer || return 1
     phase w4 || return 0
     # Rate limiting off: W4 measures throughput, one user sends everything.
@@ -274,7 +278,7 @@ run_bench() { # run_bench OUTFILE ARGS...: kiln-bench with its FIG lines kept
 
 echo "# make bench: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), nats-server $(nats-server --version 2>/dev/null | awk '{print $NF}'), jobs=$JOBS, consumer concurrency $CONCURRENCY, dev provider 0 ms"
 
-MEM_CONS=- W4_GW=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
+MEM_CONS=- W4_GW=- W4_JOBS=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
 declare -A WRK=()
 
 # --- the limit: libnats alone ---------------------------------------------
@@ -303,35 +307,39 @@ fresh_if_dirty() {
 }
 
 if phase flow; then
-    # W1 + W2: one run; W2's clock starts at the first publish.
+    # W1: the client library publishes JOBS jobs into Kiln's stream while no
+    # Kiln process consumes (as limit-W1: nothing consumes). Then the store and
+    # a fresh consumer (concurrency 256) drain that backlog: its peak RSS is
+    # the kiln-mem figure.
+    stop consumer
+    stop store
+    rm -f "$TMP/ready"
+    "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
+        --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
+    BACKLOG_PID=$!
+    until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
+    { start_store && start_consumer; } || exit 1
+    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; DIRTY=1; }
+    parse_figs "$TMP/backlog.out"
+    MEM_CONS=$(hwm_mb consumer)
+    r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
+    line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) (client library: submit_async + flush into KILN_JOBS, nothing consuming; rss = producer)"
+    RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(the $JOBS-job backlog drained by the store and a consumer started after it; not a goal)"
+
+    # W2: everything running; its clock starts at the first publish.
+    fresh_if_dirty
     reset_hwm store consumer gateway devprovider
     cpu_mark
     run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 60000 || { note "W2 did not finish every job"; DIRTY=1; }
     W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
     cpu_line W2
     CPU_W2=$CPU_LINE
-    r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
-    line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) (client library: submit_async + flush, while Kiln runs; rss = producer)"
+    line kiln-W1/W1-live "ratio=$(ratio "$(fig kiln-W1/W1-live.rate)" "$(fig limit-W1/W1.rate)") (W2's publish: as W1 while the store and consumer process the jobs on the same cores; not a goal)"
     r2=$(ratio "$(fig kiln-W2/W2.rate)" "$(fig limit-W2/W2.rate)")
     w2ok() { cmp "$r2" '>=' 0.5 && cmp "$(fig kiln-W2/W2.jobs)" '==' "$JOBS"; }
     RSS_OVERRIDE="store:$W2_STORE,consumer:$W2_CONS" \
         line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) stages_ms_p50/p99=$(fig 'kiln-W2/W2.stages_ms_p50/p99') (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
     echo "$CPU_W2"
-
-    # Backlog: JOBS jobs waiting, then a fresh consumer at concurrency 256.
-    fresh_if_dirty
-    stop consumer
-    rm -f "$TMP/ready"
-    "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
-        --timeout-ms 40000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
-    BACKLOG_PID=$!
-    until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
-    start_consumer || exit 1
-    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; DIRTY=1; }
-    parse_figs "$TMP/backlog.out"
-    MEM_CONS=$(hwm_mb consumer)
-    line kiln-W1/W1-noconsumer "ratio=$(ratio "$(fig kiln-W1/W1-noconsumer.rate)" "$(fig limit-W1/W1.rate)") (the backlog's publish: as W1 but with the consumer stopped; not a goal)"
-    RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(a $JOBS-job backlog drained by a consumer started after it; not a goal)"
 
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
     fresh_if_dirty
@@ -341,28 +349,50 @@ if phase flow; then
     line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) stages_ms_p50/p99=$(fig 'kiln-W3/W3.stages_ms_p50/p99') (open loop; stages: queue = submit to started, run = started to completed, done = completed to jobs.done received; rss = bench client)"
 fi
 
-if phase w4; then
-    # W4: the HTTP gateway under wrk; post.lua counts every answer that is not 202.
-    fresh_if_dirty
-    reset_hwm store consumer gateway
-    cpu_mark
+run_wrk() { # run_wrk WORKLOAD: wrk against POST /v1/jobs; fills FIG[kiln-W4/WORKLOAD.*], WRK, SOCK_ERR
+    local wl=$1 kv
+    WRK=()
     wrk -t2 -c64 -d10s -s "$HERE/post.lua" "http://127.0.0.1:$GW_PORT/v1/jobs" \
-        >"$TMP/wrk.out" 2>>"$LOGS/wrk.log" || note "wrk failed"
-    W4_GW=$(hwm_mb gateway) W4_STORE=$(hwm_mb store) W4_CONS=$(hwm_mb consumer)
+        >"$TMP/wrk-$wl.out" 2>>"$LOGS/wrk.log" || note "wrk failed"
+    read -r -a W <<<"$(grep '^WRK ' "$TMP/wrk-$wl.out")"
+    for kv in "${W[@]:1}"; do WRK[${kv%%=*}]=${kv#*=}; done
+    FIG[kiln-W4/$wl.jobs]=${WRK[requests]:--}
+    FIG[kiln-W4/$wl.secs]=$(awk -v d="${WRK[duration_us]:-0}" 'BEGIN {printf "%.3f", d / 1e6}')
+    FIG[kiln-W4/$wl.rate]=$(awk -v n="${WRK[requests]:-0}" -v d="${WRK[duration_us]:-0}" 'BEGIN {if (d > 0) printf "%.0f", n / (d / 1e6); else print "-"}')
+    FIG[kiln-W4/$wl.p50_ms]=$(awk -v v="${WRK[p50_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
+    FIG[kiln-W4/$wl.p99_ms]=$(awk -v v="${WRK[p99_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
+    SOCK_ERR=$((${WRK[connect_err]:-0} + ${WRK[read_err]:-0} + ${WRK[write_err]:-0} + ${WRK[timeout_err]:-0}))
+}
+
+if phase w4; then
+    # W4: the submit path (gateway -> JetStream, with the store tracking every
+    # job) under wrk; post.lua counts every answer that is not 202. The workers
+    # are paused, as nothing consumes in limit-W1 (their rate is W2's figure);
+    # W4-live then repeats it with the consumer working through the jobs on
+    # the same 2 cores.
+    fresh_if_dirty
+    stop consumer
+    reset_hwm store gateway
+    cpu_mark
+    run_wrk W4
+    W4_GW=$(hwm_mb gateway) W4_STORE=$(hwm_mb store)
     cpu_line W4
     CPU_W4=$CPU_LINE
-    read -r -a W <<<"$(grep '^WRK ' "$TMP/wrk.out")"
-    for kv in "${W[@]:1}"; do WRK[${kv%%=*}]=${kv#*=}; done
-    FIG[kiln-W4/W4.jobs]=${WRK[requests]:--}
-    FIG[kiln-W4/W4.secs]=$(awk -v d="${WRK[duration_us]:-0}" 'BEGIN {printf "%.3f", d / 1e6}')
-    FIG[kiln-W4/W4.rate]=$(awk -v n="${WRK[requests]:-0}" -v d="${WRK[duration_us]:-0}" 'BEGIN {if (d > 0) printf "%.0f", n / (d / 1e6); else print "-"}')
-    FIG[kiln-W4/W4.p50_ms]=$(awk -v v="${WRK[p50_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
-    FIG[kiln-W4/W4.p99_ms]=$(awk -v v="${WRK[p99_us]:--}" 'BEGIN {if (v == "-") print v; else printf "%.3f", v / 1000}')
-    SOCK_ERR=$((${WRK[connect_err]:-0} + ${WRK[read_err]:-0} + ${WRK[write_err]:-0} + ${WRK[timeout_err]:-0}))
     w4ok() { cmp "$(fig kiln-W4/W4.rate)" '>=' 30000 && cmp "$(fig kiln-W4/W4.p99_ms)" '<=' 10 &&
         [ "${WRK[non202]:-x}" = 0 ] && [ "$SOCK_ERR" = 0 ]; }
-    RSS_OVERRIDE="gateway:$W4_GW" line kiln-W4/W4 "goal=rate>=30000,p99<=10,all-202 $(verdict w4ok) non202=${WRK[non202]:--} first_non202=${WRK[first_non202]:--} socket_errors=$SOCK_ERR (wrk -t2 -c64 -d10s)"
+    RSS_OVERRIDE="gateway:$W4_GW" line kiln-W4/W4 "goal=rate>=30000,p99<=10,all-202 $(verdict w4ok) non202=${WRK[non202]:--} first_non202=${WRK[first_non202]:--} socket_errors=$SOCK_ERR (wrk -t2 -c64 -d10s; store running, consumer paused)"
     echo "$CPU_W4"
+    W4_JOBS=${WRK[requests]:--}
+
+    start_consumer || exit 1
+    DIRTY=1 # it works through W4's jobs; the next phase needs a fresh stack
+    reset_hwm consumer
+    cpu_mark
+    run_wrk W4-live
+    W4_CONS=$(hwm_mb consumer)
+    cpu_line W4-live
+    RSS_OVERRIDE="gateway:$(hwm_mb gateway)" line kiln-W4/W4-live "non202=${WRK[non202]:--} socket_errors=$SOCK_ERR (as W4 while the consumer works through the queued jobs on the same cores; not a goal)"
+    echo "$CPU_LINE"
 fi
 
 # --- memory -----------------------------------------------------------------
@@ -373,7 +403,7 @@ if phase flow; then
     RSS_OVERRIDE=$MEM_CONS line kiln-mem/backlog "process=consumer concurrency=$CONCURRENCY drained=$(fig kiln-drain/backlog.jobs)/$JOBS goal=consumer<=32MiB,drained $(verdict memok)"
 fi
 if phase w4; then
-    FIG[kiln-mem/W4.jobs]=${WRK[requests]:--}
+    FIG[kiln-mem/W4.jobs]=$W4_JOBS
     RSS_OVERRIDE=$W4_GW line kiln-mem/W4 "process=gateway goal=gateway<=64MiB $(verdict cmp "$W4_GW" '<=' 64) (during W4: store=$W4_STORE consumer=$W4_CONS)"
 fi
 if phase flow; then

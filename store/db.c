@@ -8,7 +8,6 @@
 #include "log.h"
 #include "pb.h"
 
-#define DB_BLOCK_CACHE_BYTES (64u * 1024 * 1024) /* shared by all CFs */
 #define DB_BLOOM_BITS_PER_KEY 10.0
 #define DB_MAX_OPEN_FILES 512
 
@@ -16,7 +15,7 @@ static const char *const db_cf_names[DB_CF_COUNT] = {
     "default", "jobs", "by_user", "by_user_state", "unviewed", "counters", "meta", "idem",
 };
 
-kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out)
+kiln_status db_open(const char *path, int64_t idem_ttl_ms, size_t cache_bytes, db_store **out)
 {
     kiln_status st = KILN_OK;
     char *err = NULL;
@@ -28,7 +27,7 @@ kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out)
     }
 
     db->idem_ttl_ms = idem_ttl_ms;
-    db->cache = rocksdb_cache_create_lru(DB_BLOCK_CACHE_BYTES);
+    db->cache = rocksdb_cache_create_lru(cache_bytes); /* shared by all CFs */
     db->bbto = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(db->bbto, db->cache);
     db->opts = rocksdb_options_create();
@@ -45,6 +44,10 @@ kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out)
     rocksdb_block_based_options_set_filter_policy(
         db->jobs_bbto, rocksdb_filterpolicy_create_bloom_full(DB_BLOOM_BITS_PER_KEY));
     rocksdb_block_based_options_set_cache_index_and_filter_blocks(db->jobs_bbto, 1);
+    /* ...ahead of data blocks, and L0's pinned: a status read after a burst
+     * of writes should not wait for an index block evicted by the burst. */
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks_with_high_priority(db->jobs_bbto, 1);
+    rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(db->jobs_bbto, 1);
     db->jobs_opts = rocksdb_options_create_copy(db->opts);
     rocksdb_options_set_block_based_table_factory(db->jobs_opts, db->jobs_bbto);
 

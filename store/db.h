@@ -66,7 +66,7 @@ void db_batch_delete(db_batch *b, db_cf cf, const void *key, size_t klen);
 /* Opens (creating if missing) the database at path; idem_ttl_ms is how long
  * Idempotency-Key entries are kept. *out only on success; the caller closes
  * it with db_close(). */
-kiln_status db_open(const char *path, int64_t idem_ttl_ms, db_store **out);
+kiln_status db_open(const char *path, int64_t idem_ttl_ms, size_t cache_bytes, db_store **out);
 /* For db.c: 1 and the staged value when the batch holds a put of (cf, key),
  * -1 when it holds a delete, 0 when it holds nothing for it. */
 int db_batch_find(const db_batch *b, db_cf cf, const void *key, size_t klen, const char **val,

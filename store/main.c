@@ -33,6 +33,7 @@ typedef struct {
     int64_t ack_wait_ms;
     int64_t idem_ttl_ms;
     int64_t sweep_interval_ms;
+    int64_t cache_mb;
 } store_settings;
 
 /* mkdir -p for the data directory. */
@@ -70,6 +71,9 @@ int main(int argc, char **argv)
         {"KILN_SWEEP_INTERVAL", "sweep-interval", KILN_SET_DURATION, "30s", 0, 24LL * 3600 * 1000,
          "how often pending jobs whose JobRequest vanished from KILN_JOBS are re-published; 0 = off",
          &cfg.sweep_interval_ms},
+        {"KILN_STORE_CACHE_MB", "store-cache-mb", KILN_SET_INT, "256", 8, 65536,
+         "RocksDB block cache in MiB (status reads stay in memory while the hot jobs fit)",
+         &cfg.cache_mb},
     };
     char err[512] = "";
     char path[PATH_MAX];
@@ -115,7 +119,7 @@ int main(int argc, char **argv)
         LOG_ERROR("cannot create data dir path=%s err=\"%s\"", cfg.data_dir, strerror(errno));
         goto out;
     }
-    if (db_open(path, cfg.idem_ttl_ms, &db) != KILN_OK) goto out;
+    if (db_open(path, cfg.idem_ttl_ms, (size_t)cfg.cache_mb << 20, &db) != KILN_OK) goto out;
 
     uint64_t applied = 0;
     if (db_get_u64(db, NULL, DB_CF_META, DB_META_APPLIED_SEQ, strlen(DB_META_APPLIED_SEQ),

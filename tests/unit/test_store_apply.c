@@ -104,7 +104,7 @@ static void db_setup(void)
 {
     snprintf(tdir, sizeof tdir, "/tmp/kiln-store-test-XXXXXX");
     cr_assert_not_null(mkdtemp(tdir));
-    cr_assert_eq(db_open(tdir, 2 * DAY_MS, &tdb), KILN_OK);
+    cr_assert_eq(db_open(tdir, 2 * DAY_MS, 8u << 20, &tdb), KILN_OK);
     cr_assert_eq(db_batch_create(&twb), KILN_OK);
     memset(&sink, 0, sizeof sink);
 }
