@@ -2,14 +2,16 @@
  *
  * Threads (see main.c):
  *   fetch      fetcher.c: pulls jobs, store check, decides, hands runnable jobs on
- *   transfers  transfers.c: one libcurl multi handle for all provider calls,
- *              in-progress acks, cancellations, stuck-publish sweeping
+ *   transfers  transfers.c: KILN_TRANSFER_THREADS workers ("kiln-xfer-<i>"),
+ *              each with its own libcurl multi handle, run the provider calls
+ *              and their results, and abort cancelled calls; worker 0 also
+ *              sends in-progress acks and sweeps stuck publishes
  *   libnats    publish.c's ack handler and cancel.c's subscription run here
  *   main       settings, wiring, signals, drain
  *
  * A job is owned by exactly one thread at a time: the fetch thread until it is
- * handed to the transfer thread (or finished), the transfer thread while its
- * call runs, then whichever thread receives its publish acks. The registry
+ * handed to a transfer thread (or finished), that transfer thread while its
+ * call runs and its result is processed, then whichever thread receives its publish acks. The registry
  * (registry.c) only lets other threads find a job to send in-progress acks or
  * set its cancel flag, under the registry mutex. */
 #ifndef KILN_CONS_H
@@ -52,6 +54,7 @@ typedef struct {
     char *metrics_addr;
     char *min_available_mem; /* KILN_MIN_AVAILABLE_MEM text, parsed by memwatch.c */
     int64_t stall_check_ms;  /* KILN_STALL_CHECK: stall.c interval, 0 = off */
+    int64_t transfer_threads; /* KILN_TRANSFER_THREADS: transfers.c workers */
 } cons_settings;
 
 /* Process-wide context shared by the modules (set up by main.c). */
@@ -74,7 +77,7 @@ void cons_ctx_register_metrics(void);
 typedef enum {
     CONS_JOB_FETCHED = 0, /* message received, slot held */
     CONS_JOB_CHECKED,     /* store check applied, attempt known */
-    CONS_JOB_RUNNING,     /* provider call in the transfer thread */
+    CONS_JOB_RUNNING,     /* provider call in a transfer thread */
     CONS_JOB_PUBLISHING,  /* result publishes in flight, waiting for JetStream acks */
     CONS_JOB_ACKED,       /* final: message acked */
     CONS_JOB_NAKED,       /* final: message nak'd with a delay (retry, not yet due, drain) */
@@ -125,7 +128,7 @@ struct cons_job {
     cons_job *reg_prev, *reg_next;/* registry list */
     bool in_registry;
 
-    /* Provider call (transfer thread only). */
+    /* Provider call (its transfer thread only). */
     void *easy;                   /* CURL * */
     void *headers;                /* struct curl_slist * */
     char *req_body;
@@ -162,7 +165,7 @@ void cons_job_transfer_done(cons_job *j, int curl_code, long http_status);
 /* Transfer thread: the call has run CONS_PROCESSING_AFTER_MS; publishes PROCESSING once. */
 void cons_job_call_slow(cons_job *j);
 /* Logs one INFO line with the outcomes counted since the last one, when there
- * were any and CONS_SUMMARY_EVERY_MS passed (any thread; the transfer loop). */
+ * were any and CONS_SUMMARY_EVERY_MS passed (any thread; transfer worker 0). */
 void cons_job_log_summary(int64_t now_mono);
 /* Transfer thread: the job was cancelled while in flight here. */
 void cons_job_cancelled(cons_job *j);
@@ -240,13 +243,15 @@ kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index
                             const unsigned char *bytes, size_t len);
 
 /* ---- transfers.c ---- */
+/* Starts cons_g.set->transfer_threads workers. */
 kiln_status cons_transfers_start(void);
-/* Hands a job to the transfer thread (fetch thread). */
+/* Hands a job to one of the transfer threads, round robin (fetch thread). */
 void cons_transfers_submit(cons_job *j);
-/* Wakes the transfer thread (cancel arrived). */
+/* Wakes every transfer thread (cancel arrived). */
 void cons_transfers_wakeup(void);
-/* Drain timeout: hand back every running job with nak(0). */
+/* Drain timeout: every transfer thread hands back its running jobs with nak(0). */
 void cons_transfers_abort_all(void);
+/* Joins every transfer thread (each hands back what it still holds). */
 void cons_transfers_stop(void);
 
 /* ---- fetcher.c ---- */

@@ -15,6 +15,10 @@
 
 #define IMG_PATH_MAX 4096
 
+/* Makes temp names unique within the process: two transfer threads may save
+ * the same id and index at once (a redelivered copy running beside the first). */
+static atomic_ulong img_tmp_seq;
+
 static kiln_status img_mkdir(const char *path)
 {
     if (mkdir(path, 0755) == 0 || errno == EEXIST) return KILN_OK;
@@ -61,7 +65,8 @@ kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index
     char dir[IMG_PATH_MAX], path[IMG_PATH_MAX], tmp[IMG_PATH_MAX];
     if (kiln_image_dir(dir, sizeof dir, data_dir, id) != KILN_OK ||
         kiln_image_path(path, sizeof path, data_dir, id, index) != KILN_OK ||
-        snprintf(tmp, sizeof tmp, "%s/.%s.%u.%ld.tmp", dir, id, index, (long)getpid()) >=
+        snprintf(tmp, sizeof tmp, "%s/.%s.%u.%ld.%lu.tmp", dir, id, index, (long)getpid(),
+                 atomic_fetch_add_explicit(&img_tmp_seq, 1, memory_order_relaxed)) >=
             (int)sizeof tmp)
         return KILN_EINVAL;
 

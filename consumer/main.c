@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "cons.h"
@@ -17,8 +18,11 @@
 #define MAIN_CONNECT_TIMEOUT_MS 15000
 #define MAIN_HANDBACK_WAIT_MS 5000
 #define MAIN_PUBLISH_WAIT_MS 5000
+#define MAIN_XFER_DEFAULT_MAX 8 /* default transfer threads: online CPUs, at most this */
 
 static cons_settings main_set;
+/* KILN_TRANSFER_THREADS' default, filled from the CPU count before loading. */
+static char main_xfer_default[16] = "1";
 
 static const kiln_setting main_table[] = {
     {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
@@ -51,7 +55,18 @@ static const kiln_setting main_table[] = {
     {"KILN_STALL_CHECK", "stall-check", KILN_SET_DURATION, "10s", 0, 3600000,
      "how often to look for job messages lost by a NATS restart and re-publish them (0 = off)",
      &main_set.stall_check_ms},
+    {"KILN_TRANSFER_THREADS", "transfer-threads", KILN_SET_INT, main_xfer_default, 1, 16,
+     "threads running provider calls and their results (default: online CPUs, at most 8)",
+     &main_set.transfer_threads},
 };
+
+static void main_fill_defaults(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 1) cpus = 1;
+    if (cpus > MAIN_XFER_DEFAULT_MAX) cpus = MAIN_XFER_DEFAULT_MAX;
+    snprintf(main_xfer_default, sizeof main_xfer_default, "%ld", cpus);
+}
 
 /* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
 static void main_wait_signal(const sigset_t *set)
@@ -72,6 +87,7 @@ int main(int argc, char **argv)
     bool curl_up = false, slots_up = false, reg_up = false, metrics_up = false;
 
     kiln_log_init("consumer");
+    main_fill_defaults();
     st = kiln_config_load(main_table, sizeof main_table / sizeof main_table[0], argc, argv,
                           "kiln-consumer",
                           "Pulls Kiln jobs from JetStream and runs them against the image provider.",
@@ -142,9 +158,10 @@ int main(int argc, char **argv)
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
-    LOG_INFO("consumer ready concurrency=%lld provider=%s data_dir=%s ack_wait_ms=%lld",
-             (long long)main_set.concurrency, main_set.provider_url, main_set.data_dir,
-             (long long)main_set.ack_wait_ms);
+    LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "
+             "ack_wait_ms=%lld",
+             (long long)main_set.concurrency, (long long)main_set.transfer_threads,
+             main_set.provider_url, main_set.data_dir, (long long)main_set.ack_wait_ms);
 
     main_wait_signal(&sigs);
     rc = 0;

@@ -1,9 +1,12 @@
-/* transfers.c - the transfer thread: one libcurl multi handle runs every
- * provider call of this process. It also sends in-progress acks every
- * AckWait/3, aborts cancelled calls, and gives up jobs whose result publish
- * was never acknowledged. Other threads talk to it only through the inbox
- * (cons_transfers_submit) and curl_multi_wakeup. */
+/* transfers.c - the transfer threads: KILN_TRANSFER_THREADS workers, each
+ * with its own libcurl multi handle, inbox and running list, run the provider
+ * calls of this process (and, on completion, parse the answer and save the
+ * images). Each worker aborts its own cancelled calls; worker 0 also sends
+ * in-progress acks every AckWait/3, gives up jobs whose result publish was
+ * never acknowledged, and logs the outcome summary. Other threads talk to a
+ * worker only through its inbox (cons_transfers_submit) and curl_multi_wakeup. */
 #include <curl/curl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,17 +23,26 @@
 #define TR_AUTH_MAX 4096
 #define TR_OVERDUE_BATCH 64
 
-static CURLM *tr_multi;
-static pthread_t tr_thread;
-static bool tr_started;
-static pthread_mutex_t tr_mu = PTHREAD_MUTEX_INITIALIZER;
-static cons_job *tr_inbox_head, *tr_inbox_tail; /* guarded by tr_mu */
+/* One transfer thread and everything only it touches, except the inbox. */
+typedef struct {
+    int index;
+    CURLM *multi;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    cons_job *inbox_head, *inbox_tail; /* guarded by mu */
+    atomic_bool abort;                 /* drain timeout: hand back every running job */
+    cons_job *running;                 /* this worker only */
+    /* When the next running call may cross CONS_PROCESSING_AFTER_MS without
+     * PROCESSING sent (monotonic ms; INT64_MAX = none). This worker only. */
+    int64_t next_slow;
+} tr_worker;
+
+static tr_worker *tr_workers;
+static int tr_n;
+static atomic_uint tr_rr; /* round-robin cursor of cons_transfers_submit */
 static atomic_bool tr_quit;
-static atomic_bool tr_abort;
-static cons_job *tr_running;                    /* transfer thread only */
-/* Transfer thread: when the next running call may cross CONS_PROCESSING_AFTER_MS
- * without PROCESSING sent (monotonic ms; INT64_MAX = none). */
-static int64_t tr_next_slow = INT64_MAX;
+/* Shared read-only while the workers run. */
 static char tr_url[TR_URL_MAX];
 static char tr_auth[TR_AUTH_MAX];
 
@@ -69,10 +81,10 @@ static size_t tr_on_header(char *data, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static void tr_release_handle(cons_job *j)
+static void tr_release_handle(tr_worker *w, cons_job *j)
 {
     if (j->easy != NULL) {
-        curl_multi_remove_handle(tr_multi, j->easy);
+        curl_multi_remove_handle(w->multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
     }
@@ -82,9 +94,9 @@ static void tr_release_handle(cons_job *j)
     j->req_body = NULL;
 }
 
-static void tr_unlink_running(cons_job *j)
+static void tr_unlink_running(tr_worker *w, cons_job *j)
 {
-    for (cons_job **pp = &tr_running; *pp != NULL; pp = &(*pp)->next) {
+    for (cons_job **pp = &w->running; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == j) {
             *pp = j->next;
             break;
@@ -93,8 +105,8 @@ static void tr_unlink_running(cons_job *j)
     j->next = NULL;
 }
 
-/* Starts j's provider call; returns a CURLcode (CURLE_OK when running). */
-static CURLcode tr_start(cons_job *j)
+/* Starts j's provider call on w; returns a CURLcode (CURLE_OK when running). */
+static CURLcode tr_start(tr_worker *w, cons_job *j)
 {
     CURLcode rc = CURLE_OK;
     CURL *e = NULL;
@@ -130,22 +142,22 @@ static CURLcode tr_start(cons_job *j)
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, CURLOPT_PRIVATE, j);
     if (rc != CURLE_OK) return rc;
-    if (curl_multi_add_handle(tr_multi, e) != CURLM_OK) return CURLE_FAILED_INIT;
+    if (curl_multi_add_handle(w->multi, e) != CURLM_OK) return CURLE_FAILED_INIT;
     j->started_mono = kiln_mono_ms();
-    if (!j->processing_sent && j->started_mono + CONS_PROCESSING_AFTER_MS < tr_next_slow)
-        tr_next_slow = j->started_mono + CONS_PROCESSING_AFTER_MS;
-    j->next = tr_running;
-    tr_running = j;
+    if (!j->processing_sent && j->started_mono + CONS_PROCESSING_AFTER_MS < w->next_slow)
+        w->next_slow = j->started_mono + CONS_PROCESSING_AFTER_MS;
+    j->next = w->running;
+    w->running = j;
     return CURLE_OK;
 }
 
-static void tr_take_inbox(void)
+static void tr_take_inbox(tr_worker *w)
 {
     cons_job *list;
-    pthread_mutex_lock(&tr_mu);
-    list = tr_inbox_head;
-    tr_inbox_head = tr_inbox_tail = NULL;
-    pthread_mutex_unlock(&tr_mu);
+    pthread_mutex_lock(&w->mu);
+    list = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->mu);
     while (list != NULL) {
         cons_job *j = list;
         list = j->next;
@@ -154,46 +166,46 @@ static void tr_take_inbox(void)
             cons_job_cancelled(j);
             continue;
         }
-        CURLcode rc = tr_start(j);
+        CURLcode rc = tr_start(w, j);
         if (rc != CURLE_OK) {
             LOG_ERROR("provider call not started job=%s error=\"%s\"", j->id,
                       curl_easy_strerror(rc));
-            tr_release_handle(j);
+            tr_release_handle(w, j);
             j->started_mono = kiln_mono_ms();
             cons_job_transfer_done(j, (int)rc, 0);
         }
     }
 }
 
-static void tr_check_cancels(void)
+static void tr_check_cancels(tr_worker *w)
 {
-    cons_job *j = tr_running;
+    cons_job *j = w->running;
     while (j != NULL) {
         cons_job *next = j->next;
         if (atomic_load(&j->cancel)) {
-            tr_unlink_running(j);
-            tr_release_handle(j);
+            tr_unlink_running(w, j);
+            tr_release_handle(w, j);
             cons_job_cancelled(j);
         }
         j = next;
     }
 }
 
-static void tr_hand_back_all(void)
+static void tr_hand_back_all(tr_worker *w)
 {
-    while (tr_running != NULL) {
-        cons_job *j = tr_running;
-        tr_unlink_running(j);
-        tr_release_handle(j);
+    while (w->running != NULL) {
+        cons_job *j = w->running;
+        tr_unlink_running(w, j);
+        tr_release_handle(w, j);
         cons_job_hand_back(j);
     }
 }
 
-static void tr_collect_done(void)
+static void tr_collect_done(tr_worker *w)
 {
     CURLMsg *m;
     int left = 0;
-    while ((m = curl_multi_info_read(tr_multi, &left)) != NULL) {
+    while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE) continue;
         cons_job *j = NULL;
         long http = 0;
@@ -201,23 +213,23 @@ static void tr_collect_done(void)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &http);
         if (j == NULL) continue;
-        tr_unlink_running(j);
-        tr_release_handle(j);
+        tr_unlink_running(w, j);
+        tr_release_handle(w, j);
         cons_job_transfer_done(j, (int)result, http);
     }
 }
 
 /* Announces PROCESSING for calls running longer than CONS_PROCESSING_AFTER_MS.
  * Runs only when the earliest such deadline passed, so quick calls cost no scan. */
-static void tr_announce_slow(int64_t now)
+static void tr_announce_slow(tr_worker *w, int64_t now)
 {
-    if (now < tr_next_slow) return;
-    tr_next_slow = INT64_MAX;
-    for (cons_job *j = tr_running; j != NULL; j = j->next) {
+    if (now < w->next_slow) return;
+    w->next_slow = INT64_MAX;
+    for (cons_job *j = w->running; j != NULL; j = j->next) {
         if (j->processing_sent) continue;
         int64_t due = j->started_mono + CONS_PROCESSING_AFTER_MS;
         if (due <= now) cons_job_call_slow(j);
-        else if (due < tr_next_slow) tr_next_slow = due;
+        else if (due < w->next_slow) w->next_slow = due;
     }
 }
 
@@ -230,41 +242,69 @@ static void tr_sweep_overdue(int64_t now)
 
 static void *tr_main(void *arg)
 {
-    (void)arg;
+    tr_worker *w = arg;
+    /* Once-per-process duties (keep-alives, overdue sweep, summary) run on worker 0. */
+    bool duties = w->index == 0;
     int64_t ka_every = cons_g.set->ack_wait_ms / 3;
     if (ka_every < 100) ka_every = 100;
-    int64_t next_ka = kiln_mono_ms() + ka_every;
+    int64_t next_ka = duties ? kiln_mono_ms() + ka_every : INT64_MAX;
     int still = 0;
 
     while (!atomic_load(&tr_quit)) {
-        tr_take_inbox();
-        tr_check_cancels();
-        if (atomic_exchange(&tr_abort, false)) tr_hand_back_all();
-        curl_multi_perform(tr_multi, &still);
-        tr_collect_done();
+        tr_take_inbox(w);
+        tr_check_cancels(w);
+        if (atomic_exchange(&w->abort, false)) tr_hand_back_all(w);
+        curl_multi_perform(w->multi, &still);
+        tr_collect_done(w);
 
         int64_t now = kiln_mono_ms();
-        tr_announce_slow(now);
-        if (now >= next_ka) {
-            cons_registry_keepalive();
-            tr_sweep_overdue(now);
-            next_ka = now + ka_every;
+        tr_announce_slow(w, now);
+        if (duties) {
+            if (now >= next_ka) {
+                cons_registry_keepalive();
+                tr_sweep_overdue(now);
+                next_ka = now + ka_every;
+            }
+            cons_job_log_summary(now);
         }
-        cons_job_log_summary(now);
-        int64_t wait = next_ka - now;
-        if (tr_next_slow - now < wait) wait = tr_next_slow - now;
-        if (wait > TR_POLL_MAX_MS) wait = TR_POLL_MAX_MS;
+        int64_t wait = TR_POLL_MAX_MS;
+        if (next_ka - now < wait) wait = next_ka - now;
+        if (w->next_slow - now < wait) wait = w->next_slow - now;
         if (wait < 1) wait = 1;
-        curl_multi_poll(tr_multi, NULL, 0, (int)wait, NULL);
+        curl_multi_poll(w->multi, NULL, 0, (int)wait, NULL);
     }
-    tr_take_inbox();
-    tr_hand_back_all();
+    tr_take_inbox(w);
+    tr_hand_back_all(w);
     return NULL;
+}
+
+/* Joins the started workers (tr_quit must be set) and frees every worker. */
+static void tr_destroy_workers(void)
+{
+    for (int i = 0; i < tr_n; i++) {
+        tr_worker *w = &tr_workers[i];
+        if (w->started) {
+            curl_multi_wakeup(w->multi);
+            pthread_join(w->thread, NULL);
+            w->started = false;
+        }
+    }
+    for (int i = 0; i < tr_n; i++) {
+        tr_worker *w = &tr_workers[i];
+        if (w->multi != NULL) curl_multi_cleanup(w->multi);
+        pthread_mutex_destroy(&w->mu);
+    }
+    free(tr_workers);
+    tr_workers = NULL;
+    tr_n = 0;
 }
 
 kiln_status cons_transfers_start(void)
 {
     const cons_settings *set = cons_g.set;
+    kiln_status st = KILN_OK;
+    int n = (int)set->transfer_threads;
+    if (n < 1) n = 1;
     size_t ulen = strlen(set->provider_url);
     while (ulen > 0 && set->provider_url[ulen - 1] == '/') ulen--;
     if (snprintf(tr_url, sizeof tr_url, "%.*s/images/generations", (int)ulen, set->provider_url) >=
@@ -275,54 +315,84 @@ kiln_status cons_transfers_start(void)
         snprintf(tr_auth, sizeof tr_auth, "Authorization: Bearer %s", set->provider_key) >=
             (int)sizeof tr_auth)
         return KILN_EINVAL;
+    /* jansson picks its hash seed on first use; seed it before the workers
+     * (which build and parse JSON) run concurrently. */
+    json_object_seed(0);
 
-    tr_multi = curl_multi_init();
-    if (tr_multi == NULL) return KILN_ERR;
-    /* Keep one idle keep-alive connection per possible in-flight call. */
-    curl_multi_setopt(tr_multi, CURLMOPT_MAXCONNECTS, (long)set->concurrency);
+    tr_workers = calloc((size_t)n, sizeof *tr_workers);
+    if (tr_workers == NULL) return KILN_ENOMEM;
+    /* Idle keep-alive connections stay bounded by the concurrency in total. */
+    long maxconn = (long)(set->concurrency / n);
+    if (maxconn < 1) maxconn = 1;
     atomic_store(&tr_quit, false);
-    atomic_store(&tr_abort, false);
-    if (pthread_create(&tr_thread, NULL, tr_main, NULL) != 0) {
-        curl_multi_cleanup(tr_multi);
-        tr_multi = NULL;
-        return KILN_ERR;
+    atomic_store(&tr_rr, 0);
+    for (int i = 0; i < n; i++) {
+        tr_worker *w = &tr_workers[i];
+        w->index = i;
+        w->next_slow = INT64_MAX;
+        atomic_init(&w->abort, false);
+        pthread_mutex_init(&w->mu, NULL);
+        tr_n = i + 1; /* from here on tr_destroy_workers cleans w up */
+        w->multi = curl_multi_init();
+        if (w->multi == NULL) {
+            st = KILN_ERR;
+            goto out;
+        }
+        curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, maxconn);
     }
-    pthread_setname_np(tr_thread, "kiln-transfers");
-    tr_started = true;
-    LOG_INFO("transfers started url=%s auth=%s", tr_url, tr_auth[0] ? "bearer" : "none");
-    return KILN_OK;
+    for (int i = 0; i < n; i++) {
+        tr_worker *w = &tr_workers[i];
+        char name[16]; /* the kernel's limit, with the NUL; i < 16 */
+        if (pthread_create(&w->thread, NULL, tr_main, w) != 0) {
+            st = KILN_ERR;
+            goto out;
+        }
+        w->started = true;
+        snprintf(name, sizeof name, "kiln-xfer-%u", (unsigned)(unsigned char)i);
+        pthread_setname_np(w->thread, name);
+    }
+    LOG_INFO("transfers started threads=%d url=%s auth=%s", n, tr_url,
+             tr_auth[0] ? "bearer" : "none");
+out:
+    if (st != KILN_OK) {
+        LOG_ERROR("transfers not started threads=%d", n);
+        atomic_store(&tr_quit, true);
+        tr_destroy_workers();
+        explicit_bzero(tr_auth, sizeof tr_auth);
+    }
+    return st;
 }
 
 void cons_transfers_submit(cons_job *j)
 {
+    /* Round robin: calls cost about the same, and a slow one only waits on I/O. */
+    tr_worker *w = &tr_workers[atomic_fetch_add_explicit(&tr_rr, 1, memory_order_relaxed) %
+                               (unsigned)tr_n];
     j->next = NULL;
-    pthread_mutex_lock(&tr_mu);
-    if (tr_inbox_tail != NULL) tr_inbox_tail->next = j;
-    else tr_inbox_head = j;
-    tr_inbox_tail = j;
-    pthread_mutex_unlock(&tr_mu);
-    curl_multi_wakeup(tr_multi);
+    pthread_mutex_lock(&w->mu);
+    if (w->inbox_tail != NULL) w->inbox_tail->next = j;
+    else w->inbox_head = j;
+    w->inbox_tail = j;
+    pthread_mutex_unlock(&w->mu);
+    curl_multi_wakeup(w->multi);
 }
 
 void cons_transfers_wakeup(void)
 {
-    if (tr_multi != NULL) curl_multi_wakeup(tr_multi);
+    for (int i = 0; i < tr_n; i++)
+        if (tr_workers[i].multi != NULL) curl_multi_wakeup(tr_workers[i].multi);
 }
 
 void cons_transfers_abort_all(void)
 {
-    atomic_store(&tr_abort, true);
+    for (int i = 0; i < tr_n; i++) atomic_store(&tr_workers[i].abort, true);
     cons_transfers_wakeup();
 }
 
 void cons_transfers_stop(void)
 {
-    if (!tr_started) return;
+    if (tr_workers == NULL) return;
     atomic_store(&tr_quit, true);
-    curl_multi_wakeup(tr_multi);
-    pthread_join(tr_thread, NULL);
-    tr_started = false;
-    curl_multi_cleanup(tr_multi);
-    tr_multi = NULL;
+    tr_destroy_workers();
     explicit_bzero(tr_auth, sizeof tr_auth);
 }

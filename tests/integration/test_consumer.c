@@ -140,3 +140,47 @@ Test(consumer, sigterm_drains_in_flight_and_hands_back_the_rest)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* Drain timeout with several transfer threads: every thread hands back the
+ * calls it runs (nak, no transition), the process exits, and a new consumer
+ * finishes each job exactly once. */
+Test(consumer, drain_timeout_hands_back_from_every_transfer_thread)
+{
+    h_stack s;
+    h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=3", "KILN_TRANSFER_THREADS=3",
+                                       "KILN_DRAIN_TIMEOUT=500ms", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+
+    enum { NFLY = 3 };
+    char fly[NFLY][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=6000 handed back vole %d\"}", NFLY, fly);
+    for (int i = 0; i < NFLY; i++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, fly[i], "processing", 15000);
+        cr_assert_str_eq(h_jstr(j, "status"), "processing", "in-flight job %d never started", i);
+        json_decref(j);
+    }
+
+    int64_t t0 = h_now_ms();
+    int rc = h_proc_term(&s, H_CONSUMER);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(rc, 0, "consumer: exit code %d after SIGTERM with the drain timing out", rc);
+    cr_expect(took < 5000, "consumer: took %lld ms to hand back (drain timeout 500 ms)",
+              (long long)took);
+    for (int i = 0; i < NFLY; i++) {
+        json_t *j = h_get_job(&s, H_TOKEN_ALICE, fly[i], NULL);
+        char *d = h_job_dump(j);
+        cr_expect(!h_state_terminal(h_jstr(j, "status")), "handed-back job %d ended: %s", i, d);
+        free(d);
+        json_decref(j);
+    }
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    for (int i = 0; i < NFLY; i++) {
+        h_expect_job(&s, H_TOKEN_ALICE, fly[i], "completed", -1, 40000, "handed-back job after the restart");
+        h_expect_done_once(&n, fly[i], "completed", 10000);
+    }
+    h_nats_free(&n);
+    h_stop(&s);
+}
