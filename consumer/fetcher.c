@@ -59,6 +59,33 @@ static fetch_lane fetch_lanes[LANE_COUNT] = {
     {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW, .hinted = true},
 };
 
+/* Stream sequences of first deliveries this thread handed back untried (late
+ * fetch arrivals beyond the free slots). Their redelivery ran nowhere, so its
+ * store check need not wait for the store to catch up (a sync check would,
+ * for up to seconds after a burst, with the fetch thread blocked meanwhile).
+ * Direct-mapped: a collision only costs the sync check. Fetch thread only. */
+#define FETCH_UNTRIED_SLOTS 4096
+static uint64_t fetch_untried[FETCH_UNTRIED_SLOTS];
+
+static void fetch_mark_untried(natsMsg *m)
+{
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, m) != NATS_OK) return;
+    if (meta->NumDelivered == 1) {
+        uint64_t seq = meta->Sequence.Stream;
+        fetch_untried[seq % FETCH_UNTRIED_SLOTS] = seq;
+    }
+    jsMsgMetaData_Destroy(meta);
+}
+
+/* A redelivery whose earlier deliveries may have run needs the sync check. */
+static bool fetch_may_have_run(const cons_job *j)
+{
+    if (j->num_delivered <= 1) return false;
+    return !(j->num_delivered == 2 && j->stream_seq != 0 &&
+             fetch_untried[j->stream_seq % FETCH_UNTRIED_SLOTS] == j->stream_seq);
+}
+
 static int64_t fetch_poll_ms = FETCH_POLL_EXPIRES_MS;
 static pthread_t fetch_thread;
 static bool fetch_started;
@@ -70,8 +97,8 @@ static void fetch_sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* One kiln.store.check for the batch (sync when any job is a redelivery, so
- * its attempt count is current); fills info[i] for each job. */
+/* One kiln.store.check for the batch (sync when any job is a redelivery that
+ * may have run, so its attempt count is current); fills info[i] for each job. */
 static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
 {
     const char **ids = calloc(n, sizeof *ids);
@@ -82,7 +109,7 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
     }
     for (size_t i = 0; i < n; i++) {
         ids[i] = jobs[i]->id;
-        if (jobs[i]->num_delivered > 1) sync = true;
+        if (fetch_may_have_run(jobs[i])) sync = true;
     }
     kiln_status st = cons_store_check(ids, n, sync, FETCH_CHECK_TIMEOUT_MS, info);
     if (st != KILN_OK)
@@ -159,6 +186,7 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
     /* Late arrivals beyond the free slots go back to JetStream at once. */
     while (list.Count > batch) {
         natsMsg *extra = list.Msgs[--list.Count];
+        fetch_mark_untried(extra);
         natsMsg_Nak(extra, NULL);
         natsMsg_Destroy(extra);
         list.Msgs[list.Count] = NULL;

@@ -504,7 +504,7 @@ static const struct {
 } queries_table[] = {
     {KILN_SUBJ_STORE_GET, queries_get, 4},
     {KILN_SUBJ_STATUS, queries_jobs_status, 4},
-    {KILN_SUBJ_STORE_CHECK, queries_check, 2},
+    {KILN_SUBJ_STORE_CHECK, queries_check, 4}, /* a sync check may wait on the barrier */
     {KILN_SUBJ_STORE_LIST, queries_list, 2},
     {KILN_SUBJ_STORE_VIEWED, queries_viewed, 1},
     {KILN_SUBJ_STORE_CANCEL, queries_cancel, 2},
