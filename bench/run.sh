@@ -128,7 +128,7 @@ start_store() {
 }
 
 start_consumer() {
-    start_kiln consumer KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
+    start_kiln consumer KILN_LOG_LEVEL=${CONS_LOG:-info} KILN_PROVIDER_URL="http://127.0.0.1:$DEV_PORT/v1" \
         KILN_CONCURRENCY=$CONCURRENCY KILN_METRICS_ADDR="127.0.0.1:$CONS_METRICS_PORT"
     wait_for kiln-consumer 15 http_ok_or_died consumer "http://127.0.0.1:$CONS_METRICS_PORT/healthz"
 }

@@ -40,6 +40,13 @@
 #define FETCH_GATHER_DIV 8         /* gather target: concurrency / 8, capped */
 #define FETCH_GATHER_MAX 64
 
+/* A late fetch arrival beyond the free slots is kept for the next round
+ * rather than nak'd at once: under a backlog that happened to ~10% of all
+ * messages, each then redelivered. Kept at most this long (then handed back),
+ * so a message never waits near its AckWait without a slot. */
+#define FETCH_CARRY_MAX (2 * CONS_FETCH_MAX)
+#define FETCH_CARRY_MAX_AGE_MS 1000
+
 enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
 
 typedef struct {
@@ -51,6 +58,10 @@ typedef struct {
     natsSubscription *hint_sub;
     atomic_bool hint;           /* set by the hint subscription (libnats thread) */
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
+    /* Late arrivals beyond the free slots, taken first next round (fetch thread). */
+    natsMsg *carry[FETCH_CARRY_MAX];
+    int carry_n;
+    int64_t carry_since;        /* monotonic ms the oldest carried message arrived */
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
@@ -84,6 +95,73 @@ static bool fetch_may_have_run(const cons_job *j)
     if (j->num_delivered <= 1) return false;
     return !(j->num_delivered == 2 && j->stream_seq != 0 &&
              fetch_untried[j->stream_seq % FETCH_UNTRIED_SLOTS] == j->stream_seq);
+}
+
+/* Gives a fetched message back to JetStream untried. */
+static void fetch_hand_back(natsMsg *m)
+{
+    fetch_mark_untried(m);
+    natsMsg_Nak(m, NULL);
+    natsMsg_Destroy(m);
+}
+
+static uint64_t fetch_msg_seq(natsMsg *m)
+{
+    jsMsgMetaData *meta = NULL;
+    uint64_t seq = 0;
+    if (natsMsg_GetMetaData(&meta, m) == NATS_OK) seq = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+    return seq;
+}
+
+/* nats.c 3.4.1 can put one delivery into a fetch's list twice when late
+ * messages of an expired fetch are mixed in (seen under load: one job started
+ * twice from one delivery; when it is the same natsMsg, destroying both
+ * copies is a double free). Keeps the first of each stream sequence; a
+ * repeated pointer is dropped without being destroyed. */
+static void fetch_drop_repeats(const fetch_lane *lane, natsMsgList *list)
+{
+    uint64_t *seqs = calloc((size_t)list->Count, sizeof *seqs);
+    int kept = 0, dropped = 0;
+    if (seqs == NULL) return;
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg *m = list->Msgs[i];
+        uint64_t seq = fetch_msg_seq(m);
+        bool same_ptr = false, same_seq = false;
+        for (int k = 0; k < kept && !same_ptr && !same_seq; k++) {
+            same_ptr = list->Msgs[k] == m;
+            same_seq = seq != 0 && seqs[k] == seq;
+        }
+        list->Msgs[i] = NULL;
+        if (same_ptr || same_seq) {
+            if (!same_ptr) natsMsg_Destroy(m); /* its twin is acked for both */
+            dropped++;
+            continue;
+        }
+        seqs[kept] = seq;
+        list->Msgs[kept++] = m;
+    }
+    list->Count = kept;
+    free(seqs);
+    if (dropped > 0) LOG_WARN("fetch returned a delivery twice, kept one lane=%s dropped=%d", lane->name, dropped);
+}
+
+/* Keeps a late arrival for the next round, or hands it back when full. */
+static void fetch_carry(fetch_lane *lane, natsMsg *m)
+{
+    if (lane->carry_n >= FETCH_CARRY_MAX) {
+        fetch_hand_back(m);
+        return;
+    }
+    if (lane->carry_n == 0) lane->carry_since = kiln_mono_ms();
+    lane->carry[lane->carry_n++] = m;
+}
+
+/* Hands back what a lane carried (too old, or fetching stops). */
+static void fetch_carry_release(fetch_lane *lane)
+{
+    for (int i = 0; i < lane->carry_n; i++) fetch_hand_back(lane->carry[i]);
+    lane->carry_n = 0;
 }
 
 static int64_t fetch_poll_ms = FETCH_POLL_EXPIRES_MS;
@@ -144,12 +222,30 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
     free(info);
 }
 
-/* Fetches up to batch jobs from a lane; returns how many arrived. */
-static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms)
+/* Runs up to batch of the lane's carried messages, oldest first. */
+static int fetch_take_carry(fetch_lane *lane, int batch)
+{
+    int n = lane->carry_n < batch ? lane->carry_n : batch;
+    natsMsgList list = {0};
+    list.Msgs = calloc((size_t)n, sizeof *list.Msgs);
+    if (list.Msgs == NULL) return 0;
+    memcpy(list.Msgs, lane->carry, (size_t)n * sizeof *list.Msgs);
+    list.Count = n;
+    lane->carry_n -= n;
+    memmove(lane->carry, lane->carry + n, (size_t)lane->carry_n * sizeof *lane->carry);
+    fetch_process(lane, &list);
+    natsMsgList_Destroy(&list);
+    return n;
+}
+
+/* Fetches up to batch jobs from a lane (carried ones first, without a
+ * fetch); returns how many were taken. */
+static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
 {
     jsFetchRequest fr;
     natsMsgList list = {0};
     int queued = 0;
+    if (lane->carry_n > 0) return fetch_take_carry(lane, batch);
     jsFetchRequest_Init(&fr);
     fr.Batch = batch;
     fr.NoWait = true;
@@ -183,14 +279,13 @@ static int fetch_lane_once(const fetch_lane *lane, int batch, int64_t expires_ms
                   list.Count);
         abort();
     }
-    /* Late arrivals beyond the free slots go back to JetStream at once. */
-    while (list.Count > batch) {
-        natsMsg *extra = list.Msgs[--list.Count];
-        fetch_mark_untried(extra);
-        natsMsg_Nak(extra, NULL);
-        natsMsg_Destroy(extra);
-        list.Msgs[list.Count] = NULL;
+    fetch_drop_repeats(lane, &list);
+    /* Late arrivals beyond the free slots wait for the next round. */
+    for (int i = batch; i < list.Count; i++) {
+        fetch_carry(lane, list.Msgs[i]);
+        list.Msgs[i] = NULL;
     }
+    if (list.Count > batch) list.Count = batch;
     int count = list.Count;
     if (count > 0) fetch_process(lane, &list);
     natsMsgList_Destroy(&list);
@@ -223,6 +318,10 @@ static void *fetch_main(void *arg)
     if (gather < 1) gather = 1;
     uint64_t round = 0;
     while (!atomic_load(&cons_g.stopping)) {
+        int64_t t = kiln_mono_ms();
+        for (int k = 0; k < LANE_COUNT; k++)
+            if (fetch_lanes[k].carry_n > 0 && t - fetch_lanes[k].carry_since > FETCH_CARRY_MAX_AGE_MS)
+                fetch_carry_release(&fetch_lanes[k]);
         if (cons_memwatch_paused()) {
             /* In-flight jobs go on; nothing new is taken until memory is back. */
             fetch_sleep_ms(FETCH_MEM_PAUSE_MS);
@@ -250,6 +349,7 @@ static void *fetch_main(void *arg)
                 nl->skip_until = 0;
         }
     }
+    for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
     LOG_INFO("fetching stopped");
     return NULL;
 }
