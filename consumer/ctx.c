@@ -19,6 +19,10 @@ void cons_ctx_register_metrics(void)
     cons_g.m_duplicates = kiln_metric_counter(
         "kiln_consumer_duplicates_skipped_total",
         "second copies of a job id (published after the duplicate window) acked without running");
+    cons_g.m_redelivered = kiln_metric_counter(
+        "kiln_consumer_redeliveries_total",
+        "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "
+        "a lost worker's jobs)");
     cons_g.m_mem_paused = kiln_metric_gauge("kiln_consumer_fetch_paused_low_memory",
                                             "1 while fetching is paused for low available memory");
     cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");

@@ -42,10 +42,11 @@
 
 /* A late fetch arrival beyond the free slots is kept for the next round
  * rather than nak'd at once: under a backlog that happened to ~10% of all
- * messages, each then redelivered. Kept at most this long (then handed back),
- * so a message never waits near its AckWait without a slot. */
+ * messages, each then redelivered. Kept at most a quarter of AckWait (at
+ * least FETCH_CARRY_MIN_AGE_MS), then handed back, so a message never waits
+ * near its AckWait without a slot. */
 #define FETCH_CARRY_MAX (2 * CONS_FETCH_MAX)
-#define FETCH_CARRY_MAX_AGE_MS 1000
+#define FETCH_CARRY_MIN_AGE_MS 1000
 
 enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
 
@@ -213,6 +214,7 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
             continue;
         }
         list->Msgs[i] = NULL;
+        if (j->num_delivered > 1) kiln_metric_add(cons_g.m_redelivered, 1);
         cons_registry_add(j);
         jobs[made++] = j;
     }
@@ -317,10 +319,12 @@ static void *fetch_main(void *arg)
     if (gather > FETCH_GATHER_MAX) gather = FETCH_GATHER_MAX;
     if (gather < 1) gather = 1;
     uint64_t round = 0;
+    int64_t carry_max_age = cons_g.set->ack_wait_ms / 4;
+    if (carry_max_age < FETCH_CARRY_MIN_AGE_MS) carry_max_age = FETCH_CARRY_MIN_AGE_MS;
     while (!atomic_load(&cons_g.stopping)) {
         int64_t t = kiln_mono_ms();
         for (int k = 0; k < LANE_COUNT; k++)
-            if (fetch_lanes[k].carry_n > 0 && t - fetch_lanes[k].carry_since > FETCH_CARRY_MAX_AGE_MS)
+            if (fetch_lanes[k].carry_n > 0 && t - fetch_lanes[k].carry_since > carry_max_age)
                 fetch_carry_release(&fetch_lanes[k]);
         if (cons_memwatch_paused()) {
             /* In-flight jobs go on; nothing new is taken until memory is back. */

@@ -184,3 +184,38 @@ Test(consumer, drain_timeout_hands_back_from_every_transfer_thread)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+static int burst_idle(void *arg)
+{
+    h_stack *s = arg;
+    return h_metric(s, H_CONSUMER, "kiln_consumer_in_flight") == 0 &&
+           h_metric(s, H_CONSUMER, "kiln_consumer_jobs_completed_total") >= 600;
+}
+
+/* A burst far larger than the free slots: late fetch arrivals wait in the
+ * consumer for a slot instead of going back to JetStream, so every job runs
+ * exactly once and none is delivered twice. */
+Test(consumer, burst_runs_each_job_once_without_redelivery)
+{
+    enum { N = 600 };
+    h_stack s;
+    h_stack_opts o = {.consumer_env = {"KILN_CONCURRENCY=4", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char prefix[65], id[96];
+    h_unique_id(prefix, "burst");
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "%.40s-%d", prefix, i);
+        cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "burst fox"), 0,
+                     "publish %d failed", i);
+    }
+    cr_assert(h_wait_for(burst_idle, &s, 90000, 100), "the burst did not finish: completed=%.0f",
+              h_metric(&s, H_CONSUMER, "kiln_consumer_jobs_completed_total"));
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_jobs_completed_total"), N,
+                 "a job ran more than once");
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_redeliveries_total"), 0,
+                 "jobs went back to JetStream and were delivered again");
+    h_nats_free(&n);
+    h_stop(&s);
+}
