@@ -55,7 +55,7 @@ typedef struct {
     const char *subject;
     const char *durable;
     bool hinted;                /* has a publish-hint subscription */
-    natsSubscription *sub;
+    cons_pull *pull;
     natsSubscription *hint_sub;
     atomic_bool hint;           /* set by the hint subscription (libnats thread) */
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
@@ -102,7 +102,7 @@ static bool fetch_may_have_run(const cons_job *j)
 static void fetch_hand_back(natsMsg *m)
 {
     fetch_mark_untried(m);
-    natsMsg_Nak(m, NULL);
+    (void)cons_msg_ack(m, CONS_ACK_NAK, 0);
     natsMsg_Destroy(m);
 }
 
@@ -115,11 +115,11 @@ static uint64_t fetch_msg_seq(natsMsg *m)
     return seq;
 }
 
-/* nats.c 3.4.1 can put one delivery into a fetch's list twice when late
- * messages of an expired fetch are mixed in (seen under load: one job started
- * twice from one delivery; when it is the same natsMsg, destroying both
- * copies is a double free). Keeps the first of each stream sequence; a
- * repeated pointer is dropped without being destroyed. */
+/* One delivery must not become two jobs: with nats.c's fetch (before
+ * pull.c) a late message of an expired fetch was seen twice in one list
+ * under load (one job started twice; the same natsMsg freed twice). Kept as
+ * a guard: the first of each stream sequence stays; a repeated pointer is
+ * dropped without being destroyed. */
 static void fetch_drop_repeats(const fetch_lane *lane, natsMsgList *list)
 {
     uint64_t *seqs = calloc((size_t)list->Count, sizeof *seqs);
@@ -244,42 +244,27 @@ static int fetch_take_carry(fetch_lane *lane, int batch)
  * fetch); returns how many were taken. */
 static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
 {
-    jsFetchRequest fr;
     natsMsgList list = {0};
-    int queued = 0;
     if (lane->carry_n > 0) return fetch_take_carry(lane, batch);
-    jsFetchRequest_Init(&fr);
-    fr.Batch = batch;
-    fr.NoWait = true;
-    fr.Expires = expires_ms * 1000000LL;
-    /* nats.c 3.4.1 bug: messages that arrive after a fetch expired stay queued
-     * on the subscription, and the next fetch copies them into its Batch-sized
-     * array without a bound (heap overflow). Size the request to hold them;
-     * what is beyond our free slots is handed back below. */
-    if (natsSubscription_GetPending(lane->sub, &queued, NULL) == NATS_OK && queued > 0)
-        fr.Batch = batch + queued;
-    /* The library rewrites fr.Batch and fr.Expires while it works: keep our own copy. */
-    const int asked = fr.Batch;
     int64_t t0 = kiln_mono_ms();
-    natsStatus s = natsSubscription_FetchRequest(&list, lane->sub, &fr);
+    kiln_status st = cons_pull_fetch(lane->pull, batch, expires_ms, &list);
     LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
-              batch, (long long)expires_ms, natsStatus_GetText(s), list.Count, (long long)(kiln_mono_ms() - t0));
-    if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return 0;
-    if (s != NATS_OK) {
+              batch, (long long)expires_ms, kiln_status_str(st), list.Count,
+              (long long)(kiln_mono_ms() - t0));
+    if (st != KILN_OK) {
+        natsMsgList_Destroy(&list);
         int64_t now = kiln_mono_ms();
         if (now - fetch_last_err_log > 5000) {
             LOG_WARN("fetch failed lane=%s status=%s error=\"%s\"", lane->name,
-                     natsStatus_GetText(s), nats_GetLastError(NULL));
+                     kiln_status_str(st), nats_GetLastError(NULL));
             fetch_last_err_log = now;
         }
         fetch_sleep_ms(FETCH_ERR_BACKOFF_MS);
         return 0;
     }
-    if (list.Count > asked) {
-        /* The overrun above happened anyway: memory is no longer trustworthy. */
-        LOG_ERROR("fetch returned more than asked lane=%s asked=%d got=%d", lane->name, asked,
-                  list.Count);
-        abort();
+    if (list.Count == 0) {
+        natsMsgList_Destroy(&list);
+        return 0;
     }
     fetch_drop_repeats(lane, &list);
     /* Late arrivals beyond the free slots wait for the next round. */
@@ -371,24 +356,12 @@ static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 kiln_status cons_fetcher_start(void)
 {
     for (int i = 0; i < LANE_COUNT; i++) {
-        jsSubOptions so;
-        jsErrCode jerr = 0;
-        jsSubOptions_Init(&so);
-        so.Stream = KILN_STREAM_JOBS;
-        so.Consumer = fetch_lanes[i].durable; /* bind to the provisioned durable */
-        natsStatus s = js_PullSubscribe(&fetch_lanes[i].sub, cons_g.js, fetch_lanes[i].subject,
-                                        fetch_lanes[i].durable, NULL, &so, &jerr);
-        if (s != NATS_OK) {
-            LOG_ERROR("pull subscribe failed durable=%s status=%s js_err=%d error=\"%s\"",
-                      fetch_lanes[i].durable, natsStatus_GetText(s), (int)jerr,
-                      nats_GetLastError(NULL));
-            fetch_lanes[i].sub = NULL;
-            return kiln_nats_status(s);
-        }
+        kiln_status pst = cons_pull_open(fetch_lanes[i].durable, &fetch_lanes[i].pull);
+        if (pst != KILN_OK) return pst;
         atomic_init(&fetch_lanes[i].hint, false);
         fetch_lanes[i].skip_until = 0;
         if (!fetch_lanes[i].hinted) continue;
-        s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc, fetch_lanes[i].subject,
+        natsStatus s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc, fetch_lanes[i].subject,
                                      fetch_on_hint, &fetch_lanes[i]);
         if (s != NATS_OK) {
             LOG_ERROR("hint subscribe failed subject=%s status=%s", fetch_lanes[i].subject,
@@ -397,8 +370,8 @@ kiln_status cons_fetcher_start(void)
             return kiln_nats_status(s);
         }
     }
-    /* nats.c gives up on a fetch at the same instant the server expires it, so
-     * a poll must outlast the round trip or its answer lands after we left. */
+    /* A poll must outlast the round trip, or the server answers an empty
+     * lane's request only after we stopped waiting for it (pull.c). */
     int64_t rtt_ns = 0;
     if (natsConnection_GetRTT(cons_g.nc, &rtt_ns) == NATS_OK) {
         int64_t need = 2 * (rtt_ns / 1000000) + 2;
@@ -424,8 +397,7 @@ void cons_fetcher_stop(void)
             natsSubscription_Destroy(fetch_lanes[i].hint_sub);
             fetch_lanes[i].hint_sub = NULL;
         }
-        /* Destroy without Unsubscribe: the durables outlive this process. */
-        natsSubscription_Destroy(fetch_lanes[i].sub);
-        fetch_lanes[i].sub = NULL;
+        cons_pull_close(fetch_lanes[i].pull);
+        fetch_lanes[i].pull = NULL;
     }
 }

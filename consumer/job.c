@@ -140,28 +140,28 @@ static void job_free(cons_job *j)
 /* Carries out the final action on the original message and frees the job. */
 static void job_final(cons_job *j)
 {
-    natsStatus s = NATS_OK;
+    kiln_status st = KILN_OK;
     const char *action = "ack";
     cons_registry_remove(j);
     switch (j->final) {
     case CONS_FINAL_ACK:
         job_move(j, CONS_JOB_ACKED);
-        s = natsMsg_Ack(j->msg, NULL);
+        st = cons_msg_ack(j->msg, CONS_ACK, 0);
         break;
     case CONS_FINAL_NAK:
         job_move(j, CONS_JOB_NAKED);
         action = "nak";
-        s = natsMsg_NakWithDelay(j->msg, j->nak_delay_ms, NULL);
+        st = cons_msg_ack(j->msg, CONS_ACK_NAK, j->nak_delay_ms);
         break;
     case CONS_FINAL_TERM:
         job_move(j, CONS_JOB_TERMINATED);
         action = "term";
-        s = natsMsg_Term(j->msg, NULL);
+        st = cons_msg_ack(j->msg, CONS_ACK_TERM, 0);
         break;
     }
-    if (s != NATS_OK)
+    if (st != KILN_OK)
         LOG_WARN("job %s failed job=%s status=%s (redelivered after ack wait)", action,
-                 j->id, natsStatus_GetText(s));
+                 j->id, kiln_status_str(st));
     else
         LOG_DEBUG("job %s job=%s delay_ms=%lld", action, j->id, (long long)j->nak_delay_ms);
     job_free(j);

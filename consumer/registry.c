@@ -1,7 +1,7 @@
 /* registry.c - the jobs in flight in this process, and the map from a
  * published message (waiting for its JetStream ack) back to its job. One
  * mutex guards both; it is held only for list and map updates and for
- * natsMsg_InProgress, which only queues bytes. */
+ * in-progress acks, which only queue bytes. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,7 +98,7 @@ void cons_registry_keepalive(void)
     int n = 0, failed = 0;
     pthread_mutex_lock(&reg_mu);
     for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
-        if (natsMsg_InProgress(j->msg, NULL) != NATS_OK) failed++;
+        if (cons_msg_ack(j->msg, CONS_ACK_PROGRESS, 0) != KILN_OK) failed++;
         n++;
     }
     pthread_mutex_unlock(&reg_mu);
