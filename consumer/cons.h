@@ -26,6 +26,7 @@
 #include "jobreq.h"
 #include "kiln.pb-c.h"
 #include "metrics.h"
+#include "pull.h"
 #include "status.h"
 
 #define CONS_MAX_IMAGES KILN_N_MAX
@@ -253,22 +254,6 @@ void cons_transfers_wakeup(void);
 void cons_transfers_abort_all(void);
 /* Joins every transfer thread (each hands back what it still holds). */
 void cons_transfers_stop(void);
-
-/* ---- pull.c ---- */
-/* Pull requests to one lane durable over a plain inbox subscription (not
- * nats.c's fetch: see pull.c). Fetch thread only. */
-typedef struct cons_pull cons_pull;
-kiln_status cons_pull_open(const char *durable, cons_pull **out);
-void cons_pull_close(cons_pull *p); /* NULL-safe */
-/* Asks for up to batch messages (no_wait; the server waits up to expires_ms
- * when the lane is empty) and fills list (natsMsgList_Destroy frees it). Late
- * deliveries of earlier requests come first and may make Count exceed batch. */
-kiln_status cons_pull_fetch(cons_pull *p, int batch, int64_t expires_ms, natsMsgList *list);
-
-typedef enum { CONS_ACK, CONS_ACK_NAK, CONS_ACK_PROGRESS, CONS_ACK_TERM } cons_ack;
-/* Acks (+ACK), naks (-NAK, with a delay when nak_delay_ms > 0), extends
- * (+WPI) or terminates (+TERM) a delivery by publishing to its $JS.ACK reply. */
-kiln_status cons_msg_ack(natsMsg *m, cons_ack kind, int64_t nak_delay_ms);
 
 /* ---- fetcher.c ---- */
 kiln_status cons_fetcher_start(void);

@@ -55,7 +55,7 @@ typedef struct {
     const char *subject;
     const char *durable;
     bool hinted;                /* has a publish-hint subscription */
-    cons_pull *pull;
+    kiln_pull *pull;
     natsSubscription *hint_sub;
     atomic_bool hint;           /* set by the hint subscription (libnats thread) */
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
@@ -102,7 +102,7 @@ static bool fetch_may_have_run(const cons_job *j)
 static void fetch_hand_back(natsMsg *m)
 {
     fetch_mark_untried(m);
-    (void)cons_msg_ack(m, CONS_ACK_NAK, 0);
+    (void)kiln_msg_ack(cons_g.nc, m, KILN_ACK_NAK, 0);
     natsMsg_Destroy(m);
 }
 
@@ -247,7 +247,7 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
     natsMsgList list = {0};
     if (lane->carry_n > 0) return fetch_take_carry(lane, batch);
     int64_t t0 = kiln_mono_ms();
-    kiln_status st = cons_pull_fetch(lane->pull, batch, expires_ms, &list);
+    kiln_status st = kiln_pull_fetch(lane->pull, batch, expires_ms, &list);
     LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
               batch, (long long)expires_ms, kiln_status_str(st), list.Count,
               (long long)(kiln_mono_ms() - t0));
@@ -356,7 +356,7 @@ static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 kiln_status cons_fetcher_start(void)
 {
     for (int i = 0; i < LANE_COUNT; i++) {
-        kiln_status pst = cons_pull_open(fetch_lanes[i].durable, &fetch_lanes[i].pull);
+        kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].durable, &fetch_lanes[i].pull);
         if (pst != KILN_OK) return pst;
         atomic_init(&fetch_lanes[i].hint, false);
         fetch_lanes[i].skip_until = 0;
@@ -397,7 +397,7 @@ void cons_fetcher_stop(void)
             natsSubscription_Destroy(fetch_lanes[i].hint_sub);
             fetch_lanes[i].hint_sub = NULL;
         }
-        cons_pull_close(fetch_lanes[i].pull);
+        kiln_pull_close(fetch_lanes[i].pull);
         fetch_lanes[i].pull = NULL;
     }
 }

@@ -21,9 +21,9 @@
  * Fetch requests therefore go on a SendAsap connection, and when a batch is
  * partial (nothing else waiting: the latency-bound case) its publishes are
  * flushed at once; full batches (a backlog) leave the flushing to libnats.
- * Acks are "+ACK" publishes to the message's reply subject (the JetStream
- * ack protocol, as natsMsg_Ack sends it) on the buffered connection, so a
- * batch's acks cost one write, not one each. */
+ * Acks are "+ACK" publishes to the message's reply subject (kiln_msg_ack,
+ * common/pull.c) on the buffered connection, so a batch's acks cost one
+ * write, not one each. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +38,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "natsconn.h"
+#include "pull.h"
 #include "subjects.h"
 
 /* 1024 messages make at most 2048 publishes (jobs.done + event each),
@@ -55,7 +56,7 @@ struct ingest {
     natsConnection *nc;
     jsCtx *js;
     barrier *b;
-    natsSubscription *sub;
+    kiln_pull *pull;
     db_batch *wb;
     apply_sink sink[2];      /* [cur] for the batch being staged, [cur ^ 1] in flight */
     int cur;
@@ -126,21 +127,14 @@ static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg,
     return st;
 }
 
-static natsStatus ingest_ack(ingest *ing, natsMsg *msg)
-{
-    const char *reply = natsMsg_GetReply(msg);
-    if (reply == NULL || reply[0] == '\0') return NATS_OK; /* not from JetStream: nothing to ack */
-    return natsConnection_Publish(ing->nc, reply, "+ACK", 4);
-}
-
 static void ingest_settle(ingest *ing, natsMsgList *list, int ack)
 {
     for (int i = 0; i < list->Count; i++) {
-        natsStatus s = ack ? ingest_ack(ing, list->Msgs[i])
-                           : natsMsg_NakWithDelay(list->Msgs[i], INGEST_RETRY_DELAY_MS, NULL);
-        if (s != NATS_OK) {
+        kiln_status s = kiln_msg_ack(ing->nc, list->Msgs[i], ack ? KILN_ACK : KILN_ACK_NAK,
+                                     ack ? 0 : INGEST_RETRY_DELAY_MS);
+        if (s != KILN_OK) {
             /* Redelivered after AckWait; applying again changes nothing. */
-            LOG_WARN("%s failed status=%s", ack ? "ack" : "nak", natsStatus_GetText(s));
+            LOG_WARN("%s failed status=%s", ack ? "ack" : "nak", kiln_status_str(s));
             return;
         }
     }
@@ -276,34 +270,13 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
               (long long)(kiln_mono_us() - t_settled));
 }
 
-/* One fetch. nats.c's simple Fetch keeps a long poll open until the whole
- * batch is there or it expires, which would hold a lone job back for the
- * full expiry. A no_wait request with an expiry instead makes the server
- * (2.9) answer as soon as anything is there (up to a full batch) and wait
- * up to the expiry only when nothing is.
- *
- * Late messages: when nats.c's wait ends before the server's answer arrived
- * (a server slower than the expiry, under heavy load), those messages stay
- * queued in the subscription, and nats.c 3.4.1's next fetch takes them all
- * into its array of Batch slots first, writing past its end when there are
- * more (heap corruption; reproduced with a 5 ms expiry, and the store as it
- * was before crashed the same way under load). So the expiry stays long,
- * and when messages are already queued the array is sized for them plus
- * one more request's worth still on the wire. *asked = the Batch used. */
-static natsStatus ingest_fetch(ingest *ing, natsMsgList *list, int *asked)
+/* One fetch (common/pull.c): a no_wait request with an expiry makes the
+ * server answer as soon as anything is there (up to a full batch) and wait
+ * up to the expiry only when nothing is. Late deliveries of an earlier
+ * request come first and may make the batch larger than INGEST_BATCH. */
+static kiln_status ingest_fetch(ingest *ing, natsMsgList *list)
 {
-    int queued = 0;
-    jsFetchRequest fr;
-    jsFetchRequest_Init(&fr);
-    fr.Batch = INGEST_BATCH;
-    if (natsSubscription_GetPending(ing->sub, &queued, NULL) == NATS_OK && queued > 0) {
-        fr.Batch = queued + 2 * INGEST_BATCH;
-        LOG_WARN("late messages queued from an expired fetch msgs=%d batch=%d", queued, fr.Batch);
-    }
-    fr.NoWait = true;
-    fr.Expires = (int64_t)INGEST_FETCH_MS * 1000000;
-    *asked = fr.Batch;
-    return natsSubscription_FetchRequest(list, ing->sub, &fr);
+    return kiln_pull_fetch(ing->pull, INGEST_BATCH, INGEST_FETCH_MS, list);
 }
 
 static void *ingest_main(void *arg)
@@ -324,9 +297,8 @@ static void *ingest_main(void *arg)
          * first. Full batches (a backlog) keep the pipeline going. */
         if (ing->has_inflight && ing->inflight.Count < INGEST_BATCH) ingest_settle_inflight(ing);
         uint64_t epoch = barrier_fetch_begin(ing->b);
-        int asked = 0;
-        natsStatus s = ingest_fetch(ing, &list, &asked);
-        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND || (s == NATS_OK && list.Count == 0)) {
+        kiln_status s = ingest_fetch(ing, &list);
+        if (s == KILN_OK && list.Count == 0) {
             natsMsgList_Destroy(&list);
             /* Every batch fetched before is written (this thread wrote it). */
             barrier_fetch_idle(ing->b, epoch);
@@ -334,22 +306,16 @@ static void *ingest_main(void *arg)
             ingest_settle_inflight(ing);
             continue;
         }
-        if (s != NATS_OK) {
+        if (s != KILN_OK) {
             natsMsgList_Destroy(&list);
             ingest_settle_inflight(ing);
             if (kiln_mono_ms() - last_err_log > 5000) {
-                LOG_WARN("fetch failed status=%s err=\"%s\"", natsStatus_GetText(s),
+                LOG_WARN("fetch failed status=%s err=\"%s\"", kiln_status_str(s),
                          nats_GetLastError(NULL));
                 last_err_log = kiln_mono_ms();
             }
             ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
             continue;
-        }
-        if (list.Count > asked) {
-            /* nats.c overfilled the array (see ingest_fetch): memory is
-             * already corrupt, stop before it does more harm. */
-            LOG_ERROR("fetch returned more than asked msgs=%d batch=%d", list.Count, asked);
-            abort();
         }
         ingest_batch(ing, &list);
         natsMsgList_Destroy(&list); /* empty when it went in flight */
@@ -361,22 +327,17 @@ static void *ingest_main(void *arg)
 static void ingest_free(ingest *ing)
 {
     if (ing == NULL) return;
-    if (ing->sub != NULL) {
-        /* Keep the durable: only drop our interest in it. */
-        natsSubscription_Destroy(ing->sub);
-    }
+    kiln_pull_close(ing->pull); /* the durable stays */
     db_batch_destroy(ing->wb);
     apply_sink_free(&ing->sink[0]);
     apply_sink_free(&ing->sink[1]);
     free(ing);
 }
 
-kiln_status ingest_start(db_store *db, jsCtx *pull_js, natsConnection *nc, jsCtx *js, barrier *b,
-                         ingest **out)
+kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *nc, jsCtx *js,
+                         barrier *b, ingest **out)
 {
     kiln_status st = KILN_OK;
-    jsSubOptions so;
-    jsErrCode jerr = 0;
     ingest *ing = calloc(1, sizeof *ing);
     if (ing == NULL) return KILN_ENOMEM;
     ing->db = db;
@@ -400,18 +361,8 @@ kiln_status ingest_start(db_store *db, jsCtx *pull_js, natsConnection *nc, jsCtx
     ing->sink[1].defer_counters = 1;
     st = db_batch_create(&ing->wb);
     if (st != KILN_OK) goto out;
-    jsSubOptions_Init(&so);
-    so.Stream = KILN_STREAM_JOBS;
-    so.Consumer = KILN_DURABLE_STORE;
-    so.ManualAck = true;
-    natsStatus s = js_PullSubscribe(&ing->sub, pull_js, "", KILN_DURABLE_STORE, NULL, &so, &jerr);
-    if (s != NATS_OK) {
-        ing->sub = NULL;
-        LOG_ERROR("pull subscribe failed durable=%s status=%s jerr=%d err=\"%s\"",
-                  KILN_DURABLE_STORE, natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
-        st = kiln_nats_status(s);
-        goto out;
-    }
+    st = kiln_pull_open(pull_nc, KILN_STREAM_JOBS, KILN_DURABLE_STORE, &ing->pull);
+    if (st != KILN_OK) goto out;
     if (pthread_create(&ing->thread, NULL, ingest_main, ing) != 0) {
         st = KILN_ERR;
         goto out;

@@ -13,12 +13,12 @@
 
 typedef struct ingest ingest;
 
-/* Binds the pull subscription through pull_js (a connection with SendAsap,
- * so a fetch request leaves at once) and starts the thread "kiln-apply".
- * nc/js (a buffered connection) carry the acks and the jobs.done/events
- * publishes. The caller keeps everything alive until ingest_stop(). */
-kiln_status ingest_start(db_store *db, jsCtx *pull_js, natsConnection *nc, jsCtx *js, barrier *b,
-                         ingest **out);
+/* Pulls through pull_nc (a connection with SendAsap, so a fetch request
+ * leaves at once; common/pull.c) and starts the thread "kiln-apply". nc/js (a
+ * buffered connection) carry the acks and the jobs.done/events publishes.
+ * The caller keeps everything alive until ingest_stop(). */
+kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *nc, jsCtx *js,
+                         barrier *b, ingest **out);
 
 /* Stops fetching, lets the current batch finish, joins the thread and
  * frees everything. NULL-safe. */

@@ -155,7 +155,7 @@ int main(int argc, char **argv)
 
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
-    if (ingest_start(db, js, anc, ajs, b, &ing) != KILN_OK) goto out;
+    if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
         LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);

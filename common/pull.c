@@ -1,4 +1,5 @@
-/* pull.c - pull requests to a lane durable, and the acks of what they deliver.
+/* pull.c - pull requests to a JetStream durable, and the acks of what they
+ * deliver (used by the consumer's lanes and the store's apply loop).
  *
  * nats.c 3.4.1's fetch copies every message already queued on a pull
  * subscription into an array of the request's Batch slots without a bound.
@@ -15,7 +16,7 @@
  *
  * A plain subscription's messages are not bound to a JetStream context, so
  * natsMsg_Ack() and friends cannot be used on them (nats.c dereferences the
- * missing context); cons_msg_ack() sends the same protocol bodies to the
+ * missing context); kiln_msg_ack() sends the same protocol bodies to the
  * message's $JS.ACK reply subject. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,48 +24,50 @@
 #include <string.h>
 
 #include "clock.h"
-#include "cons.h"
 #include "log.h"
 #include "natsconn.h"
-#include "subjects.h"
+#include "pull.h"
 
 #define PULL_INBOX_MAX 128
 #define PULL_GRACE_MS 20 /* the client outwaits the server's expiry by this much */
 
-struct cons_pull {
+struct kiln_pull {
+    natsConnection *nc;
     natsSubscription *sub;
     char api_subject[160]; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable> */
     char inbox[PULL_INBOX_MAX];
     uint64_t next_req;
 };
 
-kiln_status cons_pull_open(const char *durable, cons_pull **out)
+kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *durable,
+                           kiln_pull **out)
 {
     natsInbox *inbox = NULL;
     char wildcard[PULL_INBOX_MAX + 2];
-    cons_pull *p = calloc(1, sizeof *p);
+    kiln_pull *p = calloc(1, sizeof *p);
     if (p == NULL) return KILN_ENOMEM;
+    p->nc = nc;
     natsStatus s = natsInbox_Create(&inbox);
     if (s == NATS_OK) {
         snprintf(p->inbox, sizeof p->inbox, "%s", (const char *)inbox);
         natsInbox_Destroy(inbox);
         snprintf(wildcard, sizeof wildcard, "%s.*", p->inbox);
         snprintf(p->api_subject, sizeof p->api_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s",
-                 KILN_STREAM_JOBS, durable);
-        s = natsConnection_SubscribeSync(&p->sub, cons_g.nc, wildcard);
+                 stream, durable);
+        s = natsConnection_SubscribeSync(&p->sub, nc, wildcard);
     }
     /* A late burst must never be dropped as a slow consumer's backlog. */
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(p->sub, -1, -1);
     if (s != NATS_OK) {
         LOG_ERROR("pull subscription failed durable=%s status=%s", durable, natsStatus_GetText(s));
-        cons_pull_close(p);
+        kiln_pull_close(p);
         return kiln_nats_status(s);
     }
     *out = p;
     return KILN_OK;
 }
 
-void cons_pull_close(cons_pull *p)
+void kiln_pull_close(kiln_pull *p)
 {
     if (p == NULL) return;
     if (p->sub != NULL) {
@@ -98,7 +101,7 @@ static kiln_status pull_keep(natsMsgList *list, int *cap, natsMsg *m)
 
 /* Handles one message read from the inbox: keeps a delivery, reports whether
  * it was the end of request `req` (its 404/408/409). */
-static kiln_status pull_take(cons_pull *p, natsMsgList *list, int *cap, natsMsg *m,
+static kiln_status pull_take(kiln_pull *p, natsMsgList *list, int *cap, natsMsg *m,
                              const char *req_subject, bool *ended)
 {
     if (!pull_is_status(m)) {
@@ -121,7 +124,7 @@ static kiln_status pull_take(cons_pull *p, natsMsgList *list, int *cap, natsMsg 
     return KILN_OK;
 }
 
-kiln_status cons_pull_fetch(cons_pull *p, int batch, int64_t expires_ms, natsMsgList *list)
+kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list)
 {
     int cap = 0;
     bool ended = false;
@@ -142,7 +145,7 @@ kiln_status cons_pull_fetch(cons_pull *p, int batch, int64_t expires_ms, natsMsg
     snprintf(req_subject, sizeof req_subject, "%s.%" PRIu64, p->inbox, ++p->next_req);
     snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%" PRId64 ",\"no_wait\":true}",
              batch - list->Count, expires_ms * 1000000);
-    natsStatus s = natsConnection_PublishRequestString(cons_g.nc, p->api_subject, req_subject, body);
+    natsStatus s = natsConnection_PublishRequestString(p->nc, p->api_subject, req_subject, body);
     if (s != NATS_OK) return list->Count > 0 ? KILN_OK : kiln_nats_status(s);
 
     int64_t deadline = kiln_mono_ms() + expires_ms + PULL_GRACE_MS;
@@ -158,21 +161,21 @@ kiln_status cons_pull_fetch(cons_pull *p, int batch, int64_t expires_ms, natsMsg
     return KILN_OK;
 }
 
-kiln_status cons_msg_ack(natsMsg *m, cons_ack kind, int64_t nak_delay_ms)
+kiln_status kiln_msg_ack(natsConnection *nc, natsMsg *m, kiln_ack_kind kind, int64_t nak_delay_ms)
 {
     char body[64];
     const char *reply = natsMsg_GetReply(m);
     if (reply == NULL || reply[0] == '\0') return KILN_EINVAL;
     switch (kind) {
-    case CONS_ACK: snprintf(body, sizeof body, "+ACK"); break;
-    case CONS_ACK_PROGRESS: snprintf(body, sizeof body, "+WPI"); break;
-    case CONS_ACK_TERM: snprintf(body, sizeof body, "+TERM"); break;
-    case CONS_ACK_NAK:
+    case KILN_ACK: snprintf(body, sizeof body, "+ACK"); break;
+    case KILN_ACK_PROGRESS: snprintf(body, sizeof body, "+WPI"); break;
+    case KILN_ACK_TERM: snprintf(body, sizeof body, "+TERM"); break;
+    case KILN_ACK_NAK:
         if (nak_delay_ms > 0)
             snprintf(body, sizeof body, "-NAK {\"delay\":%" PRId64 "}", nak_delay_ms * 1000000);
         else snprintf(body, sizeof body, "-NAK");
         break;
     }
-    natsStatus s = natsConnection_PublishString(cons_g.nc, reply, body);
+    natsStatus s = natsConnection_PublishString(nc, reply, body);
     return s == NATS_OK ? KILN_OK : kiln_nats_status(s);
 }

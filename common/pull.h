@@ -1,0 +1,33 @@
+/* pull.h - pull requests to a JetStream durable driven over a plain inbox
+ * subscription (nats.c 3.4.1's fetch can overrun its array: see pull.c), and
+ * the acks of what they deliver. */
+#ifndef KILN_PULL_H
+#define KILN_PULL_H
+
+#include <nats/nats.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef struct kiln_pull kiln_pull;
+
+/* Subscribes a private inbox for pulls from stream/durable on nc (which must
+ * outlive it). One thread uses a kiln_pull at a time. */
+kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *durable,
+                           kiln_pull **out);
+void kiln_pull_close(kiln_pull *p); /* NULL-safe */
+
+/* Asks for up to batch messages (no_wait; the server waits up to expires_ms
+ * when nothing is there) and fills list (natsMsgList_Destroy frees it). Late
+ * deliveries of earlier requests come first and may make Count exceed batch.
+ * An error with nothing delivered returns a status and an empty list. */
+kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list);
+
+typedef enum { KILN_ACK, KILN_ACK_NAK, KILN_ACK_PROGRESS, KILN_ACK_TERM } kiln_ack_kind;
+
+/* Acks (+ACK), naks (-NAK, delayed when nak_delay_ms > 0), extends (+WPI) or
+ * terminates (+TERM) a delivery by publishing to its $JS.ACK reply on nc
+ * (buffered connections batch these writes). */
+kiln_status kiln_msg_ack(natsConnection *nc, natsMsg *m, kiln_ack_kind kind, int64_t nak_delay_ms);
+
+#endif
