@@ -106,47 +106,6 @@ static void fetch_hand_back(natsMsg *m)
     natsMsg_Destroy(m);
 }
 
-static uint64_t fetch_msg_seq(natsMsg *m)
-{
-    jsMsgMetaData *meta = NULL;
-    uint64_t seq = 0;
-    if (natsMsg_GetMetaData(&meta, m) == NATS_OK) seq = meta->Sequence.Stream;
-    jsMsgMetaData_Destroy(meta);
-    return seq;
-}
-
-/* One delivery must not become two jobs: with nats.c's fetch (before
- * pull.c) a late message of an expired fetch was seen twice in one list
- * under load (one job started twice; the same natsMsg freed twice). Kept as
- * a guard: the first of each stream sequence stays; a repeated pointer is
- * dropped without being destroyed. */
-static void fetch_drop_repeats(const fetch_lane *lane, natsMsgList *list)
-{
-    uint64_t *seqs = calloc((size_t)list->Count, sizeof *seqs);
-    int kept = 0, dropped = 0;
-    if (seqs == NULL) return;
-    for (int i = 0; i < list->Count; i++) {
-        natsMsg *m = list->Msgs[i];
-        uint64_t seq = fetch_msg_seq(m);
-        bool same_ptr = false, same_seq = false;
-        for (int k = 0; k < kept && !same_ptr && !same_seq; k++) {
-            same_ptr = list->Msgs[k] == m;
-            same_seq = seq != 0 && seqs[k] == seq;
-        }
-        list->Msgs[i] = NULL;
-        if (same_ptr || same_seq) {
-            if (!same_ptr) natsMsg_Destroy(m); /* its twin is acked for both */
-            dropped++;
-            continue;
-        }
-        seqs[kept] = seq;
-        list->Msgs[kept++] = m;
-    }
-    list->Count = kept;
-    free(seqs);
-    if (dropped > 0) LOG_WARN("fetch returned a delivery twice, kept one lane=%s dropped=%d", lane->name, dropped);
-}
-
 /* Keeps a late arrival for the next round, or hands it back when full. */
 static void fetch_carry(fetch_lane *lane, natsMsg *m)
 {
@@ -266,7 +225,6 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
         natsMsgList_Destroy(&list);
         return 0;
     }
-    fetch_drop_repeats(lane, &list);
     /* Late arrivals beyond the free slots wait for the next round. */
     for (int i = batch; i < list.Count; i++) {
         fetch_carry(lane, list.Msgs[i]);
