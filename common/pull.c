@@ -163,17 +163,20 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
 
 kiln_status kiln_msg_ack(natsConnection *nc, natsMsg *m, kiln_ack_kind kind, int64_t nak_delay_ms)
 {
-    char body[64];
+    char delayed[64];
+    const char *body = "+ACK";
     const char *reply = natsMsg_GetReply(m);
     if (reply == NULL || reply[0] == '\0') return KILN_EINVAL;
     switch (kind) {
-    case KILN_ACK: snprintf(body, sizeof body, "+ACK"); break;
-    case KILN_ACK_PROGRESS: snprintf(body, sizeof body, "+WPI"); break;
-    case KILN_ACK_TERM: snprintf(body, sizeof body, "+TERM"); break;
+    case KILN_ACK: break;
+    case KILN_ACK_PROGRESS: body = "+WPI"; break;
+    case KILN_ACK_TERM: body = "+TERM"; break;
     case KILN_ACK_NAK:
-        if (nak_delay_ms > 0)
-            snprintf(body, sizeof body, "-NAK {\"delay\":%" PRId64 "}", nak_delay_ms * 1000000);
-        else snprintf(body, sizeof body, "-NAK");
+        body = "-NAK";
+        if (nak_delay_ms > 0) {
+            snprintf(delayed, sizeof delayed, "-NAK {\"delay\":%" PRId64 "}", nak_delay_ms * 1000000);
+            body = delayed;
+        }
         break;
     }
     natsStatus s = natsConnection_PublishString(nc, reply, body);

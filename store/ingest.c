@@ -14,8 +14,7 @@
  * message re-announces the change it finds written, de-duplicated by
  * Nats-Msg-Id). Outputs keep stream order because batch k+1 publishes only
  * after batch k's were confirmed. One thread does every fetch, ack and
- * message destroy of the subscription (nats.c 3.4.1 crashed, rarely, when a
- * second thread fetched while this one destroyed acked batches).
+ * message destroy (common/pull.c is single-threaded per kiln_pull).
  *
  * Latency: libnats' flusher waits 1 ms before writing a buffered connection.
  * Fetch requests therefore go on a SendAsap connection, and when a batch is
@@ -41,8 +40,9 @@
 #include "pull.h"
 #include "subjects.h"
 
-/* 1024 messages make at most 2048 publishes (jobs.done + event each),
- * well below the apply connection's max pending (main.c). */
+/* A fetch asks for 1024 messages; with late deliveries of an earlier request
+ * a batch can hold up to about twice that: at most ~4096 publishes (jobs.done
+ * + event each), well below the apply connection's max pending (main.c). */
 #define INGEST_BATCH 1024
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */

@@ -136,16 +136,23 @@ static void commit(void)
     cr_assert_eq(st, KILN_OK);
 }
 
+/* A JobRequest for id/user with the fixed prompt the tests use. */
+static void req_init(Kiln__V1__JobRequest *r, const char *id, const char *user)
+{
+    kiln__v1__job_request__init(r);
+    r->id = (char *)id;
+    r->user_id = (char *)user;
+    r->prompt = "a red fox";
+}
+
 static int job_request(const char *id, const char *user, const char *idem, uint64_t seq,
                        int replay)
 {
-    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobRequest r;
     uint8_t *buf = NULL;
     size_t len = 0;
     int changed = 0;
-    r.id = (char *)id;
-    r.user_id = (char *)user;
-    r.prompt = "a red fox";
+    req_init(&r, id, user);
     r.created_at_ms = 1795503882123LL;
     if (idem != NULL) r.idempotency_key = (char *)idem;
     cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
@@ -162,14 +169,12 @@ static int job_request(const char *id, const char *user, const char *idem, uint6
 static int transition_started(const char *id, const char *user, Kiln__V1__JobState state,
                               uint32_t attempt, int64_t started_at_ms, int replay)
 {
-    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobRequest r;
     Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
     uint8_t *buf = NULL;
     size_t len = 0;
     int changed = 0;
-    r.id = (char *)id;
-    r.user_id = (char *)user;
-    r.prompt = "a red fox";
+    req_init(&r, id, user);
     t.request = &r;
     t.state = state;
     t.attempt = attempt;
