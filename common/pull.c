@@ -143,8 +143,11 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
     if (list->Count >= batch) return KILN_OK;
 
     snprintf(req_subject, sizeof req_subject, "%s.%" PRIu64, p->inbox, ++p->next_req);
-    snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%" PRId64 ",\"no_wait\":true}",
-             batch - list->Count, expires_ms * 1000000);
+    if (expires_ms > 0)
+        snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%" PRId64 ",\"no_wait\":true}",
+                 batch - list->Count, expires_ms * 1000000);
+    else
+        snprintf(body, sizeof body, "{\"batch\":%d,\"no_wait\":true}", batch - list->Count);
     natsStatus s = natsConnection_PublishRequestString(p->nc, p->api_subject, req_subject, body);
     if (s != NATS_OK) return list->Count > 0 ? KILN_OK : kiln_nats_status(s);
 

@@ -17,9 +17,11 @@ kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *d
                            kiln_pull **out);
 void kiln_pull_close(kiln_pull *p); /* NULL-safe */
 
-/* Asks for up to batch messages (no_wait; the server waits up to expires_ms
- * when nothing is there) and fills list (natsMsgList_Destroy frees it). Late
- * deliveries of earlier requests come first and may make Count exceed batch.
+/* Asks for up to batch messages and fills list (natsMsgList_Destroy frees
+ * it). no_wait: the server answers at once with what is there; when nothing
+ * is, it waits up to expires_ms for a first message (a long poll), or with
+ * expires_ms 0 answers 404 at once. Late deliveries of earlier requests come
+ * first and may make Count exceed batch.
  * An error with nothing delivered returns a status and an empty list. */
 kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list);
 

@@ -15,20 +15,20 @@
 #include "pb.h"
 #include "subjects.h"
 
-/* nats-server 2.9 treats NoWait+Expires as a one-shot long poll: it answers at
- * once with what the lane holds, or waits up to Expires and returns as soon as
- * any message arrives. (NoWait without Expires answers 404 at once, but
- * nats.c 3.4.1 then does not wait for that answer at all.) */
+/* A round polls each lane with no_wait and no expiry: nats-server answers at
+ * once, with what the lane holds or a 404. Only when a whole round found
+ * nothing does the thread wait, in one long poll (no_wait + expires: nats-server
+ * 2.9 answers as soon as a first message arrives) on the normal lane. A round
+ * must never wait on an empty lane: with 5 ms long polls on the empty high and
+ * low lanes every 100 ms, normal jobs queued behind them for ~10 ms (W3 p99). */
 #define FETCH_IDLE_WAIT_MS 50      /* long poll on the normal lane when all lanes are empty */
-#define FETCH_POLL_EXPIRES_MS 5    /* what an empty lane costs per round (at least 2 RTT) */
 #define FETCH_SLOT_WAIT_MS 200
 #define FETCH_CHECK_TIMEOUT_MS 1000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
-/* An empty poll costs up to FETCH_POLL_EXPIRES_MS of server-side waiting, so
- * a lane found empty is left alone for a while instead of being polled every
- * round. High and low have a publish hint (a core subscription to their
+/* An empty poll costs a round trip, so a lane found empty is left alone for
+ * a while instead of being polled every round. High and low have a publish hint (a core subscription to their
  * subject) that ends the pause at once; normal, the bulk lane, has none (its
  * copies would double the traffic) and is caught by the idle long poll. The
  * pause still bounds how late a redelivery or an expired nak delay is seen. */
@@ -124,7 +124,6 @@ static void fetch_carry_release(fetch_lane *lane)
     lane->carry_n = 0;
 }
 
-static int64_t fetch_poll_ms = FETCH_POLL_EXPIRES_MS;
 static pthread_t fetch_thread;
 static bool fetch_started;
 static int64_t fetch_last_err_log;
@@ -243,7 +242,7 @@ static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
     if (now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
     /* Clear before polling: a publish during the poll sets it again. */
     atomic_store(&lane->hint, false);
-    int got = fetch_lane_once(lane, (int)want, fetch_poll_ms);
+    int got = fetch_lane_once(lane, (int)want, 0);
     if (got == 0)
         lane->skip_until = now + (lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS);
     else lane->skip_until = 0;
@@ -290,10 +289,7 @@ static void *fetch_main(void *arg)
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
-            if (fetch_lane_once(nl, (int)free_n,
-                                fetch_poll_ms > FETCH_IDLE_WAIT_MS ? fetch_poll_ms
-                                                                   : FETCH_IDLE_WAIT_MS) > 0)
-                nl->skip_until = 0;
+            if (fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS) > 0) nl->skip_until = 0;
         }
     }
     for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
@@ -328,15 +324,7 @@ kiln_status cons_fetcher_start(void)
             return kiln_nats_status(s);
         }
     }
-    /* A poll must outlast the round trip, or the server answers an empty
-     * lane's request only after we stopped waiting for it (pull.c). */
-    int64_t rtt_ns = 0;
-    if (natsConnection_GetRTT(cons_g.nc, &rtt_ns) == NATS_OK) {
-        int64_t need = 2 * (rtt_ns / 1000000) + 2;
-        if (need > fetch_poll_ms) fetch_poll_ms = need;
-    }
-    LOG_INFO("fetcher started poll_ms=%lld idle_wait_ms=%d rtt_us=%lld", (long long)fetch_poll_ms,
-             FETCH_IDLE_WAIT_MS, (long long)(rtt_ns / 1000));
+    LOG_INFO("fetcher started idle_wait_ms=%d", FETCH_IDLE_WAIT_MS);
     if (pthread_create(&fetch_thread, NULL, fetch_main, NULL) != 0) return KILN_ERR;
     pthread_setname_np(fetch_thread, "kiln-fetch");
     fetch_started = true;
