@@ -143,6 +143,26 @@ out:
     return rc;
 }
 
+/* KILN_BENCH_DUMP=FILE: one line per job (submit offset, total and stage
+ * latencies in microseconds, -1 = unknown) for looking at a tail by hand. */
+static void flow_dump(const bench_done *d, const int64_t *sub_us, int64_t t0)
+{
+    const char *path = getenv("KILN_BENCH_DUMP");
+    if (path == NULL || path[0] == '\0') return;
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        fprintf(stderr, "bench: cannot write %s\n", path);
+        return;
+    }
+    fprintf(f, "# job submit_us total_us queue_us run_us done_us\n");
+    for (unsigned i = 0; i < d->n; i++)
+        fprintf(f, "%u %lld %lld %lld %lld %lld\n", i, (long long)(sub_us[i] - t0),
+                (long long)(d->done_us[i] != 0 ? d->done_us[i] - sub_us[i] : -1),
+                (long long)d->stage_us[0][i], (long long)d->stage_us[1][i],
+                (long long)d->stage_us[2][i]);
+    fclose(f);
+}
+
 int bench_w3(const bench_args *a)
 {
     kiln_client *c = NULL;
@@ -180,6 +200,7 @@ int bench_w3(const bench_args *a)
     kiln_status st = kiln_client_flush(c, a->timeout_ms, &failed);
     if (st == KILN_OK) st = bench_done_wait(&d, a->timeout_ms);
     flow_latency(&d, sub_us, &p50, &p99);
+    flow_dump(&d, sub_us, t0);
     flow_extra(extra, sizeof extra, &d, failed);
     size_t off = strlen(extra);
     snprintf(extra + off, sizeof extra - off, " offered_rate=%u late_submits=%u", a->rate, late);

@@ -212,6 +212,32 @@ cpu_line() { # cpu_line WORKLOAD: sets CPU_LINE to the CPU seconds per process s
     CPU_LINE="kiln-cpu workload=$1 wall_s=$wall cpu_s:$out (CPU seconds per process during the workload, $(nproc) cores; not a goal)"
 }
 
+cpu_busy_pct() { # busy share of all CPUs over the next 0.5 s, from /proc/stat
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+    sleep 0.5
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        busy = y[1] - x[1]; all = busy + y[2] - x[2]; printf "%d", (all > 0 ? 100 * busy / all : 0) }'
+}
+
+settle() { # before a timed phase: what the previous phase left behind
+    # (dirty image, stream and RocksDB files; RocksDB compactions; the
+    # server's clean-up of acked messages) done first, not on the same 2
+    # cores during the next measurement. Waits for < 15 % CPU, at most 30 s.
+    local t0=$SECONDS busy
+    sync
+    while :; do
+        busy=$(cpu_busy_pct)
+        ((busy < 15)) && break
+        if ((SECONDS - t0 >= 30)); then
+            note "the machine stayed busy (${busy}% CPU) after the previous phase; measuring anyway"
+            break
+        fi
+    done
+    note "settled in $((SECONDS - t0))s (${busy}% CPU)"
+}
+
 reset_hwm() { # the peak RSS starts again from the current RSS
     local n
     for n in "$@"; do
@@ -328,6 +354,7 @@ if phase flow; then
 
     # W2: everything running; its clock starts at the first publish.
     fresh_if_dirty
+    settle
     reset_hwm store consumer gateway devprovider
     cpu_mark
     run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 60000 || { note "W2 did not finish every job"; DIRTY=1; }
@@ -343,6 +370,7 @@ if phase flow; then
 
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
     fresh_if_dirty
+    settle
     run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; DIRTY=1; }
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
@@ -372,6 +400,7 @@ if phase w4; then
     # the same 2 cores.
     fresh_if_dirty
     stop consumer
+    settle
     reset_hwm store gateway
     cpu_mark
     run_wrk W4
@@ -384,6 +413,7 @@ if phase w4; then
     echo "$CPU_W4"
     W4_JOBS=${WRK[requests]:--}
 
+    settle
     start_consumer || exit 1
     DIRTY=1 # it works through W4's jobs; the next phase needs a fresh stack
     reset_hwm consumer
