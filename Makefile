@@ -87,7 +87,10 @@ COMPONENT_OBJ := $(filter-out %/main.o,$(foreach d,gateway consumer store devpro
 $(BUILD)/bin/kiln-unit-tests: $(UNIT_OBJ) $(COMPONENT_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
-$(BUILD)/bin/kiln-it-tests: $(IT_OBJ) $(HARNESS_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+# Integration tests link the store's modules too: test_store_events drives
+# store/events.c against a real KILN_EVENTS stream.
+STORE_MODULE_OBJ := $(filter-out %/main.o,$(call obj_of,store))
+$(BUILD)/bin/kiln-it-tests: $(IT_OBJ) $(HARNESS_OBJ) $(STORE_MODULE_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 

@@ -341,7 +341,7 @@ kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
          * new record again if nothing has happened to it since. */
         if (sink->replay && old->status->state == S_PENDING && old->status->attempts == 0 &&
             old->request_seq == seq)
-            st = events_add(&sink->events, old, EVENTS_STATE);
+            st = events_add_replayed(&sink->events, old, EVENTS_STATE);
         goto out;
     }
     if (st != KILN_ENOTFOUND) goto out;
@@ -386,17 +386,18 @@ static kiln_status apply_one(db_store *db, db_batch *wb,
         /* A replayed transition whose effect is the record as it stands:
          * its event may not have reached KILN_EVENTS the first time. */
         if (sink->replay && old != NULL && status.state == t->state && status.attempts == t->attempt)
-            return events_add(&sink->events, old, EVENTS_STATE);
+            return events_add_replayed(&sink->events, old, EVENTS_STATE);
         return KILN_OK;
     case APPLY_RULE_REPUBLISH: {
         /* Only a redelivered message re-announces: the store may have crashed
-         * between writing the state and confirming its jobs.done (the stream
-         * drops the copy by Nats-Msg-Id if it was not lost). A new message with
+         * between writing the state and confirming its jobs.done (KILN_DONE
+         * drops the copy by Nats-Msg-Id if it was not lost; the event is
+         * rechecked, events.h). A new message with
          * the same terminal state, e.g. the consumer's CANCELLED after the
          * store's own, announces nothing: duplicates only on crash replay. */
         if (!sink->replay) return KILN_OK;
         kiln_status st = apply_done_add(&sink->done, &status);
-        if (st == KILN_OK) st = events_add(&sink->events, old, EVENTS_STATE);
+        if (st == KILN_OK) st = events_add_replayed(&sink->events, old, EVENTS_STATE);
         return st;
     }
     case APPLY_RULE_APPLY: break;

@@ -1,5 +1,5 @@
 /* events.c - the store's feed of record changes for Server-Sent Events:
- * subjects, message ids and publishing (see events.h). */
+ * subjects, event keys and publishing (see events.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +31,7 @@ size_t events_subject(char *buf, size_t buflen, const char *user, const char *id
     return need;
 }
 
-void events_msgid(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
+void events_key(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
                   uint32_t attempts, events_kind kind)
 {
     snprintf(buf, buflen, "%s.%s.%u.ev", id, kind == EVENTS_VIEWED ? "viewed" : kiln_state_name(state),
@@ -53,7 +53,8 @@ kiln_status events_add_packed(events_list *l, const Kiln__V1__JobRecord *rec, ev
     if (events_subject(e->subject, sizeof e->subject, user, id) == 0) return KILN_EINVAL;
     snprintf(e->id, sizeof e->id, "%s", id);
     e->state = rec->status->state;
-    events_msgid(e->msgid, sizeof e->msgid, id, e->state, rec->status->attempts, kind);
+    events_key(e->key, sizeof e->key, id, e->state, rec->status->attempts, kind);
+    e->recheck = false;
     e->record_pb = *pb;
     e->record_len = len;
     *pb = NULL;
@@ -61,12 +62,13 @@ kiln_status events_add_packed(events_list *l, const Kiln__V1__JobRecord *rec, ev
     return KILN_OK;
 }
 
-kiln_status events_add(events_list *l, const Kiln__V1__JobRecord *rec, events_kind kind)
+kiln_status events_add_replayed(events_list *l, const Kiln__V1__JobRecord *rec, events_kind kind)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     kiln_status st = kiln_pb_pack(&rec->base, &buf, &len);
     if (st == KILN_OK) st = events_add_packed(l, rec, kind, &buf, len);
+    if (st == KILN_OK) l->items[l->n - 1].recheck = true;
     free(buf);
     return st;
 }
@@ -89,13 +91,13 @@ void events_free(events_list *l)
     l->cap = 0;
 }
 
-/* Builds the message of e: the JobRecord with Nats-Msg-Id, Kiln-Job-Id and
- * Kiln-Status headers. */
+/* Builds the message of e: the JobRecord with Kiln-Event-Key, Kiln-Job-Id
+ * and Kiln-Status headers. */
 static kiln_status events_msg(const events_item *e, natsMsg **out)
 {
     natsMsg *m = NULL;
     natsStatus s = natsMsg_Create(&m, e->subject, NULL, (const char *)e->record_pb, (int)e->record_len);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_MSG_ID, e->msgid);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_EVENT_KEY, e->key);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, e->id);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_STATUS, kiln_state_name(e->state));
     if (s != NATS_OK) {
@@ -106,9 +108,29 @@ static kiln_status events_msg(const events_item *e, natsMsg **out)
     return KILN_OK;
 }
 
+/* Is e already the last event on its subject? Only a replay asks (one
+ * request to the stream). When the stream cannot tell, the answer is no: a
+ * repeated event is better than a lost one. */
+static bool events_already_published(jsCtx *js, const events_item *e)
+{
+    natsMsg *last = NULL;
+    const char *key = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(&last, js, KILN_STREAM_EVENTS, e->subject, NULL, &jerr);
+    bool same = s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK &&
+                strcmp(key, e->key) == 0;
+    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
+        LOG_DEBUG("last event lookup failed job=%s status=%s jerr=%d", e->id,
+                  natsStatus_GetText(s), (int)jerr);
+    natsMsg_Destroy(last);
+    if (same) LOG_DEBUG("event already published job=%s key=%s", e->id, e->key);
+    return same;
+}
+
 kiln_status events_publish_async(jsCtx *js, const events_list *l)
 {
     for (size_t i = 0; i < l->n; i++) {
+        if (l->items[i].recheck && events_already_published(js, &l->items[i])) continue;
         natsMsg *m = NULL;
         kiln_status st = events_msg(&l->items[i], &m);
         if (st != KILN_OK) return st;
@@ -126,15 +148,24 @@ kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
 {
     kiln_status st = KILN_OK;
     for (size_t i = 0; i < l->n; i++) {
+        const events_item *e = &l->items[i];
+        if (e->recheck && events_already_published(js, e)) continue;
         natsMsg *m = NULL;
-        st = events_msg(&l->items[i], &m);
+        st = events_msg(e, &m);
         if (st != KILN_OK) return st;
         natsStatus s = NATS_ERR;
         jsErrCode jerr = 0;
-        for (int t = 0; t < tries && s != NATS_OK; t++) s = js_PublishMsg(NULL, js, m, NULL, &jerr);
+        for (int t = 0; t < tries && s != NATS_OK; t++) {
+            /* A failed try may still have been stored (its ack was lost). */
+            if (t > 0 && events_already_published(js, e)) {
+                s = NATS_OK;
+                break;
+            }
+            s = js_PublishMsg(NULL, js, m, NULL, &jerr);
+        }
         natsMsg_Destroy(m);
         if (s != NATS_OK) {
-            LOG_WARN("event publish failed job=%s status=%s jerr=%d", l->items[i].id,
+            LOG_WARN("event publish failed job=%s status=%s jerr=%d", e->id,
                      natsStatus_GetText(s), (int)jerr);
             st = kiln_nats_status(s);
         }

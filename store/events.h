@@ -5,13 +5,22 @@
  * The user part is the lower-case hex of the user id's bytes, so any user id
  * makes a valid subject token; the gateway subscribes to
  * kiln.events.<hex(user)>.> (all of a user's jobs) or
- * kiln.events.<hex(user)>.<id> (one job). Nats-Msg-Id is
- * "<id>.<state>.<attempts>.ev" ("<id>.viewed.<attempts>.ev" for the viewed
- * flag), so a change re-published on a replay is dropped by the stream. */
+ * kiln.events.<hex(user)>.<id> (one job).
+ *
+ * Each event carries the header Kiln-Event-Key "<id>.<state>.<attempts>.ev"
+ * ("<id>.viewed.<attempts>.ev" for the viewed flag). Events have no
+ * Nats-Msg-Id: nats-server keeps an entry per message id for the stream's
+ * duplicate window (2 minutes: millions of entries at full rate, memory and
+ * CPU on every event), and it would only catch replays within that window.
+ * Duplicates can only come from a replay (a redelivered batch re-announces
+ * what it finds written, or a sync publish is retried); such an event is
+ * marked recheck and published only if the last event on its subject (one
+ * subject per job) has another key - exact, however late the replay. */
 #ifndef STORE_EVENTS_H
 #define STORE_EVENTS_H
 
 #include <nats/nats.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,7 +31,7 @@
 
 #define EVENTS_SUBJECT_MAX \
     (sizeof KILN_SUBJ_EVENTS_PREFIX + 2 * KILN_USER_MAX_LEN + 1 + KILN_ID_MAX_LEN + 1)
-#define EVENTS_MSGID_MAX (KILN_ID_MAX_LEN + 48)
+#define EVENTS_KEY_MAX (KILN_ID_MAX_LEN + 48)
 
 /* Writes "kiln.events.<hex(user)>.<id>" into buf. Returns its length, or 0
  * when user or id is empty or too long for buflen. */
@@ -33,15 +42,16 @@ typedef enum {
     EVENTS_VIEWED,    /* the viewed flag was set */
 } events_kind;
 
-/* Writes the Nats-Msg-Id of a change into buf (EVENTS_MSGID_MAX bytes). */
-void events_msgid(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
+/* Writes the Kiln-Event-Key of a change into buf (EVENTS_KEY_MAX bytes). */
+void events_key(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
                   uint32_t attempts, events_kind kind);
 
 typedef struct {
     char id[KILN_ID_MAX_LEN + 1];
     char subject[EVENTS_SUBJECT_MAX];
-    char msgid[EVENTS_MSGID_MAX];
+    char key[EVENTS_KEY_MAX];
     Kiln__V1__JobState state;
+    bool recheck; /* a re-announcement: skipped if its subject's last event has this key */
     uint8_t *record_pb; /* packed JobRecord, malloc'ed */
     size_t record_len;
 } events_item;
@@ -55,8 +65,8 @@ typedef struct {
  * it (and sets *pb NULL) on success; on failure the caller still owns it. */
 kiln_status events_add_packed(events_list *l, const Kiln__V1__JobRecord *rec, events_kind kind,
                               uint8_t **pb, size_t len);
-/* Packs rec and appends it. */
-kiln_status events_add(events_list *l, const Kiln__V1__JobRecord *rec, events_kind kind);
+/* Packs rec and appends it as a re-announcement (recheck) of a replay. */
+kiln_status events_add_replayed(events_list *l, const Kiln__V1__JobRecord *rec, events_kind kind);
 
 /* Frees every item and empties the list (keeps the array). */
 void events_reset(events_list *l);

@@ -215,7 +215,7 @@ Test(store_apply, job_request_creates_pending_with_request_seq_and_event)
 {
     cr_assert_eq(job_request("j1", "alice", NULL, 17, 0), 1);
     cr_assert_eq(sink.events.n, 1);
-    cr_assert_str_eq(sink.events.items[0].msgid, "j1.pending.0.ev");
+    cr_assert_str_eq(sink.events.items[0].key, "j1.pending.0.ev");
     cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.616c696365.j1");
     cr_assert_eq(sink.done.n, 0);
     Kiln__V1__JobRecord *rec = load("j1");
@@ -239,9 +239,9 @@ Test(store_apply, life_of_a_job_with_retry)
 {
     job_request("j2", "bob", NULL, 1, 0);
     cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 1);
-    cr_assert_str_eq(sink.events.items[0].msgid, "j2.processing.1.ev");
+    cr_assert_str_eq(sink.events.items[0].key, "j2.processing.1.ev");
     cr_assert_eq(transition("j2", "bob", PENDING, 1, 0), 1);
-    cr_assert_str_eq(sink.events.items[0].msgid, "j2.pending.1.ev");
+    cr_assert_str_eq(sink.events.items[0].key, "j2.pending.1.ev");
     /* The late duplicate of attempt 1 starting: ignored, no event. */
     cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 0);
     cr_assert_eq(sink.events.n, 0);
@@ -250,7 +250,7 @@ Test(store_apply, life_of_a_job_with_retry)
     cr_assert_eq(sink.done.n, 1);
     cr_assert_eq(sink.done.items[0].state, COMPLETED);
     cr_assert_eq(sink.events.n, 1);
-    cr_assert_str_eq(sink.events.items[0].msgid, "j2.completed.2.ev");
+    cr_assert_str_eq(sink.events.items[0].key, "j2.completed.2.ev");
     cr_assert_eq(counter("bob", KEYS_COUNTER_ACTIVE), 0);
     cr_assert_eq(counter("bob", KEYS_COUNTER_UNVIEWED), 1);
 
@@ -279,7 +279,7 @@ Test(store_apply, cancel_with_an_older_attempt_still_cancels)
     cr_assert_eq(transition("j3", "carol", CANCELLED, 1, 0), 1);
     cr_assert_eq(sink.done.n, 1);
     cr_assert_eq(sink.done.items[0].state, CANCELLED);
-    cr_assert_str_eq(sink.events.items[0].msgid, "j3.cancelled.3.ev");
+    cr_assert_str_eq(sink.events.items[0].key, "j3.cancelled.3.ev");
     Kiln__V1__JobRecord *rec = load("j3");
     cr_assert_eq(rec->status->state, CANCELLED);
     cr_assert_eq(rec->status->attempts, 3);
@@ -301,7 +301,7 @@ Test(store_apply, viewed_is_an_event_once)
     cr_assert_eq(apply_viewed(tdb, twb, "j4", "dave", &ev), KILN_OK);
     commit();
     cr_assert_eq(ev.n, 1);
-    cr_assert_str_eq(ev.items[0].msgid, "j4.viewed.1.ev");
+    cr_assert_str_eq(ev.items[0].key, "j4.viewed.1.ev");
     cr_assert_eq(counter("dave", KEYS_COUNTER_UNVIEWED), 0);
     events_reset(&ev);
     begin(0);

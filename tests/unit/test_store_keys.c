@@ -177,11 +177,11 @@ Test(store_keys, event_subject_is_lower_hex_user_then_id)
     cr_assert_gt(events_subject(s, sizeof s, user, id), 0, "the longest user and id fit");
 }
 
-Test(store_keys, event_msgid)
+Test(store_keys, event_key)
 {
-    char m[EVENTS_MSGID_MAX];
-    events_msgid(m, sizeof m, "job-1", KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 2, EVENTS_STATE);
+    char m[EVENTS_KEY_MAX];
+    events_key(m, sizeof m, "job-1", KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 2, EVENTS_STATE);
     cr_assert_str_eq(m, "job-1.processing.2.ev");
-    events_msgid(m, sizeof m, "job-1", KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 2, EVENTS_VIEWED);
+    events_key(m, sizeof m, "job-1", KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 2, EVENTS_VIEWED);
     cr_assert_str_eq(m, "job-1.viewed.2.ev");
 }
