@@ -28,10 +28,11 @@
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
 /* An empty poll costs a round trip, so a lane found empty is left alone for
- * a while instead of being polled every round. High and low have a publish hint (a core subscription to their
- * subject) that ends the pause at once; normal, the bulk lane, has none (its
- * copies would double the traffic) and is caught by the idle long poll. The
- * pause still bounds how late a redelivery or an expired nak delay is seen. */
+ * a while instead of being polled every round. High and low have a publish
+ * hint (a core subscription to their subject) that ends the pause at once;
+ * normal, the bulk lane, has none (its copies would double the traffic) and
+ * is caught by the idle long poll. The pause still bounds how late a
+ * redelivery or an expired nak delay is seen. */
 #define FETCH_EMPTY_SKIP_MS 100    /* high, low: pause after an empty poll (hinted) */
 #define FETCH_EMPTY_SKIP_NORMAL_MS 20
 /* Gather: when only a few slots are free, wait this long for more, so a

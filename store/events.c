@@ -127,10 +127,26 @@ static bool events_already_published(jsCtx *js, const events_item *e)
     return same;
 }
 
+/* Does an earlier item of l (published just before, maybe not stored yet)
+ * carry key? Replays are rare, so a scan is fine. */
+static bool events_listed_before(const events_list *l, size_t i)
+{
+    for (size_t k = 0; k < i; k++)
+        if (strcmp(l->items[k].key, l->items[i].key) == 0) return true;
+    return false;
+}
+
+/* Should item i be skipped: a re-announcement already out? */
+static bool events_skip(jsCtx *js, const events_list *l, size_t i)
+{
+    if (!l->items[i].recheck) return false;
+    return events_listed_before(l, i) || events_already_published(js, &l->items[i]);
+}
+
 kiln_status events_publish_async(jsCtx *js, const events_list *l)
 {
     for (size_t i = 0; i < l->n; i++) {
-        if (l->items[i].recheck && events_already_published(js, &l->items[i])) continue;
+        if (events_skip(js, l, i)) continue;
         natsMsg *m = NULL;
         kiln_status st = events_msg(&l->items[i], &m);
         if (st != KILN_OK) return st;
@@ -149,7 +165,7 @@ kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
     kiln_status st = KILN_OK;
     for (size_t i = 0; i < l->n; i++) {
         const events_item *e = &l->items[i];
-        if (e->recheck && events_already_published(js, e)) continue;
+        if (events_skip(js, l, i)) continue;
         natsMsg *m = NULL;
         st = events_msg(e, &m);
         if (st != KILN_OK) return st;
