@@ -31,6 +31,7 @@
 #define QUERIES_CHECK_MAX_IDS 1024
 #define QUERIES_MAX_SUBS 32
 #define QUERIES_DRAIN_MS 5000
+#define QUERIES_DRAIN_GRACE_MS 500 /* waiting outlasts the drains' own deadline */
 #define QUERIES_EVENT_TRIES 3
 #define QUERIES_CANCEL_WAIT_MS 2000 /* for the apply loop to write a cancel */
 
@@ -566,10 +567,14 @@ out:
 void queries_stop(queries *q)
 {
     if (q == NULL) return;
-    for (int i = 0; i < q->nsubs; i++) (void)natsSubscription_Drain(q->subs[i]);
+    /* One deadline for all: with NATS down, the drain's flush of each UNSUB
+     * waits out its timeout (libnats' default is 30 s per subscription). */
+    for (int i = 0; i < q->nsubs; i++) (void)natsSubscription_DrainTimeout(q->subs[i], QUERIES_DRAIN_MS);
+    int64_t deadline = kiln_mono_ms() + QUERIES_DRAIN_MS + QUERIES_DRAIN_GRACE_MS;
     for (int i = 0; i < q->nsubs; i++) {
         /* Handlers in flight finish before the database closes. */
-        (void)natsSubscription_WaitForDrainCompletion(q->subs[i], QUERIES_DRAIN_MS);
+        int64_t left = deadline - kiln_mono_ms();
+        (void)natsSubscription_WaitForDrainCompletion(q->subs[i], left > 1 ? left : 1);
         natsSubscription_Destroy(q->subs[i]);
     }
     free(q);

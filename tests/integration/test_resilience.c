@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 
 #include "../harness.h"
+#include "clock.h"
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
 
@@ -242,5 +243,26 @@ Test(resilience, memory_floor_holds_jobs)
     cr_assert_eq(h_proc_setenv(&s, H_CONSUMER, kv), 0);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
     h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "job after lowering the memory floor");
+    h_stop(&s);
+}
+
+/* With nats-server gone, SIGTERM still ends every process soon and cleanly
+ * (the store waited 30 s per drained subscription for UNSUB flushes that
+ * could not happen; its queries now drain against one 5 s deadline). */
+Test(resilience, every_process_stops_promptly_without_nats)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    (void)h_proc_term(&s, H_NATS); /* nats-server's own exit code on SIGTERM is not 0 */
+    cr_assert(!h_proc_alive(&s, H_NATS), "nats-server did not stop");
+    const h_comp comps[] = {H_GATEWAY, H_CONSUMER, H_STORE};
+    for (size_t i = 0; i < sizeof comps / sizeof comps[0]; i++) {
+        int64_t t0 = kiln_mono_ms();
+        int code = h_proc_term(&s, comps[i]);
+        int64_t ms = kiln_mono_ms() - t0;
+        cr_expect_eq(code, 0, "component %d exited with %d after SIGTERM", (int)comps[i], code);
+        cr_expect_lt(ms, 8000, "component %d took %lld ms to stop without NATS", (int)comps[i],
+                     (long long)ms);
+    }
     h_stop(&s);
 }
