@@ -6,6 +6,8 @@
  * request out of the table, fills the answer and resumes the connection. */
 #include <ctype.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,18 +46,25 @@ typedef struct {
     const char *subject;
 } submit_op;
 
+/* Below this many submits awaiting their ack, a publish goes on the fast
+ * connection: ~0.3 ms per submit instead of ~1 ms (the flusher's wait).
+ * Above it the batched one costs less CPU per submit (W4: gateway ~22 µs
+ * instead of ~27, nats-server ~27 instead of ~29, ~3 % more requests/s). */
+#define SUBMIT_FAST_BELOW 8
+
 static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
 static gw_map *submit_pending; /* natsMsg* -> gw_req* */
-static natsConnection *submit_nc;
-static jsCtx *submit_js;
+static gw_submit_conn submit_batched, submit_fast;
+static atomic_int submit_inflight; /* published, ack handler not yet run */
 static int64_t submit_publish_timeout_ms = 5000;
 static int64_t submit_store_timeout_ms = 2000;
 
-kiln_status gw_submit_init(natsConnection *nc, jsCtx *js, int64_t publish_timeout_ms,
-                           int64_t store_timeout_ms)
+kiln_status gw_submit_init(gw_submit_conn batched, gw_submit_conn fast,
+                           int64_t publish_timeout_ms, int64_t store_timeout_ms)
 {
-    submit_nc = nc;
-    submit_js = js;
+    submit_batched = batched;
+    submit_fast = fast;
+    atomic_store(&submit_inflight, 0);
     submit_publish_timeout_ms = publish_timeout_ms;
     submit_store_timeout_ms = store_timeout_ms;
     pthread_mutex_lock(&submit_mu);
@@ -103,6 +112,7 @@ void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *p
                            void *closure)
 {
     (void)js, (void)closure;
+    atomic_fetch_sub(&submit_inflight, 1);
     pthread_mutex_lock(&submit_mu);
     gw_req *r = submit_pending != NULL ? gw_map_take(submit_pending, (uint64_t)(uintptr_t)msg)
                                        : NULL;
@@ -184,13 +194,30 @@ static kiln_status submit_prepare_body(gw_req *r)
     return KILN_OK;
 }
 
+static bool submit_connected(const gw_submit_conn *c)
+{
+    return c->nc != NULL && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/* The connection for the next publish (by load, SUBMIT_FAST_BELOW), or the
+ * other one when that is not connected; NULL when neither is. */
+static const gw_submit_conn *submit_pick(void)
+{
+    bool quiet = atomic_load(&submit_inflight) < SUBMIT_FAST_BELOW;
+    const gw_submit_conn *want = quiet ? &submit_fast : &submit_batched;
+    const gw_submit_conn *other = quiet ? &submit_batched : &submit_fast;
+    if (submit_connected(want)) return want;
+    return submit_connected(other) ? other : NULL;
+}
+
 /* Publishes the packed job; on KILN_OK the ack handler will resume r. The
  * caller has suspended r. */
 static kiln_status submit_publish(gw_req *r, const char *subject, const uint8_t *buf, size_t len)
 {
     kiln_status st = KILN_OK;
     natsMsg *msg = NULL;
-    if (natsConnection_Status(submit_nc) != NATS_CONN_STATUS_CONNECTED) return KILN_EUNAVAILABLE;
+    const gw_submit_conn *conn = submit_pick();
+    if (conn == NULL) return KILN_EUNAVAILABLE;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
     if (s != NATS_OK) return kiln_nats_status(s);
     uint64_t key = (uint64_t)(uintptr_t)msg;
@@ -202,8 +229,10 @@ static kiln_status submit_publish(gw_req *r, const char *subject, const uint8_t 
     jsPubOptions_Init(&po);
     po.MsgId = r->job_id;
     po.MaxWait = submit_publish_timeout_ms;
-    s = js_PublishMsgAsync(submit_js, &msg, &po);
+    atomic_fetch_add(&submit_inflight, 1);
+    s = js_PublishMsgAsync(conn->js, &msg, &po);
     if (s != NATS_OK) {
+        atomic_fetch_sub(&submit_inflight, 1); /* no ack will come */
         /* Not sent: no ack will come. Take r back unless it is already gone. */
         pthread_mutex_lock(&submit_mu);
         gw_req *back = gw_map_take(submit_pending, key);
@@ -431,7 +460,7 @@ void gw_submit_handle(gw_req *r)
         goto out;
     }
     gated = 1;
-    if (natsConnection_Status(submit_nc) != NATS_CONN_STATUS_CONNECTED) {
+    if (!submit_connected(&submit_batched) && !submit_connected(&submit_fast)) {
         submit_answer_unavailable(r, "the job queue is unavailable; retry");
         goto out;
     }

@@ -7,8 +7,17 @@
 
 #include "server.h"
 
-kiln_status gw_submit_init(natsConnection *nc, jsCtx *js, int64_t publish_timeout_ms,
-                           int64_t store_timeout_ms);
+/* Two connections to the same server, both with gw_submit_ack_handler:
+ * submits publish on `fast` (SendAsap: written at once) while few are in
+ * flight, and on `batched` (libnats' flusher writes what gathered, about
+ * 1 ms later) under load. */
+typedef struct {
+    natsConnection *nc;
+    jsCtx *js;
+} gw_submit_conn;
+
+kiln_status gw_submit_init(gw_submit_conn batched, gw_submit_conn fast,
+                           int64_t publish_timeout_ms, int64_t store_timeout_ms);
 /* Answers 503 to every submit still waiting for an ack (after NATS closed). */
 void gw_submit_fail_pending(void);
 void gw_submit_free(void);
