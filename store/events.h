@@ -15,7 +15,9 @@
  * Duplicates can only come from a replay (a redelivered batch re-announces
  * what it finds written, or a sync publish is retried); such an event is
  * marked recheck and published only if the last event on its subject (one
- * subject per job) has another key - exact, however late the replay. */
+ * subject per job) has another key - exact, however late the replay. A
+ * state change also counts as out when the last event is the same record's
+ * viewed event (it re-states the record: same state and attempts). */
 #ifndef STORE_EVENTS_H
 #define STORE_EVENTS_H
 
@@ -50,7 +52,9 @@ typedef struct {
     char id[KILN_ID_MAX_LEN + 1];
     char subject[EVENTS_SUBJECT_MAX];
     char key[EVENTS_KEY_MAX];
+    char viewed_key[EVENTS_KEY_MAX]; /* the key of the same record's viewed event */
     Kiln__V1__JobState state;
+    events_kind kind;
     bool recheck; /* a re-announcement: skipped if its subject's last event has this key */
     uint8_t *record_pb; /* packed JobRecord, malloc'ed */
     size_t record_len;
