@@ -14,6 +14,10 @@
  * earlier request is ignored. The client waits a little longer than the
  * server's expiry, so the answer normally arrives before the client leaves.
  *
+ * A message on <inbox>.wake (kiln_pull_wake_subject) ends a waiting fetch at
+ * once (the consumer's idle long poll on one lane, when another lane gets a
+ * job).
+ *
  * A plain subscription's messages are not bound to a JetStream context, so
  * natsMsg_Ack() and friends cannot be used on them (nats.c dereferences the
  * missing context); kiln_msg_ack() sends the same protocol bodies to the
@@ -36,6 +40,7 @@ struct kiln_pull {
     natsSubscription *sub;
     char api_subject[160]; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable> */
     char inbox[PULL_INBOX_MAX];
+    char wake_subject[PULL_INBOX_MAX + 8]; /* <inbox>.wake: kiln_pull_wake_subject */
     uint64_t next_req;
 };
 
@@ -54,6 +59,7 @@ kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *d
         snprintf(wildcard, sizeof wildcard, "%s.*", p->inbox);
         snprintf(p->api_subject, sizeof p->api_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s",
                  stream, durable);
+        snprintf(p->wake_subject, sizeof p->wake_subject, "%s.wake", p->inbox);
         s = natsConnection_SubscribeSync(&p->sub, nc, wildcard);
     }
     /* A late burst must never be dropped as a slow consumer's backlog. */
@@ -100,10 +106,16 @@ static kiln_status pull_keep(natsMsgList *list, int *cap, natsMsg *m)
 }
 
 /* Handles one message read from the inbox: keeps a delivery, reports whether
- * it was the end of request `req` (its 404/408/409). */
+ * it ends the fetch: request `req`'s own 404/408/409, or a wake (one found
+ * among the queued messages means: do not wait at all). */
 static kiln_status pull_take(kiln_pull *p, natsMsgList *list, int *cap, natsMsg *m,
                              const char *req_subject, bool *ended)
 {
+    if (strcmp(natsMsg_GetSubject(m), p->wake_subject) == 0) {
+        *ended = true;
+        natsMsg_Destroy(m);
+        return KILN_OK;
+    }
     if (!pull_is_status(m)) {
         kiln_status st = pull_keep(list, cap, m);
         if (st != KILN_OK) {
@@ -140,7 +152,7 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
         if (natsSubscription_NextMsg(&m, p->sub, 1) != NATS_OK) break;
         if (pull_take(p, list, &cap, m, "", &ended) != KILN_OK) return KILN_ENOMEM;
     }
-    if (list->Count >= batch) return KILN_OK;
+    if (list->Count >= batch || ended) return KILN_OK;
 
     snprintf(req_subject, sizeof req_subject, "%s.%" PRIu64, p->inbox, ++p->next_req);
     if (expires_ms > 0)
@@ -163,6 +175,8 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
     }
     return KILN_OK;
 }
+
+const char *kiln_pull_wake_subject(const kiln_pull *p) { return p->wake_subject; }
 
 kiln_status kiln_msg_ack(natsConnection *nc, natsMsg *m, kiln_ack_kind kind, int64_t nak_delay_ms)
 {

@@ -25,6 +25,12 @@ void kiln_pull_close(kiln_pull *p); /* NULL-safe */
  * An error with nothing delivered returns a status and an empty list. */
 kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list);
 
+/* The subject whose (empty, core NATS) messages end a kiln_pull_fetch
+ * waiting on p at once: it returns what it has. A wake that finds no fetch
+ * waiting ends the next one before it sends its request. Another thread can
+ * publish it on any connection to the server, e.g. a callback's. */
+const char *kiln_pull_wake_subject(const kiln_pull *p);
+
 typedef enum { KILN_ACK, KILN_ACK_NAK, KILN_ACK_PROGRESS, KILN_ACK_TERM } kiln_ack_kind;
 
 /* Acks (+ACK), naks (-NAK, delayed when nak_delay_ms > 0), extends (+WPI) or

@@ -125,6 +125,13 @@ static void fetch_carry_release(fetch_lane *lane)
     lane->carry_n = 0;
 }
 
+/* Set while the fetch thread long-polls the normal lane (all lanes were
+ * empty); a hint for high or low then wakes that poll, or a high job on an
+ * idle consumer would wait for it to expire (up to FETCH_IDLE_WAIT_MS). */
+static atomic_bool fetch_idle_polling;
+/* The normal lane's wake subject, copied at start: the hint callback publishes
+ * it on its own connection and never touches the lane's kiln_pull. */
+static char fetch_wake_subject[192];
 static pthread_t fetch_thread;
 static bool fetch_started;
 static int64_t fetch_last_err_log;
@@ -290,7 +297,10 @@ static void *fetch_main(void *arg)
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
-            if (fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS) > 0) nl->skip_until = 0;
+            atomic_store(&fetch_idle_polling, true);
+            int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS);
+            atomic_store(&fetch_idle_polling, false);
+            if (got_idle > 0) nl->skip_until = 0;
         }
     }
     for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
@@ -301,10 +311,11 @@ static void *fetch_main(void *arg)
 /* Runs on a libnats thread for every publish on a hinted lane's subject. */
 static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
-    (void)nc;
     (void)sub;
     fetch_lane *lane = closure;
     atomic_store(&lane->hint, true);
+    if (atomic_exchange(&fetch_idle_polling, false))
+        (void)natsConnection_Publish(nc, fetch_wake_subject, NULL, 0);
     natsMsg_Destroy(msg);
 }
 
@@ -314,6 +325,9 @@ kiln_status cons_fetcher_start(void)
         kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].durable, &fetch_lanes[i].pull);
         if (pst != KILN_OK) return pst;
         atomic_init(&fetch_lanes[i].hint, false);
+        if (i == LANE_NORMAL)
+            snprintf(fetch_wake_subject, sizeof fetch_wake_subject, "%s",
+                     kiln_pull_wake_subject(fetch_lanes[i].pull));
         fetch_lanes[i].skip_until = 0;
         if (!fetch_lanes[i].hinted) continue;
         natsStatus s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc, fetch_lanes[i].subject,
