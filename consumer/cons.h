@@ -257,6 +257,9 @@ void cons_transfers_stop(void);
 
 /* ---- fetcher.c ---- */
 kiln_status cons_fetcher_start(void);
+/* A message of lane ("high", "normal", "low") was handed back with a delay:
+ * the fetcher polls that lane when it is due again (any thread). */
+void cons_fetcher_due(const char *lane, int64_t delay_ms);
 void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
 
 /* ---- cancel.c ---- */

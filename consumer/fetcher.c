@@ -35,6 +35,13 @@
  * redelivery or an expired nak delay is seen. */
 #define FETCH_EMPTY_SKIP_MS 100    /* high, low: pause after an empty poll (hinted) */
 #define FETCH_EMPTY_SKIP_NORMAL_MS 20
+/* Messages this consumer handed back with a delay (delayed jobs, retries)
+ * are due again at a known time: the lane is polled then, not when its pause
+ * ends, and the idle long poll ends by then. Kept per lane (at most
+ * FETCH_DUE_MAX; beyond that the pause bounds how late they are seen). */
+#define FETCH_DUE_MAX 64
+#define FETCH_DUE_MARGIN_MS 2      /* the server releases the message at about ack time + delay */
+#define FETCH_DUE_RETRY_MS 5       /* pause after an empty poll at a due time */
 /* Gather: when only a few slots are free, wait this long for more, so a
  * round (fetch + store check) carries a useful batch. */
 #define FETCH_GATHER_MS 5
@@ -60,6 +67,10 @@ typedef struct {
     natsSubscription *hint_sub;
     atomic_bool hint;           /* set by the hint subscription (libnats thread) */
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
+    pthread_mutex_t due_mu;     /* due[]: any thread adds, the fetch thread takes */
+    int64_t due[FETCH_DUE_MAX]; /* monotonic ms when handed-back messages are due */
+    bool due_retry[FETCH_DUE_MAX]; /* already the one retry of an empty due poll */
+    int due_n;
     /* Late arrivals beyond the free slots, taken first next round (fetch thread). */
     natsMsg *carry[FETCH_CARRY_MAX];
     int carry_n;
@@ -67,9 +78,12 @@ typedef struct {
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
-    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH, .hinted = true},
-    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL},
-    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW, .hinted = true},
+    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH, .hinted = true,
+     .due_mu = PTHREAD_MUTEX_INITIALIZER},
+    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL,
+     .due_mu = PTHREAD_MUTEX_INITIALIZER},
+    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW, .hinted = true,
+     .due_mu = PTHREAD_MUTEX_INITIALIZER},
 };
 
 /* Stream sequences of first deliveries this thread handed back untried (late
@@ -244,16 +258,82 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
     return count;
 }
 
+static void fetch_due_add(fetch_lane *lane, int64_t due, bool retry)
+{
+    pthread_mutex_lock(&lane->due_mu);
+    if (lane->due_n < FETCH_DUE_MAX) {
+        lane->due[lane->due_n] = due;
+        lane->due_retry[lane->due_n] = retry;
+        lane->due_n++;
+    }
+    pthread_mutex_unlock(&lane->due_mu);
+}
+
+/* Removes the lane's due times up to now; true if there were any, and
+ * *first if one of them was not a retry already. */
+static bool fetch_due_take(fetch_lane *lane, int64_t now, bool *first)
+{
+    bool any = false;
+    *first = false;
+    pthread_mutex_lock(&lane->due_mu);
+    for (int i = 0; i < lane->due_n;) {
+        if (lane->due[i] <= now) {
+            if (!lane->due_retry[i]) *first = true;
+            lane->due_n--;
+            lane->due[i] = lane->due[lane->due_n];
+            lane->due_retry[i] = lane->due_retry[lane->due_n];
+            any = true;
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&lane->due_mu);
+    return any;
+}
+
+/* The earliest due time of any lane (INT64_MAX: none). */
+static int64_t fetch_due_next(void)
+{
+    int64_t next = INT64_MAX;
+    for (int k = 0; k < LANE_COUNT; k++) {
+        fetch_lane *lane = &fetch_lanes[k];
+        pthread_mutex_lock(&lane->due_mu);
+        for (int i = 0; i < lane->due_n; i++)
+            if (lane->due[i] < next) next = lane->due[i];
+        pthread_mutex_unlock(&lane->due_mu);
+    }
+    return next;
+}
+
+void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
+{
+    fetch_lane *lane = NULL;
+    for (int k = 0; k < LANE_COUNT; k++)
+        if (strcmp(fetch_lanes[k].name, lane_name) == 0) lane = &fetch_lanes[k];
+    if (lane == NULL || delay_ms <= 0) return;
+    fetch_due_add(lane, kiln_mono_ms() + delay_ms + FETCH_DUE_MARGIN_MS, false);
+    /* The idle long poll may be set to end later than this. */
+    if (atomic_exchange(&fetch_idle_polling, false))
+        (void)natsConnection_Publish(cons_g.nc, fetch_wake_subject, NULL, 0);
+}
+
 /* Polls one lane unless it was found empty lately and has no hint since. */
 static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
 {
-    if (now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
+    bool first = false;
+    bool due = fetch_due_take(lane, now, &first);
+    if (!due && now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
     /* Clear before polling: a publish during the poll sets it again. */
     atomic_store(&lane->hint, false);
     int got = fetch_lane_once(lane, (int)want, 0);
-    if (got == 0)
+    if (got > 0) {
+        lane->skip_until = 0;
+    } else {
         lane->skip_until = now + (lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS);
-    else lane->skip_until = 0;
+        /* Due but not there: maybe not released yet; one more look soon (or
+         * another consumer took it). */
+        if (due && first) fetch_due_add(lane, now + FETCH_DUE_RETRY_MS, true);
+    }
     return got;
 }
 
@@ -297,8 +377,10 @@ static void *fetch_main(void *arg)
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
+            int64_t idle_ms = FETCH_IDLE_WAIT_MS, until_due = fetch_due_next() - kiln_mono_ms();
+            if (until_due < idle_ms) idle_ms = until_due > 1 ? until_due : 1;
             atomic_store(&fetch_idle_polling, true);
-            int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS);
+            int got_idle = fetch_lane_once(nl, (int)free_n, idle_ms);
             atomic_store(&fetch_idle_polling, false);
             if (got_idle > 0) nl->skip_until = 0;
         }
@@ -325,6 +407,9 @@ kiln_status cons_fetcher_start(void)
         kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].durable, &fetch_lanes[i].pull);
         if (pst != KILN_OK) return pst;
         atomic_init(&fetch_lanes[i].hint, false);
+        pthread_mutex_lock(&fetch_lanes[i].due_mu);
+        fetch_lanes[i].due_n = 0;
+        pthread_mutex_unlock(&fetch_lanes[i].due_mu);
         if (i == LANE_NORMAL)
             snprintf(fetch_wake_subject, sizeof fetch_wake_subject, "%s",
                      kiln_pull_wake_subject(fetch_lanes[i].pull));

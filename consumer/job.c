@@ -152,6 +152,7 @@ static void job_final(cons_job *j)
         job_move(j, CONS_JOB_NAKED);
         action = "nak";
         st = kiln_msg_ack(cons_g.nc, j->msg, KILN_ACK_NAK, j->nak_delay_ms);
+        if (st == KILN_OK) cons_fetcher_due(j->lane, j->nak_delay_ms);
         break;
     case CONS_FINAL_TERM:
         job_move(j, CONS_JOB_TERMINATED);
