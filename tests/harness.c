@@ -70,6 +70,19 @@ int64_t h_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int h_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t h_median(int64_t *v, size_t n)
+{
+    if (n == 0) return 0;
+    qsort(v, n, sizeof v[0], h_cmp_i64);
+    return v[n / 2];
+}
+
 static void h_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
