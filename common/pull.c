@@ -138,6 +138,12 @@ static kiln_status pull_take(kiln_pull *p, natsMsgList *list, int *cap, natsMsg 
 
 kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list)
 {
+    return kiln_pull_fetch_wait(p, batch, expires_ms, expires_ms + PULL_GRACE_MS, list);
+}
+
+kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, int64_t wait_ms,
+                                 natsMsgList *list)
+{
     int cap = 0;
     bool ended = false;
     char req_subject[PULL_INBOX_MAX + 24], body[128];
@@ -163,7 +169,8 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
     natsStatus s = natsConnection_PublishRequestString(p->nc, p->api_subject, req_subject, body);
     if (s != NATS_OK) return list->Count > 0 ? KILN_OK : kiln_nats_status(s);
 
-    int64_t deadline = kiln_mono_ms() + expires_ms + PULL_GRACE_MS;
+    if (wait_ms > expires_ms + PULL_GRACE_MS) wait_ms = expires_ms + PULL_GRACE_MS;
+    int64_t deadline = kiln_mono_ms() + wait_ms;
     while (!ended && list->Count < batch) {
         int64_t left = deadline - kiln_mono_ms();
         if (left <= 0) break;

@@ -24,6 +24,14 @@ void kiln_pull_close(kiln_pull *p); /* NULL-safe */
  * first and may make Count exceed batch.
  * An error with nothing delivered returns a status and an empty list. */
 kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsgList *list);
+/* kiln_pull_fetch that stops waiting after wait_ms even when the server's
+ * request is still open (what it delivers later comes first next time).
+ * Ending a long poll early this way, rather than with a shorter expiry,
+ * keeps the server from expiring the request at the moment a message is
+ * released to it: nats-server 2.9.10 then loses that delivery (it comes back
+ * only after AckWait). */
+kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, int64_t wait_ms,
+                                 natsMsgList *list);
 
 /* The subject whose (empty, core NATS) messages end a kiln_pull_fetch
  * waiting on p at once: it returns what it has. A wake that finds no fetch

@@ -222,12 +222,12 @@ static int fetch_take_carry(fetch_lane *lane, int batch)
 
 /* Fetches up to batch jobs from a lane (carried ones first, without a
  * fetch); returns how many were taken. */
-static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms)
+static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int64_t wait_ms)
 {
     natsMsgList list = {0};
     if (lane->carry_n > 0) return fetch_take_carry(lane, batch);
     int64_t t0 = kiln_mono_ms();
-    kiln_status st = kiln_pull_fetch(lane->pull, batch, expires_ms, &list);
+    kiln_status st = kiln_pull_fetch_wait(lane->pull, batch, expires_ms, wait_ms, &list);
     LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
               batch, (long long)expires_ms, kiln_status_str(st), list.Count,
               (long long)(kiln_mono_ms() - t0));
@@ -325,7 +325,7 @@ static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
     if (!due && now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
     /* Clear before polling: a publish during the poll sets it again. */
     atomic_store(&lane->hint, false);
-    int got = fetch_lane_once(lane, (int)want, 0);
+    int got = fetch_lane_once(lane, (int)want, 0, INT64_MAX);
     if (got > 0) {
         lane->skip_until = 0;
     } else {
@@ -377,10 +377,12 @@ static void *fetch_main(void *arg)
         if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
-            int64_t idle_ms = FETCH_IDLE_WAIT_MS, until_due = fetch_due_next() - kiln_mono_ms();
-            if (until_due < idle_ms) idle_ms = until_due > 1 ? until_due : 1;
+            /* Stop waiting at the next due time, but leave the request's
+             * expiry alone (kiln_pull_fetch_wait says why). */
+            int64_t wait_ms = INT64_MAX, until_due = fetch_due_next() - kiln_mono_ms();
+            if (until_due < FETCH_IDLE_WAIT_MS) wait_ms = until_due > 1 ? until_due : 1;
             atomic_store(&fetch_idle_polling, true);
-            int got_idle = fetch_lane_once(nl, (int)free_n, idle_ms);
+            int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS, wait_ms);
             atomic_store(&fetch_idle_polling, false);
             if (got_idle > 0) nl->skip_until = 0;
         }
