@@ -463,7 +463,7 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
         flags, 0, NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, server_mhd_log, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)SERVER_IDLE_TIMEOUT_S, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        (unsigned)SERVER_IDLE_TIMEOUT_S, /* MHD's default SO_REUSEADDR, no SO_REUSEPORT (gateway/server.c) */
         MHD_OPTION_NOTIFY_COMPLETED, server_completed, s, MHD_OPTION_END);
     if (s->mhd == NULL) {
         LOG_ERROR("cannot listen addr=%s (address in use or not local?)", o->addr);

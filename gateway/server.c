@@ -231,7 +231,10 @@ kiln_status gw_server_start(const gw_server_opts *o)
         (unsigned)SERVER_CONN_TIMEOUT_S, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
         /* Event streams hold their connection: allow many (each costs an fd). */
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_SERVER_MAX_CONNECTIONS,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, /* restart without waiting out TIME_WAIT */
+        /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: MHD's default SO_REUSEADDR
+         * already allows a restart without waiting out TIME_WAIT; the option
+         * (SO_REUSEPORT) let a second process bind the same port and share
+         * its connections silently. */
         MHD_OPTION_END);
     if (server_daemon == NULL) return KILN_ERR;
     return KILN_OK;

@@ -106,22 +106,27 @@ const char *h_bin_dir(void)
     return (d != NULL && d[0] != '\0') ? d : "build/san/bin";
 }
 
-static int h_free_port(void)
+/* n distinct free loopback ports: each bound (port 0) before the next is
+ * asked for, so the kernel cannot hand out one twice (it did: the gateway
+ * and the dev provider once got the same port). 0 on success. */
+static int h_free_ports(int *ports, int n)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t al = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &al) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    int fds[8], ok = n <= 8;
+    for (int i = 0; i < n; i++) fds[i] = -1;
+    for (int i = 0; ok && i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof a;
+        ok = fds[i] >= 0 && bind(fds[i], (struct sockaddr *)&a, sizeof a) == 0 &&
+             getsockname(fds[i], (struct sockaddr *)&a, &al) == 0;
+        ports[i] = ok ? ntohs(a.sin_port) : -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    return ok ? 0 : -1;
 }
 
 static int h_tcp_open(int port)
@@ -567,12 +572,13 @@ int h_stack_start(h_stack *s, const h_stack_opts *opts)
     h_mkdir(s->data_dir);
     h_mkdir(s->nats_dir);
     h_mkdir(s->log_dir);
-    s->nats_port = h_free_port();
-    s->gw_port = h_free_port();
-    s->dev_port = h_free_port();
-    s->cons_metrics_port = h_free_port();
-    s->store_metrics_port = h_free_port();
-    if (s->nats_port < 0 || s->gw_port < 0 || s->dev_port < 0) return -1;
+    int ports[5];
+    if (h_free_ports(ports, 5) != 0) return -1;
+    s->nats_port = ports[0];
+    s->gw_port = ports[1];
+    s->dev_port = ports[2];
+    s->cons_metrics_port = ports[3];
+    s->store_metrics_port = ports[4];
     snprintf(s->nats_url, sizeof s->nats_url, "nats://127.0.0.1:%d", s->nats_port);
     snprintf(s->gw_url, sizeof s->gw_url, "http://127.0.0.1:%d", s->gw_port);
     snprintf(s->dev_url, sizeof s->dev_url, "http://127.0.0.1:%d", s->dev_port);
