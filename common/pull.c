@@ -33,6 +33,8 @@
 #include "pull.h"
 
 #define PULL_INBOX_MAX 128
+_Static_assert(KILN_PULL_WAKE_SUBJECT_MAX >= PULL_INBOX_MAX + sizeof ".wake",
+               "the wake subject is the inbox and .wake");
 #define PULL_GRACE_MS 20 /* the client outwaits the server's expiry by this much */
 
 struct kiln_pull {
@@ -40,7 +42,7 @@ struct kiln_pull {
     natsSubscription *sub;
     char api_subject[160]; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable> */
     char inbox[PULL_INBOX_MAX];
-    char wake_subject[PULL_INBOX_MAX + 8]; /* <inbox>.wake: kiln_pull_wake_subject */
+    char wake_subject[KILN_PULL_WAKE_SUBJECT_MAX]; /* <inbox>.wake: kiln_pull_wake_subject */
     uint64_t next_req;
 };
 

@@ -38,6 +38,7 @@ kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, in
  * waiting ends the next one before it sends its request. Another thread can
  * publish it on any connection to the server, e.g. a callback's. */
 const char *kiln_pull_wake_subject(const kiln_pull *p);
+#define KILN_PULL_WAKE_SUBJECT_MAX 144 /* bytes, with the terminating NUL */
 
 typedef enum { KILN_ACK, KILN_ACK_NAK, KILN_ACK_PROGRESS, KILN_ACK_TERM } kiln_ack_kind;
 

@@ -145,7 +145,7 @@ static void fetch_carry_release(fetch_lane *lane)
 static atomic_bool fetch_idle_polling;
 /* The normal lane's wake subject, copied at start: the hint callback publishes
  * it on its own connection and never touches the lane's kiln_pull. */
-static char fetch_wake_subject[192];
+static char fetch_wake_subject[KILN_PULL_WAKE_SUBJECT_MAX];
 static pthread_t fetch_thread;
 static bool fetch_started;
 static int64_t fetch_last_err_log;
