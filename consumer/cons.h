@@ -65,7 +65,8 @@ typedef struct {
     jsCtx *js;
     atomic_bool stopping;   /* SIGTERM: stop fetching */
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
-        *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered;
+        *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
+        *m_idle_polls;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers

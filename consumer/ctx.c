@@ -23,6 +23,8 @@ void cons_ctx_register_metrics(void)
         "kiln_consumer_redeliveries_total",
         "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "
         "a lost worker's jobs)");
+    cons_g.m_idle_polls = kiln_metric_counter(
+        "kiln_consumer_idle_polls_total", "long polls with every lane empty (the consumer had nothing to do)");
     cons_g.m_mem_paused = kiln_metric_gauge("kiln_consumer_fetch_paused_low_memory",
                                             "1 while fetching is paused for low available memory");
     cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");

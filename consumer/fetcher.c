@@ -1,8 +1,11 @@
 /* fetcher.c - the fetch thread: pulls jobs from the three lane durables,
  * never more than there are free slots, high lane first with a rotation
  * that gives normal and low the first pick every few rounds; lanes found
- * empty rest briefly (high and low are woken by a publish hint); one store
- * check per batch; then hands each job to its state machine. */
+ * empty rest briefly (high and low are woken by a publish hint, any lane by
+ * the due time of a message this consumer handed back with a delay); with
+ * every lane empty it long-polls the normal lane, and a hint or a new due
+ * time wakes that poll; one store check per batch; then hands each job to
+ * its state machine. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +35,7 @@
  * hint (a core subscription to their subject) that ends the pause at once;
  * normal, the bulk lane, has none (its copies would double the traffic) and
  * is caught by the idle long poll. The pause still bounds how late a
- * redelivery or an expired nak delay is seen. */
+ * redelivery after AckWait, or a delayed nak of another consumer, is seen. */
 #define FETCH_EMPTY_SKIP_MS 100    /* high, low: pause after an empty poll (hinted) */
 #define FETCH_EMPTY_SKIP_NORMAL_MS 20
 /* Messages this consumer handed back with a delay (delayed jobs, retries)
@@ -143,9 +146,16 @@ static void fetch_carry_release(fetch_lane *lane)
  * empty); a hint for high or low then wakes that poll, or a high job on an
  * idle consumer would wait for it to expire (up to FETCH_IDLE_WAIT_MS). */
 static atomic_bool fetch_idle_polling;
-/* The normal lane's wake subject, copied at start: the hint callback publishes
- * it on its own connection and never touches the lane's kiln_pull. */
+/* The normal lane's wake subject, copied at start: wakers publish it on a
+ * connection of theirs and never touch the lane's kiln_pull. */
 static char fetch_wake_subject[KILN_PULL_WAKE_SUBJECT_MAX];
+
+/* Ends the idle long poll, if the fetch thread is in it (any thread). */
+static void fetch_wake_idle(natsConnection *nc)
+{
+    if (atomic_exchange(&fetch_idle_polling, false))
+        (void)natsConnection_Publish(nc, fetch_wake_subject, NULL, 0);
+}
 static pthread_t fetch_thread;
 static bool fetch_started;
 static int64_t fetch_last_err_log;
@@ -312,9 +322,7 @@ void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
         if (strcmp(fetch_lanes[k].name, lane_name) == 0) lane = &fetch_lanes[k];
     if (lane == NULL || delay_ms <= 0) return;
     fetch_due_add(lane, kiln_mono_ms() + delay_ms + FETCH_DUE_MARGIN_MS, false);
-    /* The idle long poll may be set to end later than this. */
-    if (atomic_exchange(&fetch_idle_polling, false))
-        (void)natsConnection_Publish(cons_g.nc, fetch_wake_subject, NULL, 0);
+    fetch_wake_idle(cons_g.nc); /* the idle long poll may be set to end later than this */
 }
 
 /* Polls one lane unless it was found empty lately and has no hint since. */
@@ -382,6 +390,7 @@ static void *fetch_main(void *arg)
             int64_t wait_ms = INT64_MAX, until_due = fetch_due_next() - kiln_mono_ms();
             if (until_due < FETCH_IDLE_WAIT_MS) wait_ms = until_due > 1 ? until_due : 1;
             atomic_store(&fetch_idle_polling, true);
+            kiln_metric_add(cons_g.m_idle_polls, 1);
             int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS, wait_ms);
             atomic_store(&fetch_idle_polling, false);
             if (got_idle > 0) nl->skip_until = 0;
@@ -398,8 +407,7 @@ static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *ms
     (void)sub;
     fetch_lane *lane = closure;
     atomic_store(&lane->hint, true);
-    if (atomic_exchange(&fetch_idle_polling, false))
-        (void)natsConnection_Publish(nc, fetch_wake_subject, NULL, 0);
+    fetch_wake_idle(nc);
     natsMsg_Destroy(msg);
 }
 
