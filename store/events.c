@@ -54,8 +54,7 @@ kiln_status events_add_packed(events_list *l, const Kiln__V1__JobRecord *rec, ev
     snprintf(e->id, sizeof e->id, "%s", id);
     e->state = rec->status->state;
     events_key(e->key, sizeof e->key, id, e->state, rec->status->attempts, kind);
-    events_key(e->viewed_key, sizeof e->viewed_key, id, e->state, rec->status->attempts,
-               EVENTS_VIEWED);
+    e->attempts = rec->status->attempts;
     e->kind = kind;
     e->recheck = false;
     e->record_pb = *pb;
@@ -123,11 +122,15 @@ static bool events_already_published(jsCtx *js, const events_item *e)
     bool same = false;
     if (s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK) {
         const char *state = NULL;
+        char viewed[EVENTS_KEY_MAX];
         same = strcmp(key, e->key) == 0;
         /* A viewed event after the change re-states the same record. */
-        if (!same && e->kind == EVENTS_STATE && strcmp(key, e->viewed_key) == 0)
-            same = natsMsgHeader_Get(last, KILN_HDR_STATUS, &state) == NATS_OK &&
+        if (!same && e->kind == EVENTS_STATE) {
+            events_key(viewed, sizeof viewed, e->id, e->state, e->attempts, EVENTS_VIEWED);
+            same = strcmp(key, viewed) == 0 &&
+                   natsMsgHeader_Get(last, KILN_HDR_STATUS, &state) == NATS_OK &&
                    strcmp(state, kiln_state_name(e->state)) == 0;
+        }
     }
     if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
         LOG_DEBUG("last event lookup failed job=%s status=%s jerr=%d", e->id,

@@ -52,8 +52,8 @@ typedef struct {
     char id[KILN_ID_MAX_LEN + 1];
     char subject[EVENTS_SUBJECT_MAX];
     char key[EVENTS_KEY_MAX];
-    char viewed_key[EVENTS_KEY_MAX]; /* the key of the same record's viewed event */
     Kiln__V1__JobState state;
+    uint32_t attempts;
     events_kind kind;
     bool recheck; /* a re-announcement: skipped if its subject's last event has this key */
     uint8_t *record_pb; /* packed JobRecord, malloc'ed */
