@@ -1166,6 +1166,25 @@ double h_metric(h_stack *s, h_comp c, const char *name)
     return sum;
 }
 
+typedef struct {
+    h_stack *s;
+    h_comp c;
+    const char *name;
+    double above;
+} h_metric_arg;
+
+static int h_metric_is_above(void *arg)
+{
+    h_metric_arg *a = arg;
+    return h_metric(a->s, a->c, a->name) > a->above;
+}
+
+int h_wait_metric_above(h_stack *s, h_comp c, const char *name, double above, int64_t deadline_ms)
+{
+    h_metric_arg a = {s, c, name, above};
+    return h_wait_for(h_metric_is_above, &a, deadline_ms, 5);
+}
+
 /* ---- NATS ----------------------------------------------------------------- */
 
 int h_nats_connect(h_stack *s, natsConnection **nc, jsCtx **js)

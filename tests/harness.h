@@ -229,6 +229,9 @@ int h_jnull(const json_t *o, const char *key);
 /* Sum of a counter or gauge (over its label sets) on component c's /metrics
  * (consumer, store, gateway, devprovider); -1 when absent or unreachable. */
 double h_metric(h_stack *s, h_comp c, const char *name);
+/* Waits (up to deadline_ms) until metric `name` of component c exceeds
+ * `above`; 1 when it did. */
+int h_wait_metric_above(h_stack *s, h_comp c, const char *name, double above, int64_t deadline_ms);
 
 /* ---- NATS ----------------------------------------------------------------- */
 

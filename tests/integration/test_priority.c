@@ -119,18 +119,6 @@ Test(priority, low_not_starved_by_high_flow)
     h_stop(&s);
 }
 
-typedef struct {
-    h_stack *s;
-    double after;
-} prio_idle_arg;
-
-/* The consumer started an idle long poll since the count `after`. */
-static int prio_consumer_idle(void *arg)
-{
-    prio_idle_arg *a = arg;
-    return h_metric(a->s, H_CONSUMER, "kiln_consumer_idle_polls_total") > a->after;
-}
-
 /* On an idle consumer (its fetch thread long-polls the normal lane), a high
  * or low job starts at once: the lane's publish hint wakes that poll. Before,
  * it waited for the poll to expire: 16-44 ms, against ~1 ms on normal. */
@@ -144,8 +132,8 @@ Test(priority, hinted_lanes_start_at_once_on_idle_consumer)
         int64_t waited[N];
         for (int i = 0; i < N; i++) {
             /* Submit only once the consumer sits in its idle long poll. */
-            prio_idle_arg idle = {&s, h_metric(&s, H_CONSUMER, "kiln_consumer_idle_polls_total")};
-            cr_assert(h_wait_for(prio_consumer_idle, &idle, 10000, 5) == 1,
+            double polls = h_metric(&s, H_CONSUMER, "kiln_consumer_idle_polls_total");
+            cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_idle_polls_total", polls, 10000) == 1,
                       "consumer never went idle (kiln_consumer_idle_polls_total)");
             char id[65], prompt[64];
             int64_t created = 0;
