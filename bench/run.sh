@@ -8,7 +8,9 @@
 # Settings (environment): BENCH_JOBS (100000), BENCH_STORE_SIZES
 # (10000,1000000), BENCH_BUDGET_S (270: the store fill stops so the whole run
 # ends within it), BENCH_KEEP=1 keeps the temp dir and logs, BENCH_PHASES
-# ("limit flow w4 store": a subset runs only those parts, e.g. for profiling).
+# ("limit flow w4 store": a subset runs only those parts, e.g. for profiling),
+# BENCH_NATS_ARGS: more nats-server arguments (e.g. "--profile 6061" serves
+# Go's pprof profiles of the server, whose Debian binary is stripped).
 set -uo pipefail
 
 BIN=${1:?usage: bench/run.sh BIN_DIR}
@@ -93,7 +95,8 @@ start_nats() { # start_nats DATADIR; a new port on each of 3 tries (another proc
     for try in 1 2 3; do
         free_port NATS_PORT
         NATS_URL=nats://127.0.0.1:$NATS_PORT
-        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" 2>>"$LOGS/nats-server.log" >&2 &
+        # shellcheck disable=SC2086 # BENCH_NATS_ARGS is a list of words
+        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" ${BENCH_NATS_ARGS:-} 2>>"$LOGS/nats-server.log" >&2 &
         PID[nats]=$!
         wait_for nats-server 15 answers_or_died nats "$NATS_PORT" && kill -0 "${PID[nats]}" 2>/dev/null && return 0
         stop nats
