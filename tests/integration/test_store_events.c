@@ -87,6 +87,25 @@ static void ev_publish(jsCtx *js, const ev_record *r, bool replayed, bool sync)
     events_free(&l);
 }
 
+/* One batch holding rec's change and, after it, its re-announcement (a
+ * redelivered message in the same batch), published as the apply loop does. */
+static void ev_publish_then_replay_in_batch(jsCtx *js, const ev_record *r)
+{
+    events_list l = {0};
+    uint8_t *pb = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&r->rec.base, &pb, &len), KILN_OK);
+    cr_assert_eq(events_add_packed(&l, &r->rec, EVENTS_STATE, &pb, len), KILN_OK);
+    free(pb);
+    cr_assert_eq(events_add_replayed(&l, &r->rec, EVENTS_STATE), KILN_OK);
+    cr_assert_eq(events_publish_async(js, &l), KILN_OK);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 5000;
+    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
+    events_free(&l);
+}
+
 Test(store_events, replayed_change_is_published_once)
 {
     h_stack s;
@@ -131,24 +150,14 @@ Test(store_events, replayed_change_is_published_once)
      * once. */
     ev_record done;
     ev_record_init(&done, id, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 1);
-    events_list l = {0};
-    uint8_t *pb = NULL;
-    size_t len = 0;
-    cr_assert_eq(kiln_pb_pack(&done.rec.base, &pb, &len), KILN_OK);
-    cr_assert_eq(events_add_packed(&l, &done.rec, EVENTS_STATE, &pb, len), KILN_OK);
-    free(pb);
-    cr_assert_eq(events_add_replayed(&l, &done.rec, EVENTS_STATE), KILN_OK);
-    cr_assert_eq(events_publish_async(js, &l), KILN_OK);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = 5000;
-    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
-    events_free(&l);
+    ev_publish_then_replay_in_batch(js, &done);
     cr_assert_eq(ev_count(js), n0 + 3, "a change re-announced in its own batch went out twice");
 
     /* The job was viewed after it completed: the viewed event re-states the
      * completed record, so a replay of the completion adds nothing. */
     events_list v = {0};
+    uint8_t *pb = NULL;
+    size_t len = 0;
     done.rec.viewed = true;
     cr_assert_eq(kiln_pb_pack(&done.rec.base, &pb, &len), KILN_OK);
     cr_assert_eq(events_add_packed(&v, &done.rec, EVENTS_VIEWED, &pb, len), KILN_OK);
@@ -165,6 +174,49 @@ Test(store_events, replayed_change_is_published_once)
     ev_publish(js, &pending, true, true);
     cr_assert_eq(ev_count(js), n0 + 5);
 
+    h_nats_close(nc, js);
+    h_stop(&s);
+}
+
+/* The in-batch case on its own: a JetStream context whose API prefix nothing
+ * answers still publishes into KILN_EVENTS (publishes go to the event
+ * subject), but its last-event lookups fail, and a failed lookup means
+ * "publish". Only the check against the batch's earlier items keeps the
+ * re-announcement out. */
+Test(store_events, replay_in_its_own_batch_is_caught_without_the_stream)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL, *blind = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0, "cannot connect to nats-server");
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Prefix = "kiln.test.no-api";
+    jo.Wait = 500;
+    cr_assert_eq(natsConnection_JetStream(&blind, nc, &jo), NATS_OK);
+
+    char id[65], subject[EVENTS_SUBJECT_MAX];
+    h_unique_id(id, "evb");
+    cr_assert(events_subject(subject, sizeof subject, "ev-user", id) > 0);
+    ev_record done;
+    ev_record_init(&done, id, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 1);
+    int64_t n0 = ev_count(js);
+
+    ev_publish_then_replay_in_batch(blind, &done);
+    cr_assert_eq(ev_count(js), n0 + 1, "a change re-announced in its own batch went out twice");
+
+    /* The lookup really was blind: the stream holds the event, the blind
+     * context cannot read it. */
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, KILN_STREAM_EVENTS, subject, NULL, NULL), NATS_OK);
+    natsMsg_Destroy(m);
+    m = NULL;
+    cr_assert_neq(js_GetLastMsg(&m, blind, KILN_STREAM_EVENTS, subject, NULL, NULL), NATS_OK,
+                  "the blind context found the event");
+    natsMsg_Destroy(m);
+
+    jsCtx_Destroy(blind);
     h_nats_close(nc, js);
     h_stop(&s);
 }
