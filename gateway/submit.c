@@ -461,7 +461,7 @@ void gw_submit_handle(gw_req *r)
         goto out;
     }
     gated = 1;
-    if (!submit_connected(&submit_batched) && !submit_connected(&submit_fast)) {
+    if (submit_pick() == NULL) {
         submit_answer_unavailable(r, "the job queue is unavailable; retry");
         goto out;
     }
