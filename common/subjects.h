@@ -21,6 +21,9 @@
 #define KILN_SUBJ_STORE_PING "kiln.store.ping"    /* empty -> empty reply: readiness */
 #define KILN_SUBJ_STORE_IDEM "kiln.store.idem"    /* reserve or look up an Idempotency-Key */
 #define KILN_SUBJ_EVENTS_PREFIX "kiln.events."      /* + hex(user) + "." + id: every status change, JobRecord */
+/* kiln.events.<hex(user)>.$new: EventBatch of new records ("$" is never in a job id) */
+#define KILN_EVENTS_NEW_TOKEN "$new"
+#define KILN_EVENTS_BATCH_MAX 1024 /* records per EventBatch; SSE ids keep 12 bits for the index */
 #define KILN_SUBJ_CANCELLED_PREFIX "kiln.cancelled." /* + job id: broadcast to consumers */
 #define KILN_STORE_QUEUE "kiln-store"
 

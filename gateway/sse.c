@@ -49,7 +49,7 @@ typedef struct sse_client {
     bool released;               /* MHD let go; drop whatever arrives */
     bool per_job;
     int refs;                    /* the response, the subscription */
-    uint64_t last_seq;           /* highest event id put in the buffer */
+    uint64_t last_pos;           /* highest event position put in the buffer (GW_SSE_POS) */
     int64_t last_write_ms;       /* mono: last bytes handed to MHD or queued */
     natsSubscription *sub;
     char job_id[KILN_ID_MAX_LEN + 1];
@@ -77,11 +77,10 @@ void gw_sse_user_hex(const char *user, char *out, size_t outlen)
     if (outlen > 0) out[o] = '\0';
 }
 
-int gw_sse_parse_last_id(const char *s, uint64_t *out)
+/* Parses 1..digits decimal digits of s[0..n) into *out (no overflow). */
+static int sse_parse_u64(const char *s, size_t n, size_t digits, uint64_t *out)
 {
-    if (s == NULL) return -1;
-    size_t n = strlen(s);
-    if (n == 0 || n > 20) return -1;
+    if (n == 0 || n > digits) return -1;
     uint64_t v = 0;
     for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') return -1;
@@ -93,17 +92,44 @@ int gw_sse_parse_last_id(const char *s, uint64_t *out)
     return 0;
 }
 
-char *gw_sse_format_event(const Kiln__V1__JobRecord *rec, uint64_t seq, size_t *len, int *terminal)
+int gw_sse_parse_last_id(const char *s, uint64_t *out)
+{
+    if (s == NULL) return -1;
+    const char *dot = strchr(s, '.');
+    size_t n = dot != NULL ? (size_t)(dot - s) : strlen(s);
+    uint64_t seq = 0, index = 0;
+    if (sse_parse_u64(s, n, 20, &seq) != 0 || GW_SSE_SEQ(GW_SSE_POS(seq, 0)) != seq) return -1;
+    if (dot != NULL &&
+        (sse_parse_u64(dot + 1, strlen(dot + 1), 4, &index) != 0 || index == 0 ||
+         index > GW_SSE_INDEX(UINT64_MAX)))
+        return -1;
+    *out = GW_SSE_POS(seq, index);
+    return 0;
+}
+
+/* The first stream sequence a client that has seen pos still needs: the
+ * rest of an EventBatch, else the next message. */
+static uint64_t sse_resume_seq(uint64_t pos)
+{
+    return GW_SSE_SEQ(pos) + (GW_SSE_INDEX(pos) != 0 ? 0 : 1);
+}
+
+char *gw_sse_format_event(const Kiln__V1__JobRecord *rec, uint64_t pos, size_t *len, int *terminal)
 {
     json_t *j = gw_jobjson_job(rec);
     char *data = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (data == NULL) return NULL;
+    char id[32];
+    if (GW_SSE_INDEX(pos) != 0)
+        snprintf(id, sizeof id, "%" PRIu64 ".%u", GW_SSE_SEQ(pos), (unsigned)GW_SSE_INDEX(pos));
+    else
+        snprintf(id, sizeof id, "%" PRIu64, GW_SSE_SEQ(pos));
     size_t dlen = strlen(data);
     size_t cap = dlen + 64;
     char *ev = malloc(cap);
     if (ev != NULL) {
-        int n = snprintf(ev, cap, "event: job\nid: %" PRIu64 "\ndata: %s\n\n", seq, data);
+        int n = snprintf(ev, cap, "event: job\nid: %s\ndata: %s\n\n", id, data);
         if (n < 0 || (size_t)n >= cap) {
             free(ev);
             ev = NULL;
@@ -227,27 +253,62 @@ static Kiln__V1__JobRecord *sse_unpack(const char *data, int len)
     return kiln__v1__job_record__unpack(NULL, (size_t)len, (const uint8_t *)data);
 }
 
-/* Queues an event for rec (any thread). */
-static void sse_push(sse_client *c, const Kiln__V1__JobRecord *rec, uint64_t seq)
+/* Queues an event for rec at position pos (any thread). */
+static void sse_push(sse_client *c, const Kiln__V1__JobRecord *rec, uint64_t pos)
 {
     size_t len = 0;
     int terminal = 0;
-    char *ev = gw_sse_format_event(rec, seq, &len, &terminal);
+    char *ev = gw_sse_format_event(rec, pos, &len, &terminal);
     pthread_mutex_lock(&c->mu);
-    if (c->released || c->closing || c->failed || (seq != 0 && seq <= c->last_seq)) goto unlock;
+    if (c->released || c->closing || c->failed || (pos != 0 && pos <= c->last_pos)) goto unlock;
     if (ev == NULL || !sse_append_locked(c, ev, len)) {
         /* Too slow (or out of memory): close; the client resumes with Last-Event-ID. */
-        LOG_WARN("sse client too slow, closing job=%s last_id=%" PRIu64,
-                 c->per_job ? c->job_id : "-", c->last_seq);
+        LOG_WARN("sse client too slow, closing job=%s last_seq=%" PRIu64,
+                 c->per_job ? c->job_id : "-", GW_SSE_SEQ(c->last_pos));
         c->failed = true;
     } else {
-        if (seq > c->last_seq) c->last_seq = seq;
+        if (pos > c->last_pos) c->last_pos = pos;
         if (c->per_job && terminal) c->closing = true;
     }
     sse_wake_locked(c);
 unlock:
     pthread_mutex_unlock(&c->mu);
     free(ev);
+}
+
+/* Is subject an EventBatch subject (kiln.events.<hex>.$new)? */
+static bool sse_is_batch(const char *subject)
+{
+    static const char suffix[] = "." KILN_EVENTS_NEW_TOKEN;
+    size_t n = strlen(subject), k = sizeof suffix - 1;
+    return n > k && memcmp(subject + n - k, suffix, k) == 0;
+}
+
+/* Queues every record of the EventBatch in data (message seq). */
+static void sse_push_batch(sse_client *c, const char *data, int len, uint64_t seq)
+{
+    Kiln__V1__EventBatch *b = len >= 0 && len <= KILN_PB_MAX_BYTES
+                                  ? kiln__v1__event_batch__unpack(NULL, (size_t)len, (const uint8_t *)data)
+                                  : NULL;
+    if (b == NULL) {
+        LOG_WARN("sse undecodable event batch seq=%" PRIu64, seq);
+        return;
+    }
+    size_t n = b->n_records;
+    if (n > GW_SSE_INDEX(UINT64_MAX)) {
+        LOG_WARN("sse event batch too long seq=%" PRIu64 " records=%zu", seq, n);
+        n = GW_SSE_INDEX(UINT64_MAX);
+    }
+    for (size_t i = 0; i < n; i++) {
+        Kiln__V1__JobRecord *rec = sse_unpack((const char *)b->records[i].data, (int)b->records[i].len);
+        if (rec == NULL) {
+            LOG_WARN("sse undecodable record seq=%" PRIu64 " index=%zu", seq, i + 1);
+            continue;
+        }
+        sse_push(c, rec, GW_SSE_POS(seq, i + 1));
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
+    kiln__v1__event_batch__free_unpacked(b, NULL);
 }
 
 /* Subscription callback (libnats delivery pool). */
@@ -261,10 +322,15 @@ static void sse_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         seq = meta->Sequence.Stream;
         jsMsgMetaData_Destroy(meta);
     }
-    Kiln__V1__JobRecord *rec = sse_unpack(natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
-    if (rec == NULL) LOG_WARN("sse undecodable event subject=%s", natsMsg_GetSubject(msg));
-    else sse_push(c, rec, seq);
-    if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+    const char *subject = natsMsg_GetSubject(msg);
+    if (sse_is_batch(subject)) {
+        sse_push_batch(c, natsMsg_GetData(msg), natsMsg_GetDataLength(msg), seq);
+    } else {
+        Kiln__V1__JobRecord *rec = sse_unpack(natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+        if (rec == NULL) LOG_WARN("sse undecodable event subject=%s", subject);
+        else sse_push(c, rec, GW_SSE_POS(seq, 0));
+        if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
     natsMsg_Destroy(msg);
 }
 
@@ -404,15 +470,15 @@ static sse_open sse_job_initial(gw_req *r, sse_client *c, const char *subject, b
     if (rec != NULL) {
         uint64_t seq = natsMsg_GetSequence(m);
         int terminal = rec->status != NULL && kiln_state_is_terminal(rec->status->state);
-        if (has_last && last >= seq && terminal) {
+        if (has_last && last >= GW_SSE_POS(seq, 0) && terminal) {
             /* The client saw the end already: 204 tells EventSource to stop reconnecting. */
             gw_answer_raw(&r->ans, 204, NULL, NULL, 0);
             goto out;
         }
         if (has_last) {
-            *start = last + 1;
+            *start = sse_resume_seq(last);
         } else {
-            sse_push(c, rec, seq);
+            sse_push(c, rec, GW_SSE_POS(seq, 0));
             *start = terminal ? 0 : seq + 1;
         }
         res = SSE_OPEN_STREAM;
@@ -448,7 +514,7 @@ static sse_open sse_job_initial(gw_req *r, sse_client *c, const char *subject, b
         gw_answer_raw(&r->ans, 204, NULL, NULL, 0);
         goto out;
     }
-    sse_push(c, rep->jobs[0], pos);
+    sse_push(c, rep->jobs[0], GW_SSE_POS(pos, 0));
     *start = terminal ? 0 : pos + 1;
     res = SSE_OPEN_STREAM;
 out:
@@ -503,6 +569,7 @@ static void sse_open_stream(gw_req *r, bool per_job)
     c->conn = r->conn;
     c->per_job = per_job;
     c->last_write_ms = kiln_mono_ms();
+    c->last_pos = has_last ? last : 0; /* drops what the client has seen of an EventBatch */
     snprintf(c->job_id, sizeof c->job_id, "%s", per_job ? r->job_id : "");
     atomic_fetch_add(&sse_open_count, 1);
 
@@ -514,7 +581,7 @@ static void sse_open_stream(gw_req *r, bool per_job)
             pthread_mutex_unlock(&c->mu);
         }
     } else {
-        start = has_last ? last + 1 : 0;
+        start = has_last ? sse_resume_seq(last) : 0;
     }
     if (!per_job || start != 0) {
         kiln_status st = sse_subscribe(c, subject, start);

@@ -9,13 +9,14 @@
 #include "natsconn.h"
 #include "pb.h"
 
-size_t events_subject(char *buf, size_t buflen, const char *user, const char *id)
+/* Writes "kiln.events.<hex(user)>.<token>" into buf; 0 when it does not fit. */
+static size_t events_subject_token(char *buf, size_t buflen, const char *user, const char *token)
 {
     static const char digits[] = "0123456789abcdef";
-    size_t ulen = strlen(user), idlen = strlen(id);
+    size_t ulen = strlen(user), tlen = strlen(token);
     size_t plen = sizeof KILN_SUBJ_EVENTS_PREFIX - 1;
-    size_t need = plen + 2 * ulen + 1 + idlen;
-    if (ulen == 0 || idlen == 0 || ulen > KILN_USER_MAX_LEN || idlen > KILN_ID_MAX_LEN ||
+    size_t need = plen + 2 * ulen + 1 + tlen;
+    if (ulen == 0 || tlen == 0 || ulen > KILN_USER_MAX_LEN || tlen > KILN_ID_MAX_LEN ||
         need + 1 > buflen)
         return 0;
     memcpy(buf, KILN_SUBJ_EVENTS_PREFIX, plen);
@@ -26,9 +27,19 @@ size_t events_subject(char *buf, size_t buflen, const char *user, const char *id
         *p++ = digits[c & 0x0f];
     }
     *p++ = '.';
-    memcpy(p, id, idlen);
-    p[idlen] = '\0';
+    memcpy(p, token, tlen);
+    p[tlen] = '\0';
     return need;
+}
+
+size_t events_subject(char *buf, size_t buflen, const char *user, const char *id)
+{
+    return events_subject_token(buf, buflen, user, id);
+}
+
+size_t events_new_subject(char *buf, size_t buflen, const char *user)
+{
+    return events_subject_token(buf, buflen, user, KILN_EVENTS_NEW_TOKEN);
 }
 
 void events_key(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
@@ -50,9 +61,15 @@ kiln_status events_add_packed(events_list *l, const Kiln__V1__JobRecord *rec, ev
         l->cap = cap;
     }
     events_item *e = &l->items[l->n];
-    if (events_subject(e->subject, sizeof e->subject, user, id) == 0) return KILN_EINVAL;
-    snprintf(e->id, sizeof e->id, "%s", id);
     e->state = rec->status->state;
+    /* Pending at attempt 0 is only ever a record's first state: a later
+     * change to it would be invisible (same state and attempts). */
+    e->fresh = kind == EVENTS_STATE && e->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING &&
+               rec->status->attempts == 0;
+    size_t slen = e->fresh ? events_new_subject(e->subject, sizeof e->subject, user)
+                           : events_subject(e->subject, sizeof e->subject, user, id);
+    if (slen == 0 || id[0] == '\0' || strlen(id) > KILN_ID_MAX_LEN) return KILN_EINVAL;
+    snprintf(e->id, sizeof e->id, "%s", id);
     events_key(e->key, sizeof e->key, id, e->state, rec->status->attempts, kind);
     e->attempts = rec->status->attempts;
     e->kind = kind;
@@ -110,9 +127,31 @@ static kiln_status events_msg(const events_item *e, natsMsg **out)
     return KILN_OK;
 }
 
-/* Is e already the last event on its subject? Only a replay asks (one
- * request to the stream). When the stream cannot tell, the answer is no: a
- * repeated event is better than a lost one. */
+/* Does the EventBatch m hold the first event of job id? */
+static bool events_batch_holds(natsMsg *m, const char *id)
+{
+    int len = natsMsg_GetDataLength(m);
+    if (len < 0 || len > KILN_PB_MAX_BYTES) return false;
+    Kiln__V1__EventBatch *b =
+        kiln__v1__event_batch__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
+    bool found = false;
+    for (size_t i = 0; b != NULL && i < b->n_records && !found; i++) {
+        Kiln__V1__JobRecord *rec =
+            kiln__v1__job_record__unpack(NULL, b->records[i].len, b->records[i].data);
+        found = rec != NULL && rec->request != NULL && rec->status != NULL &&
+                strcmp(rec->request->id, id) == 0 &&
+                rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING &&
+                rec->status->attempts == 0;
+        if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
+    if (b != NULL) kiln__v1__event_batch__free_unpacked(b, NULL);
+    return found;
+}
+
+/* Is e already the last event on its subject (for a first event: in its
+ * user's last EventBatch)? Only a replay asks (one request to the stream).
+ * When the stream cannot tell, the answer is no: a repeated event is better
+ * than a lost one. */
 static bool events_already_published(jsCtx *js, const events_item *e)
 {
     natsMsg *last = NULL;
@@ -120,7 +159,9 @@ static bool events_already_published(jsCtx *js, const events_item *e)
     jsErrCode jerr = 0;
     natsStatus s = js_GetLastMsg(&last, js, KILN_STREAM_EVENTS, e->subject, NULL, &jerr);
     bool same = false;
-    if (s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK) {
+    if (s == NATS_OK && e->fresh) {
+        same = events_batch_holds(last, e->id);
+    } else if (s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK) {
         const char *state = NULL;
         char viewed[EVENTS_KEY_MAX];
         same = strcmp(key, e->key) == 0;
@@ -156,32 +197,134 @@ static bool events_skip(jsCtx *js, const events_list *l, size_t i)
     return events_listed_before(l, i) || events_already_published(js, &l->items[i]);
 }
 
+/* One message to publish and the item it (first) announces. */
+typedef struct {
+    natsMsg *msg;
+    const events_item *first;
+} events_out;
+
+typedef struct {
+    events_out *items;
+    size_t n;
+} events_outs;
+
+static void events_outs_free(events_outs *o, size_t from)
+{
+    for (size_t i = from; i < o->n; i++) natsMsg_Destroy(o->items[i].msg);
+    free(o->items);
+    o->items = NULL;
+    o->n = 0;
+}
+
+/* First events in subject (user) order, list order within a user. */
+static int events_cmp_fresh(const void *a, const void *b)
+{
+    const events_item *x = *(const events_item *const *)a, *y = *(const events_item *const *)b;
+    int c = strcmp(x->subject, y->subject);
+    if (c != 0) return c;
+    return x < y ? -1 : x > y;
+}
+
+/* The EventBatch of fresh[0..n) (one user): packed records, no copy. */
+static kiln_status events_batch_msg(const events_item *const *fresh, size_t n, natsMsg **out)
+{
+    Kiln__V1__EventBatch b = KILN__V1__EVENT_BATCH__INIT;
+    ProtobufCBinaryData *recs = malloc(n * sizeof *recs);
+    if (recs == NULL) return KILN_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        recs[i].data = fresh[i]->record_pb;
+        recs[i].len = fresh[i]->record_len;
+    }
+    b.n_records = n;
+    b.records = recs;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    kiln_status st = kiln_pb_pack(&b.base, &buf, &len);
+    free(recs);
+    if (st != KILN_OK) return st;
+    natsStatus s = natsMsg_Create(out, fresh[0]->subject, NULL, (const char *)buf, (int)len);
+    free(buf);
+    return kiln_nats_status(s);
+}
+
+/* Appends the EventBatches of the fresh items: per user, at most
+ * KILN_EVENTS_BATCH_MAX records and about EVENTS_BATCH_BYTES each. Sorts fresh. */
+static kiln_status events_build_batches(const events_item **fresh, size_t n, events_outs *o)
+{
+    qsort(fresh, n, sizeof *fresh, events_cmp_fresh);
+    size_t i = 0;
+    while (i < n) {
+        size_t k = i + 1, bytes = fresh[i]->record_len;
+        while (k < n && k - i < KILN_EVENTS_BATCH_MAX && strcmp(fresh[k]->subject, fresh[i]->subject) == 0 &&
+               bytes + fresh[k]->record_len <= EVENTS_BATCH_BYTES)
+            bytes += fresh[k++]->record_len;
+        events_out *out = &o->items[o->n];
+        kiln_status st = events_batch_msg(fresh + i, k - i, &out->msg);
+        if (st != KILN_OK) return st;
+        out->first = fresh[i];
+        o->n++;
+        i = k;
+    }
+    return KILN_OK;
+}
+
+/* Builds the messages of l: the EventBatches first (a job's first event
+ * precedes its later ones), then every other item in list order. */
+static kiln_status events_build(jsCtx *js, const events_list *l, events_outs *o)
+{
+    o->n = 0;
+    o->items = NULL;
+    if (l->n == 0) return KILN_OK;
+    const events_item **fresh = malloc(l->n * sizeof *fresh);
+    bool *skip = calloc(l->n, sizeof *skip);
+    o->items = malloc(l->n * sizeof *o->items);
+    kiln_status st = fresh != NULL && skip != NULL && o->items != NULL ? KILN_OK : KILN_ENOMEM;
+    size_t nfresh = 0;
+    for (size_t i = 0; st == KILN_OK && i < l->n; i++) {
+        skip[i] = events_skip(js, l, i);
+        if (!skip[i] && l->items[i].fresh) fresh[nfresh++] = &l->items[i];
+    }
+    if (st == KILN_OK) st = events_build_batches(fresh, nfresh, o);
+    for (size_t i = 0; st == KILN_OK && i < l->n; i++) {
+        if (skip[i] || l->items[i].fresh) continue;
+        events_out *out = &o->items[o->n];
+        st = events_msg(&l->items[i], &out->msg);
+        if (st == KILN_OK) {
+            out->first = &l->items[i];
+            o->n++;
+        }
+    }
+    free(fresh);
+    free(skip);
+    if (st != KILN_OK) events_outs_free(o, 0);
+    return st;
+}
+
 kiln_status events_publish_async(jsCtx *js, const events_list *l)
 {
-    for (size_t i = 0; i < l->n; i++) {
-        if (events_skip(js, l, i)) continue;
-        natsMsg *m = NULL;
-        kiln_status st = events_msg(&l->items[i], &m);
-        if (st != KILN_OK) return st;
-        natsStatus s = js_PublishMsgAsync(js, &m, NULL);
-        natsMsg_Destroy(m); /* NULL when the library took it */
+    events_outs o;
+    kiln_status st = events_build(js, l, &o);
+    if (st != KILN_OK) return st;
+    for (size_t i = 0; i < o.n; i++) {
+        natsStatus s = js_PublishMsgAsync(js, &o.items[i].msg, NULL);
         if (s != NATS_OK) {
-            LOG_WARN("event publish failed job=%s status=%s", l->items[i].id, natsStatus_GetText(s));
+            LOG_WARN("event publish failed job=%s status=%s", o.items[i].first->id,
+                     natsStatus_GetText(s));
+            events_outs_free(&o, 0); /* the taken ones are NULL */
             return kiln_nats_status(s);
         }
     }
+    events_outs_free(&o, 0);
     return KILN_OK;
 }
 
 kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
 {
-    kiln_status st = KILN_OK;
-    for (size_t i = 0; i < l->n; i++) {
-        const events_item *e = &l->items[i];
-        if (events_skip(js, l, i)) continue;
-        natsMsg *m = NULL;
-        st = events_msg(e, &m);
-        if (st != KILN_OK) return st;
+    events_outs o;
+    kiln_status st = events_build(js, l, &o);
+    if (st != KILN_OK) return st;
+    for (size_t i = 0; i < o.n; i++) {
+        const events_item *e = o.items[i].first;
         natsStatus s = NATS_ERR;
         jsErrCode jerr = 0;
         for (int t = 0; t < tries && s != NATS_OK; t++) {
@@ -190,14 +333,14 @@ kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
                 s = NATS_OK;
                 break;
             }
-            s = js_PublishMsg(NULL, js, m, NULL, &jerr);
+            s = js_PublishMsg(NULL, js, o.items[i].msg, NULL, &jerr);
         }
-        natsMsg_Destroy(m);
         if (s != NATS_OK) {
             LOG_WARN("event publish failed job=%s status=%s jerr=%d", e->id,
                      natsStatus_GetText(s), (int)jerr);
             st = kiln_nats_status(s);
         }
     }
+    events_outs_free(&o, 0);
     return st;
 }

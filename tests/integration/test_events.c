@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 
 #include "../harness.h"
+#include "subjects.h"
 
 TestSuite(events, .fini = h_fini, .timeout = 120);
 
@@ -31,6 +32,7 @@ typedef struct {
     const char *token;
     const char *last_event_id;  /* NULL: none */
     char stop_job[80];          /* stop after this job's terminal event; "": run until closed */
+    int stop_after;             /* stop after this many events; 0: no limit */
     pthread_mutex_t lock;       /* guards stop_job (set by the test while the stream runs) */
     long timeout_ms;
     char *buf;
@@ -91,6 +93,7 @@ static void ev_parse_block(ev_sse *c, const char *b, size_t n)
     pthread_mutex_lock(&c->lock);
     if (c->stop_job[0] != '\0' && strcmp(e->job_id, c->stop_job) == 0 && h_state_terminal(e->status))
         c->stopped = 1;
+    if (c->stop_after > 0 && c->nev >= c->stop_after) c->stopped = 1;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -345,6 +348,80 @@ Test(events, user_stream_own_jobs_and_resume)
         ev_fini(&c2);
     }
     ev_fini(&c);
+    h_stop(&s);
+}
+
+/* The first events of jobs the store applies in one batch come in one
+ * EventBatch message: ids "<seq>.<index>". A stream resumed from an id in
+ * the middle of it gets exactly the rest, and one resumed from its last
+ * record gets only what follows. */
+Test(events, user_stream_resumes_inside_a_batch_of_new_jobs)
+{
+    enum { N = 40 };
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1}; /* the jobs stay pending: first events only */
+    h_start(&s, &o);
+    char url[256], dump[16384], ids[N + 1][65];
+    snprintf(url, sizeof url, "%s/v1/events", s.gw_url);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0, "cannot connect to nats-server");
+
+    ev_sse c;
+    ev_init(&c, url, H_TOKEN_ALICE, 30000);
+    c.stop_after = N;
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, ev_sse_thread, &c), 0);
+    cr_assert(h_wait_for(ev_connected, &c, 5000, 20), "gateway: /v1/events sent no headers within 5 s");
+    /* With the store stopped the jobs queue up; restarted, it applies them
+     * in one batch. */
+    cr_assert_eq(h_proc_term(&s, H_STORE), 0);
+    for (int i = 0; i < N; i++) {
+        h_unique_id(ids[i], "evbatch");
+        cr_assert_eq(h_publish_jobreq(js, KILN_SUBJ_GENERATE, ids[i], "alice", "a heron"), 0);
+    }
+    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
+    pthread_join(t, NULL);
+    ev_dump(&c, dump, sizeof dump);
+    cr_assert_eq(c.nev, N, "want %d first events, got %d: %s", N, c.nev, dump);
+    int batched = 0;
+    for (int i = 0; i < N; i++) {
+        cr_expect_str_eq(c.ev[i].job_id, ids[i], "event %d is not job %d in publish order: %s", i, i, dump);
+        cr_expect_str_eq(c.ev[i].status, "pending");
+        batched += strchr(c.ev[i].id, '.') != NULL;
+    }
+    cr_assert_eq(batched, N, "the batch's first events did not come as one EventBatch: %s", dump);
+
+    /* Resume inside the batch: exactly the rest, in order. */
+    ev_sse c2;
+    ev_init(&c2, url, H_TOKEN_ALICE, 10000);
+    c2.last_event_id = c.ev[9].id;
+    c2.stop_after = N - 10;
+    ev_sse_run(&c2);
+    char dump2[16384];
+    ev_dump(&c2, dump2, sizeof dump2);
+    cr_assert_eq(c2.nev, N - 10, "resume from %s: want %d events: %s", c.ev[9].id, N - 10, dump2);
+    for (int i = 0; i < N - 10; i++)
+        cr_expect_str_eq(c2.ev[i].id, c.ev[10 + i].id, "resume from %s: event %d: %s", c.ev[9].id, i, dump2);
+
+    /* Resume from the batch's last record: only what comes next. */
+    ev_sse c3;
+    ev_init(&c3, url, H_TOKEN_ALICE, 10000);
+    c3.last_event_id = c.ev[N - 1].id;
+    c3.stop_after = 1;
+    cr_assert_eq(pthread_create(&t, NULL, ev_sse_thread, &c3), 0);
+    cr_assert(h_wait_for(ev_connected, &c3, 5000, 20), "gateway: /v1/events sent no headers within 5 s");
+    h_unique_id(ids[N], "evnext");
+    cr_assert_eq(h_publish_jobreq(js, KILN_SUBJ_GENERATE, ids[N], "alice", "a heron"), 0);
+    pthread_join(t, NULL);
+    ev_dump(&c3, dump2, sizeof dump2);
+    cr_assert_eq(c3.nev, 1, "%s", dump2);
+    cr_expect_str_eq(c3.ev[0].job_id, ids[N], "resume from the batch's end repeated an event: %s", dump2);
+
+    ev_fini(&c3);
+    ev_fini(&c2);
+    ev_fini(&c);
+    h_nats_close(nc, js);
     h_stop(&s);
 }
 

@@ -1,7 +1,9 @@
 /* test_store_events.c - the store's event publishing (store/events.c) against
  * a real KILN_EVENTS stream: a re-announced change (a replay) is published
  * only when its job's subject does not already end with it. Events carry no
- * Nats-Msg-Id, so without this check every replay would repeat its events. */
+ * Nats-Msg-Id, so without this check every replay would repeat its events.
+ * A record's first event goes out in one EventBatch per user and batch;
+ * its re-announcement is checked against the user's last EventBatch. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +120,10 @@ Test(store_events, replayed_change_is_published_once)
     h_unique_id(id, "ev");
     cr_assert(events_subject(subject, sizeof subject, "ev-user", id) > 0);
     ev_record pending, running;
-    ev_record_init(&pending, id, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
-    ev_record_init(&running, id, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 1);
+    /* Pending again after an attempt: a first event (attempt 0) goes out in
+     * its user's EventBatch, tested below. */
+    ev_record_init(&pending, id, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 1);
+    ev_record_init(&running, id, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 2);
     int64_t n0 = ev_count(js);
 
     /* A new change is published as it is. */
@@ -127,7 +131,7 @@ Test(store_events, replayed_change_is_published_once)
     cr_assert_eq(ev_count(js), n0 + 1);
     ev_last_key(js, subject, key, sizeof key);
     char want[EVENTS_KEY_MAX];
-    snprintf(want, sizeof want, "%s.pending.0.ev", id);
+    snprintf(want, sizeof want, "%s.pending.1.ev", id);
     cr_assert_str_eq(key, want);
 
     /* Its replay finds it last on the job's subject: nothing more, async or sync. */
@@ -142,14 +146,14 @@ Test(store_events, replayed_change_is_published_once)
     ev_publish(js, &running, true, true);
     cr_assert_eq(ev_count(js), n0 + 2);
     ev_last_key(js, subject, key, sizeof key);
-    snprintf(want, sizeof want, "%s.processing.1.ev", id);
+    snprintf(want, sizeof want, "%s.processing.2.ev", id);
     cr_assert_str_eq(key, want);
 
     /* A change published in a batch and re-announced later in the same batch
      * (its stream write may not be stored yet when the replay is checked):
      * once. */
     ev_record done;
-    ev_record_init(&done, id, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 1);
+    ev_record_init(&done, id, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 2);
     ev_publish_then_replay_in_batch(js, &done);
     cr_assert_eq(ev_count(js), n0 + 3, "a change re-announced in its own batch went out twice");
 
@@ -217,6 +221,127 @@ Test(store_events, replay_in_its_own_batch_is_caught_without_the_stream)
     natsMsg_Destroy(m);
 
     jsCtx_Destroy(blind);
+    h_nats_close(nc, js);
+    h_stop(&s);
+}
+
+/* The ids of the records of the EventBatch m, comma-separated, into out. */
+static void ev_batch_ids(natsMsg *m, char *out, size_t len)
+{
+    Kiln__V1__EventBatch *b = kiln__v1__event_batch__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    cr_assert_not_null(b, "undecodable EventBatch");
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < b->n_records; i++) {
+        Kiln__V1__JobRecord *rec =
+            kiln__v1__job_record__unpack(NULL, b->records[i].len, b->records[i].data);
+        cr_assert_not_null(rec, "undecodable record %zu", i);
+        cr_assert_eq(rec->status->state, KILN__V1__JOB_STATE__JOB_STATE_PENDING);
+        o += (size_t)snprintf(out + o, len - o, "%s%s", i > 0 ? "," : "", rec->request->id);
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
+    kiln__v1__event_batch__free_unpacked(b, NULL);
+}
+
+/* The last message on subject: its stream sequence and, for an EventBatch,
+ * its records' ids. */
+static uint64_t ev_last_batch(jsCtx *js, const char *subject, char *ids, size_t len)
+{
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, KILN_STREAM_EVENTS, subject, NULL, NULL), NATS_OK,
+                 "nothing on %s", subject);
+    uint64_t seq = natsMsg_GetSequence(m);
+    if (ids != NULL) ev_batch_ids(m, ids, len);
+    natsMsg_Destroy(m);
+    return seq;
+}
+
+static void ev_list_new(events_list *l, ev_record *r)
+{
+    uint8_t *pb = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&r->rec.base, &pb, &len), KILN_OK);
+    cr_assert_eq(events_add_packed(l, &r->rec, EVENTS_STATE, &pb, len), KILN_OK);
+    free(pb);
+}
+
+static void ev_publish_list(jsCtx *js, events_list *l)
+{
+    cr_assert_eq(events_publish_async(js, l), KILN_OK);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 5000;
+    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
+    events_free(l);
+}
+
+Test(store_events, first_events_go_out_in_one_batch_per_user)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0, "cannot connect to nats-server");
+
+    char a1[65], a2[65], a3[65], b1[65], want[300], ids[300];
+    h_unique_id(a1, "eva1");
+    h_unique_id(a2, "eva2");
+    h_unique_id(a3, "eva3");
+    h_unique_id(b1, "evb1");
+    char user_a[80], user_b[80], new_a[EVENTS_SUBJECT_MAX], new_b[EVENTS_SUBJECT_MAX],
+        job_a1[EVENTS_SUBJECT_MAX];
+    snprintf(user_a, sizeof user_a, "ua-%s", a1);
+    snprintf(user_b, sizeof user_b, "ub-%s", a1);
+    cr_assert(events_new_subject(new_a, sizeof new_a, user_a) > 0);
+    cr_assert(events_new_subject(new_b, sizeof new_b, user_b) > 0);
+    cr_assert(events_subject(job_a1, sizeof job_a1, user_a, a1) > 0);
+    ev_record ra1, ra2, ra3, rb1, ra1_run;
+    ev_record_init(&ra1, a1, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+    ev_record_init(&ra2, a2, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+    ev_record_init(&ra3, a3, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+    ev_record_init(&rb1, b1, KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+    ev_record_init(&ra1_run, a1, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 1);
+    ev_record *users_a[] = {&ra1, &ra2, &ra3, &ra1_run};
+    for (size_t i = 0; i < 4; i++) users_a[i]->req.user_id = users_a[i]->status.user_id = user_a;
+    rb1.req.user_id = rb1.status.user_id = user_b;
+    int64_t n0 = ev_count(js);
+
+    /* One applied batch: a1 new, b1 new (another user), a1 started, a2 new.
+     * Three messages: user a's batch (a1, a2 in list order), user b's, and
+     * a1's change on its own subject, after its first event. */
+    events_list l = {0};
+    ev_list_new(&l, &ra1);
+    ev_list_new(&l, &rb1);
+    ev_list_new(&l, &ra1_run);
+    ev_list_new(&l, &ra2);
+    ev_publish_list(js, &l);
+    cr_assert_eq(ev_count(js), n0 + 3, "first events were not batched per user");
+    uint64_t seq_a = ev_last_batch(js, new_a, ids, sizeof ids);
+    snprintf(want, sizeof want, "%s,%s", a1, a2);
+    cr_assert_str_eq(ids, want);
+    ev_last_batch(js, new_b, ids, sizeof ids);
+    cr_assert_str_eq(ids, b1);
+    cr_assert_gt(ev_last_batch(js, job_a1, NULL, 0), seq_a, "a job's change went out before its first event");
+
+    /* A replayed first event found in the user's last batch: nothing more,
+     * async or sync; nor twice within one list. */
+    ev_publish(js, &ra2, true, false);
+    ev_publish(js, &ra1, true, true);
+    cr_assert_eq(ev_count(js), n0 + 3, "a replayed first event was published again");
+    ev_publish_then_replay_in_batch(js, &ra3);
+    cr_assert_eq(ev_count(js), n0 + 4);
+    ev_last_batch(js, new_a, ids, sizeof ids);
+    cr_assert_str_eq(ids, a3, "a first event re-announced in its own batch went out twice");
+
+    /* The documented limit: once a later batch of the user went out, the
+     * replay of an older first event cannot be told apart from a lost one
+     * and goes out again. */
+    ev_publish(js, &ra1, true, false);
+    cr_assert_eq(ev_count(js), n0 + 5);
+    ev_last_batch(js, new_a, ids, sizeof ids);
+    cr_assert_str_eq(ids, a1);
+
     h_nats_close(nc, js);
     h_stop(&s);
 }

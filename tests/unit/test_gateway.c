@@ -660,11 +660,19 @@ Test(gw_sse, last_event_id)
     cr_assert_eq(gw_sse_parse_last_id("0", &v), 0);
     cr_assert_eq(v, 0);
     cr_assert_eq(gw_sse_parse_last_id("12345", &v), 0);
-    cr_assert_eq(v, 12345);
-    cr_assert_eq(gw_sse_parse_last_id("18446744073709551615", &v), 0);
-    cr_assert_eq(v, UINT64_MAX);
-    static const char *bad[] = {"", "-1", "1a", " 1", "1 ", "18446744073709551616",
-                                "000000000000000000001", "0x10"};
+    cr_assert_eq(v, GW_SSE_POS(12345, 0));
+    /* A record of an EventBatch: sequence and 1-based index. */
+    cr_assert_eq(gw_sse_parse_last_id("12345.7", &v), 0);
+    cr_assert_eq(v, GW_SSE_POS(12345, 7));
+    cr_assert_eq(GW_SSE_SEQ(v), 12345);
+    cr_assert_eq(GW_SSE_INDEX(v), 7);
+    cr_assert_eq(gw_sse_parse_last_id("9.4095", &v), 0);
+    cr_assert(GW_SSE_POS(9, 4095) < GW_SSE_POS(10, 0), "positions must order by sequence first");
+    cr_assert_eq(gw_sse_parse_last_id("4503599627370495", &v), 0); /* 2^52 - 1 */
+    cr_assert_eq(GW_SSE_SEQ(v), 4503599627370495u);
+    static const char *bad[] = {"", "-1", "1a", " 1", "1 ", "4503599627370496", "18446744073709551616",
+                                "000000000000000000001", "0x10", "7.", ".3", "7.0", "7.4096",
+                                "7.1.2", "7.-1", "7.00001"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         cr_assert_neq(gw_sse_parse_last_id(bad[i], &v), 0, "\"%s\" accepted", bad[i]);
     cr_assert_neq(gw_sse_parse_last_id(NULL, &v), 0);
@@ -677,7 +685,7 @@ Test(gw_sse, event_format)
     t.rq.prompt = "line one\nline two";
     size_t len = 0;
     int terminal = -1;
-    char *ev = gw_sse_format_event(&t.rec, 42, &len, &terminal);
+    char *ev = gw_sse_format_event(&t.rec, GW_SSE_POS(42, 0), &len, &terminal);
     cr_assert_not_null(ev);
     cr_assert_eq(len, strlen(ev));
     cr_assert_eq(terminal, 0);
@@ -692,8 +700,12 @@ Test(gw_sse, event_format)
     expect_str(j, "prompt", "line one\nline two");
     json_decref(j);
     free(ev);
+    ev = gw_sse_format_event(&t.rec, GW_SSE_POS(42, 3), &len, &terminal);
+    cr_assert_not_null(ev);
+    cr_assert_eq(strncmp(ev, "event: job\nid: 42.3\ndata: {", 27), 0, "%s", ev);
+    free(ev);
     rec_init(&t, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED);
-    ev = gw_sse_format_event(&t.rec, 7, &len, &terminal);
+    ev = gw_sse_format_event(&t.rec, GW_SSE_POS(7, 0), &len, &terminal);
     cr_assert_not_null(ev);
     cr_assert_eq(terminal, 1);
     free(ev);

@@ -216,7 +216,9 @@ Test(store_apply, job_request_creates_pending_with_request_seq_and_event)
     cr_assert_eq(job_request("j1", "alice", NULL, 17, 0), 1);
     cr_assert_eq(sink.events.n, 1);
     cr_assert_str_eq(sink.events.items[0].key, "j1.pending.0.ev");
-    cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.616c696365.j1");
+    /* A record's first event goes to its user's EventBatch subject. */
+    cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.616c696365.$new");
+    cr_assert(sink.events.items[0].fresh);
     cr_assert_eq(sink.done.n, 0);
     Kiln__V1__JobRecord *rec = load("j1");
     cr_assert_eq(rec->status->state, PENDING);
@@ -240,8 +242,13 @@ Test(store_apply, life_of_a_job_with_retry)
     job_request("j2", "bob", NULL, 1, 0);
     cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 1);
     cr_assert_str_eq(sink.events.items[0].key, "j2.processing.1.ev");
+    cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.626f62.j2");
+    cr_assert(!sink.events.items[0].fresh);
     cr_assert_eq(transition("j2", "bob", PENDING, 1, 0), 1);
     cr_assert_str_eq(sink.events.items[0].key, "j2.pending.1.ev");
+    /* Pending again after a failed attempt is a change of the job: its subject. */
+    cr_assert_str_eq(sink.events.items[0].subject, "kiln.events.626f62.j2");
+    cr_assert(!sink.events.items[0].fresh);
     /* The late duplicate of attempt 1 starting: ignored, no event. */
     cr_assert_eq(transition("j2", "bob", PROCESSING, 1, 0), 0);
     cr_assert_eq(sink.events.n, 0);
