@@ -345,3 +345,50 @@ Test(store_events, first_events_go_out_in_one_batch_per_user)
     h_nats_close(nc, js);
     h_stop(&s);
 }
+
+/* A user's first events beyond KILN_EVENTS_BATCH_MAX in one applied batch
+ * go out in further EventBatches, in list order, none lost or repeated. */
+Test(store_events, a_large_burst_splits_into_capped_batches)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0, "cannot connect to nats-server");
+
+    enum { N = KILN_EVENTS_BATCH_MAX + 6 };
+    static char ids[N][65];
+    static ev_record recs[N];
+    char user[80], subject[EVENTS_SUBJECT_MAX];
+    h_unique_id(ids[0], "evcap");
+    snprintf(user, sizeof user, "cap-%s", ids[0]);
+    cr_assert(events_new_subject(subject, sizeof subject, user) > 0);
+    events_list l = {0};
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "cap%d", i);
+        ev_record_init(&recs[i], ids[i], KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+        recs[i].req.user_id = recs[i].status.user_id = user;
+        ev_list_new(&l, &recs[i]);
+    }
+    int64_t n0 = ev_count(js);
+    ev_publish_list(js, &l);
+    cr_assert_eq(ev_count(js), n0 + 2, "want %d records in two EventBatches", N);
+
+    /* The last batch holds the 6 after the cap, the one before it the rest. */
+    static char got[N * 12];
+    uint64_t last = ev_last_batch(js, subject, got, sizeof got);
+    cr_assert_str_eq(got, "cap1024,cap1025,cap1026,cap1027,cap1028,cap1029");
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetMsg(&m, js, KILN_STREAM_EVENTS, last - 1, NULL, NULL), NATS_OK);
+    cr_assert_str_eq(natsMsg_GetSubject(m), subject);
+    ev_batch_ids(m, got, sizeof got);
+    natsMsg_Destroy(m);
+    size_t o = 0;
+    static char want[N * 12];
+    for (int i = 0; i < KILN_EVENTS_BATCH_MAX; i++)
+        o += (size_t)snprintf(want + o, sizeof want - o, "%s%s", i > 0 ? "," : "", ids[i]);
+    cr_assert_str_eq(got, want);
+
+    h_nats_close(nc, js);
+    h_stop(&s);
+}
