@@ -160,6 +160,9 @@ typedef struct {
  * holds. Returns KILN_OK when the store answered; info[i].answered says so per id. */
 kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_t timeout_ms,
                              cons_store_info *info);
+/* Fills info[i] (zeroed by the caller) from rep, the store's check reply for ids. */
+void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreReply *rep,
+                      cons_store_info *info);
 /* Fetch thread: decides what to do with a checked job (skip, nak, invalid, run). */
 void cons_job_dispatch(cons_job *j, const cons_store_info *si);
 /* Transfer thread: the provider call ended; classify and carry out the outcome. */

@@ -11,6 +11,44 @@
 #include "pb.h"
 #include "subjects.h"
 
+/* Is rec a usable answer for id? */
+static bool storecheck_is(const Kiln__V1__JobRecord *rec, const char *id)
+{
+    return rec->request != NULL && rec->request->id != NULL && rec->status != NULL &&
+           strcmp(rec->request->id, id) == 0;
+}
+
+/* The index of id's record in rep, or rep->n_jobs when there is none. */
+static size_t storecheck_find(const Kiln__V1__StoreReply *rep, const char *id)
+{
+    size_t k = 0;
+    while (k < rep->n_jobs && !storecheck_is(rep->jobs[k], id)) k++;
+    return k;
+}
+
+void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreReply *rep,
+                      cons_store_info *info)
+{
+    /* The store answers in request order, skipping ids it does not know:
+     * the next unmatched record is the one to try first (one pass for a
+     * whole batch); a scan covers any other order. */
+    size_t next = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == NULL || ids[i][0] == '\0') continue;
+        info[i].answered = true;
+        size_t k = next < rep->n_jobs && storecheck_is(rep->jobs[next], ids[i])
+                       ? next
+                       : storecheck_find(rep, ids[i]);
+        if (k == rep->n_jobs) continue;
+        const Kiln__V1__JobRecord *rec = rep->jobs[k];
+        info[i].known = true;
+        info[i].state = rec->status->state;
+        info[i].attempts = rec->status->attempts;
+        info[i].request_seq = rec->request_seq;
+        if (k == next) next++;
+    }
+}
+
 kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_t timeout_ms,
                              cons_store_info *info)
 {
@@ -49,20 +87,7 @@ kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_
         st = KILN_EUNAVAILABLE;
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (ids[i] == NULL || ids[i][0] == '\0') continue;
-        info[i].answered = true;
-        for (size_t k = 0; k < rep->n_jobs; k++) {
-            const Kiln__V1__JobRecord *rec = rep->jobs[k];
-            if (rec->request == NULL || rec->request->id == NULL || rec->status == NULL) continue;
-            if (strcmp(rec->request->id, ids[i]) != 0) continue;
-            info[i].known = true;
-            info[i].state = rec->status->state;
-            info[i].attempts = rec->status->attempts;
-            info[i].request_seq = rec->request_seq;
-            break;
-        }
-    }
+    cons_store_match(ids, n, rep, info);
 out:
     if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
     natsMsg_Destroy(reply);

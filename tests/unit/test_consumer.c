@@ -419,3 +419,75 @@ Test(memwatch, pauses_below_floor_and_resumes)
     cons_memwatch_set_source(NULL);
     unlink(path);
 }
+
+/* ---- store check replies ------------------------------------------------- */
+
+typedef struct {
+    Kiln__V1__JobRecord rec;
+    Kiln__V1__JobRequest req;
+    Kiln__V1__JobStatus st;
+} check_rec;
+
+static void check_rec_init(check_rec *c, const char *id, Kiln__V1__JobState state, uint32_t attempts)
+{
+    kiln__v1__job_record__init(&c->rec);
+    kiln__v1__job_request__init(&c->req);
+    kiln__v1__job_status__init(&c->st);
+    c->req.id = (char *)id;
+    c->st.state = state;
+    c->st.attempts = attempts;
+    c->rec.request = &c->req;
+    c->rec.status = &c->st;
+    c->rec.request_seq = attempts + 100;
+}
+
+/* Matches ids against the reply made of recs (in the given order). */
+static void check_match(const char *const *ids, size_t n, check_rec *recs, size_t nrecs,
+                        cons_store_info *info)
+{
+    Kiln__V1__JobRecord *ptrs[8];
+    Kiln__V1__StoreReply rep = KILN__V1__STORE_REPLY__INIT;
+    for (size_t i = 0; i < nrecs; i++) ptrs[i] = &recs[i].rec;
+    rep.n_jobs = nrecs;
+    rep.jobs = ptrs;
+    memset(info, 0, n * sizeof *info);
+    cons_store_match(ids, n, &rep, info);
+}
+
+Test(store_check, reply_in_request_order_with_gaps)
+{
+    const char *ids[] = {"a", "b", "", "c", "d", "b"};
+    check_rec recs[3];
+    check_rec_init(&recs[0], "b", KILN__V1__JOB_STATE__JOB_STATE_PENDING, 1);
+    check_rec_init(&recs[1], "d", KILN__V1__JOB_STATE__JOB_STATE_CANCELLED, 2);
+    check_rec_init(&recs[2], "b", KILN__V1__JOB_STATE__JOB_STATE_PENDING, 1);
+    cons_store_info info[6];
+    check_match(ids, 6, recs, 3, info);
+    cr_assert(info[0].answered && !info[0].known, "a is unknown");
+    cr_assert(info[1].known);
+    cr_assert_eq(info[1].attempts, 1);
+    cr_assert_eq(info[1].request_seq, 101);
+    cr_assert(!info[2].answered, "an empty id is not asked");
+    cr_assert(info[3].answered && !info[3].known, "c is unknown");
+    cr_assert(info[4].known);
+    cr_assert_eq(info[4].state, KILN__V1__JOB_STATE__JOB_STATE_CANCELLED);
+    cr_assert_eq(info[4].attempts, 2);
+    cr_assert(info[5].known, "a repeated id gets its own record");
+    cr_assert_eq(info[5].state, KILN__V1__JOB_STATE__JOB_STATE_PENDING);
+}
+
+Test(store_check, reply_in_another_order_still_matches)
+{
+    const char *ids[] = {"a", "b", "c"};
+    check_rec recs[3];
+    check_rec_init(&recs[0], "c", KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 3);
+    check_rec_init(&recs[1], "a", KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 1);
+    check_rec_init(&recs[2], "b", KILN__V1__JOB_STATE__JOB_STATE_FAILED, 2);
+    cons_store_info info[3];
+    check_match(ids, 3, recs, 3, info);
+    cr_assert(info[0].known && info[1].known && info[2].known);
+    cr_assert_eq(info[0].state, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING);
+    cr_assert_eq(info[1].state, KILN__V1__JOB_STATE__JOB_STATE_FAILED);
+    cr_assert_eq(info[2].state, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED);
+    cr_assert_eq(info[2].attempts, 3);
+}
