@@ -9,6 +9,14 @@
 #include "natsconn.h"
 #include "pb.h"
 
+static size_t events_batch_bytes = EVENTS_BATCH_BYTES;
+
+void events_set_max_payload(int64_t max_payload)
+{
+    if (max_payload > 0 && (size_t)max_payload / 2 < EVENTS_BATCH_BYTES)
+        events_batch_bytes = (size_t)max_payload / 2;
+}
+
 /* Writes "kiln.events.<hex(user)>.<token>" into buf; 0 when it does not fit. */
 static size_t events_subject_token(char *buf, size_t buflen, const char *user, const char *token)
 {
@@ -248,7 +256,7 @@ static kiln_status events_batch_msg(const events_item *const *fresh, size_t n, n
 }
 
 /* Appends the EventBatches of the fresh items: per user, at most
- * KILN_EVENTS_BATCH_MAX records and about EVENTS_BATCH_BYTES each. Sorts fresh. */
+ * KILN_EVENTS_BATCH_MAX records and events_batch_bytes of them each. Sorts fresh. */
 static kiln_status events_build_batches(const events_item **fresh, size_t n, events_outs *o)
 {
     qsort(fresh, n, sizeof *fresh, events_cmp_fresh);
@@ -256,7 +264,7 @@ static kiln_status events_build_batches(const events_item **fresh, size_t n, eve
     while (i < n) {
         size_t k = i + 1, bytes = fresh[i]->record_len;
         while (k < n && k - i < KILN_EVENTS_BATCH_MAX && strcmp(fresh[k]->subject, fresh[i]->subject) == 0 &&
-               bytes + fresh[k]->record_len <= EVENTS_BATCH_BYTES)
+               bytes + fresh[k]->record_len <= events_batch_bytes)
             bytes += fresh[k++]->record_len;
         events_out *out = &o->items[o->n];
         kiln_status st = events_batch_msg(fresh + i, k - i, &out->msg);

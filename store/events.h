@@ -60,6 +60,10 @@ typedef enum {
     EVENTS_VIEWED,    /* the viewed flag was set */
 } events_kind;
 
+/* Bounds an EventBatch's records to half the server's max_payload when that
+ * is below EVENTS_BATCH_BYTES (call once, before publishing; <= 0 ignored). */
+void events_set_max_payload(int64_t max_payload);
+
 /* Writes the Kiln-Event-Key of a change into buf (EVENTS_KEY_MAX bytes). */
 void events_key(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
                   uint32_t attempts, events_kind kind);

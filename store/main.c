@@ -10,6 +10,7 @@
 #include "config.h"
 #include "db.h"
 #include "done.h"
+#include "events.h"
 #include "ingest.h"
 #include "keys.h"
 #include "log.h"
@@ -153,6 +154,7 @@ int main(int argc, char **argv)
     st = kiln_nats_connect_opts(cfg.nats_url, &ao, &anc, &ajs);
     if (st != KILN_OK) goto out;
 
+    events_set_max_payload(natsConnection_GetMaxPayload(anc));
     if (barrier_create(js, applied, &b) != KILN_OK) goto out;
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;

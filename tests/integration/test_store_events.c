@@ -392,3 +392,46 @@ Test(store_events, a_large_burst_splits_into_capped_batches)
     h_nats_close(nc, js);
     h_stop(&s);
 }
+
+/* Under a server whose max_payload is small, an EventBatch keeps its records
+ * to half of it (events_set_max_payload): more, smaller batches, in order. */
+Test(store_events, batches_stay_under_half_the_max_payload)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0, "cannot connect to nats-server");
+
+    enum { N = 10 };
+    char ids[N][65], user[80], subject[EVENTS_SUBJECT_MAX];
+    ev_record recs[N];
+    h_unique_id(ids[0], "evpay");
+    snprintf(user, sizeof user, "pay-%s", ids[0]);
+    cr_assert(events_new_subject(subject, sizeof subject, user) > 0);
+    events_list l = {0};
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "pay%d", i);
+        ev_record_init(&recs[i], ids[i], KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+        recs[i].req.user_id = recs[i].status.user_id = user;
+        ev_list_new(&l, &recs[i]);
+    }
+    /* Room for three records (all the same size) in half the payload. */
+    size_t rec_len = l.items[0].record_len;
+    events_set_max_payload((int64_t)(2 * (3 * rec_len + rec_len / 2)));
+    int64_t n0 = ev_count(js);
+    ev_publish_list(js, &l);
+    events_set_max_payload(0); /* ignored: the bound stays for this process */
+    cr_assert_eq(ev_count(js), n0 + 4, "want batches of 3, 3, 3 and 1");
+    char got[200];
+    uint64_t last = ev_last_batch(js, subject, got, sizeof got);
+    cr_assert_str_eq(got, "pay9");
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetMsg(&m, js, KILN_STREAM_EVENTS, last - 3, NULL, NULL), NATS_OK);
+    ev_batch_ids(m, got, sizeof got);
+    natsMsg_Destroy(m);
+    cr_assert_str_eq(got, "pay0,pay1,pay2");
+
+    h_nats_close(nc, js);
+    h_stop(&s);
+}
