@@ -18,7 +18,7 @@ void kiln_provision_opts_init(kiln_provision_opts *o)
     memset(o, 0, sizeof *o);
     o->ack_wait_ms = 30000;
     o->max_ack_pending = 20000;
-    o->dup_window_ms = 120000;
+    o->dup_window_ms = 30000;
     o->done_max_age_ms = 7LL * 24 * 3600 * 1000;
     o->dead_max_age_ms = 30LL * 24 * 3600 * 1000;
     o->events_max_age_ms = 3600LL * 1000;

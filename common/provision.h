@@ -14,7 +14,7 @@
 typedef struct {
     int64_t ack_wait_ms;     /* worker durables; default 30000 */
     int64_t max_ack_pending; /* worker durables; default 20000 */
-    int64_t dup_window_ms;   /* KILN_JOBS duplicate window; default 120000 */
+    int64_t dup_window_ms;   /* KILN_JOBS duplicate window; default 30000 */
     int64_t done_max_age_ms; /* KILN_DONE retention; default 7 days */
     int64_t dead_max_age_ms; /* KILN_DEAD retention; default 30 days */
     int64_t events_max_age_ms; /* KILN_EVENTS retention (SSE replay); default 1 hour */

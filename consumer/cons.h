@@ -48,6 +48,7 @@ typedef struct {
     char *provider_url;
     char *provider_key;
     int64_t ack_wait_ms;
+    int64_t dup_window_ms;
     int64_t retry_base_ms;
     int64_t retry_cap_ms;
     int64_t drain_timeout_ms;

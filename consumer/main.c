@@ -38,6 +38,8 @@ static const kiln_setting main_table[] = {
     {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
      "JetStream AckWait of the worker durables; in-progress acks every third of it",
      &main_set.ack_wait_ms},
+    {"KILN_DUP_WINDOW", "dup-window", KILN_SET_DURATION, "30s", 1000, 86400000,
+     "KILN_JOBS duplicate window for Nats-Msg-Id (Kiln itself also drops later copies)", &main_set.dup_window_ms},
     {"KILN_RETRY_BASE", "retry-base", KILN_SET_DURATION, "1s", 1, 3600000,
      "retry backoff base (exponential, full jitter)", &main_set.retry_base_ms},
     {"KILN_RETRY_CAP", "retry-cap", KILN_SET_DURATION, "60s", 1, 86400000,
@@ -152,6 +154,7 @@ int main(int argc, char **argv)
     if (st != KILN_OK) goto out;
     kiln_provision_opts_init(&popts);
     popts.ack_wait_ms = main_set.ack_wait_ms;
+    popts.dup_window_ms = main_set.dup_window_ms;
     popts.update_existing = true; /* the consumer owns AckWait */
     if (kiln_provision(cons_g.js, &popts) != KILN_OK) goto out;
     if (cons_transfers_start() != KILN_OK) goto out;

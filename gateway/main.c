@@ -42,6 +42,7 @@ typedef struct {
     int64_t store_timeout_ms;
     int64_t publish_timeout_ms;
     int64_t ack_wait_ms;
+    int64_t dup_window_ms;
 } main_settings;
 
 int main(int argc, char **argv)
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
         {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
          "JetStream AckWait of the worker durables (provisioning; same as the consumer's)",
          &cfg.ack_wait_ms},
+        {"KILN_DUP_WINDOW", "dup-window", KILN_SET_DURATION, "30s", 1000, 86400000,
+         "KILN_JOBS duplicate window for Nats-Msg-Id (Kiln itself also drops later copies)", &cfg.dup_window_ms},
         {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0, "debug, info, warn, error",
          &cfg.log_level},
     };
@@ -151,6 +154,7 @@ int main(int argc, char **argv)
     memset(&po, 0, sizeof po); /* fields opts_init leaves alone stay false/0 */
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
+    po.dup_window_ms = cfg.dup_window_ms;
     /* Other binaries provision at the same moment; a lost create race is
      * worth another try before giving up. */
     for (int attempt = 1; attempt <= 3; attempt++) {

@@ -32,6 +32,7 @@ typedef struct {
     char *log_level;
     char *metrics_addr;
     int64_t ack_wait_ms;
+    int64_t dup_window_ms;
     int64_t idem_ttl_ms;
     int64_t sweep_interval_ms;
     int64_t cache_mb;
@@ -66,6 +67,8 @@ int main(int argc, char **argv)
          "host:port for GET /metrics; empty = off", &cfg.metrics_addr},
         {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
          "AckWait of the worker durables (provisioned by every binary)", &cfg.ack_wait_ms},
+        {"KILN_DUP_WINDOW", "dup-window", KILN_SET_DURATION, "30s", 1000, 86400000,
+         "KILN_JOBS duplicate window for Nats-Msg-Id (Kiln itself also drops later copies)", &cfg.dup_window_ms},
         {"KILN_IDEM_TTL", "idem-ttl", KILN_SET_DURATION, "48h", 24LL * 3600 * 1000,
          30LL * 24 * 3600 * 1000, "how long Idempotency-Keys are honoured (at least 24h)",
          &cfg.idem_ttl_ms},
@@ -133,6 +136,7 @@ int main(int argc, char **argv)
     kiln_provision_opts po;
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
+    po.dup_window_ms = cfg.dup_window_ms;
     st = kiln_provision(js, &po);
     if (st != KILN_OK) {
         LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));

@@ -222,3 +222,34 @@ Test(idem, nats_copy_after_dup_window_not_run)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* KILN_JOBS' duplicate window in nanoseconds, -1 on error. */
+static int64_t idem_dup_window_ns(jsCtx *js)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr) != NATS_OK) return -1;
+    int64_t ns = si->Config->Duplicates;
+    jsStreamInfo_Destroy(si);
+    return ns;
+}
+
+/* KILN_DUP_WINDOW reaches KILN_JOBS (default 30 s: later copies are Kiln's
+ * own to drop, above). */
+Test(idem, dup_window_setting_is_provisioned)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    cr_expect_eq(idem_dup_window_ns(n.js), 30LL * 1000000000, "default KILN_JOBS duplicate window");
+    h_nats_free(&n);
+    h_stop(&s);
+
+    h_stack_opts o = {.env = {"KILN_DUP_WINDOW=7s", NULL}};
+    h_start(&s, &o);
+    h_nats_open(&s, &n);
+    cr_expect_eq(idem_dup_window_ns(n.js), 7LL * 1000000000, "KILN_DUP_WINDOW=7s not provisioned");
+    h_nats_free(&n);
+    h_stop(&s);
+}
