@@ -60,6 +60,27 @@ static void ev_record_init(ev_record *r, const char *id, Kiln__V1__JobState stat
     r->rec.status = &r->status;
 }
 
+/* Lists r's change as new (packed). */
+static void ev_list_new(events_list *l, const ev_record *r)
+{
+    uint8_t *pb = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&r->rec.base, &pb, &len), KILN_OK);
+    cr_assert_eq(events_add_packed(l, &r->rec, EVENTS_STATE, &pb, len), KILN_OK);
+    free(pb);
+}
+
+/* Publishes l as the apply loop does (async, all acks awaited) and frees it. */
+static void ev_publish_list(jsCtx *js, events_list *l)
+{
+    cr_assert_eq(events_publish_async(js, l), KILN_OK);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 5000;
+    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
+    events_free(l);
+}
+
 /* Publishes rec's change (replayed: as a re-announcement) the way the apply
  * loop does (async, then all acks awaited) or a request thread does (sync). */
 static void ev_publish(jsCtx *js, const ev_record *r, bool replayed, bool sync)
@@ -68,23 +89,15 @@ static void ev_publish(jsCtx *js, const ev_record *r, bool replayed, bool sync)
     kiln_status st;
     if (replayed) {
         st = events_add_replayed(&l, &r->rec, EVENTS_STATE);
+        cr_assert_eq(st, KILN_OK, "event not listed: %s", kiln_status_str(st));
     } else {
-        uint8_t *pb = NULL;
-        size_t len = 0;
-        st = kiln_pb_pack(&r->rec.base, &pb, &len);
-        if (st == KILN_OK) st = events_add_packed(&l, &r->rec, EVENTS_STATE, &pb, len);
-        free(pb);
+        ev_list_new(&l, r);
     }
-    cr_assert_eq(st, KILN_OK, "event not listed: %s", kiln_status_str(st));
-    if (sync) {
-        st = events_publish_sync(js, &l, 2);
-    } else {
-        st = events_publish_async(js, &l);
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = 5000;
-        if (st == KILN_OK && js_PublishAsyncComplete(js, &po) != NATS_OK) st = KILN_ENATS;
+    if (!sync) {
+        ev_publish_list(js, &l);
+        return;
     }
+    st = events_publish_sync(js, &l, 2);
     cr_assert_eq(st, KILN_OK, "event not published: %s", kiln_status_str(st));
     events_free(&l);
 }
@@ -94,18 +107,9 @@ static void ev_publish(jsCtx *js, const ev_record *r, bool replayed, bool sync)
 static void ev_publish_then_replay_in_batch(jsCtx *js, const ev_record *r)
 {
     events_list l = {0};
-    uint8_t *pb = NULL;
-    size_t len = 0;
-    cr_assert_eq(kiln_pb_pack(&r->rec.base, &pb, &len), KILN_OK);
-    cr_assert_eq(events_add_packed(&l, &r->rec, EVENTS_STATE, &pb, len), KILN_OK);
-    free(pb);
+    ev_list_new(&l, r);
     cr_assert_eq(events_add_replayed(&l, &r->rec, EVENTS_STATE), KILN_OK);
-    cr_assert_eq(events_publish_async(js, &l), KILN_OK);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = 5000;
-    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
-    events_free(&l);
+    ev_publish_list(js, &l);
 }
 
 Test(store_events, replayed_change_is_published_once)
@@ -257,25 +261,6 @@ static uint64_t ev_last_batch(jsCtx *js, const char *subject, char *ids, size_t 
     return seq;
 }
 
-static void ev_list_new(events_list *l, ev_record *r)
-{
-    uint8_t *pb = NULL;
-    size_t len = 0;
-    cr_assert_eq(kiln_pb_pack(&r->rec.base, &pb, &len), KILN_OK);
-    cr_assert_eq(events_add_packed(l, &r->rec, EVENTS_STATE, &pb, len), KILN_OK);
-    free(pb);
-}
-
-static void ev_publish_list(jsCtx *js, events_list *l)
-{
-    cr_assert_eq(events_publish_async(js, l), KILN_OK);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = 5000;
-    cr_assert_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
-    events_free(l);
-}
-
 Test(store_events, first_events_go_out_in_one_batch_per_user)
 {
     h_stack s;
@@ -346,6 +331,22 @@ Test(store_events, first_events_go_out_in_one_batch_per_user)
     h_stop(&s);
 }
 
+/* Lists n first events of a new user: ids "<prefix>0".., their records in
+ * recs, the user's EventBatch subject in subject (EVENTS_SUBJECT_MAX). */
+static void ev_list_burst(events_list *l, ev_record *recs, char (*ids)[65], int n, const char *prefix,
+                          char *user, size_t ulen, char *subject)
+{
+    h_unique_id(ids[0], prefix);
+    snprintf(user, ulen, "u-%s", ids[0]);
+    cr_assert(events_new_subject(subject, EVENTS_SUBJECT_MAX, user) > 0);
+    for (int i = 0; i < n; i++) {
+        snprintf(ids[i], 65, "%s%d", prefix, i);
+        ev_record_init(&recs[i], ids[i], KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
+        recs[i].req.user_id = recs[i].status.user_id = user;
+        ev_list_new(l, &recs[i]);
+    }
+}
+
 /* A user's first events beyond KILN_EVENTS_BATCH_MAX in one applied batch
  * go out in further EventBatches, in list order, none lost or repeated. */
 Test(store_events, a_large_burst_splits_into_capped_batches)
@@ -360,16 +361,8 @@ Test(store_events, a_large_burst_splits_into_capped_batches)
     static char ids[N][65];
     static ev_record recs[N];
     char user[80], subject[EVENTS_SUBJECT_MAX];
-    h_unique_id(ids[0], "evcap");
-    snprintf(user, sizeof user, "cap-%s", ids[0]);
-    cr_assert(events_new_subject(subject, sizeof subject, user) > 0);
     events_list l = {0};
-    for (int i = 0; i < N; i++) {
-        snprintf(ids[i], sizeof ids[i], "cap%d", i);
-        ev_record_init(&recs[i], ids[i], KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
-        recs[i].req.user_id = recs[i].status.user_id = user;
-        ev_list_new(&l, &recs[i]);
-    }
+    ev_list_burst(&l, recs, ids, N, "cap", user, sizeof user, subject);
     int64_t n0 = ev_count(js);
     ev_publish_list(js, &l);
     cr_assert_eq(ev_count(js), n0 + 2, "want %d records in two EventBatches", N);
@@ -406,16 +399,8 @@ Test(store_events, batches_stay_under_half_the_max_payload)
     enum { N = 10 };
     char ids[N][65], user[80], subject[EVENTS_SUBJECT_MAX];
     ev_record recs[N];
-    h_unique_id(ids[0], "evpay");
-    snprintf(user, sizeof user, "pay-%s", ids[0]);
-    cr_assert(events_new_subject(subject, sizeof subject, user) > 0);
     events_list l = {0};
-    for (int i = 0; i < N; i++) {
-        snprintf(ids[i], sizeof ids[i], "pay%d", i);
-        ev_record_init(&recs[i], ids[i], KILN__V1__JOB_STATE__JOB_STATE_PENDING, 0);
-        recs[i].req.user_id = recs[i].status.user_id = user;
-        ev_list_new(&l, &recs[i]);
-    }
+    ev_list_burst(&l, recs, ids, N, "pay", user, sizeof user, subject);
     /* Room for three records (all the same size) in half the payload. */
     size_t rec_len = l.items[0].record_len;
     events_set_max_payload((int64_t)(2 * (3 * rec_len + rec_len / 2)));
