@@ -299,7 +299,12 @@ static void sse_push_batch(sse_client *c, const char *data, int len, uint64_t se
         LOG_WARN("sse event batch too long seq=%" PRIu64 " records=%zu", seq, n);
         n = GW_SSE_INDEX(UINT64_MAX);
     }
+    /* A client resuming inside this batch has seen its first records. */
+    pthread_mutex_lock(&c->mu);
+    uint64_t seen = c->last_pos;
+    pthread_mutex_unlock(&c->mu);
     for (size_t i = 0; i < n; i++) {
+        if (GW_SSE_POS(seq, i + 1) <= seen) continue;
         Kiln__V1__JobRecord *rec = sse_unpack((const char *)b->records[i].data, (int)b->records[i].len);
         if (rec == NULL) {
             LOG_WARN("sse undecodable record seq=%" PRIu64 " index=%zu", seq, i + 1);
