@@ -17,11 +17,10 @@ void events_set_max_payload(int64_t max_payload)
         events_batch_bytes = (size_t)max_payload / 2;
 }
 
-/* Writes "kiln.events.<hex(user)>.<token>" into buf; 0 when it does not fit. */
-static size_t events_subject_token(char *buf, size_t buflen, const char *user, const char *token)
+size_t events_subject(char *buf, size_t buflen, const char *user, const char *id)
 {
     static const char digits[] = "0123456789abcdef";
-    size_t ulen = strlen(user), tlen = strlen(token);
+    size_t ulen = strlen(user), tlen = strlen(id);
     size_t plen = sizeof KILN_SUBJ_EVENTS_PREFIX - 1;
     size_t need = plen + 2 * ulen + 1 + tlen;
     if (ulen == 0 || tlen == 0 || ulen > KILN_USER_MAX_LEN || tlen > KILN_ID_MAX_LEN ||
@@ -35,19 +34,14 @@ static size_t events_subject_token(char *buf, size_t buflen, const char *user, c
         *p++ = digits[c & 0x0f];
     }
     *p++ = '.';
-    memcpy(p, token, tlen);
+    memcpy(p, id, tlen);
     p[tlen] = '\0';
     return need;
 }
 
-size_t events_subject(char *buf, size_t buflen, const char *user, const char *id)
-{
-    return events_subject_token(buf, buflen, user, id);
-}
-
 size_t events_new_subject(char *buf, size_t buflen, const char *user)
 {
-    return events_subject_token(buf, buflen, user, KILN_EVENTS_NEW_TOKEN);
+    return events_subject(buf, buflen, user, KILN_EVENTS_NEW_TOKEN);
 }
 
 void events_key(char *buf, size_t buflen, const char *id, Kiln__V1__JobState state,
@@ -135,56 +129,101 @@ static kiln_status events_msg(const events_item *e, natsMsg **out)
     return KILN_OK;
 }
 
-/* Does the EventBatch m hold the first event of job id? */
-static bool events_batch_holds(natsMsg *m, const char *id)
+/* A failed last-event lookup (not "there is none") is only worth a debug line. */
+static void events_log_lookup(const char *id, natsStatus s, jsErrCode jerr)
 {
-    int len = natsMsg_GetDataLength(m);
-    if (len < 0 || len > KILN_PB_MAX_BYTES) return false;
+    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
+        LOG_DEBUG("last event lookup failed job=%s status=%s jerr=%d", id, natsStatus_GetText(s),
+                  (int)jerr);
+}
+
+/* The jobs whose first event one user's last EventBatch holds. Read once
+ * per user while a list is checked: a replayed batch re-announces its jobs
+ * together, so one lookup and one unpack serve all of that user's. */
+typedef struct {
+    char subject[EVENTS_SUBJECT_MAX]; /* "" = nothing read yet */
+    char (*ids)[KILN_ID_MAX_LEN + 1];
+    size_t n;
+} events_last_batch;
+
+static void events_last_batch_free(events_last_batch *lb)
+{
+    free(lb->ids);
+    lb->ids = NULL;
+    lb->n = 0;
+    lb->subject[0] = '\0';
+}
+
+/* Reads the last EventBatch on e's subject into lb, unless lb holds it
+ * already. Empty when there is none or the stream cannot tell (then the
+ * event goes out: a repeat is better than a loss). */
+static void events_last_batch_read(jsCtx *js, const events_item *e, events_last_batch *lb)
+{
+    if (strcmp(lb->subject, e->subject) == 0) return;
+    events_last_batch_free(lb);
+    snprintf(lb->subject, sizeof lb->subject, "%s", e->subject);
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(&m, js, KILN_STREAM_EVENTS, e->subject, NULL, &jerr);
+    events_log_lookup(e->id, s, jerr);
+    int len = s == NATS_OK ? natsMsg_GetDataLength(m) : -1;
     Kiln__V1__EventBatch *b =
-        kiln__v1__event_batch__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
-    bool found = false;
-    for (size_t i = 0; b != NULL && i < b->n_records && !found; i++) {
+        len >= 0 && len <= KILN_PB_MAX_BYTES
+            ? kiln__v1__event_batch__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m))
+            : NULL;
+    if (b != NULL && b->n_records > 0) lb->ids = malloc(b->n_records * sizeof *lb->ids);
+    for (size_t i = 0; lb->ids != NULL && i < b->n_records; i++) {
         Kiln__V1__JobRecord *rec =
             kiln__v1__job_record__unpack(NULL, b->records[i].len, b->records[i].data);
-        found = rec != NULL && rec->request != NULL && rec->status != NULL &&
-                strcmp(rec->request->id, id) == 0 &&
-                rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING &&
-                rec->status->attempts == 0;
+        if (rec != NULL && rec->request != NULL && rec->status != NULL &&
+            rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING && rec->status->attempts == 0)
+            snprintf(lb->ids[lb->n++], sizeof lb->ids[0], "%s", rec->request->id);
         if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
     }
     if (b != NULL) kiln__v1__event_batch__free_unpacked(b, NULL);
-    return found;
+    natsMsg_Destroy(m);
+}
+
+static bool events_last_batch_holds(const events_last_batch *lb, const char *id)
+{
+    for (size_t i = 0; i < lb->n; i++)
+        if (strcmp(lb->ids[i], id) == 0) return true;
+    return false;
 }
 
 /* Is e already the last event on its subject (for a first event: in its
- * user's last EventBatch)? Only a replay asks (one request to the stream).
- * When the stream cannot tell, the answer is no: a repeated event is better
- * than a lost one. */
-static bool events_already_published(jsCtx *js, const events_item *e)
+ * user's last EventBatch, read through lb when given)? Only a replay asks
+ * (one request to the stream). When the stream cannot tell, the answer is
+ * no: a repeated event is better than a lost one. */
+static bool events_already_published(jsCtx *js, const events_item *e, events_last_batch *lb)
 {
-    natsMsg *last = NULL;
-    const char *key = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetLastMsg(&last, js, KILN_STREAM_EVENTS, e->subject, NULL, &jerr);
     bool same = false;
-    if (s == NATS_OK && e->fresh) {
-        same = events_batch_holds(last, e->id);
-    } else if (s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK) {
-        const char *state = NULL;
-        char viewed[EVENTS_KEY_MAX];
-        same = strcmp(key, e->key) == 0;
-        /* A viewed event after the change re-states the same record. */
-        if (!same && e->kind == EVENTS_STATE) {
-            events_key(viewed, sizeof viewed, e->id, e->state, e->attempts, EVENTS_VIEWED);
-            same = strcmp(key, viewed) == 0 &&
-                   natsMsgHeader_Get(last, KILN_HDR_STATUS, &state) == NATS_OK &&
-                   strcmp(state, kiln_state_name(e->state)) == 0;
+    if (e->fresh) {
+        events_last_batch local = {0};
+        events_last_batch *use = lb != NULL ? lb : &local;
+        events_last_batch_read(js, e, use);
+        same = events_last_batch_holds(use, e->id);
+        events_last_batch_free(&local);
+    } else {
+        natsMsg *last = NULL;
+        const char *key = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetLastMsg(&last, js, KILN_STREAM_EVENTS, e->subject, NULL, &jerr);
+        events_log_lookup(e->id, s, jerr);
+        if (s == NATS_OK && natsMsgHeader_Get(last, KILN_HDR_EVENT_KEY, &key) == NATS_OK) {
+            const char *state = NULL;
+            char viewed[EVENTS_KEY_MAX];
+            same = strcmp(key, e->key) == 0;
+            /* A viewed event after the change re-states the same record. */
+            if (!same && e->kind == EVENTS_STATE) {
+                events_key(viewed, sizeof viewed, e->id, e->state, e->attempts, EVENTS_VIEWED);
+                same = strcmp(key, viewed) == 0 &&
+                       natsMsgHeader_Get(last, KILN_HDR_STATUS, &state) == NATS_OK &&
+                       strcmp(state, kiln_state_name(e->state)) == 0;
+            }
         }
+        natsMsg_Destroy(last);
     }
-    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
-        LOG_DEBUG("last event lookup failed job=%s status=%s jerr=%d", e->id,
-                  natsStatus_GetText(s), (int)jerr);
-    natsMsg_Destroy(last);
     if (same) LOG_DEBUG("event already published job=%s key=%s", e->id, e->key);
     return same;
 }
@@ -199,10 +238,10 @@ static bool events_listed_before(const events_list *l, size_t i)
 }
 
 /* Should item i be skipped: a re-announcement already out? */
-static bool events_skip(jsCtx *js, const events_list *l, size_t i)
+static bool events_skip(jsCtx *js, const events_list *l, size_t i, events_last_batch *lb)
 {
     if (!l->items[i].recheck) return false;
-    return events_listed_before(l, i) || events_already_published(js, &l->items[i]);
+    return events_listed_before(l, i) || events_already_published(js, &l->items[i], lb);
 }
 
 /* One message to publish and the item it (first) announces. */
@@ -216,9 +255,9 @@ typedef struct {
     size_t n;
 } events_outs;
 
-static void events_outs_free(events_outs *o, size_t from)
+static void events_outs_free(events_outs *o)
 {
-    for (size_t i = from; i < o->n; i++) natsMsg_Destroy(o->items[i].msg);
+    for (size_t i = 0; i < o->n; i++) natsMsg_Destroy(o->items[i].msg);
     free(o->items);
     o->items = NULL;
     o->n = 0;
@@ -288,10 +327,12 @@ static kiln_status events_build(jsCtx *js, const events_list *l, events_outs *o)
     o->items = malloc(l->n * sizeof *o->items);
     kiln_status st = fresh != NULL && skip != NULL && o->items != NULL ? KILN_OK : KILN_ENOMEM;
     size_t nfresh = 0;
+    events_last_batch lb = {0};
     for (size_t i = 0; st == KILN_OK && i < l->n; i++) {
-        skip[i] = events_skip(js, l, i);
+        skip[i] = events_skip(js, l, i, &lb);
         if (!skip[i] && l->items[i].fresh) fresh[nfresh++] = &l->items[i];
     }
+    events_last_batch_free(&lb);
     if (st == KILN_OK) st = events_build_batches(fresh, nfresh, o);
     for (size_t i = 0; st == KILN_OK && i < l->n; i++) {
         if (skip[i] || l->items[i].fresh) continue;
@@ -304,7 +345,7 @@ static kiln_status events_build(jsCtx *js, const events_list *l, events_outs *o)
     }
     free(fresh);
     free(skip);
-    if (st != KILN_OK) events_outs_free(o, 0);
+    if (st != KILN_OK) events_outs_free(o);
     return st;
 }
 
@@ -318,11 +359,11 @@ kiln_status events_publish_async(jsCtx *js, const events_list *l)
         if (s != NATS_OK) {
             LOG_WARN("event publish failed job=%s status=%s", o.items[i].first->id,
                      natsStatus_GetText(s));
-            events_outs_free(&o, 0); /* the taken ones are NULL */
+            events_outs_free(&o); /* the taken ones are NULL */
             return kiln_nats_status(s);
         }
     }
-    events_outs_free(&o, 0);
+    events_outs_free(&o);
     return KILN_OK;
 }
 
@@ -337,7 +378,7 @@ kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
         jsErrCode jerr = 0;
         for (int t = 0; t < tries && s != NATS_OK; t++) {
             /* A failed try may still have been stored (its ack was lost). */
-            if (t > 0 && events_already_published(js, e)) {
+            if (t > 0 && events_already_published(js, e, NULL)) {
                 s = NATS_OK;
                 break;
             }
@@ -349,6 +390,6 @@ kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries)
             st = kiln_nats_status(s);
         }
     }
-    events_outs_free(&o, 0);
+    events_outs_free(&o);
     return st;
 }

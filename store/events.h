@@ -49,8 +49,9 @@
 #define EVENTS_BATCH_BYTES (512 * 1024) /* an EventBatch stays well under max_payload */
 #define EVENTS_KEY_MAX (KILN_ID_MAX_LEN + 48)
 
-/* Writes "kiln.events.<hex(user)>.<id>" into buf. Returns its length, or 0
- * when user or id is empty or too long for buflen. */
+/* Writes "kiln.events.<hex(user)>.<id>" into buf (id: a job id, or the
+ * EventBatch token). Returns its length, or 0 when user or id is empty or
+ * too long for buflen. */
 size_t events_subject(char *buf, size_t buflen, const char *user, const char *id);
 /* Writes "kiln.events.<hex(user)>.$new" (the user's EventBatch subject). */
 size_t events_new_subject(char *buf, size_t buflen, const char *user);

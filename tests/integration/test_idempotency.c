@@ -171,12 +171,20 @@ Test(idem, nats_same_msg_id_one_job)
     h_stop(&s);
 }
 
-/* Shrinks KILN_JOBS' duplicate window so a test can publish "after" it. */
-static int idem_shrink_dup_window(jsCtx *js, int64_t ms)
+/* KILN_JOBS' stream info (NULL on error; jsStreamInfo_Destroy frees it). */
+static jsStreamInfo *idem_jobs_info(jsCtx *js)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr) != NATS_OK) return -1;
+    return js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr) == NATS_OK ? si : NULL;
+}
+
+/* Shrinks KILN_JOBS' duplicate window so a test can publish "after" it. */
+static int idem_shrink_dup_window(jsCtx *js, int64_t ms)
+{
+    jsStreamInfo *si = idem_jobs_info(js);
+    jsErrCode jerr = 0;
+    if (si == NULL) return -1;
     si->Config->Duplicates = ms * 1000000; /* nanoseconds */
     jsStreamInfo *out = NULL;
     natsStatus st = js_UpdateStream(&out, js, si->Config, NULL, &jerr);
@@ -226,9 +234,8 @@ Test(idem, nats_copy_after_dup_window_not_run)
 /* KILN_JOBS' duplicate window in nanoseconds, -1 on error. */
 static int64_t idem_dup_window_ns(jsCtx *js)
 {
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr) != NATS_OK) return -1;
+    jsStreamInfo *si = idem_jobs_info(js);
+    if (si == NULL) return -1;
     int64_t ns = si->Config->Duplicates;
     jsStreamInfo_Destroy(si);
     return ns;

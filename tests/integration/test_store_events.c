@@ -314,6 +314,12 @@ Test(store_events, first_events_go_out_in_one_batch_per_user)
     ev_publish(js, &ra2, true, false);
     ev_publish(js, &ra1, true, true);
     cr_assert_eq(ev_count(js), n0 + 3, "a replayed first event was published again");
+    /* Both re-announced in one list (one read of the user's last batch). */
+    events_list both = {0};
+    cr_assert_eq(events_add_replayed(&both, &ra1.rec, EVENTS_STATE), KILN_OK);
+    cr_assert_eq(events_add_replayed(&both, &ra2.rec, EVENTS_STATE), KILN_OK);
+    ev_publish_list(js, &both);
+    cr_assert_eq(ev_count(js), n0 + 3, "a replayed batch's first events were published again");
     ev_publish_then_replay_in_batch(js, &ra3);
     cr_assert_eq(ev_count(js), n0 + 4);
     ev_last_batch(js, new_a, ids, sizeof ids);
