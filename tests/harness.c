@@ -106,23 +106,56 @@ const char *h_bin_dir(void)
     return (d != NULL && d[0] != '\0') ? d : "build/san/bin";
 }
 
-/* n distinct free loopback ports: each bound (port 0) before the next is
- * asked for, so the kernel cannot hand out one twice (it did: the gateway
- * and the dev provider once got the same port). 0 on success. */
+/* The first port the kernel hands out to outgoing connections (and to
+ * bind(port 0)); ports below it are never taken by a connect(). */
+static int h_ephemeral_low(void)
+{
+    int lo = 32768, hi = 0;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768;
+        fclose(f);
+    }
+    return lo;
+}
+
+/* Binds a loopback TCP socket to port (0: any); returns the fd or -1, and
+ * the bound port in *bound. */
+static int h_bind_port(int port, int *bound)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    socklen_t al = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    *bound = ntohs(a.sin_port);
+    return fd;
+}
+
+/* n distinct free loopback ports for a stack's listeners. They come from
+ * below the ephemeral range: a port from bind(0) is free only until it is
+ * closed, and between that and the daemon's own bind an outgoing
+ * connection of any process could be given it (a dev provider once failed
+ * with "address in use" that way). Each candidate is bound while the rest
+ * are chosen, so none is handed out twice. 0 on success. */
 static int h_free_ports(int *ports, int n)
 {
-    int fds[8], ok = n <= 8;
+    int fds[8], ok = n <= 8, low = h_ephemeral_low(), base = 10000;
+    unsigned seed = (unsigned)getpid() ^ (unsigned)time(NULL);
     for (int i = 0; i < n; i++) fds[i] = -1;
     for (int i = 0; ok && i < n; i++) {
-        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a;
-        memset(&a, 0, sizeof a);
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t al = sizeof a;
-        ok = fds[i] >= 0 && bind(fds[i], (struct sockaddr *)&a, sizeof a) == 0 &&
-             getsockname(fds[i], (struct sockaddr *)&a, &al) == 0;
-        ports[i] = ok ? ntohs(a.sin_port) : -1;
+        /* Random tries in [base, low); bind(0) if that range is too small. */
+        for (int t = 0; t < 200 && fds[i] < 0 && low - base > 1000; t++)
+            fds[i] = h_bind_port(base + (int)(rand_r(&seed) % (unsigned)(low - base)), &ports[i]);
+        if (fds[i] < 0) fds[i] = h_bind_port(0, &ports[i]);
+        ok = fds[i] >= 0;
     }
     for (int i = 0; i < n; i++)
         if (fds[i] >= 0) close(fds[i]);
