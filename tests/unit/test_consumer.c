@@ -123,6 +123,18 @@ static openai_verdict run(pjob *p, int curl_code, long http)
     return openai_handle_result(&p->j, curl_code, http, p->dir);
 }
 
+/* The file at path holds exactly want[0..len). */
+static void assert_file_is(const char *path, const unsigned char *want, size_t len)
+{
+    unsigned char back[256];
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s missing", path);
+    size_t n = fread(back, 1, sizeof back, f);
+    fclose(f);
+    cr_assert_eq(n, len, "%s holds %zu bytes, want %zu", path, n, len);
+    cr_assert_eq(memcmp(back, want, len), 0, "%s holds other bytes", path);
+}
+
 Test(provider, b64_json_is_decoded_and_saved)
 {
     unsigned char png[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -137,14 +149,37 @@ Test(provider, b64_json_is_decoded_and_saved)
     cr_assert_eq(p->j.images[0].size_bytes, sizeof png);
 
     char path[128];
-    unsigned char back[128];
     cr_assert_eq(kiln_image_path(path, sizeof path, p->dir, "job-1", 0), KILN_OK);
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "%s missing", path);
-    size_t n = fread(back, 1, sizeof back, f);
-    fclose(f);
-    cr_assert_eq(n, sizeof png);
-    cr_assert_eq(memcmp(back, png, sizeof png), 0);
+    assert_file_is(path, png, sizeof png);
+    pjob_free(p);
+}
+
+/* A redelivered copy saves the same id and index again: the second image
+ * replaces the first whole, and the shard directory holds only the image
+ * (no temp file left behind by either path). */
+Test(imagefile, saving_again_replaces_the_image_and_leaves_no_temp_file)
+{
+    unsigned char first[100], second[40];
+    memset(first, 'a', sizeof first);
+    memset(second, 'b', sizeof second);
+    pjob *p = pjob_new(NULL);
+    char path[256], dir[256];
+    cr_assert_eq(kiln_image_path(path, sizeof path, p->dir, "job-7", 2), KILN_OK);
+    cr_assert_eq(kiln_image_dir(dir, sizeof dir, p->dir, "job-7"), KILN_OK);
+
+    cr_assert_eq(cons_image_save(p->dir, "job-7", 2, first, sizeof first), KILN_OK);
+    assert_file_is(path, first, sizeof first);
+    cr_assert_eq(cons_image_save(p->dir, "job-7", 2, second, sizeof second), KILN_OK);
+    assert_file_is(path, second, sizeof second);
+
+    char cmd[512], listing[512] = "";
+    snprintf(cmd, sizeof cmd, "ls -A '%s'", dir);
+    FILE *ls = popen(cmd, "r");
+    cr_assert_not_null(ls);
+    size_t n = fread(listing, 1, sizeof listing - 1, ls);
+    listing[n] = '\0';
+    pclose(ls);
+    cr_assert_str_eq(listing, "job-7.2.png\n", "shard directory holds: %s", listing);
     pjob_free(p);
 }
 
