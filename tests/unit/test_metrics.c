@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "metrics.h"
@@ -97,16 +98,29 @@ Test(metrics, parse_listen_addr)
                      bad[i]);
 }
 
-/* A free loopback port: bind to 0, read it back, close. */
-static int free_port(void)
+/* Starts the metrics listener on a loopback port it binds itself and
+ * returns the port. Ports come from below the kernel's ephemeral range: a
+ * port from bind(0), once closed, could be given to any outgoing connection
+ * before the listener binds it (tests/harness.c h_free_ports). A port some
+ * other process listens on fails the start, and the next one is tried. */
+static int start_on_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof a;
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    int low = 32768, hi = 0;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &low, &hi) != 2) low = 32768;
+        fclose(f);
+    }
+    cr_assert_gt(low, 11000, "no room below the ephemeral range (it starts at %d)", low);
+    unsigned seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    char addr[64];
+    for (int t = 0; t < 100; t++) {
+        int port = 10000 + (int)(rand_r(&seed) % (unsigned)(low - 10000));
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        if (kiln_metrics_http_start(addr) == KILN_OK) return port;
+    }
+    cr_assert_fail("no free port for the metrics listener in 100 tries");
+    return -1;
 }
 
 static void http_get(int port, const char *path, char *out, size_t outlen)
@@ -131,10 +145,7 @@ Test(metrics, http_listener)
     kiln_metric_add(c, 9);
     cr_assert_eq(kiln_metrics_http_start(""), KILN_OK); /* off */
     kiln_metrics_http_stop();
-    char addr[64];
-    int port = free_port();
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    cr_assert_eq(kiln_metrics_http_start(addr), KILN_OK);
+    int port = start_on_free_port();
     char buf[16384];
     http_get(port, "/metrics", buf, sizeof buf);
     cr_assert(strstr(buf, "HTTP/1.0 200") == buf || strstr(buf, "HTTP/1.1 200") == buf, "%s", buf);
