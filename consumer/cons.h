@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "imagepath.h"
 #include "jobreq.h"
 #include "kiln.pb-c.h"
 #include "metrics.h"
@@ -95,6 +96,8 @@ typedef enum { CONS_STEP_TX = 0, CONS_STEP_DEAD } cons_step;
 typedef struct {
     char *url;            /* owned */
     uint64_t size_bytes;  /* 0 for pass-through URLs */
+    char pack[KILN_PACK_NAME_MAX]; /* a saved image: its pack ("" for a pass-through URL) */
+    uint64_t offset;      /* and where in it */
 } cons_image;
 
 typedef struct cons_job cons_job;
@@ -244,9 +247,15 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status
 int64_t openai_parse_retry_after(const char *value, size_t len);
 
 /* ---- imagefile.c ---- */
-/* Writes bytes to kiln_image_path(data_dir, id, index) via temp file + rename (no fsync). */
-kiln_status cons_image_save(const char *data_dir, const char *id, unsigned index,
-                            const unsigned char *bytes, size_t len);
+/* Appends bytes to this process's pack under data_dir (no fsync) and sets
+ * img->pack, offset and size_bytes. Thread-safe. */
+kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, size_t len,
+                            cons_image *img);
+/* A pack that would grow past bytes is left for a new one (0: the default,
+ * 1 GiB). For tests. */
+void cons_image_set_pack_max(uint64_t bytes);
+/* Closes the pack (at exit). */
+void cons_image_close(void);
 
 /* ---- transfers.c ---- */
 /* Starts cons_g.set->transfer_threads workers. */

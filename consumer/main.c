@@ -28,7 +28,7 @@ static const kiln_setting main_table[] = {
     {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
      "NATS server(s), comma-separated", &main_set.nats_url},
     {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
-     "saved images go to <dir>/images/<shard>/<id>.<index>.png", &main_set.data_dir},
+     "saved images are appended to <dir>/images/packs/<uuid7>.pack", &main_set.data_dir},
     {"KILN_CONCURRENCY", "concurrency", KILN_SET_INT, "16", 1, 4096,
      "max jobs in flight (provider calls) in this process", &main_set.concurrency},
     {"KILN_PROVIDER_URL", "provider-url", KILN_SET_STRING, "http://127.0.0.1:8090/v1", 1, 0,
@@ -191,6 +191,7 @@ out:
                  (long long)cons_slots_used());
     cons_cancel_stop();
     cons_transfers_stop();
+    cons_image_close();
     kiln_nats_close(cons_g.nc, cons_g.js);
     cons_g.nc = NULL;
     cons_g.js = NULL;

@@ -161,13 +161,12 @@ static openai_verdict openai_take_images(cons_job *j, const char *data_dir)
                 v = openai_fail(j, OPENAI_FATAL, "bad_response", "provider image is not a PNG");
                 goto out;
             }
-            if (cons_image_save(data_dir, j->id, (unsigned)i, bytes, nbytes) != KILN_OK) {
+            if (cons_image_save(data_dir, bytes, nbytes, &j->images[i]) != KILN_OK) {
                 v = openai_fail(j, OPENAI_RETRY, "storage_error", "could not save the image");
                 goto out;
             }
             snprintf(msg, sizeof msg, "/v1/jobs/%s/images/%zu", j->id, i);
             j->images[i].url = strdup(msg);
-            j->images[i].size_bytes = nbytes;
             free(bytes);
             bytes = NULL;
         } else if (json_is_string(url) && json_string_length(url) > 0 &&

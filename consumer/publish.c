@@ -71,6 +71,8 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
     Kiln__V1__JobRequest short_req;
     Kiln__V1__Image imgs[CONS_MAX_IMAGES];
     Kiln__V1__Image *img_ptrs[CONS_MAX_IMAGES];
+    Kiln__V1__ImageBlob blobs[CONS_MAX_IMAGES];
+    Kiln__V1__ImageBlob *blob_ptrs[CONS_MAX_IMAGES];
     bool have_short = false;
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -97,9 +99,19 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
             imgs[i].content_type = j->images[i].size_bytes > 0 ? "image/png" : "";
             imgs[i].size_bytes = j->images[i].size_bytes;
             img_ptrs[i] = &imgs[i];
+            if (j->images[i].pack[0] != '\0') {
+                kiln__v1__image_blob__init(&blobs[t.n_blobs]);
+                blobs[t.n_blobs].index = (uint32_t)i;
+                blobs[t.n_blobs].pack = j->images[i].pack;
+                blobs[t.n_blobs].offset = j->images[i].offset;
+                blobs[t.n_blobs].size = j->images[i].size_bytes;
+                blob_ptrs[t.n_blobs] = &blobs[t.n_blobs];
+                t.n_blobs++;
+            }
         }
         t.n_images = j->n_images;
         t.images = img_ptrs;
+        t.blobs = blob_ptrs;
     }
     if (j->err_code[0] != '\0' && (st == KILN__V1__JOB_STATE__JOB_STATE_FAILED ||
                                    st == KILN__V1__JOB_STATE__JOB_STATE_PENDING)) {

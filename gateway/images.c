@@ -1,7 +1,9 @@
 /* images.c - GET /v1/jobs/{id}/images/{index}: checks with the store that the
- * job is the caller's, then serves the file at kiln_image_path (common/imagepath.h).
- * The id was checked against [A-Za-z0-9_-]{1,64} and index is one digit 0-3,
- * so the path cannot leave the images directory. */
+ * job is the caller's, then serves the image's bytes from the pack its record
+ * names, or from its own file when it was saved before packs (common/imagepath.h).
+ * The id was checked against [A-Za-z0-9_-]{1,64}, index is one digit 0-3 and
+ * a pack name is checked by kiln_image_pack_path, so no path can leave the
+ * images directory. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -25,18 +27,45 @@ void gw_images_init(const char *data_dir, int64_t store_timeout_ms)
     images_timeout_ms = store_timeout_ms;
 }
 
-static void images_serve(gw_req *r)
+/* Opens a regular file: the fd and its size, or -1. */
+static int images_open(const char *path, uint64_t *file_size)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    *file_size = (uint64_t)sb.st_size;
+    return fd;
+}
+
+/* The image's bytes: its range of a pack (rec's ImageBlob for the index),
+ * or, for an image saved before packs, its own file. */
+static void images_serve(gw_req *r, const Kiln__V1__JobRecord *rec)
 {
     char path[4096];
-    if (kiln_image_path(path, sizeof path, images_dir, r->job_id, (unsigned)r->image_index) !=
-        KILN_OK) {
-        gw_answer_error(&r->ans, "not_found", "no such image", NULL);
-        return;
+    uint64_t file_size = 0, offset = 0, size = 0;
+    const Kiln__V1__ImageBlob *blob = NULL;
+    for (size_t i = 0; i < rec->n_blobs; i++)
+        if (rec->blobs[i]->index == (uint32_t)r->image_index) blob = rec->blobs[i];
+    kiln_status st = blob != NULL
+                         ? kiln_image_pack_path(path, sizeof path, images_dir, blob->pack)
+                         : kiln_image_path(path, sizeof path, images_dir, r->job_id,
+                                           (unsigned)r->image_index);
+    int fd = st == KILN_OK ? images_open(path, &file_size) : -1;
+    if (fd >= 0 && blob == NULL) size = file_size;
+    if (fd >= 0 && blob != NULL) {
+        offset = blob->offset;
+        size = blob->size;
+        if (offset > file_size || size > file_size - offset) { /* a pack cut short */
+            close(fd);
+            fd = -1;
+        }
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        if (fd >= 0) close(fd);
+    if (fd < 0) {
+        if (blob != NULL) LOG_WARN("image pack unreadable job=%s pack=%s", r->job_id, blob->pack);
         gw_answer_error(&r->ans, "not_found", "no such image", NULL);
         return;
     }
@@ -44,7 +73,8 @@ static void images_serve(gw_req *r)
     r->ans.status = 200;
     r->ans.ctype = "image/png";
     r->ans.fd = fd;
-    r->ans.fd_size = (uint64_t)sb.st_size;
+    r->ans.fd_offset = offset;
+    r->ans.fd_size = size;
     gw_answer_header(&r->ans, "Cache-Control", "private, max-age=86400");
 }
 
@@ -58,7 +88,7 @@ static void images_done(gw_req *r, kiln_status st, natsMsg *reply)
     } else if (rep->n_jobs < 1) {
         gw_answer_error(&r->ans, "not_found", "no such job", NULL);
     } else {
-        images_serve(r);
+        images_serve(r, rep->jobs[0]);
     }
     if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
     gw_server_resume(r);

@@ -100,7 +100,7 @@ static enum MHD_Result server_queue(gw_req *r)
         resp = a->resp;
         a->resp = NULL;
     } else if (a->fd >= 0) {
-        resp = MHD_create_response_from_fd64(a->fd_size, a->fd);
+        resp = MHD_create_response_from_fd_at_offset64(a->fd_size, a->fd, a->fd_offset);
         if (resp != NULL) a->fd = -1; /* MHD closes it */
     } else {
         resp = MHD_create_response_from_buffer(a->len, a->body, MHD_RESPMEM_MUST_FREE);

@@ -40,9 +40,10 @@ typedef struct {
     char *body;          /* malloc'ed, owned; NULL = empty */
     size_t len;
     const char *ctype;   /* static string */
-    int fd;              /* >= 0: send this file (owned) instead of body */
+    int fd;              /* >= 0: send fd_size bytes of this file from fd_offset (owned) */
     struct MHD_Response *resp; /* non-NULL: send this prepared response (owned; e.g. a stream) */
     uint64_t fd_size;
+    uint64_t fd_offset;
     int nhdr;
     struct {
         const char *name; /* static string */

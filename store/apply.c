@@ -427,6 +427,8 @@ static kiln_status apply_one(db_store *db, db_batch *wb,
         if (t->attempt > status.attempts) status.attempts = t->attempt;
         status.n_images = t->n_images;
         status.images = t->images;
+        rec.n_blobs = t->n_blobs;
+        rec.blobs = t->blobs;
         status.error = t->error;
         if (status.error == NULL && t->state != S_COMPLETED) {
             err.code = t->state == S_CANCELLED ? "cancelled" : "failed";

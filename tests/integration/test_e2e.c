@@ -7,6 +7,9 @@
 #include <criterion/criterion.h>
 
 #include "../harness.h"
+#include "imagepath.h"
+#include "pb.h"
+#include "subjects.h"
 
 TestSuite(e2e, .fini = h_fini, .timeout = 120);
 
@@ -314,5 +317,113 @@ Test(e2e, cli_submit_wait_get)
     rc = h_run_cli(&s, argv3, &out, 30000);
     cr_expect_neq(rc, 0, "kiln get of an unknown id should fail");
     free(out);
+    h_stop(&s);
+}
+
+/* GETs image index of job id (alice's) into r; cr_asserts a 200 with a whole
+ * PNG: the signature first, the IEND chunk last. */
+static void get_png(h_stack *s, const char *id, int index, h_resp *r)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s/v1/jobs/%s/images/%d", s->gw_url, id, index);
+    long st = h_http(r, "GET", url, H_TOKEN_ALICE, NULL, NULL, NULL);
+    cr_assert_eq(st, 200, "GET %s: %ld %s", url, st, r->error);
+    static const char iend[] = "IEND\xae\x42\x60\x82";
+    cr_assert(r->body_len > 20 && memcmp(r->body, "\x89PNG\r\n\x1a\n", 8) == 0 &&
+                  memcmp(r->body + r->body_len - 8, iend, 8) == 0,
+              "image %d of %s is not one whole PNG (%zu bytes)", index, id, r->body_len);
+}
+
+/* One consumer appends every image to one pack: each job's image is served
+ * from its own range (another prompt gives another picture), whole. */
+Test(e2e, images_from_a_pack_are_each_jobs_own)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    const char *prompts[3] = {"a red fox", "a blue whale in a storm", "two cats"};
+    char ids[3][65];
+    for (int i = 0; i < 3; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"n\":2}", prompts[i]);
+        cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, body, ids[i]), 202);
+    }
+    h_resp r[3];
+    for (int i = 0; i < 3; i++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, ids[i], "completed", 30000);
+        cr_assert_str_eq(h_jstr(j, "status"), "completed");
+        json_decref(j);
+        get_png(&s, ids[i], 0, &r[i]);
+        h_resp rb;
+        get_png(&s, ids[i], 1, &rb);
+        h_resp_free(&rb);
+    }
+    for (int i = 0; i < 3; i++)
+        for (int k = i + 1; k < 3; k++)
+            cr_expect(r[i].body_len != r[k].body_len ||
+                          memcmp(r[i].body, r[k].body, r[i].body_len) != 0,
+                      "jobs %d and %d were served the same image", i, k);
+    for (int i = 0; i < 3; i++) h_resp_free(&r[i]);
+    h_stop(&s);
+}
+
+/* A job completed before packs has no ImageBlob in its record: its image
+ * is served from its own file (<data_dir>/images/<shard>/<id>.0.png). */
+Test(e2e, an_image_saved_before_packs_is_still_served)
+{
+    h_stack_opts o = {.no_consumer = 1};
+    h_stack s;
+    h_start(&s, &o);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "an old fox", id), 202);
+
+    static const unsigned char png[] = "\x89PNG\r\n\x1a\nold bytes of an old imageIEND\xae\x42\x60\x82";
+    char dir[1400], path[1500];
+    cr_assert_eq(kiln_image_dir(dir, sizeof dir, s.data_dir, id), KILN_OK);
+    cr_assert_eq(kiln_image_path(path, sizeof path, s.data_dir, id, 0), KILN_OK);
+    char cmd[1600];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(png, 1, sizeof png - 1, f), sizeof png - 1);
+    fclose(f);
+
+    /* What an earlier consumer published: images, no blobs. */
+    h_nats n;
+    h_nats_open(&s, &n);
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
+    char url[128];
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
+    req.id = id;
+    req.user_id = "alice";
+    req.prompt = "an old fox";
+    t.request = &req;
+    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    t.attempt = 1;
+    t.at_ms = h_now_ms();
+    img.url = url;
+    img.content_type = "image/png";
+    img.size_bytes = sizeof png - 1;
+    t.n_images = 1;
+    t.images = imgs;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_Publish(&pa, n.js, KILN_SUBJ_TRANSITION, buf, (int)len, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    free(buf);
+
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "completed");
+    json_decref(j);
+    h_resp r;
+    get_png(&s, id, 0, &r);
+    cr_expect_eq(r.body_len, sizeof png - 1);
+    cr_expect_eq(memcmp(r.body, png, sizeof png - 1), 0, "served other bytes than the file's");
+    h_resp_free(&r);
+    h_nats_free(&n);
     h_stop(&s);
 }

@@ -123,16 +123,24 @@ static openai_verdict run(pjob *p, int curl_code, long http)
     return openai_handle_result(&p->j, curl_code, http, p->dir);
 }
 
-/* The file at path holds exactly want[0..len). */
-static void assert_file_is(const char *path, const unsigned char *want, size_t len)
+/* The bytes of a saved image: size_bytes at offset of its pack. */
+static void assert_saved_is(const char *dir, const cons_image *img, const unsigned char *want,
+                            size_t len)
 {
+    char path[256];
     unsigned char back[256];
+    cr_assert_eq(kiln_image_pack_path(path, sizeof path, dir, img->pack), KILN_OK,
+                 "pack name '%s'", img->pack);
+    cr_assert_eq(img->size_bytes, len);
     FILE *f = fopen(path, "rb");
     cr_assert_not_null(f, "%s missing", path);
-    size_t n = fread(back, 1, sizeof back, f);
+    cr_assert_eq(fseek(f, (long)img->offset, SEEK_SET), 0);
+    size_t n = fread(back, 1, len, f);
     fclose(f);
-    cr_assert_eq(n, len, "%s holds %zu bytes, want %zu", path, n, len);
-    cr_assert_eq(memcmp(back, want, len), 0, "%s holds other bytes", path);
+    cr_assert_eq(n, len, "%s holds %zu bytes at %llu, want %zu", path, n,
+                 (unsigned long long)img->offset, len);
+    cr_assert_eq(memcmp(back, want, len), 0, "%s holds other bytes at %llu", path,
+                 (unsigned long long)img->offset);
 }
 
 Test(provider, b64_json_is_decoded_and_saved)
@@ -146,41 +154,52 @@ Test(provider, b64_json_is_decoded_and_saved)
     cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_OK, "err=%s %s", p->j.err_code, p->j.err_msg);
     cr_assert_eq(p->j.n_images, 1);
     cr_assert_str_eq(p->j.images[0].url, "/v1/jobs/job-1/images/0");
-    cr_assert_eq(p->j.images[0].size_bytes, sizeof png);
-
-    char path[128];
-    cr_assert_eq(kiln_image_path(path, sizeof path, p->dir, "job-1", 0), KILN_OK);
-    assert_file_is(path, png, sizeof png);
+    assert_saved_is(p->dir, &p->j.images[0], png, sizeof png);
     pjob_free(p);
 }
 
-/* A redelivered copy saves the same id and index again: the second image
- * replaces the first whole, and the shard directory holds only the image
- * (no temp file left behind by either path). */
-Test(imagefile, saving_again_replaces_the_image_and_leaves_no_temp_file)
+/* Images go one after another into one pack; a pack that would grow past
+ * its limit is left for a new one, and a save never overwrites an earlier
+ * image's bytes. */
+Test(imagefile, images_are_appended_to_a_pack_then_a_new_one)
 {
-    unsigned char first[100], second[40];
-    memset(first, 'a', sizeof first);
-    memset(second, 'b', sizeof second);
+    unsigned char a[100], b[40], c[90];
+    memset(a, 'a', sizeof a);
+    memset(b, 'b', sizeof b);
+    memset(c, 'c', sizeof c);
     pjob *p = pjob_new(NULL);
-    char path[256], dir[256];
-    cr_assert_eq(kiln_image_path(path, sizeof path, p->dir, "job-7", 2), KILN_OK);
-    cr_assert_eq(kiln_image_dir(dir, sizeof dir, p->dir, "job-7"), KILN_OK);
+    cons_image ia = {0}, ib = {0}, ic = {0};
+    cons_image_set_pack_max(200);
+    cr_assert_eq(cons_image_save(p->dir, a, sizeof a, &ia), KILN_OK);
+    cr_assert_eq(cons_image_save(p->dir, b, sizeof b, &ib), KILN_OK);
+    cr_assert_eq(cons_image_save(p->dir, c, sizeof c, &ic), KILN_OK);
+    cons_image_close();
+    cons_image_set_pack_max(0);
 
-    cr_assert_eq(cons_image_save(p->dir, "job-7", 2, first, sizeof first), KILN_OK);
-    assert_file_is(path, first, sizeof first);
-    cr_assert_eq(cons_image_save(p->dir, "job-7", 2, second, sizeof second), KILN_OK);
-    assert_file_is(path, second, sizeof second);
-
-    char cmd[512], listing[512] = "";
-    snprintf(cmd, sizeof cmd, "ls -A '%s'", dir);
-    FILE *ls = popen(cmd, "r");
-    cr_assert_not_null(ls);
-    size_t n = fread(listing, 1, sizeof listing - 1, ls);
-    listing[n] = '\0';
-    pclose(ls);
-    cr_assert_str_eq(listing, "job-7.2.png\n", "shard directory holds: %s", listing);
+    cr_assert_str_eq(ia.pack, ib.pack, "a and b share a pack");
+    cr_assert_eq(ia.offset, 0);
+    cr_assert_eq(ib.offset, sizeof a);
+    cr_assert_str_neq(ic.pack, ia.pack, "c would pass 200 bytes: a new pack");
+    cr_assert_eq(ic.offset, 0);
+    assert_saved_is(p->dir, &ia, a, sizeof a);
+    assert_saved_is(p->dir, &ib, b, sizeof b);
+    assert_saved_is(p->dir, &ic, c, sizeof c);
     pjob_free(p);
+}
+
+/* Another data dir (one process, two tests' dirs) gets a pack of its own. */
+Test(imagefile, a_new_data_dir_gets_its_own_pack)
+{
+    unsigned char a[10] = "0123456789", b[10] = "abcdefghij";
+    pjob *p = pjob_new(NULL), *q = pjob_new(NULL);
+    cons_image ia = {0}, ib = {0};
+    cr_assert_eq(cons_image_save(p->dir, a, sizeof a, &ia), KILN_OK);
+    cr_assert_eq(cons_image_save(q->dir, b, sizeof b, &ib), KILN_OK);
+    cons_image_close();
+    assert_saved_is(p->dir, &ia, a, sizeof a);
+    assert_saved_is(q->dir, &ib, b, sizeof b);
+    pjob_free(p);
+    pjob_free(q);
 }
 
 Test(provider, url_passes_through)

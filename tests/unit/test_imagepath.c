@@ -39,3 +39,26 @@ Test(imagepath, too_small_buffer_is_einval)
     cr_assert_eq(kiln_image_path(small, sizeof small, "/a/long/data/dir", "job", 0), KILN_EINVAL);
     cr_assert_eq(kiln_image_dir(small, sizeof small, "/a/long/data/dir", "job"), KILN_EINVAL);
 }
+
+Test(imagepath, pack_names_cannot_leave_the_packs_directory)
+{
+    char path[256];
+    cr_assert_eq(kiln_image_pack_path(path, sizeof path, "/data",
+                                      "019ab3c4-5d6e-7f80-9a1b-000000000001.pack"),
+                 KILN_OK);
+    cr_assert_str_eq(path, "/data/images/packs/019ab3c4-5d6e-7f80-9a1b-000000000001.pack");
+    const char *bad[] = {"",           ".pack",          "../x.pack",      "a/b.pack",
+                         "x.png",      "x.pack/",        "x.pack.pack/..", "x y.pack",
+                         "..pack",     NULL};
+    for (size_t i = 0; bad[i] != NULL; i++)
+        cr_assert_eq(kiln_image_pack_path(path, sizeof path, "/data", bad[i]), KILN_EINVAL,
+                     "accepted '%s'", bad[i]);
+    cr_assert_eq(kiln_image_pack_path(path, sizeof path, "/data", NULL), KILN_EINVAL);
+    char long_name[80];
+    memset(long_name, 'a', sizeof long_name);
+    strcpy(long_name + 60, ".pack");
+    cr_assert_eq(kiln_image_pack_path(path, sizeof path, "/data", long_name), KILN_EINVAL,
+                 "a name of %zu characters", strlen(long_name));
+    char small[24];
+    cr_assert_eq(kiln_image_pack_path(small, sizeof small, "/data", "p.pack"), KILN_EINVAL);
+}

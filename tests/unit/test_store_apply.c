@@ -349,6 +349,58 @@ Test(store_apply, started_at_from_a_completed_without_processing)
     kiln__v1__job_status__free_unpacked(ds, NULL);
 }
 
+/* A COMPLETED transition with one saved image at pack:offset. */
+static int completed_with_blob(const char *id, const char *user, uint32_t attempt,
+                               const char *pack, uint64_t offset)
+{
+    Kiln__V1__JobRequest r;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
+    Kiln__V1__ImageBlob blob = KILN__V1__IMAGE_BLOB__INIT, *blobs[1] = {&blob};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    req_init(&r, id, user);
+    t.request = &r;
+    t.state = COMPLETED;
+    t.attempt = attempt;
+    t.at_ms = TX_AT_MS;
+    img.url = "/v1/jobs/x/images/0";
+    img.content_type = "image/png";
+    img.size_bytes = 77;
+    blob.pack = (char *)pack;
+    blob.offset = offset;
+    blob.size = 77;
+    t.n_images = 1;
+    t.images = imgs;
+    t.n_blobs = 1;
+    t.blobs = blobs;
+    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    begin(0);
+    kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
+    commit();
+    free(buf);
+    cr_assert_eq(st, KILN_OK);
+    return changed;
+}
+
+/* The record keeps where the images' bytes are; a redelivered copy that
+ * saved its images again (another pack) changes nothing: the record, and so
+ * the image the gateway serves, stay the first result's. */
+Test(store_apply, completed_keeps_the_image_blobs_of_the_first_result)
+{
+    job_request("j9", "gina", NULL, 1, 0);
+    cr_assert_eq(completed_with_blob("j9", "gina", 1, "p1.pack", 4096), 1);
+    cr_assert_eq(completed_with_blob("j9", "gina", 1, "p2.pack", 0), 0);
+    Kiln__V1__JobRecord *rec = load("j9");
+    cr_assert_eq(rec->status->n_images, 1);
+    cr_assert_eq(rec->n_blobs, 1);
+    cr_assert_str_eq(rec->blobs[0]->pack, "p1.pack");
+    cr_assert_eq(rec->blobs[0]->offset, 4096);
+    cr_assert_eq(rec->blobs[0]->size, 77);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+}
+
 Test(store_apply, started_at_from_a_pending_retry_is_never_overwritten)
 {
     /* Attempt 1 failed retryably without a PROCESSING: the retry carries
