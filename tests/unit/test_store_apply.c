@@ -164,6 +164,21 @@ static int job_request(const char *id, const char *user, const char *idem, uint6
     return changed;
 }
 
+/* Applies t in a batch of its own; whether it changed the record. */
+static int apply_tx(const Kiln__V1__JobTransition *t, int replay)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    cr_assert_eq(kiln_pb_pack(&t->base, &buf, &len), KILN_OK);
+    begin(replay);
+    kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
+    commit();
+    free(buf);
+    cr_assert_eq(st, KILN_OK);
+    return changed;
+}
+
 /* A transition carrying started_at_ms (0 = none), at_ms fixed at TX_AT_MS. */
 #define TX_AT_MS 1795503890000LL
 static int transition_started(const char *id, const char *user, Kiln__V1__JobState state,
@@ -171,22 +186,13 @@ static int transition_started(const char *id, const char *user, Kiln__V1__JobSta
 {
     Kiln__V1__JobRequest r;
     Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int changed = 0;
     req_init(&r, id, user);
     t.request = &r;
     t.state = state;
     t.attempt = attempt;
     t.at_ms = TX_AT_MS;
     t.started_at_ms = started_at_ms;
-    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
-    begin(replay);
-    kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
-    commit();
-    free(buf);
-    cr_assert_eq(st, KILN_OK);
-    return changed;
+    return apply_tx(&t, replay);
 }
 
 static int transition(const char *id, const char *user, Kiln__V1__JobState state,
@@ -357,9 +363,6 @@ static int completed_with_blob(const char *id, const char *user, uint32_t attemp
     Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
     Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
     Kiln__V1__ImageBlob blob = KILN__V1__IMAGE_BLOB__INIT, *blobs[1] = {&blob};
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int changed = 0;
     req_init(&r, id, user);
     t.request = &r;
     t.state = COMPLETED;
@@ -375,13 +378,7 @@ static int completed_with_blob(const char *id, const char *user, uint32_t attemp
     t.images = imgs;
     t.n_blobs = 1;
     t.blobs = blobs;
-    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
-    begin(0);
-    kiln_status st = apply_transition(tdb, twb, buf, len, &sink, &changed);
-    commit();
-    free(buf);
-    cr_assert_eq(st, KILN_OK);
-    return changed;
+    return apply_tx(&t, 0);
 }
 
 /* The record keeps where the images' bytes are; a redelivered copy that
