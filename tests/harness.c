@@ -594,9 +594,8 @@ static int h_wait_http(h_stack *s, h_comp c, const char *url, long want)
     return 0;
 }
 
-int h_stack_start(h_stack *s, const h_stack_opts *opts)
+static int h_stack_start_once(h_stack *s, const h_stack_opts *opts)
 {
-    pthread_once(&h_curl_once, h_curl_init);
     memset(s, 0, sizeof *s);
     h_test_dir(s->root, sizeof s->root);
     snprintf(s->data_dir, sizeof s->data_dir, "%s/data", s->root);
@@ -663,6 +662,37 @@ fail:
     /* The report hook prints every log's tail for the failed test. */
     fprintf(stderr, "harness: stack failed to start in %s\n", s->root);
     return -1;
+}
+
+/* Whether a process of the stack could not bind its port. */
+static bool h_stack_port_taken(const h_stack *s)
+{
+    static const char *const pats[] = {"cannot listen", "listener failed",
+                                       "address already in use"};
+    bool taken = false;
+    for (int c = 0; c < H_NPROC && !taken; c++) {
+        char *buf = h_read_file(s->procs[c].log_path, NULL);
+        for (size_t i = 0; buf != NULL && i < sizeof pats / sizeof pats[0]; i++)
+            taken = taken || strstr(buf, pats[i]) != NULL;
+        free(buf);
+    }
+    return taken;
+}
+
+/* A stack's ports are free when chosen, but another test running beside
+ * this one may pick and bind the same port before this stack's daemon does
+ * (both choose at random below the ephemeral range). A start that failed
+ * only because a port was taken is tried again on new ports, in a new
+ * directory (the failed try's logs stay); any other failure is final. */
+int h_stack_start(h_stack *s, const h_stack_opts *opts)
+{
+    pthread_once(&h_curl_once, h_curl_init);
+    for (int try = 1;; try++) {
+        if (h_stack_start_once(s, opts) == 0) return 0;
+        if (try == 3 || !h_stack_port_taken(s)) return -1;
+        fprintf(stderr, "harness: a port was taken, starting again on new ports\n");
+        (void)h_stack_stop(s);
+    }
 }
 
 int h_stack_wait_ready(h_stack *s)
