@@ -79,3 +79,17 @@ void kiln_log_write(kiln_log_level level, const char *fmt, ...)
         len -= (size_t)w;
     }
 }
+
+void kiln_log_mhd(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
+    /* What MHD says when a handler drops a request on purpose (a hang, a client gone). */
+    if (strncmp(buf, "Application reported internal error", 35) == 0)
+        LOG_DEBUG("libmicrohttpd msg=\"%s\"", buf);
+    else
+        LOG_WARN("libmicrohttpd msg=\"%s\"", buf);
+}

@@ -6,6 +6,8 @@
 #ifndef KILN_LOG_H
 #define KILN_LOG_H
 
+#include <stdarg.h>
+
 typedef enum { KILN_LOG_DEBUG = 0, KILN_LOG_INFO, KILN_LOG_WARN, KILN_LOG_ERROR } kiln_log_level;
 
 extern kiln_log_level kiln_log_min_level;
@@ -18,6 +20,12 @@ int kiln_log_set_level(const char *name);
 
 void kiln_log_write(kiln_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* libmicrohttpd's error log (MHD_OPTION_EXTERNAL_LOGGER with
+ * MHD_USE_ERROR_LOG), one line each: why a listener could not start ("Failed
+ * to bind to port 8080: Address already in use"), a connection limit
+ * reached. A handler's deliberate refusal is only debug. */
+void kiln_log_mhd(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 #define KILN_LOG(level, ...)                                                   \
     do {                                                                       \

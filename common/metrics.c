@@ -337,12 +337,13 @@ kiln_status kiln_metrics_http_start(const char *addr)
     size_t sslen = 0;
     kiln_status st = kiln_parse_listen_addr(addr, &ss, &sslen);
     if (st != KILN_OK) return st;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES) flags |= MHD_USE_EPOLL;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     uint16_t port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                              : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     metrics_daemon = MHD_start_daemon(flags, port, NULL, NULL, metrics_handler, NULL,
+                                      MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
                                       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
                                       MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);

@@ -141,10 +141,7 @@ int main(int argc, char **argv)
     if (cons_registry_init(main_set.concurrency) != KILN_OK) goto out;
     reg_up = true;
     if (main_set.metrics_addr[0] != '\0') {
-        if (kiln_metrics_http_start(main_set.metrics_addr) != KILN_OK) {
-            LOG_ERROR("metrics listener failed addr=%s", main_set.metrics_addr);
-            goto out;
-        }
+        if (kiln_metrics_http_start(main_set.metrics_addr) != KILN_OK) goto out; /* it logged why */
         metrics_up = true;
     }
 

@@ -421,20 +421,6 @@ static void server_completed(void *cls, struct MHD_Connection *c, void **con_cls
     *con_cls = NULL;
 }
 
-__attribute__((format(printf, 2, 0))) static void server_mhd_log(void *cls, const char *fmt,
-                                                                 va_list ap)
-{
-    (void)cls;
-    char buf[512];
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    size_t n = strlen(buf);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
-    /* MHD reports every request we drop on purpose (hang, client gone) this way. */
-    if (strncmp(buf, "Application reported internal error", 35) == 0)
-        LOG_DEBUG("libmicrohttpd msg=\"%s\"", buf);
-    else
-        LOG_WARN("libmicrohttpd msg=\"%s\"", buf);
-}
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
@@ -460,7 +446,7 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, server_mhd_log, NULL,
+        flags, 0, NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)SERVER_IDLE_TIMEOUT_S, /* MHD's default SO_REUSEADDR, no SO_REUSEPORT (gateway/server.c) */

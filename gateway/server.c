@@ -1,6 +1,8 @@
 /* server.c - the libmicrohttpd daemon: request bodies (64 KiB cap), dispatch,
  * suspended requests answered from other threads, responses. */
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -223,9 +225,16 @@ static void server_completed(void *cls, struct MHD_Connection *conn, void **con_
 kiln_status gw_server_start(const gw_server_opts *o)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ITC | MHD_USE_TURBO;
+                     MHD_USE_ITC | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+    /* MHD makes an IPv4 socket unless told; the port only names it in
+     * MHD's messages (MHD_OPTION_SOCK_ADDR is what binds). */
+    if (o->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    uint16_t port = o->addr.ss_family == AF_INET6
+                        ? ntohs(((const struct sockaddr_in6 *)&o->addr)->sin6_port)
+                        : ntohs(((const struct sockaddr_in *)&o->addr)->sin_port);
     server_daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, server_access, NULL, MHD_OPTION_SOCK_ADDR,
+        flags, port, NULL, NULL, server_access, NULL, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
+        MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&o->addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads,
         MHD_OPTION_NOTIFY_COMPLETED, server_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)SERVER_CONN_TIMEOUT_S, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,

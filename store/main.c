@@ -163,10 +163,7 @@ int main(int argc, char **argv)
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
-    if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) {
-        LOG_ERROR("metrics listener failed addr=%s", cfg.metrics_addr);
-        goto out;
-    }
+    if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */
     LOG_INFO("ready data=%s applied_seq=%llu metrics=%s", path,
              (unsigned long long)applied, cfg.metrics_addr[0] ? cfg.metrics_addr : "off");
 

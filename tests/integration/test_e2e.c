@@ -1,8 +1,12 @@
 /* test_e2e.c - a job's whole life through the real stack: HTTP submit, GET,
  * image bytes, jobs.done event, jobs.status, listing, viewed, the CLI. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -425,5 +429,38 @@ Test(e2e, an_image_saved_before_packs_is_still_served)
     cr_expect_eq(memcmp(r.body, png, sizeof png - 1), 0, "served other bytes than the file's");
     h_resp_free(&r);
     h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* Whether this machine can bind the IPv6 loopback (some containers cannot). */
+static bool ipv6_loopback_works(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/* KILN_HTTP_ADDR takes "[v6]:port"; the gateway listens there and takes
+ * jobs (libmicrohttpd needs MHD_USE_IPv6 for it: without, it failed with
+ * "Address family not supported by protocol"). */
+Test(e2e, gateway_listens_on_an_ipv6_address)
+{
+    if (!ipv6_loopback_works()) cr_skip_test("no IPv6 loopback here");
+    h_stack s;
+    h_start(&s, NULL);
+    char kv[64];
+    snprintf(kv, sizeof kv, "KILN_HTTP_ADDR=[::1]:%d", s.gw_port);
+    cr_assert_eq(h_proc_term(&s, H_GATEWAY), 0);
+    cr_assert_eq(h_proc_setenv(&s, H_GATEWAY, kv), 0);
+    cr_assert_eq(h_proc_start(&s, H_GATEWAY), 0);
+    snprintf(s.gw_url, sizeof s.gw_url, "http://[::1]:%d", s.gw_port);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "the gateway did not come up on %s", s.gw_url);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a fox over IPv6", id), 202);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 30000);
+    cr_expect_str_eq(h_jstr(j, "status"), "completed");
+    json_decref(j);
     h_stop(&s);
 }
