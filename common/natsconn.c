@@ -1,5 +1,8 @@
 /* natsconn.c - the NATS connection every binary uses: reconnects forever,
  * sends as soon as possible, logs connection events. */
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -64,10 +67,27 @@ static void natsconn_on_error(natsConnection *nc, natsSubscription *sub, natsSta
     LOG_WARN("nats async error status=%s subject=%s", natsStatus_GetText(err), subj);
 }
 
-static void natsconn_sleep_ms(int64_t ms)
+/* Waits ms between connect tries, or less if SIGTERM/SIGINT comes: true
+ * then (the signal is taken). Every binary blocks those two before it
+ * connects and takes them with sigwait() once running; while still
+ * connecting, this is what answers them, so a stop does not wait out the
+ * whole connect timeout. */
+static bool natsconn_wait_or_stop(int64_t ms)
 {
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
+    for (;;) {
+        int sig = sigtimedwait(&stop, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT) {
+            LOG_INFO("stop signal while connecting to NATS signal=%s",
+                     sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return true;
+        }
+        if (sig < 0 && errno == EINTR) continue; /* another signal; the wait starts over */
+        return false;                            /* EAGAIN: the time is up */
     }
 }
 
@@ -166,7 +186,10 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
                      natsStatus_GetText(s), (long long)initial_timeout_ms);
             warned = 1;
         }
-        natsconn_sleep_ms(NATSCONN_RETRY_MS);
+        if (natsconn_wait_or_stop(NATSCONN_RETRY_MS)) {
+            st = KILN_ESTOPPED;
+            goto out;
+        }
     }
 
     if (js != NULL) {

@@ -15,6 +15,7 @@ const char *kiln_status_str(kiln_status s)
     case KILN_ECONFLICT: return "conflict";
     case KILN_EUNAVAILABLE: return "unavailable";
     case KILN_EHELP: return "help";
+    case KILN_ESTOPPED: return "stopped";
     }
     return "unknown";
 }

@@ -14,6 +14,7 @@ typedef enum {
     KILN_ECONFLICT,
     KILN_EUNAVAILABLE, /* a dependency (NATS, store) cannot take the request now */
     KILN_EHELP,        /* --help was printed; the caller exits 0 */
+    KILN_ESTOPPED,     /* SIGTERM/SIGINT came while waiting (to connect); the caller exits 0 */
 } kiln_status;
 
 /* Short lower-case name of a status, for log lines. Never NULL. */

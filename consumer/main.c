@@ -84,7 +84,7 @@ int main(int argc, char **argv)
     int rc = 1;
     char err[512] = "";
     sigset_t sigs;
-    kiln_status st;
+    kiln_status st = KILN_OK;
     kiln_provision_opts popts;
     bool curl_up = false, slots_up = false, reg_up = false, metrics_up = false;
 
@@ -167,6 +167,7 @@ int main(int argc, char **argv)
     rc = 0;
 
 out:
+    if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     /* Drain: stop fetching, let in-flight jobs finish, hand back the rest. */
     atomic_store(&cons_g.stopping, true);
     cons_stall_stop();

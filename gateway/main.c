@@ -146,10 +146,7 @@ int main(int argc, char **argv)
         no.send_asap = true;
         st = kiln_nats_connect_opts(cfg.nats_url, &no, &fnc, &fjs);
     }
-    if (st != KILN_OK) {
-        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
-        goto out;
-    }
+    if (st != KILN_OK) goto out; /* natsconn logged why */
     kiln_provision_opts po;
     memset(&po, 0, sizeof po); /* fields opts_init leaves alone stay false/0 */
     kiln_provision_opts_init(&po);
@@ -175,18 +172,13 @@ int main(int argc, char **argv)
     so_sse.initial_timeout_ms = MAIN_NATS_CONNECT_MS;
     so_sse.global_delivery = true;
     so_sse.js_wait_ms = cfg.store_timeout_ms;
-    if ((st = kiln_nats_connect_opts(cfg.nats_url, &so_sse, &sse_nc, &sse_js)) != KILN_OK) {
-        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
-        goto out;
-    }
+    if ((st = kiln_nats_connect_opts(cfg.nats_url, &so_sse, &sse_nc, &sse_js)) != KILN_OK) goto out;
     /* Store queries and the jobs.done feed (every completion) on a connection
      * of their own, so their traffic does not queue behind the submit
      * publishes and acks on the connection's lock and reader thread. */
     if ((st = kiln_nats_connect(cfg.nats_url, "kiln-gateway-query", MAIN_NATS_CONNECT_MS, &qnc,
-                                NULL)) != KILN_OK) {
-        LOG_ERROR("cannot connect to NATS url=%s status=%s", cfg.nats_url, kiln_status_str(st));
+                                NULL)) != KILN_OK)
         goto out;
-    }
     if ((st = gw_health_init(nc)) != KILN_OK) goto out;
     if ((st = gw_timers_start()) != KILN_OK) goto out;
     timers_started = 1;
@@ -214,6 +206,7 @@ int main(int argc, char **argv)
     LOG_INFO("shutting down signal=%d", sig);
     rc = 0;
 out:
+    if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     if (server_started) gw_server_quiesce();
     /* Event streams end now; their clients resume elsewhere with Last-Event-ID. */
     gw_sse_shutdown(server_started ? 2000 : 0);

@@ -173,6 +173,7 @@ int main(int argc, char **argv)
     LOG_INFO("shutting down signal=%d", sig);
     rc = 0;
 out:
+    if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     /* The sweep first (it waits on the apply loop), then requests (they
      * write too), then the apply loop finishes its batch, then NATS, then
      * RocksDB. */

@@ -13,6 +13,24 @@
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
 
+typedef struct {
+    const char *path;
+    const char *text;
+} res_log_wait;
+
+/* Whether the log at w->path holds w->text. */
+static int res_log_has(void *arg)
+{
+    const res_log_wait *w = arg;
+    char line[1024];
+    int found = 0;
+    FILE *f = fopen(w->path, "r");
+    if (f == NULL) return 0;
+    while (!found && fgets(line, sizeof line, f) != NULL) found = strstr(line, w->text) != NULL;
+    fclose(f);
+    return found;
+}
+
 static int res_gateway_not_ready(void *arg)
 {
     return h_gw_status(arg, "/readyz", 3000) != 200;
@@ -262,6 +280,21 @@ Test(resilience, every_process_stops_promptly_without_nats)
         int64_t ms = kiln_mono_ms() - t0;
         cr_expect_eq(code, 0, "component %d exited with %d after SIGTERM", (int)comps[i], code);
         cr_expect_lt(ms, 8000, "component %d took %lld ms to stop without NATS", (int)comps[i],
+                     (long long)ms);
+    }
+    /* Started while NATS is down, each waits to connect (up to its connect
+     * timeout, 12-30 s); SIGTERM in that wait stops it at once, exit 0. */
+    for (size_t i = 0; i < sizeof comps / sizeof comps[0]; i++) {
+        cr_assert_eq(h_proc_start(&s, comps[i]), 0);
+        res_log_wait wait = {s.procs[comps[i]].log_path, "nats connect failed, retrying"};
+        cr_assert(h_wait_for(res_log_has, &wait, 15000, 50),
+                  "component %d never said it is retrying to connect", (int)comps[i]);
+        int64_t t0 = kiln_mono_ms();
+        int code = h_proc_term(&s, comps[i]);
+        int64_t ms = kiln_mono_ms() - t0;
+        cr_expect_eq(code, 0, "component %d exited with %d after SIGTERM while connecting",
+                     (int)comps[i], code);
+        cr_expect_lt(ms, 2000, "component %d took %lld ms to stop while connecting", (int)comps[i],
                      (long long)ms);
     }
     h_stop(&s);
