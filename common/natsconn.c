@@ -2,6 +2,7 @@
  * sends as soon as possible, logs connection events. */
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,13 +68,20 @@ static void natsconn_on_error(natsConnection *nc, natsSubscription *sub, natsSta
     LOG_WARN("nats async error status=%s subject=%s", natsStatus_GetText(err), subj);
 }
 
-/* Waits ms between connect tries, or less if SIGTERM/SIGINT comes: true
- * then (the signal is taken). Every binary blocks those two before it
- * connects and takes them with sigwait() once running; while still
- * connecting, this is what answers them, so a stop does not wait out the
- * whole connect timeout. */
+static atomic_bool natsconn_stoppable; /* kiln_nats_stop_on_signals() */
+
+void kiln_nats_stop_on_signals(void) { atomic_store(&natsconn_stoppable, true); }
+
+/* Waits ms between connect tries. After kiln_nats_stop_on_signals(), a
+ * SIGTERM/SIGINT ends the wait: true then (the signal is taken). */
 static bool natsconn_wait_or_stop(int64_t ms)
 {
+    if (!atomic_load(&natsconn_stoppable)) {
+        struct timespec left = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&left, &left) != 0) {
+        }
+        return false;
+    }
     sigset_t stop;
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);

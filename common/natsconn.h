@@ -41,6 +41,13 @@ void kiln_nats_opts_init(kiln_nats_opts *o);
 kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, natsConnection **nc,
                                    jsCtx **js);
 
+/* For a daemon that blocks SIGTERM/SIGINT and takes them with sigwait()
+ * once running: from now on, a connect that is still retrying takes such a
+ * signal itself and gives up with KILN_ESTOPPED, so a stop does not wait out
+ * the connect timeout. Off by default: the client library must never take a
+ * signal meant for the program that links it. */
+void kiln_nats_stop_on_signals(void);
+
 /* Destroys js then drains/closes and destroys nc. Accepts NULLs. */
 void kiln_nats_close(natsConnection *nc, jsCtx *js);
 

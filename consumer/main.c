@@ -128,6 +128,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread exists */
+    kiln_nats_stop_on_signals(); /* SIGTERM while still connecting: exit at once */
     signal(SIGPIPE, SIG_IGN);
 
     cons_ctx_register_metrics();

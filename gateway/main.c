@@ -128,6 +128,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    kiln_nats_stop_on_signals(); /* SIGTERM while still connecting: exit at once */
 
     kiln_nats_opts no;
     kiln_nats_opts_init(&no);

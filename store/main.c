@@ -114,6 +114,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    kiln_nats_stop_on_signals(); /* SIGTERM while still connecting: exit at once */
 
     if (snprintf(path, sizeof path, "%s/store", cfg.data_dir) >= (int)sizeof path) {
         fprintf(stderr, "kiln-store: KILN_DATA_DIR is too long\n");
