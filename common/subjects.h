@@ -47,6 +47,7 @@
 #define KILN_HDR_ERROR "Kiln-Error"
 #define KILN_HDR_MSG_ID "Nats-Msg-Id"
 #define KILN_HDR_EVENT_KEY "Kiln-Event-Key" /* KILN_EVENTS: "<id>.<state>.<attempts>.ev" (store/events.h) */
+#define KILN_HDR_TX_BATCH "Kiln-Tx-Batch" /* kiln.tx: a TransitionBatch of this many */
 #define KILN_HDR_REDRIVE "Kiln-Redrive" /* re-published lost job: its original KILN_JOBS sequence */
 
 #endif

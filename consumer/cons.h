@@ -68,7 +68,7 @@ typedef struct {
     atomic_bool stopping;   /* SIGTERM: stop fetching */
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
-        *m_idle_polls;
+        *m_idle_polls, *m_tx_batches, *m_tx_batched;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers
@@ -225,6 +225,10 @@ size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max);
 /* ---- publish.c: transitions on kiln.tx and the JetStream ack handler ---- */
 /* Publishes j's transition (state st). track: wait for the ack and continue j's chain. */
 kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool track);
+/* Between these two, this thread's tracked transitions are collected and
+ * published at the end as one TransitionBatch (a transfer round). */
+void cons_publish_batch_begin(void);
+void cons_publish_batch_end(void);
 void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                               void *closure);
 

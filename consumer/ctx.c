@@ -25,6 +25,11 @@ void cons_ctx_register_metrics(void)
         "a lost worker's jobs)");
     cons_g.m_idle_polls = kiln_metric_counter(
         "kiln_consumer_idle_polls_total", "long polls with every lane empty (the consumer had nothing to do)");
+    cons_g.m_tx_batches = kiln_metric_counter(
+        "kiln_consumer_transition_batches_total",
+        "TransitionBatch messages published (the results of one transfer round)");
+    cons_g.m_tx_batched = kiln_metric_counter("kiln_consumer_transitions_batched_total",
+                                              "transitions published inside a TransitionBatch");
     cons_g.m_mem_paused = kiln_metric_gauge("kiln_consumer_fetch_paused_low_memory",
                                             "1 while fetching is paused for low available memory");
     cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");

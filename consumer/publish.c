@@ -1,6 +1,7 @@
 /* publish.c - JobTransitions on kiln.tx (JetStream async publish with
- * Nats-Msg-Id "<id>.<attempt>.<state>") and the async publish ack handler,
- * which continues a job's result chain. */
+ * Nats-Msg-Id "<id>.<attempt>.<state>"), or several of one transfer round
+ * in one TransitionBatch, and the async publish ack handler, which continues
+ * each job's result chain. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,10 +63,11 @@ static void pub_short_request_free(Kiln__V1__JobRequest *r)
     free(r->size);
 }
 
-kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool track)
+/* Packs j's transition to st into *buf (malloc'ed, the caller frees). */
+static kiln_status pub_pack_transition(const cons_job *j, Kiln__V1__JobState st, uint8_t **buf,
+                                       size_t *len)
 {
     kiln_status ks = KILN_OK;
-    natsStatus s = NATS_OK;
     Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
     Kiln__V1__JobError err = KILN__V1__JOB_ERROR__INIT;
     Kiln__V1__JobRequest short_req;
@@ -74,11 +76,6 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
     Kiln__V1__ImageBlob blobs[CONS_MAX_IMAGES];
     Kiln__V1__ImageBlob *blob_ptrs[CONS_MAX_IMAGES];
     bool have_short = false;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    natsMsg *m = NULL;
-    char msg_id[KILN_ID_MAX_LEN + 40];
-    jsPubOptions po;
 
     t.request = j->req;
     if (j->truncate_prompt && j->req != NULL) {
@@ -102,7 +99,7 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
             if (j->images[i].pack[0] != '\0') {
                 kiln__v1__image_blob__init(&blobs[t.n_blobs]);
                 blobs[t.n_blobs].index = (uint32_t)i;
-                blobs[t.n_blobs].pack = j->images[i].pack;
+                blobs[t.n_blobs].pack = (char *)j->images[i].pack;
                 blobs[t.n_blobs].offset = j->images[i].offset;
                 blobs[t.n_blobs].size = j->images[i].size_bytes;
                 blob_ptrs[t.n_blobs] = &blobs[t.n_blobs];
@@ -115,21 +112,32 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
     }
     if (j->err_code[0] != '\0' && (st == KILN__V1__JOB_STATE__JOB_STATE_FAILED ||
                                    st == KILN__V1__JOB_STATE__JOB_STATE_PENDING)) {
-        err.code = j->err_code;
-        err.message = j->err_msg;
+        err.code = (char *)j->err_code;
+        err.message = (char *)j->err_msg;
         t.error = &err;
     }
     if (st == KILN__V1__JOB_STATE__JOB_STATE_PENDING) t.retry_at_ms = j->retry_at_ms;
+    ks = kiln_pb_pack((const ProtobufCMessage *)&t, buf, len);
+out:
+    if (have_short) pub_short_request_free(&short_req);
+    return ks;
+}
 
-    ks = kiln_pb_pack((const ProtobufCMessage *)&t, &buf, &len);
-    if (ks != KILN_OK) goto out;
+/* Publishes one packed transition of j; when tracked, the ack handler
+ * continues j (which may be gone once this returns KILN_OK). */
+static kiln_status pub_send_one(cons_job *j, Kiln__V1__JobState st, const uint8_t *buf,
+                                size_t len, bool track)
+{
+    natsMsg *m = NULL;
+    char msg_id[KILN_ID_MAX_LEN + 40];
+    jsPubOptions po;
     snprintf(msg_id, sizeof msg_id, "%s.%u.%s", j->id, j->attempt, kiln_state_name(st));
-    s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
+    natsStatus s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, j->id);
     if (s == NATS_OK) s = jsPubOptions_Init(&po);
     if (s != NATS_OK) {
-        ks = kiln_nats_status(s);
-        goto out;
+        natsMsg_Destroy(m);
+        return kiln_nats_status(s);
     }
     po.MsgId = msg_id;
     po.MaxWait = PUB_MAX_WAIT_MS;
@@ -142,14 +150,113 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
         if (track) cons_registry_untrack_pub(j);
         LOG_WARN("transition publish failed job=%s state=%s status=%s", j->id,
                  kiln_state_name(st), natsStatus_GetText(s));
-        ks = KILN_ENATS;
-        goto out;
+        natsMsg_Destroy(m);
+        return KILN_ENATS;
     }
+    return KILN_OK;
+}
 
-out:
+/* ---- batches ------------------------------------------------------------------ */
+
+/* The tracked transitions one transfer thread produces in one round (a
+ * curl_multi_info_read pass: with many calls ending together, many jobs)
+ * go out as one TransitionBatch: one stored message, one delivery to the
+ * store and one ack instead of one each. Thread-local, so only the round's
+ * own thread adds to it; the ack handler's thread publishes directly. */
+#define PUB_BATCH_MAX 128
+#define PUB_BATCH_BYTES (256 * 1024) /* well below NATS' default 1 MiB max_payload */
+
+typedef struct {
+    bool on;
+    size_t n, bytes;
+    cons_job *jobs[PUB_BATCH_MAX];
+    Kiln__V1__JobState states[PUB_BATCH_MAX];
+    ProtobufCBinaryData tx[PUB_BATCH_MAX]; /* packed JobTransitions, owned */
+} pub_batch;
+
+static _Thread_local pub_batch pub_round;
+
+void cons_publish_batch_begin(void) { pub_round.on = true; }
+
+/* Publishes the collected transitions; a job whose publish failed is
+ * abandoned (redelivered after AckWait), as a single publish's would be. */
+static void pub_batch_flush(pub_batch *b)
+{
+    size_t n = b->n;
+    b->n = 0;
+    b->bytes = 0;
+    if (n == 0) return;
+    if (n == 1) {
+        if (pub_send_one(b->jobs[0], b->states[0], b->tx[0].data, b->tx[0].len, true) != KILN_OK)
+            cons_job_abandon(b->jobs[0], "publish failed");
+        free(b->tx[0].data);
+        return;
+    }
+    Kiln__V1__TransitionBatch tb = KILN__V1__TRANSITION_BATCH__INIT;
+    tb.n_transitions = n;
+    tb.transitions = b->tx;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    natsMsg *m = NULL;
+    char count[24];
+    jsPubOptions po;
+    snprintf(count, sizeof count, "%zu", n);
+    natsStatus s = NATS_OK;
+    kiln_status ks = kiln_pb_pack((const ProtobufCMessage *)&tb, &buf, &len);
+    if (ks == KILN_OK) {
+        s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_TX_BATCH, count);
+        if (s == NATS_OK) s = jsPubOptions_Init(&po);
+        if (s == NATS_OK) {
+            po.MaxWait = PUB_MAX_WAIT_MS;
+            int64_t deadline = kiln_mono_ms() + PUB_SWEEP_MS;
+            for (size_t i = 0; i < n; i++) cons_registry_track_pub(b->jobs[i], m, deadline);
+            s = js_PublishMsgAsync(cons_g.js, &m, &po);
+            /* Accepted: the ack handler continues the jobs (they may be gone). */
+            if (s != NATS_OK)
+                for (size_t i = 0; i < n; i++) cons_registry_untrack_pub(b->jobs[i]);
+        }
+        if (s != NATS_OK) ks = KILN_ENATS;
+    }
+    if (ks != KILN_OK) {
+        LOG_WARN("transition batch publish failed jobs=%zu status=%s", n,
+                 s != NATS_OK ? natsStatus_GetText(s) : kiln_status_str(ks));
+        for (size_t i = 0; i < n; i++) cons_job_abandon(b->jobs[i], "publish failed");
+    } else {
+        LOG_DEBUG("transition batch publish jobs=%zu bytes=%zu", n, len);
+        kiln_metric_add(cons_g.m_tx_batches, 1);
+        kiln_metric_add(cons_g.m_tx_batched, (int64_t)n);
+    }
     natsMsg_Destroy(m);
     free(buf);
-    if (have_short) pub_short_request_free(&short_req);
+    for (size_t i = 0; i < n; i++) free(b->tx[i].data);
+}
+
+void cons_publish_batch_end(void)
+{
+    pub_round.on = false;
+    pub_batch_flush(&pub_round);
+}
+
+kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool track)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    kiln_status ks = pub_pack_transition(j, st, &buf, &len);
+    if (ks != KILN_OK) return ks;
+    pub_batch *b = &pub_round;
+    if (track && b->on) {
+        if (b->n == PUB_BATCH_MAX || b->bytes + len > PUB_BATCH_BYTES) pub_batch_flush(b);
+        b->jobs[b->n] = j;
+        b->states[b->n] = st;
+        b->tx[b->n].data = buf;
+        b->tx[b->n].len = len;
+        b->n++;
+        b->bytes += len;
+        return KILN_OK; /* j waits for the round's end, then for the ack */
+    }
+    ks = pub_send_one(j, st, buf, len, track);
+    free(buf);
     return ks;
 }
 
@@ -161,14 +268,17 @@ void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     (void)closure;
     char err[256] = "";
     bool ok = pa != NULL && pae == NULL;
-    /* Look the job up before the message is freed: its address is the key. */
-    cons_job *j = cons_registry_take_pub(msg);
+    /* Look the jobs up before the message is freed: its address is the key
+     * (a batch's jobs all wait on the one message). */
+    cons_job *jobs[PUB_BATCH_MAX];
+    size_t n = 0;
+    while (n < PUB_BATCH_MAX && (jobs[n] = cons_registry_take_pub(msg)) != NULL) n++;
     if (!ok) {
         snprintf(err, sizeof err, "%s",
                  pae != NULL && pae->ErrText != NULL ? pae->ErrText : "publish failed");
-        LOG_WARN("publish not acknowledged subject=%s tracked=%d error=\"%s\"",
-                 natsMsg_GetSubject(msg) != NULL ? natsMsg_GetSubject(msg) : "-", j != NULL, err);
+        LOG_WARN("publish not acknowledged subject=%s tracked=%zu error=\"%s\"",
+                 natsMsg_GetSubject(msg) != NULL ? natsMsg_GetSubject(msg) : "-", n, err);
     }
     natsMsg_Destroy(msg);
-    if (j != NULL) cons_job_published(j, ok, err);
+    for (size_t i = 0; i < n; i++) cons_job_published(jobs[i], ok, err);
 }

@@ -255,7 +255,9 @@ static void *tr_main(void *arg)
         tr_check_cancels(w);
         if (atomic_exchange(&w->abort, false)) tr_hand_back_all(w);
         curl_multi_perform(w->multi, &still);
+        cons_publish_batch_begin();
         tr_collect_done(w);
+        cons_publish_batch_end();
 
         int64_t now = kiln_mono_ms();
         tr_announce_slow(w, now);

@@ -81,6 +81,43 @@ static void ingest_sleep_ms(int64_t ms)
     }
 }
 
+/* One JobTransition; an undecodable one is counted and skipped. */
+static kiln_status ingest_transition(ingest *ing, const void *data, size_t len, uint64_t seq,
+                                     apply_sink *sink, int *changed)
+{
+    kiln_status st = apply_transition(ing->db, ing->wb, data, len, sink, changed);
+    if (st == KILN_EINVAL) {
+        LOG_WARN("transition undecodable, skipped seq=%llu bytes=%zu", (unsigned long long)seq,
+                 len);
+        kiln_metric_add(ing->m_invalid, 1);
+        st = KILN_OK;
+    }
+    return st;
+}
+
+/* A consumer's TransitionBatch: each transition applied in order, as if it
+ * had come alone (consumer/publish.c). */
+static kiln_status ingest_transition_batch(ingest *ing, const void *data, size_t len,
+                                           uint64_t seq, apply_sink *sink, int *changed)
+{
+    Kiln__V1__TransitionBatch *tb = kiln__v1__transition_batch__unpack(NULL, len, data);
+    if (tb == NULL) {
+        LOG_WARN("transition batch undecodable, skipped seq=%llu bytes=%zu",
+                 (unsigned long long)seq, len);
+        kiln_metric_add(ing->m_invalid, 1);
+        return KILN_OK;
+    }
+    kiln_status st = KILN_OK;
+    for (size_t i = 0; i < tb->n_transitions && st == KILN_OK; i++) {
+        int one = 0;
+        st = ingest_transition(ing, tb->transitions[i].data, tb->transitions[i].len, seq, sink,
+                               &one);
+        *changed += one;
+    }
+    kiln__v1__transition_batch__free_unpacked(tb, NULL);
+    return st;
+}
+
 static int ingest_is_lane(const char *subj)
 {
     return strcmp(subj, KILN_SUBJ_GENERATE) == 0 || strcmp(subj, KILN_SUBJ_GENERATE_HIGH) == 0 ||
@@ -106,14 +143,12 @@ static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg,
         jsMsgMetaData_Destroy(meta);
     }
     if (data == NULL) data = "";
-    if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
-        st = apply_transition(ing->db, ing->wb, data, (size_t)len, sink, &changed);
-        if (st == KILN_EINVAL) {
-            LOG_WARN("transition undecodable, skipped seq=%llu bytes=%d",
-                     (unsigned long long)*seq, len);
-            kiln_metric_add(ing->m_invalid, 1);
-            st = KILN_OK;
-        }
+    const char *batch = NULL;
+    if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0 &&
+        natsMsgHeader_Get(msg, KILN_HDR_TX_BATCH, &batch) == NATS_OK) {
+        st = ingest_transition_batch(ing, data, (size_t)len, *seq, sink, &changed);
+    } else if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
+        st = ingest_transition(ing, data, (size_t)len, *seq, sink, &changed);
     } else if (ingest_is_lane(subj)) {
         st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, *seq, sink,
                                &changed);
@@ -124,7 +159,7 @@ static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg,
             st = KILN_OK;
         }
     }
-    if (changed) kiln_metric_add(ing->m_changes, 1);
+    if (changed > 0) kiln_metric_add(ing->m_changes, changed); /* a batch: one per transition */
     return st;
 }
 

@@ -219,3 +219,32 @@ Test(consumer, burst_runs_each_job_once_without_redelivery)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* Calls that end together end in one transfer round: their results go to
+ * the store as one TransitionBatch (one message instead of one each), and
+ * every job still completes once and is announced once. */
+Test(consumer, results_of_one_round_go_out_in_one_batch)
+{
+    enum { NJOBS = 24 };
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char ids[NJOBS][65];
+    /* Queued while no consumer runs; then fetched together, and with the
+     * same provider delay their calls end in the same rounds. */
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=300 batched otter %d\"}", NJOBS, ids);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    for (int i = 0; i < NJOBS; i++) {
+        h_expect_job(&s, H_TOKEN_ALICE, ids[i], "completed", 1, 30000, "batched job");
+        h_expect_done_once(&n, ids[i], "completed", 10000);
+    }
+    double batches = h_metric(&s, H_CONSUMER, "kiln_consumer_transition_batches_total");
+    double batched = h_metric(&s, H_CONSUMER, "kiln_consumer_transitions_batched_total");
+    cr_expect_geq(batches, 1, "no TransitionBatch was published");
+    cr_expect_geq(batched, 2 * batches, "a batch holds at least two transitions");
+    cr_expect_leq(batched, NJOBS, "more transitions batched than jobs ran");
+    h_nats_free(&n);
+    h_stop(&s);
+}

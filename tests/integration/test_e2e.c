@@ -370,6 +370,31 @@ Test(e2e, images_from_a_pack_are_each_jobs_own)
     h_stop(&s);
 }
 
+/* A packed COMPLETED transition of alice's job id, attempt 1, with one
+ * image (url /v1/jobs/<id>/images/0, size_bytes) and no ImageBlob. */
+static void pack_completed(const char *id, const char *prompt, uint64_t size_bytes, uint8_t **buf,
+                           size_t *len)
+{
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
+    char url[128];
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
+    req.id = (char *)id;
+    req.user_id = "alice";
+    req.prompt = (char *)prompt;
+    t.request = &req;
+    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    t.attempt = 1;
+    t.at_ms = h_now_ms();
+    img.url = url;
+    img.content_type = "image/png";
+    img.size_bytes = size_bytes;
+    t.n_images = 1;
+    t.images = imgs;
+    cr_assert_eq(kiln_pb_pack(&t.base, buf, len), KILN_OK);
+}
+
 /* A job completed before packs has no ImageBlob in its record: its image
  * is served from its own file (<data_dir>/images/<shard>/<id>.0.png). */
 Test(e2e, an_image_saved_before_packs_is_still_served)
@@ -395,26 +420,9 @@ Test(e2e, an_image_saved_before_packs_is_still_served)
     /* What an earlier consumer published: images, no blobs. */
     h_nats n;
     h_nats_open(&s, &n);
-    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
-    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
-    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
-    char url[128];
-    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
-    req.id = id;
-    req.user_id = "alice";
-    req.prompt = "an old fox";
-    t.request = &req;
-    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
-    t.attempt = 1;
-    t.at_ms = h_now_ms();
-    img.url = url;
-    img.content_type = "image/png";
-    img.size_bytes = sizeof png - 1;
-    t.n_images = 1;
-    t.images = imgs;
     uint8_t *buf = NULL;
     size_t len = 0;
-    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    pack_completed(id, "an old fox", sizeof png - 1, &buf, &len);
     jsPubAck *pa = NULL;
     cr_assert_eq(js_Publish(&pa, n.js, KILN_SUBJ_TRANSITION, buf, (int)len, NULL, NULL), NATS_OK);
     jsPubAck_Destroy(pa);
@@ -462,5 +470,47 @@ Test(e2e, gateway_listens_on_an_ipv6_address)
     json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 30000);
     cr_expect_str_eq(h_jstr(j, "status"), "completed");
     json_decref(j);
+    h_stop(&s);
+}
+
+/* The store applies a consumer's TransitionBatch entry by entry: an entry it
+ * cannot decode is skipped, the others are applied and announced once. */
+Test(e2e, store_applies_each_transition_of_a_batch)
+{
+    h_stack_opts o = {.no_consumer = 1};
+    h_stack s;
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char a[65], b[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "batch fox a", a), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "batch fox b", b), 202);
+
+    ProtobufCBinaryData tx[3];
+    pack_completed(a, "batch fox a", 10, &tx[0].data, &tx[0].len);
+    tx[1].data = (uint8_t *)strdup("\xff\xff not a transition");
+    tx[1].len = strlen((char *)tx[1].data);
+    pack_completed(b, "batch fox b", 10, &tx[2].data, &tx[2].len);
+    Kiln__V1__TransitionBatch tb = KILN__V1__TRANSITION_BATCH__INIT;
+    tb.n_transitions = 3;
+    tb.transitions = tx;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&tb.base, &buf, &len), KILN_OK);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(m, KILN_HDR_TX_BATCH, "3"), NATS_OK);
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_PublishMsg(&pa, n.js, m, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    free(buf);
+    for (int i = 0; i < 3; i++) free(tx[i].data);
+
+    h_expect_job(&s, H_TOKEN_ALICE, a, "completed", 1, 10000, "first of the batch");
+    h_expect_job(&s, H_TOKEN_ALICE, b, "completed", 1, 10000, "after the undecodable entry");
+    h_expect_done_once(&n, a, "completed", 5000);
+    h_expect_done_once(&n, b, "completed", 5000);
+    h_nats_free(&n);
     h_stop(&s);
 }
