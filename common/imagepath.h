@@ -6,8 +6,8 @@
  *
  * A pack is a file that one consumer process appends images to (its name
  * and the image's offset and size are in the job's record, ImageBlob). A
- * file per image cost an inode and a directory entry each: ~80 us of CPU per
- * image on this machine's ext4, against ~4 us for an append. The per-image
+ * file per image cost an inode and a directory entry each: 43-92 us of CPU
+ * per image on this machine's ext4, against ~4 us for an append. The per-image
  * files of earlier versions are still served (<shard> is two hex digits
  * from a hash of the job id). */
 #ifndef KILN_IMAGEPATH_H

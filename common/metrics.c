@@ -329,6 +329,12 @@ static enum MHD_Result metrics_handler(void *cls, struct MHD_Connection *conn, c
                          MHD_RESPMEM_PERSISTENT);
 }
 
+uint16_t kiln_listen_addr_port(const struct sockaddr_storage *ss)
+{
+    return ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
+                                     : ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
 kiln_status kiln_metrics_http_start(const char *addr)
 {
     if (addr == NULL || addr[0] == '\0') return KILN_OK;
@@ -340,9 +346,7 @@ kiln_status kiln_metrics_http_start(const char *addr)
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES) flags |= MHD_USE_EPOLL;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    uint16_t port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                             : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    metrics_daemon = MHD_start_daemon(flags, port, NULL, NULL, metrics_handler, NULL,
+    metrics_daemon = MHD_start_daemon(flags, kiln_listen_addr_port(&ss), NULL, NULL, metrics_handler, NULL,
                                       MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
                                       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,

@@ -36,4 +36,9 @@ void kiln_metrics_http_stop(void);
 struct sockaddr_storage;
 kiln_status kiln_parse_listen_addr(const char *addr, struct sockaddr_storage *out, size_t *outlen);
 
+/* The port of a parsed listen address (host order). libmicrohttpd binds
+ * MHD_OPTION_SOCK_ADDR, but names this port in its messages ("Failed to bind
+ * to port 8080: ..."); an AF_INET6 address also needs MHD_USE_IPv6. */
+uint16_t kiln_listen_addr_port(const struct sockaddr_storage *ss);
+
 #endif

@@ -212,12 +212,15 @@ void cons_registry_remove(cons_job *j);
 int cons_registry_cancel(const char *id);
 /* Sends natsMsg_InProgress for every in-flight job. */
 void cons_registry_keepalive(void);
-/* Remembers that j waits for the ack of m (before publishing m). */
-void cons_registry_track_pub(cons_job *j, natsMsg *m, int64_t deadline_mono);
-/* Forgets the pending publish of j (the publish call itself failed). */
-void cons_registry_untrack_pub(cons_job *j);
-/* Returns the job that waited for m and forgets the link, or NULL. */
-cons_job *cons_registry_take_pub(natsMsg *m);
+/* Remembers that the n jobs wait for the ack of m (before publishing m; a
+ * TransitionBatch is one m for many jobs). One lock for all n. */
+void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
+                             int64_t deadline_mono);
+/* Forgets the pending publish of the n jobs (the publish call itself failed). */
+void cons_registry_untrack_pub(cons_job *const *jobs, size_t n);
+/* Takes up to max jobs that waited for m into out and forgets the links;
+ * returns how many. */
+size_t cons_registry_take_pub(natsMsg *m, cons_job **out, size_t max);
 /* Detaches up to max jobs whose publish ack is overdue (and removes them from
  * the registry); the caller abandons them. Returns the count. */
 size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max);

@@ -56,11 +56,11 @@ kiln_status cons_deadletter_publish(cons_job *j)
     po.MaxWait = DEAD_MAX_WAIT_MS;
     LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", job_id[0] ? job_id : "-",
              j->lane, (unsigned long long)j->stream_seq, reason);
-    cons_registry_track_pub(j, m, kiln_mono_ms() + DEAD_SWEEP_MS);
+    cons_registry_track_pub(&j, 1, m, kiln_mono_ms() + DEAD_SWEEP_MS);
     s = js_PublishMsgAsync(cons_g.js, &m, &po);
     /* Accepted: the ack handler owns j from here on. */
     if (s != NATS_OK) {
-        cons_registry_untrack_pub(j);
+        cons_registry_untrack_pub(&j, 1);
         LOG_WARN("dead letter publish failed seq=%llu status=%s",
                  (unsigned long long)j->stream_seq, natsStatus_GetText(s));
         ks = KILN_ENATS;

@@ -123,17 +123,16 @@ out:
     return ks;
 }
 
-/* Publishes one packed transition of j; when tracked, the ack handler
- * continues j (which may be gone once this returns KILN_OK). */
-static kiln_status pub_send_one(cons_job *j, Kiln__V1__JobState st, const uint8_t *buf,
-                                size_t len, bool track)
+/* Publishes buf on kiln.tx with one header and, if msg_id is set, a
+ * Nats-Msg-Id. The n jobs (none when not tracked) wait for its ack: the ack
+ * handler continues them, so they may be gone once this returns KILN_OK. */
+static kiln_status pub_send(cons_job *const *jobs, size_t n, const uint8_t *buf, size_t len,
+                            const char *hdr, const char *hdr_value, const char *msg_id)
 {
     natsMsg *m = NULL;
-    char msg_id[KILN_ID_MAX_LEN + 40];
     jsPubOptions po;
-    snprintf(msg_id, sizeof msg_id, "%s.%u.%s", j->id, j->attempt, kiln_state_name(st));
     natsStatus s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, j->id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, hdr, hdr_value);
     if (s == NATS_OK) s = jsPubOptions_Init(&po);
     if (s != NATS_OK) {
         natsMsg_Destroy(m);
@@ -141,19 +140,29 @@ static kiln_status pub_send_one(cons_job *j, Kiln__V1__JobState st, const uint8_
     }
     po.MsgId = msg_id;
     po.MaxWait = PUB_MAX_WAIT_MS;
-    LOG_DEBUG("transition publish job=%s attempt=%u state=%s", j->id, j->attempt,
-              kiln_state_name(st));
-    if (track) cons_registry_track_pub(j, m, kiln_mono_ms() + PUB_SWEEP_MS);
+    if (n > 0) cons_registry_track_pub(jobs, n, m, kiln_mono_ms() + PUB_SWEEP_MS);
     s = js_PublishMsgAsync(cons_g.js, &m, &po);
-    /* From here on, when tracked and accepted, j may already be finished by the ack handler. */
     if (s != NATS_OK) {
-        if (track) cons_registry_untrack_pub(j);
-        LOG_WARN("transition publish failed job=%s state=%s status=%s", j->id,
-                 kiln_state_name(st), natsStatus_GetText(s));
+        if (n > 0) cons_registry_untrack_pub(jobs, n);
         natsMsg_Destroy(m);
         return KILN_ENATS;
     }
     return KILN_OK;
+}
+
+/* Publishes one packed transition of j, with its message id. */
+static kiln_status pub_send_one(cons_job *j, Kiln__V1__JobState st, const uint8_t *buf,
+                                size_t len, bool track)
+{
+    char msg_id[KILN_ID_MAX_LEN + 40];
+    snprintf(msg_id, sizeof msg_id, "%s.%u.%s", j->id, j->attempt, kiln_state_name(st));
+    LOG_DEBUG("transition publish job=%s attempt=%u state=%s", j->id, j->attempt,
+              kiln_state_name(st));
+    kiln_status ks = pub_send(&j, track ? 1 : 0, buf, len, KILN_HDR_JOB_ID, j->id, msg_id);
+    if (ks != KILN_OK)
+        LOG_WARN("transition publish failed job=%s state=%s status=%s", j->id,
+                 kiln_state_name(st), kiln_status_str(ks));
+    return ks;
 }
 
 /* ---- batches ------------------------------------------------------------------ */
@@ -197,37 +206,18 @@ static void pub_batch_flush(pub_batch *b)
     tb.transitions = b->tx;
     uint8_t *buf = NULL;
     size_t len = 0;
-    natsMsg *m = NULL;
     char count[24];
-    jsPubOptions po;
     snprintf(count, sizeof count, "%zu", n);
-    natsStatus s = NATS_OK;
     kiln_status ks = kiln_pb_pack((const ProtobufCMessage *)&tb, &buf, &len);
-    if (ks == KILN_OK) {
-        s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
-        if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_TX_BATCH, count);
-        if (s == NATS_OK) s = jsPubOptions_Init(&po);
-        if (s == NATS_OK) {
-            po.MaxWait = PUB_MAX_WAIT_MS;
-            int64_t deadline = kiln_mono_ms() + PUB_SWEEP_MS;
-            for (size_t i = 0; i < n; i++) cons_registry_track_pub(b->jobs[i], m, deadline);
-            s = js_PublishMsgAsync(cons_g.js, &m, &po);
-            /* Accepted: the ack handler continues the jobs (they may be gone). */
-            if (s != NATS_OK)
-                for (size_t i = 0; i < n; i++) cons_registry_untrack_pub(b->jobs[i]);
-        }
-        if (s != NATS_OK) ks = KILN_ENATS;
-    }
+    if (ks == KILN_OK) ks = pub_send(b->jobs, n, buf, len, KILN_HDR_TX_BATCH, count, NULL);
     if (ks != KILN_OK) {
-        LOG_WARN("transition batch publish failed jobs=%zu status=%s", n,
-                 s != NATS_OK ? natsStatus_GetText(s) : kiln_status_str(ks));
+        LOG_WARN("transition batch publish failed jobs=%zu status=%s", n, kiln_status_str(ks));
         for (size_t i = 0; i < n; i++) cons_job_abandon(b->jobs[i], "publish failed");
     } else {
         LOG_DEBUG("transition batch publish jobs=%zu bytes=%zu", n, len);
         kiln_metric_add(cons_g.m_tx_batches, 1);
         kiln_metric_add(cons_g.m_tx_batched, (int64_t)n);
     }
-    natsMsg_Destroy(m);
     free(buf);
     for (size_t i = 0; i < n; i++) free(b->tx[i].data);
 }
@@ -271,8 +261,7 @@ void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     /* Look the jobs up before the message is freed: its address is the key
      * (a batch's jobs all wait on the one message). */
     cons_job *jobs[PUB_BATCH_MAX];
-    size_t n = 0;
-    while (n < PUB_BATCH_MAX && (jobs[n] = cons_registry_take_pub(msg)) != NULL) n++;
+    size_t n = cons_registry_take_pub(msg, jobs, PUB_BATCH_MAX);
     if (!ok) {
         snprintf(err, sizeof err, "%s",
                  pae != NULL && pae->ErrText != NULL ? pae->ErrText : "publish failed");

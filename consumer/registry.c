@@ -106,40 +106,50 @@ void cons_registry_keepalive(void)
     else LOG_DEBUG("in-progress acks sent jobs=%d", n);
 }
 
-void cons_registry_track_pub(cons_job *j, natsMsg *m, int64_t deadline_mono)
+void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
+                             int64_t deadline_mono)
 {
-    pthread_mutex_lock(&reg_mu);
-    reg_unhash(j);
-    j->pending_pub = m;
-    j->pub_deadline_mono = deadline_mono;
     size_t b = reg_hash(m);
-    j->pub_next = reg_buckets[b];
-    reg_buckets[b] = j;
-    pthread_mutex_unlock(&reg_mu);
-}
-
-void cons_registry_untrack_pub(cons_job *j)
-{
     pthread_mutex_lock(&reg_mu);
-    reg_unhash(j);
-    pthread_mutex_unlock(&reg_mu);
-}
-
-cons_job *cons_registry_take_pub(natsMsg *m)
-{
-    cons_job *found = NULL;
-    pthread_mutex_lock(&reg_mu);
-    if (reg_buckets != NULL) {
-        for (cons_job *j = reg_buckets[reg_hash(m)]; j != NULL; j = j->pub_next) {
-            if (j->pending_pub == m) {
-                found = j;
-                break;
-            }
-        }
-        if (found != NULL) reg_unhash(found);
+    for (size_t i = 0; i < n; i++) {
+        cons_job *j = jobs[i];
+        reg_unhash(j);
+        j->pending_pub = m;
+        j->pub_deadline_mono = deadline_mono;
+        j->pub_next = reg_buckets[b];
+        reg_buckets[b] = j;
     }
     pthread_mutex_unlock(&reg_mu);
-    return found;
+}
+
+void cons_registry_untrack_pub(cons_job *const *jobs, size_t n)
+{
+    pthread_mutex_lock(&reg_mu);
+    for (size_t i = 0; i < n; i++) reg_unhash(jobs[i]);
+    pthread_mutex_unlock(&reg_mu);
+}
+
+size_t cons_registry_take_pub(natsMsg *m, cons_job **out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&reg_mu);
+    if (reg_buckets != NULL) {
+        /* One pass: a batch's jobs share m, so they share the bucket. */
+        cons_job **pp = &reg_buckets[reg_hash(m)];
+        while (*pp != NULL && n < max) {
+            cons_job *j = *pp;
+            if (j->pending_pub != m) {
+                pp = &j->pub_next;
+                continue;
+            }
+            *pp = j->pub_next;
+            j->pub_next = NULL;
+            j->pending_pub = NULL;
+            out[n++] = j;
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return n;
 }
 
 size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max)

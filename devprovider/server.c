@@ -446,7 +446,7 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
+        flags, kiln_listen_addr_port(&ss), NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)SERVER_IDLE_TIMEOUT_S, /* MHD's default SO_REUSEADDR, no SO_REUSEPORT (gateway/server.c) */

@@ -1,13 +1,12 @@
 /* server.c - the libmicrohttpd daemon: request bodies (64 KiB cap), dispatch,
  * suspended requests answered from other threads, responses. */
-#include <arpa/inet.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -16,6 +15,7 @@
 #include "errors.h"
 #include "health.h"
 #include "log.h"
+#include "metrics.h"
 #include "routes.h"
 #include "server.h"
 
@@ -226,14 +226,9 @@ kiln_status gw_server_start(const gw_server_opts *o)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ITC | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
-    /* MHD makes an IPv4 socket unless told; the port only names it in
-     * MHD's messages (MHD_OPTION_SOCK_ADDR is what binds). */
-    if (o->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    uint16_t port = o->addr.ss_family == AF_INET6
-                        ? ntohs(((const struct sockaddr_in6 *)&o->addr)->sin6_port)
-                        : ntohs(((const struct sockaddr_in *)&o->addr)->sin_port);
+    if (o->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6; /* else MHD makes an IPv4 socket */
     server_daemon = MHD_start_daemon(
-        flags, port, NULL, NULL, server_access, NULL, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
+        flags, kiln_listen_addr_port(&o->addr), NULL, NULL, server_access, NULL, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
         MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&o->addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads,
         MHD_OPTION_NOTIFY_COMPLETED, server_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,

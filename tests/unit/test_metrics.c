@@ -78,12 +78,14 @@ Test(metrics, parse_listen_addr)
     cr_assert_eq(ss.ss_family, AF_INET);
     cr_assert_eq(v4->sin_addr.s_addr, htonl(INADDR_ANY));
     cr_assert_eq(ntohs(v4->sin_port), 9090);
+    cr_assert_eq(kiln_listen_addr_port(&ss), 9090);
 
     cr_assert_eq(kiln_parse_listen_addr("[::1]:8080", &ss, &len), KILN_OK);
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
     cr_assert_eq(ss.ss_family, AF_INET6);
     cr_assert_eq(len, sizeof *v6);
     cr_assert_eq(ntohs(v6->sin6_port), 8080);
+    cr_assert_eq(kiln_listen_addr_port(&ss), 8080, "the port of an IPv6 address");
     cr_assert(IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr));
 
     cr_assert_eq(kiln_parse_listen_addr("localhost:8081", &ss, &len), KILN_OK);
