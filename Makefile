@@ -11,7 +11,7 @@ BUILD ?= build
 SAN ?= 0
 OPT ?= -O2
 
-PKGS := libnats libprotobuf-c rocksdb libcurl libcrypto jansson libmicrohttpd libpng zlib
+PKGS := libnats libprotobuf-c rocksdb libcurl libcrypto jansson yajl libmicrohttpd libpng zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -242,6 +242,26 @@ kiln_status cons_deadletter_publish(cons_job *j);
 /* ---- retry.c ---- */
 int64_t cons_retry_delay_ms(unsigned attempt, int64_t base_ms, int64_t cap_ms, int64_t min_ms);
 
+/* ---- answer.c ---- */
+/* One item of a provider answer's data[]: its b64_json and url strings
+ * (NUL-terminated copies; NULL when absent). */
+typedef struct {
+    char *b64;
+    size_t b64_len;
+    char *url;
+    size_t url_len;
+} cons_answer_item;
+typedef struct {
+    bool has_data;  /* the top-level "data" is an array */
+    size_t n_items; /* its items; the first CONS_MAX_IMAGES are kept */
+    cons_answer_item items[CONS_MAX_IMAGES];
+    char *error_message; /* error.message, or "error" as a string; NULL if none */
+} cons_answer;
+/* Parses a provider answer strictly (UTF-8, one JSON value, nothing after it).
+ * KILN_EINVAL: not JSON. On success free *out with cons_answer_free. */
+kiln_status cons_answer_parse(const char *body, size_t len, cons_answer *out);
+void cons_answer_free(cons_answer *a);
+
 /* ---- provider_openai.c ---- */
 /* Builds the request body for j (malloc'ed JSON string in *body). */
 kiln_status openai_build_request(const Kiln__V1__JobRequest *req, char **body);

@@ -1,6 +1,7 @@
 /* provider_openai.c - the OpenAI Images API (POST <base>/images/generations):
  * builds the request JSON, classifies the answer (retryable or not), decodes
- * b64_json images and saves them, passes URL images through. */
+ * b64_json images and saves them, passes URL images through. The answer is
+ * read by answer.c (YAJL); the request is built with jansson. */
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -74,16 +75,10 @@ int64_t openai_parse_retry_after(const char *value, size_t len)
 /* Provider's error.message, else a snippet of the body, else "HTTP <code>". */
 static void openai_error_message(const cons_job *j, long http, char *out, size_t outlen)
 {
-    json_error_t jerr;
-    json_t *root = NULL;
-    const char *m = NULL;
-    if (j->resp != NULL && j->resp_len > 0)
-        root = json_loadb(j->resp, j->resp_len, 0, &jerr);
-    if (root != NULL) {
-        json_t *e = json_object_get(root, "error");
-        if (json_is_object(e)) m = json_string_value(json_object_get(e, "message"));
-        else if (json_is_string(e)) m = json_string_value(e);
-    }
+    cons_answer a;
+    bool parsed = j->resp != NULL && j->resp_len > 0 &&
+                  cons_answer_parse(j->resp, j->resp_len, &a) == KILN_OK;
+    const char *m = parsed ? a.error_message : NULL;
     if (m != NULL && m[0] != '\0') snprintf(out, outlen, "%s", m);
     else if (j->resp != NULL && j->resp_len > 0)
         snprintf(out, outlen, "HTTP %ld: %.*s", http, (int)(j->resp_len > 200 ? 200 : j->resp_len),
@@ -91,7 +86,7 @@ static void openai_error_message(const cons_job *j, long http, char *out, size_t
     else snprintf(out, outlen, "HTTP %ld", http);
     for (char *p = out; *p != '\0'; p++)
         if ((unsigned char)*p < 0x20) *p = ' ';
-    json_decref(root);
+    if (parsed) cons_answer_free(&a);
 }
 
 static openai_verdict openai_fail(cons_job *j, openai_verdict v, const char *code, const char *msg)
@@ -133,26 +128,22 @@ out:
 static openai_verdict openai_take_images(cons_job *j, const char *data_dir)
 {
     openai_verdict v = OPENAI_OK;
-    json_error_t jerr;
-    json_t *root = json_loadb(j->resp != NULL ? j->resp : "", j->resp_len, 0, &jerr);
-    json_t *data = root != NULL ? json_object_get(root, "data") : NULL;
+    cons_answer a;
     unsigned char *bytes = NULL;
     size_t nbytes = 0;
     char msg[256];
 
-    if (!json_is_array(data) || json_array_size(data) == 0) {
+    kiln_status st = cons_answer_parse(j->resp != NULL ? j->resp : "", j->resp_len, &a);
+    if (st == KILN_ENOMEM) return openai_fail(j, OPENAI_RETRY, "internal", "out of memory");
+    if (st != KILN_OK || !a.has_data || a.n_items == 0) {
         v = openai_fail(j, OPENAI_RETRY, "bad_response", "provider answer has no data[] images");
         goto out;
     }
-    size_t n = json_array_size(data);
-    if (n > CONS_MAX_IMAGES) n = CONS_MAX_IMAGES;
+    size_t n = a.n_items < CONS_MAX_IMAGES ? a.n_items : CONS_MAX_IMAGES;
     for (size_t i = 0; i < n; i++) {
-        json_t *item = json_array_get(data, i);
-        json_t *b64 = json_object_get(item, "b64_json");
-        json_t *url = json_object_get(item, "url");
-        if (json_is_string(b64)) {
-            if (openai_b64_decode(json_string_value(b64), json_string_length(b64), &bytes,
-                                  &nbytes) != KILN_OK) {
+        const cons_answer_item *item = &a.items[i];
+        if (item->b64 != NULL) {
+            if (openai_b64_decode(item->b64, item->b64_len, &bytes, &nbytes) != KILN_OK) {
                 v = openai_fail(j, OPENAI_RETRY, "bad_response", "data[].b64_json is not base64");
                 goto out;
             }
@@ -169,9 +160,9 @@ static openai_verdict openai_take_images(cons_job *j, const char *data_dir)
             j->images[i].url = strdup(msg);
             free(bytes);
             bytes = NULL;
-        } else if (json_is_string(url) && json_string_length(url) > 0 &&
-                   json_string_length(url) <= CONS_URL_MAX) {
-            j->images[i].url = strdup(json_string_value(url));
+        } else if (item->url != NULL && item->url_len > 0 && item->url_len <= CONS_URL_MAX &&
+                   memchr(item->url, '\0', item->url_len) == NULL) {
+            j->images[i].url = strdup(item->url);
         } else {
             v = openai_fail(j, OPENAI_RETRY, "bad_response", "data[] item has no b64_json or url");
             goto out;
@@ -184,7 +175,7 @@ static openai_verdict openai_take_images(cons_job *j, const char *data_dir)
     }
 out:
     free(bytes);
-    json_decref(root);
+    if (st == KILN_OK) cons_answer_free(&a);
     return v;
 }
 

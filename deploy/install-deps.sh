@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="build-essential pkg-config protobuf-c-compiler libprotobuf-c-dev libnats-dev nats-server
-librocksdb-dev libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libpng-dev zlib1g-dev
+librocksdb-dev libcurl4-openssl-dev libssl-dev libjansson-dev libyajl-dev libmicrohttpd-dev libpng-dev zlib1g-dev
 libcriterion-dev wrk curl"
 
 missing=""

@@ -243,6 +243,95 @@ Test(provider, openai_error_body_gives_the_message)
     pjob_free(p);
 }
 
+/* ---- provider answers (answer.c) -------------------------------------- */
+
+static void answer_ok(const char *body, cons_answer *a)
+{
+    cr_assert_eq(cons_answer_parse(body, strlen(body), a), KILN_OK, "body %s", body);
+}
+
+/* Only the top-level data[] items' b64_json and url count, and only the
+ * top-level error; the same names elsewhere are other fields. */
+Test(answer, images_and_error_are_read_at_their_places)
+{
+    cons_answer a;
+    answer_ok("{\"created\":1,\"meta\":{\"data\":[{\"b64_json\":\"decoy\"}],\"error\":\"no\"},"
+              "\"data\":[{\"b64_json\":\"QUJD\",\"x\":{\"url\":\"decoy\"}},"
+              "{\"revised_prompt\":\"p\",\"url\":\"https://cdn.example/b.png\"},"
+              "\"not an item\",{\"error\":\"inner\"}]}",
+              &a);
+    cr_assert(a.has_data);
+    cr_assert_eq(a.n_items, 4);
+    cr_assert_str_eq(a.items[0].b64, "QUJD");
+    cr_assert_eq(a.items[0].b64_len, 4);
+    cr_assert_null(a.items[0].url, "a url nested in another field is not the item's");
+    cr_assert_null(a.items[1].b64);
+    cr_assert_str_eq(a.items[1].url, "https://cdn.example/b.png");
+    cr_assert(a.items[2].b64 == NULL && a.items[2].url == NULL);
+    cr_assert(a.items[3].b64 == NULL && a.items[3].url == NULL);
+    cr_assert_null(a.error_message, "only the top-level error counts");
+    cons_answer_free(&a);
+
+    answer_ok("{\"error\":{\"code\":null,\"message\":\"Rate limit reached\",\"type\":\"r\"}}", &a);
+    cr_assert(!a.has_data);
+    cr_assert_str_eq(a.error_message, "Rate limit reached");
+    cons_answer_free(&a);
+    answer_ok("{\"error\":\"Not found\"}", &a);
+    cr_assert_str_eq(a.error_message, "Not found");
+    cons_answer_free(&a);
+    answer_ok("{\"data\":{\"b64_json\":\"QUJD\"}}", &a);
+    cr_assert(!a.has_data, "data must be an array");
+    cons_answer_free(&a);
+}
+
+/* Escapes are decoded ("\/" is how some servers write base64's slash), and a
+ * number of any size is only skipped. */
+Test(answer, escaped_strings_and_big_numbers)
+{
+    cons_answer a;
+    answer_ok(" {\"created\":123456789012345678901234567890,\"data\":[{\"b64_json\":"
+              "\"iVBO\\/w\\u003d=\"}]}\n",
+              &a);
+    cr_assert_eq(a.n_items, 1);
+    cr_assert_str_eq(a.items[0].b64, "iVBO/w==");
+    cons_answer_free(&a);
+}
+
+/* Strict JSON only: one UTF-8 value and nothing after it. */
+Test(answer, is_strict)
+{
+    const char *bad[] = {"",
+                         "{\"data\":[]} x",
+                         "{} {}",
+                         "{\"data\":[] /* note */}",
+                         "{\"data\":[1,]}",
+                         "{'data':[]}",
+                         "{\"error\":\"\xff\xfe\"}",
+                         "{\"data\":[{\"b64_json\":\"QUJD"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cons_answer a;
+        cr_assert_eq(cons_answer_parse(bad[i], strlen(bad[i]), &a), KILN_EINVAL, "body %s",
+                     bad[i]);
+    }
+}
+
+/* Items past CONS_MAX_IMAGES are counted but not kept. */
+Test(answer, items_past_the_limit_are_counted_not_kept)
+{
+    char body[4096] = "{\"data\":[";
+    for (int i = 0; i < CONS_MAX_IMAGES + 3; i++)
+        snprintf(body + strlen(body), sizeof body - strlen(body), "%s{\"url\":\"u%d\"}",
+                 i > 0 ? "," : "", i);
+    snprintf(body + strlen(body), sizeof body - strlen(body), "]}");
+    cons_answer a;
+    answer_ok(body, &a);
+    cr_assert_eq(a.n_items, CONS_MAX_IMAGES + 3);
+    char last[16];
+    snprintf(last, sizeof last, "u%d", CONS_MAX_IMAGES - 1);
+    cr_assert_str_eq(a.items[CONS_MAX_IMAGES - 1].url, last);
+    cons_answer_free(&a);
+}
+
 /* A 2xx body that is not the expected JSON is treated as retryable: a
  * truncated or garbled answer is most often transient (a proxy, a dropped
  * connection), and max_attempts bounds the cost. */
