@@ -136,7 +136,6 @@ struct cons_job {
 
     /* Provider call (its transfer thread only). */
     void *easy;                   /* CURL * */
-    void *headers;                /* struct curl_slist * */
     char *req_body;
     char *resp;
     size_t resp_len, resp_cap;

@@ -158,6 +158,32 @@ Test(provider, b64_json_is_decoded_and_saved)
     pjob_free(p);
 }
 
+/* Each padding length gives back exactly the bytes encoded; '=' anywhere
+ * but at the end, or a length that is not a multiple of 4, is refused. */
+Test(provider, b64_padding_is_exact_and_strict)
+{
+    for (size_t len = 63; len <= 66; len++) {
+        unsigned char png[66] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+        for (size_t i = 8; i < len; i++) png[i] = (unsigned char)(i * 11);
+        char b64[128], body[256];
+        EVP_EncodeBlock((unsigned char *)b64, png, (int)len);
+        snprintf(body, sizeof body, "{\"data\":[{\"b64_json\":\"%s\"}]}", b64);
+        pjob *p = pjob_new(body);
+        cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_OK, "len %zu: %s", len, p->j.err_msg);
+        assert_saved_is(p->dir, &p->j.images[0], png, len);
+        pjob_free(p);
+    }
+    const char *bad[] = {"iVBORw0KGgo=AAAA", "iVBORw0KGgoAAA", "iVBORw0KGgo\\nAAAA", "=VBORw0KGgoAAAAA"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"data\":[{\"b64_json\":\"%s\"}]}", bad[i]);
+        pjob *p = pjob_new(body);
+        cr_assert_eq(run(p, CURLE_OK, 200), OPENAI_RETRY, "%s", bad[i]);
+        cr_assert_str_eq(p->j.err_msg, "data[].b64_json is not base64", "%s", bad[i]);
+        pjob_free(p);
+    }
+}
+
 /* Images go one after another into one pack; a pack that would grow past
  * its limit is left for a new one, and a save never overwrites an earlier
  * image's bytes. */
