@@ -22,11 +22,15 @@ typedef struct {
 
 static auth_key *auth_keys;
 static size_t auth_nkeys;
+/* Fetched once: EVP_sha256() in EVP_Digest looks the algorithm up again on
+ * every call (~1.7 % of the gateway's CPU under W4). Read-only, shared. */
+static EVP_MD *auth_sha256;
 
 static int auth_digest(const char *s, size_t len, unsigned char out[AUTH_DIGEST_LEN])
 {
     unsigned int n = 0;
-    return EVP_Digest(s, len, out, &n, EVP_sha256(), NULL) == 1 && n == AUTH_DIGEST_LEN;
+    return auth_sha256 != NULL && EVP_Digest(s, len, out, &n, auth_sha256, NULL) == 1 &&
+           n == AUTH_DIGEST_LEN;
 }
 
 static int auth_visible(const char *s, size_t len)
@@ -42,6 +46,8 @@ void gw_auth_free(void)
     free(auth_keys);
     auth_keys = NULL;
     auth_nkeys = 0;
+    EVP_MD_free(auth_sha256);
+    auth_sha256 = NULL;
 }
 
 size_t gw_auth_count(void) { return auth_nkeys; }
@@ -54,8 +60,10 @@ kiln_status gw_auth_init(const char *spec, char *err, size_t errlen)
         snprintf(err, errlen, "KILN_API_KEYS is empty: set it to token:user[,token:user...]");
         return KILN_EINVAL;
     }
+    auth_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     auth_keys = calloc(GW_AUTH_MAX_KEYS, sizeof *auth_keys);
-    if (auth_keys == NULL) {
+    if (auth_keys == NULL || auth_sha256 == NULL) {
+        gw_auth_free();
         snprintf(err, errlen, "out of memory");
         return KILN_ENOMEM;
     }
