@@ -341,6 +341,35 @@ Test(answer, is_strict)
     }
 }
 
+/* Answers are megabytes of base64 for real images: each string comes back
+ * whole, whatever its size. */
+Test(answer, megabyte_strings_come_back_whole)
+{
+    const size_t big = 3 * 1024 * 1024;
+    size_t cap = 2 * big + 256;
+    char *body = malloc(cap);
+    cr_assert_not_null(body);
+    size_t n = (size_t)snprintf(body, cap, "{\"created\":1,\"data\":[");
+    for (int k = 0; k < 2; k++) {
+        n += (size_t)snprintf(body + n, cap - n, "%s{\"b64_json\":\"", k > 0 ? "," : "");
+        for (size_t i = 0; i < big; i++) body[n + i] = "ABCD"[(i + (size_t)k) % 4];
+        n += big;
+        n += (size_t)snprintf(body + n, cap - n, "\"}");
+    }
+    n += (size_t)snprintf(body + n, cap - n, "]}");
+    cons_answer a;
+    cr_assert_eq(cons_answer_parse(body, n, &a), KILN_OK);
+    cr_assert_eq(a.n_items, 2);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(a.items[k].b64_len, big);
+        cr_assert_eq(strlen(a.items[k].b64), big);
+        cr_assert_eq(a.items[k].b64[0], "ABCD"[k]);
+        cr_assert_eq(a.items[k].b64[big - 1], "ABCD"[(big - 1 + (size_t)k) % 4]);
+    }
+    cons_answer_free(&a);
+    free(body);
+}
+
 /* Items past CONS_MAX_IMAGES are counted but not kept. */
 Test(answer, items_past_the_limit_are_counted_not_kept)
 {
