@@ -18,6 +18,10 @@
 
 #include "cons.h"
 
+/* Deeper than any answer nests (3): YAJL itself has no limit, and a body of
+ * 64 MiB of '[' would grow its stack by as much. */
+#define ANSWER_DEPTH_MAX 64
+
 typedef enum { KEY_OTHER = 0, KEY_DATA, KEY_ERROR, KEY_B64, KEY_URL, KEY_MESSAGE } answer_key;
 
 /* Where the parser is: containers open and the last key at each depth that
@@ -126,6 +130,7 @@ static int answer_on_key(void *ctx, const unsigned char *s, size_t len)
 
 static int answer_on_open(answer_ctx *c, bool is_map)
 {
+    if (c->depth >= ANSWER_DEPTH_MAX) return 0; /* cancels the parse: not an answer */
     answer_value_at(c);
     c->depth++;
     if (c->depth == 2) {

@@ -323,9 +323,13 @@ Test(answer, escaped_strings_and_big_numbers)
     cons_answer_free(&a);
 }
 
-/* Strict JSON only: one UTF-8 value and nothing after it. */
+/* Strict JSON only: one UTF-8 value and nothing after it, nested at most
+ * 64 deep. */
 Test(answer, is_strict)
 {
+    char deep[256] = "";
+    for (int i = 0; i < 65; i++) strcat(deep, "[");
+    for (int i = 0; i < 65; i++) strcat(deep, "]");
     const char *bad[] = {"",
                          "{\"data\":[]} x",
                          "{} {}",
@@ -333,7 +337,8 @@ Test(answer, is_strict)
                          "{\"data\":[1,]}",
                          "{'data':[]}",
                          "{\"error\":\"\xff\xfe\"}",
-                         "{\"data\":[{\"b64_json\":\"QUJD"};
+                         "{\"data\":[{\"b64_json\":\"QUJD",
+                         deep};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cons_answer a;
         cr_assert_eq(cons_answer_parse(bad[i], strlen(bad[i]), &a), KILN_EINVAL, "body %s",
