@@ -65,6 +65,11 @@ typedef struct {
     const cons_settings *set;
     natsConnection *nc;
     jsCtx *js;
+    /* Acks of job messages (+ACK, -NAK, +WPI, +TERM) go on a connection
+     * without SendAsap: libnats' flusher writes what gathered in one write
+     * (~1 ms later) instead of a write per ack, and no ack is on a job's
+     * path to jobs.done. */
+    natsConnection *ack_nc;
     atomic_bool stopping;   /* SIGTERM: stop fetching */
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,

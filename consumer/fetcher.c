@@ -120,7 +120,7 @@ static bool fetch_may_have_run(const cons_job *j)
 static void fetch_hand_back(natsMsg *m)
 {
     fetch_mark_untried(m);
-    (void)kiln_msg_ack(cons_g.nc, m, KILN_ACK_NAK, 0);
+    (void)kiln_msg_ack(cons_g.ack_nc, m, KILN_ACK_NAK, 0);
     natsMsg_Destroy(m);
 }
 

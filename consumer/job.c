@@ -146,18 +146,18 @@ static void job_final(cons_job *j)
     switch (j->final) {
     case CONS_FINAL_ACK:
         job_move(j, CONS_JOB_ACKED);
-        st = kiln_msg_ack(cons_g.nc, j->msg, KILN_ACK, 0);
+        st = kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK, 0);
         break;
     case CONS_FINAL_NAK:
         job_move(j, CONS_JOB_NAKED);
         action = "nak";
-        st = kiln_msg_ack(cons_g.nc, j->msg, KILN_ACK_NAK, j->nak_delay_ms);
+        st = kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_NAK, j->nak_delay_ms);
         if (st == KILN_OK) cons_fetcher_due(j->lane, j->nak_delay_ms);
         break;
     case CONS_FINAL_TERM:
         job_move(j, CONS_JOB_TERMINATED);
         action = "term";
-        st = kiln_msg_ack(cons_g.nc, j->msg, KILN_ACK_TERM, 0);
+        st = kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_TERM, 0);
         break;
     }
     if (st != KILN_OK)

@@ -150,6 +150,13 @@ int main(int argc, char **argv)
                                  4 * main_set.concurrency + 256, cons_publish_ack_handler, NULL,
                                  &cons_g.nc, &cons_g.js);
     if (st != KILN_OK) goto out;
+    kiln_nats_opts ack_opts;
+    kiln_nats_opts_init(&ack_opts);
+    ack_opts.name = "kiln-consumer-acks";
+    ack_opts.initial_timeout_ms = MAIN_CONNECT_TIMEOUT_MS;
+    ack_opts.send_asap = false;
+    st = kiln_nats_connect_opts(main_set.nats_url, &ack_opts, &cons_g.ack_nc, NULL);
+    if (st != KILN_OK) goto out;
     kiln_provision_opts_init(&popts);
     popts.ack_wait_ms = main_set.ack_wait_ms;
     popts.dup_window_ms = main_set.dup_window_ms;
@@ -194,6 +201,10 @@ out:
     kiln_nats_close(cons_g.nc, cons_g.js);
     cons_g.nc = NULL;
     cons_g.js = NULL;
+    /* After nc: its publish-ack handlers may still have acked jobs; this
+     * flushes those acks out. */
+    kiln_nats_close(cons_g.ack_nc, NULL);
+    cons_g.ack_nc = NULL;
     if (metrics_up) kiln_metrics_http_stop();
     if (reg_up) cons_registry_destroy();
     if (slots_up) cons_slots_destroy();

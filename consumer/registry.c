@@ -98,7 +98,7 @@ void cons_registry_keepalive(void)
     int n = 0, failed = 0;
     pthread_mutex_lock(&reg_mu);
     for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
-        if (kiln_msg_ack(cons_g.nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK) failed++;
+        if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK) failed++;
         n++;
     }
     pthread_mutex_unlock(&reg_mu);

@@ -225,9 +225,11 @@ Test(consumer, burst_runs_each_job_once_without_redelivery)
  * every job still completes once and is announced once. */
 Test(consumer, results_of_one_round_go_out_in_one_batch)
 {
-    enum { NJOBS = 24 };
+    enum { NJOBS = 48 };
     h_stack s;
-    h_stack_opts o = {.no_consumer = 1};
+    /* One wave: all calls start together (the default concurrency, 16,
+     * would run them in waves whose ends are spread by the slot refills). */
+    h_stack_opts o = {.no_consumer = 1, .consumer_env = {"KILN_CONCURRENCY=64"}};
     h_start(&s, &o);
     h_nats n;
     h_nats_open(&s, &n);
