@@ -1,14 +1,12 @@
 /* hash.c - prompt digests via libcrypto's SHA-256 and SplitMix64's finaliser. */
-#include <openssl/evp.h>
-
 #include "hash.h"
+#include "sha256.h"
 
 kiln_status dev_hash_key(const void *p, size_t len, uint64_t key[2])
 {
     if ((p == NULL && len != 0) || key == NULL) return KILN_EINVAL;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    if (EVP_Digest(p, len, md, &md_len, EVP_sha256(), NULL) != 1 || md_len < 16) return KILN_ERR;
+    uint8_t md[KILN_SHA256_LEN];
+    if (kiln_sha256(p, len, md) != KILN_OK) return KILN_ERR;
     for (int w = 0; w < 2; w++) {
         uint64_t v = 0;
         for (int i = 0; i < 8; i++) v = v << 8 | md[8 * w + i];

@@ -8,12 +8,12 @@
 #include <strings.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "auth.h"
 #include "jobreq.h"
+#include "sha256.h"
 
-#define AUTH_DIGEST_LEN 32
+#define AUTH_DIGEST_LEN KILN_SHA256_LEN
 
 typedef struct {
     unsigned char digest[AUTH_DIGEST_LEN];
@@ -22,15 +22,10 @@ typedef struct {
 
 static auth_key *auth_keys;
 static size_t auth_nkeys;
-/* Fetched once: EVP_sha256() in EVP_Digest looks the algorithm up again on
- * every call (~1.7 % of the gateway's CPU under W4). Read-only, shared. */
-static EVP_MD *auth_sha256;
 
 static int auth_digest(const char *s, size_t len, unsigned char out[AUTH_DIGEST_LEN])
 {
-    unsigned int n = 0;
-    return auth_sha256 != NULL && EVP_Digest(s, len, out, &n, auth_sha256, NULL) == 1 &&
-           n == AUTH_DIGEST_LEN;
+    return kiln_sha256(s, len, out) == KILN_OK;
 }
 
 static int auth_visible(const char *s, size_t len)
@@ -46,8 +41,6 @@ void gw_auth_free(void)
     free(auth_keys);
     auth_keys = NULL;
     auth_nkeys = 0;
-    EVP_MD_free(auth_sha256);
-    auth_sha256 = NULL;
 }
 
 size_t gw_auth_count(void) { return auth_nkeys; }
@@ -60,10 +53,8 @@ kiln_status gw_auth_init(const char *spec, char *err, size_t errlen)
         snprintf(err, errlen, "KILN_API_KEYS is empty: set it to token:user[,token:user...]");
         return KILN_EINVAL;
     }
-    auth_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     auth_keys = calloc(GW_AUTH_MAX_KEYS, sizeof *auth_keys);
-    if (auth_keys == NULL || auth_sha256 == NULL) {
-        gw_auth_free();
+    if (auth_keys == NULL) {
         snprintf(err, errlen, "out of memory");
         return KILN_ENOMEM;
     }

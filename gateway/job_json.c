@@ -5,12 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "clock.h"
 #include "job_json.h"
 #include "jobreq.h"
 #include "pb.h"
+#include "sha256.h"
 
 #define JOBJSON_POLL_PENDING_MS 3000
 #define JOBJSON_POLL_PROCESSING_MS 2000
@@ -323,9 +322,7 @@ kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[32])
 {
     json_t *root = json_loadb(body != NULL ? body : "", len, JSON_REJECT_DUPLICATES, NULL);
     char *canon = root != NULL ? json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    unsigned int n = 0;
-    int ok = canon != NULL && EVP_Digest(canon, strlen(canon), out, &n, EVP_sha256(), NULL) == 1 &&
-             n == 32;
+    int ok = canon != NULL && kiln_sha256(canon, strlen(canon), out) == KILN_OK;
     free(canon);
     json_decref(root);
     return ok ? KILN_OK : KILN_ENOMEM;

@@ -1,5 +1,4 @@
 /* idem.c - Idempotency-Key reservations in the idem column family. */
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +8,7 @@
 #include "keys.h"
 #include "log.h"
 #include "pb.h"
+#include "sha256.h"
 
 size_t idem_value_encode(uint8_t *buf, int64_t created_ms, const char *id,
                          const uint8_t hash[IDEM_HASH_LEN])
@@ -79,13 +79,12 @@ kiln_status idem_request_hash(const Kiln__V1__JobRequest *req, uint8_t out[IDEM_
     Kiln__V1__JobRequest r = *req; /* shallow: nothing is freed through it */
     uint8_t *buf = NULL;
     size_t len = 0;
-    unsigned int n = 0;
     r.id = "";
     r.created_at_ms = 0;
     r.idempotency_key = "";
     kiln_status st = kiln_pb_pack(&r.base, &buf, &len);
     if (st != KILN_OK) return st;
-    if (EVP_Digest(buf, len, out, &n, EVP_sha256(), NULL) != 1 || n != IDEM_HASH_LEN) st = KILN_ERR;
+    st = kiln_sha256(buf, len, out);
     free(buf);
     return st;
 }

@@ -14,9 +14,10 @@
 #include "db.h"
 #include "jobreq.h"
 #include "kiln.pb-c.h"
+#include "sha256.h"
 #include "status.h"
 
-#define IDEM_HASH_LEN 32
+#define IDEM_HASH_LEN KILN_SHA256_LEN
 #define IDEM_VALUE_MAX (8 + 1 + KILN_ID_MAX_LEN + IDEM_HASH_LEN)
 
 /* Encodes a value into buf (IDEM_VALUE_MAX bytes); returns its length, 0
