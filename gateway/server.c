@@ -130,14 +130,14 @@ static enum MHD_Result server_queue(gw_req *r)
     return ok;
 }
 
-/* Declared Content-Length over the cap: answer before reading the body. */
-static int server_declared_too_large(struct MHD_Connection *c)
+/* The declared Content-Length, or 0 when there is none. */
+static unsigned long long server_declared_length(struct MHD_Connection *c)
 {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl == NULL) return 0;
     char *end = NULL;
     unsigned long long v = strtoull(cl, &end, 10);
-    return end != cl && v > GW_BODY_MAX;
+    return end != cl ? v : 0;
 }
 
 static int server_append(gw_req *r, const char *data, size_t len)
@@ -179,11 +179,19 @@ static enum MHD_Result server_access(void *cls, struct MHD_Connection *conn, con
         r->ans.fd = -1;
         r->ans.ctype = SERVER_JSON_CTYPE;
         *con_cls = r;
-        if (server_declared_too_large(conn)) {
+        unsigned long long declared = server_declared_length(conn);
+        if (declared > GW_BODY_DRAIN_MAX) {
+            /* Not worth reading: answer now and close. A client that sent
+             * no Expect: 100-continue may see a reset before the 413. */
             r->route = gw_routes_classify(url);
             gw_answer_error(&r->ans, "payload_too_large", "the request body is over 64 KiB", NULL);
             return server_queue(r);
         }
+        /* A body somewhat over the cap is read and dropped, and the 413
+         * follows it: answering first and closing on unread bytes makes the
+         * kernel reset the connection, and the client may never read the
+         * answer (seen with a 70 KiB POST sent without Expect). */
+        if (declared > GW_BODY_MAX) r->too_large = true;
         return MHD_YES;
     }
     if (*upload_data_size > 0) {

@@ -13,6 +13,7 @@
 #include "status.h"
 
 #define GW_BODY_MAX (64 * 1024) /* CONTRACT §3: larger bodies are 413 */
+#define GW_BODY_DRAIN_MAX (1024 * 1024) /* a 413 body up to this is read before the answer */
 #define GW_ANSWER_MAX_HEADERS 4
 #define GW_HEADER_VALUE_MAX 160
 #define GW_USER_MAX 129
