@@ -190,7 +190,8 @@ static enum MHD_Result server_access(void *cls, struct MHD_Connection *conn, con
         /* A body somewhat over the cap is read and dropped, and the 413
          * follows it: answering first and closing on unread bytes makes the
          * kernel reset the connection, and the client may never read the
-         * answer (seen with a 70 KiB POST sent without Expect). */
+         * answer (the likely cause of a 70 KiB test POST, sent without
+         * Expect, once getting no answer at all). */
         if (declared > GW_BODY_MAX) r->too_large = true;
         return MHD_YES;
     }
