@@ -57,7 +57,7 @@
  * INGEST_GATHER_US before its next fetch, so more messages share its
  * request, RocksDB write and publishes. */
 #define INGEST_GATHER_MIN 8
-#define INGEST_GATHER_US 400
+#define INGEST_GATHER_US 1000
 
 struct ingest {
     db_store *db;
