@@ -1,11 +1,14 @@
 /* server.c - the dev provider's HTTP server: routes, request bodies, OpenAI
- * error bodies, fault injection and waiting on libmicrohttpd's
- * thread-per-connection model (each request may block its own thread). */
+ * error bodies and fault injection, on libmicrohttpd's epoll thread pool.
+ * A request that must wait (a latency, !sleep, !hang) is suspended and
+ * waited for on a thread of its own, which resumes it: answering requests
+ * costs no thread each, and a wait still notices a client that leaves. */
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -33,14 +36,23 @@
 #define SERVER_HOST_MAX 255
 #define SERVER_GEN_PATH "/v1/images/generations"
 #define SERVER_FILES_PREFIX "/v1/files/"
+#define SERVER_THREADS 2            /* MHD's epoll thread pool */
+#define SERVER_STOP_POLL_MS 10      /* how often stop checks that the waits are over */
 
 struct dev_server {
     struct MHD_Daemon *mhd;
     dev_server_opts opts;
     dev_attempts *attempts;
     atomic_bool stopping;
+    atomic_int waiting; /* waiter threads still running (each holds a suspended request) */
     uint16_t port;
 };
+
+typedef enum {
+    SERVER_WAIT_NONE = 0, /* not waited (yet) */
+    SERVER_WAIT_RUNNING,  /* suspended, a waiter thread runs */
+    SERVER_WAIT_DONE,     /* resumed: wait_rc says how it ended */
+} server_wait_phase;
 
 /* Per-request state, created on MHD's first call and freed when the request
  * completes. Owned by the request's connection thread. */
@@ -51,6 +63,12 @@ typedef struct {
     int too_large;
     unsigned status;   /* queued HTTP status; 0 = none (aborted) */
     uint64_t attempt;  /* 0 when not counted */
+    /* A generation that waits: what was decided before the wait. */
+    server_wait_phase phase;
+    int wait_rc;          /* 0 the delay passed, -1 client left or stopping, -2 no thread */
+    dev_images_req gen;   /* parsed request, cleared when the request completes */
+    dev_step act;
+    size_t image_off;     /* where the image prompt starts (after the directives) */
     char method[8];
     char path[SERVER_PATH_LOG_MAX];
 } server_req;
@@ -142,9 +160,10 @@ static enum MHD_Result server_text(struct MHD_Connection *c, server_req *rq, uns
 
 /* ---- waiting -------------------------------------------------------------- */
 
-/* Blocks this connection's thread for delay_ms (< 0: until the client leaves).
- * Returns 0 when the delay passed, -1 when the client disconnected or the
- * server is stopping (the caller then drops the request). */
+/* Blocks the calling waiter thread for delay_ms (< 0: until the client
+ * leaves), watching the suspended connection's socket. Returns 0 when the
+ * delay passed, -1 when the client disconnected or the server is stopping
+ * (the request is then dropped). */
 static int server_wait(dev_server *s, struct MHD_Connection *c, int64_t delay_ms)
 {
     const union MHD_ConnectionInfo *ci =
@@ -199,14 +218,113 @@ static void server_base_url(const dev_server *s, struct MHD_Connection *c, char 
     else snprintf(buf, len, "http://127.0.0.1:%u", (unsigned)s->port);
 }
 
-static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, server_req *rq)
+/* ---- waiting off MHD's threads ------------------------------------------------ */
+
+typedef struct {
+    dev_server *s;
+    struct MHD_Connection *c;
+    server_req *rq;
+    int64_t delay_ms; /* < 0: until the client leaves */
+} server_waiter;
+
+static void *server_waiter_main(void *arg)
 {
-    enum MHD_Result ret = MHD_NO;
-    dev_images_req r = {0};
-    char param[32] = "", msg[512] = "";
+    server_waiter *w = arg;
+    dev_server *s = w->s;
+    w->rq->wait_rc = server_wait(s, w->c, w->delay_ms);
+    w->rq->phase = SERVER_WAIT_DONE;
+    MHD_resume_connection(w->c); /* MHD calls server_access again, on its thread */
+    free(w);
+    atomic_fetch_sub(&s->waiting, 1); /* last: dev_server_stop may free s after it */
+    return NULL;
+}
+
+/* Suspends the request and waits delay_ms on a thread of its own, which
+ * resumes it; MHD then calls server_generate again (phase DONE). The count
+ * goes up before stopping is read, and dev_server_stop sets stopping before
+ * it reads the count: no request is left suspended when MHD stops. */
+static enum MHD_Result server_wait_async(dev_server *s, struct MHD_Connection *c, server_req *rq,
+                                         int64_t delay_ms)
+{
+    atomic_fetch_add(&s->waiting, 1);
+    if (atomic_load(&s->stopping)) {
+        atomic_fetch_sub(&s->waiting, 1);
+        kiln_metric_add(m_aborted, 1);
+        return MHD_NO;
+    }
+    server_waiter *w = malloc(sizeof *w);
+    if (w == NULL) {
+        atomic_fetch_sub(&s->waiting, 1);
+        return server_error(c, rq, 500, "Out of memory.", NULL, NULL);
+    }
+    *w = (server_waiter){.s = s, .c = c, .rq = rq, .delay_ms = delay_ms};
+    rq->phase = SERVER_WAIT_RUNNING;
+    MHD_suspend_connection(c);
+    pthread_attr_t attr;
+    pthread_t t;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (rc == 0) rc = pthread_create(&t, &attr, server_waiter_main, w);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        LOG_WARN("cannot start a waiter thread err=%d", rc);
+        free(w);
+        rq->wait_rc = -2;
+        rq->phase = SERVER_WAIT_DONE;
+        MHD_resume_connection(c);
+        atomic_fetch_sub(&s->waiting, 1);
+    }
+    return MHD_YES;
+}
+
+/* ---- generations ---------------------------------------------------------- */
+
+/* Answers a generation once any wait is over: the injected failure or rate
+ * limit, or the images. */
+static enum MHD_Result server_generate_answer(dev_server *s, struct MHD_Connection *c,
+                                              server_req *rq)
+{
+    char msg[512];
+    if (rq->phase == SERVER_WAIT_DONE && rq->wait_rc == -2 && rq->act.kind != DEV_ACT_HANG)
+        return server_error(c, rq, 500, "dev provider: could not wait.", NULL, NULL);
+    if ((rq->phase == SERVER_WAIT_DONE && rq->wait_rc != 0) || rq->act.kind == DEV_ACT_HANG) {
+        kiln_metric_add(m_aborted, 1);
+        return MHD_NO; /* the client left, or a hang: drop the connection */
+    }
+    if (rq->act.kind == DEV_ACT_FAIL) {
+        snprintf(msg, sizeof msg, "dev provider: injected failure %d (attempt %" PRIu64 ").",
+                 rq->act.code, rq->attempt);
+        return server_error(c, rq, (unsigned)rq->act.code, msg, NULL, "injected_failure");
+    }
+    if (rq->act.kind == DEV_ACT_RATELIMIT) {
+        snprintf(msg, sizeof msg,
+                 "dev provider: injected rate limit (attempt %" PRIu64 "). Retry after 1 s.",
+                 rq->attempt);
+        return server_error(c, rq, 429, msg, NULL, "rate_limit_exceeded");
+    }
+
+    char base[SERVER_HOST_MAX + 16];
     char *body = NULL;
     size_t body_len = 0;
+    const dev_images_req *r = &rq->gen;
+    server_base_url(s, c, base, sizeof base);
+    kiln_status st = dev_images_response(r, r->prompt + rq->image_off,
+                                         r->prompt_len - rq->image_off, base, &body, &body_len);
+    if (st != KILN_OK)
+        return server_error(c, rq, 500, "dev provider: could not render the image.", NULL, NULL);
+    kiln_metric_add(m_ok, 1);
+    kiln_metric_add(m_images, (int64_t)r->n);
+    return server_reply(c, rq, 200, "application/json", body, body_len, NULL); /* takes body */
+}
 
+static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, server_req *rq)
+{
+    if (rq->phase == SERVER_WAIT_DONE) return server_generate_answer(s, c, rq);
+    if (rq->phase == SERVER_WAIT_RUNNING) return MHD_YES; /* not resumed yet */
+
+    char param[32] = "", msg[512] = "";
     if (!server_authorized(s, c)) {
         kiln_metric_add(m_rejected, 1);
         return server_error(c, rq, 401,
@@ -218,8 +336,9 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
         snprintf(msg, sizeof msg, "The request body is larger than %d bytes.", DEV_BODY_MAX);
         return server_error(c, rq, 413, msg, NULL, "payload_too_large");
     }
+    dev_images_req *r = &rq->gen; /* cleared in server_completed */
     kiln_status st = dev_images_parse(rq->body != NULL ? rq->body : "", rq->len, s->opts.default_w,
-                                      s->opts.default_h, &r, param, sizeof param, msg, sizeof msg);
+                                      s->opts.default_h, r, param, sizeof param, msg, sizeof msg);
     if (st == KILN_EINVAL) {
         kiln_metric_add(m_rejected, 1);
         return server_error(c, rq, 400, msg, param, param[0] == '\0' ? "invalid_json" : NULL);
@@ -227,39 +346,33 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
     if (st != KILN_OK) return server_error(c, rq, 500, "Out of memory.", NULL, NULL);
 
     dev_directives d;
-    if (dev_directives_parse(r.prompt, &d) != KILN_OK) {
-        ret = server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
-        goto out;
-    }
+    if (dev_directives_parse(r->prompt, &d) != KILN_OK)
+        return server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
     uint64_t attempt = 1;
     uint64_t pkey[2] = {0, 0}; /* logged as prompt_hash with injected faults */
     if (dev_directives_counted(&d)) {
-        if (dev_attempts_next(s->attempts, r.prompt, r.prompt_len, &attempt) != KILN_OK ||
-            dev_hash_key(r.prompt, r.prompt_len, pkey) != KILN_OK) {
-            ret = server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
-            goto out;
-        }
+        if (dev_attempts_next(s->attempts, r->prompt, r->prompt_len, &attempt) != KILN_OK ||
+            dev_hash_key(r->prompt, r->prompt_len, pkey) != KILN_OK)
+            return server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
         rq->attempt = attempt;
         kiln_metric_set(m_prompts, (int64_t)dev_attempts_size(s->attempts));
     }
-    dev_step act = dev_directives_action(&d, attempt);
+    rq->act = dev_directives_action(&d, attempt);
+    rq->image_off = d.image_off;
     uint64_t phash = pkey[0];
     int64_t delay = d.sleep_ms >= 0 ? d.sleep_ms : s->opts.latency_ms;
 
-    switch (act.kind) {
+    switch (rq->act.kind) {
     case DEV_ACT_HANG:
         kiln_metric_add(m_hang, 1);
         LOG_INFO("fault injected kind=hang attempt=%" PRIu64 " prompt_hash=%016" PRIx64, attempt,
                  phash);
-        (void)server_wait(s, c, -1);
-        kiln_metric_add(m_aborted, 1);
-        ret = MHD_NO; /* never answer: drop the connection */
-        goto out;
+        return server_wait_async(s, c, rq, -1);
     case DEV_ACT_FAIL:
         kiln_metric_add(m_fail, 1);
         LOG_INFO("fault injected kind=fail code=%d attempt=%" PRIu64 " sleep_ms=%" PRId64
                  " prompt_hash=%016" PRIx64,
-                 act.code, attempt, delay, phash);
+                 rq->act.code, attempt, delay, phash);
         break;
     case DEV_ACT_RATELIMIT:
         kiln_metric_add(m_ratelimit, 1);
@@ -270,41 +383,8 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
     case DEV_ACT_SUCCEED:
         break;
     }
-    if (delay > 0 && server_wait(s, c, delay) != 0) {
-        kiln_metric_add(m_aborted, 1);
-        ret = MHD_NO;
-        goto out;
-    }
-    if (act.kind == DEV_ACT_FAIL) {
-        snprintf(msg, sizeof msg, "dev provider: injected failure %d (attempt %" PRIu64 ").",
-                 act.code, attempt);
-        ret = server_error(c, rq, (unsigned)act.code, msg, NULL, "injected_failure");
-        goto out;
-    }
-    if (act.kind == DEV_ACT_RATELIMIT) {
-        snprintf(msg, sizeof msg,
-                 "dev provider: injected rate limit (attempt %" PRIu64 "). Retry after 1 s.",
-                 attempt);
-        ret = server_error(c, rq, 429, msg, NULL, "rate_limit_exceeded");
-        goto out;
-    }
-
-    char base[SERVER_HOST_MAX + 16];
-    server_base_url(s, c, base, sizeof base);
-    st = dev_images_response(&r, r.prompt + d.image_off, r.prompt_len - d.image_off, base, &body,
-                             &body_len);
-    if (st != KILN_OK) {
-        ret = server_error(c, rq, 500, "dev provider: could not render the image.", NULL, NULL);
-        goto out;
-    }
-    kiln_metric_add(m_ok, 1);
-    kiln_metric_add(m_images, (int64_t)r.n);
-    ret = server_reply(c, rq, 200, "application/json", body, body_len, NULL);
-    body = NULL; /* server_reply took it */
-out:
-    free(body);
-    dev_images_req_clear(&r);
-    return ret;
+    if (delay > 0) return server_wait_async(s, c, rq, delay);
+    return server_generate_answer(s, c, rq);
 }
 
 static enum MHD_Result server_file(struct MHD_Connection *c, server_req *rq, const char *name)
@@ -416,6 +496,7 @@ static void server_completed(void *cls, struct MHD_Connection *c, void **con_cls
     LOG_DEBUG("request method=%s path=%s status=%u attempt=%" PRIu64 " ms=%.1f end=%s",
               rq->method, rq->path, rq->status, rq->attempt, ms,
               toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted");
+    dev_images_req_clear(&rq->gen);
     free(rq->body);
     free(rq);
     *con_cls = NULL;
@@ -435,6 +516,7 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
     if (s == NULL) return KILN_ENOMEM;
     s->opts = *o;
     atomic_init(&s->stopping, false);
+    atomic_init(&s->waiting, 0);
     server_metrics_init();
 
     st = kiln_parse_listen_addr(o->addr, &ss, &sslen);
@@ -443,12 +525,13 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out)
                              &s->attempts);
     if (st != KILN_OK) goto out;
 
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->mhd = MHD_start_daemon(
         flags, kiln_listen_addr_port(&ss), NULL, NULL, server_access, s, MHD_OPTION_EXTERNAL_LOGGER, kiln_log_mhd, NULL,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)SERVER_THREADS, MHD_OPTION_CONNECTION_LIMIT, (unsigned)DEV_CONN_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)SERVER_IDLE_TIMEOUT_S, /* MHD's default SO_REUSEADDR, no SO_REUSEPORT (gateway/server.c) */
         MHD_OPTION_NOTIFY_COMPLETED, server_completed, s, MHD_OPTION_END);
     if (s->mhd == NULL) {
@@ -476,9 +559,13 @@ uint16_t dev_server_port(const dev_server *s)
 void dev_server_stop(dev_server *s)
 {
     if (s == NULL) return;
-    /* Waiting requests see the flag within SERVER_WAIT_SLICE_MS and return,
-     * so MHD_stop_daemon can join their threads. */
+    /* Waiter threads see the flag within SERVER_WAIT_SLICE_MS and resume
+     * their requests: MHD must not stop with a request suspended. */
     atomic_store(&s->stopping, true);
+    while (atomic_load(&s->waiting) > 0) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = SERVER_STOP_POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (s->mhd != NULL) MHD_stop_daemon(s->mhd);
     dev_attempts_destroy(s->attempts);
     dev_piccache_clear();

@@ -1,6 +1,7 @@
-/* server.h - the dev provider's HTTP server (libmicrohttpd, one thread per
- * connection): POST /v1/images/generations with fault injection,
- * GET /v1/files/<name>.png, /healthz and /metrics. */
+/* server.h - the dev provider's HTTP server (libmicrohttpd's epoll thread
+ * pool; a thread only for each request while it waits): POST
+ * /v1/images/generations with fault injection, GET /v1/files/<name>.png,
+ * /healthz and /metrics. */
 #ifndef DEV_SERVER_H
 #define DEV_SERVER_H
 
@@ -10,7 +11,7 @@
 #include "status.h"
 
 #define DEV_BODY_MAX (1024 * 1024) /* request bodies above this answer 413 */
-#define DEV_CONN_MAX 1024          /* concurrent connections (each has a thread) */
+#define DEV_CONN_MAX 1024          /* concurrent connections */
 
 typedef struct {
     const char *addr;       /* "host:port"; port 0 picks a free one */
@@ -30,8 +31,9 @@ kiln_status dev_server_start(const dev_server_opts *o, dev_server **out);
 /* The bound port (useful with port 0). */
 uint16_t dev_server_port(const dev_server *s);
 
-/* Ends sleeping and hanging requests, closes every connection, joins the
- * threads and frees s. Accepts NULL. */
+/* Ends sleeping and hanging requests (their waiter threads resume them
+ * within 100 ms), closes every connection, joins MHD's threads and frees s.
+ * Accepts NULL. */
 void dev_server_stop(dev_server *s);
 
 #endif

@@ -1,0 +1,150 @@
+/* test_devprovider.c - the dev provider's server over real HTTP: requests
+ * that wait (!sleep, !hang) hold none of its few server threads, a client
+ * that leaves a waiting request is noticed, and the process stops cleanly
+ * with a request still hanging. */
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../harness.h"
+
+TestSuite(devprovider, .fini = h_fini, .timeout = 90);
+
+#define DP_SLEEPERS 8       /* more than the server's thread pool */
+#define DP_SLEEP_MS 3000
+
+static size_t dp_discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+/* A POST /v1/images/generations of prompt, not yet started. */
+static CURL *dp_request(const h_stack *s, const char *prompt, struct curl_slist *hdrs,
+                        char *body, size_t body_len, long timeout_ms)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/images/generations", s->dev_url);
+    snprintf(body, body_len, "{\"prompt\":\"%s\",\"response_format\":\"b64_json\"}", prompt);
+    CURL *e = curl_easy_init();
+    cr_assert_not_null(e);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, dp_discard);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    return e;
+}
+
+typedef struct {
+    h_stack *s;
+    const char *metric;
+    double at_least;
+} dp_metric_wait;
+
+static int dp_metric_reached(void *arg)
+{
+    dp_metric_wait *w = arg;
+    return h_metric(w->s, H_DEVPROVIDER, w->metric) >= w->at_least;
+}
+
+static long dp_status(CURL *e)
+{
+    long code = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    return code;
+}
+
+Test(devprovider, waits_hold_no_server_thread_and_see_clients_leave)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    cr_assert_not_null(hdrs);
+    char bodies[DP_SLEEPERS + 3][160];
+    CURL *sleepers[DP_SLEEPERS];
+    CURLM *m = curl_multi_init();
+    cr_assert_not_null(m);
+    char prompt[64];
+    for (int i = 0; i < DP_SLEEPERS; i++) {
+        snprintf(prompt, sizeof prompt, "!sleep=%d slow fox %d", DP_SLEEP_MS, i);
+        sleepers[i] = dp_request(&s, prompt, hdrs, bodies[i], sizeof bodies[i], 30000);
+        curl_multi_add_handle(m, sleepers[i]);
+    }
+    /* One hanging request stays open through the shutdown at the end. */
+    CURL *hang = dp_request(&s, "!hang kept open", hdrs, bodies[DP_SLEEPERS],
+                            sizeof bodies[DP_SLEEPERS], 60000);
+    curl_multi_add_handle(m, hang);
+    int64_t t0 = h_now_ms();
+    int running = 0;
+    dp_metric_wait hung = {&s, "kiln_devprovider_faults_hang_total", 1};
+    while (!dp_metric_reached(&hung) && h_now_ms() - t0 < 5000) {
+        curl_multi_perform(m, &running);
+        curl_multi_poll(m, NULL, 0, 20, NULL);
+    }
+    cr_assert(dp_metric_reached(&hung), "the !hang request never reached the dev provider");
+
+    /* While DP_SLEEPERS requests wait, an immediate one is answered at once. */
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/images/generations", s.dev_url);
+    h_resp r;
+    int64_t t_quick = h_now_ms();
+    long st = h_http_timeout(&r, "POST", url, NULL, "application/json",
+                             "{\"prompt\":\"quick fox\"}", strlen("{\"prompt\":\"quick fox\"}"),
+                             NULL, 10000);
+    int64_t quick_ms = h_now_ms() - t_quick;
+    h_resp_free(&r);
+    cr_assert_eq(st, 200, "immediate request answered %ld", st);
+    cr_expect_lt(quick_ms, 1000, "immediate request took %lld ms behind waiting ones",
+                 (long long)quick_ms);
+
+    /* A client that gives up on a hanging request is noticed. */
+    double aborted0 = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_aborted_total");
+    h_resp gone;
+    long gst = h_http_timeout(&gone, "POST", url, NULL, "application/json",
+                              "{\"prompt\":\"!hang leave me\"}",
+                              strlen("{\"prompt\":\"!hang leave me\"}"), NULL, 300);
+    h_resp_free(&gone);
+    cr_assert_eq(gst, 0, "a !hang request was answered (%ld)", gst);
+    dp_metric_wait left = {&s, "kiln_devprovider_requests_aborted_total", aborted0 + 1};
+    cr_assert(h_wait_for(dp_metric_reached, &left, h_now_ms() + 3000, 50),
+              "the dev provider did not notice the client leave");
+
+    /* The sleepers are answered 200 after their delay. */
+    int done = 0;
+    while (done < DP_SLEEPERS && h_now_ms() - t0 < 20000) {
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left_q;
+        while ((msg = curl_multi_info_read(m, &left_q)) != NULL) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            cr_assert_neq((void *)msg->easy_handle, (void *)hang, "the !hang request ended");
+            cr_assert_eq(msg->data.result, CURLE_OK, "sleeper failed: %s",
+                         curl_easy_strerror(msg->data.result));
+            cr_assert_eq(dp_status(msg->easy_handle), 200);
+            cr_assert_geq(h_now_ms() - t0, DP_SLEEP_MS - 100, "a sleeper answered early");
+            done++;
+        }
+        if (done < DP_SLEEPERS) curl_multi_poll(m, NULL, 0, 50, NULL);
+    }
+    cr_assert_eq(done, DP_SLEEPERS, "%d of %d sleepers answered", done, DP_SLEEPERS);
+
+    /* SIGTERM with the !hang request still open: a clean, prompt exit. */
+    int64_t t_stop = h_now_ms();
+    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not exit 0");
+    cr_expect_lt(h_now_ms() - t_stop, 3000, "stopping took %lld ms",
+                 (long long)(h_now_ms() - t_stop));
+    for (int i = 0; i < DP_SLEEPERS; i++) {
+        curl_multi_remove_handle(m, sleepers[i]);
+        curl_easy_cleanup(sleepers[i]);
+    }
+    curl_multi_remove_handle(m, hang);
+    curl_easy_cleanup(hang);
+    curl_multi_cleanup(m);
+    curl_slist_free_all(hdrs);
+    h_stop(&s);
+}
