@@ -71,9 +71,9 @@ kiln_status db_open(const char *path, int64_t idem_ttl_ms, size_t cache_bytes, d
  * -1 when it holds a delete, 0 when it holds nothing for it. */
 int db_batch_find(const db_batch *b, db_cf cf, const void *key, size_t klen, const char **val,
                   size_t *vlen);
-/* For db.c: appends the last operation of every key to out. KILN_ENOMEM
- * when staging ran out of memory. */
-kiln_status db_batch_fill(const db_batch *b, db_store *db, rocksdb_writebatch_t *out);
+/* For db.c: appends the last operation of every key to out, in key order
+ * (column family, then key). KILN_ENOMEM when staging ran out of memory. */
+kiln_status db_batch_fill(db_batch *b, db_store *db, rocksdb_writebatch_t *out);
 
 /* NULL-safe. Flushes nothing: the WAL already holds every write. */
 void db_close(db_store *db);
