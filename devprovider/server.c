@@ -249,7 +249,8 @@ static enum MHD_Result server_wait_async(dev_server *s, struct MHD_Connection *c
     atomic_fetch_add(&s->waiting, 1);
     if (atomic_load(&s->stopping)) {
         atomic_fetch_sub(&s->waiting, 1);
-        kiln_metric_add(m_aborted, 1);
+        rq->phase = SERVER_WAIT_DONE; /* counted as aborted in server_completed */
+        rq->wait_rc = -1;
         return MHD_NO;
     }
     server_waiter *w = malloc(sizeof *w);
@@ -289,10 +290,8 @@ static enum MHD_Result server_generate_answer(dev_server *s, struct MHD_Connecti
     char msg[512];
     if (rq->phase == SERVER_WAIT_DONE && rq->wait_rc == -2 && rq->act.kind != DEV_ACT_HANG)
         return server_error(c, rq, 500, "dev provider: could not wait.", NULL, NULL);
-    if ((rq->phase == SERVER_WAIT_DONE && rq->wait_rc != 0) || rq->act.kind == DEV_ACT_HANG) {
-        kiln_metric_add(m_aborted, 1);
+    if ((rq->phase == SERVER_WAIT_DONE && rq->wait_rc != 0) || rq->act.kind == DEV_ACT_HANG)
         return MHD_NO; /* the client left, or a hang: drop the connection */
-    }
     if (rq->act.kind == DEV_ACT_FAIL) {
         snprintf(msg, sizeof msg, "dev provider: injected failure %d (attempt %" PRIu64 ").",
                  rq->act.code, rq->attempt);
@@ -492,6 +491,10 @@ static void server_completed(void *cls, struct MHD_Connection *c, void **con_cls
     if (rq == NULL) return;
     double ms = (double)(kiln_mono_us() - rq->start_us) / 1000.0;
     kiln_metric_add(m_requests, 1);
+    /* A request that waited and got no answer: its client left, or the
+     * server stopped. Counted here because MHD may close a resumed
+     * connection whose client is gone without calling server_access again. */
+    if (rq->phase != SERVER_WAIT_NONE && rq->status == 0) kiln_metric_add(m_aborted, 1);
     kiln_metric_observe_ms(m_latency, ms);
     LOG_DEBUG("request method=%s path=%s status=%u attempt=%" PRIu64 " ms=%.1f end=%s",
               rq->method, rq->path, rq->status, rq->attempt, ms,
