@@ -326,6 +326,16 @@ if phase flow || phase w4; then
     start_stack || exit 1
 fi
 DIRTY=0
+unfinished_report() { # after a phase left jobs unfinished: where they stopped, from the metrics
+    local m
+    m=$(curl -s -m 2 "http://127.0.0.1:$CONS_METRICS_PORT/metrics" | grep -E '^kiln_consumer_(jobs_completed_total|jobs_retried_total|in_flight|redeliveries_total|stalled_redriven_total) ')
+    note "consumer: $(echo $m)"
+    m=$(curl -s -m 2 "http://127.0.0.1:$STORE_METRICS_PORT/metrics" | grep -E '^kiln_store_(messages_total|done_published_total|batch_retries_total|applied_seq|sweep_redriven_total) ')
+    note "store: $(echo $m)"
+    m=$(curl -s -m 2 "http://127.0.0.1:$DEV_PORT/metrics" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
+    note "dev provider: $(echo $m)"
+}
+
 fresh_if_dirty() {
     if [ "$DIRTY" = 1 ]; then
         note "the previous phase left unfinished jobs: starting a fresh nats-server and Kiln"
@@ -360,7 +370,7 @@ if phase flow; then
     settle
     reset_hwm store consumer gateway devprovider
     cpu_mark
-    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 60000 || { note "W2 did not finish every job"; DIRTY=1; }
+    run_bench "$TMP/w12.out" w12 --jobs "$JOBS" --timeout-ms 60000 || { note "W2 did not finish every job"; unfinished_report; DIRTY=1; }
     W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
     cpu_line W2
     CPU_W2=$CPU_LINE
@@ -374,7 +384,7 @@ if phase flow; then
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
     fresh_if_dirty
     settle
-    run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; DIRTY=1; }
+    run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; unfinished_report; DIRTY=1; }
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
     line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) stages_ms_p50/p99=$(fig 'kiln-W3/W3.stages_ms_p50/p99') (open loop; stages: queue = submit to started, run = started to completed, done = completed to jobs.done received; rss = bench client)"

@@ -56,7 +56,7 @@
  * (a steady stream, not a backlog and not a trickle), the loop pauses
  * INGEST_GATHER_US before its next fetch, so more messages share its
  * request, RocksDB write and publishes. */
-#define INGEST_GATHER_MIN 8
+#define INGEST_GATHER_MIN 32
 #define INGEST_GATHER_US 1000
 
 struct ingest {
