@@ -53,9 +53,10 @@
 #define INGEST_FLUSH_MS 1000      /* PING/PONG of the explicit flush after a partial batch */
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
 /* Gathering: after a partial batch of at least INGEST_GATHER_MIN messages
- * (a steady stream, not a backlog and not a trickle), the loop pauses
- * INGEST_GATHER_US before its next fetch, so more messages share its
- * request, RocksDB write and publishes. */
+ * (a heavy stream; not a backlog, which fills batches, and not a light
+ * load's catch-up after a hiccup, which a pause would only lengthen) the
+ * loop pauses INGEST_GATHER_US before its next fetch, so more messages
+ * share its request, RocksDB write and publishes (docs/design.md). */
 #define INGEST_GATHER_MIN 32
 #define INGEST_GATHER_US 1000
 
@@ -90,12 +91,6 @@ static void ingest_sleep_us(int64_t us)
 }
 
 static void ingest_sleep_ms(int64_t ms) { ingest_sleep_us(ms * 1000); }
-
-/* Decides from what a fetch brought whether the next one waits. */
-static void ingest_gather_plan(ingest *ing, int count)
-{
-    ing->gather = count >= INGEST_GATHER_MIN && count < INGEST_BATCH;
-}
 
 /* One JobTransition; an undecodable one is counted and skipped. */
 static kiln_status ingest_transition(ingest *ing, const void *data, size_t len, uint64_t seq,
@@ -352,7 +347,7 @@ static void *ingest_main(void *arg)
         if (ing->has_inflight && ing->inflight.Count < INGEST_BATCH) ingest_settle_inflight(ing);
         uint64_t epoch = barrier_fetch_begin(ing->b);
         kiln_status s = ingest_fetch(ing, &list);
-        ingest_gather_plan(ing, s == KILN_OK ? list.Count : 0);
+        ing->gather = s == KILN_OK && list.Count >= INGEST_GATHER_MIN && list.Count < INGEST_BATCH;
         if (s == KILN_OK && list.Count == 0) {
             natsMsgList_Destroy(&list);
             /* Every batch fetched before is written (this thread wrote it). */
