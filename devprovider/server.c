@@ -75,7 +75,7 @@ typedef struct {
 
 /* Metrics, registered once at start-up. */
 static kiln_metric *m_requests, *m_ok, *m_images, *m_rejected, *m_fail, *m_ratelimit, *m_hang,
-    *m_aborted, *m_files, *m_latency, *m_prompts;
+    *m_aborted, *m_files, *m_latency, *m_prompts, *m_waiting;
 
 static void server_metrics_init(void)
 {
@@ -96,6 +96,8 @@ static void server_metrics_init(void)
     m_files = kiln_metric_counter("kiln_devprovider_files_total", "Image files served.");
     m_latency = kiln_metric_histogram_ms("kiln_devprovider_request_ms",
                                          "Time from request to answer, in ms.");
+    m_waiting = kiln_metric_gauge("kiln_devprovider_requests_waiting",
+                                  "Requests suspended while they wait (latency, !sleep, !hang).");
     m_prompts = kiln_metric_gauge("kiln_devprovider_tracked_prompts",
                                   "Prompts whose attempts are being counted.");
 }
@@ -233,6 +235,7 @@ static void *server_waiter_main(void *arg)
     dev_server *s = w->s;
     w->rq->wait_rc = server_wait(s, w->c, w->delay_ms);
     w->rq->phase = SERVER_WAIT_DONE;
+    kiln_metric_add(m_waiting, -1);
     MHD_resume_connection(w->c); /* MHD calls server_access again, on its thread */
     free(w);
     atomic_fetch_sub(&s->waiting, 1); /* last: dev_server_stop may free s after it */
@@ -260,6 +263,7 @@ static enum MHD_Result server_wait_async(dev_server *s, struct MHD_Connection *c
     }
     *w = (server_waiter){.s = s, .c = c, .rq = rq, .delay_ms = delay_ms};
     rq->phase = SERVER_WAIT_RUNNING;
+    kiln_metric_add(m_waiting, 1);
     MHD_suspend_connection(c);
     pthread_attr_t attr;
     pthread_t t;
@@ -271,6 +275,7 @@ static enum MHD_Result server_wait_async(dev_server *s, struct MHD_Connection *c
     }
     if (rc != 0) {
         LOG_WARN("cannot start a waiter thread err=%d", rc);
+        kiln_metric_add(m_waiting, -1);
         free(w);
         rq->wait_rc = -2;
         rq->phase = SERVER_WAIT_DONE;

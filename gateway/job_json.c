@@ -318,7 +318,7 @@ out:
     return st;
 }
 
-kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[32])
+kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[KILN_SHA256_LEN])
 {
     json_t *root = json_loadb(body != NULL ? body : "", len, JSON_REJECT_DUPLICATES, NULL);
     char *canon = root != NULL ? json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS) : NULL;

@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "kiln.pb-c.h"
+#include "sha256.h"
 #include "status.h"
 
 typedef struct {
@@ -27,7 +28,7 @@ void gw_jobjson_request_free(Kiln__V1__JobRequest *r);
 
 /* SHA-256 of the body as canonical JSON (keys sorted, compact), for
  * Idempotency-Key: the "same body" test. The body parsed already. */
-kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[32]);
+kiln_status gw_jobjson_body_hash(const char *body, size_t len, uint8_t out[KILN_SHA256_LEN]);
 
 /* Sets a string field of a request built by gw_jobjson_parse. */
 kiln_status gw_jobjson_set_str(char **field, const char *value);
