@@ -44,7 +44,12 @@
  * FETCH_DUE_MAX; beyond that the pause bounds how late they are seen). */
 #define FETCH_DUE_MAX 64
 #define FETCH_DUE_MARGIN_MS 2      /* the server releases the message at about ack time + delay */
-#define FETCH_DUE_RETRY_MS 5       /* pause after an empty poll at a due time */
+/* A due poll that finds nothing looks again after 2, 4, 8 and 16 ms: under
+ * load nats-server may release the message a few ms after its due time, and
+ * past the last look only the lane's pause (up to FETCH_EMPTY_SKIP_MS) finds
+ * it. Another consumer may have taken it, so the looks are few. */
+#define FETCH_DUE_RETRY_MS 2
+#define FETCH_DUE_RETRIES 4
 /* Gather: when only a few slots are free, wait this long for more, so a
  * round (fetch + store check) carries a useful batch. */
 #define FETCH_GATHER_MS 5
@@ -72,7 +77,7 @@ typedef struct {
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
     pthread_mutex_t due_mu;     /* due[]: any thread adds, the fetch thread takes */
     int64_t due[FETCH_DUE_MAX]; /* monotonic ms when handed-back messages are due */
-    bool due_retry[FETCH_DUE_MAX]; /* already the one retry of an empty due poll */
+    uint8_t due_tries[FETCH_DUE_MAX]; /* looks already taken for this due time */
     int due_n;
     /* Late arrivals beyond the free slots, taken first next round (fetch thread). */
     natsMsg *carry[FETCH_CARRY_MAX];
@@ -268,30 +273,30 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
     return count;
 }
 
-static void fetch_due_add(fetch_lane *lane, int64_t due, bool retry)
+static void fetch_due_add(fetch_lane *lane, int64_t due, int tries)
 {
     pthread_mutex_lock(&lane->due_mu);
     if (lane->due_n < FETCH_DUE_MAX) {
         lane->due[lane->due_n] = due;
-        lane->due_retry[lane->due_n] = retry;
+        lane->due_tries[lane->due_n] = (uint8_t)tries;
         lane->due_n++;
     }
     pthread_mutex_unlock(&lane->due_mu);
 }
 
 /* Removes the lane's due times up to now; true if there were any, and
- * *first if one of them was not a retry already. */
-static bool fetch_due_take(fetch_lane *lane, int64_t now, bool *first)
+ * *tries is the fewest looks any of them has had. */
+static bool fetch_due_take(fetch_lane *lane, int64_t now, int *tries)
 {
     bool any = false;
-    *first = false;
+    *tries = FETCH_DUE_RETRIES;
     pthread_mutex_lock(&lane->due_mu);
     for (int i = 0; i < lane->due_n;) {
         if (lane->due[i] <= now) {
-            if (!lane->due_retry[i]) *first = true;
+            if (lane->due_tries[i] < *tries) *tries = lane->due_tries[i];
             lane->due_n--;
             lane->due[i] = lane->due[lane->due_n];
-            lane->due_retry[i] = lane->due_retry[lane->due_n];
+            lane->due_tries[i] = lane->due_tries[lane->due_n];
             any = true;
         } else {
             i++;
@@ -321,15 +326,15 @@ void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
     for (int k = 0; k < LANE_COUNT; k++)
         if (strcmp(fetch_lanes[k].name, lane_name) == 0) lane = &fetch_lanes[k];
     if (lane == NULL || delay_ms <= 0) return;
-    fetch_due_add(lane, kiln_mono_ms() + delay_ms + FETCH_DUE_MARGIN_MS, false);
+    fetch_due_add(lane, kiln_mono_ms() + delay_ms + FETCH_DUE_MARGIN_MS, 0);
     fetch_wake_idle(cons_g.nc); /* the idle long poll may be set to end later than this */
 }
 
 /* Polls one lane unless it was found empty lately and has no hint since. */
 static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
 {
-    bool first = false;
-    bool due = fetch_due_take(lane, now, &first);
+    int tries = 0;
+    bool due = fetch_due_take(lane, now, &tries);
     if (!due && now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
     /* Clear before polling: a publish during the poll sets it again. */
     atomic_store(&lane->hint, false);
@@ -338,9 +343,10 @@ static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
         lane->skip_until = 0;
     } else {
         lane->skip_until = now + (lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS);
-        /* Due but not there: maybe not released yet; one more look soon (or
-         * another consumer took it). */
-        if (due && first) fetch_due_add(lane, now + FETCH_DUE_RETRY_MS, true);
+        /* Due but not there: maybe not released yet (or another consumer
+         * took it); look again soon, a little later each time. */
+        if (due && tries < FETCH_DUE_RETRIES)
+            fetch_due_add(lane, now + ((int64_t)FETCH_DUE_RETRY_MS << tries), tries + 1);
     }
     return got;
 }
