@@ -193,9 +193,18 @@ children_ticks() { # user+system ticks of this shell's waited-for children (kiln
 }
 
 declare -A CPU0=()
-cpu_mark() { # remembers the CPU used so far by every process
+store_counts() { # the store's batches, messages and gathering pauses so far (its /metrics)
+    curl -s -m 2 "http://127.0.0.1:$STORE_METRICS_PORT/metrics" | awk '
+        $1 == "kiln_store_batches_total" {b = $2}
+        $1 == "kiln_store_messages_total" {m = $2}
+        $1 == "kiln_store_gather_pauses_total" {g = $2}
+        END {print b + 0, m + 0, g + 0}'
+}
+
+cpu_mark() { # remembers the CPU used so far by every process, and the store's counts
     local n
     for n in nats devprovider store consumer gateway; do CPU0[$n]=$(cpu_ticks "$n"); done
+    STORE0=$(store_counts)
     children_ticks
     CPU0[client]=$TICKS
     CPU0[wall]=$(date +%s%N)
@@ -212,7 +221,10 @@ cpu_line() { # cpu_line WORKLOAD: sets CPU_LINE to the CPU seconds per process s
     done
     children_ticks
     out+=" bench_client=$(awk -v a="${CPU0[client]}" -v b="$TICKS" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')"
-    CPU_LINE="kiln-cpu workload=$1 wall_s=$wall cpu_s:$out (CPU seconds per process during the workload, $(nproc) cores; not a goal)"
+    local sc
+    sc=$(awk -v a="$STORE0" -v b="$(store_counts)" 'BEGIN {split(a, x, " "); split(b, y, " ");
+        printf "store_batches=%d store_messages=%d store_gather_pauses=%d", y[1] - x[1], y[2] - x[2], y[3] - x[3]}')
+    CPU_LINE="kiln-cpu workload=$1 wall_s=$wall cpu_s:$out $sc (CPU seconds per process during the workload, $(nproc) cores, and the store's fetched batches; not a goal)"
 }
 
 cpu_busy_pct() { # busy share of all CPUs over the next 0.5 s, from /proc/stat
@@ -384,10 +396,13 @@ if phase flow; then
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
     fresh_if_dirty
     settle
+    cpu_mark
     run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; unfinished_report; DIRTY=1; }
+    cpu_line W3
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
     line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) stages_ms_p50/p99=$(fig 'kiln-W3/W3.stages_ms_p50/p99') (open loop; stages: queue = submit to started, run = started to completed, done = completed to jobs.done received; rss = bench client)"
+    echo "$CPU_LINE"
 fi
 
 run_wrk() { # run_wrk WORKLOAD: wrk against POST /v1/jobs; fills FIG[kiln-W4/WORKLOAD.*], WRK, SOCK_ERR

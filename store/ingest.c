@@ -79,7 +79,7 @@ struct ingest {
     pthread_t thread;
     int thread_started;
     atomic_bool stop;
-    kiln_metric *m_batches, *m_msgs, *m_changes, *m_done, *m_events, *m_invalid, *m_retries,
+    kiln_metric *m_batches, *m_gathers, *m_msgs, *m_changes, *m_done, *m_events, *m_invalid, *m_retries,
         *m_seq;
 };
 
@@ -340,7 +340,10 @@ static void *ingest_main(void *arg)
             ing->next_sweep_ms = kiln_mono_ms() + (every > INGEST_IDEM_SWEEP_MIN_MS ? every : INGEST_IDEM_SWEEP_MIN_MS);
         }
         /* The batch in flight's publish acks travel during the pause. */
-        if (ing->gather) ingest_sleep_us(INGEST_GATHER_US);
+        if (ing->gather) {
+            kiln_metric_add(ing->m_gathers, 1);
+            ingest_sleep_us(INGEST_GATHER_US);
+        }
         /* A partial batch last time means the stream was drained: the next
          * fetch may wait up to its expiry, so finish the batch in flight
          * first. Full batches (a backlog) keep the pipeline going. */
@@ -397,6 +400,8 @@ kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *
     ing->b = b;
     atomic_init(&ing->stop, false);
     ing->m_batches = kiln_metric_counter("kiln_store_batches_total", "Fetched batches applied and acked");
+    ing->m_gathers = kiln_metric_counter("kiln_store_gather_pauses_total",
+                                         "Pauses before a fetch to gather a fuller batch (heavy load only)");
     ing->m_msgs = kiln_metric_counter("kiln_store_messages_total", "KILN_JOBS messages applied and acked");
     ing->m_changes = kiln_metric_counter("kiln_store_transitions_applied_total",
                                          "Job requests and transitions that changed a record");
