@@ -399,7 +399,10 @@ static void *fetch_main(void *arg)
             kiln_metric_add(cons_g.m_idle_polls, 1);
             int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS, wait_ms);
             atomic_store(&fetch_idle_polling, false);
-            if (got_idle > 0) nl->skip_until = 0;
+            /* Not at once a no_wait poll of normal (at low load a 404 each
+             * time): the next round's idle poll answers at once if more is
+             * there. */
+            if (got_idle > 0) nl->skip_until = kiln_mono_ms() + 1;
         }
     }
     for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
