@@ -75,6 +75,7 @@ typedef struct {
     natsSubscription *hint_sub;
     atomic_bool hint;           /* set by the hint subscription (libnats thread) */
     int64_t skip_until;         /* fetch thread: monotonic ms; the lane was empty */
+    bool leave_to_idle;         /* fetch thread: the next round leaves it to the idle poll */
     pthread_mutex_t due_mu;     /* due[]: any thread adds, the fetch thread takes */
     int64_t due[FETCH_DUE_MAX]; /* monotonic ms when handed-back messages are due */
     uint8_t due_tries[FETCH_DUE_MAX]; /* looks already taken for this due time */
@@ -335,6 +336,9 @@ static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
 {
     int tries = 0;
     bool due = fetch_due_take(lane, now, &tries);
+    bool leave = lane->leave_to_idle;
+    lane->leave_to_idle = false;
+    if (!due && leave) return 0;
     if (!due && now < lane->skip_until && !(lane->hinted && atomic_load(&lane->hint))) return 0;
     /* Clear before polling: a publish during the poll sets it again. */
     atomic_store(&lane->hint, false);
@@ -399,10 +403,13 @@ static void *fetch_main(void *arg)
             kiln_metric_add(cons_g.m_idle_polls, 1);
             int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS, wait_ms);
             atomic_store(&fetch_idle_polling, false);
-            /* Not at once a no_wait poll of normal (at low load a 404 each
-             * time): the next round's idle poll answers at once if more is
-             * there. */
-            if (got_idle > 0) nl->skip_until = kiln_mono_ms() + 1;
+            /* The next round does not poll normal with no_wait first (at
+             * low load a 404 each time): its idle poll, if it comes to one,
+             * answers at once when more is there. */
+            if (got_idle > 0) {
+                nl->skip_until = 0;
+                nl->leave_to_idle = true;
+            }
         }
     }
     for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
