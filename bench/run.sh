@@ -193,8 +193,12 @@ children_ticks() { # user+system ticks of this shell's waited-for children (kiln
 }
 
 declare -A CPU0=()
+metrics_of() { # metrics_of PORT: a Kiln process's /metrics text (empty when it does not answer)
+    curl -s -m 2 "http://127.0.0.1:$1/metrics"
+}
+
 store_counts() { # the store's batches, messages and gathering pauses so far (its /metrics)
-    curl -s -m 2 "http://127.0.0.1:$STORE_METRICS_PORT/metrics" | awk '
+    metrics_of "$STORE_METRICS_PORT" | awk '
         $1 == "kiln_store_batches_total" {b = $2}
         $1 == "kiln_store_messages_total" {m = $2}
         $1 == "kiln_store_gather_pauses_total" {g = $2}
@@ -340,11 +344,11 @@ fi
 DIRTY=0
 unfinished_report() { # after a phase left jobs unfinished: where they stopped, from the metrics
     local m
-    m=$(curl -s -m 2 "http://127.0.0.1:$CONS_METRICS_PORT/metrics" | grep -E '^kiln_consumer_(jobs_completed_total|jobs_retried_total|in_flight|redeliveries_total|stalled_redriven_total) ')
+    m=$(metrics_of "$CONS_METRICS_PORT" | grep -E '^kiln_consumer_(jobs_completed_total|jobs_retried_total|in_flight|redeliveries_total|stalled_redriven_total) ')
     note "consumer: $(echo $m)"
-    m=$(curl -s -m 2 "http://127.0.0.1:$STORE_METRICS_PORT/metrics" | grep -E '^kiln_store_(messages_total|done_published_total|batch_retries_total|applied_seq|sweep_redriven_total) ')
+    m=$(metrics_of "$STORE_METRICS_PORT" | grep -E '^kiln_store_(messages_total|done_published_total|batch_retries_total|applied_seq|sweep_redriven_total) ')
     note "store: $(echo $m)"
-    m=$(curl -s -m 2 "http://127.0.0.1:$DEV_PORT/metrics" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
+    m=$(metrics_of "$DEV_PORT" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
     note "dev provider: $(echo $m)"
 }
 

@@ -81,10 +81,10 @@ Test(devprovider, waits_hold_no_server_thread_and_see_clients_leave)
     /* While DP_SLEEPERS requests wait, an immediate one is answered at once. */
     char url[128];
     snprintf(url, sizeof url, "%s/v1/images/generations", s.dev_url);
+    static const char quick[] = "{\"prompt\":\"quick fox\"}";
     h_resp r;
     int64_t t_quick = h_now_ms();
-    long st = h_http_timeout(&r, "POST", url, NULL, "application/json",
-                             "{\"prompt\":\"quick fox\"}", strlen("{\"prompt\":\"quick fox\"}"),
+    long st = h_http_timeout(&r, "POST", url, NULL, "application/json", quick, sizeof quick - 1,
                              NULL, 10000);
     int64_t quick_ms = h_now_ms() - t_quick;
     h_resp_free(&r);
@@ -96,10 +96,10 @@ Test(devprovider, waits_hold_no_server_thread_and_see_clients_leave)
     const char *aborts = "kiln_devprovider_requests_aborted_total";
     double aborted0 = h_metric(&s, H_DEVPROVIDER, aborts);
     cr_assert_geq(aborted0, 0, "no %s on the dev provider's /metrics", aborts);
+    static const char leaving[] = "{\"prompt\":\"!hang leave me\"}";
     h_resp gone;
-    long gst = h_http_timeout(&gone, "POST", url, NULL, "application/json",
-                              "{\"prompt\":\"!hang leave me\"}",
-                              strlen("{\"prompt\":\"!hang leave me\"}"), NULL, 300);
+    long gst = h_http_timeout(&gone, "POST", url, NULL, "application/json", leaving,
+                              sizeof leaving - 1, NULL, 300);
     h_resp_free(&gone);
     cr_assert_eq(gst, 0, "a !hang request was answered (%ld)", gst);
     cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, aborts, aborted0, 3000),
