@@ -5,6 +5,7 @@
 #   make run        start nats-server (if none answers), dev provider, store, consumer, gateway
 #   make test       unit + integration tests, built with ASan+UBSan into build/san/
 #   make bench      the benchmark (optimised build)
+#   make bench-http compares HTTP server libraries on the gateway's POST (bench/httplib)
 #   make clean
 
 BUILD ?= build
@@ -34,7 +35,7 @@ obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
 BINS := $(BUILD)/bin/kiln-gateway $(BUILD)/bin/kiln-consumer $(BUILD)/bin/kiln-store \
         $(BUILD)/bin/kiln $(BUILD)/bin/kiln-devprovider
 
-.PHONY: all deps run test unit-test it-test bench clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
+.PHONY: all deps run test unit-test it-test bench bench-http clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
 all: $(BINS)
 
 kiln-gateway: $(BUILD)/bin/kiln-gateway
@@ -119,6 +120,26 @@ $(BUILD)/bin/kiln-bench-limit: $(BUILD)/obj/bench/limit.o $(BUILD)/lib/libkilnco
 $(BUILD)/bin/kiln-bench: $(filter-out $(BUILD)/obj/bench/limit.o,$(BENCH_OBJ)) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# kiln-bench-http (bench/httplib): libmicrohttpd, libevent's evhttp and, when
+# libh2o-evloop is installed, h2o, each serving the gateway's POST /v1/jobs.
+bench-http:
+	@deploy/install-deps.sh bench-http
+	$(MAKE) --no-print-directory -j2 BUILD=build/bench OPT="-O2 -DNDEBUG" build/bench/bin/kiln-bench-http
+	bench/httplib/run.sh build/bench/bin
+
+HTTP_CMP_PKGS := libmicrohttpd libevent libevent_pthreads
+HTTP_CMP_DEFS :=
+ifeq ($(shell pkg-config --exists libh2o-evloop 2>/dev/null && echo 1),1)
+HTTP_CMP_PKGS += libh2o-evloop
+HTTP_CMP_DEFS += -DKILN_HAVE_H2O
+endif
+$(BUILD)/obj/bench/httplib/http_cmp.o: bench/httplib/http_cmp.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(HTTP_CMP_DEFS) $(shell pkg-config --cflags $(HTTP_CMP_PKGS)) -MMD -MP -c $< -o $@
+$(BUILD)/bin/kiln-bench-http: $(BUILD)/obj/bench/httplib/http_cmp.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(HTTP_CMP_PKGS)) -lpthread
 
 clean:
 	rm -rf build

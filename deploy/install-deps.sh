@@ -1,11 +1,18 @@
 #!/bin/sh
 # Installs the Debian 12 packages Kiln needs to build, test and run, if any is
 # missing. Idempotent: when everything is present it only checks and exits.
+#   deploy/install-deps.sh              what make, make run, make test, make bench need
+#   deploy/install-deps.sh bench-http   also the libraries make bench-http compares
 set -eu
 
 PKGS="build-essential pkg-config protobuf-c-compiler libprotobuf-c-dev libnats-dev nats-server
 librocksdb-dev libcurl4-openssl-dev libssl-dev libjansson-dev libyajl-dev libmicrohttpd-dev libpng-dev zlib1g-dev
 libcriterion-dev wrk curl"
+case "${1:-}" in
+    "") ;;
+    bench-http) PKGS="$PKGS libevent-dev libh2o-evloop-dev" ;;
+    *) echo "install-deps: unknown set '$1' (known: bench-http)" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $PKGS; do
