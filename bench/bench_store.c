@@ -139,6 +139,9 @@ int bench_store(const bench_args *a)
         if (want >= 1000000 && want % 1000000 == 0) snprintf(wl, sizeof wl, "store-%uM", want / 1000000);
         else if (want >= 1000 && want % 1000 == 0) snprintf(wl, sizeof wl, "store-%uk", want / 1000);
         else snprintf(wl, sizeof wl, "store-%u", want);
+        /* As between run.sh's phases: the fill's flushes, compactions and
+         * the server's stream writes finish before the GETs are timed. */
+        bench_settle(15, 30000);
         store_gets(c, prefix, have, a->samples, wl, a->store_pid);
         if (size < want) {
             fprintf(stderr, "bench: store held %u of %u jobs at the fill deadline\n", size, want);

@@ -83,6 +83,43 @@ static double bench_hwm_of(const char *path)
     return mb;
 }
 
+/* The busy and idle jiffies of all CPUs (the "cpu" line of /proc/stat;
+ * idle counts iowait); 0 when it cannot be read. */
+static int util_cpu_jiffies(unsigned long long *busy, unsigned long long *idle)
+{
+    unsigned long long user, nice, sys, idl, iowait, irq, softirq;
+    FILE *f = fopen("/proc/stat", "r");
+    if (f == NULL) return 0;
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &sys, &idl, &iowait,
+                   &irq, &softirq);
+    fclose(f);
+    if (n != 7) return 0;
+    *busy = user + nice + sys + irq + softirq;
+    *idle = idl + iowait;
+    return 1;
+}
+
+void bench_settle(int max_busy_pct, int64_t max_wait_ms)
+{
+    int64_t t0 = bench_now_us();
+    int pct = -1;
+    sync();
+    for (;;) {
+        unsigned long long b0, i0, b1, i1;
+        if (!util_cpu_jiffies(&b0, &i0)) break;
+        bench_sleep_until_us(bench_now_us() + 500000);
+        if (!util_cpu_jiffies(&b1, &i1)) break;
+        unsigned long long all = (b1 - b0) + (i1 - i0);
+        pct = all > 0 ? (int)(100 * (b1 - b0) / all) : 0;
+        if (pct < max_busy_pct) break;
+        if (bench_now_us() - t0 >= max_wait_ms * 1000) {
+            fprintf(stderr, "bench: the machine stayed busy (%d%% CPU); measuring anyway\n", pct);
+            break;
+        }
+    }
+    fprintf(stderr, "bench: settled in %.1fs (%d%% CPU)\n", (bench_now_us() - t0) / 1e6, pct);
+}
+
 double bench_rss_mb(void)
 {
     double mb = bench_hwm_of("/proc/self/status");

@@ -31,6 +31,11 @@ long bench_id_index(const char *id, const char *prefix);
 /* A prefix unique to this process and moment (letters and digits). */
 void bench_prefix(char *buf, size_t len, const char *tag);
 
+/* Before a timed measurement: sync, then waits until the machine is below
+ * max_busy_pct CPU over 0.5 s (at most max_wait_ms), as bench/run.sh's
+ * settle does between phases. Says on stderr how long it took. */
+void bench_settle(int max_busy_pct, int64_t max_wait_ms);
+
 double bench_rss_mb(void); /* this process's peak RSS (VmHWM) */
 double bench_rss_mb_of(long pid); /* another process's peak RSS; -1 when unknown */
 
