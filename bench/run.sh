@@ -10,7 +10,8 @@
 # ends within it), BENCH_KEEP=1 keeps the temp dir and logs, BENCH_PHASES
 # ("limit flow w4 store": a subset runs only those parts, e.g. for profiling),
 # BENCH_NATS_ARGS: more nats-server arguments (e.g. "--profile 6061" serves
-# Go's pprof profiles of the server, whose Debian binary is stripped).
+# Go's pprof profiles of the server, whose Debian binary is stripped; not -m:
+# the run serves the server's monitoring on a port of its own and reads /varz).
 set -uo pipefail
 
 BIN=${1:?usage: bench/run.sh BIN_DIR}
@@ -94,9 +95,10 @@ start_nats() { # start_nats DATADIR; a new port on each of 3 tries (another proc
     local try
     for try in 1 2 3; do
         free_port NATS_PORT
+        free_port NATS_MON_PORT # /varz: the messages per job (nats_msgs)
         NATS_URL=nats://127.0.0.1:$NATS_PORT
         # shellcheck disable=SC2086 # BENCH_NATS_ARGS is a list of words
-        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$1" ${BENCH_NATS_ARGS:-} 2>>"$LOGS/nats-server.log" >&2 &
+        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$1" ${BENCH_NATS_ARGS:-} 2>>"$LOGS/nats-server.log" >&2 &
         PID[nats]=$!
         wait_for nats-server 15 answers_or_died nats "$NATS_PORT" && kill -0 "${PID[nats]}" 2>/dev/null && return 0
         stop nats
@@ -205,10 +207,27 @@ store_counts() { # the store's batches, messages and gathering pauses so far (it
         END {print b + 0, m + 0, g + 0}'
 }
 
-cpu_mark() { # remembers the CPU used so far by every process, and the store's counts
+nats_msgs() { # the messages nats-server received and sent so far: "IN OUT" (its /varz)
+    curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/varz" | awk -F'[:,]' '
+        $1 ~ /"in_msgs"/ {i = $2} $1 ~ /"out_msgs"/ {o = $2} END {print i + 0, o + 0}'
+}
+
+msgs_since() { # msgs_since "IN OUT" JOBS: "IN OUT PER_JOB" of nats-server since that mark
+    awk -v a="$1" -v b="$(nats_msgs)" -v n="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
+        i = y[1] - x[1]; o = y[2] - x[2]; printf "%d %d %s", i, o, (n > 0 ? sprintf("%.1f", (i + o) / n) : "-")}'
+}
+
+msgs_line() { # msgs_line WORKLOAD JOBS LIMIT_NAME: a kiln-msgs line from the cpu_mark'ed counts
+    local -a m
+    read -r -a m <<<"$(msgs_since "$NATS0" "$2")"
+    echo "kiln-msgs workload=$1 jobs=$2 nats_in=${m[0]} nats_out=${m[1]} per_job=${m[2]} $3_per_job=$(fig "$3/msgs.per_job") ratio=$(ratio "${m[2]}" "$(fig "$3/msgs.per_job")") (messages through nats-server per job, received + sent, against the limit's; not a goal)" | tee -a "$SUMMARY"
+}
+
+cpu_mark() { # remembers the CPU used so far by every process, the store's and nats-server's counts
     local n
     for n in nats devprovider store consumer gateway; do CPU0[$n]=$(cpu_ticks "$n"); done
     STORE0=$(store_counts)
+    NATS0=$(nats_msgs)
     children_ticks
     CPU0[client]=$TICKS
     CPU0[wall]=$(date +%s%N)
@@ -329,12 +348,18 @@ declare -A WRK=()
 # --- the limit: libnats alone ---------------------------------------------
 if phase limit; then
     start_nats "$TMP/nats-limit" || exit 1
-    "$BIN/kiln-bench-limit" --url "$NATS_URL" --jobs "$JOBS" >"$TMP/limit.out" 2>>"$LOGS/limit.log" ||
-        note "the limit program failed (see $LOGS/limit.log)"
+    # W1 and W2 in turn, each counted on the server (msgs_since).
+    for w in w1 w2; do
+        m0=$(nats_msgs)
+        "$BIN/kiln-bench-limit" --url "$NATS_URL" --jobs "$JOBS" --only "$w" >"$TMP/limit-$w.out" 2>>"$LOGS/limit.log" ||
+            note "the limit program failed in $w (see $LOGS/limit.log)"
+        read -r -a m <<<"$(msgs_since "$m0" "$JOBS")"
+        FIG[limit-${w^^}/msgs.per_job]=${m[2]}
+        parse_figs "$TMP/limit-$w.out"
+    done
     stop nats
-    parse_figs "$TMP/limit.out"
-    line limit-W1/W1 "(async publish with Nats-Msg-Id, every ack awaited)"
-    line limit-W2/W2 "(publish + pull batches of 256 + done publish + ack; first publish to last done ack)"
+    line limit-W1/W1 "msgs_per_job=$(fig limit-W1/msgs.per_job) (async publish with Nats-Msg-Id, every ack awaited)"
+    line limit-W2/W2 "msgs_per_job=$(fig limit-W2/msgs.per_job) (publish + pull batches of 256 + done publish + ack; first publish to last done ack)"
 fi
 
 # --- Kiln: each phase gets a fresh stack if the previous one left work -------
@@ -390,12 +415,14 @@ if phase flow; then
     W2_STORE=$(hwm_mb store) W2_CONS=$(hwm_mb consumer) W2_GW=$(hwm_mb gateway)
     cpu_line W2
     CPU_W2=$CPU_LINE
+    MSGS_W2=$(msgs_line W2 "$(fig kiln-W2/W2.jobs)" limit-W2)
     line kiln-W1/W1-live "ratio=$(ratio "$(fig kiln-W1/W1-live.rate)" "$(fig limit-W1/W1.rate)") (W2's publish: as W1 while the store and consumer process the jobs on the same cores; not a goal)"
     r2=$(ratio "$(fig kiln-W2/W2.rate)" "$(fig limit-W2/W2.rate)")
     w2ok() { cmp "$r2" '>=' 0.5 && cmp "$(fig kiln-W2/W2.jobs)" '==' "$JOBS"; }
     RSS_OVERRIDE="store:$W2_STORE,consumer:$W2_CONS" \
         line kiln-W2/W2 "ratio=$r2 goal=ratio>=0.5 $(verdict w2ok) not_completed=$(fig kiln-W2/W2.not_completed) stages_ms_p50/p99=$(fig 'kiln-W2/W2.stages_ms_p50/p99') (first publish to last jobs.done; p50/p99 = each job's submit to its jobs.done)"
     echo "$CPU_W2"
+    echo "$MSGS_W2"
 
     # W3: submit -> jobs.done latency at a steady 1 000 jobs/s for 10 s.
     fresh_if_dirty
@@ -403,10 +430,12 @@ if phase flow; then
     cpu_mark
     run_bench "$TMP/w3.out" w3 --rate 1000 --secs 10 --timeout-ms 20000 || { note "W3 did not finish every job"; unfinished_report; DIRTY=1; }
     cpu_line W3
+    MSGS_W3=$(msgs_line W3 "$(fig kiln-W3/W3.jobs)" limit-W2)
     w3ok() { cmp "$(fig kiln-W3/W3.p50_ms)" '<=' 2 && cmp "$(fig kiln-W3/W3.p99_ms)" '<=' 10 &&
         cmp "$(fig kiln-W3/W3.jobs)" '==' 10000; }
     line kiln-W3/W3 "goal=p50<=2,p99<=10 $(verdict w3ok) late_submits=$(fig kiln-W3/W3.late_submits) stages_ms_p50/p99=$(fig 'kiln-W3/W3.stages_ms_p50/p99') (open loop; stages: queue = submit to started, run = started to completed, done = completed to jobs.done received; rss = bench client)"
     echo "$CPU_LINE"
+    echo "$MSGS_W3"
 fi
 
 run_wrk() { # run_wrk WORKLOAD: wrk against POST /v1/jobs; fills FIG[kiln-W4/WORKLOAD.*], WRK, SOCK_ERR
@@ -439,10 +468,12 @@ if phase w4; then
     W4_GW=$(hwm_mb gateway) W4_STORE=$(hwm_mb store)
     cpu_line W4
     CPU_W4=$CPU_LINE
+    MSGS_W4=$(msgs_line W4 "${WRK[requests]:-0}" limit-W1)
     w4ok() { cmp "$(fig kiln-W4/W4.rate)" '>=' 30000 && cmp "$(fig kiln-W4/W4.p99_ms)" '<=' 10 &&
         [ "${WRK[non202]:-x}" = 0 ] && [ "$SOCK_ERR" = 0 ]; }
     RSS_OVERRIDE="gateway:$W4_GW" line kiln-W4/W4 "goal=rate>=30000,p99<=10,all-202 $(verdict w4ok) non202=${WRK[non202]:--} first_non202=${WRK[first_non202]:--} socket_errors=$SOCK_ERR (wrk -t2 -c64 -d10s; store running, consumer paused)"
     echo "$CPU_W4"
+    echo "$MSGS_W4"
     W4_JOBS=${WRK[requests]:--}
 
     settle
