@@ -207,13 +207,15 @@ store_counts() { # the store's batches, messages and gathering pauses so far (it
         END {print b + 0, m + 0, g + 0}'
 }
 
-nats_msgs() { # the messages nats-server received and sent so far: "IN OUT" (its /varz)
+nats_msgs() { # the messages nats-server received and sent so far: "IN OUT" (its /varz; "- -" when it does not answer)
     curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/varz" | awk -F'[:,]' '
-        $1 ~ /"in_msgs"/ {i = $2} $1 ~ /"out_msgs"/ {o = $2} END {print i + 0, o + 0}'
+        $1 ~ /"in_msgs"/ {i = $2} $1 ~ /"out_msgs"/ {o = $2}
+        END {if (i == "" || o == "") print "- -"; else print i + 0, o + 0}'
 }
 
-msgs_since() { # msgs_since "IN OUT" JOBS: "IN OUT PER_JOB" of nats-server since that mark
+msgs_since() { # msgs_since "IN OUT" JOBS: "IN OUT PER_JOB" of nats-server since that mark ("-" when unknown)
     awk -v a="$1" -v b="$(nats_msgs)" -v n="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
+        if (x[1] == "-" || y[1] == "-") {print "- - -"; exit}
         i = y[1] - x[1]; o = y[2] - x[2]; printf "%d %d %s", i, o, (n > 0 ? sprintf("%.1f", (i + o) / n) : "-")}'
 }
 
