@@ -40,6 +40,7 @@
 #include "metrics.h"
 #include "natsconn.h"
 #include "pull.h"
+#include "reap.h"
 #include "subjects.h"
 
 /* A fetch asks for 1024 messages; with late deliveries of an earlier request
@@ -70,6 +71,7 @@ struct ingest {
     apply_sink sink[2];      /* [cur] for the batch being staged, [cur ^ 1] in flight */
     int cur;
     natsMsgList inflight;    /* written and published, awaiting publish acks */
+    reap *spent;             /* settled messages, destroyed in bursts */
     int has_inflight;
     uint64_t inflight_failed0; /* done_failures() before its publishes */
     int64_t inflight_t0;
@@ -228,8 +230,7 @@ static void ingest_settle_inflight(ingest *ing)
                   (long long)(kiln_mono_us() - ing->inflight_t0));
     }
     apply_sink_reset(sk);
-    natsMsgList_Destroy(&ing->inflight);
-    memset(&ing->inflight, 0, sizeof ing->inflight);
+    reap_take(ing->spent, &ing->inflight);
     ing->has_inflight = 0;
 }
 
@@ -380,6 +381,7 @@ static void *ingest_main(void *arg)
 static void ingest_free(ingest *ing)
 {
     if (ing == NULL) return;
+    reap_destroy(ing->spent);
     kiln_pull_close(ing->pull); /* the durable stays */
     db_batch_destroy(ing->wb);
     apply_sink_free(&ing->sink[0]);
@@ -415,6 +417,7 @@ kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *
     ing->sink[0].defer_counters = 1;
     ing->sink[1].defer_counters = 1;
     st = db_batch_create(&ing->wb);
+    if (st == KILN_OK) st = reap_create(&ing->spent);
     if (st != KILN_OK) goto out;
     st = kiln_pull_open(pull_nc, KILN_STREAM_JOBS, KILN_DURABLE_STORE, &ing->pull);
     if (st != KILN_OK) goto out;
