@@ -377,6 +377,21 @@ unfinished_report() { # after a phase left jobs unfinished: where they stopped, 
     note "store: $(echo $m)"
     m=$(metrics_of "$DEV_PORT" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
     note "dev provider: $(echo $m)"
+    # Each durable as nats-server sees it: left to deliver, delivered and not
+    # acked, pull requests waiting, redelivered.
+    curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/jsz?consumers=true" | python3 -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+for a in d.get("account_details") or []:
+    for s in a.get("stream_detail") or []:
+        for c in s.get("consumer_detail") or []:
+            print("nats: %s/%s pending=%s ack_pending=%s waiting=%s redelivered=%s delivered=%s ack_floor=%s" % (
+                s["name"], c["name"], c.get("num_pending"), c.get("num_ack_pending"), c.get("num_waiting"),
+                c.get("num_redelivered"), c.get("delivered", {}).get("stream_seq"), c.get("ack_floor", {}).get("stream_seq")))
+' | while read -r l; do note "$l"; done
 }
 
 fresh_if_dirty() {
@@ -401,7 +416,7 @@ if phase flow; then
     BACKLOG_PID=$!
     until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
     { start_store && start_consumer; } || exit 1
-    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; DIRTY=1; }
+    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; unfinished_report; DIRTY=1; }
     parse_figs "$TMP/backlog.out"
     MEM_CONS=$(hwm_mb consumer)
     r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
