@@ -377,8 +377,10 @@ unfinished_report() { # after a phase left jobs unfinished: where they stopped, 
     note "store: $(echo $m)"
     m=$(metrics_of "$DEV_PORT" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
     note "dev provider: $(echo $m)"
-    # Each durable as nats-server sees it: left to deliver, delivered and not
-    # acked, pull requests waiting, redelivered.
+    # Each stream and durable as nats-server sees it: messages held; left to
+    # deliver, delivered and not acked, pull requests waiting, redelivered
+    # (KILN_DONE's count against the bench's tells a lost jobs.done from a
+    # job that never finished).
     curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/jsz?consumers=true" | python3 -c '
 import json, sys
 try:
@@ -387,6 +389,9 @@ except ValueError:
     sys.exit(0)
 for a in d.get("account_details") or []:
     for s in a.get("stream_detail") or []:
+        st = s.get("state") or {}
+        print("nats: stream %s messages=%s first_seq=%s last_seq=%s" % (
+            s["name"], st.get("messages"), st.get("first_seq"), st.get("last_seq")))
         for c in s.get("consumer_detail") or []:
             print("nats: %s/%s pending=%s ack_pending=%s waiting=%s redelivered=%s delivered=%s ack_floor=%s" % (
                 s["name"], c["name"], c.get("num_pending"), c.get("num_ack_pending"), c.get("num_waiting"),
