@@ -29,47 +29,49 @@ static void make_list(natsMsgList *list, int n, size_t payload)
     free(data);
 }
 
-Test(store_reap, takes_the_list_and_keeps_its_messages)
+/* Hands the reaper a new list of n messages; the list must come back empty. */
+static void take_new(reap *r, int n, size_t payload)
 {
-    reap *r = NULL;
-    cr_assert_eq(reap_create(&r), KILN_OK);
     natsMsgList list;
-    make_list(&list, 10, 100);
+    make_list(&list, n, payload);
     reap_take(r, &list);
     cr_assert_eq(list.Count, 0);
     cr_assert_null(list.Msgs);
+}
+
+static reap *new_reap(void)
+{
+    reap *r = NULL;
+    cr_assert_eq(reap_create(&r), KILN_OK);
+    return r;
+}
+
+Test(store_reap, takes_the_list_and_keeps_its_messages)
+{
+    reap *r = new_reap();
+    take_new(r, 10, 100);
     cr_assert_eq(reap_kept(r), 10);
     reap_destroy(r);
 }
 
 Test(store_reap, destroys_the_kept_ones_at_the_count_bound)
 {
-    reap *r = NULL;
-    cr_assert_eq(reap_create(&r), KILN_OK);
+    reap *r = new_reap();
     int batches = REAP_MAX_MSGS / 100; /* 40 batches of 100 fit */
-    for (int i = 0; i < batches; i++) {
-        natsMsgList list;
-        make_list(&list, 100, 10);
-        reap_take(r, &list);
-    }
+    for (int i = 0; i < batches; i++) take_new(r, 100, 10);
     cr_assert_eq(reap_kept(r), batches * 100);
-    natsMsgList list;
-    make_list(&list, 100, 10);
-    reap_take(r, &list); /* would pass REAP_MAX_MSGS: the kept ones go first */
+    take_new(r, 100, 10); /* would pass REAP_MAX_MSGS: the kept ones go first */
     cr_assert_eq(reap_kept(r), 100);
     reap_destroy(r);
 }
 
 Test(store_reap, destroys_the_kept_ones_at_the_byte_bound)
 {
-    reap *r = NULL;
-    cr_assert_eq(reap_create(&r), KILN_OK);
+    reap *r = new_reap();
     size_t payload = 256 * 1024; /* 16 of these are 4 MiB with the allowance */
     int max_seen = 0;
     for (int i = 0; i < 40; i++) {
-        natsMsgList list;
-        make_list(&list, 1, payload);
-        reap_take(r, &list);
+        take_new(r, 1, payload);
         if (reap_kept(r) > max_seen) max_seen = reap_kept(r);
     }
     cr_assert_lt((size_t)max_seen * payload, (size_t)REAP_MAX_BYTES, "kept %d", max_seen);
@@ -79,16 +81,9 @@ Test(store_reap, destroys_the_kept_ones_at_the_byte_bound)
 
 Test(store_reap, a_list_over_the_bounds_is_destroyed_at_once)
 {
-    reap *r = NULL;
-    cr_assert_eq(reap_create(&r), KILN_OK);
-    natsMsgList small;
-    make_list(&small, 3, 10);
-    reap_take(r, &small);
-    natsMsgList big;
-    make_list(&big, REAP_MAX_MSGS + 1, 1);
-    reap_take(r, &big);
-    cr_assert_eq(big.Count, 0);
-    cr_assert_null(big.Msgs);
+    reap *r = new_reap();
+    take_new(r, 3, 10);
+    take_new(r, REAP_MAX_MSGS + 1, 1);
     cr_assert_eq(reap_kept(r), 0, "the kept ones went first, the big list at once");
     reap_destroy(r);
 }
