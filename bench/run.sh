@@ -377,6 +377,7 @@ unfinished_report() { # after a phase left jobs unfinished: where they stopped, 
     note "store: $(echo $m)"
     m=$(metrics_of "$DEV_PORT" | grep -E '^kiln_devprovider_(requests_total|requests_aborted_total) ')
     note "dev provider: $(echo $m)"
+    note "nats: slow_consumers=$(curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/varz" | awk -F'[:,]' '$1 ~ /"slow_consumers"/ {print $2 + 0}') (connections the server cut off for not reading)"
     # Each stream and durable as nats-server sees it: messages held; left to
     # deliver, delivered and not acked, pull requests waiting, redelivered
     # (KILN_DONE's count against the bench's tells a lost jobs.done from a
