@@ -278,14 +278,23 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status
 int64_t openai_parse_retry_after(const char *value, size_t len);
 
 /* ---- imagefile.c ---- */
-/* Appends bytes to this process's pack under data_dir (no fsync) and sets
- * img->pack, offset and size_bytes. Thread-safe. */
+/* Appends bytes to the calling thread's pack under data_dir (no fsync) and
+ * sets img->pack, offset and size_bytes. Between cons_image_stage_begin()
+ * and cons_image_stage_end() the bytes are only staged in memory until
+ * cons_image_flush(): a transition naming them must not leave before that
+ * returned KILN_OK. Each thread has its own pack and stage. */
 kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, size_t len,
                             cons_image *img);
+void cons_image_stage_begin(void);
+/* Writes what this thread staged, in one write. KILN_EIO when anything
+ * staged since the last flush was lost (its images must not be announced). */
+kiln_status cons_image_flush(void);
+/* Stops staging (after the round's last flush). */
+void cons_image_stage_end(void);
 /* A pack that would grow past bytes is left for a new one (0: the default,
  * 1 GiB). For tests. */
 void cons_image_set_pack_max(uint64_t bytes);
-/* Closes the pack (at exit). */
+/* Writes what is staged and closes the calling thread's pack (at its exit). */
 void cons_image_close(void);
 
 /* ---- transfers.c ---- */

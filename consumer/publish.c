@@ -185,13 +185,48 @@ typedef struct {
 
 static _Thread_local pub_batch pub_round;
 
-void cons_publish_batch_begin(void) { pub_round.on = true; }
+void cons_publish_batch_begin(void)
+{
+    pub_round.on = true;
+    cons_image_stage_begin();
+}
 
-/* Publishes the collected transitions; a job whose publish failed is
- * abandoned (redelivered after AckWait), as a single publish's would be. */
+/* Whether j's transition names an image in a pack. */
+static bool pub_names_pack(const cons_job *j, Kiln__V1__JobState st)
+{
+    if (st != KILN__V1__JOB_STATE__JOB_STATE_COMPLETED) return false;
+    for (size_t i = 0; i < j->n_images; i++)
+        if (j->images[i].pack[0] != '\0') return true;
+    return false;
+}
+
+/* Writes the images this thread staged; when some were lost, the jobs of b
+ * that name a pack image are abandoned (redelivered after AckWait, as on a
+ * failed publish) and taken out of b. Returns how many jobs are left. */
+static size_t pub_batch_write_images(pub_batch *b, size_t n)
+{
+    if (cons_image_flush() == KILN_OK) return n;
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (pub_names_pack(b->jobs[i], b->states[i])) {
+            cons_job_abandon(b->jobs[i], "image not saved");
+            free(b->tx[i].data);
+            continue;
+        }
+        b->jobs[kept] = b->jobs[i];
+        b->states[kept] = b->states[i];
+        b->tx[kept] = b->tx[i];
+        kept++;
+    }
+    return kept;
+}
+
+/* Publishes the collected transitions, after the images they name are
+ * written; a job whose publish failed is abandoned (redelivered after
+ * AckWait), as a single publish's would be. */
 static void pub_batch_flush(pub_batch *b)
 {
-    size_t n = b->n;
+    size_t n = pub_batch_write_images(b, b->n);
     b->n = 0;
     b->bytes = 0;
     if (n == 0) return;
@@ -226,6 +261,7 @@ void cons_publish_batch_end(void)
 {
     pub_round.on = false;
     pub_batch_flush(&pub_round);
+    cons_image_stage_end();
 }
 
 kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool track)
@@ -244,6 +280,10 @@ kiln_status cons_publish_transition(cons_job *j, Kiln__V1__JobState st, bool tra
         b->n++;
         b->bytes += len;
         return KILN_OK; /* j waits for the round's end, then for the ack */
+    }
+    if (pub_names_pack(j, st) && (ks = cons_image_flush()) != KILN_OK) {
+        free(buf);
+        return ks; /* its image was lost: the caller abandons j */
     }
     ks = pub_send_one(j, st, buf, len, track);
     free(buf);

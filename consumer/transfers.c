@@ -279,6 +279,7 @@ static void *tr_main(void *arg)
     }
     tr_take_inbox(w);
     tr_hand_back_all(w);
+    cons_image_close(); /* this thread's pack */
     return NULL;
 }
 

@@ -4,9 +4,14 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -226,6 +231,133 @@ Test(imagefile, a_new_data_dir_gets_its_own_pack)
     assert_saved_is(q->dir, &ib, b, sizeof b);
     pjob_free(p);
     pjob_free(q);
+}
+
+/* The bytes of a pack at [offset, offset + len), or NULL (caller frees). */
+static unsigned char *read_pack(const char *dir, const cons_image *img)
+{
+    char path[256];
+    if (kiln_image_pack_path(path, sizeof path, dir, img->pack) != KILN_OK) return NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return NULL;
+    unsigned char *back = malloc(img->size_bytes + 1);
+    size_t n = 0;
+    if (back != NULL && fseek(f, (long)img->offset, SEEK_SET) == 0)
+        n = fread(back, 1, img->size_bytes, f);
+    fclose(f);
+    if (back != NULL && n != img->size_bytes) {
+        free(back);
+        back = NULL;
+    }
+    return back;
+}
+
+static bool pack_holds(const char *dir, const cons_image *img, unsigned char fill)
+{
+    unsigned char *back = read_pack(dir, img);
+    bool ok = back != NULL;
+    for (size_t i = 0; ok && i < img->size_bytes; i++) ok = back[i] == fill;
+    free(back);
+    return ok;
+}
+
+/* Inside a round, saves only stage the bytes, at the offsets they will
+ * have, and one flush writes them all; an image too large for the stage is
+ * written at once, after what was staged before it. */
+Test(imagefile, a_round_stages_images_until_the_flush)
+{
+    enum { BIG = 600 * 1024 };
+    unsigned char a[3000], b[2900], c[100];
+    unsigned char *big = malloc(BIG);
+    cr_assert_not_null(big);
+    memset(a, 'a', sizeof a);
+    memset(b, 'b', sizeof b);
+    memset(c, 'c', sizeof c);
+    memset(big, 'B', BIG);
+    pjob *p = pjob_new(NULL);
+    cons_image ia = {0}, ib = {0}, ibig = {0}, ic = {0};
+
+    cons_image_stage_begin();
+    cr_assert_eq(cons_image_save(p->dir, a, sizeof a, &ia), KILN_OK);
+    cr_assert_eq(cons_image_save(p->dir, b, sizeof b, &ib), KILN_OK);
+    cr_assert_str_eq(ia.pack, ib.pack);
+    cr_assert_eq(ia.offset, 0);
+    cr_assert_eq(ib.offset, sizeof a);
+    cr_assert_not(pack_holds(p->dir, &ib, 'b'), "b is staged, not yet written");
+
+    cr_assert_eq(cons_image_save(p->dir, big, BIG, &ibig), KILN_OK);
+    cr_assert_eq(ibig.offset, sizeof a + sizeof b);
+    cr_assert(pack_holds(p->dir, &ia, 'a'), "what was staged is written before the large image");
+    cr_assert(pack_holds(p->dir, &ib, 'b'));
+    cr_assert(pack_holds(p->dir, &ibig, 'B'));
+
+    cr_assert_eq(cons_image_save(p->dir, c, sizeof c, &ic), KILN_OK);
+    cr_assert_eq(ic.offset, sizeof a + sizeof b + BIG);
+    cr_assert_not(pack_holds(p->dir, &ic, 'c'));
+    cr_assert_eq(cons_image_flush(), KILN_OK);
+    cr_assert(pack_holds(p->dir, &ic, 'c'));
+    cons_image_stage_end();
+    cons_image_close();
+    free(big);
+    pjob_free(p);
+}
+
+/* A stage whose write fails is reported lost by the flush (its jobs must
+ * not be announced), and the next image goes to a new pack. */
+Test(imagefile, a_failed_stage_write_is_reported_by_the_flush)
+{
+    unsigned char a[3000], b[3000], c[10];
+    memset(a, 'a', sizeof a);
+    memset(b, 'b', sizeof b);
+    memset(c, 'c', sizeof c);
+    pjob *p = pjob_new(NULL);
+    cons_image ia = {0}, ib = {0}, ic = {0};
+    signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG */
+    struct rlimit lim = {.rlim_cur = 4096, .rlim_max = RLIM_INFINITY};
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+    cons_image_stage_begin();
+    cr_assert_eq(cons_image_save(p->dir, a, sizeof a, &ia), KILN_OK);
+    cr_assert_eq(cons_image_save(p->dir, b, sizeof b, &ib), KILN_OK);
+    cr_assert_eq(cons_image_flush(), KILN_EIO, "6000 bytes cannot be written under a 4096 limit");
+    cr_assert_eq(cons_image_flush(), KILN_OK, "the loss is reported once");
+    cr_assert_eq(cons_image_save(p->dir, c, sizeof c, &ic), KILN_OK);
+    cr_assert_str_neq(ic.pack, ia.pack, "a failed pack is left");
+    cr_assert_eq(ic.offset, 0);
+    cr_assert_eq(cons_image_flush(), KILN_OK);
+    cr_assert(pack_holds(p->dir, &ic, 'c'));
+    cons_image_stage_end();
+    cons_image_close();
+    lim.rlim_cur = RLIM_INFINITY;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    pjob_free(p);
+}
+
+static void *save_one(void *arg)
+{
+    cons_image *img = arg;
+    unsigned char x[16] = "from a thread...";
+    kiln_status st = cons_image_save(img->url, x, sizeof x, img);
+    cons_image_close();
+    return (void *)(intptr_t)st;
+}
+
+/* Each thread appends to a pack of its own, so its appends need no lock
+ * and its staged bytes are contiguous. */
+Test(imagefile, each_thread_has_its_own_pack)
+{
+    pjob *p = pjob_new(NULL);
+    cons_image imgs[2] = {{.url = p->dir}, {.url = p->dir}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) cr_assert_eq(pthread_create(&t[i], NULL, save_one, &imgs[i]), 0);
+    for (int i = 0; i < 2; i++) {
+        void *rc = NULL;
+        pthread_join(t[i], &rc);
+        cr_assert_eq((intptr_t)rc, KILN_OK);
+        cr_assert_eq(imgs[i].offset, 0);
+    }
+    cr_assert_str_neq(imgs[0].pack, imgs[1].pack);
+    pjob_free(p);
 }
 
 Test(provider, url_passes_through)
