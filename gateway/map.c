@@ -82,6 +82,13 @@ void *gw_map_take(gw_map *m, uint64_t key)
     return NULL;
 }
 
+void **gw_map_slot(gw_map *m, uint64_t key)
+{
+    for (map_node *n = m->b[map_hash(key, m->mask)]; n != NULL; n = n->next)
+        if (n->key == key) return &n->val;
+    return NULL;
+}
+
 size_t gw_map_size(const gw_map *m) { return m->size; }
 
 void *gw_map_take_any(gw_map *m, uint64_t *key)

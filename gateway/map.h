@@ -15,6 +15,7 @@ kiln_status gw_map_create(size_t buckets, gw_map **out);
 void gw_map_destroy(gw_map *m); /* values are not freed */
 kiln_status gw_map_put(gw_map *m, uint64_t key, void *val); /* key must be new */
 void *gw_map_take(gw_map *m, uint64_t key); /* removes; NULL when absent */
+void **gw_map_slot(gw_map *m, uint64_t key); /* key's value, in place; NULL when absent */
 size_t gw_map_size(const gw_map *m);
 /* Removes and returns any one value (for draining at shutdown), or NULL. */
 void *gw_map_take_any(gw_map *m, uint64_t *key);

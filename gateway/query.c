@@ -114,6 +114,7 @@ static void query_send(gw_req *r, const char *subject, const Kiln__V1__StoreRequ
 {
     r->rpc_kind = kind;
     gw_server_suspend(r);
+    r->query_sent_us = kiln_mono_us();
     kiln_status st = gw_rpc_store(subject, req, query_timeout_ms, query_done, r);
     if (st != KILN_OK) {
         gw_query_answer_store_error(r, st, NULL, NULL);
@@ -164,18 +165,24 @@ void gw_query_get(gw_req *r)
     query_get_kind(r, QUERY_GET);
 }
 
-void gw_query_refetch(gw_req *r)
+/* Sends the GET of suspended r again (waiters); answers r when it cannot. */
+static void query_resend(gw_req *r, query_kind kind)
 {
     Kiln__V1__StoreRequest req = KILN__V1__STORE_REQUEST__INIT;
     req.user_id = r->user;
     req.id = r->job_id;
-    r->rpc_kind = QUERY_GET_FINAL;
+    r->rpc_kind = kind;
+    r->query_sent_us = kiln_mono_us();
     kiln_status st = gw_rpc_store(KILN_SUBJ_STORE_GET, &req, query_timeout_ms, query_done, r);
     if (st != KILN_OK) {
         gw_query_answer_store_error(r, st, NULL, NULL);
         gw_server_resume(r);
     }
 }
+
+void gw_query_refetch(gw_req *r) { query_resend(r, QUERY_GET_FINAL); }
+
+void gw_query_again(gw_req *r) { query_resend(r, QUERY_GET); }
 
 void gw_query_list(gw_req *r)
 {

@@ -18,6 +18,9 @@ void gw_query_cancel(gw_req *r);
 
 /* Fetches r->job_id again and answers r (r is suspended; used by waiters). */
 void gw_query_refetch(gw_req *r);
+/* Asks for r->job_id again as ?wait does the first time: answered when
+ * terminal, else parked again (r is suspended; used by waiters). */
+void gw_query_again(gw_req *r);
 
 /* Maps a failed store call or a StoreReply error to the answer. */
 void gw_query_answer_store_error(gw_req *r, kiln_status st, const char *code, const char *msg);

@@ -75,6 +75,7 @@ typedef struct gw_req {
     int image_index;
     int wait_s;
     int64_t wait_deadline_ms; /* mono */
+    int64_t query_sent_us;    /* kiln_mono_us() when the last store query left */
     int64_t created_at_ms;
     char *pending_body;       /* submit: the 202 body, sent after the ack */
     size_t pending_len;

@@ -2,21 +2,33 @@
  * job's jobs.done event (core NATS subscription) or their deadline (timer
  * thread), without a thread each.
  *
- * A job can finish between the store's answer and the request being parked;
- * a ring of recently announced ids closes that gap. */
+ * The gateway subscribes to jobs.done only while ?wait is in use: from the
+ * first park until WAITER_LINGER_MS after the last one. Without waiters it
+ * would receive every announcement for nothing (a message per job through
+ * nats-server, and the gateway's CPU to drop it).
+ *
+ * A job can finish between the store's answer and the request being parked:
+ * a set of recently announced ids closes that gap, for requests whose store
+ * query left after the subscription (same connection, so nats-server had
+ * the SUB first). A request whose query left before it asks the store again
+ * instead of parking. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "log.h"
 #include "map.h"
+#include "metrics.h"
 #include "query.h"
 #include "subjects.h"
 #include "timers.h"
 #include "waiter.h"
 
-#define WAITER_RECENT 65536 /* done ids remembered (~2 s at 30k jobs/s) */
+#define WAITER_RECENT 65536        /* done ids remembered (~2 s at 30k jobs/s) */
+#define WAITER_LINGER_MS 30000     /* the subscription outlives the last park by this */
 
 typedef struct waiter_entry {
     struct waiter_entry *next; /* same id hash */
@@ -26,11 +38,17 @@ typedef struct waiter_entry {
 } waiter_entry;
 
 static pthread_mutex_t waiter_mu = PTHREAD_MUTEX_INITIALIZER;
+static natsConnection *waiter_nc;
+static bool waiter_closed;
 static gw_map *waiter_by_token; /* token -> entry */
 static gw_map *waiter_by_hash;  /* id hash -> chain of entries */
-static uint64_t *waiter_recent;
+static uint64_t *waiter_recent; /* ring of announced id hashes (0: empty) */
 static size_t waiter_recent_pos;
-static natsSubscription *waiter_sub;
+static gw_map *waiter_recent_count; /* id hash -> how often it is in the ring */
+static natsSubscription *waiter_sub; /* NULL while nobody waits */
+static int64_t waiter_sub_since_us;  /* kiln_mono_us() once its SUB was queued */
+static int64_t waiter_last_park_ms;
+static kiln_metric *waiter_m_subscribed;
 static atomic_uint_fast64_t waiter_next_token = 1;
 
 static uint64_t waiter_hash(const char *id)
@@ -41,6 +59,27 @@ static uint64_t waiter_hash(const char *id)
         h *= 1099511628211ULL;
     }
     return h != 0 ? h : 1;
+}
+
+/* Adds delta to h's count in the recent set. Caller holds waiter_mu. */
+static void waiter_recent_adjust(uint64_t h, intptr_t delta)
+{
+    void **slot = gw_map_slot(waiter_recent_count, h);
+    intptr_t n = (slot != NULL ? (intptr_t)*slot : 0) + delta;
+    if (slot != NULL && n > 0) *slot = (void *)n;
+    else if (slot != NULL) gw_map_take(waiter_recent_count, h);
+    else if (n > 0 && gw_map_put(waiter_recent_count, h, (void *)n) != KILN_OK)
+        LOG_WARN("waiter table out of memory");
+}
+
+/* Records h as announced, forgetting the oldest. Caller holds waiter_mu. */
+static void waiter_recent_add(uint64_t h)
+{
+    uint64_t old = waiter_recent[waiter_recent_pos];
+    if (old != 0) waiter_recent_adjust(old, -1);
+    waiter_recent[waiter_recent_pos] = h;
+    waiter_recent_pos = (waiter_recent_pos + 1) % WAITER_RECENT;
+    waiter_recent_adjust(h, 1);
 }
 
 /* Unlinks e from its hash chain. Caller holds waiter_mu. */
@@ -61,6 +100,27 @@ static void waiter_unlink(waiter_entry *e)
         LOG_WARN("waiter table out of memory");
 }
 
+/* Takes the subscription away when nobody waited for WAITER_LINGER_MS.
+ * Caller holds waiter_mu; the caller unsubscribes what it returns. */
+static natsSubscription *waiter_take_idle_sub(void)
+{
+    if (waiter_sub == NULL || gw_map_size(waiter_by_token) > 0 ||
+        kiln_mono_ms() - waiter_last_park_ms < WAITER_LINGER_MS)
+        return NULL;
+    natsSubscription *sub = waiter_sub;
+    waiter_sub = NULL;
+    kiln_metric_set(waiter_m_subscribed, 0);
+    return sub;
+}
+
+static void waiter_drop_sub(natsSubscription *sub)
+{
+    if (sub == NULL) return;
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    LOG_INFO("jobs.done feed stopped: nobody waits");
+}
+
 static void waiter_on_timeout(uint64_t token, void *arg)
 {
     (void)arg;
@@ -78,14 +138,16 @@ static void waiter_on_done(natsConnection *nc, natsSubscription *sub, natsMsg *m
     (void)nc, (void)sub, (void)closure;
     const char *id = NULL;
     waiter_entry *fire = NULL;
+    natsSubscription *idle = NULL;
     if (natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK || id == NULL) goto out;
     uint64_t h = waiter_hash(id);
     pthread_mutex_lock(&waiter_mu);
-    if (waiter_recent != NULL) {
-        waiter_recent[waiter_recent_pos] = h;
-        waiter_recent_pos = (waiter_recent_pos + 1) % WAITER_RECENT;
+    if (waiter_recent == NULL) {
+        pthread_mutex_unlock(&waiter_mu);
+        goto out;
     }
-    waiter_entry *head = waiter_by_hash != NULL ? gw_map_take(waiter_by_hash, h) : NULL, *keep = NULL;
+    waiter_recent_add(h);
+    waiter_entry *head = gw_map_take(waiter_by_hash, h), *keep = NULL;
     while (head != NULL) {
         waiter_entry *next = head->next;
         if (strcmp(head->r->job_id, id) == 0) {
@@ -100,7 +162,9 @@ static void waiter_on_done(natsConnection *nc, natsSubscription *sub, natsMsg *m
     }
     if (keep != NULL && gw_map_put(waiter_by_hash, h, keep) != KILN_OK)
         LOG_WARN("waiter table out of memory");
+    idle = waiter_take_idle_sub();
     pthread_mutex_unlock(&waiter_mu);
+    waiter_drop_sub(idle);
     while (fire != NULL) {
         waiter_entry *next = fire->next;
         gw_query_refetch(fire->r);
@@ -118,12 +182,30 @@ kiln_status gw_waiter_init(natsConnection *nc)
     if (waiter_recent == NULL) return KILN_ENOMEM;
     if ((st = gw_map_create(4096, &waiter_by_token)) != KILN_OK) return st;
     if ((st = gw_map_create(4096, &waiter_by_hash)) != KILN_OK) return st;
-    natsStatus s = natsConnection_Subscribe(&waiter_sub, nc, KILN_SUBJ_DONE, waiter_on_done, NULL);
+    if ((st = gw_map_create(WAITER_RECENT, &waiter_recent_count)) != KILN_OK) return st;
+    waiter_m_subscribed = kiln_metric_gauge(
+        "kiln_gateway_done_feed", "1 while subscribed to jobs.done (some request used ?wait lately)");
+    waiter_nc = nc;
+    return KILN_OK;
+}
+
+/* Subscribes to jobs.done if not yet. Caller holds waiter_mu. */
+static kiln_status waiter_subscribe(void)
+{
+    if (waiter_sub != NULL) return KILN_OK;
+    natsStatus s = natsConnection_Subscribe(&waiter_sub, waiter_nc, KILN_SUBJ_DONE, waiter_on_done,
+                                            NULL);
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(waiter_sub, 1000000, 256 * 1024 * 1024);
     if (s != NATS_OK) {
-        LOG_ERROR("subscribe failed subject=%s err=%s", KILN_SUBJ_DONE, natsStatus_GetText(s));
-        return KILN_ENATS;
+        LOG_WARN("subscribe failed subject=%s err=%s", KILN_SUBJ_DONE, natsStatus_GetText(s));
+        natsSubscription_Destroy(waiter_sub);
+        waiter_sub = NULL;
+        return KILN_EUNAVAILABLE;
     }
+    /* Taken after the SUB was queued: a query that left later follows it. */
+    waiter_sub_since_us = kiln_mono_us();
+    kiln_metric_set(waiter_m_subscribed, 1);
+    LOG_INFO("jobs.done feed started for ?wait");
     return KILN_OK;
 }
 
@@ -132,15 +214,19 @@ kiln_status gw_waiter_park(gw_req *r)
     kiln_status st = KILN_OK;
     waiter_entry *e = NULL;
     uint64_t h = waiter_hash(r->job_id);
-    int recent = 0;
+    bool recent = false, ask_again = false;
     pthread_mutex_lock(&waiter_mu);
-    if (waiter_by_token == NULL || waiter_sub == NULL ||
-        gw_map_size(waiter_by_token) >= GW_WAITER_MAX) {
+    if (waiter_closed || waiter_by_token == NULL || gw_map_size(waiter_by_token) >= GW_WAITER_MAX) {
         st = KILN_EUNAVAILABLE;
         goto unlock;
     }
-    for (size_t i = 0; i < WAITER_RECENT && !recent; i++) recent = waiter_recent[i] == h;
-    if (recent) goto unlock;
+    waiter_last_park_ms = kiln_mono_ms();
+    if ((st = waiter_subscribe()) != KILN_OK) goto unlock;
+    /* The store answered a query that may have passed nats-server before
+     * the SUB: an announcement in between would be missed. */
+    ask_again = r->query_sent_us <= waiter_sub_since_us;
+    recent = !ask_again && gw_map_slot(waiter_recent_count, h) != NULL;
+    if (recent || ask_again) goto unlock;
     e = calloc(1, sizeof *e);
     if (e == NULL) {
         st = KILN_ENOMEM;
@@ -167,18 +253,24 @@ kiln_status gw_waiter_park(gw_req *r)
 unlock:
     pthread_mutex_unlock(&waiter_mu);
     free(e);
+    if (st != KILN_OK) return st;
     /* Finished while its state was being read: fetch the final state now. */
-    if (st == KILN_OK && recent) gw_query_refetch(r);
-    return st;
+    if (recent) gw_query_refetch(r);
+    else if (ask_again) gw_query_again(r);
+    return KILN_OK;
 }
 
 void gw_waiter_shutdown(void)
 {
-    natsSubscription_Unsubscribe(waiter_sub);
-    natsSubscription_Destroy(waiter_sub);
     pthread_mutex_lock(&waiter_mu);
+    waiter_closed = true;
+    natsSubscription *sub = waiter_sub;
     waiter_sub = NULL;
     pthread_mutex_unlock(&waiter_mu);
+    if (sub != NULL) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+    }
     for (;;) {
         pthread_mutex_lock(&waiter_mu);
         waiter_entry *e = waiter_by_token != NULL ? gw_map_take_any(waiter_by_token, NULL) : NULL;
@@ -195,7 +287,8 @@ void gw_waiter_free(void)
     pthread_mutex_lock(&waiter_mu);
     gw_map_destroy(waiter_by_token);
     gw_map_destroy(waiter_by_hash);
-    waiter_by_token = waiter_by_hash = NULL;
+    gw_map_destroy(waiter_recent_count);
+    waiter_by_token = waiter_by_hash = waiter_recent_count = NULL;
     free(waiter_recent);
     waiter_recent = NULL;
     pthread_mutex_unlock(&waiter_mu);
