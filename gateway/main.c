@@ -43,6 +43,7 @@ typedef struct {
     int64_t publish_timeout_ms;
     int64_t ack_wait_ms;
     int64_t dup_window_ms;
+    int64_t wait_feed_linger_ms;
 } main_settings;
 
 int main(int argc, char **argv)
@@ -72,6 +73,9 @@ int main(int argc, char **argv)
          &cfg.ack_wait_ms},
         {"KILN_DUP_WINDOW", "dup-window", KILN_SET_DURATION, "30s", 1000, 86400000,
          "KILN_JOBS duplicate window for Nats-Msg-Id (Kiln itself also drops later copies)", &cfg.dup_window_ms},
+        {"KILN_WAIT_FEED_LINGER", "wait-feed-linger", KILN_SET_DURATION, "30s", 100, 86400000,
+         "jobs.done is received while ?wait is in use and this long after the last one",
+         &cfg.wait_feed_linger_ms},
         {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0, "debug, info, warn, error",
          &cfg.log_level},
     };
@@ -185,7 +189,7 @@ int main(int argc, char **argv)
     timers_started = 1;
     if ((st = gw_rpc_init(qnc)) != KILN_OK) goto out;
     rpc_started = 1;
-    if ((st = gw_waiter_init(qnc)) != KILN_OK) goto out;
+    if ((st = gw_waiter_init(qnc, cfg.wait_feed_linger_ms)) != KILN_OK) goto out;
     waiter_started = 1;
     if ((st = gw_submit_init((gw_submit_conn){nc, js}, (gw_submit_conn){fnc, fjs},
                              cfg.publish_timeout_ms, cfg.store_timeout_ms)) != KILN_OK)

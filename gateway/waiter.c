@@ -3,7 +3,7 @@
  * thread), without a thread each.
  *
  * The gateway subscribes to jobs.done only while ?wait is in use: from the
- * first park until WAITER_LINGER_MS after the last one. Without waiters it
+ * first park until KILN_WAIT_FEED_LINGER after the last one. Without waiters it
  * would receive every announcement for nothing (a message per job through
  * nats-server, and the gateway's CPU to drop it).
  *
@@ -28,7 +28,6 @@
 #include "waiter.h"
 
 #define WAITER_RECENT 65536        /* done ids remembered (~2 s at 30k jobs/s) */
-#define WAITER_LINGER_MS 30000     /* the subscription outlives the last park by this */
 
 typedef struct waiter_entry {
     struct waiter_entry *next; /* same id hash */
@@ -48,6 +47,8 @@ static gw_map *waiter_recent_count; /* id hash -> how often it is in the ring */
 static natsSubscription *waiter_sub; /* NULL while nobody waits */
 static int64_t waiter_sub_since_us;  /* kiln_mono_us() once its SUB was queued */
 static int64_t waiter_last_park_ms;
+static int64_t waiter_linger_ms;     /* the subscription outlives the last park by this */
+static natsSubscription *waiter_retired; /* unsubscribed in its own callback, destroyed later */
 static kiln_metric *waiter_m_subscribed;
 static atomic_uint_fast64_t waiter_next_token = 1;
 
@@ -100,24 +101,19 @@ static void waiter_unlink(waiter_entry *e)
         LOG_WARN("waiter table out of memory");
 }
 
-/* Takes the subscription away when nobody waited for WAITER_LINGER_MS.
- * Caller holds waiter_mu; the caller unsubscribes what it returns. */
-static natsSubscription *waiter_take_idle_sub(void)
+/* Retires the subscription when nobody waited for waiter_linger_ms: it is
+ * unsubscribed here (in its own callback, which libnats allows) and
+ * destroyed by the next subscribe or at shutdown. Caller holds waiter_mu. */
+static void waiter_retire_idle_sub(void)
 {
     if (waiter_sub == NULL || gw_map_size(waiter_by_token) > 0 ||
-        kiln_mono_ms() - waiter_last_park_ms < WAITER_LINGER_MS)
-        return NULL;
-    natsSubscription *sub = waiter_sub;
+        kiln_mono_ms() - waiter_last_park_ms < waiter_linger_ms)
+        return;
+    natsSubscription_Unsubscribe(waiter_sub);
+    natsSubscription_Destroy(waiter_retired);
+    waiter_retired = waiter_sub;
     waiter_sub = NULL;
     kiln_metric_set(waiter_m_subscribed, 0);
-    return sub;
-}
-
-static void waiter_drop_sub(natsSubscription *sub)
-{
-    if (sub == NULL) return;
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
     LOG_INFO("jobs.done feed stopped: nobody waits");
 }
 
@@ -135,10 +131,9 @@ static void waiter_on_timeout(uint64_t token, void *arg)
 
 static void waiter_on_done(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
-    (void)nc, (void)sub, (void)closure;
+    (void)nc, (void)closure;
     const char *id = NULL;
     waiter_entry *fire = NULL;
-    natsSubscription *idle = NULL;
     if (natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK || id == NULL) goto out;
     uint64_t h = waiter_hash(id);
     pthread_mutex_lock(&waiter_mu);
@@ -162,9 +157,8 @@ static void waiter_on_done(natsConnection *nc, natsSubscription *sub, natsMsg *m
     }
     if (keep != NULL && gw_map_put(waiter_by_hash, h, keep) != KILN_OK)
         LOG_WARN("waiter table out of memory");
-    idle = waiter_take_idle_sub();
+    if (sub == waiter_sub) waiter_retire_idle_sub();
     pthread_mutex_unlock(&waiter_mu);
-    waiter_drop_sub(idle);
     while (fire != NULL) {
         waiter_entry *next = fire->next;
         gw_query_refetch(fire->r);
@@ -175,8 +169,9 @@ out:
     natsMsg_Destroy(msg);
 }
 
-kiln_status gw_waiter_init(natsConnection *nc)
+kiln_status gw_waiter_init(natsConnection *nc, int64_t linger_ms)
 {
+    waiter_linger_ms = linger_ms;
     kiln_status st = KILN_OK;
     waiter_recent = calloc(WAITER_RECENT, sizeof *waiter_recent);
     if (waiter_recent == NULL) return KILN_ENOMEM;
@@ -193,6 +188,8 @@ kiln_status gw_waiter_init(natsConnection *nc)
 static kiln_status waiter_subscribe(void)
 {
     if (waiter_sub != NULL) return KILN_OK;
+    natsSubscription_Destroy(waiter_retired); /* its callback has returned or holds its own ref */
+    waiter_retired = NULL;
     natsStatus s = natsConnection_Subscribe(&waiter_sub, waiter_nc, KILN_SUBJ_DONE, waiter_on_done,
                                             NULL);
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(waiter_sub, 1000000, 256 * 1024 * 1024);
@@ -264,13 +261,12 @@ void gw_waiter_shutdown(void)
 {
     pthread_mutex_lock(&waiter_mu);
     waiter_closed = true;
-    natsSubscription *sub = waiter_sub;
-    waiter_sub = NULL;
+    natsSubscription *sub = waiter_sub, *retired = waiter_retired;
+    waiter_sub = waiter_retired = NULL;
     pthread_mutex_unlock(&waiter_mu);
-    if (sub != NULL) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
+    if (sub != NULL) natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    natsSubscription_Destroy(retired);
     for (;;) {
         pthread_mutex_lock(&waiter_mu);
         waiter_entry *e = waiter_by_token != NULL ? gw_map_take_any(waiter_by_token, NULL) : NULL;

@@ -9,7 +9,9 @@
 
 #define GW_WAITER_MAX 100000 /* waiting requests; more are answered at once */
 
-kiln_status gw_waiter_init(natsConnection *nc);
+/* Waiters listen to jobs.done on nc, from the first park until linger_ms
+ * after the last. */
+kiln_status gw_waiter_init(natsConnection *nc, int64_t linger_ms);
 /* Fires every waiter now (their answers are fetched), unsubscribes. */
 void gw_waiter_shutdown(void);
 void gw_waiter_free(void);

@@ -211,7 +211,8 @@ static void ev_dump(const ev_sse *c, char *out, size_t len)
 Test(events, wait_long_poll)
 {
     h_stack s;
-    h_start(&s, NULL);
+    h_stack_opts o = {.env = {"KILN_WAIT_FEED_LINGER=3s", NULL}};
+    h_start(&s, &o);
     char id[65], slow[65], path[256];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 waiting stoat", id), 202);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=30000 patient stoat", slow), 202);
@@ -260,6 +261,25 @@ Test(events, wait_long_poll)
     h_resp_free(&r);
 
     h_job_post(&s, &r, H_TOKEN_ALICE, slow, "cancel");
+    h_resp_free(&r);
+
+    /* Nobody waits: a jobs.done 3 s (KILN_WAIT_FEED_LINGER) after the last
+     * park ends the subscription; the next ?wait makes a new one. */
+    int64_t deadline = h_now_ms() + 15000;
+    char quick[65];
+    while (h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed") != 0 && h_now_ms() < deadline)
+        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "quick stoat", quick), 202);
+    cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 0,
+                 "gateway: still subscribed to jobs.done 15 s after the last ?wait");
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 third stoat", id), 202);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=10", id);
+    t0 = h_now_ms();
+    st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    took = h_now_ms() - t0;
+    cr_expect_eq(st, 200, "%ld %s", st, r.body);
+    cr_expect_str_eq(h_jstr(r.json, "status"), "completed",
+                     "gateway: ?wait=10 after the feed stopped answered early: %s", r.body);
+    cr_expect(took < 4000, "gateway: ?wait=10 after the feed stopped took %lld ms", (long long)took);
     h_resp_free(&r);
     h_stop(&s);
 }
