@@ -208,13 +208,31 @@ static void ev_dump(const ev_sse *c, char *out, size_t len)
 
 /* ---- long-poll -------------------------------------------------------------- */
 
+/* Submits a 1 s job and expects GET ?wait=10 to answer it completed, soon
+ * after its end; `which` names the waiter in failure messages. */
+static void expect_wait_answers_at_end(h_stack *s, const char *prompt, const char *which)
+{
+    char id[65], path[256];
+    h_resp r;
+    cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, prompt, id), 202);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=10", id);
+    int64_t t0 = h_now_ms();
+    long st = h_api(s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(st, 200, "%ld %s", st, r.body);
+    cr_expect_str_eq(h_jstr(r.json, "status"), "completed",
+                     "gateway: ?wait=10 answered before terminal (%s): %s", which, r.body);
+    cr_expect(took < 4000, "gateway: ?wait=10 on a 1 s job took %lld ms (%s)", (long long)took,
+              which);
+    h_resp_free(&r);
+}
+
 Test(events, wait_long_poll)
 {
     h_stack s;
     h_stack_opts o = {.env = {"KILN_WAIT_FEED_LINGER=3s", NULL}};
     h_start(&s, &o);
-    char id[65], slow[65], path[256];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 waiting stoat", id), 202);
+    char slow[65], path[256];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=30000 patient stoat", slow), 202);
     /* Nobody waited yet: the gateway does not take every jobs.done. */
     cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 0,
@@ -222,31 +240,19 @@ Test(events, wait_long_poll)
 
     /* ?wait=N answers as soon as the job is terminal: the first waiter
      * (whose store query left before the subscription) and a later one. */
+    expect_wait_answers_at_end(&s, "!sleep=1000 waiting stoat", "first waiter");
+    cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 1,
+                 "gateway: not subscribed to jobs.done while ?wait is in use");
+    expect_wait_answers_at_end(&s, "!sleep=1000 second stoat", "a later waiter");
+    cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 1,
+                 "gateway: not subscribed to jobs.done while ?wait is in use");
     h_resp r;
-    long st;
-    int64_t t0, took;
-    for (int round = 0; round < 2; round++) {
-        if (round == 1)
-            cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 second stoat", id), 202);
-        snprintf(path, sizeof path, "/v1/jobs/%s?wait=10", id);
-        t0 = h_now_ms();
-        st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-        took = h_now_ms() - t0;
-        cr_expect_eq(st, 200, "%ld %s", st, r.body);
-        cr_expect_str_eq(h_jstr(r.json, "status"), "completed",
-                         "gateway: ?wait=10 answered before terminal (waiter %d): %s", round, r.body);
-        cr_expect(took < 4000, "gateway: ?wait=10 on a 1 s job took %lld ms (waiter %d)",
-                  (long long)took, round);
-        h_resp_free(&r);
-        cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 1,
-                     "gateway: not subscribed to jobs.done while ?wait is in use");
-    }
 
     /* ... or after N s with the job still running. */
     snprintf(path, sizeof path, "/v1/jobs/%s?wait=1", slow);
-    t0 = h_now_ms();
-    st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-    took = h_now_ms() - t0;
+    int64_t t0 = h_now_ms();
+    long st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
+    int64_t took = h_now_ms() - t0;
     cr_expect_eq(st, 200, "%ld %s", st, r.body);
     const char *status = h_jstr(r.json, "status");
     cr_expect(status != NULL && !h_state_terminal(status), "status %s", status);
@@ -255,7 +261,7 @@ Test(events, wait_long_poll)
     h_resp_free(&r);
 
     /* wait is 0..60 s. */
-    snprintf(path, sizeof path, "/v1/jobs/%s?wait=61", id);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=61", slow);
     h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
     h_expect_error(&r, 400, "invalid_argument", NULL);
     h_resp_free(&r);
@@ -271,16 +277,7 @@ Test(events, wait_long_poll)
         cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "quick stoat", quick), 202);
     cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_done_feed"), 0,
                  "gateway: still subscribed to jobs.done 15 s after the last ?wait");
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 third stoat", id), 202);
-    snprintf(path, sizeof path, "/v1/jobs/%s?wait=10", id);
-    t0 = h_now_ms();
-    st = h_api(&s, &r, "GET", path, H_TOKEN_ALICE, NULL);
-    took = h_now_ms() - t0;
-    cr_expect_eq(st, 200, "%ld %s", st, r.body);
-    cr_expect_str_eq(h_jstr(r.json, "status"), "completed",
-                     "gateway: ?wait=10 after the feed stopped answered early: %s", r.body);
-    cr_expect(took < 4000, "gateway: ?wait=10 after the feed stopped took %lld ms", (long long)took);
-    h_resp_free(&r);
+    expect_wait_answers_at_end(&s, "!sleep=1000 third stoat", "after the feed stopped");
     h_stop(&s);
 }
 
