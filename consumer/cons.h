@@ -281,8 +281,9 @@ int64_t openai_parse_retry_after(const char *value, size_t len);
 /* Appends bytes to the calling thread's pack under data_dir (no fsync) and
  * sets img->pack, offset and size_bytes. Between cons_image_stage_begin()
  * and cons_image_stage_end() the bytes are only staged in memory until
- * cons_image_flush(): a transition naming them must not leave before that
- * returned KILN_OK. Each thread has its own pack and stage. */
+ * cons_image_flush() (an image too large for the stage is written at once):
+ * a transition naming them must not leave before that returned KILN_OK.
+ * Each thread has its own pack and stage. */
 kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, size_t len,
                             cons_image *img);
 void cons_image_stage_begin(void);

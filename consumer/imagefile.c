@@ -93,19 +93,24 @@ static void img_close_pack(img_writer *w)
     w->fd = -1;
 }
 
-/* Writes the stage to its place in the pack. On failure the pack is left
- * (the next image goes to a new one) and the staged images are lost. */
+/* Writes len bytes at `at` of the pack. On failure the pack is left (the
+ * next image goes to a new one) and what is staged for it is lost. */
+static kiln_status img_write_or_leave(img_writer *w, const unsigned char *bytes, size_t len,
+                                      uint64_t at)
+{
+    if (img_write_at(w->fd, bytes, len, at) == KILN_OK) return KILN_OK;
+    LOG_ERROR("image save failed pack=%s bytes=%zu error=\"%s\"", w->pack, len, strerror(errno));
+    img_close_pack(w);
+    return KILN_EIO;
+}
+
+/* Writes the stage to its place in the pack. */
 static kiln_status img_write_stage(img_writer *w)
 {
     if (w->stage_len == 0) return KILN_OK;
-    if (img_write_at(w->fd, w->stage, w->stage_len, w->end - w->stage_len) == KILN_OK) {
-        w->stage_len = 0;
-        return KILN_OK;
-    }
-    LOG_ERROR("image save failed pack=%s bytes=%zu error=\"%s\"", w->pack, w->stage_len,
-              strerror(errno));
-    img_close_pack(w);
-    return KILN_EIO;
+    kiln_status st = img_write_or_leave(w, w->stage, w->stage_len, w->end - w->stage_len);
+    if (st == KILN_OK) w->stage_len = 0;
+    return st;
 }
 
 /* Opens a new pack under data_dir. */
@@ -150,9 +155,8 @@ kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, si
 {
     img_writer *w = &img_self;
     kiln_status st = KILN_OK;
-    if (w->fd >= 0 && (w->end + len > atomic_load(&img_pack_max) || strcmp(w->dir, data_dir) != 0))
-        st = img_open_pack(w, data_dir); /* writes what is staged for the old one first */
-    else if (w->fd < 0)
+    /* A new pack writes what is staged for the old one first. */
+    if (w->fd < 0 || w->end + len > atomic_load(&img_pack_max) || strcmp(w->dir, data_dir) != 0)
         st = img_open_pack(w, data_dir);
     if (st != KILN_OK) return st;
     bool staged = w->staging && len <= IMG_STAGE_MAX;
@@ -166,11 +170,7 @@ kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, si
         /* Outside a round, too large, or no memory for the stage: written
          * now, after what is staged (which precedes it in the pack). */
         if ((st = img_write_stage(w)) != KILN_OK) return st;
-        if ((st = img_write_at(w->fd, bytes, len, at)) != KILN_OK) {
-            LOG_ERROR("image save failed pack=%s error=\"%s\"", w->pack, strerror(errno));
-            img_close_pack(w);
-            return st;
-        }
+        if ((st = img_write_or_leave(w, bytes, len, at)) != KILN_OK) return st;
     }
     _Static_assert(sizeof img->pack == sizeof w->pack, "pack names have one size");
     memcpy(img->pack, w->pack, sizeof img->pack);
