@@ -11,6 +11,8 @@
 #define PROV_NS_PER_MS 1000000LL
 #define PROV_STORE_ACK_WAIT_MS 30000
 #define PROV_STORE_MAX_ACK_PENDING 50000
+#define PROV_ATTEMPTS 4    /* passes before kiln_provision gives up */
+#define PROV_RETRY_MS 100  /* pause after the first failed pass; doubles */
 
 void kiln_provision_opts_init(kiln_provision_opts *o)
 {
@@ -131,12 +133,12 @@ static kiln_status prov_limits_stream(jsCtx *js, const char *name, const char *s
     return prov_stream(js, &cfg, update);
 }
 
-kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
+/* One pass over every stream and durable. */
+static kiln_status prov_once(jsCtx *js, const kiln_provision_opts *o)
 {
     kiln_provision_opts def, eff;
     kiln_status st = KILN_OK;
     natsStatus s = NATS_OK;
-    if (js == NULL) return KILN_EINVAL;
     kiln_provision_opts_init(&def);
     /* Unset (<= 0) fields take their defaults. */
     eff = o != NULL ? *o : def;
@@ -212,4 +214,23 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
              KILN_STREAM_DONE, KILN_STREAM_DEAD, KILN_STREAM_EVENTS, (long long)o->ack_wait_ms,
              (long long)o->max_ack_pending);
     return KILN_OK;
+}
+
+kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
+{
+    if (js == NULL) return KILN_EINVAL;
+    kiln_status st = prov_once(js, o);
+    /* Every binary provisions at start, often at the same moment: a create
+     * that lost a race with another process's can be answered with an error
+     * by JetStream (or find its API not yet answering). The next pass finds
+     * what the winner made. A timeout is not retried: it already waited. */
+    for (int attempt = 1; attempt < PROV_ATTEMPTS; attempt++) {
+        if (st != KILN_ENATS && st != KILN_EUNAVAILABLE) break;
+        int64_t pause_ms = PROV_RETRY_MS << (attempt - 1);
+        LOG_WARN("provisioning failed, retrying attempt=%d status=%s pause_ms=%lld", attempt,
+                 kiln_status_str(st), (long long)pause_ms);
+        nats_Sleep(pause_ms);
+        st = prov_once(js, o);
+    }
+    return st;
 }

@@ -28,7 +28,8 @@ void kiln_provision_opts_init(kiln_provision_opts *o);
 
 /* Creates or updates streams KILN_JOBS, KILN_DONE, KILN_DEAD, KILN_EVENTS and the durables
  * kiln-worker-{high,normal,low} and kiln-store. Safe to call concurrently from
- * several processes. */
+ * several processes: a pass that JetStream answered with an error (a lost
+ * create race) is run again, up to 4 passes in ~0.7 s. */
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o);
 
 #endif

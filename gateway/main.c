@@ -157,15 +157,7 @@ int main(int argc, char **argv)
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
     po.dup_window_ms = cfg.dup_window_ms;
-    /* Other binaries provision at the same moment; a lost create race is
-     * worth another try before giving up. */
-    for (int attempt = 1; attempt <= 3; attempt++) {
-        if ((st = kiln_provision(js, &po)) == KILN_OK) break;
-        LOG_WARN("provisioning failed, retrying attempt=%d status=%s", attempt,
-                 kiln_status_str(st));
-        usleep(200 * 1000);
-    }
-    if (st != KILN_OK) {
+    if ((st = kiln_provision(js, &po)) != KILN_OK) {
         LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }

@@ -61,6 +61,10 @@ run_suite() { # name binary [args]
         failed=1
         summaries+=("$name: FAILED (exit $rc, $((t1 - t0)) s) $syn")
         grep -a -e '^\[FAIL\]' "$out" | sed "s/^/    $name /" > "$out.fails"
+        # What failed and why, here at the end: the logs a failed test dumps
+        # push Criterion's messages out of a short tail (CI shows one).
+        grep -a -e '^\[----\] .*[^ ]' -e '^harness: ' "$out" | head -n 60 |
+            sed "s/^/        /" >> "$out.fails"
     else
         summaries+=("$name: ok ($((t1 - t0)) s) $syn")
         : > "$out.fails"
