@@ -6,6 +6,7 @@
 #   make test       unit + integration tests, built with ASan+UBSan into build/san/
 #   make bench      the benchmark (optimised build)
 #   make bench-http compares HTTP server libraries on the gateway's POST (bench/httplib)
+#   make fuzz       every input parser under libFuzzer + ASan/UBSan, FUZZ_SECS (60) each (tests/fuzz)
 #   make clean
 
 BUILD ?= build
@@ -35,7 +36,7 @@ obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
 BINS := $(BUILD)/bin/kiln-gateway $(BUILD)/bin/kiln-consumer $(BUILD)/bin/kiln-store \
         $(BUILD)/bin/kiln $(BUILD)/bin/kiln-devprovider
 
-.PHONY: all deps run test unit-test it-test bench bench-http clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
+.PHONY: all deps run test unit-test it-test bench bench-http fuzz clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
 all: $(BINS)
 
 kiln-gateway: $(BUILD)/bin/kiln-gateway
@@ -140,6 +141,21 @@ $(BUILD)/obj/bench/httplib/http_cmp.o: bench/httplib/http_cmp.c
 $(BUILD)/bin/kiln-bench-http: $(BUILD)/obj/bench/httplib/http_cmp.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(HTTP_CMP_PKGS)) -lpthread
+
+# `make fuzz`: libFuzzer targets (tests/fuzz), built by clang with ASan and
+# UBSan into build/fuzz; each runs FUZZ_SECS seconds from its seed corpus.
+FUZZ_SECS ?= 60
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/bin/%,$(wildcard tests/fuzz/fuzz_*.c))
+fuzz:
+	@deploy/install-deps.sh fuzz
+	$(MAKE) --no-print-directory -j2 BUILD=build/fuzz CC=clang SAN=1 \
+	    OPT="-O1 -fsanitize=fuzzer-no-link" $(FUZZ_BINS)
+	tests/fuzz/run.sh build/fuzz/bin $(FUZZ_SECS)
+
+.SECONDARY: $(patsubst tests/fuzz/%.c,$(BUILD)/obj/tests/fuzz/%.o,$(wildcard tests/fuzz/fuzz_*.c))
+$(BUILD)/bin/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(COMPONENT_OBJ) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
 
 clean:
 	rm -rf build

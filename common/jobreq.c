@@ -120,6 +120,12 @@ static int jobreq_utf8_ok(const char *s)
     return valid;
 }
 
+int kiln_jobreq_model_ok(const char *model)
+{
+    return strlen(model) <= KILN_MODEL_MAX_LEN && jobreq_utf8_ok(model) &&
+           !jobreq_has_control(model);
+}
+
 static kiln_status jobreq_fail(char *field, size_t fieldlen, char *msg, size_t msglen,
                                const char *name, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -169,11 +175,8 @@ kiln_status kiln_jobreq_validate(const Kiln__V1__JobRequest *r, char *field, siz
         return FAIL("prompt", "prompt must be 1-%d characters, got %zu", KILN_PROMPT_MAX_CHARS,
                     chars);
 
-    const char *model = jobreq_str(r->model);
-    if (strlen(model) > KILN_MODEL_MAX_LEN)
-        return FAIL("model", "model must be at most %d bytes", KILN_MODEL_MAX_LEN);
-    if (!jobreq_utf8_ok(model) || jobreq_has_control(model))
-        return FAIL("model", "model must be valid UTF-8 without control characters");
+    if (!kiln_jobreq_model_ok(jobreq_str(r->model)))
+        return FAIL("model", KILN_JOBREQ_MODEL_RULE, KILN_MODEL_MAX_LEN);
 
     if (r->n > KILN_N_MAX) return FAIL("n", "n must be between 1 and %d", KILN_N_MAX);
 

@@ -31,6 +31,9 @@ kiln_status kiln_jobreq_validate(const Kiln__V1__JobRequest *r, char *field, siz
 /* Individual rules, for the gateway's field-by-field checks. */
 int kiln_jobreq_id_ok(const char *id);               /* [A-Za-z0-9_-]{1,64} */
 int kiln_jobreq_size_ok(const char *size);           /* "WxH", 1..8192 each */
+int kiln_jobreq_model_ok(const char *model);         /* <= 128 bytes of UTF-8, no control chars */
+/* The model rule as a sentence, with %d for KILN_MODEL_MAX_LEN. */
+#define KILN_JOBREQ_MODEL_RULE "model must be at most %d bytes of UTF-8 without control characters"
 size_t kiln_utf8_chars(const char *s, int *valid);   /* code points; *valid=0 on bad UTF-8 */
 int kiln_idem_key_ok(const char *key);               /* 1..128 visible ASCII */
 

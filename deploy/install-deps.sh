@@ -3,6 +3,7 @@
 # missing. Idempotent: when everything is present it only checks and exits.
 #   deploy/install-deps.sh              what make, make run, make test, make bench need
 #   deploy/install-deps.sh bench-http   also the libraries make bench-http compares
+#   deploy/install-deps.sh fuzz         also clang and its libFuzzer (make fuzz)
 set -eu
 
 PKGS="build-essential pkg-config protobuf-c-compiler libprotobuf-c-dev libnats-dev nats-server
@@ -11,7 +12,8 @@ libcriterion-dev wrk curl"
 case "${1:-}" in
     "") ;;
     bench-http) PKGS="$PKGS libevent-dev libh2o-evloop-dev" ;;
-    *) echo "install-deps: unknown set '$1' (known: bench-http)" >&2; exit 2 ;;
+    fuzz) PKGS="$PKGS clang libclang-rt-14-dev" ;;
+    *) echo "install-deps: unknown set '$1' (known: bench-http, fuzz)" >&2; exit 2 ;;
 esac
 
 missing=""

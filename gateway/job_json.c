@@ -166,8 +166,10 @@ static kiln_status jobjson_fill(json_t *root, int64_t now_ms, Kiln__V1__JobReque
     const char *s = NULL;
     if ((st = jobjson_string(root, "model", &s, e)) != KILN_OK) return st;
     if (s != NULL) {
-        if (strlen(s) > KILN_MODEL_MAX_LEN)
-            return jobjson_fail(e, "invalid_argument", "model", "model must be at most %d bytes",
+        /* The rule every binary applies (common/jobreq.c): a model the
+         * consumer would refuse must not get a 202. */
+        if (!kiln_jobreq_model_ok(s))
+            return jobjson_fail(e, "invalid_argument", "model", KILN_JOBREQ_MODEL_RULE,
                                 KILN_MODEL_MAX_LEN);
         if ((st = gw_jobjson_set_str(&r->model, s)) != KILN_OK) return st;
     }

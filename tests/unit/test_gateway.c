@@ -172,6 +172,12 @@ Test(gw_body, model_size_priority)
     snprintf(body, sizeof body, "{\"prompt\":\"p\",\"model\":\"%s\"}", m);
     parse_bad(body, "invalid_argument", "model");
     free(m);
+    /* A control character (here an escaped CR, found by tests/fuzz) passed
+     * the gateway and got a 202, but the store's and consumer's rules refuse
+     * it: the store skipped the request (a GET answered 404), and the
+     * consumer failed the job with invalid_argument and dead-lettered it. */
+    parse_bad("{\"prompt\":\"p\",\"model\":\"gpt\\rimage\"}", "invalid_argument", "model");
+    parse_bad("{\"prompt\":\"p\",\"model\":\"a\\u007fb\"}", "invalid_argument", "model");
     parse_bad("{\"prompt\":\"p\",\"size\":\"big\"}", "invalid_argument", "size");
     parse_bad("{\"prompt\":\"p\",\"size\":\"1024\"}", "invalid_argument", "size");
     parse_bad("{\"prompt\":\"p\",\"size\":\"0x5\"}", "invalid_argument", "size");
