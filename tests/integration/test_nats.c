@@ -9,6 +9,7 @@
 
 #include "../harness.h"
 #include "kiln_client.h"
+#include "pb.h"
 
 TestSuite(nats, .fini = h_fini, .timeout = 120);
 
@@ -134,6 +135,153 @@ Test(nats, invalid_input_goes_to_dead_and_processing_goes_on)
     for (int k = 0; (gm = h_collect_msg(n.dead, NULL, k)) != NULL; k++)
         garbage_copies += !h_msg_header(gm, "Kiln-Job-Id", v, sizeof v);
     cr_expect_eq(garbage_copies, 1, "garbage reached jobs.dead %d times", garbage_copies);
+
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* ---- garbage on every subject a Kiln process listens to ----------------- */
+
+/* Random bytes, or (half the time) a string of random bytes of every kind:
+ * control characters, invalid UTF-8, over-long. Owned by the caller. */
+static char *garbage_str(unsigned *seed)
+{
+    size_t len = (size_t)(rand_r(seed) % 4 == 0 ? rand_r(seed) % 300 : rand_r(seed) % 12);
+    char *s = malloc(len + 1);
+    cr_assert_not_null(s);
+    for (size_t i = 0; i < len; i++) {
+        int k = rand_r(seed) % 4;
+        s[i] = (char)(k == 0 ? 1 + rand_r(seed) % 255 : k == 1 ? '0' + rand_r(seed) % 10
+                              : k == 2 ? 'a' + rand_r(seed) % 6 : '-');
+    }
+    s[len] = '\0';
+    return s;
+}
+
+/* A StoreRequest whose every field is random: decodes, then fails every rule. */
+static int garbage_store_request(unsigned *seed, uint8_t **buf, size_t *len)
+{
+    Kiln__V1__StoreRequest q = KILN__V1__STORE_REQUEST__INIT;
+    char *ids[8];
+    char *strs[6];
+    uint8_t hash[40];
+    for (int i = 0; i < 6; i++) strs[i] = garbage_str(seed);
+    q.user_id = rand_r(seed) % 3 == 0 ? "alice" : strs[0];
+    q.id = strs[1];
+    q.limit = (uint32_t)rand_r(seed);
+    q.state = (Kiln__V1__JobState)(rand_r(seed) % 9);
+    q.unviewed = rand_r(seed) & 1;
+    q.cursor = strs[2];
+    q.n_ids = (size_t)(rand_r(seed) % 8);
+    for (size_t i = 0; i < q.n_ids; i++) ids[i] = i % 2 ? strs[3] : strs[4];
+    q.ids = ids;
+    q.sync = rand_r(seed) & 1;
+    q.idempotency_key = strs[5];
+    for (size_t i = 0; i < sizeof hash; i++) hash[i] = (uint8_t)rand_r(seed);
+    q.body_hash.data = hash;
+    q.body_hash.len = (size_t)(rand_r(seed) % (int)sizeof hash);
+    q.new_id = strs[3];
+    int rc = kiln_pb_pack(&q.base, buf, len) == KILN_OK ? 0 : -1;
+    for (int i = 0; i < 6; i++) free(strs[i]);
+    return rc;
+}
+
+/* Raw random bytes, a random StoreRequest, or one truncated by a few bytes. */
+static void garbage_payload(unsigned *seed, uint8_t **buf, size_t *len)
+{
+    int kind = rand_r(seed) % 3;
+    if (kind > 0 && garbage_store_request(seed, buf, len) == 0) {
+        if (kind == 2 && *len > 0) *len -= (size_t)(1 + rand_r(seed) % (int)*len);
+        return;
+    }
+    *len = (size_t)(rand_r(seed) % 200);
+    *buf = malloc(*len + 1);
+    cr_assert_not_null(*buf);
+    for (size_t i = 0; i < *len; i++) (*buf)[i] = (uint8_t)rand_r(seed);
+}
+
+/* The store's and consumers' subjects, public and internal, get requests,
+ * transitions and jobs made of random bytes (fixed seed, so a failure
+ * replays): every process lives on, and a job submitted afterwards
+ * completes. The sanitizer build and the harness's exit checks catch what
+ * a handler did wrong without dying at once. */
+Test(nats, garbage_on_every_subject_is_survived, .timeout = 180)
+{
+    static const char *const requests[] = {
+        "jobs.status",       "jobs.cancel",      "kiln.store.get",   "kiln.store.list",
+        "kiln.store.viewed", "kiln.store.cancel", "kiln.store.check", "kiln.store.ping",
+        "kiln.store.idem",
+    };
+    static const char *const streamed[] = {"kiln.tx", "jobs.generate.high", "jobs.generate.low"};
+    const size_t nreq = sizeof requests / sizeof requests[0];
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    unsigned seed = 20261205;
+    natsSubscription *replies = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&replies, n.nc, "_INBOX.garbage.*"), NATS_OK);
+    cr_assert_eq(natsSubscription_SetPendingLimits(replies, -1, -1), NATS_OK);
+    int sent = 0;
+
+    for (int round = 0; round < 40; round++) {
+        for (size_t i = 0; i < nreq; i++) {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            garbage_payload(&seed, &buf, &len);
+            char inbox[64];
+            snprintf(inbox, sizeof inbox, "_INBOX.garbage.%d", sent++);
+            cr_assert_eq(natsConnection_PublishRequest(n.nc, requests[i], inbox, buf, (int)len),
+                         NATS_OK);
+            free(buf);
+        }
+        char *id = garbage_str(&seed);
+        char subj[400];
+        snprintf(subj, sizeof subj, "kiln.cancelled.%s", id);
+        for (char *p = subj; *p != '\0'; p++)
+            if ((unsigned char)*p <= ' ' || *p == '*' || *p == '>') *p = 'x';
+        if (strstr(subj, "..") == NULL && subj[strlen(subj) - 1] != '.')
+            cr_assert_eq(natsConnection_PublishString(n.nc, subj, id), NATS_OK);
+        free(id);
+
+        const char *stream_subj = streamed[round % 3];
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        garbage_payload(&seed, &buf, &len);
+        natsMsg *m = NULL;
+        cr_assert_eq(natsMsg_Create(&m, stream_subj, NULL, (const char *)buf, (int)len), NATS_OK);
+        if (round % 6 == 0) cr_assert_eq(natsMsgHeader_Set(m, "Kiln-Tx-Batch", "3"), NATS_OK);
+        jsPubAck *ack = NULL;
+        cr_assert_eq(js_PublishMsg(&ack, n.js, m, NULL, NULL), NATS_OK, "publish on %s",
+                     stream_subj);
+        jsPubAck_Destroy(ack);
+        natsMsg_Destroy(m);
+        free(buf);
+    }
+    cr_assert_eq(natsConnection_FlushTimeout(n.nc, 10000), NATS_OK);
+
+    /* Every request is answered (an error, for nearly all of them). */
+    int answered = 0;
+    int64_t deadline = h_now_ms() + 30000;
+    while (answered < sent && h_now_ms() < deadline) {
+        natsMsg *r = NULL;
+        if (natsSubscription_NextMsg(&r, replies, 500) == NATS_OK) answered++;
+        natsMsg_Destroy(r);
+    }
+    cr_expect_eq(answered, sent, "the store answered %d of %d garbage requests", answered, sent);
+    natsSubscription_Destroy(replies);
+
+    /* Every process still answers: the store a ping, the pipeline a job. */
+    natsMsg *reply = NULL;
+    cr_expect_eq(natsConnection_RequestString(&reply, n.nc, "kiln.store.ping", "", 10000), NATS_OK,
+                 "the store no longer answers kiln.store.ping after the garbage");
+    natsMsg_Destroy(reply);
+    char hid[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a fox after the garbage", hid), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, hid, "completed", 1, 60000, "job after the garbage");
+    cr_expect(h_proc_alive(&s, H_STORE), "the store died");
+    cr_expect(h_proc_alive(&s, H_CONSUMER), "the consumer died");
+    cr_expect(h_proc_alive(&s, H_GATEWAY), "the gateway died");
 
     h_nats_free(&n);
     h_stop(&s);
