@@ -178,3 +178,146 @@ Test(errors, user_isolation)
     json_decref(j);
     h_stop(&s);
 }
+
+/* ---- random requests ---------------------------------------------------- */
+
+/* A path segment: plain characters or percent-encoded random bytes. */
+static void rnd_segment(unsigned *seed, char *out, size_t cap)
+{
+    static const char plain[] = "abcdef0123456789-_.~";
+    size_t len = (size_t)(rand_r(seed) % 80), o = 0;
+    for (size_t i = 0; i < len && o + 4 < cap; i++) {
+        if (rand_r(seed) % 4 == 0)
+            o += (size_t)snprintf(out + o, cap - o, "%%%02X", rand_r(seed) % 256);
+        else out[o++] = plain[rand_r(seed) % (int)(sizeof plain - 1)];
+    }
+    out[o] = '\0';
+}
+
+/* A POST body: a valid one with a few random bytes overwritten or inserted,
+ * random bytes, or an oversized prompt. Returns its length. */
+static size_t rnd_body(unsigned *seed, char *out, size_t cap)
+{
+    static const char *const bodies[] = {
+        "{\"prompt\":\"a fox\",\"n\":2,\"size\":\"64x64\",\"priority\":\"low\",\"params\":{\"k\":\"v\"}}",
+        "{\"prompt\":\"a fox\",\"delay_ms\":5,\"timeout_s\":30,\"max_attempts\":2,\"model\":\"m\"}",
+        "{\"prompt\":\"a fox\"}",
+    };
+    int kind = rand_r(seed) % 10;
+    size_t len;
+    if (kind == 0) {
+        len = (size_t)(rand_r(seed) % 300);
+        for (size_t i = 0; i < len; i++) out[i] = (char)rand_r(seed);
+        return len;
+    }
+    if (kind == 1) { /* over 64 KiB */
+        len = 70000 < cap ? 70000 : cap;
+        memset(out, 'a', len);
+        memcpy(out, "{\"prompt\":\"", 11);
+        return len;
+    }
+    const char *b = bodies[rand_r(seed) % 3];
+    len = strlen(b);
+    memcpy(out, b, len);
+    for (int k = rand_r(seed) % 4; k > 0 && len + 1 < cap; k--) {
+        size_t at = (size_t)rand_r(seed) % len;
+        if (rand_r(seed) % 2) out[at] = (char)rand_r(seed);
+        else {
+            memmove(out + at + 1, out + at, len - at);
+            out[at] = "{}[]\",:\\0e-9 "[rand_r(seed) % 13];
+            len++;
+        }
+    }
+    return len;
+}
+
+/* Hundreds of requests with random methods, paths, query strings, headers and
+ * bodies (fixed seed). Each must be answered, never with a 5xx (NATS and the
+ * store are up: any 5xx is Kiln failing on bad input), every error with the
+ * contract's error body; the gateway lives and still serves a job. SSE
+ * paths are left out: a valid one streams until the client leaves. */
+Test(errors, random_requests_get_clear_answers, .timeout = 240)
+{
+    static const char *const methods[] = {"GET",  "GET", "GET",    "POST",  "POST",   "POST",
+                                          "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+    /* '*' stands for a random segment. */
+    static const char *const forms[] = {"/v1/jobs", "/v1/jobs", "/v1/jobs", "/v1/jobs/*", "/v1/jobs/*/cancel",
+                                        "/v1/jobs/*/viewed", "/v1/jobs/*/images/*", "/*",
+                                        "/v1/*", "/healthz", "/readyz", "/metrics", "/v1/jobs/*/*"};
+    static const char *const query_keys[] = {"wait", "limit", "status", "cursor", "unviewed", "x"};
+    static const char *const ctypes[] = {"application/json", "application/json",
+                                         "application/json; charset=utf-8", "text/plain",
+                                         "multipart/form-data; boundary=x", NULL};
+    h_stack s;
+    h_start(&s, NULL);
+    unsigned seed = 4242;
+    char *body = malloc(72000);
+    cr_assert_not_null(body);
+    int statuses[600] = {0};
+
+    for (int i = 0; i < 500; i++) {
+        char a[256], b[256], path[700], url[900], extra[300];
+        const char *method = methods[rand_r(&seed) % 11];
+        rnd_segment(&seed, a, sizeof a);
+        rnd_segment(&seed, b, sizeof b);
+        const char *form = forms[rand_r(&seed) % 13];
+        if (rand_r(&seed) % 3 == 0) snprintf(a, sizeof a, "job-%d", i);
+        size_t pl = 0;
+        for (const char *f = form, *seg = a; *f != '\0'; f++) {
+            if (*f != '*') path[pl++] = *f;
+            else pl += (size_t)snprintf(path + pl, sizeof path - pl, "%s", seg), seg = b;
+        }
+        path[pl] = '\0';
+        for (int k = rand_r(&seed) % 3; k > 0 && pl + 80 < sizeof path; k--) {
+            char v[64];
+            rnd_segment(&seed, v, sizeof v);
+            const char *key = query_keys[rand_r(&seed) % 6];
+            /* ?wait stays short: a waiting GET of a real job is not an error. */
+            if (strcmp(key, "wait") == 0) snprintf(v, sizeof v, "%d", rand_r(&seed) % 2);
+            pl += (size_t)snprintf(path + pl, sizeof path - pl, "%c%s=%s",
+                                   strchr(path, '?') != NULL ? '&' : '?', key, v);
+        }
+        snprintf(url, sizeof url, "%s%s", s.gw_url, path);
+        int t = rand_r(&seed) % 5;
+        const char *token = t == 0 ? NULL : t == 1 ? "tok-nobody" : H_TOKEN_ALICE;
+        const char *ctype = ctypes[rand_r(&seed) % 6];
+        size_t blen = strcmp(method, "GET") == 0 ? 0 : rnd_body(&seed, body, 72000);
+        extra[0] = '\0';
+        if (rand_r(&seed) % 3 == 0) {
+            char v[200];
+            rnd_segment(&seed, v, sizeof v);
+            snprintf(extra, sizeof extra, "%s: %s",
+                     rand_r(&seed) % 2 ? "Idempotency-Key" : "Last-Event-ID", v);
+        }
+        h_resp r;
+        h_http_timeout(&r, method, url, token, blen > 0 ? ctype : NULL, blen > 0 ? body : NULL, blen,
+                       extra[0] != '\0' ? extra : NULL, 15000);
+        cr_expect(r.status >= 200 && r.status < 500, "%s %s: status %ld (%s) body %.200s", method,
+                  path, r.status, r.error, r.body != NULL ? r.body : "");
+        if (r.status >= 400) {
+            json_t *e = r.json != NULL ? json_object_get(r.json, "error") : NULL;
+            cr_expect(json_is_string(json_object_get(e, "code")) &&
+                          json_is_string(json_object_get(e, "message")),
+                      "%s %s: %ld without the contract's error body: %.200s", method, path,
+                      r.status, r.body != NULL ? r.body : "");
+        }
+        if (r.status >= 0 && r.status < 600) statuses[r.status]++;
+        h_resp_free(&r);
+    }
+    free(body);
+    char mix[256] = "";
+    for (int st = 0, o = 0; st < 600 && o < 240; st++)
+        if (statuses[st] > 0) o += snprintf(mix + o, sizeof mix - (size_t)o, " %d:%d", st, statuses[st]);
+    cr_log_info("random requests, status:count%s", mix);
+    /* The mix reached past authentication and validation, not only 401s. */
+    cr_expect(statuses[401] > 0 && statuses[400] > 0 && statuses[404] > 0 && statuses[405] > 0 &&
+                  statuses[413] > 0 && statuses[202] > 0,
+              "statuses 202:%d 400:%d 401:%d 404:%d 405:%d 413:%d", statuses[202], statuses[400],
+              statuses[401], statuses[404], statuses[405], statuses[413]);
+
+    cr_expect(h_proc_alive(&s, H_GATEWAY), "the gateway died");
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a fox after random requests", id), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 60000, "job after random requests");
+    h_stop(&s);
+}
