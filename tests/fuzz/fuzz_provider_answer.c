@@ -3,30 +3,15 @@
  * handler takes it (consumer/provider_openai.c: JSON, base64, image saves),
  * and the Retry-After header. Input: one byte choosing the HTTP status, then
  * the body. A verdict must come with consistent outcome fields. */
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../consumer/cons.h"
 #include "fuzz_input.h"
+#include "fuzz_tmpdir.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static char fuzz_dir[64];
-
-static int fuzz_rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void fuzz_cleanup(void)
-{
-    if (fuzz_dir[0] != '\0') nftw(fuzz_dir, fuzz_rm, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static void fuzz_fail(const char *what)
 {
@@ -38,11 +23,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const long statuses[] = {200, 201, 204, 400, 401, 404, 408, 409,
                                     422, 429, 500, 502, 503, 504, 302, 100};
-    if (fuzz_dir[0] == '\0') {
-        snprintf(fuzz_dir, sizeof fuzz_dir, "/tmp/kiln-fuzz-answer.XXXXXX");
-        if (mkdtemp(fuzz_dir) == NULL) fuzz_fail("cannot make a temp dir");
-        atexit(fuzz_cleanup);
-    }
+    const char *dir = fz_tmpdir("answer");
+    if (dir == NULL) fuzz_fail("cannot make a temp dir");
     if (size == 0) return 0;
     long http = statuses[data[0] % (sizeof statuses / sizeof statuses[0])];
 
@@ -63,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
 
-    openai_verdict v = openai_handle_result(j, 0 /* CURLE_OK */, http, fuzz_dir);
+    openai_verdict v = openai_handle_result(j, 0 /* CURLE_OK */, http, dir);
     if (v == OPENAI_OK) {
         if (j->n_images == 0 || j->n_images > CONS_MAX_IMAGES) fuzz_fail("OK without images");
         for (size_t i = 0; i < j->n_images; i++)

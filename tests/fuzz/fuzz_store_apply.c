@@ -6,7 +6,6 @@
  * reach the rules) or passed on raw; one byte of a built message may be
  * flipped. The contract's invariant is checked after every write: a
  * terminal state never changes again. */
-#include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 #include "clock.h"
 #include "../../store/db.h"
 #include "fuzz_input.h"
+#include "fuzz_tmpdir.h"
 #include "imagepath.h"
 #include "../../gateway/job_json.h"
 #include "../../store/list.h"
@@ -29,23 +29,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const char *const fuzz_ids[FUZZ_IDS] = {"j0", "j1", "job-2", "01a2f3b4-c5d6-7e8f"};
 static const char *const fuzz_users[2] = {"alice", "bob"};
 
-static char fuzz_dir[64];
 static db_store *fuzz_db;
 static db_batch *fuzz_wb;
 
-static int fuzz_rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void fuzz_cleanup(void)
+static void fuzz_close(void)
 {
     db_batch_destroy(fuzz_wb);
     db_close(fuzz_db);
-    if (fuzz_dir[0] != '\0') nftw(fuzz_dir, fuzz_rm, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static void fuzz_fail(const char *what, const char *id)
@@ -56,11 +46,12 @@ static void fuzz_fail(const char *what, const char *id)
 
 static void fuzz_open(void)
 {
-    snprintf(fuzz_dir, sizeof fuzz_dir, "/tmp/kiln-fuzz-store.XXXXXX");
-    if (mkdtemp(fuzz_dir) == NULL || db_open(fuzz_dir, 86400000, 8u << 20, &fuzz_db) != KILN_OK ||
+    /* atexit runs in reverse: the database closes before its dir goes. */
+    const char *dir = fz_tmpdir("store");
+    if (dir == NULL || db_open(dir, 86400000, 8u << 20, &fuzz_db) != KILN_OK ||
         db_batch_create(&fuzz_wb) != KILN_OK)
         fuzz_fail("cannot open a RocksDB in a temp dir", "-");
-    atexit(fuzz_cleanup);
+    atexit(fuzz_close);
 }
 
 /* An id: mostly one of a few, so that messages meet the same records. */
