@@ -173,6 +173,14 @@ static void fuzz_render(const Kiln__V1__JobRecord *rec, const char *id)
     int terminal = 0;
     char *ev = gw_sse_format_event(rec, 7, &len, &terminal);
     if (ev == NULL) fuzz_fail("a stored record does not render as an SSE event", id);
+    /* One event, three lines: a line break inside the data would let a
+     * prompt forge events in the stream. */
+    const char *data = strstr(ev, "\ndata: ");
+    if (strncmp(ev, "event: job\nid: ", 15) != 0 || data == NULL || len < 2 ||
+        strchr(ev + 15, '\n') != data ||
+        strcspn(data + 7, "\r\n") != len - (size_t)(data + 7 - ev) - 2 ||
+        strcmp(ev + len - 2, "\n\n") != 0)
+        fuzz_fail("an SSE event is not one event of three lines", id);
     free(ev);
     char path[512];
     for (size_t i = 0; i < rec->n_blobs; i++)
