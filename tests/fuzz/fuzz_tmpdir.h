@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static char fz_tmpdir_path[64];
 
@@ -22,11 +23,15 @@ static void fz_tmpdir_remove(void)
     if (fz_tmpdir_path[0] != '\0') nftw(fz_tmpdir_path, fz_tmpdir_rm, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* /tmp/kiln-fuzz-<name>.XXXXXX, made on the first call; NULL on failure. */
+/* $TMPDIR/kiln-fuzz-<name>.XXXXXX (TMPDIR: /tmp when unset or too long),
+ * made on the first call; NULL on failure. A fuzzer stopped by a finding
+ * exits without atexit: run.sh points TMPDIR into a dir it removes. */
 static inline const char *fz_tmpdir(const char *name)
 {
     if (fz_tmpdir_path[0] != '\0') return fz_tmpdir_path;
-    snprintf(fz_tmpdir_path, sizeof fz_tmpdir_path, "/tmp/kiln-fuzz-%s.XXXXXX", name);
+    const char *tmp = getenv("TMPDIR");
+    if (tmp == NULL || tmp[0] == '\0' || strlen(tmp) > 32) tmp = "/tmp";
+    snprintf(fz_tmpdir_path, sizeof fz_tmpdir_path, "%s/kiln-fuzz-%s.XXXXXX", tmp, name);
     if (mkdtemp(fz_tmpdir_path) == NULL) {
         fz_tmpdir_path[0] = '\0';
         return NULL;

@@ -14,6 +14,7 @@ ARTIFACTS="$ROOT/build/fuzz/artifacts"
 WORK=$(mktemp -d /tmp/kiln-fuzz-run.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
+export TMPDIR="$WORK" # the targets' scratch dirs go with $WORK, also after a finding
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp:print_suppressions=0"
