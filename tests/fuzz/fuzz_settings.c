@@ -27,27 +27,29 @@ static void fuzz_fail(const char *what, const char *text)
     abort();
 }
 
+/* An accepted KILN_API_KEYS: its first entry's token authenticates as that
+ * entry's user. */
 static void fuzz_auth(const char *text)
 {
     char err[256] = "";
-    if (gw_auth_init(text, err, sizeof err) == KILN_OK) {
-        const char *user = NULL;
-        char header[300];
-        /* Every token of an accepted spec must authenticate. */
-        const char *comma = strchr(text, ',');
-        const char *colon = strchr(text, ':');
-        if (colon != NULL && (comma == NULL || colon < comma) && colon - text < 256) {
-            snprintf(header, sizeof header, "Bearer %.*s", (int)(colon - text), text);
-            /* Surrounding blanks may be trimmed by the parser: only a token
-             * without them is checked. */
-            if (text[0] != ' ' && text[0] != '\t' && colon > text && colon[-1] != ' ' &&
-                colon[-1] != '\t' && gw_auth_check_header(header, &user) < 0)
-                fuzz_fail("a token of an accepted KILN_API_KEYS does not authenticate", text);
-        }
-        gw_auth_free();
-    } else if (err[0] == '\0') {
-        fuzz_fail("KILN_API_KEYS rejected without a message", text);
+    kiln_status st = gw_auth_init(text, err, sizeof err);
+    if (st != KILN_OK) {
+        if (err[0] == '\0') fuzz_fail("KILN_API_KEYS rejected without a message", text);
+        return;
     }
+    size_t len = strcspn(text, ",");
+    while (len > 0 && (*text == ' ' || *text == '\t')) text++, len--;
+    while (len > 0 && (text[len - 1] == ' ' || text[len - 1] == '\t')) len--;
+    const char *colon = memchr(text, ':', len);
+    if (colon == NULL) fuzz_fail("KILN_API_KEYS accepted with an entry without ':'", text);
+    char header[320], want[160];
+    const char *user = NULL;
+    snprintf(header, sizeof header, "Bearer %.*s", (int)(colon - text), text);
+    snprintf(want, sizeof want, "%.*s", (int)(len - (size_t)(colon - text) - 1), colon + 1);
+    if (gw_auth_check_header(header, &user) < 0 || user == NULL || strcmp(user, want) != 0)
+        fuzz_fail("the first token of an accepted KILN_API_KEYS does not authenticate as its user",
+                  text);
+    gw_auth_free();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
