@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "natsconn.h"
 
 #define CONFIG_MAX_SETTINGS 128 /* more than any binary declares */
 
@@ -102,6 +103,7 @@ static const char *config_type_hint(kiln_setting_type t)
     case KILN_SET_BOOL: return "<bool>";
     case KILN_SET_DURATION: return "<duration>";
     case KILN_SET_RATE: return "<rate>";
+    case KILN_SET_NATS_URLS: return "<urls>";
     }
     return "<value>";
 }
@@ -177,13 +179,24 @@ static void config_origin(const kiln_setting *s, config_source src, const char *
 static kiln_status config_apply(const kiln_setting *s, config_source src, const char *text,
                                 char *err, size_t errlen)
 {
-    char origin[256];
-    config_origin(s, src, text, origin, sizeof origin);
+    char origin[256], shown[160];
+    if (s->type == KILN_SET_NATS_URLS) /* a server list may hold passwords */
+        kiln_nats_urls_redact(text, shown, sizeof shown);
+    config_origin(s, src, s->type == KILN_SET_NATS_URLS ? shown : text, origin, sizeof origin);
     bool ranged = s->min <= s->max;
     switch (s->type) {
     case KILN_SET_STRING:
         *(char **)s->dst = (char *)text;
         return KILN_OK;
+    case KILN_SET_NATS_URLS: {
+        char why[160];
+        if (kiln_nats_urls_check(text, why, sizeof why) != KILN_OK) {
+            snprintf(err, errlen, "%s: %s", origin, why);
+            return KILN_EINVAL;
+        }
+        *(char **)s->dst = (char *)text;
+        return KILN_OK;
+    }
     case KILN_SET_INT: {
         int64_t v;
         if (kiln_config_parse_int(text, &v) != KILN_OK) {

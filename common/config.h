@@ -20,6 +20,7 @@ typedef enum {
     KILN_SET_BOOL,     /* dst: bool *; true/false/1/0/yes/no/on/off */
     KILN_SET_DURATION, /* dst: int64_t * milliseconds; "250ms", "3s", "2m", "1h", bare number = ms */
     KILN_SET_RATE,     /* dst: double * per second; "20/s", "600/min", "100/h", "0" = off */
+    KILN_SET_NATS_URLS,/* dst: char **; a NATS server list, checked by kiln_nats_urls_check */
 } kiln_setting_type;
 
 typedef struct {

@@ -4,8 +4,10 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "clock.h"
@@ -16,6 +18,152 @@
 #define NATSCONN_URLS_MAX 4096
 #define NATSCONN_RETRY_MS 250
 #define NATSCONN_RECONNECT_BUF (8 * 1024 * 1024) /* publishes buffered while reconnecting */
+
+/* Whether [start, end) is [user[:password]@]host[:port] with a port of
+ * 1-65535 when given (host: a name, an IPv4 address or [IPv6]). */
+static int natsconn_hostport_ok(const char *start, const char *end)
+{
+    for (const char *p = end; p > start; p--)
+        if (p[-1] == '@') {
+            start = p;
+            break;
+        }
+    if (start == end) return 0;
+    const char *port = NULL;
+    if (*start == '[') {
+        const char *close = memchr(start, ']', (size_t)(end - start));
+        if (close == NULL || close == start + 1) return 0;
+        if (close + 1 < end) {
+            if (close[1] != ':') return 0;
+            port = close + 2;
+        }
+    } else {
+        for (const char *p = start; p < end; p++) {
+            if (*p == ':') {
+                if (port != NULL || p == start) return 0;
+                port = p + 1;
+            } else if (port == NULL && !(*p == '-' || *p == '.' || *p == '_' ||
+                                         (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+                                         (*p >= 'A' && *p <= 'Z'))) {
+                return 0;
+            }
+        }
+    }
+    if (port == NULL) return 1;
+    if (port == end || end - port > 5) return 0;
+    long v = 0;
+    for (const char *p = port; p < end; p++) {
+        if (*p < '0' || *p > '9') return 0;
+        v = v * 10 + (*p - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+/* Calls fn for every server of urls (split on commas and spaces, as
+ * natsOptions_SetServers gets them); stops at the first non-zero result. */
+static int natsconn_each_server(const char *urls, int (*fn)(const char *s, size_t len, void *arg),
+                                void *arg)
+{
+    const char *p = urls;
+    while (*p != '\0') {
+        size_t skip = strspn(p, ", "), len;
+        p += skip;
+        if (*p == '\0') break;
+        len = strcspn(p, ", ");
+        int r = fn(p, len, arg);
+        if (r != 0) return r;
+        p += len;
+    }
+    return 0;
+}
+
+typedef struct {
+    int n;
+    char *err;
+    size_t errlen;
+} natsconn_check;
+
+static int natsconn_check_one(const char *s, size_t len, void *arg)
+{
+    natsconn_check *c = arg;
+    c->n++;
+    if (c->n > NATSCONN_MAX_SERVERS) {
+        snprintf(c->err, c->errlen, "more than %d servers", NATSCONN_MAX_SERVERS);
+        return -1;
+    }
+    const char *end = s + len, *host = s;
+    const char *sep = NULL;
+    for (const char *p = s; p + 3 <= end; p++)
+        if (memcmp(p, "://", 3) == 0) {
+            sep = p;
+            break;
+        }
+    if (sep != NULL) {
+        size_t slen = (size_t)(sep - s);
+        if (!((slen == 4 && strncasecmp(s, "nats", 4) == 0) ||
+              (slen == 3 && strncasecmp(s, "tls", 3) == 0))) {
+            snprintf(c->err, c->errlen, "server %d: the scheme must be nats:// or tls://", c->n);
+            return -1;
+        }
+        host = sep + 3;
+    }
+    if (!natsconn_hostport_ok(host, end)) {
+        snprintf(c->err, c->errlen,
+                 "server %d: want [nats:// or tls://][user[:password]@]host[:port], port 1-65535",
+                 c->n);
+        return -1;
+    }
+    return 0;
+}
+
+kiln_status kiln_nats_urls_check(const char *urls, char *err, size_t errlen)
+{
+    natsconn_check c = {0, err, errlen};
+    if (urls == NULL || strlen(urls) > NATSCONN_URLS_MAX) {
+        snprintf(err, errlen, "must be 1-%d characters", NATSCONN_URLS_MAX);
+        return KILN_EINVAL;
+    }
+    if (natsconn_each_server(urls, natsconn_check_one, &c) != 0) return KILN_EINVAL;
+    if (c.n == 0) {
+        snprintf(err, errlen, "names no server (e.g. nats://127.0.0.1:4222)");
+        return KILN_EINVAL;
+    }
+    return KILN_OK;
+}
+
+void kiln_nats_urls_redact(const char *urls, char *out, size_t outlen)
+{
+    size_t o = 0;
+    if (outlen == 0) return;
+    for (const char *p = urls; *p != '\0' && o + 1 < outlen;) {
+        size_t len = strcspn(p, ", ");
+        const char *at = NULL, *first_at = NULL;
+        for (size_t i = 0; i < len; i++)
+            if (p[i] == '@') {
+                at = p + i;
+                if (first_at == NULL) first_at = at;
+            }
+        size_t keep = 0; /* a scheme, when it comes before any '@' */
+        for (const char *q = p; first_at != NULL && q + 3 <= first_at; q++)
+            if (memcmp(q, "://", 3) == 0) {
+                keep = (size_t)(q - p) + 3;
+                break;
+            }
+        if (at != NULL) {
+            o += (size_t)snprintf(out + o, outlen - o, "%.*s***%.*s", (int)keep, p,
+                                  (int)(p + len - at), at);
+        } else {
+            o += (size_t)snprintf(out + o, outlen - o, "%.*s", (int)len, p);
+        }
+        if (o >= outlen) o = outlen - 1;
+        p += len;
+        size_t seps = strspn(p, ", ");
+        o += (size_t)snprintf(out + o, outlen - o, "%.*s", (int)seps, p);
+        if (o >= outlen) o = outlen - 1;
+        p += seps;
+    }
+    out[o] = '\0';
+}
 
 kiln_status kiln_nats_status(natsStatus s)
 {
@@ -45,9 +193,10 @@ static void natsconn_on_disconnected(natsConnection *nc, void *closure)
 static void natsconn_on_reconnected(natsConnection *nc, void *closure)
 {
     (void)closure;
-    char url[256] = "";
+    char url[256] = "", shown[256];
     if (natsConnection_GetConnectedUrl(nc, url, sizeof url) != NATS_OK) url[0] = '\0';
-    LOG_INFO("nats reconnected url=%s", url);
+    kiln_nats_urls_redact(url, shown, sizeof shown);
+    LOG_INFO("nats reconnected url=%s", shown);
 }
 
 static void natsconn_on_closed(natsConnection *nc, void *closure)
@@ -140,8 +289,13 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
     const char *servers[NATSCONN_MAX_SERVERS];
     int nservers = 0;
 
-    if (urls == NULL || o == NULL || nc == NULL || strlen(urls) > NATSCONN_URLS_MAX)
+    char why[160], shown[NATSCONN_URLS_MAX + 1];
+    if (o == NULL || nc == NULL) return KILN_EINVAL;
+    if (kiln_nats_urls_check(urls, why, sizeof why) != KILN_OK) {
+        LOG_ERROR("nats server list invalid reason=\"%s\"", why);
         return KILN_EINVAL;
+    }
+    kiln_nats_urls_redact(urls, shown, sizeof shown);
     const char *name = o->name;
     int64_t initial_timeout_ms = o->initial_timeout_ms;
     copy = strdup(urls);
@@ -185,12 +339,12 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
         if (s == NATS_OK) break;
         conn = NULL;
         if (natsconn_permanent(s) || kiln_mono_ms() + NATSCONN_RETRY_MS > deadline) {
-            LOG_ERROR("nats connect failed urls=%s status=%s", urls, natsStatus_GetText(s));
+            LOG_ERROR("nats connect failed urls=%s status=%s", shown, natsStatus_GetText(s));
             st = kiln_nats_status(s);
             goto out;
         }
         if (!warned) {
-            LOG_WARN("nats connect failed, retrying urls=%s status=%s timeout_ms=%lld", urls,
+            LOG_WARN("nats connect failed, retrying urls=%s status=%s timeout_ms=%lld", shown,
                      natsStatus_GetText(s), (long long)initial_timeout_ms);
             warned = 1;
         }
@@ -217,9 +371,10 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
             goto out;
         }
     }
-    char url[256] = "";
+    char url[256] = "", url_shown[256];
     if (natsConnection_GetConnectedUrl(conn, url, sizeof url) != NATS_OK) url[0] = '\0';
-    LOG_INFO("nats connected url=%s name=%s", url, name != NULL ? name : "");
+    kiln_nats_urls_redact(url, url_shown, sizeof url_shown);
+    LOG_INFO("nats connected url=%s name=%s", url_shown, name != NULL ? name : "");
 
     *nc = conn;
     conn = NULL;

@@ -8,6 +8,15 @@
 
 #include "status.h"
 
+/* Checks a server list (KILN_NATS_URL): 1 to 32 servers separated by commas
+ * or spaces, each [nats:// or tls://][user[:password]@]host[:port]. On
+ * failure writes why to err, naming the server by its position (never its
+ * text: it may hold a password), and returns KILN_EINVAL. */
+kiln_status kiln_nats_urls_check(const char *urls, char *err, size_t errlen);
+
+/* Copies urls to out with every user[:password]@ replaced by "***@", for logs. */
+void kiln_nats_urls_redact(const char *urls, char *out, size_t outlen);
+
 /* Connects to the comma-separated server list `urls`, retrying the initial
  * connect too until `initial_timeout_ms` passes (0 = one try). The connection
  * then reconnects forever. On success *nc and *js (may be NULL if not wanted)

@@ -25,7 +25,7 @@ static cons_settings main_set;
 static char main_xfer_default[16] = "1";
 
 static const kiln_setting main_table[] = {
-    {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+    {"KILN_NATS_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 1, 0,
      "NATS server(s), comma-separated", &main_set.nats_url},
     {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
      "saved images are appended to <dir>/images/packs/<uuid7>.pack", &main_set.data_dir},

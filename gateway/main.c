@@ -50,7 +50,7 @@ int main(int argc, char **argv)
 {
     main_settings cfg = {0};
     const kiln_setting table[] = {
-        {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+        {"KILN_NATS_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 1, 0,
          "NATS server(s), comma-separated", &cfg.nats_url},
         {"KILN_HTTP_ADDR", "http-addr", KILN_SET_STRING, "127.0.0.1:8080", 1, 0,
          "HTTP listen address host:port", &cfg.http_addr},

@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "config.h"
 #include "jobreq.h"
+#include "natsconn.h"
 #include "kiln_client.h"
 #include "log.h"
 #include "pb.h"
@@ -223,9 +224,16 @@ static int cli_print_status(const cli_common *cc, const Kiln__V1__JobStatus *st)
 static kiln_client *cli_connect(const cli_common *cc, int *rc)
 {
     kiln_client *c = NULL;
+    char why[160], shown[512];
+    if (kiln_nats_urls_check(cc->nats_url, why, sizeof why) != KILN_OK) {
+        cli_error("the NATS server list (--nats-url or KILN_NATS_URL) %s", why);
+        *rc = CLI_EXIT_USAGE;
+        return NULL;
+    }
     kiln_status st = kiln_client_connect(cc->nats_url, &c);
     if (st != KILN_OK) {
-        cli_error("cannot connect to NATS at %s: %s", cc->nats_url, kiln_status_str(st));
+        kiln_nats_urls_redact(cc->nats_url, shown, sizeof shown); /* may hold a password */
+        cli_error("cannot connect to NATS at %s: %s", shown, kiln_status_str(st));
         *rc = st == KILN_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_UNAVAIL;
         return NULL;
     }

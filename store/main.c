@@ -57,7 +57,7 @@ int main(int argc, char **argv)
 {
     store_settings cfg = {0};
     const kiln_setting table[] = {
-        {"KILN_NATS_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 1, 0,
+        {"KILN_NATS_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 1, 0,
          "NATS server(s), comma-separated", &cfg.nats_url},
         {"KILN_DATA_DIR", "data-dir", KILN_SET_STRING, "./var", 1, 0,
          "data directory; RocksDB lives in <dir>/store", &cfg.data_dir},

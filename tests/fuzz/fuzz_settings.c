@@ -2,9 +2,9 @@
  * durations, rates, integers and booleans of every binary's settings
  * (common/config.c), KILN_API_KEYS (gateway/auth.c), Authorization,
  * Last-Event-ID, list cursors (store/keys.c), Retry-After and memory sizes
- * (consumer), the dev provider's sizes and image file names, and the
- * JobRequest field rules. Input: one byte choosing the parser, then the
- * text. */
+ * (consumer), the dev provider's sizes and image file names, the
+ * JobRequest field rules, and NATS server lists (check, and redaction for
+ * logs). Input: one byte choosing the parser, then the text. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +15,7 @@
 #include "fuzz_input.h"
 #include "../../devprovider/images.h"
 #include "jobreq.h"
+#include "natsconn.h"
 #include "../../store/keys.h"
 #include "pb.h"
 #include "../../gateway/sse.h"
@@ -42,7 +43,7 @@ static void fuzz_auth(const char *text)
     while (len > 0 && (text[len - 1] == ' ' || text[len - 1] == '\t')) len--;
     const char *colon = memchr(text, ':', len);
     if (colon == NULL) fuzz_fail("KILN_API_KEYS accepted with an entry without ':'", text);
-    char header[320], want[160];
+    char header[GW_AUTH_TOKEN_MAX + 16], want[KILN_USER_MAX_LEN + 1];
     const char *user = NULL;
     snprintf(header, sizeof header, "Bearer %.*s", (int)(colon - text), text);
     snprintf(want, sizeof want, "%.*s", (int)(len - (size_t)(colon - text) - 1), colon + 1);
@@ -70,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     Kiln__V1__Priority prio;
     int valid;
 
-    switch (data[0] % 16) {
+    switch (data[0] % 17) {
     case 0: (void)kiln_config_parse_duration_ms(text, &i64); break;
     case 1:
         if (kiln_config_parse_rate(text, &d) == KILN_OK && !(d >= 0))
@@ -108,7 +109,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     case 13: (void)kiln_utf8_chars(text, &valid); break;
     case 14: (void)kiln_state_parse(text, &state); break;
-    default: (void)kiln_priority_parse(text, &prio); break;
+    case 15: (void)kiln_priority_parse(text, &prio); break;
+    default: {
+        char why[160], shown[64];
+        (void)kiln_nats_urls_check(text, why, sizeof why);
+        kiln_nats_urls_redact(text, shown, sizeof shown);
+        /* Whatever the list, no user or password is left in the log form. */
+        for (const char *at = strchr(shown, '@'); at != NULL; at = strchr(at + 1, '@'))
+            if (at - shown < 3 || memcmp(at - 3, "***", 3) != 0)
+                fuzz_fail("a redacted server list still shows a user", text);
+        break;
+    }
     }
     free(text);
     return 0;

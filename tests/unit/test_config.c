@@ -115,7 +115,7 @@ typedef struct {
 static void table_init(kiln_setting *t, cfg_t *c, const char *req_def)
 {
     kiln_setting tab[N_SETTINGS] = {
-        {"KILN_T_URL", "nats-url", KILN_SET_STRING, "nats://127.0.0.1:4222", 0, -1, "NATS servers",
+        {"KILN_T_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 0, -1, "NATS servers",
          &c->url},
         {"KILN_CONCURRENCY", "concurrency", KILN_SET_INT, "16", 1, 4096, "parallel jobs", &c->conc},
         {"KILN_T_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000, "ack wait",
@@ -306,4 +306,18 @@ Test(config_load, short_help, .init = help_init)
     char err[256];
     char *argv[] = {"prog", "-h", NULL};
     cr_assert_eq(load(&c, "x", argv, err, sizeof err), KILN_EHELP);
+}
+
+Test(config_load, nats_urls_are_checked_and_their_password_is_not_shown, .init = clear_env)
+{
+    cfg_t c = {0};
+    char err[256];
+    setenv("KILN_T_URL", "nats://alice:s3cret@h:0", 1);
+    char *argv[] = {"prog", NULL};
+    cr_assert_eq(load(&c, "x", argv, err, sizeof err), KILN_EINVAL);
+    cr_expect(strncmp(err, "KILN_T_URL=nats://***@h:0: server 1: ", 37) == 0, "%s", err);
+    cr_expect(strstr(err, "s3cret") == NULL && strstr(err, "alice") == NULL, "%s", err);
+    char *argv2[] = {"prog", "--nats-url=", NULL};
+    cr_assert_eq(load(&c, "x", argv2, err, sizeof err), KILN_EINVAL);
+    cr_expect_str_eq(err, "--nats-url=: names no server (e.g. nats://127.0.0.1:4222)");
 }
