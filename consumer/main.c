@@ -108,6 +108,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "kiln-consumer: KILN_RETRY_CAP must not be below KILN_RETRY_BASE\n");
         return 2;
     }
+    struct sockaddr_storage maddr;
+    size_t maddr_len;
+    if (main_set.metrics_addr[0] != '\0' &&
+        kiln_parse_listen_addr(main_set.metrics_addr, &maddr, &maddr_len) != KILN_OK) {
+        fprintf(stderr, "kiln-consumer: KILN_METRICS_ADDR \"%s\" is not host:port\n",
+                main_set.metrics_addr);
+        return 2;
+    }
     if (strncmp(main_set.provider_url, "http://", 7) != 0 &&
         strncmp(main_set.provider_url, "https://", 8) != 0) {
         fprintf(stderr, "kiln-consumer: KILN_PROVIDER_URL=%s: must start with http:// or https://\n",

@@ -76,7 +76,8 @@ int main(int argc, char **argv)
     dev_server *srv = NULL;
     st = dev_server_start(&o, &srv);
     if (st != KILN_OK) {
-        fprintf(stderr, "kiln-devprovider: cannot serve on %s (%s)\n", addr, kiln_status_str(st));
+        fprintf(stderr, "kiln-devprovider: KILN_DEVPROVIDER_ADDR=%s: cannot serve there (%s)\n", addr,
+                kiln_status_str(st));
         return 2;
     }
     LOG_INFO("listening addr=%s port=%u latency_ms=%lld auth=%s", addr,

@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -118,6 +119,13 @@ int main(int argc, char **argv)
 
     if (snprintf(path, sizeof path, "%s/store", cfg.data_dir) >= (int)sizeof path) {
         fprintf(stderr, "kiln-store: KILN_DATA_DIR is too long\n");
+        return 2;
+    }
+    struct sockaddr_storage maddr;
+    size_t maddr_len;
+    if (cfg.metrics_addr[0] != '\0' &&
+        kiln_parse_listen_addr(cfg.metrics_addr, &maddr, &maddr_len) != KILN_OK) {
+        fprintf(stderr, "kiln-store: KILN_METRICS_ADDR \"%s\" is not host:port\n", cfg.metrics_addr);
         return 2;
     }
     if (store_mkdirs(cfg.data_dir) != KILN_OK) {
