@@ -355,9 +355,12 @@ static const char *h_nats_exe(void)
 static pid_t h_spawn(const char *exe, char *const argv[], char **envp, const char *log_path,
                      int stdout_fd)
 {
-    int logfd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    /* No log_path: stderr goes with stdout to stdout_fd. */
+    int logfd = log_path != NULL ? open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)
+                                 : dup(stdout_fd);
     if (logfd < 0) {
-        fprintf(stderr, "harness: open %s: %s\n", log_path, strerror(errno));
+        fprintf(stderr, "harness: open %s: %s\n", log_path != NULL ? log_path : "stdout",
+                strerror(errno));
         return -1;
     }
     pid_t parent = getpid();
@@ -1514,6 +1517,45 @@ int h_worker_idle(jsCtx *js, const char *durable)
 
 /* ---- CLI ------------------------------------------------------------------ */
 
+/* Reads fd until EOF or timeout_ms (then kills pid), reaps pid; *out gets
+ * what was read (caller frees). Returns h_status_code (137 when killed). */
+static int h_collect(pid_t pid, int fd, const char *name, int64_t timeout_ms, char **out)
+{
+    h_buf b = {0};
+    int64_t end = h_now_ms() + timeout_ms;
+    int killed = 0;
+    for (;;) {
+        int64_t left = end - h_now_ms();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            killed = 1;
+            break;
+        }
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int pr = poll(&pfd, 1, (int)(left > 200 ? 200 : left));
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr > 0) {
+            char tmp[4096];
+            ssize_t n = read(fd, tmp, sizeof tmp);
+            if (n > 0) {
+                h_buf_append(&b, tmp, (size_t)n);
+                continue;
+            }
+            if (n == 0) break; /* EOF: the child closed its output */
+        }
+    }
+    close(fd);
+    int st = 0;
+    if (!h_reap(pid, killed ? 5000 : (int)(timeout_ms > 0 ? timeout_ms : 1000), &st)) {
+        kill(pid, SIGKILL);
+        h_reap(pid, 5000, &st);
+        killed = 1;
+    }
+    *out = b.buf != NULL ? b.buf : strdup("");
+    if (killed) fprintf(stderr, "harness: %s timed out after %lld ms\n", name, (long long)timeout_ms);
+    return h_status_code(st);
+}
+
 int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms)
 {
     *out = NULL;
@@ -1535,37 +1577,21 @@ int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms)
         close(fds[0]);
         return -1;
     }
-    h_buf b = {0};
-    int64_t end = h_now_ms() + timeout_ms;
-    int killed = 0;
-    for (;;) {
-        int64_t left = end - h_now_ms();
-        if (left <= 0) {
-            kill(pid, SIGKILL);
-            killed = 1;
-            break;
-        }
-        struct pollfd pfd = {fds[0], POLLIN, 0};
-        int pr = poll(&pfd, 1, (int)(left > 200 ? 200 : left));
-        if (pr < 0 && errno == EINTR) continue;
-        if (pr > 0) {
-            char tmp[4096];
-            ssize_t n = read(fds[0], tmp, sizeof tmp);
-            if (n > 0) {
-                h_buf_append(&b, tmp, (size_t)n);
-                continue;
-            }
-            if (n == 0) break; /* EOF: the child closed stdout */
-        }
+    return h_collect(pid, fds[0], argv[0], timeout_ms, out);
+}
+
+int h_run_alone(char *const argv[], char *const envp[], char **out, int64_t timeout_ms)
+{
+    *out = NULL;
+    char exe[PATH_MAX];
+    snprintf(exe, sizeof exe, "%s/%s", h_bin_dir(), argv[0]);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    pid_t pid = h_spawn(exe, argv, (char **)envp, NULL, fds[1]);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
     }
-    close(fds[0]);
-    int st = 0;
-    if (!h_reap(pid, killed ? 5000 : (int)(timeout_ms > 0 ? timeout_ms : 1000), &st)) {
-        kill(pid, SIGKILL);
-        h_reap(pid, 5000, &st);
-        killed = 1;
-    }
-    *out = b.buf != NULL ? b.buf : strdup("");
-    if (killed) fprintf(stderr, "harness: %s timed out after %lld ms\n", argv[0], (long long)timeout_ms);
-    return h_status_code(st);
+    return h_collect(pid, fds[0], argv[0], timeout_ms, out);
 }

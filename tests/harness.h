@@ -294,6 +294,11 @@ int h_worker_idle(jsCtx *js, const char *durable);
  * exit code (or 128+signal, or -1 on spawn failure). *out is malloc'ed. */
 int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms);
 
+/* Runs $KILN_BIN_DIR/<argv[0]> alone, with exactly envp (no stack), stdout
+ * and stderr together into *out (caller frees), killed after timeout_ms.
+ * Returns as h_run_cli. */
+int h_run_alone(char *const argv[], char *const envp[], char **out, int64_t timeout_ms);
+
 /* The directory with the binaries: $KILN_BIN_DIR or build/san/bin. */
 const char *h_bin_dir(void);
 

@@ -1,18 +1,12 @@
 /* test_config.c - CONTRACT §1: every binary "exits non-zero with a clear
  * message on bad configuration". Each binary is run alone with one bad
  * setting (nothing else is started: a value wrongly accepted shows as a
- * process still trying to reach NATS at the deadline) and must exit 2 at
- * once, naming the setting, without showing a password. */
-#include <errno.h>
-#include <fcntl.h>
+ * process still trying to reach NATS at the deadline, exit 137) and must
+ * exit 2 at once, naming the setting, without showing a password. */
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -21,59 +15,6 @@
 TestSuite(config, .timeout = 120);
 
 #define CONFIG_DEADLINE_MS 5000
-
-/* Runs <bin dir>/prog with argv and only the given environment; returns the
- * exit code (-1: killed at the deadline or did not start) and its stdout and
- * stderr in *out (caller frees). */
-static int config_run(const char *prog, char *const argv[], char *const envp[], char **out)
-{
-    char exe[PATH_MAX];
-    snprintf(exe, sizeof exe, "%s/%s", h_bin_dir(), prog);
-    int fds[2];
-    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        execve(exe, argv, envp);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    cr_assert_not_null(buf);
-    int64_t end = h_now_ms() + CONFIG_DEADLINE_MS;
-    int killed = 0;
-    for (;;) {
-        int64_t left = end - h_now_ms();
-        if (left <= 0) {
-            kill(pid, SIGKILL);
-            killed = 1;
-            break;
-        }
-        struct pollfd pfd = {fds[0], POLLIN, 0};
-        int pr = poll(&pfd, 1, (int)left);
-        if (pr < 0 && errno == EINTR) continue;
-        if (pr <= 0) continue;
-        if (len + 1024 > cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            cr_assert_not_null(buf);
-        }
-        ssize_t n = read(fds[0], buf + len, cap - len - 1);
-        if (n <= 0) break; /* EOF: the process closed its output */
-        len += (size_t)n;
-    }
-    close(fds[0]);
-    buf[len] = '\0';
-    *out = buf;
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    if (killed || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
 
 typedef struct {
     const char *prog;
@@ -105,7 +46,7 @@ static void config_expect_refused(const config_case *c, const char *dir)
     char *argv[] = {(char *)c->prog, NULL};
     char *out = NULL;
     int64_t t0 = h_now_ms();
-    int code = config_run(c->prog, argv, envp, &out);
+    int code = h_run_alone(argv, envp, &out, CONFIG_DEADLINE_MS);
     cr_expect_eq(code, 2, "%s with %s: exit %d after %lld ms, want 2 at once; output: %.400s",
                  c->prog, c->env[0], code, (long long)(h_now_ms() - t0), out);
     cr_expect(strstr(out, c->named) != NULL, "%s with %s: the message does not name %s: %.400s",
@@ -163,14 +104,14 @@ Test(config, the_cli_refuses_a_bad_server_list_with_exit_2)
                     NULL};
     char *argv[] = {"kiln", "get", "some-job", "--nats-url", "http://127.0.0.1:4222", NULL};
     char *out = NULL;
-    int code = config_run("kiln", argv, envp, &out);
+    int code = h_run_alone(argv, envp, &out, CONFIG_DEADLINE_MS);
     cr_expect_eq(code, 2, "kiln --nats-url http://...: exit %d; output: %.400s", code, out);
     cr_expect(strstr(out, "--nats-url") != NULL, "the message does not name --nats-url: %s", out);
     free(out);
     /* The environment's list is valid but unreachable: the error names it
      * without its password. */
     char *argv2[] = {"kiln", "get", "some-job", NULL};
-    code = config_run("kiln", argv2, envp, &out);
+    code = h_run_alone(argv2, envp, &out, CONFIG_DEADLINE_MS);
     cr_expect_eq(code, 3, "unreachable NATS: exit %d; output: %.400s", code, out);
     cr_expect(strstr(out, "s3cret") == NULL, "the output shows the password: %.400s", out);
     cr_expect(strstr(out, "***@127.0.0.1:1") != NULL, "the server is not named: %.400s", out);
