@@ -23,6 +23,7 @@ struct batch_chunk {
 typedef struct {
     const char *key, *val;
     size_t klen, vlen;
+    uint32_t slot; /* its place in slots[], for db_batch_clear */
     uint8_t cf;
     uint8_t deleted;
 } batch_entry;
@@ -75,7 +76,14 @@ void db_batch_destroy(db_batch *b)
 
 void db_batch_clear(db_batch *b)
 {
-    if (b->n > 0) memset(b->slots, 0, b->nslots * sizeof *b->slots);
+    if (b->n * 8 < b->nslots) {
+        /* A small batch in a table that a large one grew (it never shrinks):
+         * zeroing the whole table per batch was ~4 % of the store's CPU at
+         * 1 000 jobs/s, batches of 1-2 messages in a 64 KiB table. */
+        for (size_t i = 0; i < b->n; i++) b->slots[b->e[i].slot] = 0;
+    } else {
+        memset(b->slots, 0, b->nslots * sizeof *b->slots);
+    }
     b->n = 0;
     b->failed = 0;
     /* Standard-size chunks go back to the spare list; oversized ones are freed. */
@@ -160,8 +168,10 @@ static int batch_grow_slots(db_batch *b)
     b->slots = slots;
     b->nslots = n;
     for (size_t i = 0; i < b->n; i++) {
-        const batch_entry *e = &b->e[i];
-        *batch_slot(b, (db_cf)e->cf, e->key, e->klen) = (uint32_t)(i + 1);
+        batch_entry *e = &b->e[i];
+        uint32_t *slot = batch_slot(b, (db_cf)e->cf, e->key, e->klen);
+        *slot = (uint32_t)(i + 1);
+        e->slot = (uint32_t)(slot - b->slots);
     }
     return 0;
 }
@@ -188,6 +198,7 @@ static void batch_stage(db_batch *b, db_cf cf, const void *key, size_t klen, con
         if (e->key == NULL) goto fail;
         e->klen = klen;
         e->cf = (uint8_t)cf;
+        e->slot = (uint32_t)(s - b->slots);
         b->n++;
         *s = (uint32_t)b->n;
     }
