@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "natsconn.h"
 
 #define CONFIG_MAX_SETTINGS 128 /* more than any binary declares */
@@ -104,6 +106,7 @@ static const char *config_type_hint(kiln_setting_type t)
     case KILN_SET_DURATION: return "<duration>";
     case KILN_SET_RATE: return "<rate>";
     case KILN_SET_NATS_URLS: return "<urls>";
+    case KILN_SET_LISTEN_ADDR: return "<host:port>";
     }
     return "<value>";
 }
@@ -188,6 +191,19 @@ static kiln_status config_apply(const kiln_setting *s, config_source src, const 
     case KILN_SET_STRING:
         *(char **)s->dst = (char *)text;
         return KILN_OK;
+    case KILN_SET_LISTEN_ADDR: {
+        struct sockaddr_storage ss;
+        size_t sslen;
+        int off_allowed = s->def != NULL && s->def[0] == '\0';
+        if (!(text[0] == '\0' && off_allowed) &&
+            kiln_parse_listen_addr(text, &ss, &sslen) != KILN_OK) { /* it logged why */
+            snprintf(err, errlen, "%s: not an address to listen on (host:port, [IPv6]:port%s)",
+                     origin, off_allowed ? ", or empty for off" : "");
+            return KILN_EINVAL;
+        }
+        *(char **)s->dst = (char *)text;
+        return KILN_OK;
+    }
     case KILN_SET_NATS_URLS: {
         char why[160];
         if (kiln_nats_urls_check(text, why, sizeof why) != KILN_OK) {

@@ -21,6 +21,8 @@ typedef enum {
     KILN_SET_DURATION, /* dst: int64_t * milliseconds; "250ms", "3s", "2m", "1h", bare number = ms */
     KILN_SET_RATE,     /* dst: double * per second; "20/s", "600/min", "100/h", "0" = off */
     KILN_SET_NATS_URLS,/* dst: char **; a NATS server list, checked by kiln_nats_urls_check */
+    KILN_SET_LISTEN_ADDR, /* dst: char **; host:port to listen on (kiln_parse_listen_addr);
+                           * "" is allowed (off) when the default is "" */
 } kiln_setting_type;
 
 typedef struct {

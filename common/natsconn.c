@@ -59,33 +59,14 @@ static int natsconn_hostport_ok(const char *start, const char *end)
     return v >= 1 && v <= 65535;
 }
 
-/* Calls fn for every server of urls (split on commas and spaces, as
- * natsOptions_SetServers gets them); stops at the first non-zero result. */
-static int natsconn_each_server(const char *urls, int (*fn)(const char *s, size_t len, void *arg),
-                                void *arg)
-{
-    const char *p = urls;
-    while (*p != '\0') {
-        size_t skip = strspn(p, ", "), len;
-        p += skip;
-        if (*p == '\0') break;
-        len = strcspn(p, ", ");
-        int r = fn(p, len, arg);
-        if (r != 0) return r;
-        p += len;
-    }
-    return 0;
-}
-
 typedef struct {
     int n;
     char *err;
     size_t errlen;
 } natsconn_check;
 
-static int natsconn_check_one(const char *s, size_t len, void *arg)
+static int natsconn_check_one(const char *s, size_t len, natsconn_check *c)
 {
-    natsconn_check *c = arg;
     c->n++;
     if (c->n > NATSCONN_MAX_SERVERS) {
         snprintf(c->err, c->errlen, "more than %d servers", NATSCONN_MAX_SERVERS);
@@ -123,7 +104,13 @@ kiln_status kiln_nats_urls_check(const char *urls, char *err, size_t errlen)
         snprintf(err, errlen, "must be 1-%d characters", NATSCONN_URLS_MAX);
         return KILN_EINVAL;
     }
-    if (natsconn_each_server(urls, natsconn_check_one, &c) != 0) return KILN_EINVAL;
+    /* Servers are split on commas and spaces, as kiln_nats_connect_opts
+     * hands them to natsOptions_SetServers. */
+    for (const char *p = urls + strspn(urls, ", "); *p != '\0'; p += strspn(p, ", ")) {
+        size_t len = strcspn(p, ", ");
+        if (natsconn_check_one(p, len, &c) != 0) return KILN_EINVAL;
+        p += len;
+    }
     if (c.n == 0) {
         snprintf(err, errlen, "names no server (e.g. nats://127.0.0.1:4222)");
         return KILN_EINVAL;

@@ -49,7 +49,7 @@ static const kiln_setting main_table[] = {
      &main_set.drain_timeout_ms},
     {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0, "debug, info, warn, error",
      &main_set.log_level},
-    {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_STRING, "", 1, 0,
+    {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_LISTEN_ADDR, "", 1, 0,
      "host:port for GET /metrics (empty = off)", &main_set.metrics_addr},
     {"KILN_MIN_AVAILABLE_MEM", "min-available-mem", KILN_SET_STRING, "0", 1, 0,
      "pause fetching while MemAvailable is below this, e.g. 64MB, 1GB (0 = off)",
@@ -106,14 +106,6 @@ int main(int argc, char **argv)
     }
     if (main_set.retry_cap_ms < main_set.retry_base_ms) {
         fprintf(stderr, "kiln-consumer: KILN_RETRY_CAP must not be below KILN_RETRY_BASE\n");
-        return 2;
-    }
-    struct sockaddr_storage maddr;
-    size_t maddr_len;
-    if (main_set.metrics_addr[0] != '\0' &&
-        kiln_parse_listen_addr(main_set.metrics_addr, &maddr, &maddr_len) != KILN_OK) {
-        fprintf(stderr, "kiln-consumer: KILN_METRICS_ADDR \"%s\" is not host:port\n",
-                main_set.metrics_addr);
         return 2;
     }
     if (strncmp(main_set.provider_url, "http://", 7) != 0 &&

@@ -17,7 +17,7 @@ int main(int argc, char **argv)
     char *addr = NULL, *level = NULL, *key = NULL, *size = NULL;
     int64_t latency_ms = 0, max_prompts = 0;
     const kiln_setting table[] = {
-        {"KILN_DEVPROVIDER_ADDR", "addr", KILN_SET_STRING, "127.0.0.1:8090", 0, -1,
+        {"KILN_DEVPROVIDER_ADDR", "addr", KILN_SET_LISTEN_ADDR, "127.0.0.1:8090", 0, -1,
          "listen address host:port (port 0 picks a free port)", &addr},
         {"KILN_DEVPROVIDER_LATENCY_MS", "latency", KILN_SET_DURATION, "200ms", 0, 3600000,
          "delay of every generation without a !sleep directive (e.g. 0, 200ms, 2s)", &latency_ms},

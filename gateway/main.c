@@ -52,7 +52,7 @@ int main(int argc, char **argv)
     const kiln_setting table[] = {
         {"KILN_NATS_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 1, 0,
          "NATS server(s), comma-separated", &cfg.nats_url},
-        {"KILN_HTTP_ADDR", "http-addr", KILN_SET_STRING, "127.0.0.1:8080", 1, 0,
+        {"KILN_HTTP_ADDR", "http-addr", KILN_SET_LISTEN_ADDR, "127.0.0.1:8080", 1, 0,
          "HTTP listen address host:port", &cfg.http_addr},
         {"KILN_API_KEYS", "api-keys", KILN_SET_STRING, NULL, 1, 0,
          "API keys: token:user_id[,token:user_id...]", &cfg.api_keys},

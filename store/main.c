@@ -3,7 +3,6 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
-#include <sys/socket.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -64,7 +63,7 @@ int main(int argc, char **argv)
          "data directory; RocksDB lives in <dir>/store", &cfg.data_dir},
         {"KILN_LOG_LEVEL", "log-level", KILN_SET_STRING, "info", 1, 0,
          "debug, info, warn or error", &cfg.log_level},
-        {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_STRING, "", 1, 0,
+        {"KILN_METRICS_ADDR", "metrics-addr", KILN_SET_LISTEN_ADDR, "", 1, 0,
          "host:port for GET /metrics; empty = off", &cfg.metrics_addr},
         {"KILN_ACK_WAIT", "ack-wait", KILN_SET_DURATION, "30s", 1000, 3600000,
          "AckWait of the worker durables (provisioned by every binary)", &cfg.ack_wait_ms},
@@ -119,13 +118,6 @@ int main(int argc, char **argv)
 
     if (snprintf(path, sizeof path, "%s/store", cfg.data_dir) >= (int)sizeof path) {
         fprintf(stderr, "kiln-store: KILN_DATA_DIR is too long\n");
-        return 2;
-    }
-    struct sockaddr_storage maddr;
-    size_t maddr_len;
-    if (cfg.metrics_addr[0] != '\0' &&
-        kiln_parse_listen_addr(cfg.metrics_addr, &maddr, &maddr_len) != KILN_OK) {
-        fprintf(stderr, "kiln-store: KILN_METRICS_ADDR \"%s\" is not host:port\n", cfg.metrics_addr);
         return 2;
     }
     if (store_mkdirs(cfg.data_dir) != KILN_OK) {
