@@ -63,8 +63,7 @@ static kiln_status apply_done_add(apply_done_list *l, const Kiln__V1__JobStatus 
 
 static void apply_counters_clear(apply_sink *s)
 {
-    if (s->ncounters == 0) return;
-    for (size_t i = 0; i < s->capcounters; i++) s->counters[i].klen = 0;
+    for (size_t i = 0; i < s->ncounters; i++) s->counter_index[s->counters[i].slot] = 0;
     s->ncounters = 0;
 }
 
@@ -82,8 +81,10 @@ void apply_sink_free(apply_sink *s)
     apply_done_free(&s->done);
     events_free(&s->events);
     free(s->counters);
+    free(s->counter_index);
     s->counters = NULL;
-    s->ncounters = s->capcounters = 0;
+    s->counter_index = NULL;
+    s->ncounters = s->capcounters = s->nindex = 0;
 }
 
 static size_t apply_counter_hash(const uint8_t *key, size_t klen)
@@ -93,38 +94,59 @@ static size_t apply_counter_hash(const uint8_t *key, size_t klen)
     return (size_t)h;
 }
 
-/* The slot of key in tab (cap a power of two, never full): its entry or a free slot. */
-static apply_counter *apply_counter_slot(apply_counter *tab, size_t cap, const uint8_t *key,
-                                         size_t klen)
+/* The index slot of key: holding its counter, or free (the index is never full). */
+static uint32_t *apply_counter_slot(const apply_sink *s, const uint8_t *key, size_t klen)
 {
-    size_t i = apply_counter_hash(key, klen) & (cap - 1);
-    while (tab[i].klen != 0 && (tab[i].klen != klen || memcmp(tab[i].key, key, klen) != 0))
-        i = (i + 1) & (cap - 1);
-    return &tab[i];
+    size_t mask = s->nindex - 1, i = apply_counter_hash(key, klen) & mask;
+    for (;;) {
+        uint32_t *slot = &s->counter_index[i];
+        if (*slot == 0) return slot;
+        const apply_counter *c = &s->counters[*slot - 1];
+        if (c->klen == klen && memcmp(c->key, key, klen) == 0) return slot;
+        i = (i + 1) & mask;
+    }
 }
 
-/* Adds delta to the batch's change of counter key (grows the table at half full). */
+/* Doubles the index (at least 64 slots) and places every counter again. */
+static kiln_status apply_counter_grow_index(apply_sink *s)
+{
+    size_t n = s->nindex ? s->nindex * 2 : 64;
+    uint32_t *index = calloc(n, sizeof *index);
+    if (index == NULL) return KILN_ENOMEM;
+    free(s->counter_index);
+    s->counter_index = index;
+    s->nindex = n;
+    for (size_t i = 0; i < s->ncounters; i++) {
+        apply_counter *c = &s->counters[i];
+        uint32_t *slot = apply_counter_slot(s, c->key, c->klen);
+        *slot = (uint32_t)(i + 1);
+        c->slot = (uint32_t)(slot - s->counter_index);
+    }
+    return KILN_OK;
+}
+
+/* Adds delta to the batch's change of counter key. */
 static kiln_status apply_counter_defer(apply_sink *s, const uint8_t *key, size_t klen, int delta)
 {
-    if (2 * (s->ncounters + 1) > s->capcounters) {
-        size_t cap = s->capcounters ? s->capcounters * 2 : 64;
-        apply_counter *tab = calloc(cap, sizeof *tab);
-        if (tab == NULL) return KILN_ENOMEM;
-        for (size_t i = 0; i < s->capcounters; i++)
-            if (s->counters[i].klen != 0)
-                *apply_counter_slot(tab, cap, s->counters[i].key, s->counters[i].klen) = s->counters[i];
-        free(s->counters);
-        s->counters = tab;
-        s->capcounters = cap;
-    }
-    apply_counter *c = apply_counter_slot(s->counters, s->capcounters, key, klen);
-    if (c->klen == 0) {
+    if (2 * (s->ncounters + 1) > s->nindex && apply_counter_grow_index(s) != KILN_OK)
+        return KILN_ENOMEM;
+    uint32_t *slot = apply_counter_slot(s, key, klen);
+    if (*slot == 0) {
+        if (s->ncounters == s->capcounters) {
+            size_t cap = s->capcounters ? s->capcounters * 2 : 32;
+            apply_counter *tab = realloc(s->counters, cap * sizeof *tab);
+            if (tab == NULL) return KILN_ENOMEM;
+            s->counters = tab;
+            s->capcounters = cap;
+        }
+        apply_counter *c = &s->counters[s->ncounters++];
         memcpy(c->key, key, klen);
         c->klen = klen;
         c->delta = 0;
-        s->ncounters++;
+        c->slot = (uint32_t)(slot - s->counter_index);
+        *slot = (uint32_t)s->ncounters;
     }
-    c->delta += delta;
+    s->counters[*slot - 1].delta += delta;
     return KILN_OK;
 }
 
@@ -144,9 +166,9 @@ static kiln_status apply_counter_write(db_store *db, db_batch *wb,
 kiln_status apply_sink_flush_counters(db_store *db, db_batch *wb, apply_sink *s)
 {
     kiln_status st = KILN_OK;
-    for (size_t i = 0; i < s->capcounters && st == KILN_OK; i++) {
+    for (size_t i = 0; i < s->ncounters && st == KILN_OK; i++) {
         const apply_counter *c = &s->counters[i];
-        if (c->klen != 0 && c->delta != 0) st = apply_counter_write(db, wb, c->key, c->klen, c->delta);
+        if (c->delta != 0) st = apply_counter_write(db, wb, c->key, c->klen, c->delta);
     }
     apply_counters_clear(s);
     return st;

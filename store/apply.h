@@ -43,8 +43,9 @@ void apply_done_free(apply_done_list *l);
 /* One user counter's change over a batch. */
 typedef struct {
     uint8_t key[KEYS_MAX];
-    size_t klen; /* 0 = free slot */
+    size_t klen;
     int64_t delta;
+    uint32_t slot; /* its place in apply_sink.counter_index */
 } apply_counter;
 
 typedef struct {
@@ -52,12 +53,17 @@ typedef struct {
     events_list events;
     int replay;
     /* defer_counters (the apply loop sets it): counter changes are summed
-     * here (open addressing on the key) and staged once per batch by
-     * apply_sink_flush_counters() instead of a read and a write per
-     * message. 0: every change is read-modify-written in wb at once. */
+     * here and staged once per batch by apply_sink_flush_counters() instead
+     * of a read and a write per message. 0: every change is
+     * read-modify-written in wb at once. The changes are kept densely in
+     * counters[0..ncounters), found through counter_index (open addressing,
+     * counters index + 1, 0 = free), so a batch's flush and clear cost its
+     * own counters, not the largest batch's. */
     int defer_counters;
     apply_counter *counters;
     size_t ncounters, capcounters;
+    uint32_t *counter_index;
+    size_t nindex; /* a power of two, at least 2 * ncounters */
 } apply_sink;
 
 void apply_sink_reset(apply_sink *s);

@@ -498,3 +498,75 @@ Test(store_apply, compaction_drops_expired_idem_entries)
     rocksdb_free(v);
     idem_suggest_sweep(tdb); /* must not block or fail */
 }
+
+/* Deferred counters (the apply loop's mode): a batch of many users' jobs
+ * grows the counter index past its first size; the small batches after it
+ * reuse it. Every user's counters must come out as with one write each. */
+Test(store_apply, deferred_counters_across_a_large_then_small_batches)
+{
+    char id[32], user[32];
+    Kiln__V1__JobRequest r;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    begin(0);
+    sink.defer_counters = 1;
+    for (int i = 0; i < 300; i++) { /* 300 users, one job each, then a second for every third */
+        snprintf(id, sizeof id, "big-%d", i);
+        snprintf(user, sizeof user, "user-%d", i);
+        req_init(&r, id, user);
+        cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+        cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), (uint64_t)i + 1, &sink,
+                                       &changed),
+                     KILN_OK);
+        free(buf);
+        if (i % 3 == 0) {
+            snprintf(id, sizeof id, "big2-%d", i);
+            req_init(&r, id, user);
+            cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+            cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), (uint64_t)i + 1000,
+                                           &sink, &changed),
+                         KILN_OK);
+            free(buf);
+        }
+    }
+    cr_assert_eq(apply_sink_flush_counters(tdb, twb, &sink), KILN_OK);
+    commit();
+    for (int i = 0; i < 300; i += 7)
+        cr_assert_eq(counter((snprintf(user, sizeof user, "user-%d", i), user), KEYS_COUNTER_ACTIVE),
+                     i % 3 == 0 ? 2u : 1u, "user-%d", i);
+    /* Small batches after it: one finishes a job of user-3, one adds a job
+     * for user-5 and finishes one of user-6. */
+    Kiln__V1__JobRequest tr;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    t.request = &tr;
+    t.state = COMPLETED;
+    t.attempt = 1;
+    t.at_ms = TX_AT_MS;
+    for (int round = 0; round < 2; round++) {
+        begin(0);
+        sink.defer_counters = 1;
+        req_init(&tr, round == 0 ? "big-3" : "big-6", round == 0 ? "user-3" : "user-6");
+        cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+        cr_assert_eq(apply_transition(tdb, twb, buf, len, &sink, &changed), KILN_OK);
+        free(buf);
+        if (round == 1) {
+            req_init(&r, "small-5", "user-5");
+            cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+            cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), 5000, &sink,
+                                           &changed),
+                         KILN_OK);
+            free(buf);
+        }
+        cr_assert_eq(apply_sink_flush_counters(tdb, twb, &sink), KILN_OK);
+        commit();
+    }
+    cr_assert_eq(counter("user-3", KEYS_COUNTER_ACTIVE), 1);
+    cr_assert_eq(counter("user-3", KEYS_COUNTER_UNVIEWED), 1);
+    cr_assert_eq(counter("user-6", KEYS_COUNTER_ACTIVE), 1);
+    cr_assert_eq(counter("user-6", KEYS_COUNTER_UNVIEWED), 1);
+    cr_assert_eq(counter("user-5", KEYS_COUNTER_ACTIVE), 2);
+    cr_assert_eq(counter("user-4", KEYS_COUNTER_ACTIVE), 1, "an untouched user");
+    cr_assert_eq(counter("user-4", KEYS_COUNTER_UNVIEWED), 0);
+    sink.defer_counters = 0;
+}
