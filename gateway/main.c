@@ -107,8 +107,11 @@ int main(int argc, char **argv)
     gw_server_opts so;
     memset(&so, 0, sizeof so);
     so.threads = (unsigned)cfg.threads;
+    /* kiln_config_load checked the address (KILN_SET_LISTEN_ADDR); this
+     * parse only fills the sockaddr, and fails only if the host stopped
+     * resolving in between. */
     if (kiln_parse_listen_addr(cfg.http_addr, &so.addr, &so.addr_len) != KILN_OK) {
-        fprintf(stderr, "kiln-gateway: KILN_HTTP_ADDR \"%s\" is not host:port\n", cfg.http_addr);
+        fprintf(stderr, "kiln-gateway: KILN_HTTP_ADDR=%s: no longer resolves\n", cfg.http_addr);
         gw_auth_free();
         return 2;
     }
