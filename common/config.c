@@ -48,6 +48,7 @@ kiln_status kiln_config_parse_duration_ms(const char *s, int64_t *out)
     else if (strcmp(p, "s") == 0) mult = 1000;
     else if (strcmp(p, "m") == 0 || strcmp(p, "min") == 0) mult = 60 * 1000;
     else if (strcmp(p, "h") == 0) mult = 3600 * 1000;
+    else if (strcmp(p, "d") == 0) mult = 24 * 3600 * 1000;
     else return KILN_EINVAL;
     if (v > INT64_MAX / mult) return KILN_EINVAL;
     *out = v * mult;
@@ -114,7 +115,8 @@ static const char *config_type_hint(kiln_setting_type t)
 /* Formats a millisecond count the way a user would write it. */
 static void config_fmt_duration(int64_t ms, char *buf, size_t len)
 {
-    if (ms != 0 && ms % 3600000 == 0) snprintf(buf, len, "%" PRId64 "h", ms / 3600000);
+    if (ms != 0 && ms % 86400000 == 0) snprintf(buf, len, "%" PRId64 "d", ms / 86400000);
+    else if (ms != 0 && ms % 3600000 == 0) snprintf(buf, len, "%" PRId64 "h", ms / 3600000);
     else if (ms != 0 && ms % 60000 == 0) snprintf(buf, len, "%" PRId64 "m", ms / 60000);
     else if (ms != 0 && ms % 1000 == 0) snprintf(buf, len, "%" PRId64 "s", ms / 1000);
     else snprintf(buf, len, "%" PRId64 "ms", ms);

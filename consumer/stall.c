@@ -16,17 +16,16 @@
  * do this at once: the Nats-Msg-Id dedup and the idempotent delete make that
  * safe. */
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "clock.h"
 #include "cons.h"
 #include "log.h"
 #include "pb.h"
+#include "periodic.h"
 #include "subjects.h"
 
 #define STALL_SCAN_MAX 512      /* stream sequences looked at per lane per round */
@@ -56,11 +55,7 @@ typedef struct {
     char id[KILN_ID_MAX_LEN + 1];
 } stall_cand;
 
-static pthread_t stall_thread;
-static bool stall_started;
-static bool stall_stop_flag;    /* under stall_mu */
-static pthread_mutex_t stall_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t stall_cv;
+static kiln_periodic *stall_timer;
 static int64_t stall_last_err_log = -STALL_ERR_LOG_MS;
 static kiln_metric *stall_m_redriven;
 
@@ -286,31 +281,13 @@ static void stall_round(void)
         stall_check_lane(&stall_lanes[i], first);
 }
 
-static void *stall_main(void *arg)
+static void stall_tick(kiln_periodic *p, void *arg)
 {
+    (void)p;
     (void)arg;
-    int64_t interval = cons_g.set->stall_check_ms;
-    pthread_mutex_lock(&stall_mu);
-    while (!stall_stop_flag) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += interval / 1000;
-        ts.tv_nsec += (long)(interval % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        while (!stall_stop_flag && pthread_cond_timedwait(&stall_cv, &stall_mu, &ts) == 0) {
-        }
-        if (stall_stop_flag) break;
-        pthread_mutex_unlock(&stall_mu);
-        if (!atomic_load(&cons_g.stopping) &&
-            natsConnection_Status(cons_g.nc) == NATS_CONN_STATUS_CONNECTED)
-            stall_round();
-        pthread_mutex_lock(&stall_mu);
-    }
-    pthread_mutex_unlock(&stall_mu);
-    return NULL;
+    if (!atomic_load(&cons_g.stopping) &&
+        natsConnection_Status(cons_g.nc) == NATS_CONN_STATUS_CONNECTED)
+        stall_round();
 }
 
 kiln_status cons_stall_start(void)
@@ -321,31 +298,15 @@ kiln_status cons_stall_start(void)
     }
     stall_m_redriven = kiln_metric_counter("kiln_consumer_stalled_redriven_total",
                                            "lost job messages published again by the stall check");
-    pthread_condattr_t ca;
-    if (pthread_condattr_init(&ca) != 0) return KILN_ERR;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&stall_cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0) return KILN_ERR;
-    stall_stop_flag = false;
-    if (pthread_create(&stall_thread, NULL, stall_main, NULL) != 0) {
-        pthread_cond_destroy(&stall_cv);
+    if (kiln_periodic_start("kiln-stall", cons_g.set->stall_check_ms, stall_tick, NULL,
+                            &stall_timer) != KILN_OK)
         return KILN_ERR;
-    }
-    pthread_setname_np(stall_thread, "kiln-stall");
-    stall_started = true;
     LOG_INFO("stall check started interval_ms=%lld", (long long)cons_g.set->stall_check_ms);
     return KILN_OK;
 }
 
 void cons_stall_stop(void)
 {
-    if (!stall_started) return;
-    pthread_mutex_lock(&stall_mu);
-    stall_stop_flag = true;
-    pthread_cond_signal(&stall_cv);
-    pthread_mutex_unlock(&stall_mu);
-    pthread_join(stall_thread, NULL);
-    pthread_cond_destroy(&stall_cv);
-    stall_started = false;
+    kiln_periodic_stop(stall_timer);
+    stall_timer = NULL;
 }

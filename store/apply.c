@@ -260,9 +260,38 @@ static kiln_status apply_stage(db_store *db, db_batch *wb,
         if (nu) db_batch_put(wb, DB_CF_UNVIEWED, (const char *)key, klen, "", 0);
         else db_batch_delete(wb, DB_CF_UNVIEWED, (const char *)key, klen);
     }
+    /* A job that just ended starts its retention clock (retention.c). */
+    if (kiln_state_is_terminal(ns) && (old == NULL || !kiln_state_is_terminal(os))) {
+        int64_t basis = nw->status->completed_at_ms > 0 ? nw->status->completed_at_ms
+                                                         : nw->updated_at_ms;
+        klen = keys_finished(key, basis, id);
+        if (klen == 0) return KILN_EINVAL;
+        db_batch_put(wb, DB_CF_FINISHED, (const char *)key, klen, "", 0);
+    }
     int oa = old != NULL && apply_is_active(os), na = apply_is_active(ns);
     st = apply_counter_add(db, wb, defer, user, KEYS_COUNTER_ACTIVE, na - oa);
     if (st == KILN_OK) st = apply_counter_add(db, wb, defer, user, KEYS_COUNTER_UNVIEWED, nu - ou);
+    return st;
+}
+
+kiln_status apply_stage_remove(db_store *db, db_batch *wb, const Kiln__V1__JobRecord *rec)
+{
+    const char *id = rec->request->id;
+    const char *user = rec->request->user_id;
+    int64_t created = rec->status->created_at_ms;
+    uint8_t key[KEYS_MAX];
+    size_t klen = keys_by_user(key, user, created, id);
+    if (klen == 0) return KILN_EINVAL;
+    db_batch_delete(wb, DB_CF_JOBS, id, strlen(id));
+    db_batch_delete(wb, DB_CF_BY_USER, (const char *)key, klen);
+    int unviewed = apply_is_unviewed(rec);
+    if (unviewed) db_batch_delete(wb, DB_CF_UNVIEWED, (const char *)key, klen);
+    klen = keys_by_user_state(key, user, rec->status->state, created, id);
+    if (klen == 0) return KILN_EINVAL;
+    db_batch_delete(wb, DB_CF_BY_USER_STATE, (const char *)key, klen);
+    kiln_status st = apply_counter_add(db, wb, NULL, user, KEYS_COUNTER_ACTIVE,
+                                       -apply_is_active(rec->status->state));
+    if (st == KILN_OK) st = apply_counter_add(db, wb, NULL, user, KEYS_COUNTER_UNVIEWED, -unviewed);
     return st;
 }
 

@@ -92,6 +92,11 @@ kiln_status apply_stage_record(db_store *db, db_batch *wb,
                                const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
                                events_list *ev);
 
+/* Stages the removal of rec (retention.c): the record, its by_user /
+ * by_user_state / unviewed entries and its share of the user's counters.
+ * Its finished entry is the caller's. No event: expiry is not a state. */
+kiln_status apply_stage_remove(db_store *db, db_batch *wb, const Kiln__V1__JobRecord *rec);
+
 /* A JobRequest from jobs.generate* at stream sequence seq (stored as the
  * record's request_seq). fallback_created_ms stands in for a missing
  * created_at_ms. A new record with an idempotency_key also reserves the key

@@ -14,6 +14,7 @@
 
 static const char *const db_cf_names[DB_CF_COUNT] = {
     "default", "jobs", "by_user", "by_user_state", "unviewed", "counters", "meta", "idem",
+    "finished",
 };
 
 kiln_status db_open(const char *path, int64_t idem_ttl_ms, size_t cache_bytes, db_store **out)

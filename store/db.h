@@ -24,10 +24,13 @@ typedef enum {
     DB_CF_COUNTERS,      /* keys_counter -> be64 */
     DB_CF_META,          /* DB_META_APPLIED_SEQ -> be64 */
     DB_CF_IDEM,          /* keys_idem -> idem value (idem.h) */
+    DB_CF_FINISHED,      /* keys_finished -> "" (terminal jobs, for retention.c) */
     DB_CF_COUNT
 } db_cf;
 
 #define DB_META_APPLIED_SEQ "applied_seq"
+/* Set once every terminal record has its finished entry (retention.c). */
+#define DB_META_FINISHED_INDEXED "finished_indexed"
 
 typedef struct {
     rocksdb_t *db;

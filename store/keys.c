@@ -75,6 +75,15 @@ size_t keys_counter(uint8_t *buf, const char *user, keys_counter_kind kind)
     return n;
 }
 
+size_t keys_finished(uint8_t *buf, int64_t basis_ms, const char *id)
+{
+    size_t idlen = strlen(id);
+    if (idlen == 0 || idlen > KILN_ID_MAX_LEN) return 0;
+    keys_put_be64(buf, basis_ms > 0 ? (uint64_t)basis_ms : 0);
+    memcpy(buf + 8, id, idlen);
+    return 8 + idlen;
+}
+
 size_t keys_idem(uint8_t *buf, const char *user, const char *key)
 {
     size_t n = keys_user_prefix(buf, user);

@@ -30,6 +30,11 @@ size_t keys_by_user_state(uint8_t *buf, const char *user, Kiln__V1__JobState sta
 /* counters: [u8 len][user][u8 kind]. */
 size_t keys_counter(uint8_t *buf, const char *user, keys_counter_kind kind);
 
+/* finished: [be64 expiry basis ms][id] - oldest first (store/retention.c).
+ * The basis is the job's completed_at_ms, or later while an
+ * Idempotency-Key must keep the record. */
+size_t keys_finished(uint8_t *buf, int64_t basis_ms, const char *id);
+
 /* idem: [u8 len][user][idempotency key] (buf: KEYS_IDEM_MAX bytes). */
 size_t keys_idem(uint8_t *buf, const char *user, const char *key);
 

@@ -18,6 +18,7 @@
 #include "natsconn.h"
 #include "provision.h"
 #include "queries.h"
+#include "retention.h"
 #include "sweep.h"
 
 #define STORE_CONNECT_TIMEOUT_MS 30000
@@ -35,6 +36,7 @@ typedef struct {
     int64_t dup_window_ms;
     int64_t idem_ttl_ms;
     int64_t sweep_interval_ms;
+    int64_t result_ttl_ms;
     int64_t cache_mb;
 } store_settings;
 
@@ -75,6 +77,10 @@ int main(int argc, char **argv)
         {"KILN_SWEEP_INTERVAL", "sweep-interval", KILN_SET_DURATION, "30s", 0, 24LL * 3600 * 1000,
          "how often pending jobs whose JobRequest vanished from KILN_JOBS are re-published; 0 = off",
          &cfg.sweep_interval_ms},
+        {"KILN_RESULT_TTL", "result-ttl", KILN_SET_DURATION, "7d", 0, 3650LL * 24 * 3600 * 1000,
+         "how long a finished job's record is kept after it ended (a job with an "
+         "Idempotency-Key at least until the key expires); 0 = for ever",
+         &cfg.result_ttl_ms},
         {"KILN_STORE_CACHE_MB", "store-cache-mb", KILN_SET_INT, "256", 8, 65536,
          "RocksDB block cache in MiB (status reads stay in memory while the hot jobs fit)",
          &cfg.cache_mb},
@@ -89,6 +95,7 @@ int main(int argc, char **argv)
     ingest *ing = NULL;
     queries *q = NULL;
     sweep *sw = NULL;
+    retention *ret = NULL;
 
     kiln_log_init("store");
     kiln_status st = kiln_config_load(table, sizeof table / sizeof table[0], argc, argv,
@@ -164,6 +171,7 @@ int main(int argc, char **argv)
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
+    if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */
     LOG_INFO("ready data=%s applied_seq=%llu metrics=%s", path,
              (unsigned long long)applied, cfg.metrics_addr[0] ? cfg.metrics_addr : "off");
@@ -179,6 +187,7 @@ out:
      * write too), then the apply loop finishes its batch, then NATS, then
      * RocksDB. */
     sweep_stop(sw);
+    retention_stop(ret);
     queries_stop(q);
     ingest_stop(ing);
     kiln_metrics_http_stop();

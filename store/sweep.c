@@ -18,13 +18,11 @@
  * O(users + pending jobs); at most SWEEP_CHECK_MAX overdue jobs are checked
  * per round and the next round resumes after the last one. */
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 #include "jobreq.h"
@@ -32,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pb.h"
+#include "periodic.h"
 #include "subjects.h"
 #include "sweep.h"
 
@@ -51,10 +50,7 @@ struct sweep {
     barrier *b;
     jsCtx *js;
     int64_t interval_ms;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* CLOCK_MONOTONIC */
-    bool stop;         /* under mu */
+    kiln_periodic *timer;
     atomic_bool stopping;
     uint8_t cursor[KEYS_MAX]; /* by_user_state key to resume after; len 0 = from the start */
     size_t cursor_len;
@@ -266,28 +262,10 @@ static void sweep_round(sweep *s)
     rocksdb_readoptions_destroy(ro);
 }
 
-static void *sweep_main(void *arg)
+static void sweep_tick(kiln_periodic *p, void *arg)
 {
-    sweep *s = arg;
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += s->interval_ms / 1000;
-        ts.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &ts) == 0) {
-        }
-        if (s->stop) break;
-        pthread_mutex_unlock(&s->mu);
-        sweep_round(s);
-        pthread_mutex_lock(&s->mu);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
+    (void)p;
+    sweep_round(arg);
 }
 
 kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms, sweep **out)
@@ -307,40 +285,19 @@ kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms
     atomic_init(&s->stopping, false);
     s->m_redriven = kiln_metric_counter("kiln_store_sweep_redriven_total",
                                         "lost pending job requests published again by the sweep");
-    pthread_condattr_t ca;
-    if (pthread_condattr_init(&ca) != 0) goto fail;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0) goto fail;
-    if (pthread_mutex_init(&s->mu, NULL) != 0) {
-        pthread_cond_destroy(&s->cv);
-        goto fail;
+    if (kiln_periodic_start("kiln-sweep", interval_ms, sweep_tick, s, &s->timer) != KILN_OK) {
+        free(s);
+        return KILN_ERR;
     }
-    if (pthread_create(&s->thread, NULL, sweep_main, s) != 0) {
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cv);
-        goto fail;
-    }
-    pthread_setname_np(s->thread, "kiln-sweep");
     LOG_INFO("sweep started interval_ms=%lld", (long long)interval_ms);
     *out = s;
     return KILN_OK;
-fail:
-    free(s);
-    return KILN_ERR;
 }
 
 void sweep_stop(sweep *s)
 {
     if (s == NULL) return;
     atomic_store(&s->stopping, true);
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
+    kiln_periodic_stop(s->timer);
     free(s);
 }

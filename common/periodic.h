@@ -1,0 +1,33 @@
+/* periodic.h - a thread that calls one function at a fixed interval until
+ * stopped: the store's sweep and retention, the consumer's stall check and
+ * image retention.
+ *
+ * Threads: fn runs on the periodic's own thread; start and stop from one
+ * owner thread. */
+#ifndef KILN_PERIODIC_H
+#define KILN_PERIODIC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef struct kiln_periodic kiln_periodic;
+
+/* Called every interval (the first call one interval after start). A long
+ * call should check kiln_periodic_stopping() between its steps. */
+typedef void (*kiln_periodic_fn)(kiln_periodic *p, void *arg);
+
+/* Starts thread `name` (at most 15 characters) calling fn(p, arg) every
+ * interval_ms (> 0). arg is not owned. *out only on success. */
+kiln_status kiln_periodic_start(const char *name, int64_t interval_ms, kiln_periodic_fn fn,
+                                void *arg, kiln_periodic **out);
+
+/* Asks the thread to stop, waits for a running call to return, joins it
+ * and frees p. NULL-safe. */
+void kiln_periodic_stop(kiln_periodic *p);
+
+/* True once kiln_periodic_stop() was called on p. */
+bool kiln_periodic_stopping(kiln_periodic *p);
+
+#endif
