@@ -58,6 +58,7 @@ typedef struct {
     char *min_available_mem; /* KILN_MIN_AVAILABLE_MEM text, parsed by memwatch.c */
     int64_t stall_check_ms;  /* KILN_STALL_CHECK: stall.c interval, 0 = off */
     int64_t transfer_threads; /* KILN_TRANSFER_THREADS: transfers.c workers */
+    int64_t result_ttl_ms;    /* KILN_RESULT_TTL: retention.c, 0 = keep images for ever */
 } cons_settings;
 
 /* Process-wide context shared by the modules (set up by main.c). */
@@ -295,8 +296,27 @@ void cons_image_stage_end(void);
 /* A pack that would grow past bytes is left for a new one (0: the default,
  * 1 GiB). For tests. */
 void cons_image_set_pack_max(uint64_t bytes);
+/* A thread's pack not saved into for ms (> 0) is left for a new one at the
+ * next save, so an old pack is never appended to (retention.c). */
+void cons_image_set_roll_after(int64_t ms);
 /* Writes what is staged and closes the calling thread's pack (at its exit). */
 void cons_image_close(void);
+
+/* ---- retention.c: images of finished jobs go after KILN_RESULT_TTL ------ */
+
+/* Removes the packs under <data_dir>/images/packs, and the per-image files
+ * of earlier versions under <data_dir>/images/<shard>, last written at
+ * least ttl_ms + min(ttl_ms, 1 h) before now_ms (wall clock): every job whose
+ * image is in such a file ended before its last write, so the store has
+ * removed its record (KILN_RESULT_TTL, same value on store and consumer).
+ * *removed counts the files removed. KILN_OK also when there is no images
+ * directory. */
+kiln_status cons_retention_sweep(const char *data_dir, int64_t ttl_ms, int64_t now_ms,
+                                 size_t *removed);
+/* Starts the periodic sweep (KILN_RESULT_TTL, 0 = off) and makes packs
+ * roll after ttl/2 idle. */
+kiln_status cons_retention_start(void);
+void cons_retention_stop(void);
 
 /* ---- transfers.c ---- */
 /* Starts cons_g.set->transfer_threads workers. */

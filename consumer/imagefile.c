@@ -12,8 +12,9 @@
  * instead of one per image: ext4 pays its per-write work (delayed
  * allocation, zeroing the rest of each new block) once per round.
  *
- * A write that fails, a new data dir or a pack that reached
- * IMG_PACK_MAX_BYTES starts a new pack; a pack is never appended to again
+ * A write that fails, a new data dir, a pack that reached
+ * IMG_PACK_MAX_BYTES or one left idle (cons_image_set_roll_after) starts a
+ * new pack; a pack is never appended to again
  * once left, nor by another thread or process. No fsync: like nats-server
  * 2.9.10 itself (which does not fsync per message), a saved image survives
  * a process crash but not a power loss (README, "Durability, honestly"). */
@@ -27,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cons.h"
 #include "imagepath.h"
 #include "log.h"
@@ -48,10 +50,15 @@ typedef struct {
     unsigned char *stage;            /* bytes for [end - stage_len, end) */
     size_t stage_len, stage_cap;
     bool lost;                       /* staged bytes were lost since the last flush */
+    int64_t last_save_ms;            /* kiln_mono_ms() of the last save into the pack */
 } img_writer;
 
 static _Thread_local img_writer img_self = {.fd = -1};
 static _Atomic uint64_t img_pack_max = IMG_PACK_MAX_BYTES;
+/* A pack not saved into for this long is left for a new one (0 = never), so
+ * a pack the retention sweep finds old is one nobody appends to again
+ * (consumer/retention.c). */
+static _Atomic int64_t img_roll_after_ms = 0;
 
 static kiln_status img_mkdir(const char *path)
 {
@@ -156,9 +163,12 @@ kiln_status cons_image_save(const char *data_dir, const unsigned char *bytes, si
     img_writer *w = &img_self;
     kiln_status st = KILN_OK;
     /* A new pack writes what is staged for the old one first. */
-    if (w->fd < 0 || w->end + len > atomic_load(&img_pack_max) || strcmp(w->dir, data_dir) != 0)
+    int64_t now = kiln_mono_ms(), roll_after = atomic_load(&img_roll_after_ms);
+    if (w->fd < 0 || w->end + len > atomic_load(&img_pack_max) || strcmp(w->dir, data_dir) != 0 ||
+        (roll_after > 0 && now - w->last_save_ms >= roll_after))
         st = img_open_pack(w, data_dir);
     if (st != KILN_OK) return st;
+    w->last_save_ms = now;
     bool staged = w->staging && len <= IMG_STAGE_MAX;
     if (staged && w->stage_len + len > IMG_STAGE_MAX && (st = img_write_stage(w)) != KILN_OK)
         return st;
@@ -196,6 +206,8 @@ void cons_image_stage_end(void)
     (void)img_write_stage(&img_self); /* empty after the round's last flush */
     img_self.staging = false;
 }
+
+void cons_image_set_roll_after(int64_t ms) { atomic_store(&img_roll_after_ms, ms > 0 ? ms : 0); }
 
 void cons_image_set_pack_max(uint64_t bytes)
 {

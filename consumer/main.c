@@ -60,6 +60,9 @@ static const kiln_setting main_table[] = {
     {"KILN_TRANSFER_THREADS", "transfer-threads", KILN_SET_INT, main_xfer_default, 1, 16,
      "threads running provider calls and their results (default: online CPUs, at most 8)",
      &main_set.transfer_threads},
+    {"KILN_RESULT_TTL", "result-ttl", KILN_SET_DURATION, "7d", 0, 3650LL * 24 * 3600 * 1000,
+     "how long saved images are kept after their job ended (set it as on kiln-store); 0 = for ever",
+     &main_set.result_ttl_ms},
 };
 
 static void main_fill_defaults(void)
@@ -166,6 +169,7 @@ int main(int argc, char **argv)
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
+    if (cons_retention_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "
              "ack_wait_ms=%lld",
              (long long)main_set.concurrency, (long long)main_set.transfer_threads,
@@ -179,6 +183,7 @@ out:
     /* Drain: stop fetching, let in-flight jobs finish, hand back the rest. */
     atomic_store(&cons_g.stopping, true);
     cons_stall_stop();
+    cons_retention_stop();
     cons_fetcher_stop();
     if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());

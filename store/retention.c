@@ -22,6 +22,9 @@
 #define RETENTION_INDEX_CHUNK 1024
 #define RETENTION_INTERVAL_MIN_MS 1000
 #define RETENTION_INTERVAL_MAX_MS (10 * 60 * 1000)
+/* The key's own clock starts when the store reserves it, a little after
+ * the job's created_at: the record outlives it by this much. */
+#define RETENTION_IDEM_MARGIN_MS (60 * 1000)
 
 struct retention {
     db_store *db;
@@ -42,8 +45,8 @@ static int64_t retention_due(const db_store *db, const Kiln__V1__JobRecord *rec,
 {
     int64_t due = retention_basis(rec) + ttl_ms;
     const char *key = rec->request->idempotency_key;
-    if (key != NULL && key[0] != '\0' && rec->status->created_at_ms + db->idem_ttl_ms > due)
-        due = rec->status->created_at_ms + db->idem_ttl_ms;
+    int64_t key_gone = rec->status->created_at_ms + db->idem_ttl_ms + RETENTION_IDEM_MARGIN_MS;
+    if (key != NULL && key[0] != '\0' && key_gone > due) due = key_gone;
     return due;
 }
 

@@ -29,7 +29,7 @@ kiln_status retention_index_all(db_store *db);
 /* One pass: looks at up to max finished entries due at now_ms (ended at
  * least ttl_ms ago), oldest first, and removes their records
  * (apply_stage_remove) in one write. A job with an Idempotency-Key is kept
- * until the key expires too (created + KILN_IDEM_TTL), so a replay of the
+ * until the key expires too (created + KILN_IDEM_TTL + 1 min), so a replay of the
  * key always finds its job: its entry moves to that time. *removed counts
  * the records removed, *more is 1 when the pass stopped at max. */
 kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t max,

@@ -20,6 +20,8 @@ Test(config, duration_units)
     cr_assert_eq(v, 120000);
     cr_assert_eq(kiln_config_parse_duration_ms("1h", &v), KILN_OK);
     cr_assert_eq(v, 3600000);
+    cr_assert_eq(kiln_config_parse_duration_ms("7d", &v), KILN_OK);
+    cr_assert_eq(v, 7LL * 24 * 3600000);
     cr_assert_eq(kiln_config_parse_duration_ms("42", &v), KILN_OK);
     cr_assert_eq(v, 42);
     cr_assert_eq(kiln_config_parse_duration_ms("0", &v), KILN_OK);
@@ -29,7 +31,8 @@ Test(config, duration_units)
 Test(config, duration_errors_leave_output_alone)
 {
     const char *bad[] = {"", "abc", "3x", "-1s", "1.5s", " 3s", "3s ", "s", "ms", "3 s", "3S",
-                         "99999999999999999999", "9999999999999999h"};
+                         "99999999999999999999", "9999999999999999h",
+                         "999999999999999d", "3D", "1dd"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int64_t v = 7;
         cr_assert_eq(kiln_config_parse_duration_ms(bad[i], &v), KILN_EINVAL, "accepted '%s'",
