@@ -147,7 +147,7 @@ static void config_print_usage(const kiln_setting *table, size_t n, const char *
     printf("Usage: %s [flags]\n", prog != NULL ? prog : "kiln");
     if (summary != NULL && summary[0] != '\0') printf("%s\n", summary);
     printf("\nEvery setting is a flag or an environment variable (the flag wins).\n");
-    printf("Durations: 250ms, 3s, 2m, 1h (bare number = ms). Rates: 20/s, 600/min, 100/h, 0 = off.\n\n");
+    printf("Durations: 250ms, 3s, 2m, 1h, 7d (bare number = ms). Rates: 20/s, 600/min, 100/h, 0 = off.\n\n");
     for (size_t i = 0; i < n; i++) {
         const kiln_setting *s = &table[i];
         char flag[160];
@@ -241,7 +241,7 @@ static kiln_status config_apply(const kiln_setting *s, config_source src, const 
     case KILN_SET_DURATION: {
         int64_t v;
         if (kiln_config_parse_duration_ms(text, &v) != KILN_OK) {
-            snprintf(err, errlen, "%s: not a duration (e.g. 250ms, 3s, 2m, 1h)", origin);
+            snprintf(err, errlen, "%s: not a duration (e.g. 250ms, 3s, 2m, 1h, 7d)", origin);
             return KILN_EINVAL;
         }
         if (ranged && (v < s->min || v > s->max)) {
