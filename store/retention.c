@@ -83,6 +83,18 @@ out:
     return st;
 }
 
+/* Destroys it: KILN_EIO (logged) when it stopped on an error. */
+static kiln_status retention_iter_end(rocksdb_iterator_t *it, const char *step)
+{
+    char *err = NULL;
+    rocksdb_iter_get_error(it, &err);
+    rocksdb_iter_destroy(it);
+    if (err == NULL) return KILN_OK;
+    LOG_WARN("retention scan failed step=%s err=\"%s\"", step, err);
+    rocksdb_free(err);
+    return KILN_EIO;
+}
+
 kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t max,
                            size_t *removed, int *more)
 {
@@ -106,14 +118,8 @@ kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t 
         seen++;
         st = retention_one(db, wb, k, kl, ttl_ms, now_ms, removed);
     }
-    char *ierr = NULL;
-    rocksdb_iter_get_error(it, &ierr);
-    if (ierr != NULL) {
-        LOG_WARN("retention scan failed err=\"%s\"", ierr);
-        rocksdb_free(ierr);
-        st = KILN_EIO;
-    }
-    rocksdb_iter_destroy(it);
+    kiln_status ist = retention_iter_end(it, "scan");
+    if (st == KILN_OK) st = ist;
     if (st == KILN_OK && seen > 0) st = db_write(db, wb);
     db_unlock(db);
     db_batch_destroy(wb);
@@ -161,14 +167,8 @@ kiln_status retention_index_all(db_store *db)
         kiln__v1__job_record__free_unpacked(rec, NULL);
         if (staged == RETENTION_INDEX_CHUNK) st = retention_index_flush(db, wb, &staged);
     }
-    char *ierr = NULL;
-    rocksdb_iter_get_error(it, &ierr);
-    if (ierr != NULL) {
-        LOG_WARN("retention index scan failed err=\"%s\"", ierr);
-        rocksdb_free(ierr);
-        st = KILN_EIO;
-    }
-    rocksdb_iter_destroy(it);
+    kiln_status ist = retention_iter_end(it, "index");
+    if (st == KILN_OK) st = ist;
     if (st == KILN_OK) st = retention_index_flush(db, wb, &staged);
     if (st == KILN_OK) {
         db_put_u64(db, wb, DB_CF_META, DB_META_FINISHED_INDEXED,
