@@ -214,6 +214,12 @@ static int apply_visible(const Kiln__V1__JobRecord *old, const Kiln__V1__JobReco
     return 0;
 }
 
+int64_t apply_finished_at(const Kiln__V1__JobRecord *rec)
+{
+    int64_t at = rec->status->completed_at_ms;
+    return at > 0 && at < rec->updated_at_ms ? at : rec->updated_at_ms;
+}
+
 /* apply_stage_record; counter changes go to defer when it is non-NULL. */
 static kiln_status apply_stage(db_store *db, db_batch *wb,
                                const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
@@ -262,9 +268,7 @@ static kiln_status apply_stage(db_store *db, db_batch *wb,
     }
     /* A job that just ended starts its retention clock (retention.c). */
     if (kiln_state_is_terminal(ns) && (old == NULL || !kiln_state_is_terminal(os))) {
-        int64_t basis = nw->status->completed_at_ms > 0 ? nw->status->completed_at_ms
-                                                         : nw->updated_at_ms;
-        klen = keys_finished(key, basis, id);
+        klen = keys_finished(key, apply_finished_at(nw), id);
         if (klen == 0) return KILN_EINVAL;
         db_batch_put(wb, DB_CF_FINISHED, (const char *)key, klen, "", 0);
     }

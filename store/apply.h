@@ -92,6 +92,11 @@ kiln_status apply_stage_record(db_store *db, db_batch *wb,
                                const Kiln__V1__JobRecord *old, const Kiln__V1__JobRecord *nw,
                                events_list *ev);
 
+/* When a finished rec ended, for retention: completed_at_ms (the consumer's
+ * clock), but never later than the store's own write of it (updated_at_ms),
+ * so a transition from a clock far ahead cannot keep a record for ever. */
+int64_t apply_finished_at(const Kiln__V1__JobRecord *rec);
+
 /* Stages the removal of rec (retention.c): the record, its by_user /
  * by_user_state / unviewed entries and its share of the user's counters.
  * Its finished entry is the caller's. No event: expiry is not a state. */

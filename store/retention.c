@@ -34,18 +34,14 @@ struct retention {
     kiln_metric *m_removed;
 };
 
-static int64_t retention_basis(const Kiln__V1__JobRecord *rec)
-{
-    return rec->status->completed_at_ms > 0 ? rec->status->completed_at_ms : rec->updated_at_ms;
-}
-
 /* When rec may go: ttl after it ended, and not before its Idempotency-Key
  * expires. */
 static int64_t retention_due(const db_store *db, const Kiln__V1__JobRecord *rec, int64_t ttl_ms)
 {
-    int64_t due = retention_basis(rec) + ttl_ms;
+    int64_t ended = apply_finished_at(rec), due = ended + ttl_ms;
     const char *key = rec->request->idempotency_key;
-    int64_t key_gone = rec->status->created_at_ms + db->idem_ttl_ms + RETENTION_IDEM_MARGIN_MS;
+    int64_t created = rec->status->created_at_ms < ended ? rec->status->created_at_ms : ended;
+    int64_t key_gone = created + db->idem_ttl_ms + RETENTION_IDEM_MARGIN_MS;
     if (key != NULL && key[0] != '\0' && key_gone > due) due = key_gone;
     return due;
 }
@@ -158,7 +154,7 @@ kiln_status retention_index_all(db_store *db)
             continue;
         }
         uint8_t key[KEYS_MAX];
-        size_t kl = keys_finished(key, retention_basis(rec), rec->request->id);
+        size_t kl = keys_finished(key, apply_finished_at(rec), rec->request->id);
         if (kl > 0) {
             db_batch_put(wb, DB_CF_FINISHED, (const char *)key, kl, "", 0);
             staged++;

@@ -5,7 +5,9 @@
  * event). Messages are built from the input's bytes (so they decode and
  * reach the rules) or passed on raw; one byte of a built message may be
  * flipped. The contract's invariant is checked after every write: a
- * terminal state never changes again. */
+ * terminal state never changes again. A retention pass (store/retention.c)
+ * far in the future must leave no finished record and no index entry
+ * naming a record that is gone. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +20,9 @@
 #include "fuzz_tmpdir.h"
 #include "imagepath.h"
 #include "../../gateway/job_json.h"
+#include "../../store/keys.h"
 #include "../../store/list.h"
+#include "../../store/retention.h"
 #include "pb.h"
 #include "../../gateway/sse.h"
 
@@ -214,6 +218,62 @@ static void fuzz_commit(const Kiln__V1__JobState *before)
             fuzz_fail("a terminal state changed", fuzz_ids[i]);
 }
 
+/* Every entry of cf names an existing record: the id at the key's end,
+ * inverted in the by_user* keys (keys.c), plain in finished. */
+static void fuzz_entries_name_records(db_cf cf)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(fuzz_db->db, fuzz_db->ro, fuzz_db->cf[cf]);
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl = 0;
+        const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
+        char id[KILN_ID_MAX_LEN + 1];
+        kiln_status st = KILN_EINVAL;
+        if (cf == DB_CF_FINISHED && kl > 8 && kl - 8 <= KILN_ID_MAX_LEN) {
+            memcpy(id, k + 8, kl - 8);
+            id[kl - 8] = '\0';
+            st = KILN_OK;
+        } else if (cf != DB_CF_FINISHED && kl > 0) {
+            size_t prefix = 1 + (size_t)k[0] + (cf == DB_CF_BY_USER_STATE ? 1 : 0);
+            st = keys_index_id(k, kl, prefix, id, sizeof id);
+        }
+        if (st != KILN_OK) fuzz_fail("a malformed index entry", "-");
+        Kiln__V1__JobRecord *rec = NULL;
+        if (db_load_record(fuzz_db, NULL, NULL, id, &rec) != KILN_OK)
+            fuzz_fail("an index entry names no record after retention", id);
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
+    rocksdb_iter_destroy(it);
+}
+
+/* Retention far in the future: every finished job goes, with its entries. */
+static void fuzz_retention(void)
+{
+    size_t removed = 0;
+    int more = 1;
+    while (more)
+        if (retention_pass(fuzz_db, 1000, INT64_MAX / 4, 512, &removed, &more) != KILN_OK)
+            fuzz_fail("retention pass failed", "-");
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(fuzz_db->db, fuzz_db->ro,
+                                                        fuzz_db->cf[DB_CF_JOBS]);
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t vl = 0;
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
+        Kiln__V1__JobRecord *rec = kiln__v1__job_record__unpack(NULL, vl, v);
+        int finished = rec != NULL && rec->status != NULL &&
+                       kiln_state_is_terminal(rec->status->state);
+        if (finished)
+            fprintf(stderr, "left: id=%s created=%lld completed=%lld updated=%lld key=%s\n",
+                    rec->status->id, (long long)rec->status->created_at_ms,
+                    (long long)rec->status->completed_at_ms, (long long)rec->updated_at_ms,
+                    rec->request != NULL && rec->request->idempotency_key ? rec->request->idempotency_key : "-");
+        if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+        if (finished) fuzz_fail("a finished record outlived retention", "-");
+    }
+    rocksdb_iter_destroy(it);
+    db_cf cfs[] = {DB_CF_BY_USER, DB_CF_BY_USER_STATE, DB_CF_UNVIEWED, DB_CF_FINISHED};
+    for (size_t i = 0; i < sizeof cfs / sizeof cfs[0]; i++) fuzz_entries_name_records(cfs[i]);
+}
+
 static void fuzz_list(fz_input *in)
 {
     Kiln__V1__StoreRequest q = KILN__V1__STORE_REQUEST__INIT;
@@ -248,7 +308,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t kind = fz_u8(&in);
         kiln_status st = KILN_OK;
         int changed = 0;
-        switch (kind % 6) {
+        switch (kind % 7) {
         case 0: {
             Kiln__V1__JobRequest r;
             Kiln__V1__JobRequest__ParamsEntry pe[2], *pp[2];
@@ -263,7 +323,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (len > in.n) len = in.n;
             uint8_t *raw = (uint8_t *)fz_copy(in.p, len);
             if (raw == NULL) break;
-            st = kind % 6 == 2 ? apply_transition(fuzz_db, fuzz_wb, raw, len, &sink, &changed)
+            st = kind % 7 == 2 ? apply_transition(fuzz_db, fuzz_wb, raw, len, &sink, &changed)
                                : apply_job_request(fuzz_db, fuzz_wb, raw, len, kiln_now_ms(), 1,
                                                    &sink, &changed);
             free(raw);
@@ -284,6 +344,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fuzz_commit(before);
             db_unlock(fuzz_db);
             fuzz_list(&in);
+            fuzz_terminal_states(before, 0);
+            db_lock(fuzz_db);
+            break;
+        case 6: /* retention: removed records may come back, as new ones */
+            if (apply_sink_flush_counters(fuzz_db, fuzz_wb, &sink) != KILN_OK)
+                fuzz_fail("counters could not be staged", "-");
+            fuzz_commit(before);
+            db_unlock(fuzz_db);
+            fuzz_retention();
             fuzz_terminal_states(before, 0);
             db_lock(fuzz_db);
             break;

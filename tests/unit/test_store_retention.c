@@ -12,6 +12,7 @@
 #include "../../store/apply.h"
 #include "../../store/keys.h"
 #include "../../store/retention.h"
+#include "clock.h"
 #include "pb.h"
 
 #define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
@@ -246,4 +247,16 @@ Test(store_retention, records_of_an_older_store_are_indexed_once)
     db_batch_destroy(wb);
     cr_assert_eq(retention_index_all(rdb), KILN_OK);
     cr_assert_eq(cf_count(DB_CF_FINISHED), 0);
+}
+
+/* A transition stamped by a clock far ahead cannot keep its record for
+ * ever: a job ended no later than the store wrote it. */
+Test(store_retention, a_job_said_to_end_in_the_future_ends_when_the_store_wrote_it)
+{
+    int64_t written = kiln_now_ms();
+    finish("ahead", "erin", NULL, COMPLETED, written + 100 * DAY_MS);
+    int64_t after = kiln_now_ms();
+    cr_assert_eq(pass(written - 1 + TTL_MS, 100, NULL), 0);
+    cr_assert_eq(pass(after + TTL_MS, 100, NULL), 1);
+    cr_assert(!exists("ahead"));
 }
