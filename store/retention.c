@@ -91,8 +91,8 @@ static kiln_status retention_iter_end(rocksdb_iterator_t *it, const char *step)
     return KILN_EIO;
 }
 
-kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t max,
-                           size_t *removed, int *more)
+kiln_status retention_pass(db_store *db, retention_cursor *cur, int64_t ttl_ms, int64_t now_ms,
+                           size_t max, size_t *removed, int *more)
 {
     db_batch *wb = NULL;
     *removed = 0;
@@ -102,12 +102,15 @@ kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t 
     db_lock(db);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(db->db, db->ro, db->cf[DB_CF_FINISHED]);
     size_t seen = 0;
-    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it) && st == KILN_OK;
-         rocksdb_iter_next(it)) {
+    if (cur->len > 0) rocksdb_iter_seek(it, (const char *)cur->key, cur->len);
+    else rocksdb_iter_seek_to_first(it);
+    for (; rocksdb_iter_valid(it) && st == KILN_OK; rocksdb_iter_next(it)) {
         size_t kl = 0;
         const char *k = rocksdb_iter_key(it, &kl);
         if (kl >= 8 && (int64_t)keys_get_be64((const uint8_t *)k) > now_ms - ttl_ms) break;
-        if (seen == max) {
+        if (seen == max && kl <= sizeof cur->key) {
+            memcpy(cur->key, k, kl);
+            cur->len = kl;
             *more = 1;
             break;
         }
@@ -183,10 +186,15 @@ static void retention_tick(kiln_periodic *p, void *arg)
         if (retention_index_all(r->db) != KILN_OK) return; /* it logged; again next time */
         r->indexed = 1;
     }
+    /* Each tick starts at the oldest entry (a late transition may have
+     * added one before where the last tick stopped); within a tick each
+     * pass resumes where the last one stopped, so it does not walk the
+     * delete markers of the entries just removed again. */
+    retention_cursor cur = {.len = 0};
     int more = 1;
     while (more && !kiln_periodic_stopping(p)) {
         size_t removed = 0;
-        if (retention_pass(r->db, r->ttl_ms, kiln_now_ms(), RETENTION_PASS_MAX, &removed,
+        if (retention_pass(r->db, &cur, r->ttl_ms, kiln_now_ms(), RETENTION_PASS_MAX, &removed,
                            &more) != KILN_OK)
             return;
         kiln_metric_add(r->m_removed, (int64_t)removed);

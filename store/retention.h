@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "db.h"
+#include "keys.h"
 #include "status.h"
 
 typedef struct retention retention;
@@ -26,13 +27,21 @@ void retention_stop(retention *r); /* NULL-safe; joins the thread */
  * remembers it was done. */
 kiln_status retention_index_all(db_store *db);
 
+/* Where a run of passes stands: the entry the next pass starts at (len 0:
+ * the oldest). */
+typedef struct {
+    uint8_t key[KEYS_MAX];
+    size_t len;
+} retention_cursor;
+
 /* One pass: looks at up to max finished entries due at now_ms (ended at
- * least ttl_ms ago), oldest first, and removes their records
+ * least ttl_ms ago), oldest first from *cur, and removes their records
  * (apply_stage_remove) in one write. A job with an Idempotency-Key is kept
- * until the key expires too (created + KILN_IDEM_TTL + 1 min), so a replay of the
- * key always finds its job: its entry moves to that time. *removed counts
- * the records removed, *more is 1 when the pass stopped at max. */
-kiln_status retention_pass(db_store *db, int64_t ttl_ms, int64_t now_ms, size_t max,
-                           size_t *removed, int *more);
+ * until the key expires too (created + KILN_IDEM_TTL + 1 min), so a replay
+ * of the key always finds its job: its entry moves to that time. *removed
+ * counts the records removed; *more is 1 when the pass stopped at max, and
+ * *cur then names where the next pass starts. */
+kiln_status retention_pass(db_store *db, retention_cursor *cur, int64_t ttl_ms, int64_t now_ms,
+                           size_t max, size_t *removed, int *more);
 
 #endif

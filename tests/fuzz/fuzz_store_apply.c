@@ -250,8 +250,9 @@ static void fuzz_retention(void)
 {
     size_t removed = 0;
     int more = 1;
+    retention_cursor cur = {.len = 0};
     while (more)
-        if (retention_pass(fuzz_db, 1000, INT64_MAX / 4, 512, &removed, &more) != KILN_OK)
+        if (retention_pass(fuzz_db, &cur, 1000, INT64_MAX / 4, 2, &removed, &more) != KILN_OK)
             fuzz_fail("retention pass failed", "-");
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(fuzz_db->db, fuzz_db->ro,
                                                         fuzz_db->cf[DB_CF_JOBS]);
