@@ -18,7 +18,7 @@
 #include "periodic.h"
 #include "retention.h"
 
-#define RETENTION_PASS_MAX 512
+#define RETENTION_PASS_MAX 128 /* ~2-3 ms under db_lock per pass */
 #define RETENTION_INDEX_CHUNK 1024
 #define RETENTION_INTERVAL_MIN_MS 1000
 #define RETENTION_INTERVAL_MAX_MS (10 * 60 * 1000)
