@@ -4,7 +4,9 @@
  * The id was checked against [A-Za-z0-9_-]{1,64}, index is one digit 0-3 and
  * a pack name is checked by kiln_image_pack_path, so no path can leave the
  * images directory. */
+#include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -55,6 +57,7 @@ static void images_serve(gw_req *r, const Kiln__V1__JobRecord *rec)
                          : kiln_image_path(path, sizeof path, images_dir, r->job_id,
                                            (unsigned)r->image_index);
     int fd = st == KILN_OK ? images_open(path, &file_size) : -1;
+    bool gone = st == KILN_OK && fd < 0 && errno == ENOENT; /* expired (KILN_RESULT_TTL) */
     if (fd >= 0 && blob == NULL) size = file_size;
     if (fd >= 0 && blob != NULL) {
         offset = blob->offset;
@@ -65,7 +68,8 @@ static void images_serve(gw_req *r, const Kiln__V1__JobRecord *rec)
         }
     }
     if (fd < 0) {
-        if (blob != NULL) LOG_WARN("image pack unreadable job=%s pack=%s", r->job_id, blob->pack);
+        if (blob != NULL && gone) LOG_DEBUG("image pack gone job=%s pack=%s", r->job_id, blob->pack);
+        else if (blob != NULL) LOG_WARN("image pack unreadable job=%s pack=%s", r->job_id, blob->pack);
         gw_answer_error(&r->ans, "not_found", "no such image", NULL);
         return;
     }
