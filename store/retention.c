@@ -1,8 +1,8 @@
 /* retention.c - removes finished jobs' records after KILN_RESULT_TTL.
  *
- * Every terminal record has an entry in CF finished, [be64 basis][id]
- * (apply.c writes it when the job ends; basis = completed_at_ms), so a pass
- * reads only what is due, oldest first, whatever the size of the store.
+ * Every terminal record has an entry in CF finished, [be64 ended][id]
+ * (apply.c writes it when the job ends; ended = apply_finished_at()), so a
+ * pass reads only what is due, oldest first, whatever the size of the store.
  * A pass holds db_lock() for at most RETENTION_PASS_MAX entries, then lets
  * the apply loop in before the next one. */
 #include <stdlib.h>
