@@ -1,4 +1,5 @@
-/* cli.c - the `kiln` command-line client (submit, get, list, watch, cancel) over kiln_client.h. */
+/* cli.c - the `kiln` command-line client (submit, get, list, watch, cancel,
+ * dead) over kiln_client.h. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -53,6 +54,7 @@ static const char cli_usage[] =
     "  list            print a user's jobs, newest first\n"
     "  watch           print every completion event (jobs.done) until Ctrl-C\n"
     "  cancel ID       cancel a pending or processing job\n"
+    "  dead            list dead letters (jobs.dead); dead retry SEQ / dead drop SEQ\n"
     "\n"
     "common options (before or after the command):\n"
     "  --nats-url URL  NATS server(s), comma-separated (env KILN_NATS_URL, default " CLI_DEFAULT_URL ")\n"
@@ -102,6 +104,20 @@ static const char cli_usage_watch[] =
 static const char cli_usage_cancel[] =
     "usage: kiln cancel ID [--nats-url URL] [--json]\n"
     "Prints status=cancelled|already_finished|not_found; exits 0 only when cancelled.\n";
+
+static const char cli_usage_dead[] =
+    "usage: kiln dead [list] [--from SEQ] [--limit N] [--nats-url URL] [--json]\n"
+    "       kiln dead retry SEQ | kiln dead drop SEQ\n"
+    "Dead letters are the jobs.dead messages kept in stream KILN_DEAD (30 days): jobs\n"
+    "that used up their attempts, invalid jobs, and bytes that were not a job.\n"
+    "  list         one line per letter, oldest first:\n"
+    "               seq=N at=TIME job=ID reason=TEXT (then next=SEQ when more remain)\n"
+    "    --from SEQ   start at this sequence (default: the oldest)\n"
+    "    --limit N    at most N letters, 1-200 (default 50)\n"
+    "  retry SEQ    submit the letter's job again under a new id (same request, to\n"
+    "               start now, no Idempotency-Key), print id=NEW, and remove the letter;\n"
+    "               a letter that is not a valid job request is refused (exit 2)\n"
+    "  drop SEQ     remove the letter\n";
 
 static void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -259,6 +275,7 @@ enum {
     OPT_LIMIT,
     OPT_CURSOR,
     OPT_COUNT,
+    OPT_FROM,
 };
 
 static const struct option cli_opts[] = {
@@ -280,6 +297,7 @@ static const struct option cli_opts[] = {
     {"limit", required_argument, NULL, OPT_LIMIT},
     {"cursor", required_argument, NULL, OPT_CURSOR},
     {"count", required_argument, NULL, OPT_COUNT},
+    {"from", required_argument, NULL, OPT_FROM},
     {NULL, 0, NULL, 0},
 };
 
@@ -292,10 +310,10 @@ typedef struct {
     const char *model;
     const char *id;
     const char *cursor;
-    int64_t n, delay_ms, job_timeout_s, max_attempts, timeout_s, repeat, limit, count;
+    int64_t n, delay_ms, job_timeout_s, max_attempts, timeout_s, repeat, limit, count, from;
     int wait;
     int have_timeout;
-    const char *positional[1];
+    const char *positional[2];
     int npositional;
 } cli_args;
 
@@ -363,6 +381,9 @@ static int cli_parse(int argc, char **argv, const char *usage, const int *allowe
             break;
         case OPT_COUNT:
             if (cli_int("count", optarg, 1, INT64_MAX, &a->count) != 0) return -1;
+            break;
+        case OPT_FROM:
+            if (cli_int("from", optarg, 1, INT64_MAX, &a->from) != 0) return -1;
             break;
         default: break;
         }
@@ -661,6 +682,102 @@ out:
     return rc;
 }
 
+/* One dead letter as a line or a JSON object (payload as its size only). */
+static int cli_print_letter(const cli_common *cc, const kiln_dead_letter *l)
+{
+    char at[32] = "-";
+    if (l->at_ms > 0) kiln_rfc3339_ms(l->at_ms, at, sizeof at);
+    if (cc->json)
+        return cli_print_json(json_pack("{s:I, s:s, s:s, s:s, s:I}", "seq", (json_int_t)l->seq,
+                                        "at", at, "job_id", l->job_id, "reason", l->reason,
+                                        "bytes", (json_int_t)l->len));
+    printf("seq=%" PRIu64 " at=%s job=%s reason=%s\n", l->seq, at, l->job_id[0] ? l->job_id : "-",
+           l->reason);
+    return 0;
+}
+
+static int cli_dead_list(kiln_client *c, const cli_args *a)
+{
+    kiln_dead_letter *letters = NULL;
+    size_t n = 0;
+    uint64_t next = 0;
+    kiln_status st = kiln_client_dead_list(c, (uint64_t)a->from, a->limit > 0 ? (size_t)a->limit : 50,
+                                           &letters, &n, &next);
+    if (st != KILN_OK) {
+        cli_error("dead letters: %s", cli_explain(st));
+        return cli_exit_of(st);
+    }
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < n && rc == CLI_EXIT_OK; i++)
+        if (cli_print_letter(&a->cc, &letters[i]) != 0) rc = CLI_EXIT_UNAVAIL;
+    if (rc == CLI_EXIT_OK && next > 0 && !a->cc.json) printf("next=%" PRIu64 "\n", next);
+    kiln_dead_letters_free(letters, n);
+    return rc;
+}
+
+/* retry or drop of letter seq. */
+static int cli_dead_one(kiln_client *c, const cli_args *a, int retry, uint64_t seq)
+{
+    char id[KILN_ID_MAX_LEN + 1] = "", err[512] = "";
+    kiln_status st = retry ? kiln_client_dead_retry(c, seq, id, sizeof id, err, sizeof err)
+                           : kiln_client_dead_drop(c, seq);
+    if (st == KILN_ENOTFOUND) {
+        cli_error("no dead letter %" PRIu64 " (see kiln dead list)", seq);
+        return CLI_EXIT_JOB;
+    }
+    if (st != KILN_OK) {
+        cli_error("dead %s %" PRIu64 ": %s", retry ? "retry" : "drop", seq,
+                  err[0] ? err : cli_explain(st));
+        return cli_exit_of(st);
+    }
+    if (!retry) {
+        if (a->cc.json)
+            return cli_print_json(json_pack("{s:I, s:s}", "seq", (json_int_t)seq, "status", "dropped"))
+                       ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
+        printf("seq=%" PRIu64 " status=dropped\n", seq);
+        return CLI_EXIT_OK;
+    }
+    if (err[0] != '\0') cli_error("%s", err); /* submitted; the letter stayed */
+    if (a->cc.json)
+        return cli_print_json(json_pack("{s:s, s:I}", "id", id, "retry_of", (json_int_t)seq))
+                   ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
+    printf("id=%s retry_of=%" PRIu64 "\n", id, seq);
+    return CLI_EXIT_OK;
+}
+
+static int cli_cmd_dead(int argc, char **argv, cli_args *a)
+{
+    static const int allowed[] = {OPT_FROM, OPT_LIMIT};
+    int r = cli_parse(argc, argv, cli_usage_dead, allowed, sizeof allowed / sizeof allowed[0], 2, a);
+    if (r != 0) return r > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+    const char *sub = a->npositional > 0 ? a->positional[0] : "list";
+    int list = strcmp(sub, "list") == 0, retry = strcmp(sub, "retry") == 0;
+    if (!list && !retry && strcmp(sub, "drop") != 0) {
+        cli_error("dead takes list, retry SEQ or drop SEQ, got \"%s\" (see kiln dead --help)", sub);
+        return CLI_EXIT_USAGE;
+    }
+    int64_t seq = 0;
+    if (list && a->npositional > 1) {
+        cli_error("dead list takes no argument (see kiln dead --help)");
+        return CLI_EXIT_USAGE;
+    }
+    if (!list && (a->npositional != 2 || kiln_config_parse_int(a->positional[1], &seq) != KILN_OK ||
+                  seq < 1)) {
+        cli_error("dead %s needs one SEQ, a sequence number from kiln dead list", sub);
+        return CLI_EXIT_USAGE;
+    }
+    if (!list && (a->from > 0 || a->limit > 0)) {
+        cli_error("--from and --limit apply to dead list only");
+        return CLI_EXIT_USAGE;
+    }
+    int rc = CLI_EXIT_OK;
+    kiln_client *c = cli_connect(&a->cc, &rc);
+    if (c == NULL) return rc;
+    rc = list ? cli_dead_list(c, a) : cli_dead_one(c, a, retry, (uint64_t)seq);
+    kiln_client_destroy(c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     cli_args a;
@@ -704,6 +821,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "list") == 0) return cli_cmd_list(cargc, cargv, &a);
     if (strcmp(cmd, "watch") == 0) return cli_cmd_watch(cargc, cargv, &a);
     if (strcmp(cmd, "cancel") == 0) return cli_cmd_cancel(cargc, cargv, &a);
+    if (strcmp(cmd, "dead") == 0) return cli_cmd_dead(cargc, cargv, &a);
     if (strcmp(cmd, "help") == 0) {
         fputs(cli_usage, stdout);
         return CLI_EXIT_OK;

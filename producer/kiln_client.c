@@ -9,6 +9,7 @@
 #include "clock.h"
 #include "config.h"
 #include "jobreq.h"
+#include "client_internal.h"
 #include "kiln_client.h"
 #include "log.h"
 #include "natsconn.h"
@@ -28,13 +29,6 @@
 #define CLIENT_LIST_MAX 200
 #define CLIENT_CURSOR_MAX 1024
 
-struct kiln_client {
-    natsConnection *nc;
-    jsCtx *js;
-    /* Updated from nats.c's async-ack thread, read by flush callers. */
-    atomic_uint_fast64_t async_failed;
-};
-
 void kiln_job_spec_init(kiln_job_spec *s)
 {
     if (s == NULL) return;
@@ -42,10 +36,7 @@ void kiln_job_spec_init(kiln_job_spec *s)
     s->priority = KILN__V1__PRIORITY__PRIORITY_NORMAL;
 }
 
-static void client_seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void client_seterr(char *err, size_t errlen, const char *fmt, ...)
+void client_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0) return;
     va_list ap;
@@ -54,8 +45,7 @@ static void client_seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* The last nats.c error text for this thread, or the status text. */
-static const char *client_nats_text(natsStatus s)
+const char *client_nats_text(natsStatus s)
 {
     const char *t = nats_GetLastError(NULL);
     return (t != NULL && t[0] != '\0') ? t : natsStatus_GetText(s);

@@ -113,4 +113,42 @@ kiln_status kiln_client_watch_until(kiln_client *c, int64_t timeout_ms, kiln_cli
  * a truncated line). */
 kiln_status kiln_client_format_status(const Kiln__V1__JobStatus *st, char *buf, size_t len);
 
+/* ---- Dead letters: jobs.dead, stream KILN_DEAD (deadletters.c) ---------- */
+
+/* One message of KILN_DEAD: a job that exhausted its attempts, an invalid
+ * job, or bytes that were not a job at all. */
+typedef struct {
+    uint64_t seq;   /* its KILN_DEAD sequence: what retry and drop take */
+    int64_t at_ms;  /* when it was dead-lettered */
+    char *job_id;   /* Kiln-Job-Id, "" when unknown */
+    char *reason;   /* Kiln-Reason, "" when none */
+    uint8_t *data;  /* the original payload (a JobRequest when it decodes) */
+    size_t len;
+} kiln_dead_letter;
+
+/* Reads up to max letters (1-1000) with sequence >= from_seq, oldest first.
+ * *next_seq is where the next page starts (0 when the stream was read to
+ * its end). Free *out with kiln_dead_letters_free(out, n). */
+kiln_status kiln_client_dead_list(kiln_client *c, uint64_t from_seq, size_t max,
+                                  kiln_dead_letter **out, size_t *n, uint64_t *next_seq);
+void kiln_dead_letters_free(kiln_dead_letter *letters, size_t n); /* NULL-safe */
+
+/* The JobRequest a retry publishes for a dead letter's payload: the same
+ * job under a new id, created now, to start now, without its
+ * Idempotency-Key (the key names the failed job). KILN_EINVAL with a
+ * sentence in err when the payload is not a valid JobRequest. *buf
+ * (malloc'ed) and *blen and *priority only on success. */
+kiln_status kiln_client_retry_encode(const void *data, size_t len, char *id_out,
+                                     size_t id_out_len, char *err, size_t errlen, uint8_t **buf,
+                                     size_t *blen, Kiln__V1__Priority *priority);
+
+/* Submits dead letter seq's job again (kiln_client_retry_encode, header
+ * Kiln-Retry-Of: <old id>), waits for the JetStream ack, then removes the
+ * letter. KILN_ENOTFOUND when there is no such letter. */
+kiln_status kiln_client_dead_retry(kiln_client *c, uint64_t seq, char *id_out, size_t id_out_len,
+                                   char *err, size_t errlen);
+
+/* Removes dead letter seq from KILN_DEAD (KILN_ENOTFOUND when there is none). */
+kiln_status kiln_client_dead_drop(kiln_client *c, uint64_t seq);
+
 #endif

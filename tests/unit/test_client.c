@@ -271,3 +271,91 @@ Test(client, format_status_error_and_truncation)
     cr_assert_eq(strlen(small), sizeof small - 1);
     cr_assert_eq(kiln_client_format_status(NULL, line, sizeof line), KILN_EINVAL);
 }
+
+/* ---- kiln_client_retry_encode: a dead letter's job, submitted again ---- */
+
+static void retry_pack(Kiln__V1__JobRequest *r, uint8_t **buf, size_t *len)
+{
+    *len = kiln__v1__job_request__get_packed_size(r);
+    *buf = malloc(*len ? *len : 1);
+    cr_assert_not_null(*buf);
+    kiln__v1__job_request__pack(r, *buf);
+}
+
+Test(client, retry_encode_is_the_same_job_under_a_new_id_to_start_now)
+{
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobRequest__ParamsEntry pe = KILN__V1__JOB_REQUEST__PARAMS_ENTRY__INIT, *pp[1] = {&pe};
+    pe.key = "style";
+    pe.value = "vivid";
+    r.id = "dead-1";
+    r.user_id = "svc-a";
+    r.prompt = "a fox that died once";
+    r.model = "dall-e-3";
+    r.n = 2;
+    r.priority = KILN__V1__PRIORITY__PRIORITY_HIGH;
+    r.created_at_ms = 1700000000000LL;
+    r.not_before_ms = 1700000005000LL;
+    r.max_attempts = 3;
+    r.idempotency_key = "order-7";
+    r.n_params = 1;
+    r.params = pp;
+    uint8_t *in = NULL, *out = NULL;
+    size_t inlen = 0, outlen = 0;
+    retry_pack(&r, &in, &inlen);
+    char id[65] = "", err[256] = "";
+    Kiln__V1__Priority prio = KILN__V1__PRIORITY__PRIORITY_NORMAL;
+    int64_t before = kiln_now_ms();
+    cr_assert_eq(kiln_client_retry_encode(in, inlen, id, sizeof id, err, sizeof err, &out, &outlen,
+                                          &prio),
+                 KILN_OK, "%s", err);
+    Kiln__V1__JobRequest *got = kiln__v1__job_request__unpack(NULL, outlen, out);
+    cr_assert_not_null(got);
+    cr_expect_str_eq(got->id, id);
+    cr_expect_str_neq(id, "dead-1", "a retry is a new job");
+    cr_expect(kiln_jobreq_id_ok(id));
+    cr_expect_str_eq(got->user_id, "svc-a");
+    cr_expect_str_eq(got->prompt, "a fox that died once");
+    cr_expect_str_eq(got->model, "dall-e-3");
+    cr_expect_eq(got->n, 2);
+    cr_expect_eq(got->max_attempts, 3);
+    cr_expect_eq(prio, KILN__V1__PRIORITY__PRIORITY_HIGH);
+    cr_expect_eq(got->priority, KILN__V1__PRIORITY__PRIORITY_HIGH);
+    cr_assert_eq(got->n_params, 1);
+    cr_expect_str_eq(got->params[0]->value, "vivid");
+    cr_expect_str_eq(got->idempotency_key, "", "the key names the failed job");
+    cr_expect_eq(got->not_before_ms, 0, "a retry starts now");
+    cr_expect(got->created_at_ms >= before);
+    kiln__v1__job_request__free_unpacked(got, NULL);
+    free(in);
+    free(out);
+}
+
+Test(client, retry_encode_refuses_what_is_no_valid_job)
+{
+    static const uint8_t garbage[] = "\x0a\x50not a job";
+    char id[65] = "", err[256] = "";
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    Kiln__V1__Priority prio;
+    cr_expect_eq(kiln_client_retry_encode(garbage, sizeof garbage - 1, id, sizeof id, err,
+                                          sizeof err, &out, &outlen, &prio),
+                 KILN_EINVAL);
+    cr_expect(strstr(err, "not a job request") != NULL, "%s", err);
+    cr_expect_null(out);
+
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    r.id = "dead-2";
+    r.user_id = "svc-a";
+    r.prompt = ""; /* what the consumer failed with invalid_argument */
+    uint8_t *in = NULL;
+    size_t inlen = 0;
+    retry_pack(&r, &in, &inlen);
+    err[0] = '\0';
+    cr_expect_eq(kiln_client_retry_encode(in, inlen, id, sizeof id, err, sizeof err, &out, &outlen,
+                                          &prio),
+                 KILN_EINVAL);
+    cr_expect(strstr(err, "prompt") != NULL, "the sentence names the field: %s", err);
+    cr_expect_null(out);
+    free(in);
+}

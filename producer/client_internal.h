@@ -1,0 +1,24 @@
+/* client_internal.h - what the client library's files share (kiln_client.c,
+ * deadletters.c); not part of the public API. */
+#ifndef KILN_CLIENT_INTERNAL_H
+#define KILN_CLIENT_INTERNAL_H
+
+#include <nats/nats.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+struct kiln_client {
+    natsConnection *nc;
+    jsCtx *js;
+    /* Updated from nats.c's async-ack thread, read by flush callers. */
+    atomic_uint_fast64_t async_failed;
+};
+
+/* Writes a sentence into err (NULL-safe). */
+void client_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The last nats.c error text for this thread, or the status text. */
+const char *client_nats_text(natsStatus s);
+
+#endif

@@ -1,0 +1,119 @@
+/* test_deadletters.c - `kiln dead`: dead letters on jobs.dead (stream
+ * KILN_DEAD) are listed, a dead job is submitted again under a new id and
+ * completes, a letter that is not a job is refused and can be dropped. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../harness.h"
+
+TestSuite(dead, .fini = h_fini, .timeout = 150);
+
+/* `kiln dead list --json`: the seq of the letter whose job_id is job_id
+ * ("" = a letter without a job), 0 when none. */
+static uint64_t dead_seq_of(h_stack *s, const char *job_id)
+{
+    char *out = NULL;
+    char *argv[] = {"kiln", "dead", "list", "--json", NULL};
+    int rc = h_run_cli(s, argv, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln dead list exited %d: %s", rc, out);
+    uint64_t seq = 0;
+    for (char *line = strtok(out, "\n"); line != NULL && seq == 0; line = strtok(NULL, "\n")) {
+        json_t *o = json_loads(line, 0, NULL);
+        cr_assert_not_null(o, "not a JSON line: %s", line);
+        if (strcmp(h_jstr(o, "job_id"), job_id) == 0) seq = (uint64_t)h_jint(o, "seq");
+        if (seq > 0)
+            cr_expect(h_jstr(o, "reason")[0] != '\0', "letter %llu has no reason",
+                      (unsigned long long)seq);
+        json_decref(o);
+    }
+    free(out);
+    return seq;
+}
+
+static int dead_cli(h_stack *s, const char *sub, uint64_t seq, char **out)
+{
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)seq);
+    char *argv[] = {"kiln", "dead", (char *)sub, num, NULL};
+    return h_run_cli(s, argv, out, 30000);
+}
+
+Test(dead, a_dead_job_is_retried_under_a_new_id_and_completes)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+
+    /* One attempt, and the dev provider fails this prompt's first attempt. */
+    char id[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE,
+                          "{\"prompt\":\"!fail=500:1 a fox that died once\",\"max_attempts\":1}", id),
+                 202);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 30000, "the job with one attempt");
+    cr_assert(h_collect_wait(n.dead, id, 1, 30000) >= 1, "job %s never reached jobs.dead", id);
+    uint64_t seq = dead_seq_of(&s, id);
+    cr_assert(seq > 0, "kiln dead list does not show job %s", id);
+
+    char *out = NULL;
+    int rc = dead_cli(&s, "retry", seq, &out);
+    cr_assert_eq(rc, 0, "kiln dead retry exited %d: %s", rc, out);
+    char again[65] = "";
+    unsigned long long of = 0;
+    cr_assert_eq(sscanf(out, "id=%64s retry_of=%llu", again, &of), 2, "output: %s", out);
+    free(out);
+    cr_expect_eq(of, seq);
+    cr_assert_str_neq(again, id, "a retry is a new job");
+    /* Same owner and request: alice sees it, and the prompt's second attempt succeeds. */
+    h_expect_job(&s, H_TOKEN_ALICE, again, "completed", 1, 30000, "the retried job");
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, again, NULL);
+    cr_expect_str_eq(h_jstr(j, "prompt"), "!fail=500:1 a fox that died once");
+    json_decref(j);
+    cr_expect_eq(dead_seq_of(&s, id), 0, "the retried letter is still listed");
+    /* The failed job itself is history, unchanged. */
+    h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 5000, "the original job");
+
+    rc = dead_cli(&s, "retry", seq, &out);
+    cr_expect_eq(rc, 1, "retrying a removed letter must say not found, exited %d: %s", rc, out);
+    free(out);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+Test(dead, a_letter_that_is_no_job_is_refused_and_dropped)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    static const char garbage[] = "\x0a\x50not a job";
+    cr_assert_eq(h_js_publish(n.js, "jobs.generate", garbage, (int)sizeof garbage - 1, NULL), 0);
+    cr_assert(h_collect_wait(n.dead, NULL, 1, 30000) >= 1, "garbage never reached jobs.dead");
+    uint64_t seq = dead_seq_of(&s, "");
+    cr_assert(seq > 0, "kiln dead list does not show the garbage letter");
+
+    char *out = NULL;
+    int rc = dead_cli(&s, "retry", seq, &out);
+    cr_expect_eq(rc, 2, "retrying bytes that are no job must be refused, exited %d: %s", rc, out);
+    free(out);
+    cr_expect_eq(dead_seq_of(&s, ""), seq, "a refused retry must keep the letter");
+
+    rc = dead_cli(&s, "drop", seq, &out);
+    cr_expect_eq(rc, 0, "kiln dead drop exited %d: %s", rc, out);
+    cr_expect(strstr(out, "status=dropped") != NULL, "output: %s", out);
+    free(out);
+    cr_expect_eq(dead_seq_of(&s, ""), 0, "the dropped letter is still listed");
+    rc = dead_cli(&s, "drop", seq, &out);
+    cr_expect_eq(rc, 1, "dropping it again must say not found, exited %d: %s", rc, out);
+    free(out);
+
+    char *argv[] = {"kiln", "dead", "retry", "many", NULL};
+    rc = h_run_cli(&s, argv, &out, 30000);
+    cr_expect_eq(rc, 2, "a SEQ that is no number is a usage error, exited %d", rc);
+    free(out);
+    h_nats_free(&n);
+    h_stop(&s);
+}
