@@ -23,6 +23,29 @@ kiln_status kiln_pb_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len)
     return KILN_OK;
 }
 
+void kiln_pb_drop_unknown(ProtobufCMessage *m)
+{
+    if (m == NULL) return;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        /* Kiln's messages have no oneof, whose member may hold another type. */
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) continue;
+        char *member = (char *)m + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)m + f->quantifier_offset);
+            ProtobufCMessage **items = *(ProtobufCMessage ***)(void *)member;
+            for (size_t k = 0; k < n; k++) kiln_pb_drop_unknown(items[k]);
+        } else {
+            kiln_pb_drop_unknown(*(ProtobufCMessage **)(void *)member);
+        }
+    }
+    /* Unpacked with the default allocator; free_unpacked() frees the array. */
+    for (unsigned i = 0; i < m->n_unknown_fields; i++) free(m->unknown_fields[i].data);
+    m->n_unknown_fields = 0;
+}
+
 static const struct {
     Kiln__V1__JobState state;
     const char *name;

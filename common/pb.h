@@ -14,6 +14,14 @@
 /* Packs m into a new buffer owned by the caller (free()). */
 kiln_status kiln_pb_pack(const ProtobufCMessage *m, uint8_t **buf, size_t *len);
 
+/* Forgets the fields of m (and of every message in it) that Kiln's schema
+ * does not know. Call it on a message decoded from outside input before any
+ * part of it is packed again: protobuf-c 1.4.1 keeps such fields and writes
+ * them back, and one it accepted (field 0 in a two-byte tag) it then
+ * writes in a form its own parser refuses, so a record or transition that
+ * carried it would no longer decode. m must come from a ..._unpack(NULL, ...). */
+void kiln_pb_drop_unknown(ProtobufCMessage *m);
+
 /* "pending", "processing", "completed", "failed", "cancelled", or "unspecified". */
 const char *kiln_state_name(Kiln__V1__JobState s);
 /* Parses the names above; returns KILN_EINVAL for anything else. */

@@ -115,6 +115,7 @@ kiln_status kiln_client_retry_encode(const void *data, size_t len, char *id_out,
                       len);
         return KILN_EINVAL;
     }
+    kiln_pb_drop_unknown(&req->base); /* packed again below */
     kiln_status st = kiln_uuid7(id);
     if (st != KILN_OK) {
         client_seterr(err, errlen, "could not make a job id (no randomness)");

@@ -385,6 +385,7 @@ kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
     if (len > KILN_PB_MAX_BYTES) return KILN_EINVAL;
     req = kiln__v1__job_request__unpack(NULL, len, data);
     if (req == NULL) return KILN_EINVAL;
+    kiln_pb_drop_unknown(&req->base); /* the record keeps the request */
     if (kiln_jobreq_validate(req, field, sizeof field, msg, sizeof msg) != KILN_OK) {
         LOG_DEBUG("ignores invalid job request field=%s", field);
         st = KILN_EINVAL;
@@ -519,6 +520,7 @@ kiln_status apply_transition(db_store *db, db_batch *wb, const void *data,
     if (len > KILN_PB_MAX_BYTES) return KILN_EINVAL;
     t = kiln__v1__job_transition__unpack(NULL, len, data);
     if (t == NULL) return KILN_EINVAL;
+    kiln_pb_drop_unknown(&t->base); /* the record keeps parts of it */
     if (t->request == NULL || !kiln_jobreq_id_ok(t->request->id) ||
         !apply_user_ok(t->request->user_id)) {
         st = KILN_EINVAL;

@@ -4,13 +4,38 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../../consumer/cons.h"
 #include "fuzz_input.h"
 #include "../../gateway/job_json.h"
 #include "jobreq.h"
+#include "kiln_client.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The same bytes as a dead letter (`kiln dead retry`): a retry that is
+ * accepted is a valid job under another id, without an Idempotency-Key. */
+static void fuzz_retry(const uint8_t *data, size_t size)
+{
+    char id[72], err[256], field[72], msg[256];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    Kiln__V1__Priority prio;
+    if (kiln_client_retry_encode(data, size, id, sizeof id, err, sizeof err, &buf, &len, &prio) !=
+        KILN_OK)
+        return;
+    Kiln__V1__JobRequest *again = kiln__v1__job_request__unpack(NULL, len, buf);
+    if (again == NULL || kiln_jobreq_validate(again, field, sizeof field, msg, sizeof msg) != KILN_OK ||
+        strcmp(again->id, id) != 0 || again->idempotency_key[0] != '\0' ||
+        again->priority != prio) {
+        fprintf(stderr, "fuzz_job_request: a retry is not a valid new job (%s)\n",
+                again == NULL ? "undecodable" : field);
+        abort();
+    }
+    kiln__v1__job_request__free_unpacked(again, NULL);
+    free(buf);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -46,6 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         kiln__v1__job_request__free_unpacked(r, NULL);
     }
+    fuzz_retry(copy, size);
     free(copy);
     return 0;
 }

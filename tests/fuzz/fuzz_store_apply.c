@@ -97,6 +97,28 @@ static void fuzz_request(fz_input *in, Kiln__V1__JobRequest *r,
 }
 
 /* Packs m, flips one byte when the input says so, and passes it on. */
+/* A message that changed a record leaves one that reads back (through the
+ * batch, as the next message of the batch would read it). */
+static void fuzz_record_reads(const uint8_t *buf, size_t len, int transition)
+{
+    Kiln__V1__JobRequest *r = NULL;
+    Kiln__V1__JobTransition *t = NULL;
+    const char *id = NULL;
+    if (transition) {
+        t = kiln__v1__job_transition__unpack(NULL, len, buf);
+        if (t != NULL && t->request != NULL) id = t->request->id;
+    } else {
+        r = kiln__v1__job_request__unpack(NULL, len, buf);
+        if (r != NULL) id = r->id;
+    }
+    Kiln__V1__JobRecord *rec = NULL;
+    if (id == NULL || db_load_record(fuzz_db, NULL, fuzz_wb, id, &rec) != KILN_OK)
+        fuzz_fail("a changed record does not read back", id != NULL ? id : "?");
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    if (t != NULL) kiln__v1__job_transition__free_unpacked(t, NULL);
+    if (r != NULL) kiln__v1__job_request__free_unpacked(r, NULL);
+}
+
 static kiln_status fuzz_apply_packed(fz_input *in, const ProtobufCMessage *m, int transition,
                                      apply_sink *sink)
 {
@@ -109,6 +131,7 @@ static kiln_status fuzz_apply_packed(fz_input *in, const ProtobufCMessage *m, in
     kiln_status st = transition ? apply_transition(fuzz_db, fuzz_wb, buf, len, sink, &changed)
                                 : apply_job_request(fuzz_db, fuzz_wb, buf, len, kiln_now_ms(),
                                                     fz_u32(in), sink, &changed);
+    if (st == KILN_OK && changed) fuzz_record_reads(buf, len, transition);
     free(buf);
     return st;
 }
@@ -327,6 +350,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             st = kind % 7 == 2 ? apply_transition(fuzz_db, fuzz_wb, raw, len, &sink, &changed)
                                : apply_job_request(fuzz_db, fuzz_wb, raw, len, kiln_now_ms(), 1,
                                                    &sink, &changed);
+            if (st == KILN_OK && changed) fuzz_record_reads(raw, len, kind % 7 == 2);
             free(raw);
             in.p += len;
             in.n -= len;

@@ -76,6 +76,38 @@ Test(nats, raw_publish_is_tracked_and_announced)
     h_stop(&s);
 }
 
+/* A publisher's JobRequest with fields Kiln does not know (from a newer
+ * schema, or bytes protobuf-c accepts but cannot write back: field 0 in a
+ * two-byte tag) is processed as the job it describes: the store's record
+ * and the consumer's transitions carry the request, and must still decode. */
+Test(nats, a_job_with_unknown_fields_completes)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    h_unique_id(id, "odd");
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    r.id = id;
+    r.user_id = "alice";
+    r.prompt = "a fox from a newer schema";
+    r.created_at_ms = h_now_ms();
+    size_t len = kiln__v1__job_request__get_packed_size(&r);
+    /* + field 99 (a varint) + field 0 with a two-byte tag and 8 bytes */
+    static const uint8_t extra[] = {0x98, 0x06, 0x2a, 0x81, 0x00, 1, 2, 3, 4, 5, 6, 7, 8};
+    uint8_t *buf = malloc(len + sizeof extra);
+    cr_assert_not_null(buf);
+    kiln__v1__job_request__pack(&r, buf);
+    memcpy(buf + len, extra, sizeof extra);
+    cr_assert_eq(h_js_publish(n.js, "jobs.generate", buf, (int)(len + sizeof extra), id), 0);
+    free(buf);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the job with unknown fields");
+    h_expect_done_once(&n, id, "completed", 10000);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 Test(nats, invalid_input_goes_to_dead_and_processing_goes_on)
 {
     h_stack s;

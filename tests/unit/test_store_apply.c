@@ -570,3 +570,34 @@ Test(store_apply, deferred_counters_across_a_large_then_small_batches)
     cr_assert_eq(counter("user-4", KEYS_COUNTER_UNVIEWED), 0);
     sink.defer_counters = 0;
 }
+
+/* A JobRequest carrying a field protobuf-c accepts but cannot write back
+ * (tag 0, here in a two-byte varint): the store keeps the request inside the
+ * record, and the record must still read back. Found by fuzz_job_request. */
+Test(store_apply, a_request_with_an_unwritable_unknown_field_still_reads_back)
+{
+    Kiln__V1__JobRequest r;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    req_init(&r, "odd-field", "alice");
+    cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+    static const uint8_t odd[] = {0x81, 0x00, 1, 2, 3, 4, 5, 6, 7, 8};
+    uint8_t *msg = malloc(len + sizeof odd);
+    cr_assert_not_null(msg);
+    memcpy(msg, buf, len);
+    memcpy(msg + len, odd, sizeof odd);
+    begin(0);
+    kiln_status st = apply_job_request(tdb, twb, msg, len + sizeof odd, kiln_now_ms(), 5, &sink,
+                                       &changed);
+    commit();
+    cr_assert_eq(st, KILN_OK);
+    cr_assert_eq(changed, 1);
+    Kiln__V1__JobRecord *rec = NULL;
+    cr_assert_eq(db_load_record(tdb, NULL, NULL, "odd-field", &rec), KILN_OK,
+                 "the stored record does not decode");
+    cr_expect_str_eq(rec->request->prompt, "a red fox");
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    free(buf);
+    free(msg);
+}
