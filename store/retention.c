@@ -152,7 +152,7 @@ static kiln_status retention_index_flush(db_store *db, db_batch *wb, size_t *sta
     return st;
 }
 
-kiln_status retention_index_all(db_store *db)
+kiln_status retention_index_all(db_store *db, kiln_periodic *p)
 {
     uint64_t done = 0;
     kiln_status st = db_get_u64(db, NULL, DB_CF_META, DB_META_FINISHED_INDEXED,
@@ -181,6 +181,7 @@ kiln_status retention_index_all(db_store *db)
         }
         kiln__v1__job_record__free_unpacked(rec, NULL);
         if (staged == RETENTION_INDEX_CHUNK) st = retention_index_flush(db, wb, &staged);
+        if (p != NULL && kiln_periodic_stopping(p)) st = KILN_ESTOPPED; /* again at the next start */
     }
     kiln_status ist = retention_iter_end(it, "index");
     if (st == KILN_OK) st = ist;
@@ -199,7 +200,7 @@ static void retention_tick(kiln_periodic *p, void *arg)
 {
     retention *r = arg;
     if (!r->indexed) {
-        if (retention_index_all(r->db) != KILN_OK) return; /* it logged; again next time */
+        if (retention_index_all(r->db, p) != KILN_OK) return; /* again next time */
         r->indexed = 1;
     }
     /* Each tick starts at the oldest entry (a late transition may have

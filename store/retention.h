@@ -11,6 +11,7 @@
 
 #include "db.h"
 #include "keys.h"
+#include "periodic.h"
 #include "status.h"
 
 typedef struct retention retention;
@@ -24,8 +25,9 @@ void retention_stop(retention *r); /* NULL-safe; joins the thread */
 
 /* Gives every terminal record without one its finished entry (records
  * written before the entries existed), once: DB_META_FINISHED_INDEXED
- * remembers it was done. */
-kiln_status retention_index_all(db_store *db);
+ * remembers it was done. Stops with KILN_ESTOPPED when p (may be NULL) is
+ * being stopped, and starts over at the next call. */
+kiln_status retention_index_all(db_store *db, kiln_periodic *p);
 
 /* Where a run of passes stands: the entry the next pass starts at (len 0:
  * the oldest). */

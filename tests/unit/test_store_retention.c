@@ -238,7 +238,7 @@ Test(store_retention, records_of_an_older_store_are_indexed_once)
     db_batch_destroy(wb);
     cr_assert_eq(pass(t + TTL_MS, 100, NULL), 0, "nothing indexed, nothing found");
 
-    cr_assert_eq(retention_index_all(rdb), KILN_OK);
+    cr_assert_eq(retention_index_all(rdb, NULL), KILN_OK);
     cr_assert_eq(cf_count(DB_CF_FINISHED), 2, "the two finished jobs, not the pending one");
     cr_assert_eq(pass(t + TTL_MS, 100, NULL), 2);
     cr_assert(!exists("old1") && !exists("old2") && exists("old3"));
@@ -249,7 +249,7 @@ Test(store_retention, records_of_an_older_store_are_indexed_once)
     db_batch_delete(wb, DB_CF_FINISHED, (const char *)k, keys_finished(k, t, "old4"));
     cr_assert_eq(db_write(rdb, wb), KILN_OK);
     db_batch_destroy(wb);
-    cr_assert_eq(retention_index_all(rdb), KILN_OK);
+    cr_assert_eq(retention_index_all(rdb, NULL), KILN_OK);
     cr_assert_eq(cf_count(DB_CF_FINISHED), 0);
 }
 
