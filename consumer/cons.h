@@ -313,8 +313,8 @@ void cons_image_close(void);
  * directory. */
 kiln_status cons_retention_sweep(const char *data_dir, int64_t ttl_ms, int64_t now_ms,
                                  size_t *removed);
-/* Starts the periodic sweep (KILN_RESULT_TTL, 0 = off) and makes packs
- * roll after ttl/2 idle. */
+/* Makes packs roll after min(ttl/2, 10 min) idle (10 min with retention
+ * off) and starts the periodic sweep (KILN_RESULT_TTL, 0 = off). */
 kiln_status cons_retention_start(void);
 void cons_retention_stop(void);
 

@@ -7,7 +7,9 @@
  * about to remove) every record that names the file. A margin of
  * min(ttl, 1 h) covers the store's pass interval and clock skew between
  * hosts. Nobody appends to such a pack again: a writer leaves a pack idle
- * for ttl/2 (imagefile.c), well before it could look old here. The
+ * for min(ttl/2, 10 min) (imagefile.c), well before it could look old here,
+ * and leaves it after 10 min even with retention off, for the sake of
+ * other consumers sharing the directory with a TTL of their own. The
  * per-image files of earlier versions (<shard>/<id>.<index>.png) go by the
  * same rule. */
 #include <dirent.h>
@@ -28,6 +30,8 @@
 #define RET_MARGIN_MAX_MS (3600LL * 1000)
 #define RET_INTERVAL_MIN_MS 1000
 #define RET_INTERVAL_MAX_MS (10 * 60 * 1000)
+/* A pack idle this long (or ttl/2 if shorter) is left for a new one. */
+#define RET_ROLL_MAX_MS (10 * 60 * 1000)
 
 static kiln_periodic *ret_timer;
 static kiln_metric *ret_m_removed;
@@ -112,11 +116,14 @@ static void ret_tick(kiln_periodic *p, void *arg)
 kiln_status cons_retention_start(void)
 {
     int64_t ttl = cons_g.set->result_ttl_ms;
+    /* Also without retention of its own: another consumer sharing the
+     * directory may remove packs idle for its own ttl + margin. */
+    int64_t roll = ttl > 0 && ttl / 2 < RET_ROLL_MAX_MS ? ttl / 2 : RET_ROLL_MAX_MS;
+    cons_image_set_roll_after(roll > 0 ? roll : 1);
     if (ttl <= 0) {
         LOG_INFO("image retention off: images are kept for ever");
         return KILN_OK;
     }
-    cons_image_set_roll_after(ttl / 2 > 0 ? ttl / 2 : 1);
     ret_m_removed = kiln_metric_counter("kiln_consumer_image_files_expired_total",
                                         "image packs and files removed after KILN_RESULT_TTL");
     int64_t interval = ttl / 10;
