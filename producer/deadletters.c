@@ -219,14 +219,15 @@ kiln_status kiln_client_dead_retry(kiln_client *c, uint64_t seq, char *id_out, s
         goto out;
     }
     memcpy(id_out, id, strlen(id) + 1);
-    /* The job is durable again; the letter is handled. A failed removal
-     * leaves a letter whose job runs anyway: reported, not undone. */
-    st = kiln_client_dead_drop(c, seq);
-    if (st != KILN_OK && st != KILN_ENOTFOUND)
+    /* The job is durable again: success, whatever the removal does. A
+     * letter left behind is only reported (in err), so that a caller does
+     * not retry it and run the job twice. */
+    if (kiln_client_dead_drop(c, seq) == KILN_OK) {
+        if (err != NULL && errlen > 0) err[0] = '\0';
+    } else {
         client_seterr(err, errlen, "job %s submitted, but dead letter %llu was not removed", id,
                       (unsigned long long)seq);
-    else
-        st = KILN_OK;
+    }
 out:
     free(buf);
     jsPubAck_Destroy(pa);

@@ -144,7 +144,9 @@ kiln_status kiln_client_retry_encode(const void *data, size_t len, char *id_out,
 
 /* Submits dead letter seq's job again (kiln_client_retry_encode, header
  * Kiln-Retry-Of: <old id>), waits for the JetStream ack, then removes the
- * letter. KILN_ENOTFOUND when there is no such letter. */
+ * letter. KILN_OK once the job is submitted; err then holds a warning when
+ * the letter could not be removed (it is empty otherwise). KILN_ENOTFOUND
+ * when there is no such letter. */
 kiln_status kiln_client_dead_retry(kiln_client *c, uint64_t seq, char *id_out, size_t id_out_len,
                                    char *err, size_t errlen);
 
