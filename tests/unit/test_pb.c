@@ -187,3 +187,52 @@ Test(pb, priority_names_and_subjects)
     cr_assert_eq(kiln_priority_parse("urgent", &p), KILN_EINVAL);
     cr_assert_eq(kiln_priority_parse("HIGH", &p), KILN_EINVAL);
 }
+
+/* Fields the schema does not know go, also inside nested messages, and
+ * what is packed afterwards decodes (protobuf-c 1.4.1 writes field 0 back
+ * in a form it refuses to read). */
+Test(pb, unknown_fields_are_dropped_at_every_depth)
+{
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    req.id = "odd";
+    req.user_id = "u";
+    req.prompt = "p";
+    uint8_t *rbuf = NULL;
+    size_t rlen = 0;
+    cr_assert_eq(kiln_pb_pack(&req.base, &rbuf, &rlen), KILN_OK);
+    /* The request again, with field 0 in a two-byte tag and 8 bytes. */
+    static const uint8_t odd[] = {0x81, 0x00, 1, 2, 3, 4, 5, 6, 7, 8};
+    uint8_t raw_req[64];
+    cr_assert(rlen + sizeof odd <= sizeof raw_req);
+    memcpy(raw_req, rbuf, rlen);
+    memcpy(raw_req + rlen, odd, sizeof odd);
+    /* The transition: field 1 (request) holding that, then field 99 (a
+     * varint Kiln's schema does not have). */
+    uint8_t raw[256];
+    size_t n = 0;
+    raw[n++] = 0x0a; /* field 1 (request), length-delimited */
+    raw[n++] = (uint8_t)(rlen + sizeof odd);
+    memcpy(raw + n, raw_req, rlen + sizeof odd);
+    n += rlen + sizeof odd;
+    raw[n++] = 0x98; /* field 99, varint: tag 99 << 3 = 792 */
+    raw[n++] = 0x06;
+    raw[n++] = 0x2a;
+    Kiln__V1__JobTransition *got = kiln__v1__job_transition__unpack(NULL, n, raw);
+    cr_assert_not_null(got);
+    cr_assert_not_null(got->request);
+    cr_assert_eq(got->base.n_unknown_fields, 1);
+    cr_assert_eq(got->request->base.n_unknown_fields, 1);
+    kiln_pb_drop_unknown(&got->base);
+    cr_expect_eq(got->base.n_unknown_fields, 0);
+    cr_expect_eq(got->request->base.n_unknown_fields, 0);
+    uint8_t *again = NULL;
+    size_t alen = 0;
+    cr_assert_eq(kiln_pb_pack(&got->base, &again, &alen), KILN_OK);
+    Kiln__V1__JobTransition *back = kiln__v1__job_transition__unpack(NULL, alen, again);
+    cr_assert_not_null(back, "packed again, it must decode");
+    cr_expect_str_eq(back->request->prompt, "p");
+    kiln__v1__job_transition__free_unpacked(back, NULL);
+    kiln__v1__job_transition__free_unpacked(got, NULL); /* frees the emptied arrays */
+    free(again);
+    free(rbuf);
+}

@@ -1,0 +1,55 @@
+/* test_periodic.c - common/periodic.c: calls come at the interval, and stop
+ * returns at once however long the interval. */
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include "clock.h"
+#include "periodic.h"
+
+static atomic_int periodic_calls;
+static atomic_int periodic_saw_stopping;
+
+static void periodic_count(kiln_periodic *p, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&periodic_calls, 1);
+    if (kiln_periodic_stopping(p)) atomic_store(&periodic_saw_stopping, 1);
+}
+
+Test(periodic, calls_come_at_the_interval)
+{
+    kiln_periodic *p = NULL;
+    atomic_store(&periodic_calls, 0);
+    int64_t t0 = kiln_mono_ms();
+    cr_assert_eq(kiln_periodic_start("kiln-test", 20, periodic_count, NULL, &p), KILN_OK);
+    while (atomic_load(&periodic_calls) < 3 && kiln_mono_ms() - t0 < 5000) {
+        struct timespec ts = {0, 2 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int64_t took = kiln_mono_ms() - t0;
+    kiln_periodic_stop(p);
+    cr_assert_geq(atomic_load(&periodic_calls), 3, "3 calls at 20 ms did not come within 5 s");
+    cr_expect_geq(took, 60, "3 calls came after %lld ms, before 3 intervals", (long long)took);
+    cr_expect_eq(atomic_load(&periodic_saw_stopping), 0, "stopping before stop was asked");
+}
+
+Test(periodic, stop_does_not_wait_for_the_interval)
+{
+    kiln_periodic *p = NULL;
+    atomic_store(&periodic_calls, 0);
+    cr_assert_eq(kiln_periodic_start("kiln-test", 3600 * 1000, periodic_count, NULL, &p), KILN_OK);
+    int64_t t0 = kiln_mono_ms();
+    kiln_periodic_stop(p);
+    cr_expect_lt(kiln_mono_ms() - t0, 1000, "stop waited for the hour");
+    cr_expect_eq(atomic_load(&periodic_calls), 0, "no call before the first interval");
+    kiln_periodic_stop(NULL); /* NULL-safe */
+}
+
+Test(periodic, bad_arguments_are_refused)
+{
+    kiln_periodic *p = (kiln_periodic *)1;
+    cr_expect_eq(kiln_periodic_start("kiln-test", 0, periodic_count, NULL, &p), KILN_EINVAL);
+    cr_expect_null(p);
+    cr_expect_eq(kiln_periodic_start("kiln-test", 10, NULL, NULL, &p), KILN_EINVAL);
+}
