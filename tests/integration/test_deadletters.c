@@ -117,3 +117,40 @@ Test(dead, a_letter_that_is_no_job_is_refused_and_dropped)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* `kiln dead --limit N` pages: N letters and next=SEQ, and --from SEQ
+ * goes on from there. */
+Test(dead, the_list_pages)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    static const char garbage[] = "\x0a\x50not a job";
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(h_js_publish(n.js, "jobs.generate", garbage, (int)sizeof garbage - 1, NULL), 0);
+    cr_assert(h_collect_wait(n.dead, NULL, 3, 30000) >= 3, "3 letters never reached jobs.dead");
+
+    char *out = NULL;
+    char *page1[] = {"kiln", "dead", "--limit", "2", NULL};
+    int rc = h_run_cli(&s, page1, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln dead --limit 2 exited %d: %s", rc, out);
+    unsigned long long a = 0, b = 0, next = 0;
+    cr_assert_eq(sscanf(out, "seq=%llu %*[^\n]\nseq=%llu %*[^\n]\nnext=%llu", &a, &b, &next), 3,
+                 "want two letters and next=: %s", out);
+    free(out);
+    cr_expect(a < b && b < next, "seq %llu, %llu, next %llu", a, b, next);
+
+    char from[32];
+    snprintf(from, sizeof from, "%llu", next);
+    char *page2[] = {"kiln", "dead", "list", "--from", from, "--limit", "2", NULL};
+    rc = h_run_cli(&s, page2, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln dead --from exited %d: %s", rc, out);
+    unsigned long long c = 0;
+    cr_expect_eq(sscanf(out, "seq=%llu", &c), 1, "want the third letter: %s", out);
+    cr_expect_eq(c, next);
+    cr_expect(strstr(out, "next=") == NULL, "the last page has no next=: %s", out);
+    free(out);
+    h_nats_free(&n);
+    h_stop(&s);
+}
