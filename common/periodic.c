@@ -85,6 +85,13 @@ fail:
 
 bool kiln_periodic_stopping(kiln_periodic *p) { return atomic_load(&p->stopping); }
 
+int64_t kiln_periodic_retention_ms(int64_t ttl_ms)
+{
+    const int64_t min_ms = 1000, max_ms = 10 * 60 * 1000;
+    int64_t ms = ttl_ms / 10;
+    return ms < min_ms ? min_ms : ms > max_ms ? max_ms : ms;
+}
+
 void kiln_periodic_stop(kiln_periodic *p)
 {
     if (p == NULL) return;

@@ -30,4 +30,10 @@ void kiln_periodic_stop(kiln_periodic *p);
 /* True once kiln_periodic_stop() was called on p. */
 bool kiln_periodic_stopping(kiln_periodic *p);
 
+/* How often a retention of ttl_ms runs its pass, in the store (records)
+ * and the consumer (images) alike: ttl/10, at least 1 s, at most 10 min.
+ * The consumer's margin before removing an image, min(ttl, 1 h), covers
+ * one such interval of the store's. */
+int64_t kiln_periodic_retention_ms(int64_t ttl_ms);
+
 #endif

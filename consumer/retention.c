@@ -29,8 +29,6 @@
 #include "periodic.h"
 
 #define RET_MARGIN_MAX_MS (3600LL * 1000)
-#define RET_INTERVAL_MIN_MS 1000
-#define RET_INTERVAL_MAX_MS (10 * 60 * 1000)
 /* A pack idle this long (or ttl/2 if shorter) is left for a new one. */
 #define RET_ROLL_MAX_MS (10 * 60 * 1000)
 
@@ -127,9 +125,7 @@ kiln_status cons_retention_start(void)
     }
     ret_m_removed = kiln_metric_counter("kiln_consumer_image_files_expired_total",
                                         "image packs and files removed after KILN_RESULT_TTL");
-    int64_t interval = ttl / 10;
-    if (interval < RET_INTERVAL_MIN_MS) interval = RET_INTERVAL_MIN_MS;
-    if (interval > RET_INTERVAL_MAX_MS) interval = RET_INTERVAL_MAX_MS;
+    int64_t interval = kiln_periodic_retention_ms(ttl);
     if (kiln_periodic_start("kiln-img-ttl", interval, ret_tick, NULL, &ret_timer) != KILN_OK)
         return KILN_ERR;
     LOG_INFO("image retention started ttl_ms=%lld interval_ms=%lld", (long long)ttl,

@@ -20,8 +20,6 @@
 
 #define RETENTION_PASS_MAX 128 /* ~2-3 ms under db_lock per pass */
 #define RETENTION_INDEX_CHUNK 1024
-#define RETENTION_INTERVAL_MIN_MS 1000
-#define RETENTION_INTERVAL_MAX_MS (10 * 60 * 1000)
 /* The key's own clock starts when the store reserves it, a little after
  * the job's created_at: the record outlives it by this much. */
 #define RETENTION_IDEM_MARGIN_MS (60 * 1000)
@@ -232,9 +230,7 @@ kiln_status retention_start(db_store *db, int64_t ttl_ms, retention **out)
     r->ttl_ms = ttl_ms;
     r->m_removed = kiln_metric_counter("kiln_store_jobs_expired_total",
                                        "finished jobs removed after KILN_RESULT_TTL");
-    int64_t interval = ttl_ms / 10;
-    if (interval < RETENTION_INTERVAL_MIN_MS) interval = RETENTION_INTERVAL_MIN_MS;
-    if (interval > RETENTION_INTERVAL_MAX_MS) interval = RETENTION_INTERVAL_MAX_MS;
+    int64_t interval = kiln_periodic_retention_ms(ttl_ms);
     if (kiln_periodic_start("kiln-retention", interval, retention_tick, r, &r->timer) != KILN_OK) {
         free(r);
         return KILN_ERR;

@@ -41,6 +41,17 @@ static int dead_cli(h_stack *s, const char *sub, uint64_t seq, char **out)
     return h_run_cli(s, argv, out, 30000);
 }
 
+/* Publishes count messages that are no job to jobs.generate and waits
+ * until jobs.dead has at least that many letters. */
+static void dead_publish_garbage(h_nats *n, int count)
+{
+    static const char garbage[] = "\x0a\x50not a job";
+    for (int i = 0; i < count; i++)
+        cr_assert_eq(h_js_publish(n->js, "jobs.generate", garbage, (int)sizeof garbage - 1, NULL), 0);
+    cr_assert(h_collect_wait(n->dead, NULL, count, 30000) >= count,
+              "%d letters never reached jobs.dead", count);
+}
+
 Test(dead, a_dead_job_is_retried_under_a_new_id_and_completes)
 {
     h_stack s;
@@ -89,9 +100,7 @@ Test(dead, a_letter_that_is_no_job_is_refused_and_dropped)
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    static const char garbage[] = "\x0a\x50not a job";
-    cr_assert_eq(h_js_publish(n.js, "jobs.generate", garbage, (int)sizeof garbage - 1, NULL), 0);
-    cr_assert(h_collect_wait(n.dead, NULL, 1, 30000) >= 1, "garbage never reached jobs.dead");
+    dead_publish_garbage(&n, 1);
     uint64_t seq = dead_seq_of(&s, "");
     cr_assert(seq > 0, "kiln dead list does not show the garbage letter");
 
@@ -126,10 +135,7 @@ Test(dead, the_list_pages)
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    static const char garbage[] = "\x0a\x50not a job";
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(h_js_publish(n.js, "jobs.generate", garbage, (int)sizeof garbage - 1, NULL), 0);
-    cr_assert(h_collect_wait(n.dead, NULL, 3, 30000) >= 3, "3 letters never reached jobs.dead");
+    dead_publish_garbage(&n, 3);
 
     char *out = NULL;
     char *page1[] = {"kiln", "dead", "--limit", "2", NULL};

@@ -13,6 +13,7 @@
 
 #include "../../consumer/cons.h"
 #include "clock.h"
+#include "ut_tmpdir.h"
 
 #define MIN_MS (60LL * 1000)
 #define HOUR_MS (60 * MIN_MS)
@@ -21,15 +22,12 @@ static char rdir[64];
 
 static void rdir_setup(void)
 {
-    snprintf(rdir, sizeof rdir, "/tmp/kiln-ut-imgret.XXXXXX");
-    cr_assert_not_null(mkdtemp(rdir));
+    cr_assert_eq(ut_tmpdir_make(rdir, sizeof rdir, "kiln-ut-imgret"), 0);
 }
 
 static void rdir_teardown(void)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", rdir);
-    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(ut_tmpdir_remove(rdir), 0);
 }
 
 TestSuite(image_retention, .init = rdir_setup, .fini = rdir_teardown);

@@ -46,6 +46,13 @@ Test(periodic, stop_does_not_wait_for_the_interval)
     kiln_periodic_stop(NULL); /* NULL-safe */
 }
 
+Test(periodic, retention_passes_run_every_tenth_of_the_ttl_within_bounds)
+{
+    cr_expect_eq(kiln_periodic_retention_ms(2000), 1000, "at least 1 s");
+    cr_expect_eq(kiln_periodic_retention_ms(60 * 1000), 6000);
+    cr_expect_eq(kiln_periodic_retention_ms(7LL * 24 * 3600 * 1000), 10 * 60 * 1000, "at most 10 min");
+}
+
 Test(periodic, bad_arguments_are_refused)
 {
     kiln_periodic *p = (kiln_periodic *)1;

@@ -4,7 +4,6 @@
  * request_seq, Idempotency-Key reservations and their expiry). */
 #define _XOPEN_SOURCE 700
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include "../../store/keys.h"
 #include "clock.h"
 #include "pb.h"
+#include "ut_tmpdir.h"
 
 #define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
 #define PROCESSING KILN__V1__JOB_STATE__JOB_STATE_PROCESSING
@@ -92,18 +92,9 @@ static db_store *tdb;
 static apply_sink sink;
 static db_batch *twb;
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void db_setup(void)
 {
-    snprintf(tdir, sizeof tdir, "/tmp/kiln-store-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(tdir));
+    cr_assert_eq(ut_tmpdir_make(tdir, sizeof tdir, "kiln-store-test"), 0);
     cr_assert_eq(db_open(tdir, 2 * DAY_MS, 8u << 20, &tdb), KILN_OK);
     cr_assert_eq(db_batch_create(&twb), KILN_OK);
     memset(&sink, 0, sizeof sink);
@@ -116,7 +107,7 @@ static void db_teardown(void)
     db_close(tdb);
     tdb = NULL;
     twb = NULL;
-    nftw(tdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    (void)ut_tmpdir_remove(tdir);
 }
 
 TestSuite(store_apply, .init = db_setup, .fini = db_teardown);

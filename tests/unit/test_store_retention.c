@@ -4,7 +4,6 @@
  * go; unfinished jobs and jobs whose Idempotency-Key is still honoured stay. */
 #define _XOPEN_SOURCE 700
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include "../../store/retention.h"
 #include "clock.h"
 #include "pb.h"
+#include "ut_tmpdir.h"
 
 #define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
 #define COMPLETED KILN__V1__JOB_STATE__JOB_STATE_COMPLETED
@@ -26,18 +26,9 @@
 static char rdir[64];
 static db_store *rdb;
 
-static int rm_tree_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void ret_setup(void)
 {
-    snprintf(rdir, sizeof rdir, "/tmp/kiln-retention-test-XXXXXX");
-    cr_assert_not_null(mkdtemp(rdir));
+    cr_assert_eq(ut_tmpdir_make(rdir, sizeof rdir, "kiln-retention-test"), 0);
     cr_assert_eq(db_open(rdir, IDEM_TTL_MS, 8u << 20, &rdb), KILN_OK);
 }
 
@@ -45,7 +36,7 @@ static void ret_teardown(void)
 {
     db_close(rdb);
     rdb = NULL;
-    nftw(rdir, rm_tree_entry, 16, FTW_DEPTH | FTW_PHYS);
+    (void)ut_tmpdir_remove(rdir);
 }
 
 TestSuite(store_retention, .init = ret_setup, .fini = ret_teardown);
