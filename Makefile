@@ -29,7 +29,7 @@ endif
 GEN := $(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/kiln.pb-c.o
-CLIENT_OBJ := $(BUILD)/obj/producer/kiln_client.o $(BUILD)/obj/producer/deadletters.o
+CLIENT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out producer/cli.c,$(wildcard producer/*.c)))
 
 obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
 

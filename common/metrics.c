@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ static const char *const metrics_bound_text[METRICS_BUCKETS] = {
 
 struct kiln_metric {
     const char *name;
+    const char *labels; /* NULL, or `k="v"` pairs: one member of a family */
     const char *help;
     metric_type type;
     _Atomic int64_t value;                      /* counter, gauge */
@@ -41,22 +43,32 @@ static struct kiln_metric metrics_reg[METRICS_MAX];
 static _Atomic size_t metrics_n;
 static pthread_mutex_t metrics_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static kiln_metric *metrics_register(const char *name, const char *help, metric_type type)
+static bool metrics_same_labels(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static kiln_metric *metrics_register(const char *name, const char *labels, const char *help,
+                                     metric_type type)
 {
     if (name == NULL) return NULL;
     kiln_metric *m = NULL;
     pthread_mutex_lock(&metrics_mu);
     size_t n = atomic_load(&metrics_n);
-    /* Registering the same name again returns the existing metric. */
+    /* Registering the same name and labels again returns the existing
+     * metric; a family's members share one type. */
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(metrics_reg[i].name, name) == 0) {
-            m = metrics_reg[i].type == type ? &metrics_reg[i] : NULL;
+        if (strcmp(metrics_reg[i].name, name) != 0) continue;
+        if (metrics_reg[i].type != type) goto out;
+        if (metrics_same_labels(metrics_reg[i].labels, labels)) {
+            m = &metrics_reg[i];
             goto out;
         }
     }
     if (n == METRICS_MAX) goto out;
     m = &metrics_reg[n];
     m->name = name;
+    m->labels = labels;
     m->help = help != NULL ? help : "";
     m->type = type;
     atomic_store(&metrics_n, n + 1);
@@ -67,17 +79,23 @@ out:
 
 kiln_metric *kiln_metric_counter(const char *name, const char *help)
 {
-    return metrics_register(name, help, METRIC_COUNTER);
+    return metrics_register(name, NULL, help, METRIC_COUNTER);
 }
 
 kiln_metric *kiln_metric_gauge(const char *name, const char *help)
 {
-    return metrics_register(name, help, METRIC_GAUGE);
+    return metrics_register(name, NULL, help, METRIC_GAUGE);
+}
+
+kiln_metric *kiln_metric_gauge_labeled(const char *name, const char *labels, const char *help)
+{
+    if (labels == NULL || labels[0] == '\0') return NULL;
+    return metrics_register(name, labels, help, METRIC_GAUGE);
 }
 
 kiln_metric *kiln_metric_histogram_ms(const char *name, const char *help)
 {
-    return metrics_register(name, help, METRIC_HISTOGRAM);
+    return metrics_register(name, NULL, help, METRIC_HISTOGRAM);
 }
 
 void kiln_metric_add(kiln_metric *m, int64_t v)
@@ -142,6 +160,24 @@ static void metrics_printf(metrics_sb *sb, const char *fmt, ...)
     }
 }
 
+/* True when an earlier metric has the name of metric i (its family was rendered). */
+static bool metrics_family_seen(size_t i)
+{
+    for (size_t k = 0; k < i; k++)
+        if (strcmp(metrics_reg[k].name, metrics_reg[i].name) == 0) return true;
+    return false;
+}
+
+/* The sample line of a counter or gauge. */
+static void metrics_sample(metrics_sb *sb, kiln_metric *m)
+{
+    long long v = (long long)atomic_load_explicit(&m->value, memory_order_relaxed);
+    if (m->labels != NULL)
+        metrics_printf(sb, "%s{%s} %lld\n", m->name, m->labels, v);
+    else
+        metrics_printf(sb, "%s %lld\n", m->name, v);
+}
+
 kiln_status kiln_metrics_render(char **out, size_t *len)
 {
     if (out == NULL) return KILN_EINVAL;
@@ -151,13 +187,14 @@ kiln_status kiln_metrics_render(char **out, size_t *len)
     size_t n = atomic_load(&metrics_n);
     for (size_t i = 0; i < n; i++) {
         kiln_metric *m = &metrics_reg[i];
+        if (metrics_family_seen(i)) continue; /* rendered with its family's first */
         const char *type = m->type == METRIC_COUNTER ? "counter"
                            : m->type == METRIC_GAUGE ? "gauge"
                                                      : "histogram";
         metrics_printf(&sb, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, type);
         if (m->type != METRIC_HISTOGRAM) {
-            metrics_printf(&sb, "%s %lld\n", m->name,
-                           (long long)atomic_load_explicit(&m->value, memory_order_relaxed));
+            for (size_t j = i; j < n; j++)
+                if (strcmp(metrics_reg[j].name, m->name) == 0) metrics_sample(&sb, &metrics_reg[j]);
             continue;
         }
         /* Read count first: buckets may then run slightly ahead, never behind. */

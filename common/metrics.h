@@ -15,6 +15,10 @@ typedef struct kiln_metric kiln_metric;
  * Returns NULL only when the registry (256 entries) is full. */
 kiln_metric *kiln_metric_counter(const char *name, const char *help);
 kiln_metric *kiln_metric_gauge(const char *name, const char *help);
+/* A gauge in a family of one name told apart by labels, a static string in
+ * the Prometheus form `lane="high"` (several: `a="x",b="y"`). The family is
+ * rendered together, with one HELP (the first registered) and TYPE. */
+kiln_metric *kiln_metric_gauge_labeled(const char *name, const char *labels, const char *help);
 /* Histogram of milliseconds with fixed buckets 0.5,1,2,5,10,25,50,100,250,500,1000,2500,5000,10000,+Inf. */
 kiln_metric *kiln_metric_histogram_ms(const char *name, const char *help);
 

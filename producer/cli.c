@@ -55,6 +55,8 @@ static const char cli_usage[] =
     "  watch           print every completion event (jobs.done) until Ctrl-C\n"
     "  cancel ID       cancel a pending or processing job\n"
     "  dead            list dead letters (jobs.dead); dead retry SEQ / dead drop SEQ\n"
+    "  stats           print how many jobs wait and run in each lane, the store's lag\n"
+    "                  and the number of dead letters\n"
     "\n"
     "common options (before or after the command):\n"
     "  --nats-url URL  NATS server(s), comma-separated (env KILN_NATS_URL, default " CLI_DEFAULT_URL ")\n"
@@ -111,13 +113,25 @@ static const char cli_usage_dead[] =
     "Dead letters are the jobs.dead messages kept in stream KILN_DEAD (30 days): jobs\n"
     "that used up their attempts, invalid jobs, and bytes that were not a job.\n"
     "  list         one line per letter, oldest first:\n"
-    "               seq=N at=TIME job=ID reason=TEXT (then next=SEQ when more remain)\n"
+    "               seq=N at=TIME job=ID reason=TEXT (then next=SEQ when more remain;\n"
+    "               with --json one object per letter, then {\"next\":SEQ})\n"
     "    --from SEQ   start at this sequence (default: the oldest)\n"
     "    --limit N    at most N letters, 1-200 (default 50)\n"
     "  retry SEQ    submit the letter's job again under a new id (same request, to\n"
     "               start now, no Idempotency-Key), print id=NEW, and remove the letter;\n"
     "               a letter that is not a valid job request is refused (exit 2)\n"
     "  drop SEQ     remove the letter\n";
+
+static const char cli_usage_stats[] =
+    "usage: kiln stats [--nats-url URL] [--json]\n"
+    "Queue depths from JetStream's own accounting, one line each:\n"
+    "  lane=high|normal|low waiting=N held=N redelivered=N\n"
+    "      waiting: not yet handed to a worker; held: a worker has it (running,\n"
+    "      fetched, or waiting for its delay or its next attempt); redelivered: of\n"
+    "      held, delivered more than once\n"
+    "  store waiting=N held=N   job requests and transitions not yet applied\n"
+    "  dead_letters=N           messages in KILN_DEAD (see kiln dead)\n"
+    "A lane no consumer has created yet prints absent instead of figures.\n";
 
 static void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -710,7 +724,12 @@ static int cli_dead_list(kiln_client *c, const cli_args *a)
     int rc = CLI_EXIT_OK;
     for (size_t i = 0; i < n && rc == CLI_EXIT_OK; i++)
         if (cli_print_letter(&a->cc, &letters[i]) != 0) rc = CLI_EXIT_UNAVAIL;
-    if (rc == CLI_EXIT_OK && next > 0 && !a->cc.json) printf("next=%" PRIu64 "\n", next);
+    if (rc == CLI_EXIT_OK && next > 0) {
+        if (!a->cc.json)
+            printf("next=%" PRIu64 "\n", next);
+        else if (cli_print_json(json_pack("{s:I}", "next", (json_int_t)next)) != 0)
+            rc = CLI_EXIT_UNAVAIL;
+    }
     kiln_dead_letters_free(letters, n);
     return rc;
 }
@@ -778,6 +797,63 @@ static int cli_cmd_dead(int argc, char **argv, cli_args *a)
     return rc;
 }
 
+/* One durable's figures as a JSON object, or null when it does not exist. */
+static json_t *cli_durable_json(const kiln_queue_durable *d)
+{
+    if (!d->present) return json_null();
+    return json_pack("{s:I, s:I, s:I}", "waiting", (json_int_t)d->waiting, "held",
+                     (json_int_t)d->held, "redelivered", (json_int_t)d->redelivered);
+}
+
+static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
+{
+    if (cc->json) {
+        json_t *lanes = json_object();
+        for (int i = 0; lanes != NULL && i < KILN_LANES; i++)
+            json_object_set_new(lanes, kiln_lane_names[i], cli_durable_json(&qs->lanes[i]));
+        json_t *dead = qs->dead_present ? json_integer((json_int_t)qs->dead_letters) : json_null();
+        return cli_print_json(json_pack("{s:o*, s:o, s:o*}", "lanes", lanes, "store",
+                                        cli_durable_json(&qs->store), "dead_letters", dead));
+    }
+    for (int i = 0; i < KILN_LANES; i++) {
+        const kiln_queue_durable *d = &qs->lanes[i];
+        if (!d->present) {
+            printf("lane=%s absent\n", kiln_lane_names[i]);
+            continue;
+        }
+        printf("lane=%s waiting=%" PRIu64 " held=%" PRId64 " redelivered=%" PRId64 "\n",
+               kiln_lane_names[i], d->waiting, d->held, d->redelivered);
+    }
+    if (qs->store.present)
+        printf("store waiting=%" PRIu64 " held=%" PRId64 "\n", qs->store.waiting, qs->store.held);
+    else
+        printf("store absent\n");
+    if (qs->dead_present)
+        printf("dead_letters=%" PRIu64 "\n", qs->dead_letters);
+    else
+        printf("dead_letters absent\n");
+    return 0;
+}
+
+static int cli_cmd_stats(int argc, char **argv, cli_args *a)
+{
+    int r = cli_parse(argc, argv, cli_usage_stats, NULL, 0, 0, a);
+    if (r != 0) return r > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+    int rc = CLI_EXIT_OK;
+    kiln_client *c = cli_connect(&a->cc, &rc);
+    if (c == NULL) return rc;
+    kiln_queue_stats qs;
+    kiln_status st = kiln_client_stats(c, &qs);
+    if (st != KILN_OK) {
+        cli_error("stats: %s", cli_explain(st));
+        rc = cli_exit_of(st);
+    } else if (cli_print_stats(&a->cc, &qs) != 0) {
+        rc = CLI_EXIT_UNAVAIL;
+    }
+    kiln_client_destroy(c);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     cli_args a;
@@ -822,6 +898,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "watch") == 0) return cli_cmd_watch(cargc, cargv, &a);
     if (strcmp(cmd, "cancel") == 0) return cli_cmd_cancel(cargc, cargv, &a);
     if (strcmp(cmd, "dead") == 0) return cli_cmd_dead(cargc, cargv, &a);
+    if (strcmp(cmd, "stats") == 0) return cli_cmd_stats(cargc, cargv, &a);
     if (strcmp(cmd, "help") == 0) {
         fputs(cli_usage, stdout);
         return CLI_EXIT_OK;

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "kiln.pb-c.h"
+#include "queuestats.h"
 #include "status.h"
 
 typedef struct kiln_client kiln_client;
@@ -152,5 +153,12 @@ kiln_status kiln_client_dead_retry(kiln_client *c, uint64_t seq, char *id_out, s
 
 /* Removes dead letter seq from KILN_DEAD (KILN_ENOTFOUND when there is none). */
 kiln_status kiln_client_dead_drop(kiln_client *c, uint64_t seq);
+
+/* ---- Queue depths (stats.c) ----------------------------------------------- */
+
+/* How many jobs wait in each priority lane, how many workers hold, how far
+ * the store is behind and how many dead letters there are, from JetStream's
+ * own accounting (common/queuestats.h). */
+kiln_status kiln_client_stats(kiln_client *c, kiln_queue_stats *out);
 
 #endif

@@ -18,6 +18,7 @@
 #include "natsconn.h"
 #include "provision.h"
 #include "queries.h"
+#include "queuegauges.h"
 #include "retention.h"
 #include "sweep.h"
 
@@ -37,6 +38,7 @@ typedef struct {
     int64_t idem_ttl_ms;
     int64_t sweep_interval_ms;
     int64_t result_ttl_ms;
+    int64_t queue_stats_ms;
     int64_t cache_mb;
 } store_settings;
 
@@ -81,6 +83,10 @@ int main(int argc, char **argv)
          "how long a finished job's record is kept after it ended (a job with an "
          "Idempotency-Key at least until the key expires); 0 = for ever",
          &cfg.result_ttl_ms},
+        {"KILN_QUEUE_STATS_INTERVAL", "queue-stats-interval", KILN_SET_DURATION, "5s", 0,
+         3600LL * 1000,
+         "how often the queue-depth gauges on /metrics are read from JetStream; 0 = off",
+         &cfg.queue_stats_ms},
         {"KILN_STORE_CACHE_MB", "store-cache-mb", KILN_SET_INT, "256", 8, 65536,
          "RocksDB block cache in MiB (status reads stay in memory while the hot jobs fit)",
          &cfg.cache_mb},
@@ -96,6 +102,7 @@ int main(int argc, char **argv)
     queries *q = NULL;
     sweep *sw = NULL;
     retention *ret = NULL;
+    queuegauges *qg = NULL;
 
     kiln_log_init("store");
     kiln_status st = kiln_config_load(table, sizeof table / sizeof table[0], argc, argv,
@@ -172,6 +179,7 @@ int main(int argc, char **argv)
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
+    if (queuegauges_start(js, cfg.queue_stats_ms, &qg) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */
     LOG_INFO("ready data=%s applied_seq=%llu metrics=%s", path,
              (unsigned long long)applied, cfg.metrics_addr[0] ? cfg.metrics_addr : "off");
@@ -186,6 +194,7 @@ out:
     /* The sweep first (it waits on the apply loop), then requests (they
      * write too), then the apply loop finishes its batch, then NATS, then
      * RocksDB. */
+    queuegauges_stop(qg);
     sweep_stop(sw);
     retention_stop(ret);
     queries_stop(q);

@@ -157,6 +157,22 @@ Test(dead, the_list_pages)
     cr_expect_eq(c, next);
     cr_expect(strstr(out, "next=") == NULL, "the last page has no next=: %s", out);
     free(out);
+
+    /* --json: one object per letter, then {"next": SEQ} while more remain. */
+    char *json1[] = {"kiln", "dead", "--limit", "2", "--json", NULL};
+    rc = h_run_cli(&s, json1, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln dead --limit 2 --json exited %d: %s", rc, out);
+    int lines = 0;
+    long long json_next = 0;
+    for (char *line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n"), lines++) {
+        json_t *o = json_loads(line, 0, NULL);
+        cr_assert_not_null(o, "not a JSON line: %s", line);
+        if (json_object_get(o, "next") != NULL) json_next = h_jint(o, "next");
+        json_decref(o);
+    }
+    free(out);
+    cr_expect_eq(lines, 3, "want two letters and a next object");
+    cr_expect_eq(json_next, (long long)next, "--json next %lld, text next %llu", json_next, next);
     h_nats_free(&n);
     h_stop(&s);
 }

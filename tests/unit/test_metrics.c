@@ -52,6 +52,37 @@ Test(metrics, counter_gauge_histogram_text)
     free(text);
 }
 
+/* Labelled gauges of one name render as one family: one HELP and TYPE,
+ * every member's sample together, even when registered between others. */
+Test(metrics, labelled_gauges_render_as_one_family)
+{
+    kiln_metric *hi = kiln_metric_gauge_labeled("t_waiting", "lane=\"high\"", "Waiting jobs.");
+    kiln_metric *other = kiln_metric_gauge("t_other", "Another gauge.");
+    kiln_metric *lo = kiln_metric_gauge_labeled("t_waiting", "lane=\"low\"", "ignored help");
+    cr_assert(hi != NULL && other != NULL && lo != NULL);
+    cr_assert_neq(hi, lo, "different labels are different members");
+    cr_assert_eq(kiln_metric_gauge_labeled("t_waiting", "lane=\"low\"", NULL), lo,
+                 "the same name and labels are the same member");
+    cr_assert_null(kiln_metric_gauge_labeled("t_waiting", "", "no labels"));
+    cr_assert_null(kiln_metric_gauge_labeled("t_waiting", NULL, "no labels"));
+    cr_assert_null(kiln_metric_counter("t_waiting", "a family has one type"));
+    kiln_metric_set(hi, 2);
+    kiln_metric_set(lo, 7);
+    kiln_metric_set(other, 1);
+
+    char *text = NULL;
+    cr_assert_eq(kiln_metrics_render(&text, NULL), KILN_OK);
+    const char *family = "# HELP t_waiting Waiting jobs.\n# TYPE t_waiting gauge\n"
+                         "t_waiting{lane=\"high\"} 2\nt_waiting{lane=\"low\"} 7\n";
+    cr_assert(strstr(text, family) != NULL, "family not rendered together in:\n%s", text);
+    const char *first = strstr(text, "# TYPE t_waiting");
+    cr_assert(first != NULL && strstr(first + 1, "# TYPE t_waiting") == NULL,
+              "TYPE repeated in:\n%s", text);
+    cr_assert(strstr(text, "ignored help") == NULL, "a second HELP in:\n%s", text);
+    cr_assert(strstr(text, "\nt_other 1\n") != NULL, "plain gauge missing in:\n%s", text);
+    free(text);
+}
+
 Test(metrics, registry_is_capped)
 {
     static char names[300][16];

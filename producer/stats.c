@@ -1,0 +1,10 @@
+/* stats.c - the client library's queue depths (common/queuestats.c over the
+ * client's JetStream context). */
+#include "client_internal.h"
+#include "kiln_client.h"
+
+kiln_status kiln_client_stats(kiln_client *c, kiln_queue_stats *out)
+{
+    if (c == NULL || out == NULL) return KILN_EINVAL;
+    return kiln_queue_stats_read(c->js, out);
+}

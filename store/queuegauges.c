@@ -1,0 +1,88 @@
+/* queuegauges.c - queue depths from JetStream as gauges. */
+#include <stdlib.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "periodic.h"
+#include "queuegauges.h"
+#include "queuestats.h"
+
+struct queuegauges {
+    jsCtx *js;
+    kiln_periodic *timer;
+    kiln_metric *waiting[KILN_LANES], *held[KILN_LANES], *redelivered[KILN_LANES];
+    kiln_metric *unapplied, *dead, *errors;
+    kiln_status last; /* the previous read's outcome: log a change only */
+};
+
+/* Prometheus labels of each lane, in KILN_LANE_* order. */
+static const char *const queuegauges_labels[KILN_LANES] = {
+    "lane=\"high\"", "lane=\"normal\"", "lane=\"low\""};
+
+static void queuegauges_read(queuegauges *g)
+{
+    kiln_queue_stats qs;
+    kiln_status st = kiln_queue_stats_read(g->js, &qs);
+    if (st != KILN_OK) {
+        /* The gauges keep their last values; the counter tells they are stale. */
+        kiln_metric_add(g->errors, 1);
+        if (g->last == KILN_OK) LOG_WARN("queue depths unreadable status=%s", kiln_status_str(st));
+        g->last = st;
+        return;
+    }
+    if (g->last != KILN_OK) LOG_INFO("queue depths readable again");
+    g->last = KILN_OK;
+    for (int i = 0; i < KILN_LANES; i++) {
+        kiln_metric_set(g->waiting[i], (int64_t)qs.lanes[i].waiting);
+        kiln_metric_set(g->held[i], qs.lanes[i].held);
+        kiln_metric_set(g->redelivered[i], qs.lanes[i].redelivered);
+    }
+    kiln_metric_set(g->unapplied, (int64_t)qs.store.waiting + qs.store.held);
+    kiln_metric_set(g->dead, (int64_t)qs.dead_letters);
+}
+
+static void queuegauges_tick(kiln_periodic *p, void *arg)
+{
+    (void)p;
+    queuegauges_read(arg);
+}
+
+kiln_status queuegauges_start(jsCtx *js, int64_t interval_ms, queuegauges **out)
+{
+    *out = NULL;
+    if (interval_ms <= 0) return KILN_OK;
+    queuegauges *g = calloc(1, sizeof *g);
+    if (g == NULL) return KILN_ENOMEM;
+    g->js = js;
+    for (int i = 0; i < KILN_LANES; i++) {
+        g->waiting[i] = kiln_metric_gauge_labeled(
+            "kiln_queue_waiting", queuegauges_labels[i],
+            "jobs in the lane not yet handed to a worker (JetStream's pending count)");
+        g->held[i] = kiln_metric_gauge_labeled(
+            "kiln_queue_held", queuegauges_labels[i],
+            "jobs a worker holds: running, fetched, or waiting for a delay or retry");
+        g->redelivered[i] = kiln_metric_gauge_labeled(
+            "kiln_queue_redelivered", queuegauges_labels[i],
+            "of the held jobs, those delivered more than once");
+    }
+    g->unapplied = kiln_metric_gauge("kiln_store_unapplied_messages",
+                                     "job requests and transitions the store has not yet applied");
+    g->dead = kiln_metric_gauge("kiln_dead_letters", "messages in KILN_DEAD (jobs.dead)");
+    g->errors = kiln_metric_counter("kiln_queue_stats_errors_total",
+                                    "queue depth reads that failed (the gauges kept older values)");
+    queuegauges_read(g);
+    if (kiln_periodic_start("kiln-queuestats", interval_ms, queuegauges_tick, g, &g->timer) !=
+        KILN_OK) {
+        free(g);
+        return KILN_ERR;
+    }
+    *out = g;
+    return KILN_OK;
+}
+
+void queuegauges_stop(queuegauges *g)
+{
+    if (g == NULL) return;
+    kiln_periodic_stop(g->timer);
+    free(g);
+}
