@@ -1,6 +1,7 @@
 /* provision.c - idempotent create-or-update of Kiln's streams and durable consumers. */
 #include <string.h>
 
+#include "lanepause.h"
 #include "log.h"
 #include "natsconn.h"
 #include "provision.h"
@@ -208,6 +209,9 @@ static kiln_status prov_once(jsCtx *js, const kiln_provision_opts *o)
     store.MaxAckPending = PROV_STORE_MAX_ACK_PENDING;
     store.MaxDeliver = -1;
     st = prov_consumer(js, KILN_STREAM_JOBS, &store, o->update_existing);
+    if (st != KILN_OK) return st;
+
+    st = kiln_lane_pause_provision(js);
     if (st != KILN_OK) return st;
 
     LOG_INFO("provisioned streams=%s,%s,%s,%s ack_wait_ms=%lld max_ack_pending=%lld", KILN_STREAM_JOBS,

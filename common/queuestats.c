@@ -1,6 +1,7 @@
 /* queuestats.c - queue depths from JetStream consumer and stream info. */
 #include <string.h>
 
+#include "lanepause.h"
 #include "natsconn.h"
 #include "queuestats.h"
 #include "subjects.h"
@@ -38,7 +39,10 @@ kiln_status kiln_queue_stats_read(jsCtx *js, kiln_queue_stats *out)
     for (int i = 0; i < KILN_LANES && st == KILN_OK; i++)
         st = queuestats_durable(js, queuestats_durables[i], &out->lanes[i]);
     if (st == KILN_OK) st = queuestats_durable(js, KILN_DURABLE_STORE, &out->store);
+    bool paused[KILN_LANES];
+    if (st == KILN_OK) st = kiln_lane_pause_read(js, paused, NULL);
     if (st != KILN_OK) return st;
+    for (int i = 0; i < KILN_LANES; i++) out->lanes[i].paused = paused[i];
 
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;

@@ -23,6 +23,7 @@ typedef struct {
     int64_t held;          /* delivered and not yet acked: running, fetched, or handed
                             * back to wait for a delay or a retry */
     int64_t redelivered;   /* of held, delivered more than once */
+    bool paused;           /* a lane paused with `kiln pause` (common/lanepause.h) */
 } kiln_queue_durable;
 
 typedef struct {
@@ -32,7 +33,7 @@ typedef struct {
     uint64_t dead_letters;                /* messages in KILN_DEAD */
 } kiln_queue_stats;
 
-/* Reads the figures (five JetStream API requests). A durable or stream that
+/* Reads the figures and which lanes are paused (nine JetStream API requests). A durable or stream that
  * does not exist yet is reported absent, not as an error; any other failure
  * returns its status (KILN_EUNAVAILABLE when JetStream does not answer). */
 kiln_status kiln_queue_stats_read(jsCtx *js, kiln_queue_stats *out);

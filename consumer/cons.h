@@ -336,6 +336,16 @@ kiln_status cons_fetcher_start(void);
  * the fetcher polls that lane when it is due again (any thread). */
 void cons_fetcher_due(const char *lane, int64_t delay_ms);
 void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
+/* Ends the fetcher's idle long poll, if it is in one (any thread). */
+void cons_fetcher_wake(void);
+
+/* ---- pause.c: lanes paused with `kiln pause` (common/lanepause.h) ---- */
+#define CONS_PAUSE_POLL_MS 500 /* how often the pause state is read */
+/* Reads the state once, then every CONS_PAUSE_POLL_MS on a thread of its own. */
+kiln_status cons_pause_start(void);
+void cons_pause_stop(void);
+/* True while lane (KILN_LANE_*) is paused (any thread). */
+bool cons_pause_lane(int lane);
 
 /* ---- cancel.c ---- */
 kiln_status cons_cancel_start(void);

@@ -5,7 +5,7 @@
  * the due time of a message this consumer handed back with a delay); with
  * every lane empty it long-polls the normal lane, and a hint or a new due
  * time wakes that poll; one store check per batch; then hands each job to
- * its state machine. */
+ * its state machine. A lane paused with `kiln pause` (pause.c) is skipped. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +16,7 @@
 #include "log.h"
 #include "natsconn.h"
 #include "pb.h"
+#include "queuestats.h"
 #include "subjects.h"
 
 /* A round polls each lane with no_wait and no expiry: nats-server answers at
@@ -64,7 +65,13 @@
 #define FETCH_CARRY_MAX (2 * CONS_FETCH_MAX)
 #define FETCH_CARRY_MIN_AGE_MS 1000
 
-enum { LANE_HIGH = 0, LANE_NORMAL, LANE_LOW, LANE_COUNT };
+/* Indexed like common/queuestats.h's lanes (pause.c's state too). */
+enum {
+    LANE_HIGH = KILN_LANE_HIGH,
+    LANE_NORMAL = KILN_LANE_NORMAL,
+    LANE_LOW = KILN_LANE_LOW,
+    LANE_COUNT = KILN_LANES
+};
 
 typedef struct {
     const char *name;
@@ -262,6 +269,15 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
         natsMsgList_Destroy(&list);
         return 0;
     }
+    /* Paused while the request was open (an idle long poll): hand it all back. */
+    if (cons_pause_lane((int)(lane - fetch_lanes))) {
+        for (int i = 0; i < list.Count; i++) {
+            fetch_hand_back(list.Msgs[i]);
+            list.Msgs[i] = NULL;
+        }
+        natsMsgList_Destroy(&list);
+        return 0;
+    }
     /* Late arrivals beyond the free slots wait for the next round. */
     for (int i = batch; i < list.Count; i++) {
         fetch_carry(lane, list.Msgs[i]);
@@ -307,12 +323,13 @@ static bool fetch_due_take(fetch_lane *lane, int64_t now, int *tries)
     return any;
 }
 
-/* The earliest due time of any lane (INT64_MAX: none). */
+/* The earliest due time of any lane not paused (INT64_MAX: none). */
 static int64_t fetch_due_next(void)
 {
     int64_t next = INT64_MAX;
     for (int k = 0; k < LANE_COUNT; k++) {
         fetch_lane *lane = &fetch_lanes[k];
+        if (cons_pause_lane(k)) continue;
         pthread_mutex_lock(&lane->due_mu);
         for (int i = 0; i < lane->due_n; i++)
             if (lane->due[i] < next) next = lane->due[i];
@@ -320,6 +337,8 @@ static int64_t fetch_due_next(void)
     }
     return next;
 }
+
+void cons_fetcher_wake(void) { fetch_wake_idle(cons_g.nc); }
 
 void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
 {
@@ -331,10 +350,25 @@ void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
     fetch_wake_idle(cons_g.nc); /* the idle long poll may be set to end later than this */
 }
 
-/* Polls one lane unless it was found empty lately and has no hint since. */
+/* A paused lane is not fetched from: what it carried goes back, and its due
+ * times are forgotten (after the resume its polls find those messages). */
+static bool fetch_lane_paused(fetch_lane *lane)
+{
+    if (!cons_pause_lane((int)(lane - fetch_lanes))) return false;
+    fetch_carry_release(lane);
+    pthread_mutex_lock(&lane->due_mu);
+    lane->due_n = 0;
+    pthread_mutex_unlock(&lane->due_mu);
+    lane->leave_to_idle = false;
+    return true;
+}
+
+/* Polls one lane unless it is paused, or was found empty lately and has no
+ * hint since. */
 static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
 {
     int tries = 0;
+    if (fetch_lane_paused(lane)) return 0;
     bool due = fetch_due_take(lane, now, &tries);
     bool leave = lane->leave_to_idle;
     lane->leave_to_idle = false;
@@ -392,7 +426,10 @@ static void *fetch_main(void *arg)
             if (atomic_load(&cons_g.stopping)) break;
             got += fetch_lane_maybe(&fetch_lanes[order[k]], free_n - got, now);
         }
-        if (got == 0 && !atomic_load(&cons_g.stopping)) {
+        if (got == 0 && !atomic_load(&cons_g.stopping) && cons_pause_lane(LANE_NORMAL)) {
+            /* Nothing fetched and the long poll's lane paused: rest instead. */
+            fetch_sleep_ms(FETCH_IDLE_WAIT_MS);
+        } else if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
             /* Stop waiting at the next due time, but leave the request's

@@ -167,6 +167,7 @@ int main(int argc, char **argv)
     if (kiln_provision(cons_g.js, &popts) != KILN_OK) goto out;
     if (cons_transfers_start() != KILN_OK) goto out;
     if (cons_cancel_start() != KILN_OK) goto out;
+    if (cons_pause_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
@@ -185,6 +186,7 @@ out:
     cons_stall_stop();
     cons_retention_stop();
     cons_fetcher_stop();
+    cons_pause_stop();
     if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());
         cons_transfers_abort_all();

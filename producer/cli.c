@@ -57,6 +57,8 @@ static const char cli_usage[] =
     "  dead            list dead letters (jobs.dead); dead retry SEQ / dead drop SEQ\n"
     "  stats           print how many jobs wait and run in each lane, the store's lag\n"
     "                  and the number of dead letters\n"
+    "  pause LANE      stop consumers fetching from a lane (high, normal, low or all)\n"
+    "  resume LANE     let them fetch from it again\n"
     "\n"
     "common options (before or after the command):\n"
     "  --nats-url URL  NATS server(s), comma-separated (env KILN_NATS_URL, default " CLI_DEFAULT_URL ")\n"
@@ -125,13 +127,22 @@ static const char cli_usage_dead[] =
 static const char cli_usage_stats[] =
     "usage: kiln stats [--nats-url URL] [--json]\n"
     "Queue depths from JetStream's own accounting, one line each:\n"
-    "  lane=high|normal|low waiting=N held=N redelivered=N\n"
+    "  lane=high|normal|low waiting=N held=N redelivered=N [paused]\n"
     "      waiting: not yet handed to a worker; held: a worker has it (running,\n"
     "      fetched, or waiting for its delay or its next attempt); redelivered: of\n"
     "      held, delivered more than once\n"
     "  store waiting=N held=N   job requests and transitions not yet applied\n"
     "  dead_letters=N           messages in KILN_DEAD (see kiln dead)\n"
     "A lane no consumer has created yet prints absent instead of figures.\n";
+
+static const char cli_usage_pause[] =
+    "usage: kiln pause LANE [--reason TEXT] [--nats-url URL] [--json]\n"
+    "       kiln resume LANE\n"
+    "LANE is high, normal, low or all. While a lane is paused no consumer fetches\n"
+    "from it (within about half a second); jobs already running finish, new jobs are\n"
+    "accepted and wait. The state is kept in NATS (bucket KILN_CONTROL) across\n"
+    "restarts. Prints lane=NAME status=paused|resumed per lane.\n"
+    "  --reason TEXT  shown by consumers' logs when they see the pause (at most 200 bytes)\n";
 
 static void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -290,6 +301,7 @@ enum {
     OPT_CURSOR,
     OPT_COUNT,
     OPT_FROM,
+    OPT_REASON,
 };
 
 static const struct option cli_opts[] = {
@@ -312,6 +324,7 @@ static const struct option cli_opts[] = {
     {"cursor", required_argument, NULL, OPT_CURSOR},
     {"count", required_argument, NULL, OPT_COUNT},
     {"from", required_argument, NULL, OPT_FROM},
+    {"reason", required_argument, NULL, OPT_REASON},
     {NULL, 0, NULL, 0},
 };
 
@@ -324,6 +337,7 @@ typedef struct {
     const char *model;
     const char *id;
     const char *cursor;
+    const char *reason;
     int64_t n, delay_ms, job_timeout_s, max_attempts, timeout_s, repeat, limit, count, from;
     int wait;
     int have_timeout;
@@ -395,6 +409,9 @@ static int cli_parse(int argc, char **argv, const char *usage, const int *allowe
             break;
         case OPT_COUNT:
             if (cli_int("count", optarg, 1, INT64_MAX, &a->count) != 0) return -1;
+            break;
+        case OPT_REASON:
+            a->reason = optarg;
             break;
         case OPT_FROM:
             if (cli_int("from", optarg, 1, INT64_MAX, &a->from) != 0) return -1;
@@ -801,8 +818,9 @@ static int cli_cmd_dead(int argc, char **argv, cli_args *a)
 static json_t *cli_durable_json(const kiln_queue_durable *d)
 {
     if (!d->present) return json_null();
-    return json_pack("{s:I, s:I, s:I}", "waiting", (json_int_t)d->waiting, "held",
-                     (json_int_t)d->held, "redelivered", (json_int_t)d->redelivered);
+    return json_pack("{s:I, s:I, s:I, s:b}", "waiting", (json_int_t)d->waiting, "held",
+                     (json_int_t)d->held, "redelivered", (json_int_t)d->redelivered, "paused",
+                     d->paused);
 }
 
 static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
@@ -821,8 +839,9 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
             printf("lane=%s absent\n", kiln_lane_names[i]);
             continue;
         }
-        printf("lane=%s waiting=%" PRIu64 " held=%" PRId64 " redelivered=%" PRId64 "\n",
-               kiln_lane_names[i], d->waiting, d->held, d->redelivered);
+        printf("lane=%s waiting=%" PRIu64 " held=%" PRId64 " redelivered=%" PRId64 "%s\n",
+               kiln_lane_names[i], d->waiting, d->held, d->redelivered,
+               d->paused ? " paused" : "");
     }
     if (qs->store.present)
         printf("store waiting=%" PRIu64 " held=%" PRId64 "\n", qs->store.waiting, qs->store.held);
@@ -849,6 +868,44 @@ static int cli_cmd_stats(int argc, char **argv, cli_args *a)
         rc = cli_exit_of(st);
     } else if (cli_print_stats(&a->cc, &qs) != 0) {
         rc = CLI_EXIT_UNAVAIL;
+    }
+    kiln_client_destroy(c);
+    return rc;
+}
+
+/* kiln pause / kiln resume. */
+static int cli_cmd_pause(int argc, char **argv, cli_args *a, int pause)
+{
+    static const int allowed[] = {OPT_REASON};
+    int r = cli_parse(argc, argv, cli_usage_pause, allowed, pause ? 1 : 0, 1, a);
+    if (r != 0) return r > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+    const char *name = a->npositional == 1 ? a->positional[0] : "";
+    int lane = kiln_lane_index(name), all = strcmp(name, "all") == 0;
+    if (lane < 0 && !all) {
+        cli_error("%s needs one LANE: high, normal, low or all (see kiln pause --help)",
+                  pause ? "pause" : "resume");
+        return CLI_EXIT_USAGE;
+    }
+    if (a->reason != NULL && strlen(a->reason) > KILN_PAUSE_REASON_MAX) {
+        cli_error("--reason is longer than %d bytes", KILN_PAUSE_REASON_MAX);
+        return CLI_EXIT_USAGE;
+    }
+    int rc = CLI_EXIT_OK;
+    kiln_client *c = cli_connect(&a->cc, &rc);
+    if (c == NULL) return rc;
+    int first = all ? 0 : lane, last = all ? KILN_LANES - 1 : lane;
+    const char *status = pause ? "paused" : "resumed";
+    for (int i = first; i <= last && rc == CLI_EXIT_OK; i++) {
+        kiln_status st = kiln_client_pause(c, i, pause, a->reason);
+        if (st != KILN_OK) {
+            cli_error("%s %s: %s", pause ? "pause" : "resume", kiln_lane_names[i], cli_explain(st));
+            rc = cli_exit_of(st);
+        } else if (a->cc.json) {
+            if (cli_print_json(json_pack("{s:s, s:s}", "lane", kiln_lane_names[i], "status", status)))
+                rc = CLI_EXIT_UNAVAIL;
+        } else {
+            printf("lane=%s status=%s\n", kiln_lane_names[i], status);
+        }
     }
     kiln_client_destroy(c);
     return rc;
@@ -899,6 +956,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "cancel") == 0) return cli_cmd_cancel(cargc, cargv, &a);
     if (strcmp(cmd, "dead") == 0) return cli_cmd_dead(cargc, cargv, &a);
     if (strcmp(cmd, "stats") == 0) return cli_cmd_stats(cargc, cargv, &a);
+    if (strcmp(cmd, "pause") == 0) return cli_cmd_pause(cargc, cargv, &a, 1);
+    if (strcmp(cmd, "resume") == 0) return cli_cmd_pause(cargc, cargv, &a, 0);
     if (strcmp(cmd, "help") == 0) {
         fputs(cli_usage, stdout);
         return CLI_EXIT_OK;

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "kiln.pb-c.h"
+#include "lanepause.h"
 #include "queuestats.h"
 #include "status.h"
 
@@ -160,5 +161,10 @@ kiln_status kiln_client_dead_drop(kiln_client *c, uint64_t seq);
  * the store is behind and how many dead letters there are, from JetStream's
  * own accounting (common/queuestats.h). */
 kiln_status kiln_client_stats(kiln_client *c, kiln_queue_stats *out);
+
+/* Pauses a lane (KILN_LANE_*; reason NULL = "paused", at most
+ * KILN_PAUSE_REASON_MAX bytes) or resumes it: consumers stop or start
+ * fetching from it within about half a second (common/lanepause.h). */
+kiln_status kiln_client_pause(kiln_client *c, int lane, int paused, const char *reason);
 
 #endif

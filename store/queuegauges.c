@@ -10,7 +10,8 @@
 struct queuegauges {
     jsCtx *js;
     kiln_periodic *timer;
-    kiln_metric *waiting[KILN_LANES], *held[KILN_LANES], *redelivered[KILN_LANES];
+    kiln_metric *waiting[KILN_LANES], *held[KILN_LANES], *redelivered[KILN_LANES],
+        *paused[KILN_LANES];
     kiln_metric *unapplied, *dead, *errors;
     kiln_status last; /* the previous read's outcome: log a change only */
 };
@@ -36,6 +37,7 @@ static void queuegauges_read(queuegauges *g)
         kiln_metric_set(g->waiting[i], (int64_t)qs.lanes[i].waiting);
         kiln_metric_set(g->held[i], qs.lanes[i].held);
         kiln_metric_set(g->redelivered[i], qs.lanes[i].redelivered);
+        kiln_metric_set(g->paused[i], qs.lanes[i].paused ? 1 : 0);
     }
     kiln_metric_set(g->unapplied, (int64_t)qs.store.waiting + qs.store.held);
     kiln_metric_set(g->dead, (int64_t)qs.dead_letters);
@@ -64,6 +66,8 @@ kiln_status queuegauges_start(jsCtx *js, int64_t interval_ms, queuegauges **out)
         g->redelivered[i] = kiln_metric_gauge_labeled(
             "kiln_queue_redelivered", queuegauges_labels[i],
             "of the held jobs, those delivered more than once");
+        g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", queuegauges_labels[i],
+                                                 "1 while the lane is paused (kiln pause)");
     }
     g->unapplied = kiln_metric_gauge("kiln_store_unapplied_messages",
                                      "job requests and transitions the store has not yet applied");

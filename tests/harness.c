@@ -1236,19 +1236,31 @@ typedef struct {
     h_stack *s;
     h_comp c;
     const char *name;
-    double above;
+    double value; /* the bound, or the value wanted */
 } h_metric_arg;
 
 static int h_metric_is_above(void *arg)
 {
     h_metric_arg *a = arg;
-    return h_metric(a->s, a->c, a->name) > a->above;
+    return h_metric(a->s, a->c, a->name) > a->value;
+}
+
+static int h_metric_is(void *arg)
+{
+    h_metric_arg *a = arg;
+    return h_metric(a->s, a->c, a->name) == a->value;
 }
 
 int h_wait_metric_above(h_stack *s, h_comp c, const char *name, double above, int64_t deadline_ms)
 {
     h_metric_arg a = {s, c, name, above};
     return h_wait_for(h_metric_is_above, &a, deadline_ms, 5);
+}
+
+int h_wait_metric_eq(h_stack *s, h_comp c, const char *name, double want, int64_t deadline_ms)
+{
+    h_metric_arg a = {s, c, name, want};
+    return h_wait_for(h_metric_is, &a, deadline_ms, 50);
 }
 
 /* ---- NATS ----------------------------------------------------------------- */

@@ -232,6 +232,8 @@ double h_metric(h_stack *s, h_comp c, const char *name);
 /* Waits (up to deadline_ms) until metric `name` of component c exceeds
  * `above`; 1 when it did. */
 int h_wait_metric_above(h_stack *s, h_comp c, const char *name, double above, int64_t deadline_ms);
+/* Waits until the metric (name may carry labels: kiln_x{lane="high"}) equals want. */
+int h_wait_metric_eq(h_stack *s, h_comp c, const char *name, double want, int64_t deadline_ms);
 
 /* ---- NATS ----------------------------------------------------------------- */
 

@@ -74,23 +74,10 @@ static void st_expect(h_stack *s, st_want *w, const char *what)
               w->last.held[1], w->last.held[2], w->last.store_unapplied, w->last.dead);
 }
 
-typedef struct {
-    h_stack *s;
-    const char *name;
-    double want;
-} st_metric_want;
-
-static int st_metric_is(void *arg)
-{
-    st_metric_want *m = arg;
-    return h_metric(m->s, H_STORE, m->name) == m->want;
-}
-
 static void st_expect_metric(h_stack *s, const char *name, double want)
 {
-    st_metric_want m = {s, name, want};
-    cr_assert(h_wait_for(st_metric_is, &m, 10000, 100),
-              "the store's %s stayed at %g, not %g", name, h_metric(s, H_STORE, name), want);
+    cr_assert(h_wait_metric_eq(s, H_STORE, name, want, 10000), "the store's %s stayed at %g, not %g",
+              name, h_metric(s, H_STORE, name), want);
 }
 
 Test(stats, queue_depths_follow_the_jobs)

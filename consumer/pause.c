@@ -1,0 +1,80 @@
+/* pause.c - which lanes `kiln pause` paused: read from the KILN_CONTROL
+ * bucket (common/lanepause.c) once at start and then every
+ * CONS_PAUSE_POLL_MS on a periodic thread; the fetcher skips a paused lane.
+ *
+ * Polled rather than watched: three key reads per interval are cheap, and
+ * a poll needs no recovery after a NATS reconnect. A failed read keeps the
+ * last known state (a consumer that never read one fetches from every lane). */
+#include <stdatomic.h>
+
+#include "cons.h"
+#include "lanepause.h"
+#include "log.h"
+#include "periodic.h"
+
+static atomic_bool pause_state[KILN_LANES];
+static kiln_periodic *pause_timer;
+static kiln_metric *pause_m[KILN_LANES];
+static bool pause_failing;
+
+static const char *const pause_labels[KILN_LANES] = {"lane=\"high\"", "lane=\"normal\"",
+                                                     "lane=\"low\""};
+
+static void pause_read(void)
+{
+    bool paused[KILN_LANES];
+    char reasons[KILN_LANES][KILN_PAUSE_REASON_MAX + 1];
+    kiln_status st = kiln_lane_pause_read(cons_g.js, paused, reasons);
+    if (st != KILN_OK) {
+        if (!pause_failing)
+            LOG_WARN("lane pauses unreadable, keeping the last known status=%s",
+                     kiln_status_str(st));
+        pause_failing = true;
+        return;
+    }
+    pause_failing = false;
+    bool changed = false;
+    for (int i = 0; i < KILN_LANES; i++) {
+        bool was = atomic_exchange(&pause_state[i], paused[i]);
+        kiln_metric_set(pause_m[i], paused[i] ? 1 : 0);
+        if (was == paused[i]) continue;
+        changed = true;
+        if (paused[i])
+            LOG_INFO("lane paused, not fetching from it lane=%s reason=\"%s\"", kiln_lane_names[i],
+                     reasons[i]);
+        else
+            LOG_INFO("lane resumed lane=%s", kiln_lane_names[i]);
+    }
+    /* The fetcher may be in a long poll begun before the change; whatever
+     * that poll still brings from a paused lane goes back (fetcher.c). */
+    if (changed) cons_fetcher_wake(); /* a no-op before the fetcher runs */
+}
+
+static void pause_tick(kiln_periodic *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    pause_read();
+}
+
+bool cons_pause_lane(int lane)
+{
+    return lane >= 0 && lane < KILN_LANES && atomic_load(&pause_state[lane]);
+}
+
+kiln_status cons_pause_start(void)
+{
+    for (int i = 0; i < KILN_LANES; i++) {
+        atomic_init(&pause_state[i], false);
+        pause_m[i] = kiln_metric_gauge_labeled("kiln_consumer_lane_paused", pause_labels[i],
+                                               "1 while the lane is paused (kiln pause)");
+    }
+    pause_read();
+    return kiln_periodic_start("kiln-pause", CONS_PAUSE_POLL_MS, pause_tick, NULL, &pause_timer);
+}
+
+void cons_pause_stop(void)
+{
+    kiln_periodic_stop(pause_timer);
+    pause_timer = NULL;
+}
