@@ -314,7 +314,10 @@ void cons_image_close(void);
 kiln_status cons_retention_sweep(const char *data_dir, int64_t ttl_ms, int64_t now_ms,
                                  size_t *removed);
 /* Makes packs roll after min(ttl/2, 10 min) idle (10 min with retention
- * off) and starts the periodic sweep (KILN_RESULT_TTL, 0 = off). */
+ * off) and starts the periodic sweep (KILN_RESULT_TTL, 0 = off). Also
+ * compares KILN_RESULT_TTL with the store's (kiln.store.ping) every 5 s
+ * until the store answers and every minute after, and logs a warning when
+ * they differ. */
 kiln_status cons_retention_start(void);
 void cons_retention_stop(void);
 

@@ -26,14 +26,27 @@
 #include "imagepath.h"
 #include "log.h"
 #include "metrics.h"
+#include "pb.h"
 #include "periodic.h"
+#include "subjects.h"
 
 #define RET_MARGIN_MAX_MS (3600LL * 1000)
 /* A pack idle this long (or ttl/2 if shorter) is left for a new one. */
 #define RET_ROLL_MAX_MS (10 * 60 * 1000)
 
-static kiln_periodic *ret_timer;
+/* The store's KILN_RESULT_TTL is asked every RET_TTL_ASK_MS until it
+ * answers (it may start after the consumer), then every
+ * RET_TTL_ASK_MS * RET_TTL_RECHECK_TICKS (a minute). ret_* below: the
+ * check thread only. */
+#define RET_TTL_ASK_MS 5000
+#define RET_TTL_RECHECK_TICKS 12
+#define RET_TTL_ASK_TIMEOUT_MS 1000
+
+static kiln_periodic *ret_timer, *ret_check_timer;
 static kiln_metric *ret_m_removed;
+static int64_t ret_reported_store_ttl = -1; /* the store TTL last reported on */
+static bool ret_store_answered;
+static unsigned ret_check_ticks;
 
 static bool ret_is_shard(const char *name)
 {
@@ -112,8 +125,53 @@ static void ret_tick(kiln_periodic *p, void *arg)
     if (removed > 0) LOG_INFO("image files expired count=%zu", removed);
 }
 
+/* Asks the store for its KILN_RESULT_TTL and warns (once per value) when it
+ * is not this consumer's: images would then go before their records or
+ * outlive them. No answer, or a store too old to tell, says nothing. */
+static void ret_check_store_ttl(void)
+{
+    Kiln__V1__StoreReply *rep = NULL;
+    natsMsg *reply = NULL;
+    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_PING, NULL, 0,
+                                          RET_TTL_ASK_TIMEOUT_MS);
+    if (s != NATS_OK) {
+        LOG_DEBUG("store did not answer the TTL check status=%s", natsStatus_GetText(s));
+        return;
+    }
+    const char *data = natsMsg_GetData(reply);
+    rep = kiln__v1__store_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
+                                        (const uint8_t *)(data != NULL ? data : ""));
+    natsMsg_Destroy(reply);
+    ret_store_answered = true;
+    if (rep == NULL || !rep->reports_result_ttl) goto out;
+    int64_t own = cons_g.set->result_ttl_ms, store = rep->result_ttl_ms;
+    if (own == store && store != ret_reported_store_ttl)
+        LOG_INFO("KILN_RESULT_TTL matches the store's ttl_ms=%lld", (long long)store);
+    if (own != store && store != ret_reported_store_ttl) {
+        LOG_WARN("KILN_RESULT_TTL differs from the store's: images %s their job records; set "
+                 "the same value on both consumer_ttl_ms=%lld store_ttl_ms=%lld",
+                 own != 0 && (store == 0 || own < store) ? "go before" : "outlive",
+                 (long long)own, (long long)store);
+    }
+    ret_reported_store_ttl = store; /* said once per store value */
+out:
+    kiln__v1__store_reply__free_unpacked(rep, NULL);
+}
+
+static void ret_check_tick(kiln_periodic *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    if (ret_store_answered && ++ret_check_ticks % RET_TTL_RECHECK_TICKS != 0) return;
+    ret_check_store_ttl();
+}
+
 kiln_status cons_retention_start(void)
 {
+    /* The first ask comes one interval after start: never hold the start up. */
+    if (kiln_periodic_start("kiln-ttl-check", RET_TTL_ASK_MS, ret_check_tick, NULL,
+                            &ret_check_timer) != KILN_OK)
+        return KILN_ERR;
     int64_t ttl = cons_g.set->result_ttl_ms;
     /* Also without retention of its own: another consumer sharing the
      * directory may remove packs idle for its own ttl + margin. */
@@ -135,6 +193,8 @@ kiln_status cons_retention_start(void)
 
 void cons_retention_stop(void)
 {
+    kiln_periodic_stop(ret_check_timer);
+    ret_check_timer = NULL;
     kiln_periodic_stop(ret_timer);
     ret_timer = NULL;
 }

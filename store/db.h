@@ -46,6 +46,7 @@ typedef struct {
     rocksdb_options_t *idem_opts;
     rocksdb_compactionfilter_t *idem_filter;
     int64_t idem_ttl_ms; /* Idempotency-Key entries older than this are free */
+    int64_t result_ttl_ms; /* KILN_RESULT_TTL, reported by kiln.store.ping; main sets it */
     pthread_mutex_t write_mu;
 } db_store;
 

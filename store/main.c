@@ -139,6 +139,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (db_open(path, cfg.idem_ttl_ms, (size_t)cfg.cache_mb << 20, &db) != KILN_OK) goto out;
+    db->result_ttl_ms = cfg.result_ttl_ms;
 
     uint64_t applied = 0;
     if (db_get_u64(db, NULL, DB_CF_META, DB_META_APPLIED_SEQ, strlen(DB_META_APPLIED_SEQ),

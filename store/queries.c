@@ -271,6 +271,8 @@ out:
 static void queries_ping(queries *q, natsMsg *msg)
 {
     Kiln__V1__StoreReply r = KILN__V1__STORE_REPLY__INIT;
+    r.result_ttl_ms = q->db->result_ttl_ms;
+    r.reports_result_ttl = true;
     queries_reply(q, msg, &r);
 }
 

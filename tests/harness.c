@@ -515,6 +515,35 @@ void h_stack_dump_logs(const h_stack *s, int lines)
         if (s->procs[c].log_path[0] != '\0') h_print_tail(s->procs[c].log_path, lines);
 }
 
+int h_log_contains(const h_stack *s, h_comp c, const char *needle)
+{
+    FILE *f = fopen(s->procs[c].log_path, "r");
+    if (f == NULL) return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f) != NULL) found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+typedef struct {
+    const h_stack *s;
+    h_comp c;
+    const char *needle;
+} h_log_arg;
+
+static int h_log_has(void *arg)
+{
+    h_log_arg *a = arg;
+    return h_log_contains(a->s, a->c, a->needle);
+}
+
+int h_wait_log(const h_stack *s, h_comp c, const char *needle, int64_t deadline_ms)
+{
+    h_log_arg a = {s, c, needle};
+    return h_wait_for(h_log_has, &a, deadline_ms, 50);
+}
+
 /* ---- stack ---------------------------------------------------------------- */
 
 static void h_test_dir(char *out, size_t len)

@@ -13,6 +13,7 @@
 TestSuite(retention, .fini = h_fini, .timeout = 150);
 
 #define RET_TTL "KILN_RESULT_TTL=2s"
+#define RET_TTL_WARNING "KILN_RESULT_TTL differs from the store's"
 
 typedef struct {
     h_stack *s;
@@ -139,5 +140,23 @@ Test(retention, finished_jobs_and_their_images_go_after_the_ttl)
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "a later fox", later), 202);
     h_expect_job(&s, H_TOKEN_ALICE, later, "completed", 1, 30000, "the later job");
     cr_expect_eq(ret_get_image(&s, later), 200, "the image after a removed pack is lost");
+    cr_expect(h_wait_log(&s, H_CONSUMER, "KILN_RESULT_TTL matches the store's", 10000),
+              "the consumer never compared its TTL with the store's");
+    cr_expect(!h_log_contains(&s, H_CONSUMER, RET_TTL_WARNING),
+              "the consumer warned although its TTL is the store's");
+    h_stop(&s);
+}
+
+/* A consumer whose KILN_RESULT_TTL is not the store's says so: its images
+ * would go before their records (or outlive them). */
+Test(retention, a_consumer_ttl_unlike_the_stores_is_warned_about)
+{
+    h_stack_opts o = {.env = {RET_TTL, NULL}, .consumer_env = {"KILN_RESULT_TTL=1s"}};
+    h_stack s;
+    h_start(&s, &o);
+    cr_assert(h_wait_log(&s, H_CONSUMER, RET_TTL_WARNING, 10000),
+              "the consumer never warned that its TTL (1s) is not the store's (2s)");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "images go before their job records"),
+              "the warning does not say the images go first");
     h_stop(&s);
 }
