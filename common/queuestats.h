@@ -24,6 +24,8 @@ typedef struct {
                             * back to wait for a delay or a retry */
     int64_t redelivered;   /* of held, delivered more than once */
     bool paused;           /* a lane paused with `kiln pause` (common/lanepause.h) */
+    int64_t oldest_waiting_ms; /* lanes: how long the oldest waiting job has waited
+                                * (since JetStream stored it); 0 when none waits */
 } kiln_queue_durable;
 
 typedef struct {
@@ -33,9 +35,11 @@ typedef struct {
     uint64_t dead_letters;                /* messages in KILN_DEAD */
 } kiln_queue_stats;
 
-/* Reads the figures and which lanes are paused (nine JetStream API requests). A durable or stream that
+/* Reads the figures, which lanes are paused and the oldest waiting job of
+ * each lane that has one (nine to twelve JetStream API requests on nc, the
+ * connection of js). A durable or stream that
  * does not exist yet is reported absent, not as an error; any other failure
  * returns its status (KILN_EUNAVAILABLE when JetStream does not answer). */
-kiln_status kiln_queue_stats_read(jsCtx *js, kiln_queue_stats *out);
+kiln_status kiln_queue_stats_read(natsConnection *nc, jsCtx *js, kiln_queue_stats *out);
 
 #endif

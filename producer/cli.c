@@ -127,8 +127,9 @@ static const char cli_usage_dead[] =
 static const char cli_usage_stats[] =
     "usage: kiln stats [--nats-url URL] [--json]\n"
     "Queue depths from JetStream's own accounting, one line each:\n"
-    "  lane=high|normal|low waiting=N held=N redelivered=N [paused]\n"
-    "      waiting: not yet handed to a worker; held: a worker has it (running,\n"
+    "  lane=high|normal|low waiting=N oldest_waiting_ms=N held=N redelivered=N [paused]\n"
+    "      waiting: not yet handed to a worker (oldest_waiting_ms: how long the\n"
+    "      oldest of them has waited, 0 when none); held: a worker has it (running,\n"
     "      fetched, or waiting for its delay or its next attempt); redelivered: of\n"
     "      held, delivered more than once\n"
     "  store waiting=N held=N   job requests and transitions not yet applied\n"
@@ -814,13 +815,18 @@ static int cli_cmd_dead(int argc, char **argv, cli_args *a)
     return rc;
 }
 
-/* One durable's figures as a JSON object, or null when it does not exist. */
-static json_t *cli_durable_json(const kiln_queue_durable *d)
+/* One durable's figures as a JSON object (a lane's with its pause and
+ * oldest waiting job), or null when it does not exist. */
+static json_t *cli_durable_json(const kiln_queue_durable *d, bool lane)
 {
     if (!d->present) return json_null();
-    return json_pack("{s:I, s:I, s:I, s:b}", "waiting", (json_int_t)d->waiting, "held",
-                     (json_int_t)d->held, "redelivered", (json_int_t)d->redelivered, "paused",
-                     d->paused);
+    json_t *o = json_pack("{s:I, s:I, s:I}", "waiting", (json_int_t)d->waiting, "held",
+                          (json_int_t)d->held, "redelivered", (json_int_t)d->redelivered);
+    if (o != NULL && lane) {
+        json_object_set_new(o, "oldest_waiting_ms", json_integer((json_int_t)d->oldest_waiting_ms));
+        json_object_set_new(o, "paused", json_boolean(d->paused));
+    }
+    return o;
 }
 
 static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
@@ -828,10 +834,10 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
     if (cc->json) {
         json_t *lanes = json_object();
         for (int i = 0; lanes != NULL && i < KILN_LANES; i++)
-            json_object_set_new(lanes, kiln_lane_names[i], cli_durable_json(&qs->lanes[i]));
+            json_object_set_new(lanes, kiln_lane_names[i], cli_durable_json(&qs->lanes[i], true));
         json_t *dead = qs->dead_present ? json_integer((json_int_t)qs->dead_letters) : json_null();
         return cli_print_json(json_pack("{s:o*, s:o, s:o*}", "lanes", lanes, "store",
-                                        cli_durable_json(&qs->store), "dead_letters", dead));
+                                        cli_durable_json(&qs->store, false), "dead_letters", dead));
     }
     for (int i = 0; i < KILN_LANES; i++) {
         const kiln_queue_durable *d = &qs->lanes[i];
@@ -839,8 +845,9 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
             printf("lane=%s absent\n", kiln_lane_names[i]);
             continue;
         }
-        printf("lane=%s waiting=%" PRIu64 " held=%" PRId64 " redelivered=%" PRId64 "%s\n",
-               kiln_lane_names[i], d->waiting, d->held, d->redelivered,
+        printf("lane=%s waiting=%" PRIu64 " oldest_waiting_ms=%" PRId64 " held=%" PRId64
+               " redelivered=%" PRId64 "%s\n",
+               kiln_lane_names[i], d->waiting, d->oldest_waiting_ms, d->held, d->redelivered,
                d->paused ? " paused" : "");
     }
     if (qs->store.present)

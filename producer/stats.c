@@ -7,7 +7,7 @@
 kiln_status kiln_client_stats(kiln_client *c, kiln_queue_stats *out)
 {
     if (c == NULL || out == NULL) return KILN_EINVAL;
-    return kiln_queue_stats_read(c->js, out);
+    return kiln_queue_stats_read(c->nc, c->js, out);
 }
 
 kiln_status kiln_client_pause(kiln_client *c, int lane, int paused, const char *reason)

@@ -8,10 +8,11 @@
 #include "queuestats.h"
 
 struct queuegauges {
+    natsConnection *nc;
     jsCtx *js;
     kiln_periodic *timer;
     kiln_metric *waiting[KILN_LANES], *held[KILN_LANES], *redelivered[KILN_LANES],
-        *paused[KILN_LANES];
+        *paused[KILN_LANES], *oldest[KILN_LANES];
     kiln_metric *unapplied, *dead, *errors;
     kiln_status last; /* the previous read's outcome: log a change only */
 };
@@ -23,7 +24,7 @@ static const char *const queuegauges_labels[KILN_LANES] = {
 static void queuegauges_read(queuegauges *g)
 {
     kiln_queue_stats qs;
-    kiln_status st = kiln_queue_stats_read(g->js, &qs);
+    kiln_status st = kiln_queue_stats_read(g->nc, g->js, &qs);
     if (st != KILN_OK) {
         /* The gauges keep their last values; the counter tells they are stale. */
         kiln_metric_add(g->errors, 1);
@@ -38,6 +39,7 @@ static void queuegauges_read(queuegauges *g)
         kiln_metric_set(g->held[i], qs.lanes[i].held);
         kiln_metric_set(g->redelivered[i], qs.lanes[i].redelivered);
         kiln_metric_set(g->paused[i], qs.lanes[i].paused ? 1 : 0);
+        kiln_metric_set(g->oldest[i], qs.lanes[i].oldest_waiting_ms);
     }
     kiln_metric_set(g->unapplied, (int64_t)qs.store.waiting + qs.store.held);
     kiln_metric_set(g->dead, (int64_t)qs.dead_letters);
@@ -49,12 +51,14 @@ static void queuegauges_tick(kiln_periodic *p, void *arg)
     queuegauges_read(arg);
 }
 
-kiln_status queuegauges_start(jsCtx *js, int64_t interval_ms, queuegauges **out)
+kiln_status queuegauges_start(natsConnection *nc, jsCtx *js, int64_t interval_ms,
+                              queuegauges **out)
 {
     *out = NULL;
     if (interval_ms <= 0) return KILN_OK;
     queuegauges *g = calloc(1, sizeof *g);
     if (g == NULL) return KILN_ENOMEM;
+    g->nc = nc;
     g->js = js;
     for (int i = 0; i < KILN_LANES; i++) {
         g->waiting[i] = kiln_metric_gauge_labeled(
@@ -68,6 +72,9 @@ kiln_status queuegauges_start(jsCtx *js, int64_t interval_ms, queuegauges **out)
             "of the held jobs, those delivered more than once");
         g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", queuegauges_labels[i],
                                                  "1 while the lane is paused (kiln pause)");
+        g->oldest[i] = kiln_metric_gauge_labeled(
+            "kiln_queue_oldest_waiting_ms", queuegauges_labels[i],
+            "how long the lane's oldest waiting job has waited (0: none waits)");
     }
     g->unapplied = kiln_metric_gauge("kiln_store_unapplied_messages",
                                      "job requests and transitions the store has not yet applied");

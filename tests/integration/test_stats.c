@@ -14,7 +14,7 @@ TestSuite(stats, .fini = h_fini, .timeout = 150);
 /* What `kiln stats --json` reported: per lane (high, normal, low) waiting
  * and held, the store's waiting + held, and the dead letters. */
 typedef struct {
-    long long waiting[3], held[3];
+    long long waiting[3], held[3], oldest_ms[3];
     long long store_unapplied;
     long long dead;
 } st_figures;
@@ -36,6 +36,7 @@ static void st_read(h_stack *s, st_figures *f)
         cr_assert(json_is_object(l), "lane %s missing", st_lanes[i]);
         f->waiting[i] = h_jint(l, "waiting");
         f->held[i] = h_jint(l, "held");
+        f->oldest_ms[i] = h_jint(l, "oldest_waiting_ms");
     }
     json_t *store = json_object_get(o, "store");
     cr_assert(json_is_object(store), "the store's durable is missing");
@@ -74,6 +75,21 @@ static void st_expect(h_stack *s, st_want *w, const char *what)
               w->last.held[1], w->last.held[2], w->last.store_unapplied, w->last.dead);
 }
 
+typedef struct {
+    h_stack *s;
+    st_figures last;
+} st_oldest;
+
+/* Every lane's oldest waiting job has waited at least 500 ms. */
+static int st_oldest_grown(void *arg)
+{
+    st_oldest *o = arg;
+    st_read(o->s, &o->last);
+    for (int i = 0; i < 3; i++)
+        if (o->last.oldest_ms[i] < 500) return 0;
+    return 1;
+}
+
 static void st_expect_metric(h_stack *s, const char *name, double want)
 {
     cr_assert(h_wait_metric_eq(s, H_STORE, name, want, 10000), "the store's %s stayed at %g, not %g",
@@ -98,6 +114,14 @@ Test(stats, queue_depths_follow_the_jobs)
     st_expect_metric(&s, "kiln_queue_waiting{lane=\"high\"}", 2);
     st_expect_metric(&s, "kiln_queue_waiting{lane=\"normal\"}", 3);
     st_expect_metric(&s, "kiln_queue_waiting{lane=\"low\"}", 1);
+    /* The oldest waiting job's age grows while nothing takes it. */
+    st_oldest oldest = {.s = &s};
+    cr_assert(h_wait_for(st_oldest_grown, &oldest, 20000, 100),
+              "oldest_waiting_ms high/normal/low %lld/%lld/%lld never all passed 500 ms",
+              oldest.last.oldest_ms[0], oldest.last.oldest_ms[1], oldest.last.oldest_ms[2]);
+    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_queue_oldest_waiting_ms{lane=\"normal\"}", 499,
+                                  10000),
+              "the store's oldest-waiting gauge never passed 500 ms");
 
     /* A consumer takes them; a slow one is held while it runs. */
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
@@ -106,6 +130,10 @@ Test(stats, queue_depths_follow_the_jobs)
     h_expect_job(&s, H_TOKEN_ALICE, low[0], "completed", 1, 30000, "low");
     st_want drained = {.waiting = {0, 0, 0}, .held = {0, 0, 0}, .dead = 0};
     st_expect(&s, &drained, "every job completed");
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(drained.last.oldest_ms[i], 0, "lane %s: nothing waits, oldest_waiting_ms %lld",
+                     st_lanes[i], drained.last.oldest_ms[i]);
+    st_expect_metric(&s, "kiln_queue_oldest_waiting_ms{lane=\"normal\"}", 0);
 
     /* A delayed job was fetched and handed back to wait: held, not waiting. */
     char later[65];
