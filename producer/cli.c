@@ -30,6 +30,7 @@ enum {
 #define CLI_DEFAULT_WAIT_S 300
 #define CLI_REPEAT_MAX 1000000
 #define CLI_LINE_MAX 8192
+#define CLI_DEAD_PAGE 200 /* letters read per page by dead retry --all */
 
 /* Options shared by every command. */
 typedef struct {
@@ -111,7 +112,7 @@ static const char cli_usage_cancel[] =
 
 static const char cli_usage_dead[] =
     "usage: kiln dead [list] [--from SEQ] [--limit N] [--nats-url URL] [--json]\n"
-    "       kiln dead retry SEQ | kiln dead drop SEQ\n"
+    "       kiln dead retry SEQ | kiln dead retry --all | kiln dead drop SEQ\n"
     "Dead letters are the jobs.dead messages kept in stream KILN_DEAD (30 days): jobs\n"
     "that used up their attempts, invalid jobs, and bytes that were not a job.\n"
     "  list         one line per letter, oldest first:\n"
@@ -122,6 +123,9 @@ static const char cli_usage_dead[] =
     "  retry SEQ    submit the letter's job again under a new id (same request, to\n"
     "               start now, no Idempotency-Key), print id=NEW, and remove the letter;\n"
     "               a letter that is not a valid job request is refused (exit 2)\n"
+    "  retry --all  the same for every letter, oldest first: one id=NEW retry_of=SEQ line\n"
+    "               each, seq=N status=skipped reason=TEXT for a letter that is no valid\n"
+    "               job (it stays), then retried=N skipped=N\n"
     "  drop SEQ     remove the letter\n";
 
 static const char cli_usage_stats[] =
@@ -303,6 +307,7 @@ enum {
     OPT_COUNT,
     OPT_FROM,
     OPT_REASON,
+    OPT_ALL,
 };
 
 static const struct option cli_opts[] = {
@@ -326,6 +331,7 @@ static const struct option cli_opts[] = {
     {"count", required_argument, NULL, OPT_COUNT},
     {"from", required_argument, NULL, OPT_FROM},
     {"reason", required_argument, NULL, OPT_REASON},
+    {"all", no_argument, NULL, OPT_ALL},
     {NULL, 0, NULL, 0},
 };
 
@@ -341,6 +347,7 @@ typedef struct {
     const char *reason;
     int64_t n, delay_ms, job_timeout_s, max_attempts, timeout_s, repeat, limit, count, from;
     int wait;
+    int all;
     int have_timeout;
     const char *positional[2];
     int npositional;
@@ -384,6 +391,7 @@ static int cli_parse(int argc, char **argv, const char *usage, const int *allowe
         case OPT_ID: a->id = optarg; break;
         case OPT_CURSOR: a->cursor = optarg; break;
         case OPT_WAIT: a->wait = 1; break;
+        case OPT_ALL: a->all = 1; break;
         case OPT_N:
             if (cli_int("n", optarg, 1, KILN_N_MAX, &a->n) != 0) return -1;
             break;
@@ -782,9 +790,66 @@ static int cli_dead_one(kiln_client *c, const cli_args *a, int retry, uint64_t s
     return CLI_EXIT_OK;
 }
 
+/* kiln dead retry --all: every letter, page by page (retried letters are
+ * removed, so each page starts where the last one ended). */
+static int cli_dead_retry_all(kiln_client *c, const cli_args *a)
+{
+    uint64_t from = 1;
+    long long retried = 0, skipped = 0;
+    int rc = CLI_EXIT_OK;
+    while (from > 0 && rc == CLI_EXIT_OK) {
+        kiln_dead_letter *letters = NULL;
+        size_t n = 0;
+        uint64_t next = 0;
+        kiln_status st = kiln_client_dead_list(c, from, CLI_DEAD_PAGE, &letters, &n, &next);
+        if (st != KILN_OK) {
+            cli_error("dead letters: %s", cli_explain(st));
+            return cli_exit_of(st);
+        }
+        for (size_t i = 0; i < n && rc == CLI_EXIT_OK; i++) {
+            char id[KILN_ID_MAX_LEN + 1] = "", err[512] = "";
+            uint64_t seq = letters[i].seq;
+            st = kiln_client_dead_retry(c, seq, id, sizeof id, err, sizeof err);
+            if (st == KILN_ENOTFOUND) continue; /* dropped meanwhile */
+            if (st == KILN_EINVAL) {
+                skipped++;
+                if (a->cc.json)
+                    rc = cli_print_json(json_pack("{s:I, s:s, s:s}", "seq", (json_int_t)seq,
+                                                  "status", "skipped", "reason", err))
+                             ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
+                else
+                    printf("seq=%" PRIu64 " status=skipped reason=%s\n", seq, err);
+                continue;
+            }
+            if (st != KILN_OK) {
+                cli_error("dead retry %" PRIu64 ": %s", seq, err[0] ? err : cli_explain(st));
+                rc = cli_exit_of(st);
+                break;
+            }
+            retried++;
+            if (err[0] != '\0') cli_error("%s", err); /* submitted; the letter stayed */
+            if (a->cc.json)
+                rc = cli_print_json(json_pack("{s:s, s:I}", "id", id, "retry_of", (json_int_t)seq))
+                         ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
+            else
+                printf("id=%s retry_of=%" PRIu64 "\n", id, seq);
+        }
+        kiln_dead_letters_free(letters, n);
+        from = next;
+    }
+    if (a->cc.json) {
+        if (cli_print_json(json_pack("{s:I, s:I}", "retried", (json_int_t)retried, "skipped",
+                                     (json_int_t)skipped)) != 0 && rc == CLI_EXIT_OK)
+            rc = CLI_EXIT_UNAVAIL;
+    } else {
+        printf("retried=%lld skipped=%lld\n", retried, skipped);
+    }
+    return rc;
+}
+
 static int cli_cmd_dead(int argc, char **argv, cli_args *a)
 {
-    static const int allowed[] = {OPT_FROM, OPT_LIMIT};
+    static const int allowed[] = {OPT_FROM, OPT_LIMIT, OPT_ALL};
     int r = cli_parse(argc, argv, cli_usage_dead, allowed, sizeof allowed / sizeof allowed[0], 2, a);
     if (r != 0) return r > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
     const char *sub = a->npositional > 0 ? a->positional[0] : "list";
@@ -794,11 +859,15 @@ static int cli_cmd_dead(int argc, char **argv, cli_args *a)
         return CLI_EXIT_USAGE;
     }
     int64_t seq = 0;
+    if (a->all && (!retry || a->npositional != 1 || a->from > 0 || a->limit > 0)) {
+        cli_error("--all goes with dead retry alone, without SEQ, --from or --limit");
+        return CLI_EXIT_USAGE;
+    }
     if (list && a->npositional > 1) {
         cli_error("dead list takes no argument (see kiln dead --help)");
         return CLI_EXIT_USAGE;
     }
-    if (!list && (a->npositional != 2 || kiln_config_parse_int(a->positional[1], &seq) != KILN_OK ||
+    if (!list && !a->all && (a->npositional != 2 || kiln_config_parse_int(a->positional[1], &seq) != KILN_OK ||
                   seq < 1)) {
         cli_error("dead %s needs one SEQ, a sequence number from kiln dead list", sub);
         return CLI_EXIT_USAGE;
@@ -810,7 +879,8 @@ static int cli_cmd_dead(int argc, char **argv, cli_args *a)
     int rc = CLI_EXIT_OK;
     kiln_client *c = cli_connect(&a->cc, &rc);
     if (c == NULL) return rc;
-    rc = list ? cli_dead_list(c, a) : cli_dead_one(c, a, retry, (uint64_t)seq);
+    rc = list ? cli_dead_list(c, a) : a->all ? cli_dead_retry_all(c, a)
+                                             : cli_dead_one(c, a, retry, (uint64_t)seq);
     kiln_client_destroy(c);
     return rc;
 }

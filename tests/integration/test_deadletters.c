@@ -176,3 +176,48 @@ Test(dead, the_list_pages)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* `kiln dead retry --all` (after a provider outage): every dead job runs
+ * again and completes; a letter that is no job is reported and kept. */
+Test(dead, retry_all_resubmits_every_dead_job)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char ids[2][65];
+    h_submit_each(&s, H_TOKEN_ALICE,
+                  "{\"prompt\":\"!fail=500:1 an outage victim %d\",\"max_attempts\":1}", 2, ids);
+    for (int i = 0; i < 2; i++) {
+        h_expect_job(&s, H_TOKEN_ALICE, ids[i], "failed", 1, 30000, "a job with one attempt");
+        cr_assert(h_collect_wait(n.dead, ids[i], 1, 30000) >= 1, "job %s never reached jobs.dead",
+                  ids[i]);
+    }
+    dead_publish_garbage(&n, 1);
+
+    char *out = NULL;
+    char *argv[] = {"kiln", "dead", "retry", "--all", NULL};
+    int rc = h_run_cli(&s, argv, &out, 60000);
+    cr_assert_eq(rc, 0, "kiln dead retry --all exited %d: %s", rc, out);
+    cr_expect(strstr(out, "retried=2 skipped=1") != NULL, "want two retried, one skipped: %s", out);
+    char again[2][65];
+    int found = 0;
+    for (char *line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        unsigned long long of = 0;
+        if (found < 2 && sscanf(line, "id=%64s retry_of=%llu", again[found], &of) == 2) found++;
+    }
+    free(out);
+    cr_assert_eq(found, 2, "want two id= lines");
+    for (int i = 0; i < 2; i++)
+        h_expect_job(&s, H_TOKEN_ALICE, again[i], "completed", 1, 30000, "a retried job");
+    cr_expect(dead_seq_of(&s, "") > 0, "the letter that is no job was not kept");
+    cr_expect_eq(dead_seq_of(&s, ids[0]) + dead_seq_of(&s, ids[1]), 0,
+                 "a retried letter is still listed");
+
+    char *usage[] = {"kiln", "dead", "retry", "--all", "7", NULL};
+    rc = h_run_cli(&s, usage, &out, 30000);
+    cr_expect_eq(rc, 2, "--all with a SEQ is a usage error, exited %d: %s", rc, out);
+    free(out);
+    h_nats_free(&n);
+    h_stop(&s);
+}
