@@ -1621,6 +1621,18 @@ int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms)
     return h_collect(pid, fds[0], argv[0], timeout_ms, out);
 }
 
+json_t *h_kiln_stats(h_stack *s)
+{
+    char *out = NULL;
+    char *argv[] = {"kiln", "stats", "--json", NULL};
+    int rc = h_run_cli(s, argv, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln stats exited %d: %s", rc, out);
+    json_t *o = json_loads(out, 0, NULL);
+    cr_assert_not_null(o, "kiln stats --json printed no JSON: %s", out);
+    free(out);
+    return o;
+}
+
 int h_run_alone(char *const argv[], char *const envp[], char **out, int64_t timeout_ms)
 {
     *out = NULL;

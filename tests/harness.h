@@ -299,6 +299,8 @@ int h_worker_idle(jsCtx *js, const char *durable);
  * stdout (and stderr into the log dir), kills it after timeout_ms. Returns the
  * exit code (or 128+signal, or -1 on spawn failure). *out is malloc'ed. */
 int h_run_cli(h_stack *s, char *const argv[], char **out, int64_t timeout_ms);
+/* `kiln stats --json`: cr_asserts exit 0 and one JSON object (caller json_decref). */
+json_t *h_kiln_stats(h_stack *s);
 
 /* Runs $KILN_BIN_DIR/<argv[0]> alone, with exactly envp (no stack), stdout
  * and stderr together into *out (caller frees), killed after timeout_ms.

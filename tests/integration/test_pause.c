@@ -35,13 +35,7 @@ static void pause_cli(h_stack *s, const char *verb, const char *lane, const char
  * back: held until it is delivered again). */
 static void pause_stats(h_stack *s, int *paused, long long *queued)
 {
-    char *out = NULL;
-    char *argv[] = {"kiln", "stats", "--json", NULL};
-    int rc = h_run_cli(s, argv, &out, 30000);
-    cr_assert_eq(rc, 0, "kiln stats exited %d: %s", rc, out);
-    json_t *o = json_loads(out, 0, NULL);
-    cr_assert_not_null(o, "kiln stats --json printed no JSON: %s", out);
-    free(out);
+    json_t *o = h_kiln_stats(s);
     json_t *normal = json_object_get(json_object_get(o, "lanes"), "normal");
     *paused = json_is_true(json_object_get(normal, "paused"));
     *queued = h_jint(normal, "waiting") + h_jint(normal, "held");

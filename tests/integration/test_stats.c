@@ -23,13 +23,7 @@ static const char *const st_lanes[3] = {"high", "normal", "low"};
 
 static void st_read(h_stack *s, st_figures *f)
 {
-    char *out = NULL;
-    char *argv[] = {"kiln", "stats", "--json", NULL};
-    int rc = h_run_cli(s, argv, &out, 30000);
-    cr_assert_eq(rc, 0, "kiln stats exited %d: %s", rc, out);
-    json_t *o = json_loads(out, 0, NULL);
-    cr_assert_not_null(o, "kiln stats --json printed no JSON: %s", out);
-    free(out);
+    json_t *o = h_kiln_stats(s);
     json_t *lanes = json_object_get(o, "lanes");
     for (int i = 0; i < 3; i++) {
         json_t *l = json_object_get(lanes, st_lanes[i]);
