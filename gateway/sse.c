@@ -451,6 +451,18 @@ static kiln_status sse_store_get(gw_req *r, Kiln__V1__StoreReply **out)
     return KILN_OK;
 }
 
+/* True only when the store answers that it has no such job (KILN_RESULT_TTL
+ * removed it); a store that does not answer leaves the event to speak. */
+static bool sse_store_forgot(gw_req *r)
+{
+    Kiln__V1__StoreReply *rep = NULL;
+    kiln_status st = sse_store_get(r, &rep);
+    bool forgot = st == KILN_OK && rep != NULL && rep->error_code != NULL &&
+                  strcmp(rep->error_code, "not_found") == 0;
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
+    return forgot;
+}
+
 /* Outcome of the per-job opening. */
 typedef enum { SSE_OPEN_STREAM, SSE_OPEN_ANSWERED } sse_open;
 
@@ -478,6 +490,12 @@ static sse_open sse_job_initial(gw_req *r, sse_client *c, const char *subject, b
         if (has_last && last >= GW_SSE_POS(seq, 0) && terminal) {
             /* The client saw the end already: 204 tells EventSource to stop reconnecting. */
             gw_answer_raw(&r->ans, 204, NULL, NULL, 0);
+            goto out;
+        }
+        if (terminal && sse_store_forgot(r)) {
+            /* Retention removed it: the same 404 as its GET (the event
+             * outlives it in KILN_EVENTS by up to an hour). */
+            gw_answer_error(&r->ans, "not_found", "no such job", NULL);
             goto out;
         }
         if (has_last) {
