@@ -8,20 +8,17 @@
 
 #define LANEPAUSE_KEY_MAX 32
 
-int kiln_lane_index(const char *name)
-{
+int kiln_lane_index(const char *name) {
     for (int i = 0; name != NULL && i < KILN_LANES; i++)
         if (strcmp(name, kiln_lane_names[i]) == 0) return i;
     return -1;
 }
 
-static void lanepause_key(char *buf, size_t len, int lane)
-{
+static void lanepause_key(char *buf, size_t len, int lane) {
     snprintf(buf, len, "pause.%s", kiln_lane_names[lane]);
 }
 
-kiln_status kiln_lane_pause_provision(jsCtx *js)
-{
+kiln_status kiln_lane_pause_provision(jsCtx *js) {
     kvStore *kv = NULL;
     natsStatus s = js_KeyValue(&kv, js, KILN_CONTROL_BUCKET);
     if (s == NATS_NOT_FOUND) {
@@ -41,8 +38,7 @@ kiln_status kiln_lane_pause_provision(jsCtx *js)
     return KILN_OK;
 }
 
-kiln_status kiln_lane_pause_set(jsCtx *js, int lane, bool paused, const char *reason)
-{
+kiln_status kiln_lane_pause_set(jsCtx *js, int lane, bool paused, const char *reason) {
     if (js == NULL || lane < 0 || lane >= KILN_LANES) return KILN_EINVAL;
     if (reason == NULL || reason[0] == '\0') reason = "paused";
     if (strlen(reason) > KILN_PAUSE_REASON_MAX) return KILN_EINVAL;
@@ -50,21 +46,26 @@ kiln_status kiln_lane_pause_set(jsCtx *js, int lane, bool paused, const char *re
     char key[LANEPAUSE_KEY_MAX];
     lanepause_key(key, sizeof key, lane);
     natsStatus s = js_KeyValue(&kv, js, KILN_CONTROL_BUCKET);
-    if (s == NATS_OK) s = paused ? kvStore_PutString(NULL, kv, key, reason) : kvStore_Delete(kv, key);
+    if (s == NATS_OK)
+        s = paused ? kvStore_PutString(NULL, kv, key, reason) : kvStore_Delete(kv, key);
     if (kv != NULL) kvStore_Destroy(kv);
     return s == NATS_OK ? KILN_OK : kiln_nats_status(s);
 }
 
-kiln_status kiln_lane_pause_read(jsCtx *js, bool paused[KILN_LANES],
-                                 char reasons[][KILN_PAUSE_REASON_MAX + 1])
-{
-    if (js == NULL || paused == NULL) return KILN_EINVAL;
-    kvStore *kv = NULL;
-    natsStatus s = js_KeyValue(&kv, js, KILN_CONTROL_BUCKET);
+kiln_status kiln_lane_pause_bucket(jsCtx *js, kvStore **out) {
+    if (js == NULL || out == NULL) return KILN_EINVAL;
+    natsStatus s = js_KeyValue(out, js, KILN_CONTROL_BUCKET);
+    return s == NATS_OK ? KILN_OK : kiln_nats_status(s);
+}
+
+kiln_status kiln_lane_pause_read_kv(kvStore *kv, bool paused[KILN_LANES],
+                                    char reasons[][KILN_PAUSE_REASON_MAX + 1]) {
+    if (kv == NULL || paused == NULL) return KILN_EINVAL;
     for (int i = 0; i < KILN_LANES; i++) {
         paused[i] = false;
         if (reasons != NULL) reasons[i][0] = '\0';
     }
+    natsStatus s = NATS_OK;
     for (int i = 0; i < KILN_LANES && s == NATS_OK; i++) {
         char key[LANEPAUSE_KEY_MAX];
         kvEntry *e = NULL;
@@ -76,9 +77,18 @@ kiln_status kiln_lane_pause_read(jsCtx *js, bool paused[KILN_LANES],
         }
         if (s != NATS_OK) break;
         paused[i] = true;
-        if (reasons != NULL) snprintf(reasons[i], KILN_PAUSE_REASON_MAX + 1, "%s", kvEntry_ValueString(e));
+        if (reasons != NULL)
+            snprintf(reasons[i], KILN_PAUSE_REASON_MAX + 1, "%s", kvEntry_ValueString(e));
         kvEntry_Destroy(e);
     }
-    if (kv != NULL) kvStore_Destroy(kv);
     return s == NATS_OK ? KILN_OK : kiln_nats_status(s);
+}
+
+kiln_status kiln_lane_pause_read(jsCtx *js, bool paused[KILN_LANES],
+                                 char reasons[][KILN_PAUSE_REASON_MAX + 1]) {
+    kvStore *kv = NULL;
+    kiln_status st = kiln_lane_pause_bucket(js, &kv);
+    if (st == KILN_OK) st = kiln_lane_pause_read_kv(kv, paused, reasons);
+    if (kv != NULL) kvStore_Destroy(kv);
+    return st;
 }

@@ -28,8 +28,15 @@ kiln_status kiln_lane_pause_provision(jsCtx *js);
 kiln_status kiln_lane_pause_set(jsCtx *js, int lane, bool paused, const char *reason);
 
 /* Reads every lane's state: paused[i], and its reason into reasons[i] when
- * reasons is not NULL ("" when not paused). */
+ * reasons is not NULL ("" when not paused). Binds the bucket first (one
+ * request more than kiln_lane_pause_read_kv). */
 kiln_status kiln_lane_pause_read(jsCtx *js, bool paused[KILN_LANES],
                                  char reasons[][KILN_PAUSE_REASON_MAX + 1]);
+
+/* For a poller: binds the bucket once (kvStore_Destroy frees it) ... */
+kiln_status kiln_lane_pause_bucket(jsCtx *js, kvStore **out);
+/* ... and reads the three keys through it. */
+kiln_status kiln_lane_pause_read_kv(kvStore *kv, bool paused[KILN_LANES],
+                                    char reasons[][KILN_PAUSE_REASON_MAX + 1]);
 
 #endif

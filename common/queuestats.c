@@ -4,30 +4,29 @@
 #include <time.h>
 
 #include "clock.h"
-
 #include "lanepause.h"
 #include "natsconn.h"
 #include "queuestats.h"
 #include "subjects.h"
 
 const char *const kiln_lane_names[KILN_LANES] = {"high", "normal", "low"};
+const char *const kiln_lane_labels[KILN_LANES] = {"lane=\"high\"", "lane=\"normal\"",
+                                                  "lane=\"low\""};
 
-static const char *const queuestats_durables[KILN_LANES] = {
-    KILN_DURABLE_HIGH, KILN_DURABLE_NORMAL, KILN_DURABLE_LOW};
+static const char *const queuestats_durables[KILN_LANES] = {KILN_DURABLE_HIGH, KILN_DURABLE_NORMAL,
+                                                            KILN_DURABLE_LOW};
 static const char *const queuestats_subjects[KILN_LANES] = {
     KILN_SUBJ_GENERATE_HIGH, KILN_SUBJ_GENERATE, KILN_SUBJ_GENERATE_LOW};
 
 #define QUEUESTATS_WAIT_MS 2000 /* the oldest-message request */
 
-static bool queuestats_absent(natsStatus s, jsErrCode jerr)
-{
+static bool queuestats_absent(natsStatus s, jsErrCode jerr) {
     return s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr;
 }
 
 /* Unix ms of a JetStream time ("2026-12-06T04:47:46.031272164Z"); 0 when
  * it does not read. */
-static int64_t queuestats_time_ms(const char *t)
-{
+static int64_t queuestats_time_ms(const char *t) {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
     const char *rest = t != NULL ? strptime(t, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
@@ -35,7 +34,8 @@ static int64_t queuestats_time_ms(const char *t)
     int64_t ms = (int64_t)timegm(&tm) * 1000;
     if (*rest == '.') {
         int64_t scale = 100;
-        for (rest++; *rest >= '0' && *rest <= '9'; rest++, scale /= 10) ms += (*rest - '0') * scale;
+        for (rest++; *rest >= '0' && *rest <= '9'; rest++, scale /= 10)
+            ms += (*rest - '0') * scale;
     }
     return *rest == 'Z' ? ms : 0;
 }
@@ -45,8 +45,7 @@ static int64_t queuestats_time_ms(const char *t)
  * (STREAM.MSG.GET with next_by_subj, which nats-server 2.9 answers; nats.c
  * 3.4.1 has no call for it). 0 when there is none. */
 static kiln_status queuestats_oldest(natsConnection *nc, const char *subject, uint64_t after_seq,
-                                     int64_t *age_ms)
-{
+                                     int64_t *age_ms) {
     char body[256];
     natsMsg *reply = NULL;
     *age_ms = 0;
@@ -70,8 +69,7 @@ static kiln_status queuestats_oldest(natsConnection *nc, const char *subject, ui
 }
 
 static kiln_status queuestats_durable(jsCtx *js, const char *durable, kiln_queue_durable *out,
-                                      uint64_t *delivered_seq)
-{
+                                      uint64_t *delivered_seq) {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     memset(out, 0, sizeof *out);
@@ -86,8 +84,7 @@ static kiln_status queuestats_durable(jsCtx *js, const char *durable, kiln_queue
     return KILN_OK;
 }
 
-kiln_status kiln_queue_stats_read(natsConnection *nc, jsCtx *js, kiln_queue_stats *out)
-{
+kiln_status kiln_queue_stats_read(natsConnection *nc, jsCtx *js, kiln_queue_stats *out) {
     if (nc == NULL || js == NULL || out == NULL) return KILN_EINVAL;
     memset(out, 0, sizeof *out);
     kiln_status st = KILN_OK;
@@ -102,7 +99,8 @@ kiln_status kiln_queue_stats_read(natsConnection *nc, jsCtx *js, kiln_queue_stat
     bool paused[KILN_LANES];
     if (st == KILN_OK) st = kiln_lane_pause_read(js, paused, NULL);
     if (st != KILN_OK) return st;
-    for (int i = 0; i < KILN_LANES; i++) out->lanes[i].paused = paused[i];
+    for (int i = 0; i < KILN_LANES; i++)
+        out->lanes[i].paused = paused[i];
 
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;

@@ -16,14 +16,16 @@ enum { KILN_LANE_HIGH, KILN_LANE_NORMAL, KILN_LANE_LOW, KILN_LANES };
 
 /* "high", "normal", "low", indexed by KILN_LANE_*. */
 extern const char *const kiln_lane_names[KILN_LANES];
+/* Their Prometheus labels: lane="high", ... */
+extern const char *const kiln_lane_labels[KILN_LANES];
 
 typedef struct {
-    bool present;          /* the durable exists (a consumer or store created it) */
-    uint64_t waiting;      /* messages not yet delivered */
-    int64_t held;          /* delivered and not yet acked: running, fetched, or handed
-                            * back to wait for a delay or a retry */
-    int64_t redelivered;   /* of held, delivered more than once */
-    bool paused;           /* a lane paused with `kiln pause` (common/lanepause.h) */
+    bool present;              /* the durable exists (a consumer or store created it) */
+    uint64_t waiting;          /* messages not yet delivered */
+    int64_t held;              /* delivered and not yet acked: running, fetched, or handed
+                                * back to wait for a delay or a retry */
+    int64_t redelivered;       /* of held, delivered more than once */
+    bool paused;               /* a lane paused with `kiln pause` (common/lanepause.h) */
     int64_t oldest_waiting_ms; /* lanes: how long the oldest waiting job has waited
                                 * (since JetStream stored it); 0 when none waits */
 } kiln_queue_durable;

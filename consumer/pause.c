@@ -2,9 +2,10 @@
  * bucket (common/lanepause.c) once at start and then every
  * CONS_PAUSE_POLL_MS on a periodic thread; the fetcher skips a paused lane.
  *
- * Polled rather than watched: three key reads per interval are cheap, and
- * a poll needs no recovery after a NATS reconnect. A failed read keeps the
- * last known state (a consumer that never read one fetches from every lane). */
+ * Polled rather than watched: three key reads per interval (the bucket is
+ * bound once) are cheap, and a poll needs no recovery after a NATS
+ * reconnect. A failed read keeps the last known state (a consumer that
+ * never read one fetches from every lane). */
 #include <stdatomic.h>
 
 #include "cons.h"
@@ -14,17 +15,17 @@
 
 static atomic_bool pause_state[KILN_LANES];
 static kiln_periodic *pause_timer;
+/* Bound by the first read that can (pause_read: the main thread at start,
+ * then only the pause thread); NULL until then. */
+static kvStore *pause_kv;
 static kiln_metric *pause_m[KILN_LANES];
 static bool pause_failing;
 
-static const char *const pause_labels[KILN_LANES] = {"lane=\"high\"", "lane=\"normal\"",
-                                                     "lane=\"low\""};
-
-static void pause_read(void)
-{
+static void pause_read(void) {
     bool paused[KILN_LANES];
     char reasons[KILN_LANES][KILN_PAUSE_REASON_MAX + 1];
-    kiln_status st = kiln_lane_pause_read(cons_g.js, paused, reasons);
+    kiln_status st = pause_kv != NULL ? KILN_OK : kiln_lane_pause_bucket(cons_g.js, &pause_kv);
+    if (st == KILN_OK) st = kiln_lane_pause_read_kv(pause_kv, paused, reasons);
     if (st != KILN_OK) {
         if (!pause_failing)
             LOG_WARN("lane pauses unreadable, keeping the last known status=%s",
@@ -50,31 +51,29 @@ static void pause_read(void)
     if (changed) cons_fetcher_wake(); /* a no-op before the fetcher runs */
 }
 
-static void pause_tick(kiln_periodic *p, void *arg)
-{
+static void pause_tick(kiln_periodic *p, void *arg) {
     (void)p;
     (void)arg;
     pause_read();
 }
 
-bool cons_pause_lane(int lane)
-{
+bool cons_pause_lane(int lane) {
     return lane >= 0 && lane < KILN_LANES && atomic_load(&pause_state[lane]);
 }
 
-kiln_status cons_pause_start(void)
-{
+kiln_status cons_pause_start(void) {
     for (int i = 0; i < KILN_LANES; i++) {
         atomic_init(&pause_state[i], false);
-        pause_m[i] = kiln_metric_gauge_labeled("kiln_consumer_lane_paused", pause_labels[i],
+        pause_m[i] = kiln_metric_gauge_labeled("kiln_consumer_lane_paused", kiln_lane_labels[i],
                                                "1 while the lane is paused (kiln pause)");
     }
     pause_read();
     return kiln_periodic_start("kiln-pause", CONS_PAUSE_POLL_MS, pause_tick, NULL, &pause_timer);
 }
 
-void cons_pause_stop(void)
-{
+void cons_pause_stop(void) {
     kiln_periodic_stop(pause_timer);
     pause_timer = NULL;
+    if (pause_kv != NULL) kvStore_Destroy(pause_kv);
+    pause_kv = NULL;
 }

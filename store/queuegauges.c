@@ -17,12 +17,7 @@ struct queuegauges {
     kiln_status last; /* the previous read's outcome: log a change only */
 };
 
-/* Prometheus labels of each lane, in KILN_LANE_* order. */
-static const char *const queuegauges_labels[KILN_LANES] = {
-    "lane=\"high\"", "lane=\"normal\"", "lane=\"low\""};
-
-static void queuegauges_read(queuegauges *g)
-{
+static void queuegauges_read(queuegauges *g) {
     kiln_queue_stats qs;
     kiln_status st = kiln_queue_stats_read(g->nc, g->js, &qs);
     if (st != KILN_OK) {
@@ -45,15 +40,13 @@ static void queuegauges_read(queuegauges *g)
     kiln_metric_set(g->dead, (int64_t)qs.dead_letters);
 }
 
-static void queuegauges_tick(kiln_periodic *p, void *arg)
-{
+static void queuegauges_tick(kiln_periodic *p, void *arg) {
     (void)p;
     queuegauges_read(arg);
 }
 
 kiln_status queuegauges_start(natsConnection *nc, jsCtx *js, int64_t interval_ms,
-                              queuegauges **out)
-{
+                              queuegauges **out) {
     *out = NULL;
     if (interval_ms <= 0) return KILN_OK;
     queuegauges *g = calloc(1, sizeof *g);
@@ -62,18 +55,18 @@ kiln_status queuegauges_start(natsConnection *nc, jsCtx *js, int64_t interval_ms
     g->js = js;
     for (int i = 0; i < KILN_LANES; i++) {
         g->waiting[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_waiting", queuegauges_labels[i],
+            "kiln_queue_waiting", kiln_lane_labels[i],
             "jobs in the lane not yet handed to a worker (JetStream's pending count)");
         g->held[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_held", queuegauges_labels[i],
+            "kiln_queue_held", kiln_lane_labels[i],
             "jobs a worker holds: running, fetched, or waiting for a delay or retry");
-        g->redelivered[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_redelivered", queuegauges_labels[i],
-            "of the held jobs, those delivered more than once");
-        g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", queuegauges_labels[i],
+        g->redelivered[i] =
+            kiln_metric_gauge_labeled("kiln_queue_redelivered", kiln_lane_labels[i],
+                                      "of the held jobs, those delivered more than once");
+        g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", kiln_lane_labels[i],
                                                  "1 while the lane is paused (kiln pause)");
         g->oldest[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_oldest_waiting_ms", queuegauges_labels[i],
+            "kiln_queue_oldest_waiting_ms", kiln_lane_labels[i],
             "how long the lane's oldest waiting job has waited (0: none waits)");
     }
     g->unapplied = kiln_metric_gauge("kiln_store_unapplied_messages",
@@ -91,8 +84,7 @@ kiln_status queuegauges_start(natsConnection *nc, jsCtx *js, int64_t interval_ms
     return KILN_OK;
 }
 
-void queuegauges_stop(queuegauges *g)
-{
+void queuegauges_stop(queuegauges *g) {
     if (g == NULL) return;
     kiln_periodic_stop(g->timer);
     free(g);

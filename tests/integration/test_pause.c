@@ -15,8 +15,7 @@ TestSuite(pause, .fini = h_fini, .timeout = 150);
 
 /* Runs `kiln <verb> <lane> [extra]` and checks its exit code and output. */
 static void pause_cli(h_stack *s, const char *verb, const char *lane, const char *extra,
-                      int want_rc, const char *want_out)
-{
+                      int want_rc, const char *want_out) {
     char *out = NULL;
     char *argv[6] = {"kiln", (char *)verb, (char *)lane, NULL, NULL, NULL};
     if (extra != NULL) {
@@ -33,8 +32,7 @@ static void pause_cli(h_stack *s, const char *verb, const char *lane, const char
 /* `kiln stats --json`: whether the normal lane shows as paused, and its
  * jobs waiting or held (one a consumer fetched as the pause came is handed
  * back: held until it is delivered again). */
-static void pause_stats(h_stack *s, int *paused, long long *queued)
-{
+static void pause_stats(h_stack *s, int *paused, long long *queued) {
     json_t *o = h_kiln_stats(s);
     json_t *normal = json_object_get(json_object_get(o, "lanes"), "normal");
     *paused = json_is_true(json_object_get(normal, "paused"));
@@ -42,8 +40,8 @@ static void pause_stats(h_stack *s, int *paused, long long *queued)
     json_decref(o);
 }
 
-static void pause_expect_pending(h_stack *s, char ids[][65], int n, int64_t window_ms, const char *when)
-{
+static void pause_expect_pending(h_stack *s, char ids[][65], int n, int64_t window_ms,
+                                 const char *when) {
     char why[512];
     for (int i = 0; i < n; i++)
         cr_assert(h_job_stays(s, H_TOKEN_ALICE, ids[i], "pending", i == 0 ? window_ms : 0, why,
@@ -51,8 +49,7 @@ static void pause_expect_pending(h_stack *s, char ids[][65], int n, int64_t wind
                   "%s: a job of the paused lane left pending: %s", when, why);
 }
 
-Test(pause, a_paused_lane_waits_and_resumes)
-{
+Test(pause, a_paused_lane_waits_and_resumes) {
     h_stack s;
     h_stack_opts o = {.env = {"KILN_QUEUE_STATS_INTERVAL=200ms", NULL}};
     h_start(&s, &o);
@@ -64,7 +61,8 @@ Test(pause, a_paused_lane_waits_and_resumes)
 
     char normal[3][65], high[1][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"paused heron %d\"}", 3, normal);
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"unpaused kite %d\",\"priority\":\"high\"}", 1, high);
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"unpaused kite %d\",\"priority\":\"high\"}", 1,
+                  high);
     h_expect_job(&s, H_TOKEN_ALICE, high[0], "completed", 1, 30000, "the high job");
     pause_expect_pending(&s, normal, 3, 1500, "paused");
     int paused = 0;

@@ -21,8 +21,7 @@ typedef struct {
 
 static const char *const st_lanes[3] = {"high", "normal", "low"};
 
-static void st_read(h_stack *s, st_figures *f)
-{
+static void st_read(h_stack *s, st_figures *f) {
     json_t *o = h_kiln_stats(s);
     json_t *lanes = json_object_get(o, "lanes");
     for (int i = 0; i < 3; i++) {
@@ -46,8 +45,7 @@ typedef struct {
     st_figures last;
 } st_want;
 
-static int st_matches(void *arg)
-{
+static int st_matches(void *arg) {
     st_want *w = arg;
     st_read(w->s, &w->last);
     for (int i = 0; i < 3; i++) {
@@ -58,8 +56,7 @@ static int st_matches(void *arg)
     return w->last.store_unapplied == 0; /* the store keeps up with a few jobs */
 }
 
-static void st_expect(h_stack *s, st_want *w, const char *what)
-{
+static void st_expect(h_stack *s, st_want *w, const char *what) {
     w->s = s;
     int ok = h_wait_for(st_matches, w, 20000, 100);
     cr_assert(ok,
@@ -75,8 +72,7 @@ typedef struct {
 } st_oldest;
 
 /* Every lane's oldest waiting job has waited at least 500 ms. */
-static int st_oldest_grown(void *arg)
-{
+static int st_oldest_grown(void *arg) {
     st_oldest *o = arg;
     st_read(o->s, &o->last);
     for (int i = 0; i < 3; i++)
@@ -84,14 +80,12 @@ static int st_oldest_grown(void *arg)
     return 1;
 }
 
-static void st_expect_metric(h_stack *s, const char *name, double want)
-{
-    cr_assert(h_wait_metric_eq(s, H_STORE, name, want, 10000), "the store's %s stayed at %g, not %g",
-              name, h_metric(s, H_STORE, name), want);
+static void st_expect_metric(h_stack *s, const char *name, double want) {
+    cr_assert(h_wait_metric_eq(s, H_STORE, name, want, 10000),
+              "the store's %s stayed at %g, not %g", name, h_metric(s, H_STORE, name), want);
 }
 
-Test(stats, queue_depths_follow_the_jobs)
-{
+Test(stats, queue_depths_follow_the_jobs) {
     h_stack s;
     /* No consumer at first: the jobs wait in their lanes. */
     h_stack_opts o = {.no_consumer = 1, .env = {"KILN_QUEUE_STATS_INTERVAL=200ms", NULL}};
@@ -100,7 +94,8 @@ Test(stats, queue_depths_follow_the_jobs)
     h_nats_open(&s, &n);
 
     char high[2][65], normal[3][65], low[1][65];
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats kite %d\",\"priority\":\"high\"}", 2, high);
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats kite %d\",\"priority\":\"high\"}", 2,
+                  high);
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats heron %d\"}", 3, normal);
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats vole %d\",\"priority\":\"low\"}", 1, low);
     st_want queued = {.waiting = {2, 3, 1}, .held = {0, 0, 0}, .dead = 0};
@@ -119,8 +114,10 @@ Test(stats, queue_depths_follow_the_jobs)
 
     /* A consumer takes them; a slow one is held while it runs. */
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
-    for (int i = 0; i < 2; i++) h_expect_job(&s, H_TOKEN_ALICE, high[i], "completed", 1, 30000, "high");
-    for (int i = 0; i < 3; i++) h_expect_job(&s, H_TOKEN_ALICE, normal[i], "completed", 1, 30000, "normal");
+    for (int i = 0; i < 2; i++)
+        h_expect_job(&s, H_TOKEN_ALICE, high[i], "completed", 1, 30000, "high");
+    for (int i = 0; i < 3; i++)
+        h_expect_job(&s, H_TOKEN_ALICE, normal[i], "completed", 1, 30000, "normal");
     h_expect_job(&s, H_TOKEN_ALICE, low[0], "completed", 1, 30000, "low");
     st_want drained = {.waiting = {0, 0, 0}, .held = {0, 0, 0}, .dead = 0};
     st_expect(&s, &drained, "every job completed");
@@ -131,9 +128,9 @@ Test(stats, queue_depths_follow_the_jobs)
 
     /* A delayed job was fetched and handed back to wait: held, not waiting. */
     char later[65];
-    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats dormouse\",\"delay_ms\":4000}",
-                          later),
-                 202);
+    cr_assert_eq(
+        h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats dormouse\",\"delay_ms\":4000}", later),
+        202);
     st_want delayed = {.waiting = {0, 0, 0}, .held = {0, 1, 0}, .dead = 0};
     st_expect(&s, &delayed, "one delayed job");
     h_expect_job(&s, H_TOKEN_ALICE, later, "completed", 1, 30000, "the delayed job");
@@ -142,7 +139,8 @@ Test(stats, queue_depths_follow_the_jobs)
     char slow[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=60000 stats sloth", slow), 202);
     json_t *j = h_wait_job(&s, H_TOKEN_ALICE, slow, "processing", 30000);
-    cr_assert(j != NULL && strcmp(h_jstr(j, "status"), "processing") == 0, "the slow job never ran");
+    cr_assert(j != NULL && strcmp(h_jstr(j, "status"), "processing") == 0,
+              "the slow job never ran");
     json_decref(j);
     st_want running = {.waiting = {0, 0, 0}, .held = {0, 1, 0}, .dead = 0};
     st_expect(&s, &running, "one job running");
