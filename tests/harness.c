@@ -63,11 +63,17 @@ static void h_pid_del(pid_t p)
 
 /* ---- small utilities ------------------------------------------------------ */
 
+/* Added to the monotonic clock so that every h_now_ms() value is larger
+ * than any wait: an absolute time passed where a duration belongs fails
+ * h_wait_for's check even just after boot (only differences of h_now_ms()
+ * values mean anything). */
+#define H_CLOCK_OFFSET_MS (1000LL * 1000 * 1000)
+
 int64_t h_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return H_CLOCK_OFFSET_MS + (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int h_cmp_i64(const void *a, const void *b)
@@ -90,8 +96,15 @@ static void h_sleep_ms(int ms)
     }
 }
 
+/* No test waits a day: a larger "duration" is an absolute time passed by
+ * mistake (h_now_ms() + N), which would wait until the suite's timeout. */
+#define H_WAIT_MAX_MS (24LL * 3600 * 1000)
+
 int h_wait_for(int (*cond)(void *arg), void *arg, int64_t deadline_ms, int poll_ms)
 {
+    cr_assert(deadline_ms <= H_WAIT_MAX_MS,
+              "h_wait_for takes a duration in ms, not an absolute time (got %lld)",
+              (long long)deadline_ms);
     int64_t end = h_now_ms() + deadline_ms;
     for (;;) {
         if (cond(arg)) return 1;

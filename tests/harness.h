@@ -127,11 +127,13 @@ int h_wait_log(const h_stack *s, h_comp c, const char *needle, int64_t deadline_
 
 /* ---- waiting -------------------------------------------------------------- */
 
+/* Monotonic milliseconds from an arbitrary origin: only differences mean anything. */
 int64_t h_now_ms(void);
 /* The median of v[0..n) (sorts v in place); 0 when n is 0. */
 int64_t h_median(int64_t *v, size_t n);
 /* Polls cond(arg) every poll_ms until it returns non-zero or deadline_ms
- * passes. Returns 1 when the condition held, 0 on timeout. */
+ * (a duration, at most a day: an absolute time fails the test) passes.
+ * Returns 1 when the condition held, 0 on timeout. */
 int h_wait_for(int (*cond)(void *arg), void *arg, int64_t deadline_ms, int poll_ms);
 
 /* ---- HTTP ----------------------------------------------------------------- */
