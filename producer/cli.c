@@ -135,10 +135,11 @@ static const char cli_usage_stats[] =
     "      waiting: not yet handed to a worker (oldest_waiting_ms: how long the\n"
     "      oldest of them has waited, 0 when none); held: a worker has it (running,\n"
     "      fetched, or waiting for its delay or its next attempt); redelivered: of\n"
-    "      held, delivered more than once\n"
+    "      held, delivered more than once; paused: see kiln pause\n"
     "  store waiting=N held=N   job requests and transitions not yet applied\n"
     "  dead_letters=N           messages in KILN_DEAD (see kiln dead)\n"
-    "A lane no consumer has created yet prints absent instead of figures.\n";
+    "A lane no consumer has created yet prints absent instead of figures.\n"
+    "--json prints one object: {\"lanes\":{\"high\":{...},...},\"store\":{...},\"dead_letters\":N}\n";
 
 static const char cli_usage_pause[] =
     "usage: kiln pause LANE [--reason TEXT] [--nats-url URL] [--json]\n"
