@@ -10,12 +10,12 @@
 
 int kiln_lane_index(const char *name) {
     for (int i = 0; name != NULL && i < KILN_LANES; i++)
-        if (strcmp(name, kiln_lane_names[i]) == 0) return i;
+        if (strcmp(name, kiln_lanes[i].name) == 0) return i;
     return -1;
 }
 
 static void lanepause_key(char *buf, size_t len, int lane) {
-    snprintf(buf, len, "pause.%s", kiln_lane_names[lane]);
+    snprintf(buf, len, "pause.%s", kiln_lanes[lane].name);
 }
 
 kiln_status kiln_lane_pause_provision(jsCtx *js) {

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "natsconn.h"
 #include "provision.h"
+#include "queuestats.h"
 
 #include <stdbool.h>
 #include "subjects.h"
@@ -176,20 +177,13 @@ static kiln_status prov_once(jsCtx *js, const kiln_provision_opts *o)
                                 o->events_max_age_ms, o->update_existing);
     if (st != KILN_OK) return st;
 
-    static const struct {
-        const char *durable;
-        const char *filter;
-    } lanes[] = {
-        {KILN_DURABLE_HIGH, KILN_SUBJ_GENERATE_HIGH},
-        {KILN_DURABLE_NORMAL, KILN_SUBJ_GENERATE},
-        {KILN_DURABLE_LOW, KILN_SUBJ_GENERATE_LOW},
-    };
-    for (size_t i = 0; i < sizeof lanes / sizeof lanes[0]; i++) {
+    /* One worker durable per lane (common/queuestats.h). */
+    for (int i = 0; i < KILN_LANES; i++) {
         jsConsumerConfig cc;
         s = jsConsumerConfig_Init(&cc);
         if (s != NATS_OK) return kiln_nats_status(s);
-        cc.Durable = lanes[i].durable;
-        cc.FilterSubject = lanes[i].filter;
+        cc.Durable = kiln_lanes[i].durable;
+        cc.FilterSubject = kiln_lanes[i].subject;
         cc.DeliverPolicy = js_DeliverAll;
         cc.AckPolicy = js_AckExplicit;
         cc.AckWait = o->ack_wait_ms * PROV_NS_PER_MS;

@@ -9,14 +9,11 @@
 #include "queuestats.h"
 #include "subjects.h"
 
-const char *const kiln_lane_names[KILN_LANES] = {"high", "normal", "low"};
-const char *const kiln_lane_labels[KILN_LANES] = {"lane=\"high\"", "lane=\"normal\"",
-                                                  "lane=\"low\""};
-
-static const char *const queuestats_durables[KILN_LANES] = {KILN_DURABLE_HIGH, KILN_DURABLE_NORMAL,
-                                                            KILN_DURABLE_LOW};
-static const char *const queuestats_subjects[KILN_LANES] = {
-    KILN_SUBJ_GENERATE_HIGH, KILN_SUBJ_GENERATE, KILN_SUBJ_GENERATE_LOW};
+const kiln_lane_info kiln_lanes[KILN_LANES] = {
+    {"high", KILN_SUBJ_GENERATE_HIGH, KILN_DURABLE_HIGH, "lane=\"high\""},
+    {"normal", KILN_SUBJ_GENERATE, KILN_DURABLE_NORMAL, "lane=\"normal\""},
+    {"low", KILN_SUBJ_GENERATE_LOW, KILN_DURABLE_LOW, "lane=\"low\""},
+};
 
 #define QUEUESTATS_WAIT_MS 2000 /* the oldest-message request */
 
@@ -91,9 +88,9 @@ kiln_status kiln_queue_stats_read(natsConnection *nc, jsCtx *js, kiln_queue_stat
     for (int i = 0; i < KILN_LANES && st == KILN_OK; i++) {
         uint64_t delivered = 0;
         kiln_queue_durable *d = &out->lanes[i];
-        st = queuestats_durable(js, queuestats_durables[i], d, &delivered);
+        st = queuestats_durable(js, kiln_lanes[i].durable, d, &delivered);
         if (st == KILN_OK && d->waiting > 0)
-            st = queuestats_oldest(nc, queuestats_subjects[i], delivered, &d->oldest_waiting_ms);
+            st = queuestats_oldest(nc, kiln_lanes[i].subject, delivered, &d->oldest_waiting_ms);
     }
     if (st == KILN_OK) st = queuestats_durable(js, KILN_DURABLE_STORE, &out->store, NULL);
     bool paused[KILN_LANES];

@@ -14,10 +14,17 @@
 
 enum { KILN_LANE_HIGH, KILN_LANE_NORMAL, KILN_LANE_LOW, KILN_LANES };
 
-/* "high", "normal", "low", indexed by KILN_LANE_*. */
-extern const char *const kiln_lane_names[KILN_LANES];
-/* Their Prometheus labels: lane="high", ... */
-extern const char *const kiln_lane_labels[KILN_LANES];
+/* One priority lane: its name ("high", "normal", "low"), its subject, its
+ * worker durable and its Prometheus label (lane="high"). */
+typedef struct {
+    const char *name;
+    const char *subject;
+    const char *durable;
+    const char *label;
+} kiln_lane_info;
+
+/* The lanes, indexed by KILN_LANE_*. */
+extern const kiln_lane_info kiln_lanes[KILN_LANES];
 
 typedef struct {
     bool present;              /* the durable exists (a consumer or store created it) */

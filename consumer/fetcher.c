@@ -74,9 +74,7 @@ enum {
 };
 
 typedef struct {
-    const char *name;
-    const char *subject;
-    const char *durable;
+    const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
     bool hinted;                /* has a publish-hint subscription */
     kiln_pull *pull;
     natsSubscription *hint_sub;
@@ -94,11 +92,11 @@ typedef struct {
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
-    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH, .hinted = true,
+    {.def = &kiln_lanes[KILN_LANE_HIGH], .hinted = true,
      .due_mu = PTHREAD_MUTEX_INITIALIZER},
-    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL,
+    {.def = &kiln_lanes[KILN_LANE_NORMAL],
      .due_mu = PTHREAD_MUTEX_INITIALIZER},
-    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW, .hinted = true,
+    {.def = &kiln_lanes[KILN_LANE_LOW], .hinted = true,
      .due_mu = PTHREAD_MUTEX_INITIALIZER},
 };
 
@@ -209,7 +207,8 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
     cons_slots_take((int64_t)n);
     for (size_t i = 0; i < n; i++) {
         cons_job *j = NULL;
-        if (jobs == NULL || info == NULL || cons_job_create(list->Msgs[i], lane->name, &j) != KILN_OK) {
+        if (jobs == NULL || info == NULL ||
+            cons_job_create(list->Msgs[i], lane->def->name, &j) != KILN_OK) {
             /* Out of memory: leave it unacked; it comes back after AckWait. */
             natsMsg_Destroy(list->Msgs[i]);
             list->Msgs[i] = NULL;
@@ -251,14 +250,14 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
     if (lane->carry_n > 0) return fetch_take_carry(lane, batch);
     int64_t t0 = kiln_mono_ms();
     kiln_status st = kiln_pull_fetch_wait(lane->pull, batch, expires_ms, wait_ms, &list);
-    LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->name,
+    LOG_DEBUG("fetch lane=%s batch=%d expires_ms=%lld status=%s count=%d ms=%lld", lane->def->name,
               batch, (long long)expires_ms, kiln_status_str(st), list.Count,
               (long long)(kiln_mono_ms() - t0));
     if (st != KILN_OK) {
         natsMsgList_Destroy(&list);
         int64_t now = kiln_mono_ms();
         if (now - fetch_last_err_log > 5000) {
-            LOG_WARN("fetch failed lane=%s status=%s error=\"%s\"", lane->name,
+            LOG_WARN("fetch failed lane=%s status=%s error=\"%s\"", lane->def->name,
                      kiln_status_str(st), nats_GetLastError(NULL));
             fetch_last_err_log = now;
         }
@@ -344,7 +343,7 @@ void cons_fetcher_due(const char *lane_name, int64_t delay_ms)
 {
     fetch_lane *lane = NULL;
     for (int k = 0; k < LANE_COUNT; k++)
-        if (strcmp(fetch_lanes[k].name, lane_name) == 0) lane = &fetch_lanes[k];
+        if (strcmp(fetch_lanes[k].def->name, lane_name) == 0) lane = &fetch_lanes[k];
     if (lane == NULL || delay_ms <= 0) return;
     fetch_due_add(lane, kiln_mono_ms() + delay_ms + FETCH_DUE_MARGIN_MS, 0);
     fetch_wake_idle(cons_g.nc); /* the idle long poll may be set to end later than this */
@@ -467,7 +466,8 @@ static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 kiln_status cons_fetcher_start(void)
 {
     for (int i = 0; i < LANE_COUNT; i++) {
-        kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].durable, &fetch_lanes[i].pull);
+        kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].def->durable,
+                                         &fetch_lanes[i].pull);
         if (pst != KILN_OK) return pst;
         atomic_init(&fetch_lanes[i].hint, false);
         pthread_mutex_lock(&fetch_lanes[i].due_mu);
@@ -478,10 +478,11 @@ kiln_status cons_fetcher_start(void)
                      kiln_pull_wake_subject(fetch_lanes[i].pull));
         fetch_lanes[i].skip_until = 0;
         if (!fetch_lanes[i].hinted) continue;
-        natsStatus s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc, fetch_lanes[i].subject,
-                                     fetch_on_hint, &fetch_lanes[i]);
+        natsStatus s = natsConnection_Subscribe(&fetch_lanes[i].hint_sub, cons_g.nc,
+                                                fetch_lanes[i].def->subject, fetch_on_hint,
+                                                &fetch_lanes[i]);
         if (s != NATS_OK) {
-            LOG_ERROR("hint subscribe failed subject=%s status=%s", fetch_lanes[i].subject,
+            LOG_ERROR("hint subscribe failed subject=%s status=%s", fetch_lanes[i].def->subject,
                       natsStatus_GetText(s));
             fetch_lanes[i].hint_sub = NULL;
             return kiln_nats_status(s);

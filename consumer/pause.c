@@ -41,10 +41,10 @@ static void pause_read(void) {
         if (was == paused[i]) continue;
         changed = true;
         if (paused[i])
-            LOG_INFO("lane paused, not fetching from it lane=%s reason=\"%s\"", kiln_lane_names[i],
+            LOG_INFO("lane paused, not fetching from it lane=%s reason=\"%s\"", kiln_lanes[i].name,
                      reasons[i]);
         else
-            LOG_INFO("lane resumed lane=%s", kiln_lane_names[i]);
+            LOG_INFO("lane resumed lane=%s", kiln_lanes[i].name);
     }
     /* The fetcher may be in a long poll begun before the change; whatever
      * that poll still brings from a paused lane goes back (fetcher.c). */
@@ -64,7 +64,7 @@ bool cons_pause_lane(int lane) {
 kiln_status cons_pause_start(void) {
     for (int i = 0; i < KILN_LANES; i++) {
         atomic_init(&pause_state[i], false);
-        pause_m[i] = kiln_metric_gauge_labeled("kiln_consumer_lane_paused", kiln_lane_labels[i],
+        pause_m[i] = kiln_metric_gauge_labeled("kiln_consumer_lane_paused", kiln_lanes[i].label,
                                                "1 while the lane is paused (kiln pause)");
     }
     pause_read();

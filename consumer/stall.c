@@ -25,6 +25,7 @@
 #include "cons.h"
 #include "log.h"
 #include "pb.h"
+#include "queuestats.h"
 #include "periodic.h"
 #include "subjects.h"
 
@@ -35,16 +36,14 @@
 #define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
 
 typedef struct {
-    const char *name;
-    const char *subject;
-    const char *durable;
+    const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
     uint64_t cursor;            /* next sequence to look at; scans resume here */
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
-    {.name = "high", .subject = KILN_SUBJ_GENERATE_HIGH, .durable = KILN_DURABLE_HIGH},
-    {.name = "normal", .subject = KILN_SUBJ_GENERATE, .durable = KILN_DURABLE_NORMAL},
-    {.name = "low", .subject = KILN_SUBJ_GENERATE_LOW, .durable = KILN_DURABLE_LOW},
+    {.def = &kiln_lanes[KILN_LANE_HIGH]},
+    {.def = &kiln_lanes[KILN_LANE_NORMAL]},
+    {.def = &kiln_lanes[KILN_LANE_LOW]},
 };
 #define STALL_NLANES (sizeof stall_lanes / sizeof stall_lanes[0])
 
@@ -151,7 +150,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
 
     snprintf(msg_id, sizeof msg_id, "%s.redrive.%" PRIu64, c->id, c->seq);
     snprintf(orig, sizeof orig, "%" PRIu64, orig_seq);
-    natsStatus s = natsMsg_Create(&m, lane->subject, NULL, natsMsg_GetData(c->msg),
+    natsStatus s = natsMsg_Create(&m, lane->def->subject, NULL, natsMsg_GetData(c->msg),
                                   natsMsg_GetDataLength(c->msg));
     if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_REDRIVE, orig);
@@ -165,7 +164,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
     if (s != NATS_OK) {
         LOG_WARN("stalled message re-drive publish failed job=%s lane=%s seq=%" PRIu64
                  " status=%s js_err=%d",
-                 c->id, lane->name, c->seq, natsStatus_GetText(s), (int)jerr);
+                 c->id, lane->def->name, c->seq, natsStatus_GetText(s), (int)jerr);
         goto out;
     }
     /* Only now the old copy may go: the new one is stored. */
@@ -175,10 +174,10 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
     bool gone = ds == NATS_NOT_FOUND || jerr == JSSequenceNotFoundErr || jerr == JSNoMessageFoundErr;
     if (ds != NATS_OK && !gone)
         LOG_WARN("stalled message delete failed job=%s lane=%s seq=%" PRIu64 " status=%s js_err=%d",
-                 c->id, lane->name, c->seq, natsStatus_GetText(ds), (int)jerr);
+                 c->id, lane->def->name, c->seq, natsStatus_GetText(ds), (int)jerr);
     LOG_WARN("stalled message re-driven job=%s lane=%s seq=%" PRIu64 " orig_seq=%" PRIu64
              " new_seq=%" PRIu64 " duplicate=%d",
-             c->id, lane->name, c->seq, orig_seq, pa->Sequence, (int)pa->Duplicate);
+             c->id, lane->def->name, c->seq, orig_seq, pa->Sequence, (int)pa->Duplicate);
     if (!pa->Duplicate) kiln_metric_add(stall_m_redriven, 1);
 out:
     jsPubAck_Destroy(pa);
@@ -195,7 +194,7 @@ static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n)
         else
             LOG_DEBUG("stall check keeps job=%s lane=%s seq=%" PRIu64 " answered=%d known=%d state=%s "
                       "request_seq=%" PRIu64,
-                      c[i].id, lane->name, c[i].seq, (int)info[i].answered, (int)info[i].known,
+                      c[i].id, lane->def->name, c[i].seq, (int)info[i].answered, (int)info[i].known,
                       kiln_state_name(info[i].state), info[i].request_seq);
         natsMsg_Destroy(c[i].msg);
         c[i].msg = NULL;
@@ -208,7 +207,7 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
 {
     const char *subj = natsMsg_GetSubject(m);
     const char *hv = NULL;
-    if (subj == NULL || strcmp(subj, lane->subject) != 0) return false;
+    if (subj == NULL || strcmp(subj, lane->def->subject) != 0) return false;
     int len = natsMsg_GetDataLength(m);
     if (len <= 0 || len > KILN_PB_MAX_BYTES) return false;
     Kiln__V1__JobRequest *r =
@@ -236,9 +235,10 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq)
     uint64_t from = 0, to = 0;
 
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    natsStatus s = js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->durable, &jo, &jerr);
+    natsStatus s =
+        js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, &jo, &jerr);
     if (s != NATS_OK) {
-        stall_warn_rate_limited("consumer_info", lane->name, s, jerr);
+        stall_warn_rate_limited("consumer_info", lane->def->name, s, jerr);
         return;
     }
     uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
@@ -250,7 +250,7 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq)
         s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
         if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) continue; /* acked by all: gone */
         if (s != NATS_OK) {
-            stall_warn_rate_limited("get_msg", lane->name, s, jerr);
+            stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
             lane->cursor = seq; /* resume here next round */
             break;
         }

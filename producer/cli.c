@@ -905,7 +905,7 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
     if (cc->json) {
         json_t *lanes = json_object();
         for (int i = 0; lanes != NULL && i < KILN_LANES; i++)
-            json_object_set_new(lanes, kiln_lane_names[i], cli_durable_json(&qs->lanes[i], true));
+            json_object_set_new(lanes, kiln_lanes[i].name, cli_durable_json(&qs->lanes[i], true));
         json_t *dead = qs->dead_present ? json_integer((json_int_t)qs->dead_letters) : json_null();
         return cli_print_json(json_pack("{s:o*, s:o, s:o*}", "lanes", lanes, "store",
                                         cli_durable_json(&qs->store, false), "dead_letters", dead));
@@ -913,12 +913,12 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
     for (int i = 0; i < KILN_LANES; i++) {
         const kiln_queue_durable *d = &qs->lanes[i];
         if (!d->present) {
-            printf("lane=%s absent\n", kiln_lane_names[i]);
+            printf("lane=%s absent\n", kiln_lanes[i].name);
             continue;
         }
         printf("lane=%s waiting=%" PRIu64 " oldest_waiting_ms=%" PRId64 " held=%" PRId64
                " redelivered=%" PRId64 "%s\n",
-               kiln_lane_names[i], d->waiting, d->oldest_waiting_ms, d->held, d->redelivered,
+               kiln_lanes[i].name, d->waiting, d->oldest_waiting_ms, d->held, d->redelivered,
                d->paused ? " paused" : "");
     }
     if (qs->store.present)
@@ -976,13 +976,13 @@ static int cli_cmd_pause(int argc, char **argv, cli_args *a, int pause)
     for (int i = first; i <= last && rc == CLI_EXIT_OK; i++) {
         kiln_status st = kiln_client_pause(c, i, pause, a->reason);
         if (st != KILN_OK) {
-            cli_error("%s %s: %s", pause ? "pause" : "resume", kiln_lane_names[i], cli_explain(st));
+            cli_error("%s %s: %s", pause ? "pause" : "resume", kiln_lanes[i].name, cli_explain(st));
             rc = cli_exit_of(st);
         } else if (a->cc.json) {
-            if (cli_print_json(json_pack("{s:s, s:s}", "lane", kiln_lane_names[i], "status", status)))
+            if (cli_print_json(json_pack("{s:s, s:s}", "lane", kiln_lanes[i].name, "status", status)))
                 rc = CLI_EXIT_UNAVAIL;
         } else {
-            printf("lane=%s status=%s\n", kiln_lane_names[i], status);
+            printf("lane=%s status=%s\n", kiln_lanes[i].name, status);
         }
     }
     kiln_client_destroy(c);

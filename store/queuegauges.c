@@ -55,18 +55,18 @@ kiln_status queuegauges_start(natsConnection *nc, jsCtx *js, int64_t interval_ms
     g->js = js;
     for (int i = 0; i < KILN_LANES; i++) {
         g->waiting[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_waiting", kiln_lane_labels[i],
+            "kiln_queue_waiting", kiln_lanes[i].label,
             "jobs in the lane not yet handed to a worker (JetStream's pending count)");
         g->held[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_held", kiln_lane_labels[i],
+            "kiln_queue_held", kiln_lanes[i].label,
             "jobs a worker holds: running, fetched, or waiting for a delay or retry");
         g->redelivered[i] =
-            kiln_metric_gauge_labeled("kiln_queue_redelivered", kiln_lane_labels[i],
+            kiln_metric_gauge_labeled("kiln_queue_redelivered", kiln_lanes[i].label,
                                       "of the held jobs, those delivered more than once");
-        g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", kiln_lane_labels[i],
+        g->paused[i] = kiln_metric_gauge_labeled("kiln_queue_paused", kiln_lanes[i].label,
                                                  "1 while the lane is paused (kiln pause)");
         g->oldest[i] = kiln_metric_gauge_labeled(
-            "kiln_queue_oldest_waiting_ms", kiln_lane_labels[i],
+            "kiln_queue_oldest_waiting_ms", kiln_lanes[i].label,
             "how long the lane's oldest waiting job has waited (0: none waits)");
     }
     g->unapplied = kiln_metric_gauge("kiln_store_unapplied_messages",
