@@ -164,6 +164,13 @@ typedef struct {
     unsigned attempts;
     uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
 } cons_store_info;
+/* storecheck.c: one request to the store on subject (body may be NULL with
+ * len 0) and its StoreReply in *out (free with
+ * kiln__v1__store_reply__free_unpacked): KILN_OK, a NATS status when nothing
+ * answered, KILN_EUNAVAILABLE when the answer does not decode. The reply's
+ * error_code is left to the caller. */
+kiln_status cons_store_ask(const char *subject, const void *body, size_t len, int64_t timeout_ms,
+                           Kiln__V1__StoreReply **out);
 /* storecheck.c: one kiln.store.check for ids (NULL/empty entries are
  * skipped); fills info[i] for each. With sync the store first applies all it
  * holds. Returns KILN_OK when the store answered; info[i].answered says so per id. */

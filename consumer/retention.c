@@ -26,7 +26,6 @@
 #include "imagepath.h"
 #include "log.h"
 #include "metrics.h"
-#include "pb.h"
 #include "periodic.h"
 #include "subjects.h"
 
@@ -131,17 +130,11 @@ static void ret_tick(kiln_periodic *p, void *arg)
 static void ret_check_store_ttl(void)
 {
     Kiln__V1__StoreReply *rep = NULL;
-    natsMsg *reply = NULL;
-    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_PING, NULL, 0,
-                                          RET_TTL_ASK_TIMEOUT_MS);
-    if (s != NATS_OK) {
-        LOG_DEBUG("store did not answer the TTL check status=%s", natsStatus_GetText(s));
+    kiln_status st = cons_store_ask(KILN_SUBJ_STORE_PING, NULL, 0, RET_TTL_ASK_TIMEOUT_MS, &rep);
+    if (st != KILN_OK && st != KILN_EUNAVAILABLE) {
+        LOG_DEBUG("store did not answer the TTL check status=%s", kiln_status_str(st));
         return;
     }
-    const char *data = natsMsg_GetData(reply);
-    rep = kiln__v1__store_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
-                                        (const uint8_t *)(data != NULL ? data : ""));
-    natsMsg_Destroy(reply);
     ret_store_answered = true;
     if (rep == NULL || !rep->reports_result_ttl) goto out;
     int64_t own = cons_g.set->result_ttl_ms, store = rep->result_ttl_ms;
@@ -155,7 +148,7 @@ static void ret_check_store_ttl(void)
     }
     ret_reported_store_ttl = store; /* said once per store value */
 out:
-    kiln__v1__store_reply__free_unpacked(rep, NULL);
+    if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
 }
 
 static void ret_check_tick(kiln_periodic *p, void *arg)

@@ -1,6 +1,8 @@
-/* storecheck.c - one kiln.store.check request for a set of job ids: what the
- * store knows of each (state, attempts, request_seq). Used per fetched batch
- * by the fetcher and per round by the stall check. */
+/* storecheck.c - the consumer's requests to the store: one kiln.store.check
+ * for a set of job ids, what the store knows of each (state, attempts,
+ * request_seq), used per fetched batch by the fetcher and per round by the
+ * stall check; and cons_store_ask, the request/reply they and the TTL check
+ * (retention.c) share. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +51,22 @@ void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreRep
     }
 }
 
+kiln_status cons_store_ask(const char *subject, const void *body, size_t len, int64_t timeout_ms,
+                           Kiln__V1__StoreReply **out)
+{
+    natsMsg *reply = NULL;
+    *out = NULL;
+    natsStatus s =
+        natsConnection_Request(&reply, cons_g.nc, subject, body, (int)len, timeout_ms);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    int rlen = natsMsg_GetDataLength(reply);
+    const char *data = natsMsg_GetData(reply);
+    *out = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
+                                         (const uint8_t *)(data != NULL ? data : ""));
+    natsMsg_Destroy(reply);
+    return *out != NULL ? KILN_OK : KILN_EUNAVAILABLE;
+}
+
 kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_t timeout_ms,
                              cons_store_info *info)
 {
@@ -57,7 +75,6 @@ kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_
     char **asked = NULL;
     uint8_t *buf = NULL;
     size_t len = 0, nasked = 0;
-    natsMsg *reply = NULL;
     kiln_status st = KILN_OK;
 
     memset(info, 0, n * sizeof *info);
@@ -72,25 +89,17 @@ kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_
     st = kiln_pb_pack((const ProtobufCMessage *)&rq, &buf, &len);
     if (st != KILN_OK) goto out;
     int64_t t0 = kiln_mono_ms();
-    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_STORE_CHECK, buf, (int)len,
-                                          timeout_ms);
+    st = cons_store_ask(KILN_SUBJ_STORE_CHECK, buf, len, timeout_ms, &rep);
     LOG_DEBUG("store check jobs=%zu sync=%d status=%s ms=%lld", nasked, (int)sync,
-              natsStatus_GetText(s), (long long)(kiln_mono_ms() - t0));
-    if (s != NATS_OK) {
-        st = kiln_nats_status(s);
-        goto out;
-    }
-    int rlen = natsMsg_GetDataLength(reply);
-    rep = kiln__v1__store_reply__unpack(NULL, (size_t)(rlen > 0 ? rlen : 0),
-                                        (const uint8_t *)natsMsg_GetData(reply));
-    if (rep == NULL || (rep->error_code != NULL && rep->error_code[0] != '\0')) {
+              kiln_status_str(st), (long long)(kiln_mono_ms() - t0));
+    if (st != KILN_OK) goto out;
+    if (rep->error_code != NULL && rep->error_code[0] != '\0') {
         st = KILN_EUNAVAILABLE;
         goto out;
     }
     cons_store_match(ids, n, rep, info);
 out:
     if (rep != NULL) kiln__v1__store_reply__free_unpacked(rep, NULL);
-    natsMsg_Destroy(reply);
     free(buf);
     free(asked);
     return st;

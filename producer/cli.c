@@ -761,6 +761,19 @@ static int cli_dead_list(kiln_client *c, const cli_args *a)
     return rc;
 }
 
+/* The line of a letter whose job was submitted again as id (err: a
+ * warning that the letter stayed, or ""). CLI_EXIT_OK unless printing failed. */
+static int cli_print_retried(const cli_common *cc, const char *id, uint64_t seq, const char *err)
+{
+    if (err[0] != '\0') cli_error("%s", err); /* submitted; the letter stayed */
+    if (cc->json)
+        return cli_print_json(json_pack("{s:s, s:I}", "id", id, "retry_of", (json_int_t)seq))
+                   ? CLI_EXIT_UNAVAIL
+                   : CLI_EXIT_OK;
+    printf("id=%s retry_of=%" PRIu64 "\n", id, seq);
+    return CLI_EXIT_OK;
+}
+
 /* retry or drop of letter seq. */
 static int cli_dead_one(kiln_client *c, const cli_args *a, int retry, uint64_t seq)
 {
@@ -783,12 +796,7 @@ static int cli_dead_one(kiln_client *c, const cli_args *a, int retry, uint64_t s
         printf("seq=%" PRIu64 " status=dropped\n", seq);
         return CLI_EXIT_OK;
     }
-    if (err[0] != '\0') cli_error("%s", err); /* submitted; the letter stayed */
-    if (a->cc.json)
-        return cli_print_json(json_pack("{s:s, s:I}", "id", id, "retry_of", (json_int_t)seq))
-                   ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
-    printf("id=%s retry_of=%" PRIu64 "\n", id, seq);
-    return CLI_EXIT_OK;
+    return cli_print_retried(&a->cc, id, seq, err);
 }
 
 /* kiln dead retry --all: every letter, page by page (retried letters are
@@ -828,12 +836,7 @@ static int cli_dead_retry_all(kiln_client *c, const cli_args *a)
                 break;
             }
             retried++;
-            if (err[0] != '\0') cli_error("%s", err); /* submitted; the letter stayed */
-            if (a->cc.json)
-                rc = cli_print_json(json_pack("{s:s, s:I}", "id", id, "retry_of", (json_int_t)seq))
-                         ? CLI_EXIT_UNAVAIL : CLI_EXIT_OK;
-            else
-                printf("id=%s retry_of=%" PRIu64 "\n", id, seq);
+            rc = cli_print_retried(&a->cc, id, seq, err);
         }
         kiln_dead_letters_free(letters, n);
         from = next;

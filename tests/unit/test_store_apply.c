@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "pb.h"
 #include "ut_tmpdir.h"
+#include "ut_store.h"
 
 #define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
 #define PROCESSING KILN__V1__JOB_STATE__JOB_STATE_PROCESSING
@@ -201,11 +202,7 @@ static Kiln__V1__JobRecord *load(const char *id)
 
 static uint64_t counter(const char *user, keys_counter_kind kind)
 {
-    uint8_t k[KEYS_MAX];
-    uint64_t v = 0;
-    size_t kl = keys_counter(k, user, kind);
-    cr_assert_eq(db_get_u64(tdb, NULL, DB_CF_COUNTERS, k, kl, &v), KILN_OK);
-    return v;
+    return ut_store_counter(tdb, user, kind);
 }
 
 Test(store_apply, job_request_creates_pending_with_request_seq_and_event)

@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "pb.h"
 #include "ut_tmpdir.h"
+#include "ut_store.h"
 
 #define PENDING KILN__V1__JOB_STATE__JOB_STATE_PENDING
 #define COMPLETED KILN__V1__JOB_STATE__JOB_STATE_COMPLETED
@@ -130,11 +131,7 @@ static size_t cf_count(db_cf cf)
 
 static uint64_t counter(const char *user, keys_counter_kind kind)
 {
-    uint8_t k[KEYS_MAX];
-    uint64_t v = 0;
-    size_t kl = keys_counter(k, user, kind);
-    cr_assert_eq(db_get_u64(rdb, NULL, DB_CF_COUNTERS, k, kl, &v), KILN_OK);
-    return v;
+    return ut_store_counter(rdb, user, kind);
 }
 
 Test(store_retention, finished_jobs_go_after_the_ttl_with_their_entries)
