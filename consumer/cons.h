@@ -18,11 +18,13 @@
 #define KILN_CONS_H
 
 #include <nats/nats.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bucket.h"
 #include "imagepath.h"
 #include "jobreq.h"
 #include "kiln.pb-c.h"
@@ -59,6 +61,9 @@ typedef struct {
     int64_t stall_check_ms;  /* KILN_STALL_CHECK: stall.c interval, 0 = off */
     int64_t transfer_threads; /* KILN_TRANSFER_THREADS: transfers.c workers */
     int64_t result_ttl_ms;    /* KILN_RESULT_TTL: retention.c, 0 = keep images for ever */
+    double provider_rate;     /* KILN_PROVIDER_RATE: calls started per second, 0 = no limit */
+    int64_t provider_burst;   /* KILN_PROVIDER_BURST */
+    int64_t provider_trip_after; /* KILN_PROVIDER_TRIP_AFTER: gate.c breaker, 0 = off */
 } cons_settings;
 
 /* Process-wide context shared by the modules (set up by main.c). */
@@ -74,7 +79,8 @@ typedef struct {
     atomic_bool stopping;   /* SIGTERM: stop fetching */
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
-        *m_idle_polls, *m_tx_batches, *m_tx_batched;
+        *m_idle_polls, *m_tx_batches, *m_tx_batched, *m_gate_waiting, *m_gate_tripped,
+        *m_gate_rate_pauses, *m_gate_trips;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers
@@ -150,6 +156,7 @@ struct cons_job {
     int64_t started_mono;
     int64_t started_at_ms;        /* wall clock when the attempt began; 0 = not started */
     bool processing_sent;         /* PROCESSING published for this attempt */
+    bool gate_probe;              /* started while the provider breaker was tripped */
     atomic_bool cancel;           /* set by the cancel subscription */
     cons_job *next;               /* transfer hand-off queue / running list */
 };
@@ -284,6 +291,67 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status
                                     const char *data_dir);
 /* Parses a Retry-After header value (seconds); -1 when absent/unparseable. */
 int64_t openai_parse_retry_after(const char *value, size_t len);
+
+/* ---- gate.c: when provider calls may start (429 pauses, rate, breaker) ---- */
+typedef enum {
+    CONS_CALL_OK = 0,       /* images */
+    CONS_CALL_ANSWERED,     /* another HTTP answer (400, 500, ...): the provider is up */
+    CONS_CALL_RATE_LIMITED, /* 429 */
+    CONS_CALL_UNAVAILABLE,  /* unreachable, or 502/503/504 */
+    CONS_CALL_OTHER,        /* a timeout or another transfer error: says nothing */
+} cons_call_outcome;
+typedef enum {
+    CONS_GATE_SAME = 0,
+    CONS_GATE_RATE_PAUSE,   /* a 429 closed the open gate */
+    CONS_GATE_TRIPPED,      /* the breaker tripped */
+    CONS_GATE_PROBE_FAILED, /* a call made while tripped found it still down */
+    CONS_GATE_RECOVERED,    /* an answer while tripped (a 429 pauses too) */
+} cons_gate_change;
+typedef struct {
+    double rate_per_s; /* 0 = no limit */
+    double burst;      /* 0 = one second's worth, at least 1 */
+    int trip_after;    /* 0 = no breaker */
+    int64_t cap_ms;    /* longest pause (KILN_RETRY_CAP) */
+} cons_gate_config;
+typedef struct {
+    pthread_mutex_t mu;
+    kiln_bucket rate;
+    int trip_after;
+    int64_t cap_ms;
+    int64_t closed_until_us; /* kiln_mono_us(): no call starts before */
+    int unavailable_run;     /* CONS_CALL_UNAVAILABLE outcomes in a row */
+    bool tripped;            /* one call at a time until one is answered */
+    int probes_out;          /* calls started while tripped, still running */
+    int64_t cooldown_ms;     /* the breaker's next pause */
+} cons_gate;
+/* The state machine (any cons_gate; times are kiln_mono_us()). */
+void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us);
+void cons_gate_destroy(cons_gate *g);
+/* How many calls may start now; when none, *wait_ms (>= 1) says when to ask again. */
+int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms);
+/* One call starts; true when it is a probe of a tripped breaker (its end
+ * must then be reported with cons_gate_probe_over). */
+bool cons_gate_started(cons_gate *g, int64_t now_us);
+void cons_gate_probe_over(cons_gate *g);
+/* What a call's outcome changes; *pause_ms is how long new calls now wait
+ * (0 when the outcome closes nothing). */
+cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retry_after_ms,
+                                 int64_t now_us, int64_t *pause_ms);
+/* True while a 429 pause lasts or the breaker is tripped (not for a steady rate). */
+bool cons_gate_closed(cons_gate *g, int64_t now_us);
+/* The outcome class of a finished call (openai_handle_result's verdict and error code). */
+cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long http_status);
+/* The process's gate (set up by main.c from the settings; metrics, logs). */
+void cons_gate_setup(void);
+void cons_gate_teardown(void);
+/* Fetch thread: how many calls may start now (0: wait *wait_ms). */
+int64_t cons_gate_calls_allowed(int64_t *wait_ms);
+/* Fetch thread: j's call starts now. */
+void cons_gate_call_starts(cons_job *j);
+/* Transfer thread: j's call ended with verdict v. */
+void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status);
+/* j is freed (any thread): a probe's slot is free again. */
+void cons_gate_job_over(const cons_job *j);
 
 /* ---- imagefile.c ---- */
 /* Appends bytes to the calling thread's pack under data_dir (no fsync) and

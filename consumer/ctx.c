@@ -33,6 +33,18 @@ void cons_ctx_register_metrics(void)
     cons_g.m_mem_paused = kiln_metric_gauge("kiln_consumer_fetch_paused_low_memory",
                                             "1 while fetching is paused for low available memory");
     cons_g.m_in_flight = kiln_metric_gauge("kiln_consumer_in_flight", "jobs holding a slot");
+    cons_g.m_gate_waiting = kiln_metric_gauge(
+        "kiln_consumer_provider_waiting",
+        "1 while new provider calls wait: after a 429 (its Retry-After) or with the breaker tripped");
+    cons_g.m_gate_tripped = kiln_metric_gauge(
+        "kiln_consumer_provider_breaker_tripped",
+        "1 while the provider is taken for down: one call at a time until one is answered");
+    cons_g.m_gate_rate_pauses = kiln_metric_counter(
+        "kiln_consumer_provider_rate_limit_pauses_total",
+        "times a 429 stopped new provider calls for its Retry-After");
+    cons_g.m_gate_trips = kiln_metric_counter(
+        "kiln_consumer_provider_breaker_trips_total",
+        "times KILN_PROVIDER_TRIP_AFTER unavailable calls in a row tripped the breaker");
     cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
                                                     "provider call duration");
 }

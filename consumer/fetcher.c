@@ -31,6 +31,7 @@
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
+#define FETCH_GATE_NAP_MAX_MS 50   /* longest sleep while provider calls wait (gate.c) */
 /* An empty poll costs a round trip, so a lane found empty is left alone for
  * a while instead of being polled every round. High and low have a publish
  * hint (a core subscription to their subject) that ends the pause at once;
@@ -412,10 +413,19 @@ static void *fetch_main(void *arg)
             fetch_sleep_ms(FETCH_MEM_PAUSE_MS);
             continue;
         }
+        int64_t gate_wait = 0, allowed = cons_gate_calls_allowed(&gate_wait);
+        if (allowed <= 0) {
+            /* The provider asked for a pause, is down, or the rate is used
+             * up: jobs wait in JetStream, without a slot or an attempt. */
+            fetch_sleep_ms(gate_wait < FETCH_GATE_NAP_MAX_MS ? gate_wait : FETCH_GATE_NAP_MAX_MS);
+            continue;
+        }
         int64_t free_n = cons_slots_wait_free(1, FETCH_SLOT_WAIT_MS);
         if (free_n <= 0) continue;
         /* Busy: let a few more slots free up so the round carries a batch. */
-        if (free_n < gather) free_n = cons_slots_wait_free(gather, FETCH_GATHER_MS);
+        if (free_n < gather && allowed >= gather)
+            free_n = cons_slots_wait_free(gather, FETCH_GATHER_MS);
+        if (free_n > allowed) free_n = allowed;
         if (free_n > CONS_FETCH_MAX) free_n = CONS_FETCH_MAX;
         /* Round-robin fairness: mostly high first, sometimes normal or low first. */
         unsigned r = (unsigned)(round++ % FETCH_ROTATION);

@@ -134,6 +134,7 @@ static void job_free(cons_job *j)
     for (size_t i = 0; i < j->n_images; i++) free(j->images[i].url);
     free(j->req_body);
     free(j->resp);
+    cons_gate_job_over(j);
     free(j);
     cons_slots_release(1);
 }
@@ -331,6 +332,7 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
     j->started_at_ms = kiln_now_ms();
     j->processing_sent = false;
     job_move(j, CONS_JOB_RUNNING);
+    cons_gate_call_starts(j);
     LOG_DEBUG("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
               j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
     cons_transfers_submit(j);
@@ -353,6 +355,7 @@ void cons_job_transfer_done(cons_job *j, int curl_code, long http_status)
     j->resp = NULL;
     j->resp_len = j->resp_cap = 0;
     kiln_metric_observe_ms(cons_g.m_provider_ms, (double)ms);
+    cons_gate_call_ended(j, v, http_status);
 
     switch (v) {
     case OPENAI_OK:

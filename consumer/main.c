@@ -63,6 +63,15 @@ static const kiln_setting main_table[] = {
     {"KILN_RESULT_TTL", "result-ttl", KILN_SET_DURATION, "7d", 0, 3650LL * 24 * 3600 * 1000,
      "how long saved images are kept after their job ended (set it as on kiln-store); 0 = for ever",
      &main_set.result_ttl_ms},
+    {"KILN_PROVIDER_RATE", "provider-rate", KILN_SET_RATE, "0", 1, 0,
+     "most provider calls this process starts, e.g. 50/min or 2/s; 0 = no limit",
+     &main_set.provider_rate},
+    {"KILN_PROVIDER_BURST", "provider-burst", KILN_SET_INT, "1", 1, 1000000,
+     "provider calls that may start at once when KILN_PROVIDER_RATE allows", &main_set.provider_burst},
+    {"KILN_PROVIDER_TRIP_AFTER", "provider-trip-after", KILN_SET_INT, "5", 0, 1000000,
+     "provider calls in a row that found it unreachable or answering 502/503/504 before "
+     "new calls stop (then one at a time until one is answered); 0 = off",
+     &main_set.provider_trip_after},
 };
 
 static void main_fill_defaults(void)
@@ -142,6 +151,7 @@ int main(int argc, char **argv)
     curl_up = true;
     if (cons_slots_init(main_set.concurrency) != KILN_OK) goto out;
     slots_up = true;
+    cons_gate_setup();
     if (cons_registry_init(main_set.concurrency) != KILN_OK) goto out;
     reg_up = true;
     if (main_set.metrics_addr[0] != '\0') {
@@ -172,9 +182,10 @@ int main(int argc, char **argv)
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "
-             "ack_wait_ms=%lld",
+             "ack_wait_ms=%lld provider_rate_per_s=%g provider_trip_after=%lld",
              (long long)main_set.concurrency, (long long)main_set.transfer_threads,
-             main_set.provider_url, main_set.data_dir, (long long)main_set.ack_wait_ms);
+             main_set.provider_url, main_set.data_dir, (long long)main_set.ack_wait_ms,
+             main_set.provider_rate, (long long)main_set.provider_trip_after);
 
     main_wait_signal(&sigs);
     rc = 0;
@@ -213,6 +224,7 @@ out:
     kiln_nats_close(cons_g.ack_nc, NULL);
     cons_g.ack_nc = NULL;
     if (metrics_up) kiln_metrics_http_stop();
+    cons_gate_teardown();
     if (reg_up) cons_registry_destroy();
     if (slots_up) cons_slots_destroy();
     if (curl_up) curl_global_cleanup();

@@ -1,34 +1,31 @@
 /* ratelimit.c - per-user submit token buckets (KILN_SUBMIT_RATE/BURST). */
-#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "bucket.h"
 #include "clock.h"
 #include "ratelimit.h"
 
 typedef struct {
     pthread_mutex_t mu;
-    double tokens;
-    int64_t last_us;
+    kiln_bucket b;
 } ratelimit_bucket;
 
 static ratelimit_bucket *rl_buckets;
 static size_t rl_n;
-static double rl_rate, rl_burst;
+static double rl_rate;
 
 kiln_status gw_ratelimit_init(double rate_per_s, long burst, size_t nkeys)
 {
     rl_rate = rate_per_s;
     if (rate_per_s <= 0) return KILN_OK;
-    rl_burst = burst > 0 ? (double)burst : fmax(1.0, ceil(rate_per_s));
     rl_buckets = calloc(nkeys, sizeof *rl_buckets);
     if (rl_buckets == NULL) return KILN_ENOMEM;
     rl_n = nkeys;
     int64_t now = kiln_mono_us();
     for (size_t i = 0; i < nkeys; i++) {
         pthread_mutex_init(&rl_buckets[i].mu, NULL);
-        rl_buckets[i].tokens = rl_burst;
-        rl_buckets[i].last_us = now;
+        kiln_bucket_init(&rl_buckets[i].b, rate_per_s, (double)burst, now);
     }
     return KILN_OK;
 }
@@ -52,13 +49,8 @@ bool gw_ratelimit_take_at(int idx, int64_t now, int *retry_after_s)
     ratelimit_bucket *b = &rl_buckets[idx];
     bool ok;
     pthread_mutex_lock(&b->mu);
-    /* A clock read before another thread's later one must not refill backwards. */
-    if (now < b->last_us) now = b->last_us;
-    b->tokens = fmin(rl_burst, b->tokens + (double)(now - b->last_us) / 1e6 * rl_rate);
-    b->last_us = now;
-    ok = b->tokens >= 1.0;
-    if (ok) b->tokens -= 1.0;
-    else *retry_after_s = (int)ceil((1.0 - b->tokens) / rl_rate);
+    ok = kiln_bucket_take(&b->b, 1, now);
+    if (!ok) *retry_after_s = (int)((kiln_bucket_wait_us(&b->b, now) + 999999) / 1000000);
     pthread_mutex_unlock(&b->mu);
     if (!ok && *retry_after_s < 1) *retry_after_s = 1;
     return ok;

@@ -1,0 +1,237 @@
+/* gate.c - when provider calls may start. Three rules, all per consumer
+ * process, learnt from the calls' outcomes:
+ *   - a 429 stops new calls until its Retry-After has passed (1 s without
+ *     one, at most KILN_RETRY_CAP): the provider said so for the account,
+ *     not for one job, so the jobs still queued wait instead of each
+ *     spending an attempt on a certain 429;
+ *   - KILN_PROVIDER_RATE/BURST, a token bucket: a known provider limit is
+ *     never passed;
+ *   - a breaker: KILN_PROVIDER_TRIP_AFTER calls in a row that found the
+ *     provider unreachable or answering 502/503/504 stop new calls for a
+ *     cool-down (1 s, doubling up to KILN_RETRY_CAP), then one call at a
+ *     time goes out until one gets any other answer.
+ * Jobs that wait stay in JetStream: no slot, no attempt. Calls already
+ * running finish as they would have. Transfer threads report outcomes; the
+ * fetch thread asks how many calls may start and reports what it started. */
+#include <string.h>
+
+#include "clock.h"
+#include "cons.h"
+#include "log.h"
+
+#define GATE_RATE_PAUSE_MS 1000   /* after a 429 without Retry-After */
+#define GATE_COOLDOWN_MIN_MS 1000 /* first pause of a tripped breaker */
+#define GATE_PROBE_POLL_MS 50     /* how often the fetcher asks while a probe is out */
+
+void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us) {
+    pthread_mutex_init(&g->mu, NULL);
+    kiln_bucket_init(&g->rate, cfg->rate_per_s, cfg->burst, now_us);
+    g->trip_after = cfg->trip_after;
+    g->cap_ms = cfg->cap_ms > GATE_COOLDOWN_MIN_MS ? cfg->cap_ms : GATE_COOLDOWN_MIN_MS;
+    g->closed_until_us = 0;
+    g->unavailable_run = 0;
+    g->tripped = false;
+    g->probes_out = 0;
+    g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
+}
+
+void cons_gate_destroy(cons_gate *g) {
+    pthread_mutex_destroy(&g->mu);
+}
+
+static int64_t gate_ceil_ms(int64_t us) {
+    return (us + 999) / 1000;
+}
+
+int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms) {
+    int64_t allow = INT64_MAX;
+    *wait_ms = 0;
+    pthread_mutex_lock(&g->mu);
+    if (now_us < g->closed_until_us) {
+        allow = 0;
+        *wait_ms = gate_ceil_ms(g->closed_until_us - now_us);
+    } else if (g->tripped) {
+        allow = g->probes_out > 0 ? 0 : 1;
+        if (allow == 0) *wait_ms = GATE_PROBE_POLL_MS;
+    }
+    if (allow > 0) {
+        int64_t tokens = kiln_bucket_available(&g->rate, now_us);
+        if (tokens < allow) allow = tokens;
+        if (allow == 0) *wait_ms = gate_ceil_ms(kiln_bucket_wait_us(&g->rate, now_us));
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (allow == 0 && *wait_ms < 1) *wait_ms = 1;
+    return allow;
+}
+
+bool cons_gate_started(cons_gate *g, int64_t now_us) {
+    pthread_mutex_lock(&g->mu);
+    (void)kiln_bucket_take(&g->rate, 1, now_us); /* allowance said there was one */
+    bool probe = g->tripped;
+    if (probe) g->probes_out++;
+    pthread_mutex_unlock(&g->mu);
+    return probe;
+}
+
+void cons_gate_probe_over(cons_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (g->probes_out > 0) g->probes_out--;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Closes the gate until now + ms unless it is closed longer already; true
+ * when it was open. */
+static bool gate_close(cons_gate *g, int64_t ms, int64_t now_us) {
+    bool was_open = now_us >= g->closed_until_us;
+    int64_t until = now_us + ms * 1000;
+    if (until > g->closed_until_us) g->closed_until_us = until;
+    return was_open;
+}
+
+cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retry_after_ms,
+                                 int64_t now_us, int64_t *pause_ms) {
+    cons_gate_change change = CONS_GATE_SAME;
+    *pause_ms = 0;
+    pthread_mutex_lock(&g->mu);
+    switch (o) {
+    case CONS_CALL_OK:
+    case CONS_CALL_ANSWERED:
+    case CONS_CALL_RATE_LIMITED:
+        /* Any of these is an answer: the provider is up. */
+        g->unavailable_run = 0;
+        g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
+        if (g->tripped) {
+            g->tripped = false;
+            change = CONS_GATE_RECOVERED;
+        }
+        if (o != CONS_CALL_RATE_LIMITED) break;
+        *pause_ms = retry_after_ms > 0 ? retry_after_ms : GATE_RATE_PAUSE_MS;
+        if (*pause_ms > g->cap_ms) *pause_ms = g->cap_ms;
+        if (gate_close(g, *pause_ms, now_us) && change == CONS_GATE_SAME)
+            change = CONS_GATE_RATE_PAUSE;
+        break;
+    case CONS_CALL_UNAVAILABLE:
+        g->unavailable_run++;
+        if (g->trip_after <= 0) break;
+        if (g->tripped) {
+            /* Calls that started before the trip are old news; a failure
+             * while a probe is out is taken as the probe's. */
+            if (g->probes_out == 0 || now_us < g->closed_until_us) break;
+            change = CONS_GATE_PROBE_FAILED;
+        } else if (g->unavailable_run >= g->trip_after) {
+            g->tripped = true;
+            change = CONS_GATE_TRIPPED;
+        } else {
+            break;
+        }
+        *pause_ms = g->cooldown_ms;
+        gate_close(g, g->cooldown_ms, now_us);
+        g->cooldown_ms = g->cooldown_ms * 2 < g->cap_ms ? g->cooldown_ms * 2 : g->cap_ms;
+        break;
+    case CONS_CALL_OTHER:
+        break;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return change;
+}
+
+bool cons_gate_closed(cons_gate *g, int64_t now_us) {
+    pthread_mutex_lock(&g->mu);
+    bool closed = g->tripped || now_us < g->closed_until_us;
+    pthread_mutex_unlock(&g->mu);
+    return closed;
+}
+
+cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long http_status) {
+    if (v == OPENAI_OK) return CONS_CALL_OK;
+    if (strcmp(err_code, "rate_limited") == 0) return CONS_CALL_RATE_LIMITED;
+    if (strcmp(err_code, "provider_unavailable") == 0) return CONS_CALL_UNAVAILABLE;
+    /* timeout and transfer errors say nothing about the provider as a whole */
+    return http_status > 0 && strcmp(err_code, "timeout") != 0 ? CONS_CALL_ANSWERED
+                                                               : CONS_CALL_OTHER;
+}
+
+/* ---- the process's gate ---- */
+
+static cons_gate gate_g;
+static bool gate_ready;
+/* The fetch thread's view: the gate was closed when it last asked. The
+ * fetch thread alone sets kiln_consumer_provider_waiting from it. */
+static bool gate_seen_closed;
+
+void cons_gate_setup(void) {
+    const cons_settings *set = cons_g.set;
+    cons_gate_config cfg = {
+        .rate_per_s = set->provider_rate,
+        .burst = (double)set->provider_burst,
+        .trip_after = (int)set->provider_trip_after,
+        .cap_ms = set->retry_cap_ms,
+    };
+    cons_gate_init(&gate_g, &cfg, kiln_mono_us());
+    gate_ready = true;
+}
+
+void cons_gate_teardown(void) {
+    if (!gate_ready) return;
+    gate_ready = false;
+    cons_gate_destroy(&gate_g);
+}
+
+int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
+    *wait_ms = 0;
+    if (!gate_ready) return INT64_MAX;
+    int64_t now = kiln_mono_us();
+    int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms);
+    bool closed = cons_gate_closed(&gate_g, now);
+    if (closed != gate_seen_closed) {
+        gate_seen_closed = closed;
+        kiln_metric_set(cons_g.m_gate_waiting, closed ? 1 : 0);
+        if (!closed) LOG_INFO("provider calls resume");
+    }
+    return allow;
+}
+
+void cons_gate_call_starts(cons_job *j) {
+    j->gate_probe = gate_ready && cons_gate_started(&gate_g, kiln_mono_us());
+    if (j->gate_probe) LOG_INFO("provider breaker: trying one call job=%s", j->id);
+}
+
+void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status) {
+    if (!gate_ready) return;
+    int64_t pause_ms = 0;
+    cons_call_outcome o = cons_gate_outcome(v, j->err_code, http_status);
+    switch (cons_gate_learn(&gate_g, o, j->retry_after_ms, kiln_mono_us(), &pause_ms)) {
+    case CONS_GATE_SAME:
+        break;
+    case CONS_GATE_RATE_PAUSE:
+        kiln_metric_add(cons_g.m_gate_rate_pauses, 1);
+        LOG_WARN("provider rate limit (429), no new calls for ms=%lld job=%s", (long long)pause_ms,
+                 j->id);
+        break;
+    case CONS_GATE_TRIPPED:
+        kiln_metric_add(cons_g.m_gate_trips, 1);
+        kiln_metric_set(cons_g.m_gate_tripped, 1);
+        LOG_WARN("provider breaker tripped: %lld calls in a row found it unavailable, no new "
+                 "calls for ms=%lld, then one at a time until one is answered code=%s "
+                 "error=\"%s\"",
+                 (long long)cons_g.set->provider_trip_after, (long long)pause_ms, j->err_code,
+                 j->err_msg);
+        break;
+    case CONS_GATE_PROBE_FAILED:
+        LOG_WARN("provider still unavailable, next try in ms=%lld code=%s", (long long)pause_ms,
+                 j->err_code);
+        break;
+    case CONS_GATE_RECOVERED:
+        kiln_metric_set(cons_g.m_gate_tripped, 0);
+        LOG_INFO("provider breaker closed: the provider answers again http=%ld", http_status);
+        if (o != CONS_CALL_RATE_LIMITED) break;
+        kiln_metric_add(cons_g.m_gate_rate_pauses, 1);
+        LOG_WARN("provider rate limit (429), no new calls for ms=%lld job=%s", (long long)pause_ms,
+                 j->id);
+        break;
+    }
+}
+
+void cons_gate_job_over(const cons_job *j) {
+    if (j->gate_probe && gate_ready) cons_gate_probe_over(&gate_g);
+}

@@ -1,0 +1,213 @@
+/* test_consumer_gate.c - unit tests for consumer/gate.c: a 429 pauses new
+ * provider calls for its Retry-After, the steady rate, the breaker that trips
+ * after calls in a row find the provider down and probes it one call at a
+ * time, and which call outcomes count as what. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+
+#include "../../consumer/cons.h"
+
+#define MS 1000LL /* the gate's times are microseconds */
+#define T0 (1000000LL * MS)
+
+static cons_gate g;
+
+static void gate_setup(double rate, double burst, int trip_after, int64_t cap_ms) {
+    cons_gate_config cfg = {
+        .rate_per_s = rate, .burst = burst, .trip_after = trip_after, .cap_ms = cap_ms};
+    cons_gate_init(&g, &cfg, T0);
+}
+
+static int64_t allowed(int64_t at_us, int64_t *wait_ms) {
+    int64_t w = 0;
+    int64_t n = cons_gate_allowance(&g, at_us, &w);
+    if (wait_ms != NULL) *wait_ms = w;
+    return n;
+}
+
+static cons_gate_change learn(cons_call_outcome o, int64_t retry_after_ms, int64_t at_us,
+                              int64_t *pause_ms) {
+    int64_t p = 0;
+    cons_gate_change c = cons_gate_learn(&g, o, retry_after_ms, at_us, &p);
+    if (pause_ms != NULL) *pause_ms = p;
+    return c;
+}
+
+Test(gate, open_and_unlimited_by_default) {
+    gate_setup(0, 0, 5, 60000);
+    cr_assert_eq(allowed(T0, NULL), INT64_MAX);
+    for (int i = 0; i < 1000; i++)
+        cr_assert_not(cons_gate_started(&g, T0), "not a probe");
+    cr_assert_eq(learn(CONS_CALL_OK, 0, T0, NULL), CONS_GATE_SAME);
+    cr_assert_eq(allowed(T0, NULL), INT64_MAX);
+    cr_assert_not(cons_gate_closed(&g, T0));
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_429_pauses_new_calls_for_its_retry_after) {
+    gate_setup(0, 0, 5, 60000);
+    int64_t pause = 0, wait = 0;
+    cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 2000, T0, &pause), CONS_GATE_RATE_PAUSE);
+    cr_assert_eq(pause, 2000);
+    cr_assert(cons_gate_closed(&g, T0));
+    cr_assert_eq(allowed(T0, &wait), 0);
+    cr_assert_eq(wait, 2000);
+    cr_assert_eq(allowed(T0 + 1500 * MS, &wait), 0);
+    cr_assert_eq(wait, 500);
+    /* Another 429 of the same burst: no second pause, but the later end counts. */
+    cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 1000, T0 + 1500 * MS, NULL), CONS_GATE_SAME);
+    cr_assert_eq(allowed(T0 + 2000 * MS, &wait), 0, "the later Retry-After holds");
+    cr_assert_eq(allowed(T0 + 2500 * MS, NULL), INT64_MAX);
+    cr_assert_not(cons_gate_closed(&g, T0 + 2500 * MS));
+    /* A 429 after the pause ended is a new pause. */
+    cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 0, T0 + 3000 * MS, &pause), CONS_GATE_RATE_PAUSE);
+    cr_assert_eq(pause, 1000, "no Retry-After: 1 s");
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_long_retry_after_is_capped) {
+    gate_setup(0, 0, 5, 60000);
+    int64_t pause = 0;
+    cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 3600 * 1000, T0, &pause), CONS_GATE_RATE_PAUSE);
+    cr_assert_eq(pause, 60000);
+    cr_assert_eq(allowed(T0 + 60000 * MS, NULL), INT64_MAX);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, the_rate_spaces_calls) {
+    gate_setup(2.0, 1, 5, 60000);
+    int64_t wait = 0;
+    cr_assert_eq(allowed(T0, NULL), 1);
+    cons_gate_started(&g, T0);
+    cr_assert_eq(allowed(T0, &wait), 0);
+    cr_assert_eq(wait, 500);
+    cr_assert_not(cons_gate_closed(&g, T0), "waiting for a token is not a pause");
+    cr_assert_eq(allowed(T0 + 499 * MS, NULL), 0);
+    cr_assert_eq(allowed(T0 + 500 * MS, NULL), 1);
+    /* Idle for long: still only the burst at once. */
+    cr_assert_eq(allowed(T0 + 60000 * MS, NULL), 1);
+    cons_gate_destroy(&g);
+
+    gate_setup(10.0, 5, 5, 60000);
+    cr_assert_eq(allowed(T0, NULL), 5);
+    for (int i = 0; i < 5; i++)
+        cons_gate_started(&g, T0);
+    cr_assert_eq(allowed(T0, NULL), 0);
+    cr_assert_eq(allowed(T0 + 300 * MS, NULL), 3);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, the_breaker_trips_after_calls_in_a_row_and_probes) {
+    gate_setup(0, 0, 3, 60000);
+    int64_t pause = 0, wait = 0, t = T0;
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, NULL), CONS_GATE_SAME);
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, NULL), CONS_GATE_SAME);
+    cr_assert_eq(learn(CONS_CALL_ANSWERED, 0, t, NULL), CONS_GATE_SAME, "a 500 is an answer");
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, NULL), CONS_GATE_SAME);
+    cr_assert_eq(learn(CONS_CALL_OTHER, 0, t, NULL), CONS_GATE_SAME, "a timeout breaks no run");
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, NULL), CONS_GATE_SAME);
+    cr_assert_eq(allowed(t, NULL), INT64_MAX);
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_TRIPPED);
+    cr_assert_eq(pause, 1000);
+    cr_assert(cons_gate_closed(&g, t));
+    cr_assert_eq(allowed(t, &wait), 0);
+    cr_assert_eq(wait, 1000);
+    /* Calls that started before the trip end while it cools down: old news. */
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t + 10 * MS, NULL), CONS_GATE_SAME);
+    cr_assert_eq(allowed(t + 999 * MS, NULL), 0);
+
+    /* After the cool-down, one call at a time. */
+    t += 1000 * MS;
+    cr_assert_eq(allowed(t, NULL), 1);
+    cr_assert(cons_gate_started(&g, t), "a call while tripped is a probe");
+    cr_assert_eq(allowed(t, &wait), 0, "one probe at a time");
+    cr_assert_eq(wait, 50);
+    cr_assert(cons_gate_closed(&g, t), "tripped counts as closed");
+    /* The probe fails: a longer pause. */
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
+    cr_assert_eq(pause, 2000);
+    cons_gate_probe_over(&g);
+    cr_assert_eq(allowed(t + 1999 * MS, NULL), 0);
+    t += 2000 * MS;
+    cr_assert_eq(allowed(t, NULL), 1);
+    cr_assert(cons_gate_started(&g, t));
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
+    cr_assert_eq(pause, 4000, "doubling");
+    cons_gate_probe_over(&g);
+    t += 4000 * MS;
+    cr_assert(cons_gate_started(&g, t));
+    /* Answered: calls go out freely again, and the next trip starts at 1 s. */
+    cr_assert_eq(learn(CONS_CALL_OK, 0, t, NULL), CONS_GATE_RECOVERED);
+    cons_gate_probe_over(&g);
+    cr_assert_eq(allowed(t, NULL), INT64_MAX);
+    cr_assert_not(cons_gate_closed(&g, t));
+    for (int i = 0; i < 2; i++)
+        learn(CONS_CALL_UNAVAILABLE, 0, t, NULL);
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_TRIPPED);
+    cr_assert_eq(pause, 1000);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, the_cool_down_stops_at_the_cap) {
+    gate_setup(0, 0, 1, 3000);
+    int64_t pause = 0, t = T0;
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_TRIPPED);
+    int64_t seen[4];
+    for (int i = 0; i < 4; i++) {
+        t += pause * MS;
+        cr_assert(cons_gate_started(&g, t));
+        cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
+        cons_gate_probe_over(&g);
+        seen[i] = pause;
+    }
+    cr_assert_eq(seen[0], 2000);
+    cr_assert_eq(seen[1], 3000);
+    cr_assert_eq(seen[3], 3000);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_cancelled_probe_frees_the_way) {
+    gate_setup(0, 0, 1, 60000);
+    int64_t t = T0 + 1000 * MS;
+    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    cr_assert(cons_gate_started(&g, t));
+    cr_assert_eq(allowed(t, NULL), 0);
+    cons_gate_probe_over(&g); /* ended without an outcome (cancelled) */
+    cr_assert_eq(allowed(t, NULL), 1);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_429_while_tripped_is_an_answer) {
+    gate_setup(0, 0, 1, 60000);
+    int64_t pause = 0, t = T0 + 1000 * MS;
+    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    cr_assert(cons_gate_started(&g, t));
+    cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 3000, t, &pause), CONS_GATE_RECOVERED);
+    cr_assert_eq(pause, 3000, "and its Retry-After still pauses");
+    cr_assert_eq(allowed(t + 2999 * MS, NULL), 0);
+    cons_gate_probe_over(&g);
+    cr_assert_eq(allowed(t + 3000 * MS, NULL), INT64_MAX);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, no_breaker_when_off) {
+    gate_setup(0, 0, 0, 60000);
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL), CONS_GATE_SAME);
+    cr_assert_eq(allowed(T0, NULL), INT64_MAX);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, outcomes) {
+    cr_assert_eq(cons_gate_outcome(OPENAI_OK, "", 200), CONS_CALL_OK);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", 429), CONS_CALL_RATE_LIMITED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", 503),
+                 CONS_CALL_UNAVAILABLE);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", 0), CONS_CALL_UNAVAILABLE,
+                 "connection refused");
+    cr_assert_eq(cons_gate_outcome(OPENAI_FATAL, "provider_rejected", 400), CONS_CALL_ANSWERED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", 500), CONS_CALL_ANSWERED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", 0), CONS_CALL_OTHER);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", 408), CONS_CALL_OTHER);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", 0), CONS_CALL_OTHER);
+}
