@@ -152,11 +152,12 @@ struct cons_job {
     char *resp;
     size_t resp_len, resp_cap;
     bool resp_too_large;
+    bool never_connected;         /* the call ended before the request was sent */
     int64_t retry_after_ms;
     int64_t started_mono;
     int64_t started_at_ms;        /* wall clock when the attempt began; 0 = not started */
     bool processing_sent;         /* PROCESSING published for this attempt */
-    bool gate_probe;              /* started while the provider breaker was tripped */
+    uint64_t gate_probe_trip;     /* a probe of this breaker trip (gate.c); 0 = none */
     atomic_bool cancel;           /* set by the cancel subscription */
     cons_job *next;               /* transfer hand-off queue / running list */
 };
@@ -321,18 +322,24 @@ typedef struct {
     int64_t closed_until_us; /* kiln_mono_us(): no call starts before */
     int unavailable_run;     /* CONS_CALL_UNAVAILABLE outcomes in a row */
     bool tripped;            /* one call at a time until one is answered */
-    int probes_out;          /* calls started while tripped, still running */
+    uint64_t trips;          /* times tripped; a probe belongs to one trip */
+    int probes_out;          /* probes of the current trip still running */
     int64_t cooldown_ms;     /* the breaker's next pause */
+    /* Gauges, written under mu so they never disagree with the state (NULL: none). */
+    kiln_metric *waiting_gauge, *tripped_gauge;
 } cons_gate;
 /* The state machine (any cons_gate; times are kiln_mono_us()). */
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us);
 void cons_gate_destroy(cons_gate *g);
-/* How many calls may start now; when none, *wait_ms (>= 1) says when to ask again. */
+/* How many calls may start now; when none, *wait_ms (>= 1) says when to ask
+ * again. Also brings the waiting gauge up to date. */
 int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms);
-/* One call starts; true when it is a probe of a tripped breaker (its end
- * must then be reported with cons_gate_probe_over). */
-bool cons_gate_started(cons_gate *g, int64_t now_us);
-void cons_gate_probe_over(cons_gate *g);
+/* One call wants to start now: true when it may (and it is counted); false
+ * with *wait_ms when the gate closed since the allowance was asked. A call
+ * made while tripped is a probe: *probe_trip is then its trip (else 0), to
+ * be given to cons_gate_probe_over when it ends, however it ends. */
+bool cons_gate_try_start(cons_gate *g, int64_t now_us, uint64_t *probe_trip, int64_t *wait_ms);
+void cons_gate_probe_over(cons_gate *g, uint64_t probe_trip);
 /* What a call's outcome changes; *pause_ms is how long new calls now wait
  * (0 when the outcome closes nothing). */
 cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retry_after_ms,
@@ -346,11 +353,12 @@ void cons_gate_setup(void);
 void cons_gate_teardown(void);
 /* Fetch thread: how many calls may start now (0: wait *wait_ms). */
 int64_t cons_gate_calls_allowed(int64_t *wait_ms);
-/* Fetch thread: j's call starts now. */
-void cons_gate_call_starts(cons_job *j);
+/* Fetch thread: j's call is about to start; false (with *wait_ms) when it
+ * must wait instead (the gate closed after the batch was fetched). */
+bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms);
 /* Transfer thread: j's call ended with verdict v. */
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status);
-/* j is freed (any thread): a probe's slot is free again. */
+/* j is freed (any thread): a probe's place is free again. */
 void cons_gate_job_over(const cons_job *j);
 
 /* ---- imagefile.c ---- */

@@ -413,18 +413,21 @@ static void *fetch_main(void *arg)
             fetch_sleep_ms(FETCH_MEM_PAUSE_MS);
             continue;
         }
+        /* The provider asked for a pause, is down, or the rate is used up:
+         * jobs wait in JetStream, without a slot or an attempt. */
+        int64_t gate_wait = 0;
+        if (cons_gate_calls_allowed(&gate_wait) <= 0) {
+            fetch_sleep_ms(gate_wait < FETCH_GATE_NAP_MAX_MS ? gate_wait : FETCH_GATE_NAP_MAX_MS);
+            continue;
+        }
         int64_t free_n = cons_slots_wait_free(1, FETCH_SLOT_WAIT_MS);
         if (free_n <= 0) continue;
         /* Busy: let a few more slots free up so the round carries a batch. */
         if (free_n < gather) free_n = cons_slots_wait_free(gather, FETCH_GATHER_MS);
-        /* Asked after the slot waits: a 429 may have come meanwhile. */
-        int64_t gate_wait = 0, allowed = cons_gate_calls_allowed(&gate_wait);
-        if (allowed <= 0) {
-            /* The provider asked for a pause, is down, or the rate is used
-             * up: jobs wait in JetStream, without a slot or an attempt. */
-            fetch_sleep_ms(gate_wait < FETCH_GATE_NAP_MAX_MS ? gate_wait : FETCH_GATE_NAP_MAX_MS);
-            continue;
-        }
+        /* Asked again after the slot waits: a 429 may have come meanwhile.
+         * (Each job asks once more just before its call starts.) */
+        int64_t allowed = cons_gate_calls_allowed(&gate_wait);
+        if (allowed <= 0) continue;
         if (free_n > allowed) free_n = allowed;
         if (free_n > CONS_FETCH_MAX) free_n = CONS_FETCH_MAX;
         /* Round-robin fairness: mostly high first, sometimes normal or low first. */

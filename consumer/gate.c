@@ -11,8 +11,10 @@
  *     cool-down (1 s, doubling up to KILN_RETRY_CAP), then one call at a
  *     time goes out until one gets any other answer.
  * Jobs that wait stay in JetStream: no slot, no attempt. Calls already
- * running finish as they would have. Transfer threads report outcomes; the
- * fetch thread asks how many calls may start and reports what it started. */
+ * running finish as they would have. The fetch thread asks how many calls
+ * may start before it fetches, and again for each job just before its call
+ * starts (a job fetched before the gate closed is handed back); transfer
+ * threads report outcomes. */
 #include <string.h>
 
 #include "clock.h"
@@ -24,14 +26,11 @@
 #define GATE_PROBE_POLL_MS 50     /* how often the fetcher asks while a probe is out */
 
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us) {
+    memset(g, 0, sizeof *g);
     pthread_mutex_init(&g->mu, NULL);
     kiln_bucket_init(&g->rate, cfg->rate_per_s, cfg->burst, now_us);
     g->trip_after = cfg->trip_after;
     g->cap_ms = cfg->cap_ms > GATE_COOLDOWN_MIN_MS ? cfg->cap_ms : GATE_COOLDOWN_MIN_MS;
-    g->closed_until_us = 0;
-    g->unavailable_run = 0;
-    g->tripped = false;
-    g->probes_out = 0;
     g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
 }
 
@@ -43,39 +42,58 @@ static int64_t gate_ceil_ms(int64_t us) {
     return (us + 999) / 1000;
 }
 
+/* Under g->mu. */
+static bool gate_is_closed(const cons_gate *g, int64_t now_us) {
+    return g->tripped || now_us < g->closed_until_us;
+}
+
+/* Under g->mu: the gauges as the state is now. */
+static void gate_show(cons_gate *g, int64_t now_us) {
+    kiln_metric_set(g->waiting_gauge, gate_is_closed(g, now_us) ? 1 : 0);
+    kiln_metric_set(g->tripped_gauge, g->tripped ? 1 : 0);
+}
+
+/* Under g->mu: 0 when a call may start now, else how long to wait (ms). */
+static int64_t gate_wait_ms(cons_gate *g, int64_t now_us) {
+    if (now_us < g->closed_until_us) return gate_ceil_ms(g->closed_until_us - now_us);
+    if (g->tripped && g->probes_out > 0) return GATE_PROBE_POLL_MS;
+    if (kiln_bucket_available(&g->rate, now_us) < 1)
+        return gate_ceil_ms(kiln_bucket_wait_us(&g->rate, now_us));
+    return 0;
+}
+
 int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms) {
-    int64_t allow = INT64_MAX;
-    *wait_ms = 0;
+    int64_t allow = 0;
     pthread_mutex_lock(&g->mu);
-    if (now_us < g->closed_until_us) {
-        allow = 0;
-        *wait_ms = gate_ceil_ms(g->closed_until_us - now_us);
-    } else if (g->tripped) {
-        allow = g->probes_out > 0 ? 0 : 1;
-        if (allow == 0) *wait_ms = GATE_PROBE_POLL_MS;
+    *wait_ms = gate_wait_ms(g, now_us);
+    if (*wait_ms == 0) {
+        allow = g->tripped ? 1 : kiln_bucket_available(&g->rate, now_us);
+        if (allow == 0) *wait_ms = 1; /* cannot happen: gate_wait_ms saw a token */
     }
-    if (allow > 0) {
-        int64_t tokens = kiln_bucket_available(&g->rate, now_us);
-        if (tokens < allow) allow = tokens;
-        if (allow == 0) *wait_ms = gate_ceil_ms(kiln_bucket_wait_us(&g->rate, now_us));
-    }
+    gate_show(g, now_us);
     pthread_mutex_unlock(&g->mu);
-    if (allow == 0 && *wait_ms < 1) *wait_ms = 1;
     return allow;
 }
 
-bool cons_gate_started(cons_gate *g, int64_t now_us) {
+bool cons_gate_try_start(cons_gate *g, int64_t now_us, uint64_t *probe_trip, int64_t *wait_ms) {
+    *probe_trip = 0;
     pthread_mutex_lock(&g->mu);
-    (void)kiln_bucket_take(&g->rate, 1, now_us); /* allowance said there was one */
-    bool probe = g->tripped;
-    if (probe) g->probes_out++;
+    *wait_ms = gate_wait_ms(g, now_us);
+    bool ok = *wait_ms == 0 && kiln_bucket_take(&g->rate, 1, now_us);
+    if (ok && g->tripped) {
+        g->probes_out++;
+        *probe_trip = g->trips;
+    }
     pthread_mutex_unlock(&g->mu);
-    return probe;
+    if (!ok && *wait_ms < 1) *wait_ms = 1;
+    return ok;
 }
 
-void cons_gate_probe_over(cons_gate *g) {
+void cons_gate_probe_over(cons_gate *g, uint64_t probe_trip) {
+    if (probe_trip == 0) return;
     pthread_mutex_lock(&g->mu);
-    if (g->probes_out > 0) g->probes_out--;
+    /* A probe of an earlier trip no longer holds anything. */
+    if (probe_trip == g->trips && g->probes_out > 0) g->probes_out--;
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -86,6 +104,13 @@ static bool gate_close(cons_gate *g, int64_t ms, int64_t now_us) {
     int64_t until = now_us + ms * 1000;
     if (until > g->closed_until_us) g->closed_until_us = until;
     return was_open;
+}
+
+/* Under g->mu: a cool-down of the breaker starts. */
+static void gate_cool_down(cons_gate *g, int64_t now_us, int64_t *pause_ms) {
+    *pause_ms = g->cooldown_ms;
+    gate_close(g, g->cooldown_ms, now_us);
+    g->cooldown_ms = g->cooldown_ms * 2 < g->cap_ms ? g->cooldown_ms * 2 : g->cap_ms;
 }
 
 cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retry_after_ms,
@@ -102,6 +127,7 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
         g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
         if (g->tripped) {
             g->tripped = false;
+            g->probes_out = 0;
             change = CONS_GATE_RECOVERED;
         }
         if (o != CONS_CALL_RATE_LIMITED) break;
@@ -120,24 +146,25 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
             change = CONS_GATE_PROBE_FAILED;
         } else if (g->unavailable_run >= g->trip_after) {
             g->tripped = true;
+            g->trips++;
+            g->probes_out = 0;
             change = CONS_GATE_TRIPPED;
         } else {
             break;
         }
-        *pause_ms = g->cooldown_ms;
-        gate_close(g, g->cooldown_ms, now_us);
-        g->cooldown_ms = g->cooldown_ms * 2 < g->cap_ms ? g->cooldown_ms * 2 : g->cap_ms;
+        gate_cool_down(g, now_us, pause_ms);
         break;
     case CONS_CALL_OTHER:
         break;
     }
+    gate_show(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return change;
 }
 
 bool cons_gate_closed(cons_gate *g, int64_t now_us) {
     pthread_mutex_lock(&g->mu);
-    bool closed = g->tripped || now_us < g->closed_until_us;
+    bool closed = gate_is_closed(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return closed;
 }
@@ -155,8 +182,8 @@ cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long
 
 static cons_gate gate_g;
 static bool gate_ready;
-/* The fetch thread's view: the gate was closed when it last asked. The
- * fetch thread alone sets kiln_consumer_provider_waiting from it. */
+/* The fetch thread's view: the gate was closed when it last asked (for the
+ * "calls resume" line). */
 static bool gate_seen_closed;
 
 void cons_gate_setup(void) {
@@ -168,6 +195,8 @@ void cons_gate_setup(void) {
         .cap_ms = set->retry_cap_ms,
     };
     cons_gate_init(&gate_g, &cfg, kiln_mono_us());
+    gate_g.waiting_gauge = cons_g.m_gate_waiting;
+    gate_g.tripped_gauge = cons_g.m_gate_tripped;
     gate_ready = true;
 }
 
@@ -183,55 +212,46 @@ int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
     int64_t now = kiln_mono_us();
     int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms);
     bool closed = cons_gate_closed(&gate_g, now);
-    if (closed != gate_seen_closed) {
-        gate_seen_closed = closed;
-        kiln_metric_set(cons_g.m_gate_waiting, closed ? 1 : 0);
-        if (!closed) LOG_INFO("provider calls resume");
-    }
+    if (gate_seen_closed && !closed) LOG_INFO("provider calls resume");
+    gate_seen_closed = closed;
     return allow;
 }
 
-void cons_gate_call_starts(cons_job *j) {
-    j->gate_probe = gate_ready && cons_gate_started(&gate_g, kiln_mono_us());
-    if (j->gate_probe) LOG_INFO("provider breaker: trying one call job=%s", j->id);
+bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms) {
+    *wait_ms = 0;
+    j->gate_probe_trip = 0;
+    if (!gate_ready) return true;
+    if (!cons_gate_try_start(&gate_g, kiln_mono_us(), &j->gate_probe_trip, wait_ms)) return false;
+    if (j->gate_probe_trip != 0) LOG_INFO("provider breaker: trying one call job=%s", j->id);
+    return true;
 }
 
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status) {
     if (!gate_ready) return;
     int64_t pause_ms = 0;
     cons_call_outcome o = cons_gate_outcome(v, j->err_code, http_status);
-    switch (cons_gate_learn(&gate_g, o, j->retry_after_ms, kiln_mono_us(), &pause_ms)) {
-    case CONS_GATE_SAME:
-        break;
-    case CONS_GATE_RATE_PAUSE:
+    cons_gate_change change =
+        cons_gate_learn(&gate_g, o, j->retry_after_ms, kiln_mono_us(), &pause_ms);
+    if (change == CONS_GATE_RECOVERED)
+        LOG_INFO("provider breaker closed: the provider answers again http=%ld", http_status);
+    if (change == CONS_GATE_RATE_PAUSE ||
+        (change == CONS_GATE_RECOVERED && o == CONS_CALL_RATE_LIMITED)) {
         kiln_metric_add(cons_g.m_gate_rate_pauses, 1);
         LOG_WARN("provider rate limit (429), no new calls for ms=%lld job=%s", (long long)pause_ms,
                  j->id);
-        break;
-    case CONS_GATE_TRIPPED:
+    } else if (change == CONS_GATE_TRIPPED) {
         kiln_metric_add(cons_g.m_gate_trips, 1);
-        kiln_metric_set(cons_g.m_gate_tripped, 1);
         LOG_WARN("provider breaker tripped: %lld calls in a row found it unavailable, no new "
                  "calls for ms=%lld, then one at a time until one is answered code=%s "
                  "error=\"%s\"",
                  (long long)cons_g.set->provider_trip_after, (long long)pause_ms, j->err_code,
                  j->err_msg);
-        break;
-    case CONS_GATE_PROBE_FAILED:
+    } else if (change == CONS_GATE_PROBE_FAILED) {
         LOG_WARN("provider still unavailable, next try in ms=%lld code=%s", (long long)pause_ms,
                  j->err_code);
-        break;
-    case CONS_GATE_RECOVERED:
-        kiln_metric_set(cons_g.m_gate_tripped, 0);
-        LOG_INFO("provider breaker closed: the provider answers again http=%ld", http_status);
-        if (o != CONS_CALL_RATE_LIMITED) break;
-        kiln_metric_add(cons_g.m_gate_rate_pauses, 1);
-        LOG_WARN("provider rate limit (429), no new calls for ms=%lld job=%s", (long long)pause_ms,
-                 j->id);
-        break;
     }
 }
 
 void cons_gate_job_over(const cons_job *j) {
-    if (j->gate_probe && gate_ready) cons_gate_probe_over(&gate_g);
+    if (gate_ready) cons_gate_probe_over(&gate_g, j->gate_probe_trip);
 }

@@ -327,12 +327,21 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
         return;
     }
 
+    int64_t gate_wait_ms = 0;
+    if (!cons_gate_call_starts(j, &gate_wait_ms)) {
+        /* The provider gate closed after this job was fetched (a 429, the
+         * breaker): back to JetStream until it may open, no attempt used. */
+        LOG_DEBUG("job waits for the provider gate job=%s delay_ms=%lld", j->id,
+                  (long long)gate_wait_ms);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK,
+                   gate_wait_ms);
+        return;
+    }
     /* PROCESSING goes out only if the call is still running after
      * CONS_PROCESSING_AFTER_MS (cons_job_call_slow); the result carries this. */
     j->started_at_ms = kiln_now_ms();
     j->processing_sent = false;
     job_move(j, CONS_JOB_RUNNING);
-    cons_gate_call_starts(j);
     LOG_DEBUG("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
               j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
     cons_transfers_submit(j);

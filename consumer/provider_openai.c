@@ -184,6 +184,11 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http, const
             return openai_fail(j, OPENAI_FATAL, "bad_response", "provider answer too large");
         switch ((CURLcode)curl_code) {
         case CURLE_OPERATION_TIMEDOUT:
+            /* A provider that drops connections (a host down behind a
+             * firewall) times out the connect: that is an outage, not the job's time. */
+            if (j->never_connected)
+                return openai_fail(j, OPENAI_RETRY, "provider_unavailable",
+                                   "no connection to the provider before the timeout");
             snprintf(msg, sizeof msg, "provider call exceeded %u s", kiln_jobreq_timeout_s(j->req));
             return openai_fail(j, OPENAI_RETRY, "timeout", msg);
         case CURLE_COULDNT_CONNECT:

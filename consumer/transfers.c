@@ -128,6 +128,7 @@ static CURLcode tr_start(tr_worker *w, cons_job *j)
     j->retry_after_ms = 0;
     j->resp_len = 0;
     j->resp_too_large = false;
+    j->never_connected = false;
     int64_t timeout_ms = (int64_t)kiln_jobreq_timeout_s(j->req) * 1000;
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, CURLOPT_URL, tr_url);
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, CURLOPT_POSTFIELDS, j->req_body);
@@ -215,6 +216,10 @@ static void tr_collect_done(tr_worker *w)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &http);
         if (j == NULL) continue;
+        /* Zero until the request's bytes went out on a connection. */
+        long request_bytes = 0;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_REQUEST_SIZE, &request_bytes);
+        j->never_connected = request_bytes == 0;
         tr_unlink_running(w, j);
         tr_release_handle(w, j);
         cons_job_transfer_done(j, (int)result, http);

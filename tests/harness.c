@@ -528,15 +528,20 @@ void h_stack_dump_logs(const h_stack *s, int lines)
         if (s->procs[c].log_path[0] != '\0') h_print_tail(s->procs[c].log_path, lines);
 }
 
-int h_log_contains(const h_stack *s, h_comp c, const char *needle)
+int h_log_count(const h_stack *s, h_comp c, const char *needle)
 {
     FILE *f = fopen(s->procs[c].log_path, "r");
     if (f == NULL) return 0;
     char line[4096];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f) != NULL) found = strstr(line, needle) != NULL;
+    int n = 0;
+    while (fgets(line, sizeof line, f) != NULL) n += strstr(line, needle) != NULL;
     fclose(f);
-    return found;
+    return n;
+}
+
+int h_log_contains(const h_stack *s, h_comp c, const char *needle)
+{
+    return h_log_count(s, c, needle) > 0;
 }
 
 typedef struct {

@@ -122,6 +122,8 @@ int h_stack_wait_ready(h_stack *s);
 void h_stack_dump_logs(const h_stack *s, int lines);
 /* 1 when a line of component c's log (all its runs) contains needle. */
 int h_log_contains(const h_stack *s, h_comp c, const char *needle);
+/* How many lines of component c's log (all its runs) contain needle. */
+int h_log_count(const h_stack *s, h_comp c, const char *needle);
 /* Waits until it does; 1 when it did within deadline_ms. */
 int h_wait_log(const h_stack *s, h_comp c, const char *needle, int64_t deadline_ms);
 

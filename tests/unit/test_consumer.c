@@ -578,6 +578,13 @@ Test(provider, transport_errors)
     cr_assert_str_eq(p->j.err_code, "timeout");
     pjob_free(p);
 
+    /* Timed out before the request went out: the provider is unreachable. */
+    p = pjob_new(NULL);
+    p->j.never_connected = true;
+    cr_assert_eq(run(p, CURLE_OPERATION_TIMEDOUT, 0), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "provider_unavailable");
+    pjob_free(p);
+
     p = pjob_new(NULL);
     p->j.resp_too_large = true;
     cr_assert_eq(run(p, CURLE_WRITE_ERROR, 200), OPENAI_FATAL);

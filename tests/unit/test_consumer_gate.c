@@ -25,6 +25,15 @@ static int64_t allowed(int64_t at_us, int64_t *wait_ms) {
     return n;
 }
 
+/* Starts one call at at_us, asserting the gate lets it; its probe trip (0: not a probe). */
+static uint64_t start(int64_t at_us) {
+    uint64_t trip = 0;
+    int64_t w = 0;
+    cr_assert(cons_gate_try_start(&g, at_us, &trip, &w), "the gate refused a call (wait %lld ms)",
+              (long long)w);
+    return trip;
+}
+
 static cons_gate_change learn(cons_call_outcome o, int64_t retry_after_ms, int64_t at_us,
                               int64_t *pause_ms) {
     int64_t p = 0;
@@ -37,7 +46,7 @@ Test(gate, open_and_unlimited_by_default) {
     gate_setup(0, 0, 5, 60000);
     cr_assert_eq(allowed(T0, NULL), INT64_MAX);
     for (int i = 0; i < 1000; i++)
-        cr_assert_not(cons_gate_started(&g, T0), "not a probe");
+        cr_assert_eq(start(T0), 0, "not a probe");
     cr_assert_eq(learn(CONS_CALL_OK, 0, T0, NULL), CONS_GATE_SAME);
     cr_assert_eq(allowed(T0, NULL), INT64_MAX);
     cr_assert_not(cons_gate_closed(&g, T0));
@@ -78,7 +87,7 @@ Test(gate, the_rate_spaces_calls) {
     gate_setup(2.0, 1, 5, 60000);
     int64_t wait = 0;
     cr_assert_eq(allowed(T0, NULL), 1);
-    cons_gate_started(&g, T0);
+    start(T0);
     cr_assert_eq(allowed(T0, &wait), 0);
     cr_assert_eq(wait, 500);
     cr_assert_not(cons_gate_closed(&g, T0), "waiting for a token is not a pause");
@@ -91,7 +100,7 @@ Test(gate, the_rate_spaces_calls) {
     gate_setup(10.0, 5, 5, 60000);
     cr_assert_eq(allowed(T0, NULL), 5);
     for (int i = 0; i < 5; i++)
-        cons_gate_started(&g, T0);
+        start(T0);
     cr_assert_eq(allowed(T0, NULL), 0);
     cr_assert_eq(allowed(T0 + 300 * MS, NULL), 3);
     cons_gate_destroy(&g);
@@ -119,26 +128,30 @@ Test(gate, the_breaker_trips_after_calls_in_a_row_and_probes) {
     /* After the cool-down, one call at a time. */
     t += 1000 * MS;
     cr_assert_eq(allowed(t, NULL), 1);
-    cr_assert(cons_gate_started(&g, t), "a call while tripped is a probe");
+    uint64_t probe = start(t);
+    cr_assert_neq(probe, 0, "a call while tripped is a probe");
     cr_assert_eq(allowed(t, &wait), 0, "one probe at a time");
     cr_assert_eq(wait, 50);
+    uint64_t none = 0;
+    cr_assert_not(cons_gate_try_start(&g, t, &none, &wait), "a second probe may not start");
     cr_assert(cons_gate_closed(&g, t), "tripped counts as closed");
     /* The probe fails: a longer pause. */
     cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
     cr_assert_eq(pause, 2000);
-    cons_gate_probe_over(&g);
+    cons_gate_probe_over(&g, probe);
     cr_assert_eq(allowed(t + 1999 * MS, NULL), 0);
     t += 2000 * MS;
     cr_assert_eq(allowed(t, NULL), 1);
-    cr_assert(cons_gate_started(&g, t));
+    probe = start(t);
     cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
     cr_assert_eq(pause, 4000, "doubling");
-    cons_gate_probe_over(&g);
+    cons_gate_probe_over(&g, probe);
     t += 4000 * MS;
-    cr_assert(cons_gate_started(&g, t));
+    probe = start(t);
+    cr_assert_neq(probe, 0);
     /* Answered: calls go out freely again, and the next trip starts at 1 s. */
     cr_assert_eq(learn(CONS_CALL_OK, 0, t, NULL), CONS_GATE_RECOVERED);
-    cons_gate_probe_over(&g);
+    cons_gate_probe_over(&g, probe);
     cr_assert_eq(allowed(t, NULL), INT64_MAX);
     cr_assert_not(cons_gate_closed(&g, t));
     for (int i = 0; i < 2; i++)
@@ -155,9 +168,9 @@ Test(gate, the_cool_down_stops_at_the_cap) {
     int64_t seen[4];
     for (int i = 0; i < 4; i++) {
         t += pause * MS;
-        cr_assert(cons_gate_started(&g, t));
+        uint64_t probe = start(t);
         cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, &pause), CONS_GATE_PROBE_FAILED);
-        cons_gate_probe_over(&g);
+        cons_gate_probe_over(&g, probe);
         seen[i] = pause;
     }
     cr_assert_eq(seen[0], 2000);
@@ -170,10 +183,42 @@ Test(gate, a_cancelled_probe_frees_the_way) {
     gate_setup(0, 0, 1, 60000);
     int64_t t = T0 + 1000 * MS;
     learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
-    cr_assert(cons_gate_started(&g, t));
+    uint64_t probe = start(t);
     cr_assert_eq(allowed(t, NULL), 0);
-    cons_gate_probe_over(&g); /* ended without an outcome (cancelled) */
+    cons_gate_probe_over(&g, probe); /* ended without an outcome (cancelled) */
     cr_assert_eq(allowed(t, NULL), 1);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_probe_of_an_earlier_trip_holds_nothing) {
+    gate_setup(0, 0, 1, 60000);
+    int64_t t = T0 + 1000 * MS;
+    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    uint64_t old_probe = start(t);
+    /* Another call's answer closes the breaker while that probe still runs. */
+    cr_assert_eq(learn(CONS_CALL_OK, 0, t, NULL), CONS_GATE_RECOVERED);
+    cr_assert_eq(learn(CONS_CALL_UNAVAILABLE, 0, t, NULL), CONS_GATE_TRIPPED);
+    t += 1000 * MS;
+    cr_assert_eq(allowed(t, NULL), 1, "the old probe does not count against the new trip");
+    uint64_t probe = start(t);
+    cr_assert_neq(probe, old_probe);
+    cons_gate_probe_over(&g, old_probe);
+    cr_assert_eq(allowed(t, NULL), 0, "the old probe's end frees nothing of the new trip");
+    cons_gate_probe_over(&g, probe);
+    cr_assert_eq(allowed(t, NULL), 1);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, a_call_fetched_before_a_429_does_not_start) {
+    gate_setup(0, 0, 5, 60000);
+    cr_assert_eq(allowed(T0, NULL), INT64_MAX, "the batch was fetched while open");
+    learn(CONS_CALL_RATE_LIMITED, 1000, T0 + 1 * MS, NULL);
+    uint64_t probe = 0;
+    int64_t wait = 0;
+    cr_assert_not(cons_gate_try_start(&g, T0 + 2 * MS, &probe, &wait));
+    cr_assert_eq(wait, 999, "handed back until the pause ends");
+    cr_assert(cons_gate_try_start(&g, T0 + 1001 * MS, &probe, &wait));
+    cr_assert_eq(probe, 0);
     cons_gate_destroy(&g);
 }
 
@@ -181,11 +226,11 @@ Test(gate, a_429_while_tripped_is_an_answer) {
     gate_setup(0, 0, 1, 60000);
     int64_t pause = 0, t = T0 + 1000 * MS;
     learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
-    cr_assert(cons_gate_started(&g, t));
+    uint64_t probe = start(t);
     cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 3000, t, &pause), CONS_GATE_RECOVERED);
     cr_assert_eq(pause, 3000, "and its Retry-After still pauses");
     cr_assert_eq(allowed(t + 2999 * MS, NULL), 0);
-    cons_gate_probe_over(&g);
+    cons_gate_probe_over(&g, probe);
     cr_assert_eq(allowed(t + 3000 * MS, NULL), INT64_MAX);
     cons_gate_destroy(&g);
 }
