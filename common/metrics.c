@@ -110,6 +110,12 @@ void kiln_metric_set(kiln_metric *m, int64_t v)
     atomic_store_explicit(&m->value, v, memory_order_relaxed);
 }
 
+int64_t kiln_metric_value(const kiln_metric *m)
+{
+    if (m == NULL || m->type == METRIC_HISTOGRAM) return 0;
+    return atomic_load_explicit(&m->value, memory_order_relaxed);
+}
+
 void kiln_metric_observe_ms(kiln_metric *m, double ms)
 {
     if (m == NULL || m->type != METRIC_HISTOGRAM || isnan(ms)) return;

@@ -24,6 +24,7 @@ kiln_metric *kiln_metric_histogram_ms(const char *name, const char *help);
 
 void kiln_metric_add(kiln_metric *m, int64_t v);   /* counter or gauge; NULL-safe */
 void kiln_metric_set(kiln_metric *m, int64_t v);   /* gauge */
+int64_t kiln_metric_value(const kiln_metric *m);  /* counter or gauge; 0 for NULL */
 void kiln_metric_observe_ms(kiln_metric *m, double ms);
 
 /* Renders all metrics into a malloc'ed NUL-terminated string (caller frees). */

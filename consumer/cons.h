@@ -360,6 +360,8 @@ bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms);
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status);
 /* j is freed (any thread): a probe's place is free again. */
 void cons_gate_job_over(const cons_job *j);
+/* "ok", "paused" (a 429's Retry-After) or "tripped" (the breaker), now (any thread). */
+const char *cons_gate_state_name(void);
 
 /* ---- imagefile.c ---- */
 /* Appends bytes to the calling thread's pack under data_dir (no fsync) and
@@ -432,6 +434,10 @@ kiln_status cons_pause_start(void);
 void cons_pause_stop(void);
 /* True while lane (KILN_LANE_*) is paused (any thread). */
 bool cons_pause_lane(int lane);
+
+/* ---- status.c: answers kiln.consumer.status for `kiln stats` ---- */
+kiln_status cons_status_start(void);
+void cons_status_stop(void);
 
 /* ---- cancel.c ---- */
 kiln_status cons_cancel_start(void);

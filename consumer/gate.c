@@ -255,3 +255,13 @@ void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status)
 void cons_gate_job_over(const cons_job *j) {
     if (gate_ready) cons_gate_probe_over(&gate_g, j->gate_probe_trip);
 }
+
+const char *cons_gate_state_name(void) {
+    if (!gate_ready) return "ok";
+    pthread_mutex_lock(&gate_g.mu);
+    const char *name = gate_g.tripped ? "tripped"
+                       : kiln_mono_us() < gate_g.closed_until_us ? "paused"
+                                                                  : "ok";
+    pthread_mutex_unlock(&gate_g.mu);
+    return name;
+}

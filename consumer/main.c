@@ -179,6 +179,7 @@ int main(int argc, char **argv)
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_pause_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
+    if (cons_status_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "
@@ -213,6 +214,7 @@ out:
     if (slots_up && !cons_slots_wait_idle(1000))
         LOG_WARN("exiting with jobs unfinished in_flight=%lld (redelivered after ack wait)",
                  (long long)cons_slots_used());
+    cons_status_stop();
     cons_cancel_stop();
     cons_transfers_stop();
     cons_image_close();

@@ -31,6 +31,8 @@ enum {
 #define CLI_REPEAT_MAX 1000000
 #define CLI_LINE_MAX 8192
 #define CLI_DEAD_PAGE 200 /* letters read per page by dead retry --all */
+#define CLI_CONSUMERS_MAX 256     /* consumer processes kiln stats lists */
+#define CLI_CONSUMERS_WAIT_MS 500 /* how long kiln stats waits for a first consumer */
 
 /* Options shared by every command. */
 typedef struct {
@@ -138,8 +140,17 @@ static const char cli_usage_stats[] =
     "      held, delivered more than once; paused: see kiln pause\n"
     "  store waiting=N held=N   job requests and transitions not yet applied\n"
     "  dead_letters=N           messages in KILN_DEAD (see kiln dead)\n"
+    "  consumer id=HOST:PID in_flight=N/CONCURRENCY provider=ok|paused|tripped\n"
+    "      completed=N failed=N retried=N [rate_per_s=R] [paused_lanes=LANE,...]\n"
+    "                           one line per running consumer process (those that\n"
+    "                           answered within 0.5 s); provider: paused after a 429\n"
+    "                           for its Retry-After, tripped while the breaker holds\n"
+    "                           calls back (README: Provider back-pressure)\n"
+    "  consumers=N\n"
     "A lane no consumer has created yet prints absent instead of figures.\n"
-    "--json prints one object: {\"lanes\":{\"high\":{...},...},\"store\":{...},\"dead_letters\":N}\n";
+    "--json prints one object: {\"lanes\":{\"high\":{...},...},\"store\":{...},\"dead_letters\":N,\n"
+    "\"consumers\":[{\"id\",\"started_at_ms\",\"concurrency\",\"in_flight\",\"provider\",\n"
+    "\"provider_rate_per_s\",\"paused_lanes\":[...],\"completed\",\"failed\",\"retried\"},...]}\n";
 
 static const char cli_usage_pause[] =
     "usage: kiln pause LANE [--reason TEXT] [--nats-url URL] [--json]\n"
@@ -903,15 +914,52 @@ static json_t *cli_durable_json(const kiln_queue_durable *d, bool lane)
     return o;
 }
 
-static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
+static json_t *cli_consumer_json(const kiln_consumer_info *ci)
+{
+    json_t *paused = json_array();
+    for (int i = 0; paused != NULL && i < KILN_LANES; i++)
+        if (ci->lane_paused[i]) json_array_append_new(paused, json_string(kiln_lanes[i].name));
+    return json_pack("{s:s, s:I, s:I, s:I, s:s, s:f, s:o*, s:I, s:I, s:I}", "id", ci->id,
+                     "started_at_ms", (json_int_t)ci->started_at_ms, "concurrency",
+                     (json_int_t)ci->concurrency, "in_flight", (json_int_t)ci->in_flight,
+                     "provider", ci->provider, "provider_rate_per_s", ci->provider_rate_per_s,
+                     "paused_lanes", paused, "completed", (json_int_t)ci->jobs_completed,
+                     "failed", (json_int_t)ci->jobs_failed, "retried",
+                     (json_int_t)ci->jobs_retried);
+}
+
+static void cli_print_consumer(const kiln_consumer_info *ci)
+{
+    char paused[64] = "";
+    for (int i = 0; i < KILN_LANES; i++) {
+        if (!ci->lane_paused[i]) continue;
+        size_t used = strlen(paused);
+        snprintf(paused + used, sizeof paused - used, "%s%s",
+                 used == 0 ? " paused_lanes=" : ",", kiln_lanes[i].name);
+    }
+    char rate[48] = "";
+    if (ci->provider_rate_per_s > 0)
+        snprintf(rate, sizeof rate, " rate_per_s=%g", ci->provider_rate_per_s);
+    printf("consumer id=%s in_flight=%" PRId64 "/%" PRId64 " provider=%s completed=%" PRId64
+           " failed=%" PRId64 " retried=%" PRId64 "%s%s\n",
+           ci->id, ci->in_flight, ci->concurrency, ci->provider, ci->jobs_completed,
+           ci->jobs_failed, ci->jobs_retried, rate, paused);
+}
+
+static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs,
+                           const kiln_consumer_info *cons, size_t ncons)
 {
     if (cc->json) {
         json_t *lanes = json_object();
         for (int i = 0; lanes != NULL && i < KILN_LANES; i++)
             json_object_set_new(lanes, kiln_lanes[i].name, cli_durable_json(&qs->lanes[i], true));
         json_t *dead = qs->dead_present ? json_integer((json_int_t)qs->dead_letters) : json_null();
-        return cli_print_json(json_pack("{s:o*, s:o, s:o*}", "lanes", lanes, "store",
-                                        cli_durable_json(&qs->store, false), "dead_letters", dead));
+        json_t *consumers = json_array();
+        for (size_t k = 0; consumers != NULL && k < ncons; k++)
+            json_array_append_new(consumers, cli_consumer_json(&cons[k]));
+        return cli_print_json(json_pack("{s:o*, s:o, s:o*, s:o*}", "lanes", lanes, "store",
+                                        cli_durable_json(&qs->store, false), "dead_letters", dead,
+                                        "consumers", consumers));
     }
     for (int i = 0; i < KILN_LANES; i++) {
         const kiln_queue_durable *d = &qs->lanes[i];
@@ -932,6 +980,8 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs)
         printf("dead_letters=%" PRIu64 "\n", qs->dead_letters);
     else
         printf("dead_letters absent\n");
+    for (size_t k = 0; k < ncons; k++) cli_print_consumer(&cons[k]);
+    printf("consumers=%zu\n", ncons);
     return 0;
 }
 
@@ -943,11 +993,14 @@ static int cli_cmd_stats(int argc, char **argv, cli_args *a)
     kiln_client *c = cli_connect(&a->cc, &rc);
     if (c == NULL) return rc;
     kiln_queue_stats qs;
+    static kiln_consumer_info cons[CLI_CONSUMERS_MAX];
+    size_t ncons = 0;
     kiln_status st = kiln_client_stats(c, &qs);
+    if (st == KILN_OK) st = kiln_client_consumers(c, CLI_CONSUMERS_WAIT_MS, cons, CLI_CONSUMERS_MAX, &ncons);
     if (st != KILN_OK) {
         cli_error("stats: %s", cli_explain(st));
         rc = cli_exit_of(st);
-    } else if (cli_print_stats(&a->cc, &qs) != 0) {
+    } else if (cli_print_stats(&a->cc, &qs, cons, ncons) != 0) {
         rc = CLI_EXIT_UNAVAIL;
     }
     kiln_client_destroy(c);

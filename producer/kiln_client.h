@@ -167,4 +167,25 @@ kiln_status kiln_client_stats(kiln_client *c, kiln_queue_stats *out);
  * fetching from it within about half a second (common/lanepause.h). */
 kiln_status kiln_client_pause(kiln_client *c, int lane, int paused, const char *reason);
 
+/* ---- Consumer processes (consumers.c) ------------------------------------ */
+
+typedef struct {
+    char id[320];             /* "<host>:<pid>" */
+    int64_t started_at_ms;    /* unix ms */
+    int64_t concurrency;      /* its KILN_CONCURRENCY */
+    int64_t in_flight;        /* jobs holding a slot */
+    char provider[16];        /* "ok", "paused" (a 429's Retry-After), "tripped" (breaker) */
+    double provider_rate_per_s; /* its KILN_PROVIDER_RATE, 0 = no limit */
+    bool lane_paused[KILN_LANES]; /* the lanes it sees paused */
+    int64_t jobs_completed, jobs_failed, jobs_retried; /* since it started */
+} kiln_consumer_info;
+
+/* Asks every running consumer for its state (kiln.consumer.status, core
+ * NATS): waits up to wait_ms for a first answer, then until 100 ms pass
+ * without a new one (2 s at most in all). Fills out[0..*n), at most max,
+ * sorted by id; answers that do not decode are skipped. KILN_OK also when
+ * none answers (*n = 0). */
+kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer_info *out,
+                                  size_t max, size_t *n);
+
 #endif

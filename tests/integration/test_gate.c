@@ -92,6 +92,10 @@ Test(gate, an_outage_trips_the_breaker_and_queued_jobs_spend_no_attempts) {
     char later[LATER][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"gate queued %d\",\"max_attempts\":10}", LATER,
                   later);
+    json_t *o = h_kiln_stats(&s);
+    json_t *c = json_array_get(json_object_get(o, "consumers"), 0);
+    cr_expect_str_eq(h_jstr(c, "provider"), "tripped", "kiln stats during the outage");
+    json_decref(o);
     gate_log_arg two_failed = {&s, "provider still unavailable", 2};
     cr_assert(h_wait_for(gate_log_reached, &two_failed, 15000, 50),
               "consumer: two probes of the tripped breaker did not fail");

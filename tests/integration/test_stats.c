@@ -161,3 +161,65 @@ Test(stats, queue_depths_follow_the_jobs) {
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* The one consumer of a stack as `kiln stats --json` lists it (caller json_decref's o). */
+static json_t *st_consumer(h_stack *s, json_t **o) {
+    *o = h_kiln_stats(s);
+    json_t *list = json_object_get(*o, "consumers");
+    cr_assert(json_is_array(list), "kiln stats --json without consumers");
+    cr_assert_eq(json_array_size(list), 1, "one consumer runs, kiln stats lists %zu",
+                 json_array_size(list));
+    return json_array_get(list, 0);
+}
+
+Test(stats, running_consumers_answer_with_their_state) {
+    h_stack s;
+    const h_stack_opts opts = {
+        .consumer_env = {"KILN_CONCURRENCY=7", "KILN_PROVIDER_RATE=50/s", NULL}};
+    h_start(&s, &opts);
+    char ids[3][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"stats wren %d\"}", 3, ids);
+    for (int k = 0; k < 3; k++)
+        h_expect_job(&s, H_TOKEN_ALICE, ids[k], "completed", 1, 30000, "job");
+
+    json_t *o = NULL;
+    json_t *c = st_consumer(&s, &o);
+    char *d = json_dumps(c, 0);
+    cr_expect_eq(h_jint(c, "concurrency"), 7, "%s", d);
+    cr_expect_eq(h_jint(c, "in_flight"), 0, "%s", d);
+    cr_expect_eq(h_jint(c, "completed"), 3, "%s", d);
+    cr_expect_str_eq(h_jstr(c, "provider"), "ok", "%s", d);
+    cr_expect(json_real_value(json_object_get(c, "provider_rate_per_s")) == 50.0, "%s", d);
+    cr_expect_eq(json_array_size(json_object_get(c, "paused_lanes")), 0, "%s", d);
+    const char *id = h_jstr(c, "id");
+    char pid[32];
+    snprintf(pid, sizeof pid, ":%d", (int)s.procs[H_CONSUMER].pid);
+    cr_expect(id != NULL && strstr(id, pid) != NULL, "id %s names no pid %s", id, pid);
+    free(d);
+    json_decref(o);
+
+    /* A paused lane shows in the consumer's own view. */
+    char *out = NULL;
+    char *argv[] = {"kiln", "pause", "low", NULL};
+    cr_assert_eq(h_run_cli(&s, argv, &out, 30000), 0, "kiln pause low: %s", out);
+    free(out);
+    int64_t t0 = h_now_ms();
+    int seen = 0;
+    while (!seen && h_now_ms() - t0 < 5000) {
+        c = st_consumer(&s, &o);
+        json_t *p = json_object_get(c, "paused_lanes");
+        seen =
+            json_array_size(p) == 1 && strcmp(json_string_value(json_array_get(p, 0)), "low") == 0;
+        json_decref(o);
+    }
+    cr_expect(seen, "the consumer did not report lane low paused within 5 s");
+
+    /* The text form: one line per consumer and the count. */
+    char *targv[] = {"kiln", "stats", NULL};
+    cr_assert_eq(h_run_cli(&s, targv, &out, 30000), 0, "kiln stats: %s", out);
+    cr_expect(strstr(out, "in_flight=0/7 provider=ok completed=3") != NULL, "%s", out);
+    cr_expect(strstr(out, "paused_lanes=low") != NULL, "%s", out);
+    cr_expect(strstr(out, "consumers=1\n") != NULL, "%s", out);
+    free(out);
+    h_stop(&s);
+}
