@@ -181,7 +181,8 @@ cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long
 /* ---- the process's gate ---- */
 
 static cons_gate gate_g;
-static bool gate_ready;
+/* Read by libnats threads (status.c) that may outlive the teardown. */
+static atomic_bool gate_ready;
 /* The fetch thread's view: the gate was closed when it last asked (for the
  * "calls resume" line). */
 static bool gate_seen_closed;
@@ -197,18 +198,18 @@ void cons_gate_setup(void) {
     cons_gate_init(&gate_g, &cfg, kiln_mono_us());
     gate_g.waiting_gauge = cons_g.m_gate_waiting;
     gate_g.tripped_gauge = cons_g.m_gate_tripped;
-    gate_ready = true;
+    atomic_store(&gate_ready, true);
 }
 
 void cons_gate_teardown(void) {
-    if (!gate_ready) return;
-    gate_ready = false;
-    cons_gate_destroy(&gate_g);
+    /* The mutex is not destroyed: a status request's callback may still be
+     * running on a libnats thread; it sees the gate off and leaves it alone. */
+    atomic_store(&gate_ready, false);
 }
 
 int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
     *wait_ms = 0;
-    if (!gate_ready) return INT64_MAX;
+    if (!atomic_load(&gate_ready)) return INT64_MAX;
     int64_t now = kiln_mono_us();
     int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms);
     bool closed = cons_gate_closed(&gate_g, now);
@@ -220,14 +221,14 @@ int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
 bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms) {
     *wait_ms = 0;
     j->gate_probe_trip = 0;
-    if (!gate_ready) return true;
+    if (!atomic_load(&gate_ready)) return true;
     if (!cons_gate_try_start(&gate_g, kiln_mono_us(), &j->gate_probe_trip, wait_ms)) return false;
     if (j->gate_probe_trip != 0) LOG_INFO("provider breaker: trying one call job=%s", j->id);
     return true;
 }
 
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status) {
-    if (!gate_ready) return;
+    if (!atomic_load(&gate_ready)) return;
     int64_t pause_ms = 0;
     cons_call_outcome o = cons_gate_outcome(v, j->err_code, http_status);
     cons_gate_change change =
@@ -253,15 +254,15 @@ void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status)
 }
 
 void cons_gate_job_over(const cons_job *j) {
-    if (gate_ready) cons_gate_probe_over(&gate_g, j->gate_probe_trip);
+    if (atomic_load(&gate_ready)) cons_gate_probe_over(&gate_g, j->gate_probe_trip);
 }
 
 const char *cons_gate_state_name(void) {
-    if (!gate_ready) return "ok";
+    if (!atomic_load(&gate_ready)) return "ok";
     pthread_mutex_lock(&gate_g.mu);
-    const char *name = gate_g.tripped ? "tripped"
+    const char *name = gate_g.tripped                            ? "tripped"
                        : kiln_mono_us() < gate_g.closed_until_us ? "paused"
-                                                                  : "ok";
+                                                                 : "ok";
     pthread_mutex_unlock(&gate_g.mu);
     return name;
 }

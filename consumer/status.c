@@ -15,6 +15,7 @@
 #include "pb.h"
 #include "queuestats.h"
 #include "subjects.h"
+#include "uuid7.h"
 
 static natsSubscription *status_sub;
 static char status_id[320];
@@ -57,7 +58,11 @@ kiln_status cons_status_start(void) {
     char host[256] = "";
     if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
         snprintf(host, sizeof host, "?");
-    snprintf(status_id, sizeof status_id, "%s:%ld", host, (long)getpid());
+    /* host:pid repeats across containers that share a host name (pid 1
+     * each): a random tail keeps every process apart. */
+    char u[KILN_UUID_STRLEN + 1] = "";
+    if (kiln_uuid7(u) != KILN_OK) snprintf(u, sizeof u, "0000000000000000");
+    snprintf(status_id, sizeof status_id, "%s:%ld:%s", host, (long)getpid(), u + strlen(u) - 8);
     status_started_ms = kiln_now_ms();
     natsStatus s = natsConnection_Subscribe(&status_sub, cons_g.nc, KILN_SUBJ_CONSUMER_STATUS,
                                             status_on_request, NULL);

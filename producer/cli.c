@@ -142,11 +142,14 @@ static const char cli_usage_stats[] =
     "  dead_letters=N           messages in KILN_DEAD (see kiln dead)\n"
     "  consumer id=HOST:PID in_flight=N/CONCURRENCY provider=ok|paused|tripped\n"
     "      completed=N failed=N retried=N [rate_per_s=R] [paused_lanes=LANE,...]\n"
-    "                           one line per running consumer process (those that\n"
-    "                           answered within 0.5 s); provider: paused after a 429\n"
-    "                           for its Retry-After, tripped while the breaker holds\n"
-    "                           calls back (README: Provider back-pressure)\n"
-    "  consumers=N\n"
+    "                           one line per running consumer process that answered\n"
+    "                           (0.5 s for the first answer, then until 0.1 s pass\n"
+    "                           without one); provider: paused while new calls wait\n"
+    "                           for a pause to end (a 429's Retry-After, a breaker's\n"
+    "                           cool-down), tripped while the breaker holds calls back\n"
+    "                           (README: Provider back-pressure)\n"
+    "  consumers=N              how many answered (\"consumers unknown\" when NATS\n"
+    "                           failed the request; the figures above still stand)\n"
     "A lane no consumer has created yet prints absent instead of figures.\n"
     "--json prints one object: {\"lanes\":{\"high\":{...},...},\"store\":{...},\"dead_letters\":N,\n"
     "\"consumers\":[{\"id\",\"started_at_ms\",\"concurrency\",\"in_flight\",\"provider\",\n"
@@ -946,20 +949,21 @@ static void cli_print_consumer(const kiln_consumer_info *ci)
            ci->jobs_failed, ci->jobs_retried, rate, paused);
 }
 
+/* cons NULL: the consumers could not be asked. */
 static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs,
-                           const kiln_consumer_info *cons, size_t ncons)
+                           const kiln_consumer_info *cons, size_t ncons, size_t answered)
 {
     if (cc->json) {
         json_t *lanes = json_object();
         for (int i = 0; lanes != NULL && i < KILN_LANES; i++)
             json_object_set_new(lanes, kiln_lanes[i].name, cli_durable_json(&qs->lanes[i], true));
         json_t *dead = qs->dead_present ? json_integer((json_int_t)qs->dead_letters) : json_null();
-        json_t *consumers = json_array();
+        json_t *consumers = cons != NULL ? json_array() : NULL;
         for (size_t k = 0; consumers != NULL && k < ncons; k++)
             json_array_append_new(consumers, cli_consumer_json(&cons[k]));
-        return cli_print_json(json_pack("{s:o*, s:o, s:o*, s:o*}", "lanes", lanes, "store",
+        return cli_print_json(json_pack("{s:o*, s:o, s:o*, s:o}", "lanes", lanes, "store",
                                         cli_durable_json(&qs->store, false), "dead_letters", dead,
-                                        "consumers", consumers));
+                                        "consumers", consumers != NULL ? consumers : json_null()));
     }
     for (int i = 0; i < KILN_LANES; i++) {
         const kiln_queue_durable *d = &qs->lanes[i];
@@ -980,8 +984,15 @@ static int cli_print_stats(const cli_common *cc, const kiln_queue_stats *qs,
         printf("dead_letters=%" PRIu64 "\n", qs->dead_letters);
     else
         printf("dead_letters absent\n");
+    if (cons == NULL) {
+        printf("consumers unknown\n");
+        return 0;
+    }
     for (size_t k = 0; k < ncons; k++) cli_print_consumer(&cons[k]);
-    printf("consumers=%zu\n", ncons);
+    if (answered > ncons)
+        printf("consumers=%zu (%zu listed)\n", answered, ncons);
+    else
+        printf("consumers=%zu\n", answered);
     return 0;
 }
 
@@ -994,14 +1005,18 @@ static int cli_cmd_stats(int argc, char **argv, cli_args *a)
     if (c == NULL) return rc;
     kiln_queue_stats qs;
     static kiln_consumer_info cons[CLI_CONSUMERS_MAX];
-    size_t ncons = 0;
+    size_t ncons = 0, answered = 0;
     kiln_status st = kiln_client_stats(c, &qs);
-    if (st == KILN_OK) st = kiln_client_consumers(c, CLI_CONSUMERS_WAIT_MS, cons, CLI_CONSUMERS_MAX, &ncons);
     if (st != KILN_OK) {
         cli_error("stats: %s", cli_explain(st));
         rc = cli_exit_of(st);
-    } else if (cli_print_stats(&a->cc, &qs, cons, ncons) != 0) {
-        rc = CLI_EXIT_UNAVAIL;
+    } else {
+        /* The queue figures stand even when the consumers cannot be asked. */
+        kiln_status cst = kiln_client_consumers(c, CLI_CONSUMERS_WAIT_MS, cons, CLI_CONSUMERS_MAX,
+                                                &ncons, &answered);
+        if (cst != KILN_OK) cli_error("stats: consumers: %s", cli_explain(cst));
+        if (cli_print_stats(&a->cc, &qs, cst == KILN_OK ? cons : NULL, ncons, answered) != 0)
+            rc = CLI_EXIT_UNAVAIL;
     }
     kiln_client_destroy(c);
     return rc;

@@ -36,20 +36,21 @@ static int consumers_by_id(const void *a, const void *b) {
 }
 
 kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer_info *out,
-                                  size_t max, size_t *n) {
-    if (c == NULL || n == NULL || (out == NULL && max > 0)) return KILN_EINVAL;
+                                  size_t max, size_t *n, size_t *answered) {
+    if (c == NULL || n == NULL || answered == NULL || (out == NULL && max > 0)) return KILN_EINVAL;
     *n = 0;
+    *answered = 0;
     natsInbox *inbox = NULL;
     natsSubscription *sub = NULL;
     natsStatus s = natsInbox_Create(&inbox);
     if (s == NATS_OK) s = natsConnection_SubscribeSync(&sub, c->nc, inbox);
     if (s == NATS_OK)
         s = natsConnection_PublishRequest(c->nc, KILN_SUBJ_CONSUMER_STATUS, inbox, NULL, 0);
-    if (s == NATS_OK) s = natsConnection_Flush(c->nc);
     int64_t start = kiln_mono_ms(), last = start;
+    if (s == NATS_OK) s = natsConnection_FlushTimeout(c->nc, CONSUMERS_MAX_MS);
     while (s == NATS_OK) {
         int64_t now = kiln_mono_ms();
-        int64_t until = *n == 0 ? start + wait_ms : last + CONSUMERS_QUIET_MS;
+        int64_t until = *answered == 0 ? start + wait_ms : last + CONSUMERS_QUIET_MS;
         if (until > start + CONSUMERS_MAX_MS) until = start + CONSUMERS_MAX_MS;
         if (now >= until) break;
         natsMsg *m = NULL;
@@ -65,8 +66,11 @@ kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer
         const char *data = natsMsg_GetData(m);
         Kiln__V1__ConsumerStatus *cs = kiln__v1__consumer_status__unpack(
             NULL, (size_t)(len > 0 ? len : 0), (const uint8_t *)(data != NULL ? data : ""));
-        if (cs != NULL && *n < max) consumers_fill(cs, &out[(*n)++]);
-        if (cs != NULL) kiln__v1__consumer_status__free_unpacked(cs, NULL);
+        if (cs != NULL) {
+            (*answered)++;
+            if (*n < max) consumers_fill(cs, &out[(*n)++]);
+            kiln__v1__consumer_status__free_unpacked(cs, NULL);
+        }
         natsMsg_Destroy(m);
     }
     if (sub != NULL) {

@@ -170,7 +170,7 @@ kiln_status kiln_client_pause(kiln_client *c, int lane, int paused, const char *
 /* ---- Consumer processes (consumers.c) ------------------------------------ */
 
 typedef struct {
-    char id[320];             /* "<host>:<pid>" */
+    char id[320];             /* "<host>:<pid>:<8 random hex>" */
     int64_t started_at_ms;    /* unix ms */
     int64_t concurrency;      /* its KILN_CONCURRENCY */
     int64_t in_flight;        /* jobs holding a slot */
@@ -183,9 +183,9 @@ typedef struct {
 /* Asks every running consumer for its state (kiln.consumer.status, core
  * NATS): waits up to wait_ms for a first answer, then until 100 ms pass
  * without a new one (2 s at most in all). Fills out[0..*n), at most max,
- * sorted by id; answers that do not decode are skipped. KILN_OK also when
- * none answers (*n = 0). */
+ * sorted by id; *answered counts every answer that decoded (more than *n
+ * when max was too small). KILN_OK also when none answers (*n = 0). */
 kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer_info *out,
-                                  size_t max, size_t *n);
+                                  size_t max, size_t *n, size_t *answered);
 
 #endif
