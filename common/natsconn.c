@@ -397,3 +397,11 @@ void kiln_nats_close(natsConnection *nc, jsCtx *js)
     natsConnection_Close(nc);
     natsConnection_Destroy(nc);
 }
+
+void kiln_nats_unsubscribe(natsSubscription **sub)
+{
+    if (sub == NULL || *sub == NULL) return;
+    natsSubscription_Unsubscribe(*sub);
+    natsSubscription_Destroy(*sub);
+    *sub = NULL;
+}

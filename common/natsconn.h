@@ -59,6 +59,8 @@ void kiln_nats_stop_on_signals(void);
 
 /* Destroys js then drains/closes and destroys nc. Accepts NULLs. */
 void kiln_nats_close(natsConnection *nc, jsCtx *js);
+/* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
+void kiln_nats_unsubscribe(natsSubscription **sub);
 
 /* Maps a natsStatus to a kiln_status (NATS_TIMEOUT -> KILN_ETIMEOUT,
  * no responders/not connected -> KILN_EUNAVAILABLE, else KILN_ENATS). */

@@ -78,10 +78,7 @@ kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *d
 void kiln_pull_close(kiln_pull *p)
 {
     if (p == NULL) return;
-    if (p->sub != NULL) {
-        natsSubscription_Unsubscribe(p->sub);
-        natsSubscription_Destroy(p->sub);
-    }
+    kiln_nats_unsubscribe(&p->sub);
     free(p);
 }
 

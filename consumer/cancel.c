@@ -85,8 +85,5 @@ kiln_status cons_cancel_start(void)
 
 void cons_cancel_stop(void)
 {
-    if (cancel_sub == NULL) return;
-    natsSubscription_Unsubscribe(cancel_sub);
-    natsSubscription_Destroy(cancel_sub);
-    cancel_sub = NULL;
+    kiln_nats_unsubscribe(&cancel_sub);
 }

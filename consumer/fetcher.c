@@ -515,11 +515,7 @@ void cons_fetcher_stop(void)
         fetch_started = false;
     }
     for (int i = 0; i < LANE_COUNT; i++) {
-        if (fetch_lanes[i].hint_sub != NULL) {
-            natsSubscription_Unsubscribe(fetch_lanes[i].hint_sub);
-            natsSubscription_Destroy(fetch_lanes[i].hint_sub);
-            fetch_lanes[i].hint_sub = NULL;
-        }
+        kiln_nats_unsubscribe(&fetch_lanes[i].hint_sub);
         kiln_pull_close(fetch_lanes[i].pull);
         fetch_lanes[i].pull = NULL;
     }

@@ -75,8 +75,5 @@ kiln_status cons_status_start(void) {
 }
 
 void cons_status_stop(void) {
-    if (status_sub == NULL) return;
-    natsSubscription_Unsubscribe(status_sub);
-    natsSubscription_Destroy(status_sub);
-    status_sub = NULL;
+    kiln_nats_unsubscribe(&status_sub);
 }

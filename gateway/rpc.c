@@ -88,9 +88,7 @@ out:
 
 void gw_rpc_shutdown(void)
 {
-    natsSubscription_Unsubscribe(rpc_sub);
-    natsSubscription_Destroy(rpc_sub);
-    rpc_sub = NULL;
+    kiln_nats_unsubscribe(&rpc_sub);
     for (;;) {
         pthread_mutex_lock(&rpc_mu);
         rpc_call *c = rpc_pending != NULL ? gw_map_take_any(rpc_pending, NULL) : NULL;

@@ -73,10 +73,7 @@ kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer
         }
         natsMsg_Destroy(m);
     }
-    if (sub != NULL) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
+    kiln_nats_unsubscribe(&sub);
     natsInbox_Destroy(inbox);
     if (*n > 1) qsort(out, *n, sizeof *out, consumers_by_id);
     return s == NATS_OK ? KILN_OK : kiln_nats_status(s);
