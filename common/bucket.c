@@ -37,3 +37,10 @@ int64_t kiln_bucket_wait_us(kiln_bucket *b, int64_t now_us) {
     if (b->tokens >= 1.0) return 0;
     return (int64_t)ceil((1.0 - b->tokens) / b->rate * 1e6);
 }
+
+void kiln_bucket_set_rate(kiln_bucket *b, double rate_per_s, int64_t now_us)
+{
+    if (b->rate > 0) bucket_refill(b, now_us);
+    else b->last_us = now_us;
+    b->rate = rate_per_s;
+}

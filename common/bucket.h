@@ -19,6 +19,9 @@ void kiln_bucket_init(kiln_bucket *b, double rate_per_s, double burst, int64_t n
 int64_t kiln_bucket_available(kiln_bucket *b, int64_t now_us);
 /* Takes n tokens if there are; true when taken. */
 bool kiln_bucket_take(kiln_bucket *b, int64_t n, int64_t now_us);
+/* Changes the rate from now_us on (what was saved up before stays, within
+ * the burst). */
+void kiln_bucket_set_rate(kiln_bucket *b, double rate_per_s, int64_t now_us);
 /* Microseconds from now_us until one token is there (0: now). */
 int64_t kiln_bucket_wait_us(kiln_bucket *b, int64_t now_us);
 

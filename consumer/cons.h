@@ -344,6 +344,8 @@ void cons_gate_probe_over(cons_gate *g, uint64_t probe_trip);
  * (0 when the outcome closes nothing). */
 cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retry_after_ms,
                                  int64_t now_us, int64_t *pause_ms);
+/* Changes the steady rate (KILN_PROVIDER_RATE's share) from now_us on. */
+void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us);
 /* True while a 429 pause lasts or the breaker is tripped (not for a steady rate). */
 bool cons_gate_closed(cons_gate *g, int64_t now_us);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
@@ -360,6 +362,9 @@ bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms);
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status);
 /* j is freed (any thread): a probe's place is free again. */
 void cons_gate_job_over(const cons_job *j);
+/* The process's steady rate becomes rate_per_s (status.c: this process's
+ * share of KILN_PROVIDER_RATE). */
+void cons_gate_share_rate(double rate_per_s);
 /* "ok", "paused" (a 429's Retry-After) or "tripped" (the breaker), now (any thread). */
 const char *cons_gate_state_name(void);
 
@@ -436,8 +441,13 @@ void cons_pause_stop(void);
 bool cons_pause_lane(int lane);
 
 /* ---- status.c: answers kiln.consumer.status for `kiln stats` ---- */
+/* With KILN_PROVIDER_RATE, also works out this process's share of it (at
+ * start, then every 5 s on a thread of its own). */
 kiln_status cons_status_start(void);
 void cons_status_stop(void);
+/* rate's part for a process of concurrency mine among consumers of all in
+ * all (this one included); rate itself when it is alone or all is unknown. */
+double cons_status_rate_share(double rate, int64_t mine, int64_t all);
 
 /* ---- cancel.c ---- */
 kiln_status cons_cancel_start(void);

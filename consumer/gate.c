@@ -162,6 +162,12 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
     return change;
 }
 
+void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us) {
+    pthread_mutex_lock(&g->mu);
+    kiln_bucket_set_rate(&g->rate, rate_per_s, now_us);
+    pthread_mutex_unlock(&g->mu);
+}
+
 bool cons_gate_closed(cons_gate *g, int64_t now_us) {
     pthread_mutex_lock(&g->mu);
     bool closed = gate_is_closed(g, now_us);
@@ -265,4 +271,8 @@ const char *cons_gate_state_name(void) {
                                                                  : "ok";
     pthread_mutex_unlock(&gate_g.mu);
     return name;
+}
+
+void cons_gate_share_rate(double rate_per_s) {
+    if (atomic_load(&gate_ready)) cons_gate_set_rate(&gate_g, rate_per_s, kiln_mono_us());
 }

@@ -64,7 +64,8 @@ static const kiln_setting main_table[] = {
      "how long saved images are kept after their job ended (set it as on kiln-store); 0 = for ever",
      &main_set.result_ttl_ms},
     {"KILN_PROVIDER_RATE", "provider-rate", KILN_SET_RATE, "0", 1, 0,
-     "most provider calls this process starts, e.g. 50/min or 2/s; 0 = no limit",
+     "most provider calls all running consumers start together, e.g. 50/min (each takes its "
+     "concurrency's share); 0 = no limit",
      &main_set.provider_rate},
     {"KILN_PROVIDER_BURST", "provider-burst", KILN_SET_INT, "1", 1, 1000000,
      "provider calls that may start at once when KILN_PROVIDER_RATE allows", &main_set.provider_burst},
@@ -178,8 +179,10 @@ int main(int argc, char **argv)
     if (cons_transfers_start() != KILN_OK) goto out;
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_pause_start() != KILN_OK) goto out;
-    if (cons_fetcher_start() != KILN_OK) goto out;
+    /* Before the fetcher: the first calls already go at this process's
+     * share of KILN_PROVIDER_RATE. */
     if (cons_status_start() != KILN_OK) goto out;
+    if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "

@@ -2,7 +2,11 @@
  * process subscribes, so one request gathers them all) with this process's
  * ConsumerStatus: slots, provider gate, paused lanes, outcome counts. Read
  * by `kiln stats` (producer/consumers.c). The callback runs on a libnats
- * thread and only reads state other modules keep. */
+ * thread and only reads state other modules keep.
+ *
+ * With KILN_PROVIDER_RATE set, the same answers tell this process its share
+ * of that deployment-wide rate: its concurrency's part of all running
+ * consumers' (asked at start and every STATUS_SHARE_EVERY_MS). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,16 +14,23 @@
 
 #include "clock.h"
 #include "cons.h"
+#include "consumerstatus.h"
 #include "log.h"
 #include "natsconn.h"
 #include "pb.h"
+#include "periodic.h"
 #include "queuestats.h"
 #include "subjects.h"
 #include "uuid7.h"
 
+#define STATUS_SHARE_EVERY_MS 5000 /* how often the rate share is worked out again */
+#define STATUS_SHARE_WAIT_MS 500   /* how long to wait for a first answer */
+
 static natsSubscription *status_sub;
 static char status_id[320];
 static int64_t status_started_ms;
+static kiln_periodic *status_share_timer;
+static _Atomic double status_rate_share; /* the steady rate in effect (0: none) */
 
 static void status_on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
                               void *closure) {
@@ -37,7 +48,7 @@ static void status_on_request(natsConnection *nc, natsSubscription *sub, natsMsg
         cs.concurrency = cons_g.set->concurrency;
         cs.in_flight = cons_slots_used();
         cs.provider = (char *)cons_gate_state_name();
-        cs.provider_rate_per_s = cons_g.set->provider_rate;
+        cs.provider_rate_per_s = atomic_load(&status_rate_share);
         cs.n_paused_lanes = npaused;
         cs.paused_lanes = paused;
         cs.jobs_completed = kiln_metric_value(cons_g.m_completed);
@@ -54,6 +65,55 @@ static void status_on_request(natsConnection *nc, natsSubscription *sub, natsMsg
     natsMsg_Destroy(msg);
 }
 
+double cons_status_rate_share(double rate, int64_t mine, int64_t all) {
+    if (rate <= 0 || mine <= 0 || all <= mine) return rate;
+    return rate * (double)mine / (double)all;
+}
+
+typedef struct {
+    int64_t concurrency; /* of every consumer that answered, this one included */
+    int answers;
+    bool self_seen;
+} status_census;
+
+static void status_count(const Kiln__V1__ConsumerStatus *cs, void *arg) {
+    status_census *c = arg;
+    c->answers++;
+    if (cs->concurrency > 0) c->concurrency += cs->concurrency;
+    if (cs->id != NULL && strcmp(cs->id, status_id) == 0) c->self_seen = true;
+}
+
+/* Works out this process's share of KILN_PROVIDER_RATE from who answers. */
+static void status_share(void) {
+    status_census census = {0};
+    kiln_status st =
+        kiln_consumer_status_gather(cons_g.nc, STATUS_SHARE_WAIT_MS, status_count, &census);
+    if (st != KILN_OK) {
+        LOG_DEBUG("rate share: consumers not asked, keeping the share status=%s",
+                  kiln_status_str(st));
+        return;
+    }
+    int64_t mine = cons_g.set->concurrency;
+    if (!census.self_seen) {
+        census.concurrency += mine;
+        census.answers++;
+    }
+    double share = cons_status_rate_share(cons_g.set->provider_rate, mine, census.concurrency);
+    if (share == atomic_load(&status_rate_share)) return;
+    atomic_store(&status_rate_share, share);
+    cons_gate_share_rate(share);
+    LOG_INFO("provider rate share rate_per_s=%g of KILN_PROVIDER_RATE=%g consumers=%d "
+             "concurrency=%lld of %lld",
+             share, cons_g.set->provider_rate, census.answers, (long long)mine,
+             (long long)census.concurrency);
+}
+
+static void status_share_tick(kiln_periodic *p, void *arg) {
+    (void)p;
+    (void)arg;
+    status_share();
+}
+
 kiln_status cons_status_start(void) {
     char host[256] = "";
     if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
@@ -64,6 +124,7 @@ kiln_status cons_status_start(void) {
     if (kiln_uuid7(u) != KILN_OK) snprintf(u, sizeof u, "0000000000000000");
     snprintf(status_id, sizeof status_id, "%s:%ld:%s", host, (long)getpid(), u + strlen(u) - 8);
     status_started_ms = kiln_now_ms();
+    atomic_store(&status_rate_share, cons_g.set->provider_rate);
     natsStatus s = natsConnection_Subscribe(&status_sub, cons_g.nc, KILN_SUBJ_CONSUMER_STATUS,
                                             status_on_request, NULL);
     if (s != NATS_OK) {
@@ -71,9 +132,14 @@ kiln_status cons_status_start(void) {
         status_sub = NULL;
         return kiln_nats_status(s);
     }
-    return KILN_OK;
+    if (cons_g.set->provider_rate <= 0) return KILN_OK;
+    status_share(); /* before the first call: the others may be running already */
+    return kiln_periodic_start("kiln-rateshare", STATUS_SHARE_EVERY_MS, status_share_tick, NULL,
+                               &status_share_timer);
 }
 
 void cons_status_stop(void) {
+    kiln_periodic_stop(status_share_timer);
+    status_share_timer = NULL;
     kiln_nats_unsubscribe(&status_sub);
 }

@@ -490,6 +490,36 @@ int h_proc_kill9(h_stack *s, h_comp c)
     return 0;
 }
 
+pid_t h_spawn_another(h_stack *s, h_comp c, const char *const *env, const char *log_name)
+{
+    h_proc *p = &s->procs[c];
+    h_proc tmp;
+    memset(&tmp, 0, sizeof tmp);
+    for (int i = 0; env != NULL && env[i] != NULL; i++) h_proc_env_add(&tmp, env[i]);
+    for (int i = 0; i < p->nenv; i++) h_proc_env_add(&tmp, p->env[i]);
+    char **envp = h_build_envp(&tmp);
+    if (envp == NULL) return -1;
+    char log_path[PATH_MAX];
+    snprintf(log_path, sizeof log_path, "%s/%s.log", s->log_dir, log_name);
+    char *argv[] = {(char *)h_comp_bins[c], NULL};
+    pid_t pid = h_spawn(p->exe, argv, envp, log_path, -1);
+    free(envp);
+    return pid;
+}
+
+int h_term_pid(pid_t pid)
+{
+    int st = 0;
+    if (pid <= 0) return -1;
+    kill(pid, SIGTERM);
+    if (!h_reap(pid, H_STOP_DEADLINE_MS, &st)) {
+        kill(pid, SIGKILL);
+        h_reap(pid, H_STOP_DEADLINE_MS, &st);
+        return 128 + SIGKILL;
+    }
+    return h_status_code(st);
+}
+
 int h_proc_term(h_stack *s, h_comp c)
 {
     h_proc *p = &s->procs[c];

@@ -109,6 +109,13 @@ int h_proc_kill9(h_stack *s, h_comp c);
 int h_proc_term(h_stack *s, h_comp c);
 int h_proc_restart(h_stack *s, h_comp c); /* h_proc_term then h_proc_start; 0 on success */
 int h_proc_alive(h_stack *s, h_comp c);
+/* Starts one more process of component c (e.g. a second consumer) with c's
+ * settings, env entries ("K=V") replacing them, logging to
+ * <log_dir>/<log_name>.log; returns its pid (-1 on failure). Stop it with
+ * h_term_pid; one left running is killed with the test worker. */
+pid_t h_spawn_another(h_stack *s, h_comp c, const char *const *env, const char *log_name);
+/* SIGTERMs pid, waits (10 s, then SIGKILL) and returns its exit code (or 128+sig). */
+int h_term_pid(pid_t pid);
 /* Changes component c's environment for its next start: "K=V" sets K
  * (replacing an earlier value, including the harness's own), "K" alone
  * removes it. Returns 0, or -1 when the entry is too long or the table is

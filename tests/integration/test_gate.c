@@ -193,3 +193,56 @@ Test(gate, a_provider_that_takes_no_connection_is_unavailable_not_a_timeout) {
     close(fds[1]);
     close(fds[0]);
 }
+
+Test(gate, consumers_share_the_provider_rate) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_PROVIDER_RATE=4/s", NULL}};
+    h_start(&s, &opts);
+    /* A second consumer with the same settings (and no metrics listener). */
+    const char *const second_env[] = {"KILN_METRICS_ADDR=", NULL};
+    pid_t second = h_spawn_another(&s, H_CONSUMER, second_env, "consumer2");
+    cr_assert(second > 0, "second consumer did not start");
+
+    /* Both see two consumers of 16 slots each and take 2/s of the 4/s. */
+    int64_t t0 = h_now_ms();
+    int both = 0;
+    while (!both && h_now_ms() - t0 < 15000) {
+        json_t *o = h_kiln_stats(&s);
+        json_t *list = json_object_get(o, "consumers");
+        both = json_array_size(list) == 2;
+        for (size_t k = 0; both && k < 2; k++)
+            both = json_real_value(
+                       json_object_get(json_array_get(list, k), "provider_rate_per_s")) == 2.0;
+        json_decref(o);
+    }
+    cr_assert(both, "two consumers did not each report a rate of 2/s (a half of 4/s)");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "provider rate share rate_per_s=2 "));
+
+    /* Together they start calls at 4/s: the 3rd to 6th of six a quarter second apart or more. */
+    enum { N = 6 };
+    char ids[N][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"gate shared %d\"}", N, ids);
+    int64_t first = INT64_MAX, last = 0;
+    for (int k = 0; k < N; k++) {
+        int64_t t = gate_started_ms(&s, ids[k], "job under a shared rate");
+        if (t < first) first = t;
+        if (t > last) last = t;
+    }
+    cr_expect(last - first >= 900, "6 calls at 2 x 2/s started within %lld ms",
+              (long long)(last - first));
+
+    /* When one stops, the other takes the whole rate again. */
+    cr_assert_eq(h_term_pid(second), 0, "second consumer did not stop cleanly");
+    t0 = h_now_ms();
+    int whole = 0;
+    while (!whole && h_now_ms() - t0 < 15000) {
+        json_t *o = h_kiln_stats(&s);
+        json_t *list = json_object_get(o, "consumers");
+        whole =
+            json_array_size(list) == 1 &&
+            json_real_value(json_object_get(json_array_get(list, 0), "provider_rate_per_s")) == 4.0;
+        json_decref(o);
+    }
+    cr_expect(whole, "the remaining consumer did not take the whole 4/s back");
+    h_stop(&s);
+}

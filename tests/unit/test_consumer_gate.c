@@ -256,3 +256,24 @@ Test(gate, outcomes) {
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", 408), CONS_CALL_OTHER);
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", 0), CONS_CALL_OTHER);
 }
+
+Test(gate, the_rate_is_shared_by_concurrency) {
+    cr_assert(cons_status_rate_share(4.0, 16, 16) == 4.0, "alone: the whole rate");
+    cr_assert(cons_status_rate_share(4.0, 16, 32) == 2.0);
+    cr_assert(cons_status_rate_share(6.0, 10, 30) == 2.0, "by concurrency, not by head count");
+    cr_assert(cons_status_rate_share(4.0, 16, 0) == 4.0, "nobody counted: the whole rate");
+    cr_assert(cons_status_rate_share(0.0, 16, 32) == 0.0, "no limit stays no limit");
+}
+
+Test(gate, a_new_rate_applies_from_then_on) {
+    gate_setup(10.0, 1, 5, 60000);
+    int64_t wait = 0;
+    start(T0);
+    cr_assert_eq(allowed(T0 + 100 * MS, NULL), 1, "10/s: a token after 100 ms");
+    start(T0 + 100 * MS);
+    cons_gate_set_rate(&g, 2.0, T0 + 100 * MS);
+    cr_assert_eq(allowed(T0 + 200 * MS, &wait), 0, "2/s: none after another 100 ms");
+    cr_assert_eq(wait, 400);
+    cr_assert_eq(allowed(T0 + 600 * MS, NULL), 1);
+    cons_gate_destroy(&g);
+}
