@@ -175,7 +175,7 @@ typedef struct {
     int64_t concurrency;      /* its KILN_CONCURRENCY */
     int64_t in_flight;        /* jobs holding a slot */
     char provider[16];        /* "ok", "paused" (a 429's Retry-After), "tripped" (breaker) */
-    double provider_rate_per_s; /* its KILN_PROVIDER_RATE, 0 = no limit */
+    double provider_rate_per_s; /* its share of KILN_PROVIDER_RATE, 0 = no limit */
     bool lane_paused[KILN_LANES]; /* the lanes it sees paused */
     int64_t jobs_completed, jobs_failed, jobs_retried; /* since it started */
 } kiln_consumer_info;
