@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -793,15 +794,20 @@ int h_stack_stop(h_stack *s)
             fprintf(stderr, "harness: %s: %d unclean exit(s)\n", p->name, p->unclean);
             problems += p->unclean;
         }
-        int hits = h_log_sanitizer_hits(p->log_path);
-        if (hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", p->log_path);
+    }
+    /* Every log of the stack: its processes, the CLI's, and any started
+     * with h_spawn_another (stopped by the test or with the worker). */
+    DIR *d = opendir(s->log_dir);
+    for (struct dirent *e = d != NULL ? readdir(d) : NULL; e != NULL; e = readdir(d)) {
+        size_t len = strlen(e->d_name);
+        if (len < 5 || strcmp(e->d_name + len - 4, ".log") != 0) continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", s->log_dir, e->d_name);
+        int hits = h_log_sanitizer_hits(path);
+        if (hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", path);
         problems += hits;
     }
-    char cli_log[PATH_MAX];
-    snprintf(cli_log, sizeof cli_log, "%s/cli.log", s->log_dir);
-    int cli_hits = h_log_sanitizer_hits(cli_log);
-    if (cli_hits > 0) fprintf(stderr, "harness: sanitizer report in %s\n", cli_log);
-    problems += cli_hits;
+    if (d != NULL) closedir(d);
     for (int c = 0; c < H_NPROC; c++) {
         h_proc *p = &s->procs[c];
         p->unclean = 0; /* counted once */
