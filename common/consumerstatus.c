@@ -6,7 +6,7 @@
 #include "natsconn.h"
 #include "subjects.h"
 
-kiln_status kiln_consumer_status_gather(natsConnection *nc, int64_t wait_ms,
+kiln_status kiln_consumer_status_gather(natsConnection *nc, int64_t wait_ms, int64_t min_ms,
                                         kiln_consumer_status_fn fn, void *arg) {
     if (nc == NULL || fn == NULL) return KILN_EINVAL;
     natsInbox *inbox = NULL;
@@ -23,6 +23,7 @@ kiln_status kiln_consumer_status_gather(natsConnection *nc, int64_t wait_ms,
     while (s == NATS_OK) {
         int64_t now = kiln_mono_ms();
         int64_t until = answered ? last + KILN_CONSUMERS_QUIET_MS : start + wait_ms;
+        if (answered && until < start + min_ms) until = start + min_ms;
         if (until > start + KILN_CONSUMERS_MAX_MS) until = start + KILN_CONSUMERS_MAX_MS;
         if (now >= until) break;
         natsMsg *m = NULL;

@@ -19,10 +19,11 @@ typedef void (*kiln_consumer_status_fn)(const Kiln__V1__ConsumerStatus *cs, void
 
 /* Publishes one request on nc and calls fn for each answer: waits up to
  * wait_ms for the first, then until KILN_CONSUMERS_QUIET_MS pass without a
- * new one, KILN_CONSUMERS_MAX_MS in all. KILN_OK also when none answers
- * (nats-server's no-responders ends the wait at once); a NATS failure
- * returns its status (the answers before it were passed to fn). */
-kiln_status kiln_consumer_status_gather(natsConnection *nc, int64_t wait_ms,
+ * new one and at least min_ms in all, KILN_CONSUMERS_MAX_MS at most. KILN_OK
+ * also when none answers (nats-server's no-responders ends the wait at
+ * once); a NATS failure returns its status (the answers before it were
+ * passed to fn). */
+kiln_status kiln_consumer_status_gather(natsConnection *nc, int64_t wait_ms, int64_t min_ms,
                                         kiln_consumer_status_fn fn, void *arg);
 
 #endif

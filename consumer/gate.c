@@ -1,11 +1,11 @@
-/* gate.c - when provider calls may start. Three rules, all per consumer
- * process, learnt from the calls' outcomes:
+/* gate.c - when provider calls may start. Three rules, kept by each
+ * consumer process:
  *   - a 429 stops new calls until its Retry-After has passed (1 s without
  *     one, at most KILN_RETRY_CAP): the provider said so for the account,
  *     not for one job, so the jobs still queued wait instead of each
  *     spending an attempt on a certain 429;
- *   - KILN_PROVIDER_RATE/BURST, a token bucket: a known provider limit is
- *     never passed;
+ *   - KILN_PROVIDER_RATE/BURST, a token bucket at this process's share of
+ *     the deployment's rate (status.c works the share out);
  *   - a breaker: KILN_PROVIDER_TRIP_AFTER calls in a row that found the
  *     provider unreachable or answering 502/503/504 stop new calls for a
  *     cool-down (1 s, doubling up to KILN_RETRY_CAP), then one call at a

@@ -20,14 +20,19 @@
 #include "pb.h"
 #include "periodic.h"
 #include "queuestats.h"
+#include "sha256.h"
 #include "subjects.h"
 #include "uuid7.h"
 
 #define STATUS_SHARE_EVERY_MS 5000 /* how often the rate share is worked out again */
 #define STATUS_SHARE_WAIT_MS 500   /* how long to wait for a first answer */
+/* Gather at least this long: the own answer comes first, and a peer slowed
+ * by load past the 100 ms quiet window would take the whole rate for a round. */
+#define STATUS_SHARE_MIN_MS 300
 
 static natsSubscription *status_sub;
 static char status_id[320];
+static char status_provider_key[2 * 8 + 1]; /* hex of SHA-256(KILN_PROVIDER_URL)[0..8) */
 static int64_t status_started_ms;
 static kiln_periodic *status_share_timer;
 static _Atomic double status_rate_share; /* the steady rate in effect (0: none) */
@@ -49,6 +54,8 @@ static void status_on_request(natsConnection *nc, natsSubscription *sub, natsMsg
         cs.in_flight = cons_slots_used();
         cs.provider = (char *)cons_gate_state_name();
         cs.provider_rate_per_s = atomic_load(&status_rate_share);
+        cs.provider_key = status_provider_key;
+        cs.provider_rate_configured = cons_g.set->provider_rate;
         cs.n_paused_lanes = npaused;
         cs.paused_lanes = paused;
         cs.jobs_completed = kiln_metric_value(cons_g.m_completed);
@@ -76,8 +83,14 @@ typedef struct {
     bool self_seen;
 } status_census;
 
+/* Counts the consumers of this one's rate group: the same provider and
+ * the same KILN_PROVIDER_RATE (a consumer without a rate, or of an older
+ * version, shares nothing). */
 static void status_count(const Kiln__V1__ConsumerStatus *cs, void *arg) {
     status_census *c = arg;
+    if (cs->provider_key == NULL || strcmp(cs->provider_key, status_provider_key) != 0 ||
+        cs->provider_rate_configured != cons_g.set->provider_rate)
+        return;
     c->answers++;
     if (cs->concurrency > 0) c->concurrency += cs->concurrency;
     if (cs->id != NULL && strcmp(cs->id, status_id) == 0) c->self_seen = true;
@@ -86,8 +99,8 @@ static void status_count(const Kiln__V1__ConsumerStatus *cs, void *arg) {
 /* Works out this process's share of KILN_PROVIDER_RATE from who answers. */
 static void status_share(void) {
     status_census census = {0};
-    kiln_status st =
-        kiln_consumer_status_gather(cons_g.nc, STATUS_SHARE_WAIT_MS, status_count, &census);
+    kiln_status st = kiln_consumer_status_gather(cons_g.nc, STATUS_SHARE_WAIT_MS,
+                                                 STATUS_SHARE_MIN_MS, status_count, &census);
     if (st != KILN_OK) {
         LOG_DEBUG("rate share: consumers not asked, keeping the share status=%s",
                   kiln_status_str(st));
@@ -125,6 +138,11 @@ kiln_status cons_status_start(void) {
     snprintf(status_id, sizeof status_id, "%s:%ld:%s", host, (long)getpid(), u + strlen(u) - 8);
     status_started_ms = kiln_now_ms();
     atomic_store(&status_rate_share, cons_g.set->provider_rate);
+    uint8_t digest[KILN_SHA256_LEN];
+    const char *url = cons_g.set->provider_url;
+    if (kiln_sha256(url, strlen(url), digest) != KILN_OK) memset(digest, 0, sizeof digest);
+    for (int i = 0; i < 8; i++)
+        snprintf(status_provider_key + 2 * i, 3, "%02x", digest[i]);
     natsStatus s = natsConnection_Subscribe(&status_sub, cons_g.nc, KILN_SUBJ_CONSUMER_STATUS,
                                             status_on_request, NULL);
     if (s != NATS_OK) {

@@ -44,7 +44,7 @@ kiln_status kiln_client_consumers(kiln_client *c, int64_t wait_ms, kiln_consumer
                                   size_t max, size_t *n, size_t *answered) {
     if (c == NULL || n == NULL || answered == NULL || (out == NULL && max > 0)) return KILN_EINVAL;
     consumers_list l = {.out = out, .max = max};
-    kiln_status st = kiln_consumer_status_gather(c->nc, wait_ms, consumers_take, &l);
+    kiln_status st = kiln_consumer_status_gather(c->nc, wait_ms, 0, consumers_take, &l);
     if (l.n > 1) qsort(out, l.n, sizeof *out, consumers_by_id);
     *n = l.n;
     *answered = l.answered;

@@ -194,31 +194,65 @@ Test(gate, a_provider_that_takes_no_connection_is_unavailable_not_a_timeout) {
     close(fds[0]);
 }
 
+/* Offset of the first line of path holding needle; -1 when none. */
+static long gate_log_offset(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return -1;
+    char line[4096];
+    long at = -1, off = 0;
+    while (at < 0 && fgets(line, sizeof line, f) != NULL) {
+        if (strstr(line, needle) != NULL) at = off;
+        off += (long)strlen(line);
+    }
+    fclose(f);
+    return at;
+}
+
+/* Consumers listed by `kiln stats` with their rate_per_s, and how many of them have want. */
+static int gate_rates(h_stack *s, double want, size_t *listed) {
+    json_t *o = h_kiln_stats(s);
+    json_t *list = json_object_get(o, "consumers");
+    int n = 0;
+    *listed = json_array_size(list);
+    for (size_t k = 0; k < *listed; k++)
+        n += json_real_value(json_object_get(json_array_get(list, k), "provider_rate_per_s")) ==
+             want;
+    json_decref(o);
+    return n;
+}
+
 Test(gate, consumers_share_the_provider_rate) {
     h_stack s;
     const h_stack_opts opts = {.env = {"KILN_PROVIDER_RATE=4/s", NULL}};
     h_start(&s, &opts);
-    /* A second consumer with the same settings (and no metrics listener). */
+    /* A second consumer with the same settings (and no metrics listener),
+     * and a third without a rate: it is no part of the rate group. */
     const char *const second_env[] = {"KILN_METRICS_ADDR=", NULL};
+    const char *const third_env[] = {"KILN_METRICS_ADDR=", "KILN_PROVIDER_RATE=0", NULL};
     pid_t second = h_spawn_another(&s, H_CONSUMER, second_env, "consumer2");
-    cr_assert(second > 0, "second consumer did not start");
+    pid_t third = h_spawn_another(&s, H_CONSUMER, third_env, "consumer3");
+    cr_assert(second > 0 && third > 0, "more consumers did not start");
 
-    /* Both see two consumers of 16 slots each and take 2/s of the 4/s. */
+    /* Both of the group see two consumers of 16 slots each and take 2/s of the 4/s. */
     int64_t t0 = h_now_ms();
-    int both = 0;
-    while (!both && h_now_ms() - t0 < 15000) {
-        json_t *o = h_kiln_stats(&s);
-        json_t *list = json_object_get(o, "consumers");
-        both = json_array_size(list) == 2;
-        for (size_t k = 0; both && k < 2; k++)
-            both = json_real_value(
-                       json_object_get(json_array_get(list, k), "provider_rate_per_s")) == 2.0;
-        json_decref(o);
-    }
-    cr_assert(both, "two consumers did not each report a rate of 2/s (a half of 4/s)");
+    size_t listed = 0;
+    int halves = 0;
+    while (halves != 2 && h_now_ms() - t0 < 15000)
+        halves = gate_rates(&s, 2.0, &listed);
+    cr_assert_eq(halves, 2, "two consumers did not each report a rate of 2/s (a half of 4/s)");
+    cr_expect_eq(listed, 3);
     cr_expect(h_log_contains(&s, H_CONSUMER, "provider rate share rate_per_s=2 "));
+    /* The second took its share before it fetched anything. */
+    char log2[PATH_MAX];
+    snprintf(log2, sizeof log2, "%s/consumer2.log", s.log_dir);
+    long share_at = gate_log_offset(log2, "provider rate share rate_per_s=2 ");
+    long ready_at = gate_log_offset(log2, "consumer ready");
+    cr_expect(share_at >= 0 && ready_at >= 0 && share_at < ready_at,
+              "the second consumer did not take its share before it was ready (%ld, %ld)", share_at,
+              ready_at);
+    cr_assert_eq(h_term_pid(third), 0, "third consumer did not stop cleanly");
 
-    /* Together they start calls at 4/s: the 3rd to 6th of six a quarter second apart or more. */
+    /* Together they start calls at 4/s: six take at least a second. */
     enum { N = 6 };
     char ids[N][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"gate shared %d\"}", N, ids);
@@ -235,14 +269,8 @@ Test(gate, consumers_share_the_provider_rate) {
     cr_assert_eq(h_term_pid(second), 0, "second consumer did not stop cleanly");
     t0 = h_now_ms();
     int whole = 0;
-    while (!whole && h_now_ms() - t0 < 15000) {
-        json_t *o = h_kiln_stats(&s);
-        json_t *list = json_object_get(o, "consumers");
-        whole =
-            json_array_size(list) == 1 &&
-            json_real_value(json_object_get(json_array_get(list, 0), "provider_rate_per_s")) == 4.0;
-        json_decref(o);
-    }
-    cr_expect(whole, "the remaining consumer did not take the whole 4/s back");
+    while (!(whole == 1 && listed == 1) && h_now_ms() - t0 < 15000)
+        whole = gate_rates(&s, 4.0, &listed);
+    cr_expect(whole == 1 && listed == 1, "the remaining consumer did not take the whole 4/s back");
     h_stop(&s);
 }
