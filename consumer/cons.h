@@ -332,8 +332,9 @@ typedef struct {
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us);
 void cons_gate_destroy(cons_gate *g);
 /* How many calls may start now; when none, *wait_ms (>= 1) says when to ask
- * again. Also brings the waiting gauge up to date. */
-int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms);
+ * again. *closed (NULL: not wanted) as cons_gate_closed. Also brings the
+ * waiting gauge up to date. */
+int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms, bool *closed);
 /* One call wants to start now: true when it may (and it is counted); false
  * with *wait_ms when the gate closed since the allowance was asked. A call
  * made while tripped is a probe: *probe_trip is then its trip (else 0), to

@@ -62,9 +62,10 @@ static int64_t gate_wait_ms(cons_gate *g, int64_t now_us) {
     return 0;
 }
 
-int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms) {
+int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms, bool *closed) {
     int64_t allow = 0;
     pthread_mutex_lock(&g->mu);
+    if (closed != NULL) *closed = gate_is_closed(g, now_us);
     *wait_ms = gate_wait_ms(g, now_us);
     if (*wait_ms == 0) {
         allow = g->tripped ? 1 : kiln_bucket_available(&g->rate, now_us);
@@ -217,8 +218,8 @@ int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
     *wait_ms = 0;
     if (!atomic_load(&gate_ready)) return INT64_MAX;
     int64_t now = kiln_mono_us();
-    int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms);
-    bool closed = cons_gate_closed(&gate_g, now);
+    bool closed = false;
+    int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms, &closed);
     if (gate_seen_closed && !closed) LOG_INFO("provider calls resume");
     gate_seen_closed = closed;
     return allow;

@@ -32,6 +32,22 @@ static int64_t gate_started_ms(h_stack *s, const char *id, const char *what) {
     return t;
 }
 
+/* Submits n (<= 8) jobs with prompt_fmt (one %d) and returns how far apart
+ * the first and the last call started (ms), once all completed. */
+static int64_t gate_start_spread(h_stack *s, const char *prompt_fmt, int n) {
+    char body[128], ids[8][65];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\"}", prompt_fmt);
+    cr_assert(n <= 8);
+    h_submit_each(s, H_TOKEN_ALICE, body, n, ids);
+    int64_t first = INT64_MAX, last = 0;
+    for (int k = 0; k < n; k++) {
+        int64_t t = gate_started_ms(s, ids[k], prompt_fmt);
+        if (t < first) first = t;
+        if (t > last) last = t;
+    }
+    return last - first;
+}
+
 Test(gate, a_429_pauses_every_new_call_for_its_retry_after) {
     h_stack s;
     const h_stack_opts opts = {.env = {GATE_FAST_RETRY, NULL}};
@@ -136,18 +152,9 @@ Test(gate, the_provider_rate_spaces_calls) {
     h_stack s;
     const h_stack_opts opts = {.env = {"KILN_PROVIDER_RATE=5/s", NULL}};
     h_start(&s, &opts);
-    enum { N = 6 };
-    char ids[N][65];
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"gate paced %d\"}", N, ids);
-    int64_t first = INT64_MAX, last = 0;
-    for (int k = 0; k < N; k++) {
-        int64_t t = gate_started_ms(&s, ids[k], "paced job");
-        if (t < first) first = t;
-        if (t > last) last = t;
-    }
     /* Burst 1 at 5/s: six starts take at least five intervals of 200 ms. */
-    cr_expect(last - first >= 950, "6 calls at 5/s started within %lld ms",
-              (long long)(last - first));
+    int64_t spread = gate_start_spread(&s, "gate paced %d", 6);
+    cr_expect(spread >= 950, "6 calls at 5/s started within %lld ms", (long long)spread);
     h_stop(&s);
 }
 
@@ -253,17 +260,8 @@ Test(gate, consumers_share_the_provider_rate) {
     cr_assert_eq(h_term_pid(third), 0, "third consumer did not stop cleanly");
 
     /* Together they start calls at 4/s: six take at least a second. */
-    enum { N = 6 };
-    char ids[N][65];
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"gate shared %d\"}", N, ids);
-    int64_t first = INT64_MAX, last = 0;
-    for (int k = 0; k < N; k++) {
-        int64_t t = gate_started_ms(&s, ids[k], "job under a shared rate");
-        if (t < first) first = t;
-        if (t > last) last = t;
-    }
-    cr_expect(last - first >= 900, "6 calls at 2 x 2/s started within %lld ms",
-              (long long)(last - first));
+    int64_t spread = gate_start_spread(&s, "gate shared %d", 6);
+    cr_expect(spread >= 900, "6 calls at 2 x 2/s started within %lld ms", (long long)spread);
 
     /* When one stops, the other takes the whole rate again. */
     cr_assert_eq(h_term_pid(second), 0, "second consumer did not stop cleanly");

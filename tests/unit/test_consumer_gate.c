@@ -20,7 +20,7 @@ static void gate_setup(double rate, double burst, int trip_after, int64_t cap_ms
 
 static int64_t allowed(int64_t at_us, int64_t *wait_ms) {
     int64_t w = 0;
-    int64_t n = cons_gate_allowance(&g, at_us, &w);
+    int64_t n = cons_gate_allowance(&g, at_us, &w, NULL);
     if (wait_ms != NULL) *wait_ms = w;
     return n;
 }
