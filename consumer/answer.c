@@ -23,7 +23,15 @@
  * 64 MiB of '[' would grow its stack by as much. */
 #define ANSWER_DEPTH_MAX 64
 
-typedef enum { KEY_OTHER = 0, KEY_DATA, KEY_ERROR, KEY_B64, KEY_URL, KEY_MESSAGE } answer_key;
+typedef enum {
+    KEY_OTHER = 0,
+    KEY_DATA,
+    KEY_ERROR,
+    KEY_B64,
+    KEY_URL,
+    KEY_MESSAGE,
+    KEY_CODE
+} answer_key;
 
 /* Where the parser is: containers open and the last key at each depth that
  * matters (1: the top object, 2: an error object, 3: a data[] item). */
@@ -40,7 +48,8 @@ static answer_key answer_classify(const answer_ctx *c, const unsigned char *s, s
 {
 #define IS(lit) (len == sizeof lit - 1 && memcmp(s, lit, len) == 0)
     if (c->depth == 1) return IS("data") ? KEY_DATA : IS("error") ? KEY_ERROR : KEY_OTHER;
-    if (c->depth == 2 && c->in_error) return IS("message") ? KEY_MESSAGE : KEY_OTHER;
+    if (c->depth == 2 && c->in_error)
+        return IS("message") ? KEY_MESSAGE : IS("code") ? KEY_CODE : KEY_OTHER;
     if (c->depth == 3 && c->in_data) return IS("b64_json") ? KEY_B64 : IS("url") ? KEY_URL : KEY_OTHER;
     return KEY_OTHER;
 #undef IS
@@ -94,6 +103,8 @@ static int answer_on_string(void *ctx, const unsigned char *s, size_t len)
         return answer_copy(c, &a->error_message, NULL, s, len);
     if (c->depth == 2 && c->in_error && c->key[2] == KEY_MESSAGE)
         return answer_copy(c, &a->error_message, NULL, s, len);
+    if (c->depth == 2 && c->in_error && c->key[2] == KEY_CODE)
+        return answer_copy(c, &a->error_code, NULL, s, len);
     if (c->depth == 3 && c->in_data && a->n_items <= CONS_MAX_IMAGES) {
         cons_answer_item *it = &a->items[a->n_items - 1];
         if (c->key[3] == KEY_B64) return answer_copy(c, &it->b64, &it->b64_len, s, len);
@@ -193,5 +204,7 @@ void cons_answer_free(cons_answer *a)
     answer_free_items(a);
     free(a->error_message);
     a->error_message = NULL;
+    free(a->error_code);
+    a->error_code = NULL;
     a->has_data = false;
 }

@@ -154,6 +154,7 @@ struct cons_job {
     bool resp_too_large;
     bool never_connected;         /* the call ended before the request was sent */
     int64_t retry_after_ms;
+    char provider_code[40];       /* the failed answer's error.code ("" = none) */
     int64_t started_mono;
     int64_t started_at_ms;        /* wall clock when the attempt began; 0 = not started */
     bool processing_sent;         /* PROCESSING published for this attempt */
@@ -276,6 +277,7 @@ typedef struct {
     size_t n_items; /* its items; the first CONS_MAX_IMAGES are kept */
     cons_answer_item items[CONS_MAX_IMAGES];
     char *error_message; /* error.message, or "error" as a string; NULL if none */
+    char *error_code;    /* error.code when a string (OpenAI: "insufficient_quota", ...) */
 } cons_answer;
 /* Parses a provider answer strictly (UTF-8, one JSON value, nothing after it).
  * KILN_EINVAL: not JSON. On success free *out with cons_answer_free. */
@@ -350,7 +352,8 @@ void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us);
 /* True while a 429 pause lasts or the breaker is tripped (not for a steady rate). */
 bool cons_gate_closed(cons_gate *g, int64_t now_us);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
-cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long http_status);
+cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
+                                    const char *provider_code, long http_status);
 /* The process's gate (set up by main.c from the settings; metrics, logs). */
 void cons_gate_setup(void);
 void cons_gate_teardown(void);

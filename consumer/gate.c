@@ -176,8 +176,13 @@ bool cons_gate_closed(cons_gate *g, int64_t now_us) {
     return closed;
 }
 
-cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code, long http_status) {
+cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
+                                    const char *provider_code, long http_status) {
     if (v == OPENAI_OK) return CONS_CALL_OK;
+    /* OpenAI's 429 for an account out of credit: no pause ends it, only a
+     * payment does, so it is an outage for the breaker, not a rate limit. */
+    if (strcmp(err_code, "rate_limited") == 0 && strcmp(provider_code, "insufficient_quota") == 0)
+        return CONS_CALL_UNAVAILABLE;
     if (strcmp(err_code, "rate_limited") == 0) return CONS_CALL_RATE_LIMITED;
     if (strcmp(err_code, "provider_unavailable") == 0) return CONS_CALL_UNAVAILABLE;
     /* timeout and transfer errors say nothing about the provider as a whole */
@@ -237,7 +242,7 @@ bool cons_gate_call_starts(cons_job *j, int64_t *wait_ms) {
 void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status) {
     if (!atomic_load(&gate_ready)) return;
     int64_t pause_ms = 0;
-    cons_call_outcome o = cons_gate_outcome(v, j->err_code, http_status);
+    cons_call_outcome o = cons_gate_outcome(v, j->err_code, j->provider_code, http_status);
     cons_gate_change change =
         cons_gate_learn(&gate_g, o, j->retry_after_ms, kiln_mono_us(), &pause_ms);
     if (change == CONS_GATE_RECOVERED)

@@ -73,12 +73,16 @@ int64_t openai_parse_retry_after(const char *value, size_t len)
 }
 
 /* Provider's error.message, else a snippet of the body, else "HTTP <code>". */
-static void openai_error_message(const cons_job *j, long http, char *out, size_t outlen)
+/* The failed answer's message into out, and its error.code into
+ * j->provider_code. */
+static void openai_error_message(cons_job *j, long http, char *out, size_t outlen)
 {
     cons_answer a;
     bool parsed = j->resp != NULL && j->resp_len > 0 &&
                   cons_answer_parse(j->resp, j->resp_len, &a) == KILN_OK;
     const char *m = parsed ? a.error_message : NULL;
+    snprintf(j->provider_code, sizeof j->provider_code, "%s",
+             parsed && a.error_code != NULL ? a.error_code : "");
     if (m != NULL && m[0] != '\0') snprintf(out, outlen, "%s", m);
     else if (j->resp != NULL && j->resp_len > 0)
         snprintf(out, outlen, "HTTP %ld: %.*s", http, (int)(j->resp_len > 200 ? 200 : j->resp_len),

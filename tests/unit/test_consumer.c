@@ -437,6 +437,13 @@ Test(answer, images_and_error_are_read_at_their_places)
     answer_ok("{\"error\":{\"code\":null,\"message\":\"Rate limit reached\",\"type\":\"r\"}}", &a);
     cr_assert(!a.has_data);
     cr_assert_str_eq(a.error_message, "Rate limit reached");
+    cr_assert_null(a.error_code, "a null code is no code");
+    cons_answer_free(&a);
+    answer_ok("{\"error\":{\"message\":\"You exceeded your current quota\",\"type\":"
+              "\"insufficient_quota\",\"code\":\"insufficient_quota\"}}",
+              &a);
+    cr_assert_str_eq(a.error_code, "insufficient_quota");
+    cr_assert_str_eq(a.error_message, "You exceeded your current quota");
     cons_answer_free(&a);
     answer_ok("{\"error\":\"Not found\"}", &a);
     cr_assert_str_eq(a.error_message, "Not found");
@@ -563,6 +570,15 @@ Test(provider, http_status_classification)
     pjob *p = pjob_new(NULL);
     cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
     cr_assert_str_eq(p->j.err_code, "rate_limited");
+    cr_assert_str_eq(p->j.provider_code, "");
+    pjob_free(p);
+    /* OpenAI's answer for an account out of credit keeps its code for the gate. */
+    p = pjob_new("{\"error\":{\"message\":\"You exceeded your current quota\","
+                 "\"code\":\"insufficient_quota\"}}");
+    cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
+    cr_assert_str_eq(p->j.err_code, "rate_limited");
+    cr_assert_str_eq(p->j.provider_code, "insufficient_quota");
+    cr_assert_str_eq(p->j.err_msg, "You exceeded your current quota");
     pjob_free(p);
 }
 

@@ -244,17 +244,21 @@ Test(gate, no_breaker_when_off) {
 }
 
 Test(gate, outcomes) {
-    cr_assert_eq(cons_gate_outcome(OPENAI_OK, "", 200), CONS_CALL_OK);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", 429), CONS_CALL_RATE_LIMITED);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", 503),
+    cr_assert_eq(cons_gate_outcome(OPENAI_OK, "", "", 200), CONS_CALL_OK);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "", 429), CONS_CALL_RATE_LIMITED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "insufficient_quota", 429),
+                 CONS_CALL_UNAVAILABLE, "out of credit: an outage, not a pause");
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "rate_limit_exceeded", 429),
+                 CONS_CALL_RATE_LIMITED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", "", 503),
                  CONS_CALL_UNAVAILABLE);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", 0), CONS_CALL_UNAVAILABLE,
-                 "connection refused");
-    cr_assert_eq(cons_gate_outcome(OPENAI_FATAL, "provider_rejected", 400), CONS_CALL_ANSWERED);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", 500), CONS_CALL_ANSWERED);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", 0), CONS_CALL_OTHER);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", 408), CONS_CALL_OTHER);
-    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", 0), CONS_CALL_OTHER);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", "", 0),
+                 CONS_CALL_UNAVAILABLE, "connection refused");
+    cr_assert_eq(cons_gate_outcome(OPENAI_FATAL, "provider_rejected", "", 400), CONS_CALL_ANSWERED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", "", 500), CONS_CALL_ANSWERED);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", "", 0), CONS_CALL_OTHER);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "timeout", "", 408), CONS_CALL_OTHER);
+    cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_error", "", 0), CONS_CALL_OTHER);
 }
 
 Test(gate, the_rate_is_shared_by_concurrency) {
