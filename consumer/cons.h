@@ -153,7 +153,9 @@ struct cons_job {
     size_t resp_len, resp_cap;
     bool resp_too_large;
     bool never_connected;         /* the call ended before the request was sent */
-    int64_t retry_after_ms;
+    int64_t retry_after_ms;       /* Retry-After, or retry-after-ms (which wins); 0 = none */
+    int64_t ratelimit_reset_ms;   /* x-ratelimit-reset-requests; 0 = none */
+    bool retry_after_exact;       /* retry_after_ms came from retry-after-ms */
     char provider_code[40];       /* the failed answer's error.code ("" = none) */
     int64_t started_mono;
     int64_t started_at_ms;        /* wall clock when the attempt began; 0 = not started */
@@ -292,8 +294,13 @@ typedef enum { OPENAI_OK = 0, OPENAI_RETRY, OPENAI_FATAL } openai_verdict;
  * On failure fills j->err_code/err_msg (and j->retry_after_ms stays as parsed). */
 openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status,
                                     const char *data_dir);
-/* Parses a Retry-After header value (seconds); -1 when absent/unparseable. */
+/* Parses a Retry-After header value (seconds) into ms; -1 when absent/unparseable. */
 int64_t openai_parse_retry_after(const char *value, size_t len);
+/* Azure OpenAI's retry-after-ms (milliseconds); -1 when unparseable. */
+int64_t openai_parse_retry_after_ms(const char *value, size_t len);
+/* OpenAI's x-ratelimit-reset-requests, a Go duration ("1s", "6m0s",
+ * "20ms"), into ms (at most an hour); -1 when unparseable. */
+int64_t openai_parse_reset(const char *value, size_t len);
 
 /* ---- gate.c: when provider calls may start (429 pauses, rate, breaker) ---- */
 typedef enum {

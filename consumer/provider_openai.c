@@ -56,20 +56,69 @@ out:
     return st;
 }
 
+static bool openai_is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* A header value that is one whole number (around it only spaces and the
+ * line end), capped at max; -1 otherwise. */
+static int64_t openai_parse_count(const char *value, size_t len, int64_t max)
+{
+    int64_t n = 0;
+    size_t i = 0, digits = 0;
+    while (i < len && openai_is_space(value[i])) i++;
+    for (; i < len && value[i] >= '0' && value[i] <= '9'; i++, digits++) {
+        n = n * 10 + (value[i] - '0');
+        if (n > max) n = max;
+    }
+    while (i < len && openai_is_space(value[i])) i++;
+    return digits == 0 || i != len ? -1 : n;
+}
+
 int64_t openai_parse_retry_after(const char *value, size_t len)
 {
-    int64_t secs = 0;
-    size_t i = 0, digits = 0;
-    while (i < len && (value[i] == ' ' || value[i] == '\t')) i++;
-    for (; i < len && value[i] >= '0' && value[i] <= '9'; i++, digits++) {
-        secs = secs * 10 + (value[i] - '0');
-        if (secs > OPENAI_RETRY_AFTER_MAX_S) secs = OPENAI_RETRY_AFTER_MAX_S;
-    }
-    while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == '\r' || value[i] == '\n'))
-        i++;
     /* An HTTP-date form is not honoured: the backoff applies alone. */
-    if (digits == 0 || i != len) return -1;
-    return secs * 1000;
+    int64_t secs = openai_parse_count(value, len, OPENAI_RETRY_AFTER_MAX_S);
+    return secs < 0 ? -1 : secs * 1000;
+}
+
+int64_t openai_parse_retry_after_ms(const char *value, size_t len)
+{
+    return openai_parse_count(value, len, OPENAI_RETRY_AFTER_MAX_S * 1000);
+}
+
+int64_t openai_parse_reset(const char *value, size_t len)
+{
+    /* OpenAI writes Go durations: "1s", "6m0s", "20ms", "1.5s", "1h2m3s". */
+    double total_ms = 0;
+    size_t i = 0, parts = 0;
+    while (i < len && openai_is_space(value[i])) i++;
+    while (i < len && !openai_is_space(value[i])) {
+        double num = 0, scale = 1;
+        size_t digits = 0;
+        bool frac = false;
+        for (; i < len && ((value[i] >= '0' && value[i] <= '9') || value[i] == '.'); i++) {
+            if (value[i] == '.') {
+                if (frac) return -1;
+                frac = true;
+                continue;
+            }
+            digits++;
+            if (frac) num += (value[i] - '0') * (scale /= 10);
+            else num = num * 10 + (value[i] - '0');
+        }
+        double unit_ms;
+        if (i + 1 < len && value[i] == 'm' && value[i + 1] == 's') unit_ms = 1, i += 2;
+        else if (i < len && value[i] == 'h') unit_ms = 3600e3, i++;
+        else if (i < len && value[i] == 'm') unit_ms = 60e3, i++;
+        else if (i < len && value[i] == 's') unit_ms = 1e3, i++;
+        else return -1;
+        if (digits == 0) return -1;
+        total_ms += num * unit_ms;
+        parts++;
+    }
+    while (i < len && openai_is_space(value[i])) i++;
+    if (parts == 0 || i != len) return -1;
+    double max_ms = OPENAI_RETRY_AFTER_MAX_S * 1000.0;
+    return (int64_t)(total_ms > max_ms ? max_ms : total_ms + 0.5);
 }
 
 /* Provider's error.message, else a snippet of the body, else "HTTP <code>". */
@@ -208,7 +257,12 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http, const
     }
     if (http >= 200 && http < 300) return openai_take_images(j, data_dir);
     openai_error_message(j, http, msg, sizeof msg);
-    if (http == 429) return openai_fail(j, OPENAI_RETRY, "rate_limited", msg);
+    if (http == 429) {
+        /* No Retry-After: the time OpenAI says its request limit resets. */
+        if (j->retry_after_ms <= 0 && j->ratelimit_reset_ms > 0)
+            j->retry_after_ms = j->ratelimit_reset_ms;
+        return openai_fail(j, OPENAI_RETRY, "rate_limited", msg);
+    }
     if (http == 408) return openai_fail(j, OPENAI_RETRY, "timeout", msg);
     if (http == 409) return openai_fail(j, OPENAI_RETRY, "provider_error", msg);
     if (http == 502 || http == 503 || http == 504)

@@ -75,14 +75,32 @@ static size_t tr_on_body(char *data, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
+/* The value of header line data[0..n) if it is header name (with its ':'), else NULL. */
+static const char *tr_header_value(const char *data, size_t n, const char *name, size_t *len)
+{
+    size_t k = strlen(name);
+    if (n <= k || strncasecmp(data, name, k) != 0) return NULL;
+    *len = n - k;
+    return data + k;
+}
+
 static size_t tr_on_header(char *data, size_t size, size_t nmemb, void *ud)
 {
     cons_job *j = ud;
-    size_t n = size * nmemb;
-    static const char name[] = "retry-after:";
-    if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
-        int64_t ms = openai_parse_retry_after(data + sizeof name - 1, n - (sizeof name - 1));
-        if (ms >= 0) j->retry_after_ms = ms;
+    size_t n = size * nmemb, len = 0;
+    const char *v;
+    int64_t ms;
+    if ((v = tr_header_value(data, n, "retry-after:", &len)) != NULL) {
+        /* retry-after-ms (Azure OpenAI) is more precise: it wins. */
+        if (!j->retry_after_exact && (ms = openai_parse_retry_after(v, len)) >= 0)
+            j->retry_after_ms = ms;
+    } else if ((v = tr_header_value(data, n, "retry-after-ms:", &len)) != NULL) {
+        if ((ms = openai_parse_retry_after_ms(v, len)) >= 0) {
+            j->retry_after_ms = ms;
+            j->retry_after_exact = true;
+        }
+    } else if ((v = tr_header_value(data, n, "x-ratelimit-reset-requests:", &len)) != NULL) {
+        if ((ms = openai_parse_reset(v, len)) >= 0) j->ratelimit_reset_ms = ms;
     }
     return n;
 }
@@ -126,6 +144,8 @@ static CURLcode tr_start(tr_worker *w, cons_job *j)
     j->easy = e;
 
     j->retry_after_ms = 0;
+    j->retry_after_exact = false;
+    j->ratelimit_reset_ms = 0;
     j->resp_len = 0;
     j->resp_too_large = false;
     j->never_connected = false;

@@ -85,6 +85,41 @@ Test(retry_after, parse)
     cr_assert_eq(ra("Wed, 21 Oct 2015 07:28:00 GMT"), -1, "HTTP-date is not honoured");
 }
 
+static int64_t ra_ms(const char *s)
+{
+    return openai_parse_retry_after_ms(s, strlen(s));
+}
+
+static int64_t reset(const char *s)
+{
+    return openai_parse_reset(s, strlen(s));
+}
+
+Test(retry_after, azure_milliseconds)
+{
+    cr_assert_eq(ra_ms("1500"), 1500);
+    cr_assert_eq(ra_ms(" 20\r\n"), 20);
+    cr_assert_eq(ra_ms("99999999999999"), 3600 * 1000LL, "capped at an hour");
+    cr_assert_eq(ra_ms("1.5"), -1);
+    cr_assert_eq(ra_ms(""), -1);
+}
+
+Test(retry_after, openai_reset_durations)
+{
+    cr_assert_eq(reset("1s"), 1000);
+    cr_assert_eq(reset(" 6m0s\r\n"), 360000);
+    cr_assert_eq(reset("20ms"), 20);
+    cr_assert_eq(reset("1.5s"), 1500);
+    cr_assert_eq(reset("1m30.25s"), 90250);
+    cr_assert_eq(reset("2h"), 3600 * 1000LL, "capped at an hour");
+    cr_assert_eq(reset(""), -1);
+    cr_assert_eq(reset("10"), -1, "a number without a unit");
+    cr_assert_eq(reset("s"), -1);
+    cr_assert_eq(reset("1.2.3s"), -1);
+    cr_assert_eq(reset("1d"), -1);
+    cr_assert_eq(reset("1s junk"), -1);
+}
+
 /* ---- provider answers ---------------------------------------------------- */
 
 typedef struct {
@@ -571,6 +606,24 @@ Test(provider, http_status_classification)
     cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
     cr_assert_str_eq(p->j.err_code, "rate_limited");
     cr_assert_str_eq(p->j.provider_code, "");
+    pjob_free(p);
+    /* A 429 without Retry-After waits until OpenAI's request limit resets;
+     * a Retry-After wins. */
+    p = pjob_new(NULL);
+    p->j.ratelimit_reset_ms = 7000;
+    cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
+    cr_assert_eq(p->j.retry_after_ms, 7000);
+    pjob_free(p);
+    p = pjob_new(NULL);
+    p->j.retry_after_ms = 2000;
+    p->j.ratelimit_reset_ms = 7000;
+    cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
+    cr_assert_eq(p->j.retry_after_ms, 2000);
+    pjob_free(p);
+    p = pjob_new(NULL);
+    p->j.ratelimit_reset_ms = 7000;
+    cr_assert_eq(run(p, CURLE_OK, 503), OPENAI_RETRY);
+    cr_assert_eq(p->j.retry_after_ms, 0, "only a 429 waits for the limit's reset");
     pjob_free(p);
     /* OpenAI's answer for an account out of credit keeps its code for the gate. */
     p = pjob_new("{\"error\":{\"message\":\"You exceeded your current quota\","
