@@ -1,7 +1,8 @@
 /* fuzz_provider_answer.c - what a provider (or anything between it and the
  * consumer) may answer: the body with a status, as the consumer's result
  * handler takes it (consumer/provider_openai.c: JSON, base64, image saves),
- * and the Retry-After header. Input: one byte choosing the HTTP status, then
+ * and the rate-limit headers (Retry-After, retry-after-ms,
+ * x-ratelimit-reset-requests). Input: one byte choosing the HTTP status, then
  * the body. A verdict must come with consistent outcome fields. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +56,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_fail("a failure without an error code");
     }
     for (size_t i = 0; i < CONS_MAX_IMAGES; i++) free(j->images[i].url);
-    (void)openai_parse_retry_after(j->resp, j->resp_len);
+    /* The rate-limit headers' parsers take any bytes; a result stays in range. */
+    int64_t waits[3] = {openai_parse_retry_after(j->resp, j->resp_len),
+                        openai_parse_retry_after_ms(j->resp, j->resp_len),
+                        openai_parse_reset(j->resp, j->resp_len)};
+    for (int k = 0; k < 3; k++)
+        if (waits[k] < -1 || waits[k] > 3600 * 1000LL) fuzz_fail("a header wait out of range");
     free(j->resp);
     free(j);
     return 0;
