@@ -45,6 +45,9 @@ void cons_ctx_register_metrics(void)
     cons_g.m_gate_trips = kiln_metric_counter(
         "kiln_consumer_provider_breaker_trips_total",
         "times KILN_PROVIDER_TRIP_AFTER unavailable calls in a row tripped the breaker");
+    cons_g.m_gate_handbacks = kiln_metric_counter(
+        "kiln_consumer_provider_handbacks_total",
+        "jobs handed back untried because the provider gate closed after they were fetched");
     cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
                                                     "provider call duration");
 }

@@ -333,6 +333,7 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
          * breaker): back to JetStream until it may open, no attempt used. */
         LOG_DEBUG("job waits for the provider gate job=%s delay_ms=%lld", j->id,
                   (long long)gate_wait_ms);
+        kiln_metric_add(cons_g.m_gate_handbacks, 1);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK,
                    gate_wait_ms);
         return;
