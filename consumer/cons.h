@@ -291,7 +291,9 @@ void cons_answer_free(cons_answer *a);
 kiln_status openai_build_request(const Kiln__V1__JobRequest *req, char **body);
 typedef enum { OPENAI_OK = 0, OPENAI_RETRY, OPENAI_FATAL } openai_verdict;
 /* Classifies a finished call and, on success, saves/collects the images into j.
- * On failure fills j->err_code/err_msg (and j->retry_after_ms stays as parsed). */
+ * On failure fills j->err_code/err_msg, j->provider_code, and on a 429 without
+ * Retry-After sets j->retry_after_ms from j->ratelimit_reset_ms (capped at
+ * KILN_RETRY_CAP). */
 openai_verdict openai_handle_result(cons_job *j, int curl_code, long http_status,
                                     const char *data_dir);
 /* Parses a Retry-After header value (seconds) into ms; -1 when absent/unparseable. */
@@ -308,6 +310,8 @@ typedef enum {
     CONS_CALL_ANSWERED,     /* another HTTP answer (400, 500, ...): the provider is up */
     CONS_CALL_RATE_LIMITED, /* 429 */
     CONS_CALL_UNAVAILABLE,  /* unreachable, or 502/503/504 */
+    CONS_CALL_NO_CREDIT,    /* OpenAI's 429 insufficient_quota: unavailable for the
+                             * breaker; a 429 pause when the breaker is off */
     CONS_CALL_OTHER,        /* a timeout or another transfer error: says nothing */
 } cons_call_outcome;
 typedef enum {
@@ -356,7 +360,8 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
                                  int64_t now_us, int64_t *pause_ms);
 /* Changes the steady rate (KILN_PROVIDER_RATE's share) from now_us on. */
 void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us);
-/* True while a 429 pause lasts or the breaker is tripped (not for a steady rate). */
+/* True while a 429 pause lasts or the breaker is tripped (not for a steady
+ * rate); the state the unit tests check (allowance reports it too). */
 bool cons_gate_closed(cons_gate *g, int64_t now_us);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
 cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,

@@ -118,6 +118,10 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
                                  int64_t now_us, int64_t *pause_ms) {
     cons_gate_change change = CONS_GATE_SAME;
     *pause_ms = 0;
+    /* Out of credit is an outage for the breaker; with the breaker off it
+     * still pauses everyone, as a 429. */
+    if (o == CONS_CALL_NO_CREDIT)
+        o = g->trip_after > 0 ? CONS_CALL_UNAVAILABLE : CONS_CALL_RATE_LIMITED;
     pthread_mutex_lock(&g->mu);
     switch (o) {
     case CONS_CALL_OK:
@@ -155,6 +159,7 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
         }
         gate_cool_down(g, now_us, pause_ms);
         break;
+    case CONS_CALL_NO_CREDIT: /* mapped above */
     case CONS_CALL_OTHER:
         break;
     }
@@ -182,7 +187,7 @@ cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
     /* OpenAI's 429 for an account out of credit: no pause ends it, only a
      * payment does, so it is an outage for the breaker, not a rate limit. */
     if (strcmp(err_code, "rate_limited") == 0 && strcmp(provider_code, "insufficient_quota") == 0)
-        return CONS_CALL_UNAVAILABLE;
+        return CONS_CALL_NO_CREDIT;
     if (strcmp(err_code, "rate_limited") == 0) return CONS_CALL_RATE_LIMITED;
     if (strcmp(err_code, "provider_unavailable") == 0) return CONS_CALL_UNAVAILABLE;
     /* timeout and transfer errors say nothing about the provider as a whole */

@@ -259,8 +259,12 @@ openai_verdict openai_handle_result(cons_job *j, int curl_code, long http, const
     openai_error_message(j, http, msg, sizeof msg);
     if (http == 429) {
         /* No Retry-After: the time OpenAI says its request limit resets. */
-        if (j->retry_after_ms <= 0 && j->ratelimit_reset_ms > 0)
-            j->retry_after_ms = j->ratelimit_reset_ms;
+        /* That is when the limit is whole again, not when one call may go:
+         * a floor no longer than the backoff's cap. */
+        if (j->retry_after_ms <= 0 && j->ratelimit_reset_ms > 0) {
+            int64_t cap = cons_g.set != NULL ? cons_g.set->retry_cap_ms : INT64_MAX;
+            j->retry_after_ms = j->ratelimit_reset_ms < cap ? j->ratelimit_reset_ms : cap;
+        }
         return openai_fail(j, OPENAI_RETRY, "rate_limited", msg);
     }
     if (http == 408) return openai_fail(j, OPENAI_RETRY, "timeout", msg);

@@ -90,12 +90,18 @@ static size_t tr_on_header(char *data, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb, len = 0;
     const char *v;
     int64_t ms;
-    if ((v = tr_header_value(data, n, "retry-after:", &len)) != NULL) {
+    if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+        /* A new response (after a 100 Continue or a proxy's CONNECT): only
+         * the last one's headers count. */
+        j->retry_after_ms = 0;
+        j->retry_after_exact = false;
+        j->ratelimit_reset_ms = 0;
+    } else if ((v = tr_header_value(data, n, "retry-after:", &len)) != NULL) {
         /* retry-after-ms (Azure OpenAI) is more precise: it wins. */
         if (!j->retry_after_exact && (ms = openai_parse_retry_after(v, len)) >= 0)
             j->retry_after_ms = ms;
     } else if ((v = tr_header_value(data, n, "retry-after-ms:", &len)) != NULL) {
-        if ((ms = openai_parse_retry_after_ms(v, len)) >= 0) {
+        if ((ms = openai_parse_retry_after_ms(v, len)) > 0) {
             j->retry_after_ms = ms;
             j->retry_after_exact = true;
         }

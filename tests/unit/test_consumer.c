@@ -614,6 +614,17 @@ Test(provider, http_status_classification)
     cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
     cr_assert_eq(p->j.retry_after_ms, 7000);
     pjob_free(p);
+    /* ... but no longer than the backoff's cap: it is when the limit is
+     * whole again, not when one call may go. */
+    cons_settings capped = {.retry_cap_ms = 5000};
+    const cons_settings *was = cons_g.set;
+    cons_g.set = &capped;
+    p = pjob_new(NULL);
+    p->j.ratelimit_reset_ms = 360000;
+    cr_assert_eq(run(p, CURLE_OK, 429), OPENAI_RETRY);
+    cons_g.set = was;
+    cr_assert_eq(p->j.retry_after_ms, 5000);
+    pjob_free(p);
     p = pjob_new(NULL);
     p->j.retry_after_ms = 2000;
     p->j.ratelimit_reset_ms = 7000;

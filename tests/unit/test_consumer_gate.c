@@ -247,7 +247,7 @@ Test(gate, outcomes) {
     cr_assert_eq(cons_gate_outcome(OPENAI_OK, "", "", 200), CONS_CALL_OK);
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "", 429), CONS_CALL_RATE_LIMITED);
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "insufficient_quota", 429),
-                 CONS_CALL_UNAVAILABLE, "out of credit: an outage, not a pause");
+                 CONS_CALL_NO_CREDIT);
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "rate_limited", "rate_limit_exceeded", 429),
                  CONS_CALL_RATE_LIMITED);
     cr_assert_eq(cons_gate_outcome(OPENAI_RETRY, "provider_unavailable", "", 503),
@@ -279,5 +279,20 @@ Test(gate, a_new_rate_applies_from_then_on) {
     cr_assert_eq(allowed(T0 + 200 * MS, &wait), 0, "2/s: none after another 100 ms");
     cr_assert_eq(wait, 400);
     cr_assert_eq(allowed(T0 + 600 * MS, NULL), 1);
+    cons_gate_destroy(&g);
+}
+
+Test(gate, out_of_credit_trips_the_breaker_or_pauses_without_one) {
+    int64_t pause = 0;
+    gate_setup(0, 0, 2, 60000);
+    cr_assert_eq(learn(CONS_CALL_NO_CREDIT, 0, T0, &pause), CONS_GATE_SAME, "counts toward it");
+    cr_assert_eq(allowed(T0, NULL), INT64_MAX, "no 429 pause for it");
+    cr_assert_eq(learn(CONS_CALL_NO_CREDIT, 0, T0, &pause), CONS_GATE_TRIPPED);
+    cons_gate_destroy(&g);
+
+    gate_setup(0, 0, 0, 60000);
+    cr_assert_eq(learn(CONS_CALL_NO_CREDIT, 0, T0, &pause), CONS_GATE_RATE_PAUSE,
+                 "breaker off: at least the 429's pause");
+    cr_assert_eq(pause, 1000);
     cons_gate_destroy(&g);
 }
