@@ -67,10 +67,8 @@ int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms, bool
     pthread_mutex_lock(&g->mu);
     if (closed != NULL) *closed = gate_is_closed(g, now_us);
     *wait_ms = gate_wait_ms(g, now_us);
-    if (*wait_ms == 0) {
-        allow = g->tripped ? 1 : kiln_bucket_available(&g->rate, now_us);
-        if (allow == 0) *wait_ms = 1; /* cannot happen: gate_wait_ms saw a token */
-    }
+    /* gate_wait_ms 0: open, not probing, and at least one token. */
+    if (*wait_ms == 0) allow = g->tripped ? 1 : kiln_bucket_available(&g->rate, now_us);
     gate_show(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return allow;
@@ -278,7 +276,7 @@ const char *cons_gate_state_name(void) {
     if (!atomic_load(&gate_ready)) return "ok";
     pthread_mutex_lock(&gate_g.mu);
     const char *name = gate_g.tripped                            ? "tripped"
-                       : kiln_mono_us() < gate_g.closed_until_us ? "paused"
+                       : gate_is_closed(&gate_g, kiln_mono_us()) ? "paused"
                                                                  : "ok";
     pthread_mutex_unlock(&gate_g.mu);
     return name;

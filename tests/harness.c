@@ -508,17 +508,22 @@ pid_t h_spawn_another(h_stack *s, h_comp c, const char *const *env, const char *
     return pid;
 }
 
+/* SIGTERMs pid and reaps it into *st; after H_STOP_DEADLINE_MS, SIGKILLs
+ * it and returns 0 (1 when it exited on its own). */
+static int h_term_reap(pid_t pid, int *st)
+{
+    kill(pid, SIGTERM);
+    if (h_reap(pid, H_STOP_DEADLINE_MS, st)) return 1;
+    kill(pid, SIGKILL);
+    h_reap(pid, H_STOP_DEADLINE_MS, st);
+    return 0;
+}
+
 int h_term_pid(pid_t pid)
 {
     int st = 0;
     if (pid <= 0) return -1;
-    kill(pid, SIGTERM);
-    if (!h_reap(pid, H_STOP_DEADLINE_MS, &st)) {
-        kill(pid, SIGKILL);
-        h_reap(pid, H_STOP_DEADLINE_MS, &st);
-        return 128 + SIGKILL;
-    }
-    return h_status_code(st);
+    return h_term_reap(pid, &st) ? h_status_code(st) : 128 + SIGKILL;
 }
 
 int h_proc_term(h_stack *s, h_comp c)
@@ -526,12 +531,9 @@ int h_proc_term(h_stack *s, h_comp c)
     h_proc *p = &s->procs[c];
     if (p->pid <= 0) return -1;
     int st = 0;
-    kill(p->pid, SIGTERM);
-    if (!h_reap(p->pid, H_STOP_DEADLINE_MS, &st)) {
+    if (!h_term_reap(p->pid, &st)) {
         fprintf(stderr, "harness: %s did not exit within %d ms of SIGTERM; SIGKILL\n", p->name,
                 H_STOP_DEADLINE_MS);
-        kill(p->pid, SIGKILL);
-        h_reap(p->pid, H_STOP_DEADLINE_MS, &st);
         if (c != H_NATS) p->unclean++;
         p->pid = 0;
         p->last_status = st;

@@ -65,59 +65,55 @@ Test(retry, retry_after_is_a_floor)
 
 /* ---- Retry-After parsing ------------------------------------------------- */
 
-static int64_t ra(const char *s)
-{
-    return openai_parse_retry_after(s, strlen(s));
-}
+/* Rate-limit header values: each parser, a value, what it must give. */
+typedef struct {
+    int64_t (*parse)(const char *, size_t);
+    const char *value;
+    int64_t want;
+} header_case;
+
+static const header_case header_cases[] = {
+    /* Retry-After: whole seconds; an HTTP-date is not honoured */
+    {openai_parse_retry_after, "1", 1000},
+    {openai_parse_retry_after, " 2\r\n", 2000},
+    {openai_parse_retry_after, "\t0 \r\n", 0},
+    {openai_parse_retry_after, "120", 120000},
+    {openai_parse_retry_after, "999999999999999999999", 3600 * 1000LL}, /* capped at an hour */
+    {openai_parse_retry_after, "", -1},
+    {openai_parse_retry_after, " \r\n", -1},
+    {openai_parse_retry_after, "1.5", -1},
+    {openai_parse_retry_after, "-1", -1},
+    {openai_parse_retry_after, "soon", -1},
+    {openai_parse_retry_after, "Wed, 21 Oct 2015 07:28:00 GMT", -1},
+    /* Azure OpenAI's retry-after-ms */
+    {openai_parse_retry_after_ms, "1500", 1500},
+    {openai_parse_retry_after_ms, " 20\r\n", 20},
+    {openai_parse_retry_after_ms, "99999999999999", 3600 * 1000LL},
+    {openai_parse_retry_after_ms, "1.5", -1},
+    {openai_parse_retry_after_ms, "", -1},
+    /* OpenAI's x-ratelimit-reset-requests, a Go duration */
+    {openai_parse_reset, "1s", 1000},
+    {openai_parse_reset, " 6m0s\r\n", 360000},
+    {openai_parse_reset, "20ms", 20},
+    {openai_parse_reset, "1.5s", 1500},
+    {openai_parse_reset, "1m30.25s", 90250},
+    {openai_parse_reset, "2h", 3600 * 1000LL},
+    {openai_parse_reset, "", -1},
+    {openai_parse_reset, "10", -1}, /* a number without a unit */
+    {openai_parse_reset, "s", -1},
+    {openai_parse_reset, "1.2.3s", -1},
+    {openai_parse_reset, "1d", -1},
+    {openai_parse_reset, "1s junk", -1},
+};
 
 Test(retry_after, parse)
 {
-    cr_assert_eq(ra("1"), 1000);
-    cr_assert_eq(ra(" 2\r\n"), 2000);
-    cr_assert_eq(ra("\t0 \r\n"), 0);
-    cr_assert_eq(ra("120"), 120000);
-    cr_assert_eq(ra("999999999999999999999"), 3600 * 1000LL, "capped at an hour");
-    cr_assert_eq(ra(""), -1);
-    cr_assert_eq(ra(" \r\n"), -1);
-    cr_assert_eq(ra("1.5"), -1);
-    cr_assert_eq(ra("-1"), -1);
-    cr_assert_eq(ra("soon"), -1);
-    cr_assert_eq(ra("Wed, 21 Oct 2015 07:28:00 GMT"), -1, "HTTP-date is not honoured");
-}
-
-static int64_t ra_ms(const char *s)
-{
-    return openai_parse_retry_after_ms(s, strlen(s));
-}
-
-static int64_t reset(const char *s)
-{
-    return openai_parse_reset(s, strlen(s));
-}
-
-Test(retry_after, azure_milliseconds)
-{
-    cr_assert_eq(ra_ms("1500"), 1500);
-    cr_assert_eq(ra_ms(" 20\r\n"), 20);
-    cr_assert_eq(ra_ms("99999999999999"), 3600 * 1000LL, "capped at an hour");
-    cr_assert_eq(ra_ms("1.5"), -1);
-    cr_assert_eq(ra_ms(""), -1);
-}
-
-Test(retry_after, openai_reset_durations)
-{
-    cr_assert_eq(reset("1s"), 1000);
-    cr_assert_eq(reset(" 6m0s\r\n"), 360000);
-    cr_assert_eq(reset("20ms"), 20);
-    cr_assert_eq(reset("1.5s"), 1500);
-    cr_assert_eq(reset("1m30.25s"), 90250);
-    cr_assert_eq(reset("2h"), 3600 * 1000LL, "capped at an hour");
-    cr_assert_eq(reset(""), -1);
-    cr_assert_eq(reset("10"), -1, "a number without a unit");
-    cr_assert_eq(reset("s"), -1);
-    cr_assert_eq(reset("1.2.3s"), -1);
-    cr_assert_eq(reset("1d"), -1);
-    cr_assert_eq(reset("1s junk"), -1);
+    for (size_t i = 0; i < sizeof header_cases / sizeof header_cases[0]; i++) {
+        const header_case *c = &header_cases[i];
+        int64_t got = c->parse(c->value, strlen(c->value));
+        cr_assert_eq(got, c->want, "case %zu \"%s\": got %lld, want %lld", i, c->value,
+                     (long long)got, (long long)c->want);
+    }
 }
 
 /* ---- provider answers ---------------------------------------------------- */

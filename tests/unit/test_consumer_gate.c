@@ -42,6 +42,14 @@ static cons_gate_change learn(cons_call_outcome o, int64_t retry_after_ms, int64
     return c;
 }
 
+/* A breaker tripped at T0 by one unavailable call (trip_after 1) whose 1 s
+ * cool-down is over: returns that time, when one probe may start. */
+static int64_t gate_tripped_and_cooled(void) {
+    gate_setup(0, 0, 1, 60000);
+    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    return T0 + 1000 * MS;
+}
+
 Test(gate, open_and_unlimited_by_default) {
     gate_setup(0, 0, 5, 60000);
     cr_assert_eq(allowed(T0, NULL), INT64_MAX);
@@ -180,9 +188,7 @@ Test(gate, the_cool_down_stops_at_the_cap) {
 }
 
 Test(gate, a_cancelled_probe_frees_the_way) {
-    gate_setup(0, 0, 1, 60000);
-    int64_t t = T0 + 1000 * MS;
-    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    int64_t t = gate_tripped_and_cooled();
     uint64_t probe = start(t);
     cr_assert_eq(allowed(t, NULL), 0);
     cons_gate_probe_over(&g, probe); /* ended without an outcome (cancelled) */
@@ -191,9 +197,7 @@ Test(gate, a_cancelled_probe_frees_the_way) {
 }
 
 Test(gate, a_probe_of_an_earlier_trip_holds_nothing) {
-    gate_setup(0, 0, 1, 60000);
-    int64_t t = T0 + 1000 * MS;
-    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    int64_t t = gate_tripped_and_cooled();
     uint64_t old_probe = start(t);
     /* Another call's answer closes the breaker while that probe still runs. */
     cr_assert_eq(learn(CONS_CALL_OK, 0, t, NULL), CONS_GATE_RECOVERED);
@@ -223,9 +227,7 @@ Test(gate, a_call_fetched_before_a_429_does_not_start) {
 }
 
 Test(gate, a_429_while_tripped_is_an_answer) {
-    gate_setup(0, 0, 1, 60000);
-    int64_t pause = 0, t = T0 + 1000 * MS;
-    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    int64_t pause = 0, t = gate_tripped_and_cooled();
     uint64_t probe = start(t);
     cr_assert_eq(learn(CONS_CALL_RATE_LIMITED, 3000, t, &pause), CONS_GATE_RECOVERED);
     cr_assert_eq(pause, 3000, "and its Retry-After still pauses");
