@@ -36,7 +36,7 @@ obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
 BINS := $(BUILD)/bin/kiln-gateway $(BUILD)/bin/kiln-consumer $(BUILD)/bin/kiln-store \
         $(BUILD)/bin/kiln $(BUILD)/bin/kiln-devprovider
 
-.PHONY: all deps run test unit-test it-test bench bench-http fuzz clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
+.PHONY: all deps run test unit-test it-test bench bench-http fuzz chaos clean kiln-gateway kiln-consumer kiln-store kiln kiln-devprovider tests
 all: $(BINS)
 
 kiln-gateway: $(BUILD)/bin/kiln-gateway
@@ -106,6 +106,12 @@ test: deps
 unit-test: deps
 	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
 	tests/run.sh build/san/bin unit
+
+# `make chaos`: the chaos test alone, its faults going on for CHAOS_SECS.
+CHAOS_SECS ?= 300
+chaos: deps
+	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
+	KILN_CHAOS_SECS=$(CHAOS_SECS) tests/run.sh build/san/bin it --filter 'chaos/*'
 
 run: deps all
 	deploy/run-dev.sh $(BUILD)/bin

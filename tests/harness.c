@@ -1425,26 +1425,45 @@ int h_msg_header(natsMsg *m, const char *name, char *out, size_t len)
     return 1;
 }
 
-int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len)
+int h_done_scan(jsCtx *js, void (*fn)(natsMsg *m, void *arg), void *arg)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     if (js_GetStreamInfo(&si, js, "KILN_DONE", NULL, &jerr) != NATS_OK) return -1;
     uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
-    int count = 0;
-    if (last_status != NULL && len > 0) last_status[0] = '\0';
+    int seen = 0;
     for (uint64_t seq = first; seq >= 1 && seq <= last; seq++) {
         natsMsg *m = NULL;
         if (js_GetMsg(&m, js, "KILN_DONE", seq, NULL, &jerr) != NATS_OK) continue;
-        char v[128];
-        if (h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, id) == 0) {
-            count++;
-            if (last_status != NULL) h_msg_header(m, "Kiln-Status", last_status, len);
-        }
+        fn(m, arg);
         natsMsg_Destroy(m);
+        seen++;
     }
-    return count;
+    return seen;
+}
+
+typedef struct {
+    const char *id;
+    int count;
+    char *last_status;
+    size_t len;
+} h_done_count_arg;
+
+static void h_done_count_one(natsMsg *m, void *arg)
+{
+    h_done_count_arg *a = arg;
+    char v[128];
+    if (!h_msg_header(m, "Kiln-Job-Id", v, sizeof v) || strcmp(v, a->id) != 0) return;
+    a->count++;
+    if (a->last_status != NULL) h_msg_header(m, "Kiln-Status", a->last_status, a->len);
+}
+
+int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len)
+{
+    if (last_status != NULL && len > 0) last_status[0] = '\0';
+    h_done_count_arg a = {id, 0, len > 0 ? last_status : NULL, len};
+    return h_done_scan(js, h_done_count_one, &a) < 0 ? -1 : a.count;
 }
 
 Kiln__V1__JobStatus *h_msg_status(natsMsg *m)

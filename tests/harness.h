@@ -265,6 +265,9 @@ int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char 
 /* Number of messages in stream KILN_DONE whose Kiln-Job-Id header is id; the
  * last one's Kiln-Status is copied into last_status (may be NULL). -1 on error. */
 int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len);
+/* Calls fn on every message of stream KILN_DONE, oldest first (the message
+ * is destroyed after fn returns). Returns how many there were, -1 on error. */
+int h_done_scan(jsCtx *js, void (*fn)(natsMsg *m, void *arg), void *arg);
 /* A header value of a message copied into out; 1 when present. */
 int h_msg_header(natsMsg *m, const char *name, char *out, size_t len);
 /* The message's payload as a JobStatus (caller kiln__v1__job_status__free_unpacked), or NULL. */
