@@ -14,6 +14,7 @@ struct kiln_periodic {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* CLOCK_MONOTONIC */
     bool stop;         /* under mu */
+    int64_t next_ms;   /* under mu: the next wait when >= 0, else interval_ms */
     atomic_bool stopping;
     int64_t interval_ms;
     kiln_periodic_fn fn;
@@ -37,7 +38,8 @@ static void *periodic_main(void *arg)
     pthread_mutex_lock(&p->mu);
     while (!p->stop) {
         struct timespec ts;
-        periodic_deadline(&ts, p->interval_ms);
+        periodic_deadline(&ts, p->next_ms >= 0 ? p->next_ms : p->interval_ms);
+        p->next_ms = -1;
         while (!p->stop && pthread_cond_timedwait(&p->cv, &p->mu, &ts) == 0) {
         }
         if (p->stop) break;
@@ -52,11 +54,18 @@ static void *periodic_main(void *arg)
 kiln_status kiln_periodic_start(const char *name, int64_t interval_ms, kiln_periodic_fn fn,
                                 void *arg, kiln_periodic **out)
 {
+    return kiln_periodic_start_in(name, interval_ms, interval_ms, fn, arg, out);
+}
+
+kiln_status kiln_periodic_start_in(const char *name, int64_t first_ms, int64_t interval_ms,
+                                   kiln_periodic_fn fn, void *arg, kiln_periodic **out)
+{
     *out = NULL;
-    if (interval_ms <= 0 || fn == NULL) return KILN_EINVAL;
+    if (interval_ms <= 0 || first_ms < 0 || fn == NULL) return KILN_EINVAL;
     kiln_periodic *p = calloc(1, sizeof *p);
     if (p == NULL) return KILN_ENOMEM;
     p->interval_ms = interval_ms;
+    p->next_ms = first_ms;
     p->fn = fn;
     p->arg = arg;
     atomic_init(&p->stopping, false);
@@ -81,6 +90,13 @@ kiln_status kiln_periodic_start(const char *name, int64_t interval_ms, kiln_peri
 fail:
     free(p);
     return KILN_ERR;
+}
+
+void kiln_periodic_next_in(kiln_periodic *p, int64_t ms)
+{
+    pthread_mutex_lock(&p->mu);
+    p->next_ms = ms >= 0 ? ms : -1;
+    pthread_mutex_unlock(&p->mu);
 }
 
 bool kiln_periodic_stopping(kiln_periodic *p) { return atomic_load(&p->stopping); }

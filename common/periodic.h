@@ -22,6 +22,13 @@ typedef void (*kiln_periodic_fn)(kiln_periodic *p, void *arg);
  * interval_ms (> 0). arg is not owned. *out only on success. */
 kiln_status kiln_periodic_start(const char *name, int64_t interval_ms, kiln_periodic_fn fn,
                                 void *arg, kiln_periodic **out);
+/* The same, with the first call first_ms (>= 0) after start. */
+kiln_status kiln_periodic_start_in(const char *name, int64_t first_ms, int64_t interval_ms,
+                                   kiln_periodic_fn fn, void *arg, kiln_periodic **out);
+
+/* From fn: the next call comes ms (>= 0) after this one returns instead of
+ * one interval; the calls after it keep the interval. */
+void kiln_periodic_next_in(kiln_periodic *p, int64_t ms);
 
 /* Asks the thread to stop, waits for a running call to return, joins it
  * and frees p. NULL-safe. */

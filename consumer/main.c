@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "cons.h"
 #include "log.h"
@@ -16,8 +17,10 @@
 #include "provision.h"
 
 #define MAIN_CONNECT_TIMEOUT_MS 15000
-#define MAIN_HANDBACK_WAIT_MS 5000
-#define MAIN_PUBLISH_WAIT_MS 5000
+/* After the drain: aborted calls handing their jobs back, results awaiting
+ * their publish acks and the acks themselves share this one deadline, so a
+ * SIGTERM stops within KILN_DRAIN_TIMEOUT and this even with NATS down. */
+#define MAIN_AFTER_DRAIN_MS 5000
 #define MAIN_XFER_DEFAULT_MAX 8 /* default transfer threads: online CPUs, at most this */
 
 static cons_settings main_set;
@@ -205,16 +208,18 @@ out:
     if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());
         cons_transfers_abort_all();
-        (void)cons_slots_wait_idle(MAIN_HANDBACK_WAIT_MS);
     }
-    if (cons_g.js != NULL) {
+    int64_t until = kiln_mono_ms() + MAIN_AFTER_DRAIN_MS;
+    if (slots_up) (void)cons_slots_wait_idle(MAIN_AFTER_DRAIN_MS);
+    if (cons_g.js != NULL && until - kiln_mono_ms() > 0) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MaxWait = MAIN_PUBLISH_WAIT_MS;
+        po.MaxWait = until - kiln_mono_ms();
         if (js_PublishAsyncComplete(cons_g.js, &po) != NATS_OK)
             LOG_WARN("some publish acks did not arrive before exit");
     }
-    if (slots_up && !cons_slots_wait_idle(1000))
+    int64_t left = until - kiln_mono_ms();
+    if (slots_up && !cons_slots_wait_idle(left > 0 ? left : 0))
         LOG_WARN("exiting with jobs unfinished in_flight=%lld (redelivered after ack wait)",
                  (long long)cons_slots_used());
     cons_status_stop();

@@ -35,6 +35,12 @@
 #include "sweep.h"
 
 #define SWEEP_CHECK_MAX 1000             /* overdue pending jobs checked (and re-driven) per round */
+/* The first round comes this soon after start (or one interval, if shorter):
+ * a store restarted more often than its interval would never sweep. */
+#define SWEEP_FIRST_MS 5000
+/* A round that stopped at SWEEP_CHECK_MAX is followed after interval/10 (at
+ * least this), so a pass over a large backlog is not one interval per 1000. */
+#define SWEEP_MORE_MIN_MS 1000
 #define SWEEP_API_WAIT_MS 2000           /* JetStream API calls */
 #define SWEEP_TRACK_MAX 1024             /* re-drives remembered (to skip copies still queued) */
 #define SWEEP_ERR_LOG_MS 60000           /* at most one failure warning a minute */
@@ -198,8 +204,9 @@ out:
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
 }
 
-/* One pass over the PENDING ranges of by_user_state, resuming at the cursor. */
-static void sweep_round(sweep *s)
+/* One pass over the PENDING ranges of by_user_state, resuming at the cursor.
+ * True when it stopped at SWEEP_CHECK_MAX with more to look at. */
+static bool sweep_round(sweep *s)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db->db, ro, s->db->cf[DB_CF_BY_USER_STATE]);
@@ -257,15 +264,20 @@ static void sweep_round(sweep *s)
         rocksdb_free(ierr);
     }
     /* Reached the end: the next round starts a new pass. */
+    bool more = rocksdb_iter_valid(it) && checked >= SWEEP_CHECK_MAX;
     if (!rocksdb_iter_valid(it) && ierr == NULL) s->cursor_len = 0;
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
+    return more;
 }
 
 static void sweep_tick(kiln_periodic *p, void *arg)
 {
-    (void)p;
-    sweep_round(arg);
+    sweep *s = arg;
+    if (!sweep_round(s)) return;
+    int64_t soon = s->interval_ms / 10;
+    if (soon < SWEEP_MORE_MIN_MS) soon = SWEEP_MORE_MIN_MS;
+    if (soon < s->interval_ms) kiln_periodic_next_in(p, soon);
 }
 
 kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms, sweep **out)
@@ -285,7 +297,9 @@ kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms
     atomic_init(&s->stopping, false);
     s->m_redriven = kiln_metric_counter("kiln_store_sweep_redriven_total",
                                         "lost pending job requests published again by the sweep");
-    if (kiln_periodic_start("kiln-sweep", interval_ms, sweep_tick, s, &s->timer) != KILN_OK) {
+    int64_t first_ms = interval_ms < SWEEP_FIRST_MS ? interval_ms : SWEEP_FIRST_MS;
+    if (kiln_periodic_start_in("kiln-sweep", first_ms, interval_ms, sweep_tick, s, &s->timer) !=
+        KILN_OK) {
         free(s);
         return KILN_ERR;
     }

@@ -33,17 +33,17 @@ TestSuite(chaos, .fini = h_fini, .timeout = 1800);
 typedef enum { KIND_PLAIN, KIND_SLOW, KIND_FLAKY, KIND_BAD, KIND_LIMITED, KIND_N } chaos_kind;
 
 /* What each kind of job asks of the dev provider, how it must end, and how
- * many of every 20 jobs are of that kind. A 429 pauses every call of the
- * consumer for a second, so rate-limited jobs are few. */
+ * many of every 100 jobs are of that kind. A 429 pauses every call of the
+ * consumer for a second, so rate-limited jobs are rare. */
 static const struct {
     const char *directive;
     const char *want;
-    int per20;
+    int per100;
 } chaos_kinds[KIND_N] = {
-    [KIND_PLAIN] = {"", "completed", 8},
-    [KIND_SLOW] = {"!sleep=400 ", "completed", 5},
-    [KIND_FLAKY] = {"!fail=500:1 ", "completed", 3},
-    [KIND_BAD] = {"!fail=400 ", "failed", 3},
+    [KIND_PLAIN] = {"", "completed", 45},
+    [KIND_SLOW] = {"!sleep=400 ", "completed", 25},
+    [KIND_FLAKY] = {"!fail=500:1 ", "completed", 15},
+    [KIND_BAD] = {"!fail=400 ", "failed", 14},
     [KIND_LIMITED] = {"!ratelimit=1 ", "completed", 1},
 };
 
@@ -146,9 +146,9 @@ static void chaos_fault_one(chaos_run *r, int64_t now)
 
 static void chaos_prompt(chaos_run *r, chaos_job *j, uint64_t seed)
 {
-    int pick = (int)chaos_rand(r, 20);
+    int pick = (int)chaos_rand(r, 100);
     j->kind = KIND_PLAIN;
-    while (pick >= chaos_kinds[j->kind].per20) pick -= chaos_kinds[j->kind++].per20;
+    while (pick >= chaos_kinds[j->kind].per100) pick -= chaos_kinds[j->kind++].per100;
     snprintf(j->prompt, sizeof j->prompt, "%schaos %" PRIu64 " job %d", chaos_kinds[j->kind].directive,
              seed, r->njobs);
 }
@@ -342,10 +342,11 @@ Test(chaos, random_faults_lose_no_job_and_settle_each_once)
     cr_assert(r.jobs != NULL);
     /* Quick retries keep the settling short; the breaker cools down within the
      * cap too. A consumer stopped while NATS is down cannot hand its jobs back
-     * and waits for NATS up to its drain timeout: 5 s, within the harness's
-     * 10 s stop deadline (this thread restarts NATS only after it exited). */
+     * and waits for NATS up to its drain timeout and 5 s more: 3 + 5 s, within
+     * the harness's 10 s stop deadline (this thread restarts NATS only after
+     * the consumer exited). */
     const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=2s", NULL},
-                               .consumer_env = {"KILN_DRAIN_TIMEOUT=5s", NULL}};
+                               .consumer_env = {"KILN_DRAIN_TIMEOUT=3s", NULL}};
     h_start(&r.s, &opts);
     cr_assert_eq(h_nats_connect(&r.s, &r.nc, &r.js), 0);
 

@@ -250,3 +250,38 @@ Test(consumer, results_of_one_round_go_out_in_one_batch)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* SIGTERM while NATS is down, with a call that ends during the drain: the
+ * consumer can neither confirm the result nor hand the job back. It waits
+ * for NATS up to KILN_DRAIN_TIMEOUT and at most 5 s more, exits 0, and the
+ * job completes, announced once, when NATS and a consumer are back. */
+Test(consumer, sigterm_with_nats_down_stops_within_the_drain_timeout)
+{
+    h_stack s;
+    h_stack_opts o = {.consumer_env = {"KILN_DRAIN_TIMEOUT=2s", NULL}};
+    h_start(&s, &o);
+
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1000 stranded shrew", id), 202);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 15000);
+    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started");
+    json_decref(j);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+
+    int64_t t0 = h_now_ms();
+    int rc = h_proc_term(&s, H_CONSUMER);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(rc, 0, "consumer: exit code %d after SIGTERM with NATS down", rc);
+    cr_expect(took <= 2000 + 5000 + 500, "consumer: took %lld ms to stop with NATS down (drain timeout 2 s)",
+              (long long)took);
+
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after NATS came back");
+    h_nats n;
+    h_nats_open(&s, &n);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", -1, 30000, "stranded job");
+    h_expect_done_once(&n, id, "completed", 10000);
+    h_nats_free(&n);
+    h_stop(&s);
+}

@@ -129,3 +129,52 @@ Test(stall, healthy_system_redrives_nothing)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+static int stall_store_redrove(void *arg)
+{
+    return h_metric(arg, H_STORE, "kiln_store_sweep_redriven_total") >= 1;
+}
+
+/* The sweep's first round comes a few seconds after the store starts, not one
+ * KILN_SWEEP_INTERVAL (30 s) later - a store restarted more often than that
+ * would never sweep - and a round that stopped at its cap of 1000 checks is
+ * followed within a tenth of the interval: a request lost behind 1100
+ * pending jobs is re-driven within seconds of a store start. */
+Test(stall, the_sweep_finds_a_request_lost_behind_a_backlog_soon_after_a_start)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    /* First published, so last in the sweep's order (a user's jobs newest first). */
+    const char *lost = "backlog-lost";
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", lost, "bob", "lost mole"), 0);
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetLastMsg(&m, n.js, "KILN_JOBS", "jobs.generate", NULL, &jerr), NATS_OK);
+    uint64_t seq = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    enum { N = 1100 };
+    for (int i = 0; i < N; i++) {
+        char id[65];
+        snprintf(id, sizeof id, "backlog-%05d", i);
+        cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "bob", "backlog mole"), 0);
+    }
+    json_t *j = h_wait_job(&s, H_TOKEN_BOB, "backlog-01099", "pending", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the backlog");
+    json_decref(j);
+
+    /* What nats-server 2.9.10 sometimes does to a nak'd request at a restart. */
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK);
+    cr_assert_eq(h_proc_restart(&s, H_STORE), 0);
+    int64_t t0 = h_now_ms();
+    cr_expect(h_wait_for(stall_store_redrove, &s, 15000, 100),
+              "the store did not re-drive the lost request within 15 s of its start (sweep interval 30 s)");
+    fprintf(stderr, "stall: lost request re-driven %lld ms after the store start\n", (long long)(h_now_ms() - t0));
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    h_expect_job(&s, H_TOKEN_BOB, lost, "completed", 1, 90000, "lost job after its re-drive");
+    h_nats_free(&n);
+    h_stop(&s);
+}

@@ -60,3 +60,32 @@ Test(periodic, bad_arguments_are_refused)
     cr_expect_null(p);
     cr_expect_eq(kiln_periodic_start("kiln-test", 10, NULL, NULL, &p), KILN_EINVAL);
 }
+
+static void periodic_sooner_once(kiln_periodic *p, void *arg)
+{
+    (void)arg;
+    if (atomic_fetch_add(&periodic_calls, 1) == 0) kiln_periodic_next_in(p, 10);
+}
+
+/* An interval of 10 s, the first call after 10 ms, and that call asking for
+ * the next one 10 ms later: two calls at once, then the interval again. */
+Test(periodic, the_first_call_and_a_call_asked_sooner_come_early)
+{
+    kiln_periodic *p = NULL;
+    atomic_store(&periodic_calls, 0);
+    int64_t t0 = kiln_mono_ms();
+    cr_assert_eq(kiln_periodic_start_in("kiln-test", 10, 10000, periodic_sooner_once, NULL, &p), KILN_OK);
+    while (atomic_load(&periodic_calls) < 2 && kiln_mono_ms() - t0 < 5000) {
+        struct timespec ts = {0, 2 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int64_t took = kiln_mono_ms() - t0;
+    /* Observation window: the third call must wait for the interval. */
+    struct timespec window = {0, 300 * 1000000L};
+    nanosleep(&window, NULL);
+    int calls = atomic_load(&periodic_calls);
+    kiln_periodic_stop(p);
+    cr_expect_leq(took, 2000, "two early calls took %lld ms", (long long)took);
+    cr_expect_eq(calls, 2, "%d calls within 300 ms after the early ones (interval 10 s)", calls);
+    cr_expect_eq(kiln_periodic_start_in("kiln-test", -1, 10, periodic_count, NULL, &p), KILN_EINVAL);
+}
