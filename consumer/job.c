@@ -345,6 +345,11 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
     job_move(j, CONS_JOB_RUNNING);
     LOG_DEBUG("job started job=%s lane=%s attempt=%u max_attempts=%u delivered=%llu", j->id,
               j->lane, j->attempt, j->max_attempts, (unsigned long long)j->num_delivered);
+    /* An earlier delivery may have died with its consumer before its call
+     * was 250 ms old, recording nothing. A redelivered job records its
+     * attempt before the call (written at once: SendAsap), so a job that
+     * kills its consumer runs out of attempts instead of looping. */
+    if (j->num_delivered > 1) cons_job_call_slow(j);
     cons_transfers_submit(j);
 }
 

@@ -7,11 +7,15 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
+#include "clock.h"
 #include "done.h"
 #include "log.h"
 #include "natsconn.h"
 #include "pb.h"
 #include "subjects.h"
+
+#define DONE_WAIT_SLICE_MS 200 /* how soon done_wait notices a stop */
+#define DONE_STOP_WAIT_MS 1000 /* how long it still waits after one */
 
 static _Atomic uint64_t done_failed;
 
@@ -69,12 +73,26 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
     return events_publish_async(js, ev);
 }
 
-kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms)
+kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const atomic_bool *stop)
 {
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MaxWait = timeout_ms;
-    natsStatus s = js_PublishAsyncComplete(js, &po);
+    int64_t until = kiln_mono_ms() + timeout_ms;
+    bool stop_seen = false;
+    natsStatus s = NATS_TIMEOUT;
+    for (;;) {
+        int64_t now = kiln_mono_ms();
+        if (stop != NULL && !stop_seen && atomic_load(stop)) {
+            stop_seen = true;
+            if (now + DONE_STOP_WAIT_MS < until) until = now + DONE_STOP_WAIT_MS;
+        }
+        int64_t left = until - now;
+        if (left <= 0) break;
+        /* In slices while a stop may come; the acks usually end the first. */
+        po.MaxWait = stop != NULL && !stop_seen && left > DONE_WAIT_SLICE_MS ? DONE_WAIT_SLICE_MS : left;
+        s = js_PublishAsyncComplete(js, &po);
+        if (s != NATS_TIMEOUT) break;
+    }
     if (s != NATS_OK) {
         LOG_WARN("jobs.done/event acks incomplete status=%s", natsStatus_GetText(s));
         return kiln_nats_status(s);
@@ -90,7 +108,7 @@ kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events
     uint64_t failed0 = done_failures();
     kiln_status st = done_publish_async(js, l, ev);
     if (st != KILN_OK) return st;
-    return done_wait(js, failed0, timeout_ms);
+    return done_wait(js, failed0, timeout_ms, NULL);
 }
 
 kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id)

@@ -4,6 +4,7 @@
 #define STORE_DONE_H
 
 #include <nats/nats.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "apply.h"
@@ -26,8 +27,10 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
 
 /* Waits (≤ timeout_ms) for the acks of everything published async so far.
  * failed0 is done_failures() read before those publishes. KILN_OK only when
- * JetStream acknowledged every one. */
-kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms);
+ * JetStream acknowledged every one. Once *stop (may be NULL) is set, it
+ * waits at most one second more: a store stopping with NATS down must not
+ * sit out the whole timeout (the batch, unacked, is redelivered). */
+kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const atomic_bool *stop);
 
 /* done_publish_async then done_wait. */
 kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,

@@ -200,7 +200,7 @@ static void ingest_settle_inflight(ingest *ing)
     apply_sink *sk = &ing->sink[ing->cur ^ 1];
     kiln_status st = KILN_OK;
     if (sk->done.n > 0 || sk->events.n > 0)
-        st = done_wait(ing->js, ing->inflight_failed0, INGEST_DONE_ACK_MS);
+        st = done_wait(ing->js, ing->inflight_failed0, INGEST_DONE_ACK_MS, &ing->stop);
     /* Then a consumer running a job cancelled here aborts it. Sent whatever
      * jobs.done did: the cancel is written, and waiting for a redelivery
      * would hold the provider call up. Best effort: the consumer's batch
@@ -288,7 +288,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     st = done_publish_async(ing->js, &sk->done, &sk->events);
     if (st != KILN_OK) {
         /* Let whatever did go out finish, so the next batch waits for its own only. */
-        (void)done_wait(ing->js, failed0, INGEST_DONE_ACK_MS);
+        (void)done_wait(ing->js, failed0, INGEST_DONE_ACK_MS, &ing->stop);
         LOG_WARN("jobs.done/events publish failed, batch will be redelivered msgs=%d",
                  list->Count);
         kiln_metric_add(ing->m_retries, 1);
@@ -433,6 +433,11 @@ kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *
 out:
     ingest_free(ing);
     return st;
+}
+
+void ingest_stop_soon(ingest *ing)
+{
+    if (ing != NULL) atomic_store(&ing->stop, true);
 }
 
 void ingest_stop(ingest *ing)

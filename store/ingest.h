@@ -22,6 +22,10 @@ kiln_status ingest_start(db_store *db, natsConnection *pull_nc, natsConnection *
 
 /* Stops fetching, lets the current batch finish, joins the thread and
  * frees everything. NULL-safe. */
+/* Asks the apply loop to finish its batch and stop, without waiting: its
+ * wind-down (with NATS down, up to a second waiting for acks) then overlaps
+ * the caller's other shutdown steps. ingest_stop() joins it. */
+void ingest_stop_soon(ingest *ing);
 void ingest_stop(ingest *ing);
 
 #endif

@@ -194,9 +194,11 @@ out:
     if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     /* The sweep first (it waits on the apply loop), then requests (they
      * write too), then the apply loop finishes its batch, then NATS, then
-     * RocksDB. */
+     * RocksDB. The apply loop is told first, so that its wind-down and the
+     * requests' drain (each up to seconds with NATS down) overlap. */
     queuegauges_stop(qg);
     sweep_stop(sw);
+    ingest_stop_soon(ing);
     retention_stop(ret);
     queries_stop(q);
     ingest_stop(ing);

@@ -285,3 +285,53 @@ Test(consumer, sigterm_with_nats_down_stops_within_the_drain_timeout)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+typedef struct {
+    h_stack *s;
+    const char *id;
+    int want_calls;
+} cons_poison_arg;
+
+/* Call number want_calls reached the provider, or the job ended. */
+static int cons_poison_next(void *arg)
+{
+    cons_poison_arg *a = arg;
+    if (h_log_count(a->s, H_DEVPROVIDER, "kind=hang") >= a->want_calls) return 1;
+    json_t *j = h_get_job(a->s, H_TOKEN_ALICE, a->id, NULL);
+    int ended = j != NULL && h_state_terminal(h_jstr(j, "status"));
+    json_decref(j);
+    return ended;
+}
+
+/* A job that kills its consumer: SIGKILL as soon as its call reaches the
+ * provider (well within the 250 ms before PROCESSING is normally sent),
+ * again at every redelivery. Each redelivery records its attempt before the
+ * call, so with max_attempts 2 the job ends failed (attempts_exhausted)
+ * after at most max_attempts + 1 calls instead of looping. */
+Test(consumer, a_job_that_kills_its_consumer_runs_out_of_attempts)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    char id[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"!hang poison shrew\",\"max_attempts\":2}", id), 202);
+
+    int calls = 0;
+    for (;;) {
+        cons_poison_arg a = {&s, id, calls + 1};
+        cr_assert(h_wait_for(cons_poison_next, &a, 20000, 5), "after %d calls: neither another call nor an end",
+                  calls);
+        if (h_log_count(&s, H_DEVPROVIDER, "kind=hang") <= calls) break; /* it ended */
+        calls++;
+        cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+        cr_assert_leq(calls, 6, "the job reached the provider %d times with max_attempts 2", calls);
+        cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    }
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
+    char *d = h_job_dump(j);
+    cr_expect_str_eq(h_jstr(j, "status"), "failed", "after %d killed calls: %s", calls, d);
+    cr_expect_str_eq(h_jstr(json_object_get(j, "error"), "code"), "attempts_exhausted", "%s", d);
+    cr_expect_leq(calls, 3, "%d calls with max_attempts 2: %s", calls, d);
+    free(d);
+    json_decref(j);
+    h_stop(&s);
+}
