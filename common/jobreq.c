@@ -232,6 +232,14 @@ unsigned kiln_jobreq_timeout_s(const Kiln__V1__JobRequest *r)
     return r->timeout_s > KILN_TIMEOUT_MAX_S ? KILN_TIMEOUT_MAX_S : r->timeout_s;
 }
 
+int kiln_jobrec_abandoned(const Kiln__V1__JobRecord *rec, int64_t now_ms)
+{
+    if (rec == NULL || rec->status == NULL || rec->updated_at_ms <= 0) return 0;
+    if (rec->status->state != KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) return 0;
+    int64_t limit_ms = (int64_t)kiln_jobreq_timeout_s(rec->request) * 1000 + KILN_ABANDONED_GRACE_MS;
+    return now_ms - rec->updated_at_ms > limit_ms;
+}
+
 unsigned kiln_jobreq_max_attempts(const Kiln__V1__JobRequest *r)
 {
     if (r == NULL || r->max_attempts == 0) return KILN_ATTEMPTS_DEFAULT;

@@ -5,6 +5,7 @@
 #define KILN_JOBREQ_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kiln.pb-c.h"
 #include "status.h"
@@ -41,5 +42,14 @@ int kiln_idem_key_ok(const char *key);               /* 1..128 visible ASCII */
 unsigned kiln_jobreq_n(const Kiln__V1__JobRequest *r);
 unsigned kiln_jobreq_timeout_s(const Kiln__V1__JobRequest *r);
 unsigned kiln_jobreq_max_attempts(const Kiln__V1__JobRequest *r);
+
+/* How long after a record's last change (updated_at_ms) a `processing`
+ * attempt can no longer be running anywhere: its timeout_s, which the
+ * consumer enforces, plus this grace for publishing and clocks. */
+#define KILN_ABANDONED_GRACE_MS 60000
+/* 1 when rec is `processing` and older than that: its worker is gone and
+ * JetStream lost track of its message (nats-server 2.9.10 after a SIGKILL),
+ * or it would have been redelivered. now_ms is unix ms. */
+int kiln_jobrec_abandoned(const Kiln__V1__JobRecord *rec, int64_t now_ms);
 
 #endif

@@ -174,6 +174,7 @@ typedef struct {
     Kiln__V1__JobState state;
     unsigned attempts;
     uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
+    bool abandoned;  /* processing for longer than an attempt can run (kiln_jobrec_abandoned) */
 } cons_store_info;
 /* storecheck.c: one request to the store on subject (body may be NULL with
  * len 0) and its StoreReply in *out (free with

@@ -93,9 +93,10 @@ bool cons_job_is_duplicate_copy(const cons_job *j, const cons_store_info *si)
     if (!(si->answered && si->known && si->request_seq != 0 && j->num_delivered == 1 &&
           j->stream_seq != 0 && j->stream_seq != si->request_seq))
         return false;
-    /* A re-drive of the job's own lost copy (stall.c) runs while the job waits. */
+    /* A re-drive of the job's own lost copy (stall.c, the store's sweep) runs
+     * while the job waits, or when its last attempt was abandoned. */
     return !(j->redrive_of == si->request_seq &&
-             si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING);
+             (si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING || si->abandoned));
 }
 
 kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)

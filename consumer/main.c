@@ -199,13 +199,15 @@ int main(int argc, char **argv)
 
 out:
     if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
-    /* Drain: stop fetching, let in-flight jobs finish, hand back the rest. */
+    /* Drain: stop fetching, let in-flight jobs finish, hand back the rest.
+     * The drain timeout counts from here; the stall check, image retention
+     * and lane-pause threads are joined only after it, as a round of theirs
+     * can be blocked for seconds in a NATS call when NATS is down. */
+    int64_t drain_until = kiln_mono_ms() + main_set.drain_timeout_ms;
     atomic_store(&cons_g.stopping, true);
-    cons_stall_stop();
-    cons_retention_stop();
     cons_fetcher_stop();
-    cons_pause_stop();
-    if (slots_up && !cons_slots_wait_idle(main_set.drain_timeout_ms)) {
+    int64_t drain_left = drain_until - kiln_mono_ms();
+    if (slots_up && !cons_slots_wait_idle(drain_left > 0 ? drain_left : 0)) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());
         cons_transfers_abort_all();
     }
@@ -222,6 +224,9 @@ out:
     if (slots_up && !cons_slots_wait_idle(left > 0 ? left : 0))
         LOG_WARN("exiting with jobs unfinished in_flight=%lld (redelivered after ack wait)",
                  (long long)cons_slots_used());
+    cons_stall_stop();
+    cons_retention_stop();
+    cons_pause_stop();
     cons_status_stop();
     cons_cancel_stop();
     cons_transfers_stop();

@@ -10,7 +10,9 @@
  * when nothing is ack-pending). A worker acks a job's message only once the
  * job is terminal (or skipped as terminal/cancelled), so such a message that
  * is still in the stream, is the job's own copy (the store's request_seq) and
- * whose job the store (sync check) reports pending was lost. It is published
+ * whose job the store (sync check) reports pending - or processing for longer
+ * than an attempt can run (kiln_jobrec_abandoned: after a nats-server SIGKILL
+ * the worker that ran it may be gone too) - was lost. It is published
  * again on its subject (headers Kiln-Redrive: <original seq>, Nats-Msg-Id:
  * <id>.redrive.<seq>) and the old copy deleted. Several consumer processes may
  * do this at once: the Nats-Msg-Id dedup and the idempotent delete make that
@@ -88,8 +90,9 @@ bool cons_stall_should_redrive(uint64_t seq, uint64_t redrive_of, const cons_sto
     /* Only the job's own copy (or a re-drive of it): a second copy of the id
      * was acked as a duplicate while the job itself may still be waiting. */
     if (seq != si->request_seq && redrive_of != si->request_seq) return false;
-    /* Processing: it may be running right now somewhere. Terminal: done. */
-    return si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    /* Processing: it may be running right now somewhere, unless it has been
+     * for longer than an attempt can run. Terminal: done. */
+    return si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING || si->abandoned;
 }
 
 static void stall_warn_rate_limited(const char *what, const char *lane, natsStatus s, jsErrCode jerr)

@@ -8,6 +8,7 @@
 
 #include "clock.h"
 #include "cons.h"
+#include "jobreq.h"
 #include "log.h"
 #include "natsconn.h"
 #include "pb.h"
@@ -47,6 +48,7 @@ void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreRep
         info[i].state = rec->status->state;
         info[i].attempts = rec->status->attempts;
         info[i].request_seq = rec->request_seq;
+        info[i].abandoned = kiln_jobrec_abandoned(rec, kiln_now_ms()) != 0;
         if (k == next) next++;
     }
 }

@@ -241,7 +241,8 @@ static void queries_check(queries *q, natsMsg *msg)
             queries_reply_status(q, msg, st);
             goto out;
         }
-        /* Only id, state and attempts: the reply stays small for 1024 ids. */
+        /* Only id, state and attempts (and, while processing, what
+         * kiln_jobrec_abandoned needs): the reply stays small for 1024 ids. */
         kiln__v1__job_record__init(&recs[n]);
         kiln__v1__job_status__init(&sts[n]);
         kiln__v1__job_request__init(&reqs[n]);
@@ -250,6 +251,10 @@ static void queries_check(queries *q, natsMsg *msg)
         sts[n].state = rec->status->state;
         sts[n].attempts = rec->status->attempts;
         recs[n].request_seq = rec->request_seq;
+        if (rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) {
+            recs[n].updated_at_ms = rec->updated_at_ms;
+            if (rec->request != NULL) reqs[n].timeout_s = rec->request->timeout_s;
+        }
         recs[n].request = &reqs[n];
         recs[n].status = &sts[n];
         ptrs[n] = &recs[n];

@@ -1,4 +1,6 @@
-/* sweep.c - re-publishes pending jobs whose JobRequest vanished from KILN_JOBS.
+/* sweep.c - re-publishes pending jobs whose JobRequest vanished from KILN_JOBS
+ * (and processing ones abandoned for longer than an attempt can run, whose
+ * request vanished: nats-server 2.9.10 after a SIGKILL).
  *
  * nats-server 2.9.10 sometimes loses, at a restart, a JobRequest a consumer
  * had nak'd with a delay: the message is gone from the stream and the job
@@ -34,6 +36,10 @@
 #include "subjects.h"
 #include "sweep.h"
 
+/* The scan visits a user's PENDING range and the PROCESSING range after it. */
+_Static_assert(KILN__V1__JOB_STATE__JOB_STATE_PROCESSING == KILN__V1__JOB_STATE__JOB_STATE_PENDING + 1,
+               "PROCESSING must follow PENDING in by_user_state");
+
 #define SWEEP_CHECK_MAX 1000             /* overdue pending jobs checked (and re-driven) per round */
 /* The first round comes this soon after start (or one interval, if shorter):
  * a store restarted more often than its interval would never sweep. */
@@ -68,9 +74,9 @@ struct sweep {
 
 int sweep_is_due(const Kiln__V1__JobRecord *rec, int64_t now_ms)
 {
-    if (rec == NULL || rec->status == NULL || rec->request == NULL) return 0;
-    if (rec->status->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING || rec->request_seq == 0)
-        return 0;
+    if (rec == NULL || rec->status == NULL || rec->request == NULL || rec->request_seq == 0) return 0;
+    if (kiln_jobrec_abandoned(rec, now_ms)) return 1;
+    if (rec->status->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING) return 0;
     int64_t due = rec->request->not_before_ms;
     if (rec->retry_at_ms > due) due = rec->retry_at_ms;
     return due <= now_ms;
@@ -204,13 +210,15 @@ out:
     if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
 }
 
-/* One pass over the PENDING ranges of by_user_state, resuming at the cursor.
+/* One pass over the PENDING and PROCESSING ranges of by_user_state, resuming
+ * at the cursor.
  * True when it stopped at SWEEP_CHECK_MAX with more to look at. */
 static bool sweep_round(sweep *s)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db->db, ro, s->db->cf[DB_CF_BY_USER_STATE]);
     const uint8_t pending = (uint8_t)KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    const uint8_t processing = (uint8_t)KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
     unsigned checked = 0;
 
     if (s->cursor_len > 0) {
@@ -232,8 +240,9 @@ static bool sweep_round(sweep *s)
             continue;
         }
         uint8_t state = k[plen - 1];
-        if (state != pending) {
-            /* Jump to this user's PENDING range, or past the user. */
+        if (state != pending && state != processing) {
+            /* Jump to this user's PENDING range (PROCESSING follows it), or
+             * past the user. */
             uint8_t seek[KEYS_MAX];
             memcpy(seek, k, plen - 1);
             if (state < pending) {

@@ -20,8 +20,9 @@ typedef struct sweep sweep;
 kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms, sweep **out);
 void sweep_stop(sweep *s); /* NULL-safe; joins the thread */
 
-/* For tests: 1 when a pending job whose start time (max of not_before and
- * retry_at) is at or before now_ms is due for a lost-message check. */
+/* For tests: 1 when a job is due for a lost-message check: pending with its
+ * start time (max of not_before and retry_at) at or before now_ms, or
+ * processing for longer than an attempt can run (kiln_jobrec_abandoned). */
 int sweep_is_due(const Kiln__V1__JobRecord *rec, int64_t now_ms);
 
 #endif

@@ -1621,6 +1621,24 @@ Kiln__V1__JobStatus *h_status_request(h_nats *n, const char *id, char *err, size
     return out;
 }
 
+void h_dump_durable(jsCtx *js, const char *durable)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = js_GetConsumerInfo(&ci, js, "KILN_JOBS", durable, NULL, &jerr);
+    if (st != NATS_OK) {
+        fprintf(stderr, "harness: %s: no consumer info: %s (%d)\n", durable, natsStatus_GetText(st), (int)jerr);
+        return;
+    }
+    fprintf(stderr,
+            "harness: %s delivered.stream=%llu ack_floor.stream=%llu num_ack_pending=%lld "
+            "num_redelivered=%lld num_waiting=%lld num_pending=%llu\n",
+            durable, (unsigned long long)ci->Delivered.Stream, (unsigned long long)ci->AckFloor.Stream,
+            (long long)ci->NumAckPending, (long long)ci->NumRedelivered, (long long)ci->NumWaiting,
+            (unsigned long long)ci->NumPending);
+    jsConsumerInfo_Destroy(ci);
+}
+
 int h_worker_idle(jsCtx *js, const char *durable)
 {
     jsConsumerInfo *ci = NULL;

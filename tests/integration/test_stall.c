@@ -32,17 +32,6 @@ static int stall_all_naked(void *arg)
     return ok;
 }
 
-static void stall_dump_worker(jsCtx *js, const char *durable)
-{
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, js, "KILN_JOBS", durable, NULL, &jerr) != NATS_OK) return;
-    fprintf(stderr, "stall: %s delivered.stream=%llu ack_floor.stream=%llu num_ack_pending=%lld num_pending=%llu\n",
-            durable, (unsigned long long)ci->Delivered.Stream, (unsigned long long)ci->AckFloor.Stream,
-            (long long)ci->NumAckPending, (unsigned long long)ci->NumPending);
-    jsConsumerInfo_Destroy(ci);
-}
-
 /* nats-server 2.9.10 sometimes loses, at the restart, the jobs nak'd with a
  * delay (about 1 run in 6): the store's sweep (store/sweep.c, every second
  * here) re-publishes pending jobs whose JobRequest vanished from KILN_JOBS. */
@@ -76,7 +65,7 @@ Test(stall, delayed_jobs_survive_nats_restarts)
         for (int i = 0; i < N; i++) {
             json_t *j = h_wait_job(&s, H_TOKEN_ALICE, ids[r][i], "completed", 30000);
             if (j == NULL || strcmp(h_jstr(j, "status"), "completed") != 0)
-                stall_dump_worker(n.js, "kiln-worker-normal");
+                h_dump_durable(n.js, "kiln-worker-normal");
             json_decref(j);
             h_expect_job(&s, H_TOKEN_ALICE, ids[r][i], "completed", 1, 1000, "delayed job");
             h_expect_done_once(&n, ids[r][i], "completed", 10000);
@@ -175,6 +164,53 @@ Test(stall, the_sweep_finds_a_request_lost_behind_a_backlog_soon_after_a_start)
 
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
     h_expect_job(&s, H_TOKEN_BOB, lost, "completed", 1, 90000, "lost job after its re-drive");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* A job left processing by a worker that died, whose message JetStream no
+ * longer holds (what nats-server 2.9.10 sometimes leaves after a SIGKILL;
+ * here the message is deleted by hand): once it has been processing for
+ * longer than its attempt can run (timeout_s 1 s + 60 s grace), the store's
+ * sweep publishes the request again and a consumer runs it. */
+Test(stall, an_abandoned_processing_job_is_run_again, .timeout = 240)
+{
+    h_stack s;
+    h_stack_opts o = {.env = {"KILN_SWEEP_INTERVAL=2s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    const char *id = "abandoned-mole";
+    Kiln__V1__JobRequest q = KILN__V1__JOB_REQUEST__INIT;
+    q.id = (char *)id;
+    q.user_id = (char *)"bob";
+    q.prompt = (char *)"!sleep=800 abandoned mole";
+    q.timeout_s = 1;
+    uint8_t buf[256];
+    size_t len = kiln__v1__job_request__get_packed_size(&q);
+    cr_assert(len <= sizeof buf);
+    kiln__v1__job_request__pack(&q, buf);
+    cr_assert_eq(h_js_publish(n.js, "jobs.generate", buf, (int)len, id), 0);
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetLastMsg(&m, n.js, "KILN_JOBS", "jobs.generate", NULL, &jerr), NATS_OK);
+    uint64_t seq = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+
+    json_t *j = h_wait_job(&s, H_TOKEN_BOB, id, "processing", 20000);
+    cr_assert_str_eq(h_jstr(j, "status"), "processing", "the job never started");
+    json_decref(j);
+    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+
+    int64_t t0 = h_now_ms();
+    h_expect_job(&s, H_TOKEN_BOB, id, "completed", 2, 120000, "abandoned job");
+    int64_t took = h_now_ms() - t0;
+    cr_expect_geq(took, 55000, "re-run after %lld ms, before the attempt could have ended", (long long)took);
+    cr_expect(h_log_contains(&s, H_STORE, "lost job request re-driven job=abandoned-mole"),
+              "the store's sweep did not re-drive it");
+    h_expect_done_once(&n, id, "completed", 10000);
     h_nats_free(&n);
     h_stop(&s);
 }

@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "../../consumer/cons.h"
+#include "clock.h"
+#include "jobreq.h"
 #include "imagepath.h"
 
 /* ---- retry backoff ------------------------------------------------------- */
@@ -740,6 +742,14 @@ Test(job, duplicate_copy)
     si.known = true;
     si.answered = false;
     cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "store did not answer");
+    /* A re-drive of the job's own copy (Kiln-Redrive: 7). */
+    si.answered = true;
+    j.redrive_of = 7;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "a re-drive runs while the job is pending");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
+    cr_assert(cons_job_is_duplicate_copy(&j, &si), "not while an attempt may be running");
+    si.abandoned = true;
+    cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "a re-drive runs once the attempt was abandoned");
 }
 
 /* ---- recently cancelled ids ---------------------------------------------- */
@@ -896,6 +906,24 @@ Test(store_check, reply_in_request_order_with_gaps)
     cr_assert_eq(info[4].attempts, 2);
     cr_assert(info[5].known, "a repeated id gets its own record");
     cr_assert_eq(info[5].state, KILN__V1__JOB_STATE__JOB_STATE_PENDING);
+}
+
+Test(store_check, processing_for_longer_than_an_attempt_can_run_is_abandoned)
+{
+    const char *ids[] = {"old", "new", "waiting"};
+    check_rec recs[3];
+    check_rec_init(&recs[0], "old", KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 1);
+    check_rec_init(&recs[1], "new", KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 1);
+    check_rec_init(&recs[2], "waiting", KILN__V1__JOB_STATE__JOB_STATE_PENDING, 1);
+    recs[0].req.timeout_s = recs[1].req.timeout_s = 5;
+    recs[0].rec.updated_at_ms = kiln_now_ms() - 5000 - KILN_ABANDONED_GRACE_MS - 1000;
+    recs[1].rec.updated_at_ms = kiln_now_ms() - 5000;
+    recs[2].rec.updated_at_ms = 1;
+    cons_store_info info[3];
+    check_match(ids, 3, recs, 3, info);
+    cr_assert(info[0].abandoned, "processing past its 5 s timeout and the grace");
+    cr_assert_not(info[1].abandoned, "within the grace: its worker may still publish");
+    cr_assert_not(info[2].abandoned, "pending is never abandoned");
 }
 
 Test(store_check, reply_in_another_order_still_matches)

@@ -54,6 +54,10 @@ Test(stall, should_redrive)
     cr_assert_not(cons_stall_should_redrive(30, 25, &si), "a re-drive of a second copy");
     si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
     cr_assert_not(cons_stall_should_redrive(19, 0, &si), "may be running");
+    si.abandoned = true;
+    cr_assert(cons_stall_should_redrive(19, 0, &si), "processing for longer than an attempt can run");
+    cr_assert_not(cons_stall_should_redrive(25, 0, &si), "abandoned, but a second copy of the id");
+    si.abandoned = false;
     si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
     cr_assert_not(cons_stall_should_redrive(19, 0, &si), "terminal");
     si.state = KILN__V1__JOB_STATE__JOB_STATE_CANCELLED;

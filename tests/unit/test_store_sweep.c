@@ -4,6 +4,8 @@
 #include <criterion/criterion.h>
 
 #include "../../store/sweep.h"
+#include "clock.h"
+#include "jobreq.h"
 #include "kiln.pb-c.h"
 
 typedef struct {
@@ -64,4 +66,27 @@ Test(sweep, never_due_when_not_pending_or_incomplete)
     rec_init(&r, PENDING, 42, 0, 0);
     r.rec.request = NULL;
     cr_expect_eq(sweep_is_due(&r.rec, now), 0, "record without request");
+}
+
+/* A processing job is checked once it has been processing for longer than its
+ * attempt can run (timeout_s plus the grace): its worker is gone too. */
+Test(sweep, due_when_processing_longer_than_an_attempt_can_run)
+{
+    const int64_t now = 10000000;
+    sweep_rec r;
+    rec_init(&r, KILN__V1__JOB_STATE__JOB_STATE_PROCESSING, 42, 0, 0);
+    r.req.timeout_s = 10;
+    r.rec.updated_at_ms = now - 10000 - KILN_ABANDONED_GRACE_MS;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 0, "at the limit it may still be running");
+    r.rec.updated_at_ms--;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 1, "past its timeout and the grace");
+    r.req.timeout_s = 0;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 0, "the default timeout (300 s) is longer");
+    r.rec.updated_at_ms = now - 301000 - KILN_ABANDONED_GRACE_MS;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 1, "past the default timeout and the grace");
+    r.rec.request_seq = 0;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 0, "unknown request sequence: nothing to look up");
+    rec_init(&r, KILN__V1__JOB_STATE__JOB_STATE_COMPLETED, 42, 0, 0);
+    r.rec.updated_at_ms = 1;
+    cr_expect_eq(sweep_is_due(&r.rec, now), 0, "a terminal job, however old");
 }
