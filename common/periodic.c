@@ -9,7 +9,12 @@
 
 #include "periodic.h"
 
+/* Every running periodic of the process, for kiln_periodic_stop_all_soon. */
+static pthread_mutex_t periodic_all_mu = PTHREAD_MUTEX_INITIALIZER;
+static kiln_periodic *periodic_all;
+
 struct kiln_periodic {
+    kiln_periodic *next_all; /* under periodic_all_mu */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv; /* CLOCK_MONOTONIC */
@@ -85,6 +90,10 @@ kiln_status kiln_periodic_start_in(const char *name, int64_t first_ms, int64_t i
         goto fail;
     }
     pthread_setname_np(p->thread, name);
+    pthread_mutex_lock(&periodic_all_mu);
+    p->next_all = periodic_all;
+    periodic_all = p;
+    pthread_mutex_unlock(&periodic_all_mu);
     *out = p;
     return KILN_OK;
 fail:
@@ -108,14 +117,32 @@ int64_t kiln_periodic_retention_ms(int64_t ttl_ms)
     return ms < min_ms ? min_ms : ms > max_ms ? max_ms : ms;
 }
 
-void kiln_periodic_stop(kiln_periodic *p)
+/* Asks p's thread to stop (a call in progress runs on to its end). */
+static void periodic_ask_stop(kiln_periodic *p)
 {
-    if (p == NULL) return;
     atomic_store(&p->stopping, true);
     pthread_mutex_lock(&p->mu);
     p->stop = true;
     pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+void kiln_periodic_stop_all_soon(void)
+{
+    pthread_mutex_lock(&periodic_all_mu);
+    for (kiln_periodic *p = periodic_all; p != NULL; p = p->next_all) periodic_ask_stop(p);
+    pthread_mutex_unlock(&periodic_all_mu);
+}
+
+void kiln_periodic_stop(kiln_periodic *p)
+{
+    if (p == NULL) return;
+    pthread_mutex_lock(&periodic_all_mu);
+    kiln_periodic **pp = &periodic_all;
+    while (*pp != NULL && *pp != p) pp = &(*pp)->next_all;
+    if (*pp == p) *pp = p->next_all;
+    pthread_mutex_unlock(&periodic_all_mu);
+    periodic_ask_stop(p);
     pthread_join(p->thread, NULL);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);

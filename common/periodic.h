@@ -34,7 +34,13 @@ void kiln_periodic_next_in(kiln_periodic *p, int64_t ms);
  * and frees p. NULL-safe. */
 void kiln_periodic_stop(kiln_periodic *p);
 
-/* True once kiln_periodic_stop() was called on p. */
+/* Asks every running periodic of the process to stop, without waiting: a
+ * call blocked in a slow step (a NATS request with NATS down) then ends
+ * while the caller does other shutdown work. Each is still joined and freed
+ * by its kiln_periodic_stop(). */
+void kiln_periodic_stop_all_soon(void);
+
+/* True once kiln_periodic_stop() (or kiln_periodic_stop_all_soon) was called on p. */
 bool kiln_periodic_stopping(kiln_periodic *p);
 
 /* How often a retention of ttl_ms runs its pass, in the store (records)

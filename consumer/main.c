@@ -14,6 +14,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "natsconn.h"
+#include "periodic.h"
 #include "provision.h"
 
 #define MAIN_CONNECT_TIMEOUT_MS 15000
@@ -200,11 +201,13 @@ int main(int argc, char **argv)
 out:
     if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     /* Drain: stop fetching, let in-flight jobs finish, hand back the rest.
-     * The drain timeout counts from here; the stall check, image retention
-     * and lane-pause threads are joined only after it, as a round of theirs
-     * can be blocked for seconds in a NATS call when NATS is down. */
+     * The drain timeout counts from here. Every periodic thread (stall
+     * check, image retention, lane pauses, rate share) is told to stop now
+     * and joined only after the drain, as a round of theirs can be blocked
+     * for seconds in a NATS call when NATS is down. */
     int64_t drain_until = kiln_mono_ms() + main_set.drain_timeout_ms;
     atomic_store(&cons_g.stopping, true);
+    kiln_periodic_stop_all_soon();
     cons_fetcher_stop();
     int64_t drain_left = drain_until - kiln_mono_ms();
     if (slots_up && !cons_slots_wait_idle(drain_left > 0 ? drain_left : 0)) {

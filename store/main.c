@@ -14,6 +14,7 @@
 #include "ingest.h"
 #include "keys.h"
 #include "log.h"
+#include "periodic.h"
 #include "metrics.h"
 #include "natsconn.h"
 #include "provision.h"
@@ -196,6 +197,7 @@ out:
      * write too), then the apply loop finishes its batch, then NATS, then
      * RocksDB. The apply loop is told first, so that its wind-down and the
      * requests' drain (each up to seconds with NATS down) overlap. */
+    kiln_periodic_stop_all_soon(); /* sweep, retention, gauges: joined below */
     queuegauges_stop(qg);
     sweep_stop(sw);
     ingest_stop_soon(ing);

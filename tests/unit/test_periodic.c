@@ -89,3 +89,19 @@ Test(periodic, the_first_call_and_a_call_asked_sooner_come_early)
     cr_expect_eq(calls, 2, "%d calls within 300 ms after the early ones (interval 10 s)", calls);
     cr_expect_eq(kiln_periodic_start_in("kiln-test", -1, 10, periodic_count, NULL, &p), KILN_EINVAL);
 }
+
+/* Every running periodic is asked to stop at once; each stop then only joins. */
+Test(periodic, stop_all_soon_asks_every_running_one)
+{
+    kiln_periodic *a = NULL, *b = NULL;
+    cr_assert_eq(kiln_periodic_start("kiln-test-a", 10000, periodic_count, NULL, &a), KILN_OK);
+    cr_assert_eq(kiln_periodic_start("kiln-test-b", 10000, periodic_count, NULL, &b), KILN_OK);
+    cr_assert_not(kiln_periodic_stopping(a));
+    kiln_periodic_stop_all_soon();
+    cr_expect(kiln_periodic_stopping(a) && kiln_periodic_stopping(b), "not every periodic was asked");
+    int64_t t0 = kiln_mono_ms();
+    kiln_periodic_stop(a);
+    kiln_periodic_stop(b);
+    cr_expect_leq(kiln_mono_ms() - t0, 1000, "stopping took %lld ms", (long long)(kiln_mono_ms() - t0));
+    kiln_periodic_stop_all_soon(); /* none left: nothing to touch */
+}
