@@ -12,6 +12,8 @@
 #include "pb.h"
 #include "subjects.h"
 
+#define JOB_REDRIVE_RETRY_MS 1000 /* a re-drive fetched while the store does not answer */
+
 /* Outcomes since the last summary line (per-job lines are DEBUG). */
 enum { SUM_COMPLETED = 0, SUM_FAILED, SUM_RETRIED, SUM_SKIPPED, SUM_CANCELLED, SUM_COUNT };
 static atomic_ullong job_sum[SUM_COUNT];
@@ -301,6 +303,15 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
         kiln_metric_add(cons_g.m_skipped, 1);
         job_count(SUM_SKIPPED);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
+        return;
+    }
+    if (j->redrive_of != 0 && !si->answered) {
+        /* A re-drive runs only on the store's word: without it, its attempt
+         * number (NumDelivered: 1) could be below the record's, and the store
+         * would ignore its transitions while it runs. */
+        LOG_DEBUG("job re-drive waits for the store job=%s", j->id);
+        job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK,
+                   JOB_REDRIVE_RETRY_MS);
         return;
     }
     if (si->answered) j->attempt = (si->known ? si->attempts : 0) + 1;

@@ -216,10 +216,12 @@ out:
     }
     int64_t until = kiln_mono_ms() + MAIN_AFTER_DRAIN_MS;
     if (slots_up) (void)cons_slots_wait_idle(MAIN_AFTER_DRAIN_MS);
-    if (cons_g.js != NULL && until - kiln_mono_ms() > 0) {
+    int64_t ack_wait = until - kiln_mono_ms();
+    if (cons_g.js != NULL && ack_wait > 0) {
+        /* Read once: a MaxWait of 0 would mean "wait forever" to nats.c. */
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MaxWait = until - kiln_mono_ms();
+        po.MaxWait = ack_wait;
         if (js_PublishAsyncComplete(cons_g.js, &po) != NATS_OK)
             LOG_WARN("some publish acks did not arrive before exit");
     }

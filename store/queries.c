@@ -222,7 +222,9 @@ static void queries_check(queries *q, natsMsg *msg)
         queries_reply_error(q, msg, "invalid_argument", "too many ids (max 1024)");
         goto out;
     }
-    if (req->sync) (void)barrier_wait(q->b, BARRIER_MAX_WAIT_MS);
+    /* A store that could not catch up may not hold a processing job's
+     * newer transitions: then its age is not told (nothing looks abandoned). */
+    bool caught_up = !req->sync || barrier_wait(q->b, BARRIER_MAX_WAIT_MS) == KILN_OK;
     size_t cap = req->n_ids > 0 ? req->n_ids : 1;
     recs = calloc(cap, sizeof *recs);
     ptrs = calloc(cap, sizeof *ptrs);
@@ -251,7 +253,7 @@ static void queries_check(queries *q, natsMsg *msg)
         sts[n].state = rec->status->state;
         sts[n].attempts = rec->status->attempts;
         recs[n].request_seq = rec->request_seq;
-        if (rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) {
+        if (caught_up && rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) {
             recs[n].updated_at_ms = rec->updated_at_ms;
             if (rec->request != NULL) reqs[n].timeout_s = rec->request->timeout_s;
         }

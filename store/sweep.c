@@ -15,9 +15,10 @@
  * pending) and Nats-Msg-Id: <id>.redrive.<lost seq>, the id the consumer's
  * stall check uses too, so both re-driving the same copy store it once.
  *
- * Pending jobs are found in by_user_state ([len][user][state][...]): the scan
- * seeks from one user's PENDING range to the next user, so a round costs
- * O(users + pending jobs); at most SWEEP_CHECK_MAX overdue jobs are checked
+ * Pending (and processing) jobs are found in by_user_state
+ * ([len][user][state][...]): the scan seeks from one user's PENDING range,
+ * through the PROCESSING range after it, to the next user, so a round costs
+ * O(users + pending and processing jobs); at most SWEEP_CHECK_MAX overdue jobs are checked
  * per round and the next round resumes after the last one. */
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -213,7 +214,7 @@ out:
 /* One pass over the PENDING and PROCESSING ranges of by_user_state, resuming
  * at the cursor.
  * True when it stopped at SWEEP_CHECK_MAX with more to look at. */
-static bool sweep_round(sweep *s)
+static bool sweep_round(sweep *s, kiln_periodic *p)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db->db, ro, s->db->cf[DB_CF_BY_USER_STATE]);
@@ -231,7 +232,8 @@ static bool sweep_round(sweep *s)
     } else {
         rocksdb_iter_seek_to_first(it);
     }
-    while (rocksdb_iter_valid(it) && checked < SWEEP_CHECK_MAX && !atomic_load(&s->stopping)) {
+    while (rocksdb_iter_valid(it) && checked < SWEEP_CHECK_MAX && !atomic_load(&s->stopping) &&
+           !kiln_periodic_stopping(p)) {
         size_t kl = 0;
         const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
         size_t plen = kl > 0 ? 1 + (size_t)k[0] + 1 : 0; /* [len][user][state] */
@@ -283,7 +285,7 @@ static bool sweep_round(sweep *s)
 static void sweep_tick(kiln_periodic *p, void *arg)
 {
     sweep *s = arg;
-    if (!sweep_round(s)) return;
+    if (!sweep_round(s, p)) return;
     int64_t soon = s->interval_ms / 10;
     if (soon < SWEEP_MORE_MIN_MS) soon = SWEEP_MORE_MIN_MS;
     if (soon < s->interval_ms) kiln_periodic_next_in(p, soon);
@@ -305,7 +307,7 @@ kiln_status sweep_start(db_store *db, barrier *b, jsCtx *js, int64_t interval_ms
     s->last_err_log = -SWEEP_ERR_LOG_MS;
     atomic_init(&s->stopping, false);
     s->m_redriven = kiln_metric_counter("kiln_store_sweep_redriven_total",
-                                        "lost pending job requests published again by the sweep");
+                                        "lost job requests (pending, or abandoned while processing) published again by the sweep");
     int64_t first_ms = interval_ms < SWEEP_FIRST_MS ? interval_ms : SWEEP_FIRST_MS;
     if (kiln_periodic_start_in("kiln-sweep", first_ms, interval_ms, sweep_tick, s, &s->timer) !=
         KILN_OK) {
