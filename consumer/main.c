@@ -98,9 +98,15 @@ static void main_wait_signal(const sigset_t *set)
 
 int main(int argc, char **argv)
 {
+    /* Blocked first thing (before any thread exists), so a SIGTERM during
+     * start-up waits for sigwait or the connect loop instead of killing. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     int rc = 1;
     char err[512] = "";
-    sigset_t sigs;
     kiln_status st = KILN_OK;
     kiln_provision_opts popts;
     bool curl_up = false, slots_up = false, reg_up = false, metrics_up = false;
@@ -141,10 +147,6 @@ int main(int argc, char **argv)
     cons_g.set = &main_set;
     atomic_init(&cons_g.stopping, false);
 
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before any thread exists */
     kiln_nats_stop_on_signals(); /* SIGTERM while still connecting: exit at once */
     signal(SIGPIPE, SIG_IGN);
 

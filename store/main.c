@@ -60,6 +60,13 @@ static kiln_status store_mkdirs(const char *path)
 
 int main(int argc, char **argv)
 {
+    /* Blocked first thing (before any thread exists), so a SIGTERM during
+     * start-up waits for sigwait or the connect loop instead of killing. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     store_settings cfg = {0};
     const kiln_setting table[] = {
         {"KILN_NATS_URL", "nats-url", KILN_SET_NATS_URLS, "nats://127.0.0.1:4222", 1, 0,
@@ -123,11 +130,6 @@ int main(int argc, char **argv)
 
     /* Signals are taken by sigwait() in this thread only; every thread
      * started from here on (ours and nats.c's) inherits the blocked mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     kiln_nats_stop_on_signals(); /* SIGTERM while still connecting: exit at once */
 

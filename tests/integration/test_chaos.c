@@ -28,6 +28,7 @@ TestSuite(chaos, .fini = h_fini, .timeout = 1800);
 
 #define CHAOS_MAX_JOBS 16384
 #define CHAOS_MAX_ATTEMPTS 10
+#define CHAOS_TERM_AFTER_MS 500 /* no SIGTERM sooner after a start */
 /* Per attempt: a job that nats-server lost track of while it was processing
  * is re-driven once it has been processing this long and a minute more. */
 #define CHAOS_TIMEOUT_S 10
@@ -92,6 +93,7 @@ typedef struct {
     jsCtx *js;
     uint64_t rng;
     int64_t up_at[H_NPROC];    /* when a stopped process is started again; 0: running */
+    int64_t started_at[H_NPROC]; /* when it was last started */
     int nats_kill;             /* KILN_CHAOS_NATS_KILL: nats-server SIGKILL among the faults */
     int fault_count[CHAOS_NFAULTS];
     chaos_job *jobs;
@@ -132,6 +134,7 @@ static void chaos_restart_due(chaos_run *r, int64_t now)
         if (r->up_at[c] == 0 || now < r->up_at[c]) continue;
         cr_assert_eq(h_proc_start(&r->s, (h_comp)c), 0, "could not start %s again", r->s.procs[c].name);
         r->up_at[c] = 0;
+        r->started_at[c] = now;
     }
 }
 
@@ -140,6 +143,9 @@ static void chaos_fault_one(chaos_run *r, int64_t now)
     int k = (int)chaos_rand(r, (uint32_t)(r->nats_kill ? CHAOS_NFAULTS : CHAOS_NFAULTS - 1));
     const chaos_fault *f = &chaos_faults[k];
     if (r->up_at[f->comp] != 0) return; /* already down */
+    /* A SIGTERM before main() has blocked it (the loader, the sanitizers'
+     * start-up) kills by default: a process just started gets SIGKILL only. */
+    if (f->sig == SIGTERM && now - r->started_at[f->comp] < CHAOS_TERM_AFTER_MS) return;
     if (f->sig == SIGKILL) {
         cr_assert_eq(h_proc_kill9(&r->s, f->comp), 0, "%s failed", f->what);
     } else {
