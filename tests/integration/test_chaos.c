@@ -401,7 +401,8 @@ Test(chaos, random_faults_lose_no_job_and_settle_each_once)
                   "job %s (%s) ended %s: %d jobs.done copies, %d of another status", r.jobs[i].id,
                   r.jobs[i].prompt, r.jobs[i].final, r.jobs[i].done_copies, r.jobs[i].done_disagree);
     cr_expect_eq(da.foreign, 0, "%d jobs.done copies of jobs never submitted", da.foreign);
-    /* Retried submits made no second job: one per Idempotency-Key, one per Nats-Msg-Id. */
+    /* Retried submits made no second job (one per Idempotency-Key), and every
+     * job published on NATS is listed (the job id is its Nats-Msg-Id). */
     cr_expect_eq(chaos_list_all(&r, H_TOKEN_ALICE), http, "alice submitted %d jobs", http);
     cr_expect_eq(chaos_list_all(&r, H_TOKEN_BOB), r.njobs - http, "bob published %d jobs", r.njobs - http);
 
