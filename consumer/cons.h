@@ -195,8 +195,10 @@ void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreRep
 void cons_job_dispatch(cons_job *j, const cons_store_info *si);
 /* Transfer thread: the provider call ended; classify and carry out the outcome. */
 void cons_job_transfer_done(cons_job *j, int curl_code, long http_status);
-/* Transfer thread: the call has run CONS_PROCESSING_AFTER_MS; publishes PROCESSING once. */
-void cons_job_call_slow(cons_job *j);
+/* Publishes PROCESSING once per attempt: from the transfer thread when the
+ * call has run CONS_PROCESSING_AFTER_MS, or from dispatch before a
+ * redelivered job's call (so a crash during it still counts the attempt). */
+void cons_job_send_processing(cons_job *j);
 /* Logs one INFO line with the outcomes counted since the last one, when there
  * were any and CONS_SUMMARY_EVERY_MS passed (any thread; transfer worker 0). */
 void cons_job_log_summary(int64_t now_mono);

@@ -351,7 +351,7 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
         return;
     }
     /* PROCESSING goes out only if the call is still running after
-     * CONS_PROCESSING_AFTER_MS (cons_job_call_slow); the result carries this. */
+     * CONS_PROCESSING_AFTER_MS (cons_job_send_processing); the result carries this. */
     j->started_at_ms = kiln_now_ms();
     j->processing_sent = false;
     job_move(j, CONS_JOB_RUNNING);
@@ -361,11 +361,11 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
      * was 250 ms old, recording nothing. A redelivered job records its
      * attempt before the call (written at once: SendAsap), so a job that
      * kills its consumer runs out of attempts instead of looping. */
-    if (j->num_delivered > 1) cons_job_call_slow(j);
+    if (j->num_delivered > 1) cons_job_send_processing(j);
     cons_transfers_submit(j);
 }
 
-void cons_job_call_slow(cons_job *j)
+void cons_job_send_processing(cons_job *j)
 {
     if (j->processing_sent) return;
     j->processing_sent = true;

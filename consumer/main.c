@@ -87,6 +87,13 @@ static void main_fill_defaults(void)
     snprintf(main_xfer_default, sizeof main_xfer_default, "%ld", cpus);
 }
 
+/* Milliseconds until the monotonic time `until`, 0 once it passed. */
+static int64_t main_ms_left(int64_t until)
+{
+    int64_t left = until - kiln_mono_ms();
+    return left > 0 ? left : 0;
+}
+
 /* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
 static void main_wait_signal(const sigset_t *set)
 {
@@ -211,14 +218,13 @@ out:
     atomic_store(&cons_g.stopping, true);
     kiln_periodic_stop_all_soon();
     cons_fetcher_stop();
-    int64_t drain_left = drain_until - kiln_mono_ms();
-    if (slots_up && !cons_slots_wait_idle(drain_left > 0 ? drain_left : 0)) {
+    if (slots_up && !cons_slots_wait_idle(main_ms_left(drain_until))) {
         LOG_WARN("drain timeout, handing back jobs in_flight=%lld", (long long)cons_slots_used());
         cons_transfers_abort_all();
     }
     int64_t until = kiln_mono_ms() + MAIN_AFTER_DRAIN_MS;
     if (slots_up) (void)cons_slots_wait_idle(MAIN_AFTER_DRAIN_MS);
-    int64_t ack_wait = until - kiln_mono_ms();
+    int64_t ack_wait = main_ms_left(until);
     if (cons_g.js != NULL && ack_wait > 0) {
         /* Read once: a MaxWait of 0 would mean "wait forever" to nats.c. */
         jsPubOptions po;
@@ -227,8 +233,7 @@ out:
         if (js_PublishAsyncComplete(cons_g.js, &po) != NATS_OK)
             LOG_WARN("some publish acks did not arrive before exit");
     }
-    int64_t left = until - kiln_mono_ms();
-    if (slots_up && !cons_slots_wait_idle(left > 0 ? left : 0))
+    if (slots_up && !cons_slots_wait_idle(main_ms_left(until)))
         LOG_WARN("exiting with jobs unfinished in_flight=%lld (redelivered after ack wait)",
                  (long long)cons_slots_used());
     cons_stall_stop();

@@ -261,7 +261,7 @@ static void tr_announce_slow(tr_worker *w, int64_t now)
     for (cons_job *j = w->running; j != NULL; j = j->next) {
         if (j->processing_sent) continue;
         int64_t due = j->started_mono + CONS_PROCESSING_AFTER_MS;
-        if (due <= now) cons_job_call_slow(j);
+        if (due <= now) cons_job_send_processing(j);
         else if (due < w->next_slow) w->next_slow = due;
     }
 }

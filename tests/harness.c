@@ -1398,6 +1398,32 @@ int h_js_publish(jsCtx *js, const char *subject, const void *data, int len, cons
     return st == NATS_OK ? 0 : -1;
 }
 
+int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest *r,
+                      int64_t max_wait_ms, uint64_t *seq)
+{
+    Kiln__V1__JobRequest q = *r;
+    if (q.created_at_ms == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        q.created_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    size_t n = kiln__v1__job_request__get_packed_size(&q);
+    uint8_t *buf = malloc(n > 0 ? n : 1);
+    if (buf == NULL) return -1;
+    kiln__v1__job_request__pack(&q, buf);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = q.id;
+    if (max_wait_ms > 0) po.MaxWait = max_wait_ms;
+    jsPubAck *ack = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = js_Publish(&ack, js, subject, buf, (int)n, &po, &jerr);
+    if (st == NATS_OK && seq != NULL) *seq = ack->Sequence;
+    jsPubAck_Destroy(ack);
+    free(buf);
+    return st == NATS_OK ? 0 : -1;
+}
+
 int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
                      const char *prompt)
 {
@@ -1405,15 +1431,8 @@ int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char 
     r.id = (char *)id;
     r.user_id = (char *)user;
     r.prompt = (char *)(prompt != NULL ? prompt : "");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r.created_at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    size_t n = kiln__v1__job_request__get_packed_size(&r);
-    uint8_t *buf = malloc(n > 0 ? n : 1);
-    if (buf == NULL) return -1;
-    kiln__v1__job_request__pack(&r, buf);
-    int rc = h_js_publish(js, subject, buf, (int)n, id);
-    free(buf);
+    int rc = h_publish_request(js, subject, &r, 0, NULL);
+    if (rc != 0) fprintf(stderr, "harness: js publish of job %s to %s failed\n", id, subject);
     return rc;
 }
 

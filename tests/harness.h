@@ -259,6 +259,12 @@ void h_nats_close(natsConnection *nc, jsCtx *js);
 /* JetStream publish of raw bytes with optional Nats-Msg-Id (waits for the
  * stream ack). Returns 0 on success. */
 int h_js_publish(jsCtx *js, const char *subject, const void *data, int len, const char *msg_id);
+/* Packs r (created_at_ms set to now when 0) and publishes it to `subject`
+ * with Nats-Msg-Id = r->id, waiting up to max_wait_ms (0: the library's
+ * default) for the stream's ack; its sequence into *seq (may be NULL).
+ * Returns 0 on success, -1 quietly (a caller may retry through an outage). */
+int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest *r,
+                      int64_t max_wait_ms, uint64_t *seq);
 /* Packs and publishes a JobRequest to `subject` with Nats-Msg-Id = its id. */
 int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
                      const char *prompt);

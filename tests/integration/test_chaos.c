@@ -201,19 +201,7 @@ static int chaos_try_nats(chaos_run *r, chaos_job *j)
     q.prompt = j->prompt;
     q.max_attempts = CHAOS_MAX_ATTEMPTS;
     q.timeout_s = CHAOS_TIMEOUT_S;
-    uint8_t buf[512];
-    size_t n = kiln__v1__job_request__get_packed_size(&q);
-    cr_assert(n <= sizeof buf);
-    kiln__v1__job_request__pack(&q, buf);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = j->id;
-    po.MaxWait = 2000;
-    jsPubAck *ack = NULL;
-    jsErrCode jerr = 0;
-    natsStatus st = js_Publish(&ack, r->js, lanes[chaos_rand(r, 3)], buf, (int)n, &po, &jerr);
-    jsPubAck_Destroy(ack);
-    return st == NATS_OK;
+    return h_publish_request(r->js, lanes[chaos_rand(r, 3)], &q, 2000, NULL) == 0;
 }
 
 /* Cancels job j at once (a slow one: it is likely pending or running). */
