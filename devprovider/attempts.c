@@ -1,15 +1,15 @@
-/* attempts.c - per-prompt attempt counters: a chained hash table with an LRU
- * list for eviction, under one mutex. Keys are 128 bits of the prompt's
- * SHA-256, so memory does not depend on prompt length. */
+/* attempts.c - per-prompt counters: a chained hash table with an LRU list for
+ * eviction, under one mutex. Keys are 128 bits of the prompt's SHA-256, so
+ * memory does not depend on prompt length. */
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "attempts.h"
-#include "hash.h"
 
 typedef struct attempts_entry {
     uint64_t ka, kb;
     uint64_t count;
+    uint64_t running;                        /* begun and not ended */
     struct attempts_entry *chain;            /* next in the bucket */
     struct attempts_entry *newer, *older;    /* LRU list */
 } attempts_entry;
@@ -89,42 +89,54 @@ static void attempts_evict(dev_attempts *t)
     t->size--;
 }
 
-kiln_status dev_attempts_next(dev_attempts *t, const char *prompt, size_t len, uint64_t *attempt)
+static attempts_entry *attempts_find(dev_attempts *t, uint64_t ka, uint64_t kb)
 {
-    if (t == NULL || prompt == NULL || attempt == NULL) return KILN_EINVAL;
-    uint64_t key[2];
-    kiln_status st = dev_hash_key(prompt, len, key);
-    if (st != KILN_OK) return st;
-    uint64_t ka = key[0], kb = key[1];
-    pthread_mutex_lock(&t->mu);
-    attempts_entry **bucket = &t->buckets[ka & (t->nbuckets - 1)];
-    attempts_entry *e = *bucket;
+    attempts_entry *e = t->buckets[ka & (t->nbuckets - 1)];
     while (e != NULL && (e->ka != ka || e->kb != kb)) e = e->chain;
+    return e;
+}
+
+kiln_status dev_attempts_begin(dev_attempts *t, const uint64_t key[2], uint64_t *attempt,
+                               uint64_t *running_before)
+{
+    if (t == NULL || key == NULL || attempt == NULL) return KILN_EINVAL;
+    uint64_t ka = key[0], kb = key[1];
+    kiln_status st = KILN_OK;
+    pthread_mutex_lock(&t->mu);
+    attempts_entry *e = attempts_find(t, ka, kb);
     if (e != NULL) {
-        *attempt = ++e->count;
         attempts_lru_unlink(t, e);
-        attempts_lru_push(t, e);
-        goto out;
+    } else {
+        e = calloc(1, sizeof *e);
+        if (e == NULL) {
+            st = KILN_ENOMEM;
+            goto out;
+        }
+        /* Evict only once the new entry exists, so a failure changes nothing. */
+        if (t->size >= t->max) attempts_evict(t);
+        attempts_entry **bucket = &t->buckets[ka & (t->nbuckets - 1)];
+        e->ka = ka;
+        e->kb = kb;
+        e->chain = *bucket;
+        *bucket = e;
+        t->size++;
     }
-    e = calloc(1, sizeof *e);
-    if (e == NULL) {
-        st = KILN_ENOMEM;
-        goto out;
-    }
-    /* Evict only once the new entry exists, so a failure changes nothing;
-     * bucket points into the array and stays valid across the eviction. */
-    if (t->size >= t->max) attempts_evict(t);
-    e->ka = ka;
-    e->kb = kb;
-    e->count = 1;
-    e->chain = *bucket;
-    *bucket = e;
     attempts_lru_push(t, e);
-    t->size++;
-    *attempt = 1;
+    *attempt = ++e->count;
+    if (running_before != NULL) *running_before = e->running;
+    e->running++;
 out:
     pthread_mutex_unlock(&t->mu);
     return st;
+}
+
+void dev_attempts_end(dev_attempts *t, const uint64_t key[2])
+{
+    if (t == NULL || key == NULL) return;
+    pthread_mutex_lock(&t->mu);
+    attempts_entry *e = attempts_find(t, key[0], key[1]);
+    if (e != NULL && e->running > 0) e->running--;
+    pthread_mutex_unlock(&t->mu);
 }
 
 size_t dev_attempts_size(dev_attempts *t)

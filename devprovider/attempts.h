@@ -1,5 +1,6 @@
-/* attempts.h - per-prompt attempt counters for fault injection: a bounded,
- * thread-safe table keyed by a 128-bit digest of the exact prompt text. */
+/* attempts.h - per-prompt counters for fault injection: the attempts made
+ * and the requests running, in a bounded, thread-safe table keyed by a
+ * 128-bit digest of the exact prompt text (dev_hash_key). */
 #ifndef DEV_ATTEMPTS_H
 #define DEV_ATTEMPTS_H
 
@@ -17,10 +18,18 @@ typedef struct dev_attempts dev_attempts;
 kiln_status dev_attempts_create(size_t max_entries, dev_attempts **out);
 void dev_attempts_destroy(dev_attempts *t); /* accepts NULL */
 
-/* Counts one more attempt of the prompt text [prompt, prompt+len) and writes
- * its number (1 for the first) to *attempt. Thread-safe. A prompt evicted by
- * newer ones starts again at 1. KILN_ENOMEM/KILN_ERR leave the table as it was. */
-kiln_status dev_attempts_next(dev_attempts *t, const char *prompt, size_t len, uint64_t *attempt);
+/* A request of the prompt whose digest is key starts: counts one more
+ * attempt and writes its number (1 for the first) to *attempt, counts one
+ * more request running, and writes how many were running before it to
+ * *running_before (may be NULL). Pair with dev_attempts_end(). Thread-safe.
+ * A prompt evicted by newer ones starts again at 1 with nothing running.
+ * KILN_ENOMEM leaves the table as it was. */
+kiln_status dev_attempts_begin(dev_attempts *t, const uint64_t key[2], uint64_t *attempt,
+                               uint64_t *running_before);
+
+/* A request begun with dev_attempts_begin() ends (nothing when its prompt
+ * was evicted meanwhile). */
+void dev_attempts_end(dev_attempts *t, const uint64_t key[2]);
 
 /* Number of prompts currently tracked. */
 size_t dev_attempts_size(dev_attempts *t);

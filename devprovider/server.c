@@ -63,6 +63,8 @@ typedef struct {
     int too_large;
     unsigned status;   /* queued HTTP status; 0 = none (aborted) */
     uint64_t attempt;  /* 0 when not counted */
+    int tracked;       /* begun in the attempts table under key; ended in server_completed */
+    uint64_t key[2];
     /* A generation that waits: what was decided before the wait. */
     server_wait_phase phase;
     int wait_rc;          /* 0 the delay passed, -1 client left or stopping, -2 no thread */
@@ -75,7 +77,7 @@ typedef struct {
 
 /* Metrics, registered once at start-up. */
 static kiln_metric *m_requests, *m_ok, *m_images, *m_rejected, *m_fail, *m_ratelimit, *m_hang,
-    *m_aborted, *m_files, *m_latency, *m_prompts, *m_waiting;
+    *m_aborted, *m_files, *m_latency, *m_prompts, *m_waiting, *m_overlapping;
 
 static void server_metrics_init(void)
 {
@@ -93,6 +95,9 @@ static void server_metrics_init(void)
     m_hang = kiln_metric_counter("kiln_devprovider_faults_hang_total", "Injected !hang requests.");
     m_aborted = kiln_metric_counter("kiln_devprovider_requests_aborted_total",
                                     "Requests whose client left (or the server stopped) first.");
+    m_overlapping = kiln_metric_counter(
+        "kiln_devprovider_requests_overlapping_total",
+        "Generations that began while another of the same prompt (with directives) was running.");
     m_files = kiln_metric_counter("kiln_devprovider_files_total", "Image files served.");
     m_latency = kiln_metric_histogram_ms("kiln_devprovider_request_ms",
                                          "Time from request to answer, in ms.");
@@ -352,18 +357,26 @@ static enum MHD_Result server_generate(dev_server *s, struct MHD_Connection *c, 
     dev_directives d;
     if (dev_directives_parse(r->prompt, &d) != KILN_OK)
         return server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
-    uint64_t attempt = 1;
-    uint64_t pkey[2] = {0, 0}; /* logged as prompt_hash with injected faults */
-    if (dev_directives_counted(&d)) {
-        if (dev_attempts_next(s->attempts, r->prompt, r->prompt_len, &attempt) != KILN_OK ||
-            dev_hash_key(r->prompt, r->prompt_len, pkey) != KILN_OK)
+    uint64_t attempt = 1, running_before = 0;
+    /* Prompts with directives are counted: their fault scripts need the
+     * attempt number, and a second request of one while the first still runs
+     * means a client ran one job twice at once (the chaos test looks for it). */
+    if (dev_directives_counted(&d) || d.sleep_ms >= 0) {
+        if (dev_hash_key(r->prompt, r->prompt_len, rq->key) != KILN_OK ||
+            dev_attempts_begin(s->attempts, rq->key, &attempt, &running_before) != KILN_OK)
             return server_error(c, rq, 500, "dev provider: internal error.", NULL, NULL);
+        rq->tracked = 1;
         rq->attempt = attempt;
         kiln_metric_set(m_prompts, (int64_t)dev_attempts_size(s->attempts));
+        if (running_before > 0) {
+            kiln_metric_add(m_overlapping, 1);
+            LOG_WARN("overlapping request attempt=%" PRIu64 " running=%" PRIu64 " prompt_hash=%016" PRIx64,
+                     attempt, running_before, rq->key[0]);
+        }
     }
     rq->act = dev_directives_action(&d, attempt);
     rq->image_off = d.image_off;
-    uint64_t phash = pkey[0];
+    uint64_t phash = rq->key[0];
     int64_t delay = d.sleep_ms >= 0 ? d.sleep_ms : s->opts.latency_ms;
 
     switch (rq->act.kind) {
@@ -490,10 +503,11 @@ static enum MHD_Result server_access(void *cls, struct MHD_Connection *c, const 
 static void server_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                              enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     (void)c;
+    dev_server *s = cls;
     server_req *rq = *con_cls;
     if (rq == NULL) return;
+    if (rq->tracked) dev_attempts_end(s->attempts, rq->key);
     double ms = (double)(kiln_mono_us() - rq->start_us) / 1000.0;
     kiln_metric_add(m_requests, 1);
     /* A request that waited and got no answer: its client left, or the

@@ -1,7 +1,8 @@
 /* test_devprovider.c - the dev provider's server over real HTTP: requests
  * that wait (!sleep, !hang) hold none of its few server threads, a client
- * that leaves a waiting request is noticed, and the process stops cleanly
- * with a request still hanging. */
+ * that leaves a waiting request is noticed, the process stops cleanly
+ * with a request still hanging, and a prompt requested again while it still
+ * runs is counted as overlapping. */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <stdio.h>
@@ -135,6 +136,76 @@ Test(devprovider, waits_hold_no_server_thread_and_see_clients_leave)
     }
     curl_multi_remove_handle(m, hang);
     curl_easy_cleanup(hang);
+    curl_multi_cleanup(m);
+    curl_slist_free_all(hdrs);
+    h_stop(&s);
+}
+
+/* The chaos test's check that no job runs twice at once rests on this: a
+ * second request of a prompt with directives while the first still runs is
+ * counted and logged, and one after the first ended, or after its client
+ * left, is not. */
+Test(devprovider, a_prompt_requested_again_while_it_runs_is_counted_as_overlapping)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    const char *overlapping = "kiln_devprovider_requests_overlapping_total";
+    const char *waiting = "kiln_devprovider_requests_waiting";
+    const char *aborts = "kiln_devprovider_requests_aborted_total";
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, overlapping), 0, "no %s at start", overlapping);
+
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/images/generations", s.dev_url);
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    cr_assert_not_null(hdrs);
+    char body[160];
+    CURLM *m = curl_multi_init();
+    cr_assert_not_null(m);
+    CURL *first = dp_request(&s, "!sleep=1500 twice", hdrs, body, sizeof body, 30000);
+    curl_multi_add_handle(m, first);
+    int running = 1;
+    int64_t t0 = h_now_ms();
+    while (h_metric(&s, H_DEVPROVIDER, waiting) < 1 && h_now_ms() - t0 < 5000) {
+        curl_multi_perform(m, &running);
+        curl_multi_poll(m, NULL, 0, 20, NULL);
+    }
+    cr_assert_geq(h_metric(&s, H_DEVPROVIDER, waiting), 1, "the first request never reached the server");
+
+    /* The same prompt while the first waits: counted, and logged. */
+    static const char twice[] = "{\"prompt\":\"!sleep=1500 twice\"}";
+    h_resp r;
+    long st = h_http_timeout(&r, "POST", url, NULL, "application/json", twice, sizeof twice - 1, NULL, 10000);
+    h_resp_free(&r);
+    cr_assert_eq(st, 200);
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, overlapping), 1);
+    cr_assert(h_log_contains(&s, H_DEVPROVIDER, "overlapping request attempt=2 running=1"));
+    while (running > 0 && h_now_ms() - t0 < 10000) {
+        curl_multi_perform(m, &running);
+        if (running > 0) curl_multi_poll(m, NULL, 0, 50, NULL);
+    }
+    cr_assert_eq(running, 0, "the first request never ended");
+    cr_assert_eq(dp_status(first), 200);
+
+    /* Both ended: the same prompt again is not overlapping. */
+    static const char again[] = "{\"prompt\":\"!sleep=10 twice\"}";
+    st = h_http_timeout(&r, "POST", url, NULL, "application/json", again, sizeof again - 1, NULL, 10000);
+    h_resp_free(&r);
+    cr_assert_eq(st, 200);
+    /* A client that leaves ends its request too (as a consumer killed mid-call). */
+    double aborted0 = h_metric(&s, H_DEVPROVIDER, aborts);
+    static const char left[] = "{\"prompt\":\"!sleep=5000 left\"}";
+    st = h_http_timeout(&r, "POST", url, NULL, "application/json", left, sizeof left - 1, NULL, 300);
+    h_resp_free(&r);
+    cr_assert_eq(st, 0, "a 5 s request was answered within 300 ms (%ld)", st);
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, aborts, aborted0, 3000),
+              "the dev provider did not notice the client leave");
+    st = h_http_timeout(&r, "POST", url, NULL, "application/json", left, sizeof left - 1, NULL, 300);
+    h_resp_free(&r);
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, overlapping), 1, "a request after the first ended overlapped");
+
+    curl_multi_remove_handle(m, first);
+    curl_easy_cleanup(first);
     curl_multi_cleanup(m);
     curl_slist_free_all(hdrs);
     h_stop(&s);

@@ -224,10 +224,19 @@ Test(directives, null_arguments)
 
 /* ---- attempts ------------------------------------------------------------ */
 
+static uint64_t *key_of(const char *prompt, size_t len, uint64_t key[2])
+{
+    cr_assert_eq(dev_hash_key(prompt, len, key), KILN_OK);
+    return key;
+}
+
+/* One whole request of the prompt; its attempt number. */
 static uint64_t next(dev_attempts *t, const char *prompt)
 {
-    uint64_t n = 0;
-    cr_assert_eq(dev_attempts_next(t, prompt, strlen(prompt), &n), KILN_OK);
+    uint64_t n = 0, running = 99, key[2];
+    cr_assert_eq(dev_attempts_begin(t, key_of(prompt, strlen(prompt), key), &n, &running), KILN_OK);
+    cr_assert_eq(running, 0, "%s: %llu running before", prompt, (unsigned long long)running);
+    dev_attempts_end(t, key);
     return n;
 }
 
@@ -260,8 +269,8 @@ Test(attempts, counted_per_exact_prompt)
     cr_assert_eq(next(t, "!fail=500:3 x"), 1);
     cr_assert_eq(next(t, "!fail=500:2 x"), 3);
     /* Length counts, not NUL termination. */
-    uint64_t n = 0;
-    cr_assert_eq(dev_attempts_next(t, "!fail=500:2 xyz", 13, &n), KILN_OK);
+    uint64_t n = 0, key[2];
+    cr_assert_eq(dev_attempts_begin(t, key_of("!fail=500:2 xyz", 13, key), &n, NULL), KILN_OK);
     cr_assert_eq(n, 4);
     cr_assert_eq(dev_attempts_size(t), 4);
     dev_attempts_destroy(t);
@@ -298,13 +307,53 @@ Test(attempts, many_prompts_bounded)
     dev_attempts_destroy(t);
 }
 
+Test(attempts, requests_running_at_once_are_counted_until_they_end)
+{
+    dev_attempts *t = NULL;
+    cr_assert_eq(dev_attempts_create(16, &t), KILN_OK);
+    uint64_t a[2], b[2], n = 0, running = 0;
+    key_of("!sleep=400 a", 12, a);
+    key_of("!sleep=400 b", 12, b);
+    cr_assert_eq(dev_attempts_begin(t, a, &n, &running), KILN_OK);
+    cr_assert(n == 1 && running == 0);
+    cr_assert_eq(dev_attempts_begin(t, b, &n, &running), KILN_OK); /* another prompt */
+    cr_assert(n == 1 && running == 0);
+    cr_assert_eq(dev_attempts_begin(t, a, &n, &running), KILN_OK);
+    cr_assert(n == 2 && running == 1, "attempt %llu, %llu running", (unsigned long long)n,
+              (unsigned long long)running);
+    cr_assert_eq(dev_attempts_begin(t, a, &n, &running), KILN_OK);
+    cr_assert(n == 3 && running == 2);
+    dev_attempts_end(t, a);
+    dev_attempts_end(t, a);
+    dev_attempts_end(t, a);
+    dev_attempts_end(t, a); /* one end too many changes nothing */
+    cr_assert_eq(dev_attempts_begin(t, a, &n, &running), KILN_OK);
+    cr_assert(n == 4 && running == 0);
+    dev_attempts_destroy(t);
+}
+
+Test(attempts, an_evicted_prompt_ends_quietly)
+{
+    dev_attempts *t = NULL;
+    cr_assert_eq(dev_attempts_create(1, &t), KILN_OK);
+    uint64_t a[2], b[2], n = 0, running = 0;
+    cr_assert_eq(dev_attempts_begin(t, key_of("a", 1, a), &n, &running), KILN_OK);
+    cr_assert_eq(dev_attempts_begin(t, key_of("b", 1, b), &n, &running), KILN_OK); /* evicts a */
+    dev_attempts_end(t, a);
+    cr_assert_eq(dev_attempts_size(t), 1);
+    cr_assert_eq(dev_attempts_begin(t, b, &n, &running), KILN_OK);
+    cr_assert(n == 2 && running == 1);
+    dev_attempts_destroy(t);
+}
+
 Test(attempts, bad_arguments)
 {
     dev_attempts *t = NULL;
-    uint64_t n = 0;
+    uint64_t n = 0, key[2] = {1, 2};
     cr_assert_eq(dev_attempts_create(0, &t), KILN_EINVAL);
     cr_assert_eq(dev_attempts_create(1, NULL), KILN_EINVAL);
-    cr_assert_eq(dev_attempts_next(NULL, "x", 1, &n), KILN_EINVAL);
+    cr_assert_eq(dev_attempts_begin(NULL, key, &n, NULL), KILN_EINVAL);
+    dev_attempts_end(NULL, key);
     cr_assert_eq(dev_attempts_size(NULL), 0);
     dev_attempts_destroy(NULL);
 }
