@@ -210,6 +210,9 @@ void cons_job_hand_back(cons_job *j);
 void cons_job_published(cons_job *j, bool ok, const char *err);
 /* Transfer thread: a publish ack never came; give the job up for redelivery. */
 void cons_job_abandon(cons_job *j, const char *why);
+/* Fetch thread: j (not in the registry) is a redelivery of a job whose call
+ * still runs here; frees it without an ack and counts it as a duplicate. */
+void cons_job_leave_to_running(cons_job *j);
 const char *cons_job_state_name(cons_job_state s);
 /* The state machine's allowed moves, in one place (exposed for tests). */
 bool cons_job_move_ok(cons_job_state from, cons_job_state to);
@@ -232,7 +235,9 @@ bool cons_slots_wait_idle(int64_t timeout_ms);
 /* ---- registry.c: in-flight jobs, and published message -> job ---- */
 kiln_status cons_registry_init(int64_t concurrency);
 void cons_registry_destroy(void);
-void cons_registry_add(cons_job *j);
+/* Adds j, unless it is a redelivery of a message whose job is still in
+ * flight here (same stream sequence): then false, and j is not added. */
+bool cons_registry_add(cons_job *j);
 void cons_registry_remove(cons_job *j);
 /* Marks every in-flight job with this id cancelled; returns how many. */
 int cons_registry_cancel(const char *id);

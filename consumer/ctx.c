@@ -18,7 +18,8 @@ void cons_ctx_register_metrics(void)
                                            "deliveries skipped because the job was already terminal");
     cons_g.m_duplicates = kiln_metric_counter(
         "kiln_consumer_duplicates_skipped_total",
-        "second copies of a job id (published after the duplicate window) acked without running");
+        "copies of a job not run: second copies of an id (published after the duplicate window, acked), "
+        "and redeliveries of a message whose call still runs here (left to that call)");
     cons_g.m_redelivered = kiln_metric_counter(
         "kiln_consumer_redeliveries_total",
         "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "

@@ -218,7 +218,10 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
         }
         list->Msgs[i] = NULL;
         if (j->num_delivered > 1) kiln_metric_add(cons_g.m_redelivered, 1);
-        cons_registry_add(j);
+        if (!cons_registry_add(j)) {
+            cons_job_leave_to_running(j);
+            continue;
+        }
         jobs[made++] = j;
     }
     if (made > 0) fetch_store_check(jobs, made, info);

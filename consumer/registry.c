@@ -39,15 +39,28 @@ static size_t reg_hash(const natsMsg *m)
     return (size_t)(p >> 7) & (reg_nbuckets - 1);
 }
 
-void cons_registry_add(cons_job *j)
+bool cons_registry_add(cons_job *j)
 {
     pthread_mutex_lock(&reg_mu);
+    /* A redelivery can reach us while the first delivery's call still runs
+     * (its in-progress acks did not reach the server within AckWait, e.g.
+     * across a NATS outage). Only a redelivery can be a copy, and those are
+     * rare: a walk of the in-flight list is cheap enough. */
+    if (j->num_delivered > 1 && j->stream_seq != 0) {
+        for (const cons_job *o = reg_head; o != NULL; o = o->reg_next) {
+            if (o->stream_seq == j->stream_seq) {
+                pthread_mutex_unlock(&reg_mu);
+                return false;
+            }
+        }
+    }
     j->reg_prev = NULL;
     j->reg_next = reg_head;
     if (reg_head != NULL) reg_head->reg_prev = j;
     reg_head = j;
     j->in_registry = true;
     pthread_mutex_unlock(&reg_mu);
+    return true;
 }
 
 static void reg_unlink(cons_job *j)

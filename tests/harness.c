@@ -1668,6 +1668,23 @@ int h_worker_idle(jsCtx *js, const char *durable)
     return idle;
 }
 
+typedef struct {
+    jsCtx *js;
+    const char *durable;
+} h_idle_arg;
+
+static int h_idle_cond(void *arg)
+{
+    h_idle_arg *a = arg;
+    return h_worker_idle(a->js, a->durable);
+}
+
+int h_wait_worker_idle(jsCtx *js, const char *durable, int64_t deadline_ms)
+{
+    h_idle_arg a = {js, durable};
+    return h_wait_for(h_idle_cond, &a, deadline_ms, 100);
+}
+
 /* ---- CLI ------------------------------------------------------------------ */
 
 /* Reads fd until EOF or timeout_ms (then kills pid), reaps pid; *out gets

@@ -312,6 +312,8 @@ Kiln__V1__JobStatus *h_status_request(h_nats *n, const char *id, char *err, size
 /* The durable `durable` on KILN_JOBS has delivered something and has nothing
  * pending or unacked (the consumer finished its work). */
 int h_worker_idle(jsCtx *js, const char *durable);
+/* Waits (up to deadline_ms) until h_worker_idle; 1 when it was. */
+int h_wait_worker_idle(jsCtx *js, const char *durable, int64_t deadline_ms);
 /* Prints durable's delivered/ack-floor sequences and counts on KILN_JOBS to
  * stderr (for a failure message). */
 void h_dump_durable(jsCtx *js, const char *durable);

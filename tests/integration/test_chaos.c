@@ -6,8 +6,9 @@
  * restarted, each at a random moment for a random time. Afterwards every
  * accepted job must end in the state its prompt scripts, once: one jobs.done
  * copy whose status is the job's, as many jobs per user as were submitted,
- * a readable image per completed job, and no process that died on its own
- * or left a sanitizer report.
+ * a readable image per completed job, no job whose provider call began while
+ * another of its calls still ran, and no process that died on its own or
+ * left a sanitizer report.
  *
  * KILN_CHAOS_SECS (default 30) is how long the faults go on, KILN_CHAOS_SEED
  * the random sequence (printed first, so a failure can be replayed with it),
@@ -35,18 +36,20 @@ TestSuite(chaos, .fini = h_fini, .timeout = 1800);
 #define CHAOS_JOBS_PER_SEC 40
 #define CHAOS_SETTLE_MS 180000 /* after the faults: every job terminal within this */
 
-typedef enum { KIND_PLAIN, KIND_SLOW, KIND_FLAKY, KIND_BAD, KIND_LIMITED, KIND_N } chaos_kind;
+typedef enum { KIND_PLAIN, KIND_SLOW, KIND_LONG, KIND_FLAKY, KIND_BAD, KIND_LIMITED, KIND_N } chaos_kind;
 
 /* What each kind of job asks of the dev provider, how it must end, and how
  * many of every 100 jobs are of that kind. A 429 pauses every call of the
- * consumer for a second, so rate-limited jobs are rare. */
+ * consumer for a second, so rate-limited jobs are rare. A long call outlasts
+ * the harness's 2 s AckWait: only in-progress acks keep its message. */
 static const struct {
     const char *directive;
     const char *want;
     int per100;
 } chaos_kinds[KIND_N] = {
-    [KIND_PLAIN] = {"", "completed", 45},
+    [KIND_PLAIN] = {"", "completed", 40},
     [KIND_SLOW] = {"!sleep=400 ", "completed", 25},
+    [KIND_LONG] = {"!sleep=3000 ", "completed", 5},
     [KIND_FLAKY] = {"!fail=500:1 ", "completed", 15},
     [KIND_BAD] = {"!fail=400 ", "failed", 14},
     [KIND_LIMITED] = {"!ratelimit=1 ", "completed", 1},
@@ -389,6 +392,12 @@ Test(chaos, random_faults_lose_no_job_and_settle_each_once)
                   "job %s (%s) ended %s: %d jobs.done copies, %d of another status", r.jobs[i].id,
                   r.jobs[i].prompt, r.jobs[i].final, r.jobs[i].done_copies, r.jobs[i].done_disagree);
     cr_expect_eq(da.foreign, 0, "%d jobs.done copies of jobs never submitted", da.foreign);
+    /* Never two calls of one job at once: every kind but plain has a directive,
+     * so the dev provider logs a call that begins while the job's previous one
+     * runs. A call cut by a SIGKILL ends when the provider sees its socket
+     * close, long before the job is delivered again. */
+    int overlaps = h_log_count(&r.s, H_DEVPROVIDER, "overlapping request");
+    cr_expect_eq(overlaps, 0, "%d provider calls began while another call of the same job ran", overlaps);
     /* Retried submits made no second job (one per Idempotency-Key), and every
      * job published on NATS is listed (the job id is its Nats-Msg-Id). */
     cr_expect_eq(chaos_list_all(&r, H_TOKEN_ALICE), http, "alice submitted %d jobs", http);

@@ -339,3 +339,49 @@ Test(consumer, a_job_that_kills_its_consumer_runs_out_of_attempts)
     json_decref(j);
     h_stop(&s);
 }
+
+/* A redelivery of a message whose call still runs here (its in-progress acks
+ * did not reach the server in time, e.g. across a NATS outage) must not start
+ * a second call. The test makes one at will: it reads the running job's
+ * +WPI on its $JS.ACK subject and sends -NAK there itself, and nats-server
+ * redelivers the message to the consumer at once. */
+Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.>"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=5000 patient heron", id), 202);
+    /* The call's first in-progress ack (every AckWait/3: the harness's 2 s). */
+    natsMsg *wpi = NULL;
+    int64_t until = h_now_ms() + 10000;
+    while (wpi == NULL && h_now_ms() < until) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, acks, 500) != NATS_OK) continue;
+        if (natsMsg_GetDataLength(m) == 4 && memcmp(natsMsg_GetData(m), "+WPI", 4) == 0) wpi = m;
+        else natsMsg_Destroy(m);
+    }
+    cr_assert_not_null(wpi, "no in-progress ack while the call ran");
+    double redelivered0 = h_metric(&s, H_CONSUMER, "kiln_consumer_redeliveries_total");
+    cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi), "-NAK"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_redeliveries_total", redelivered0, 5000),
+              "the nak'd message was not redelivered while the call ran");
+
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 20000, "the redelivered job");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
+                 "a second call began while the first ran");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "left to the running attempt"));
+    h_expect_done_once(&n, id, "completed", 10000);
+    /* The running attempt's ack settled the message: it comes back no more. */
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    natsMsg_Destroy(wpi);
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}

@@ -36,17 +36,6 @@ static int res_gateway_not_ready(void *arg)
     return h_gw_status(arg, "/readyz", 3000) != 200;
 }
 
-typedef struct {
-    jsCtx *js;
-    const char *durable;
-} res_idle_arg;
-
-static int res_worker_idle(void *arg)
-{
-    res_idle_arg *a = arg;
-    return h_worker_idle(a->js, a->durable);
-}
-
 /* The job completed (with `attempts` attempts when > 0) and jobs.done announced it once. */
 static void res_expect_completed_once(h_stack *s, h_nats *n, const char *id, int attempts, int64_t deadline_ms)
 {
@@ -86,8 +75,8 @@ Test(resilience, store_sigterm_restart_keeps_jobs_and_catches_up)
     char down_id[65];
     h_unique_id(down_id, "while-store-down");
     cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", down_id, "alice", "fox while the store is down"), 0);
-    res_idle_arg wa = {n.js, "kiln-worker-normal"};
-    cr_expect(h_wait_for(res_worker_idle, &wa, 30000, 100), "consumer did not finish the job while the store was down");
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 30000),
+              "consumer did not finish the job while the store was down");
     cr_expect_eq(h_collect_wait(n.done, down_id, 0, 0), 0, "jobs.done published while the store was down");
 
     cr_assert_eq(h_proc_start(&s, H_STORE), 0);
@@ -138,8 +127,8 @@ Test(resilience, store_killed_jobs_done_still_announced)
     }
     cr_assert_eq(h_proc_kill9(&s, H_STORE), 0);
     /* The jobs end while the store is down. */
-    res_idle_arg ia = {n.js, "kiln-worker-normal"};
-    cr_expect(h_wait_for(res_worker_idle, &ia, 20000, 100), "consumer did not finish the jobs with the store down");
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 20000),
+              "consumer did not finish the jobs with the store down");
     for (int i = 0; i < N; i++)
         cr_expect_eq(h_collect_wait(n.done, ids[i], 0, 0), 0, "jobs.done for %s before the store recorded it", ids[i]);
 
