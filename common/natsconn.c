@@ -208,9 +208,7 @@ static atomic_bool natsconn_stoppable; /* kiln_nats_stop_on_signals() */
 
 void kiln_nats_stop_on_signals(void) { atomic_store(&natsconn_stoppable, true); }
 
-/* Waits ms between connect tries. After kiln_nats_stop_on_signals(), a
- * SIGTERM/SIGINT ends the wait: true then (the signal is taken). */
-static bool natsconn_wait_or_stop(int64_t ms)
+bool kiln_nats_wait_or_stop(int64_t ms)
 {
     if (!atomic_load(&natsconn_stoppable)) {
         struct timespec left = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -335,7 +333,7 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
                      natsStatus_GetText(s), (long long)initial_timeout_ms);
             warned = 1;
         }
-        if (natsconn_wait_or_stop(NATSCONN_RETRY_MS)) {
+        if (kiln_nats_wait_or_stop(NATSCONN_RETRY_MS)) {
             st = KILN_ESTOPPED;
             goto out;
         }

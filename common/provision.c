@@ -1,6 +1,7 @@
 /* provision.c - idempotent create-or-update of Kiln's streams and durable consumers. */
 #include <string.h>
 
+#include "clock.h"
 #include "lanepause.h"
 #include "log.h"
 #include "natsconn.h"
@@ -15,6 +16,7 @@
 #define PROV_STORE_MAX_ACK_PENDING 50000
 #define PROV_ATTEMPTS 4    /* passes before kiln_provision gives up */
 #define PROV_RETRY_MS 100  /* pause after the first failed pass; doubles */
+#define PROV_RETRY_MAX_SHIFT 4 /* up to 1.6 s between passes */
 
 void kiln_provision_opts_init(kiln_provision_opts *o)
 {
@@ -216,18 +218,26 @@ static kiln_status prov_once(jsCtx *js, const kiln_provision_opts *o)
 
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
 {
-    if (js == NULL) return KILN_EINVAL;
+    if (js == NULL || o == NULL) return KILN_EINVAL;
+    int64_t give_up_at = kiln_mono_ms() + o->retry_for_ms;
+    int races = 1;
     kiln_status st = prov_once(js, o);
     /* Every binary provisions at start, often at the same moment: a create
      * that lost a race with another process's can be answered with an error
      * by JetStream (or find its API not yet answering). The next pass finds
-     * what the winner made. A timeout is not retried: it already waited. */
-    for (int attempt = 1; attempt < PROV_ATTEMPTS; attempt++) {
-        if (st != KILN_ENATS && st != KILN_EUNAVAILABLE) break;
-        int64_t pause_ms = PROV_RETRY_MS << (attempt - 1);
-        LOG_WARN("provisioning failed, retrying attempt=%d status=%s pause_ms=%lld", attempt,
+     * what the winner made. A timeout or a lost connection (nats-server
+     * restarting) is waited out only when the caller asked for it. */
+    for (int pass = 1; st != KILN_OK; pass++) {
+        bool transient = st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE;
+        bool wait_out = transient && o->retry_for_ms > 0 && kiln_mono_ms() < give_up_at;
+        bool race = (st == KILN_ENATS || st == KILN_EUNAVAILABLE) && races < PROV_ATTEMPTS;
+        if (!wait_out && !race) break;
+        if (!wait_out) races++;
+        int shift = pass - 1 < PROV_RETRY_MAX_SHIFT ? pass - 1 : PROV_RETRY_MAX_SHIFT;
+        int64_t pause_ms = (int64_t)PROV_RETRY_MS << shift;
+        LOG_WARN("provisioning failed, retrying attempt=%d status=%s pause_ms=%lld", pass,
                  kiln_status_str(st), (long long)pause_ms);
-        nats_Sleep(pause_ms);
+        if (kiln_nats_wait_or_stop(pause_ms)) return KILN_ESTOPPED;
         st = prov_once(js, o);
     }
     return st;

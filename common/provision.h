@@ -21,6 +21,9 @@ typedef struct {
     bool update_existing;    /* false (default): only create what is missing. The
                               * consumer, which owns AckWait, passes true so its
                               * settings reach existing streams and durables. */
+    int64_t retry_for_ms;    /* 0 (default): a timeout fails at once (the CLI).
+                              * The services pass their connect timeout: a NATS
+                              * restart during start-up is waited out. */
 } kiln_provision_opts;
 
 /* Fills o with the defaults above. */
@@ -29,7 +32,10 @@ void kiln_provision_opts_init(kiln_provision_opts *o);
 /* Creates or updates streams KILN_JOBS, KILN_DONE, KILN_DEAD, KILN_EVENTS and the durables
  * kiln-worker-{high,normal,low} and kiln-store. Safe to call concurrently from
  * several processes: a pass that JetStream answered with an error (a lost
- * create race) is run again, up to 4 passes in ~0.7 s. */
+ * create race) is run again, up to 4 passes in ~0.7 s. A pass that timed out
+ * or found NATS unreachable is run again until o->retry_for_ms has passed;
+ * KILN_ESTOPPED when a SIGTERM/SIGINT ends such a wait (after
+ * kiln_nats_stop_on_signals()). */
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o);
 
 #endif

@@ -188,7 +188,9 @@ int main(int argc, char **argv)
     popts.ack_wait_ms = main_set.ack_wait_ms;
     popts.dup_window_ms = main_set.dup_window_ms;
     popts.update_existing = true; /* the consumer owns AckWait */
-    if (kiln_provision(cons_g.js, &popts) != KILN_OK) goto out;
+    popts.retry_for_ms = MAIN_CONNECT_TIMEOUT_MS;
+    st = kiln_provision(cons_g.js, &popts);
+    if (st != KILN_OK) goto out;
     if (cons_transfers_start() != KILN_OK) goto out;
     if (cons_cancel_start() != KILN_OK) goto out;
     if (cons_pause_start() != KILN_OK) goto out;

@@ -162,8 +162,9 @@ int main(int argc, char **argv)
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
     po.dup_window_ms = cfg.dup_window_ms;
+    po.retry_for_ms = MAIN_NATS_CONNECT_MS;
     if ((st = kiln_provision(js, &po)) != KILN_OK) {
-        LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
+        if (st != KILN_ESTOPPED) LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }
     /* Event streams get their own connection whose subscriptions share

@@ -156,9 +156,10 @@ int main(int argc, char **argv)
     kiln_provision_opts_init(&po);
     po.ack_wait_ms = cfg.ack_wait_ms;
     po.dup_window_ms = cfg.dup_window_ms;
+    po.retry_for_ms = STORE_CONNECT_TIMEOUT_MS;
     st = kiln_provision(js, &po);
     if (st != KILN_OK) {
-        LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
+        if (st != KILN_ESTOPPED) LOG_ERROR("provisioning failed status=%s", kiln_status_str(st));
         goto out;
     }
 

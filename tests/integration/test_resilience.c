@@ -1,15 +1,21 @@
 /* test_resilience.c - durability and outages: the store restarted (SIGTERM)
  * on its data dir or killed (SIGKILL) while jobs finish, NATS restarted under
- * load, and the consumer's available-memory floor. Consumer SIGKILL/SIGTERM
- * are in test_consumer.c. */
+ * load, nats-server stopping to answer while streams are provisioned, and
+ * the consumer's available-memory floor. Consumer SIGKILL/SIGTERM are in
+ * test_consumer.c. */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <criterion/criterion.h>
 
 #include "../harness.h"
 #include "clock.h"
+#include "natsconn.h"
+#include "provision.h"
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
 
@@ -286,5 +292,55 @@ Test(resilience, every_process_stops_promptly_without_nats)
         cr_expect_lt(ms, 2000, "component %d took %lld ms to stop while connecting", (int)comps[i],
                      (long long)ms);
     }
+    h_stop(&s);
+}
+
+/* Resumes the nats-server stopped with SIGSTOP, 2 s later: the length of
+ * the fault, not a wait for a condition. */
+static void *res_resume_nats(void *arg)
+{
+    const h_stack *s = arg;
+    struct timespec ts = {2, 0};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+    kill(s->procs[H_NATS].pid, SIGCONT);
+    return NULL;
+}
+
+/* A nats-server that stops answering while a service provisions its streams
+ * (a restart during its start-up) is waited out, not a reason to exit: the
+ * chaos test saw a consumer exit 1 when its provisioning timed out. */
+Test(resilience, provisioning_waits_out_a_nats_server_that_stops_answering)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    kiln_nats_opts no;
+    kiln_nats_opts_init(&no);
+    no.name = "test-provision";
+    no.js_wait_ms = 500;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(kiln_nats_connect_opts(s.nats_url, &no, &nc, &js), KILN_OK);
+    kiln_provision_opts po;
+    kiln_provision_opts_init(&po);
+    cr_assert_eq(kiln_provision(js, &po), KILN_OK);
+
+    cr_assert_eq(kill(s.procs[H_NATS].pid, SIGSTOP), 0);
+    /* The CLI's way: a timeout is an answer. */
+    kiln_status st = kiln_provision(js, &po);
+    cr_expect_eq(st, KILN_ETIMEOUT, "provisioning against a stopped nats-server: %s", kiln_status_str(st));
+    /* A service's way: waited out. */
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, res_resume_nats, &s), 0);
+    po.retry_for_ms = 20000;
+    int64_t t0 = h_now_ms();
+    st = kiln_provision(js, &po);
+    int64_t took = h_now_ms() - t0;
+    pthread_join(t, NULL);
+    cr_expect_eq(st, KILN_OK, "provisioning through a 2 s stop: %s after %lld ms", kiln_status_str(st),
+                 (long long)took);
+    cr_expect_geq(took, 1500, "provisioning did not wait for the stopped nats-server (%lld ms)", (long long)took);
+    kiln_nats_close(nc, js);
     h_stop(&s);
 }
