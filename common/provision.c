@@ -36,6 +36,13 @@ static const char *prov_err_text(natsStatus s)
     return t != NULL && t[0] != '\0' ? t : natsStatus_GetText(s);
 }
 
+/* A timeout or an unreachable JetStream API is retried (kiln_provision):
+ * a warning; anything else is an error. */
+static kiln_log_level prov_level(kiln_status st)
+{
+    return st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE ? KILN_LOG_WARN : KILN_LOG_ERROR;
+}
+
 /* Adds the stream if it does not exist, else (when update) updates it to cfg. */
 static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg, bool update)
 {
@@ -70,9 +77,10 @@ static kiln_status prov_stream(jsCtx *js, jsStreamConfig *cfg, bool update)
         si = NULL;
     }
     if (s != NATS_OK) {
-        LOG_ERROR("provision stream failed stream=%s status=%s js_err=%d error=\"%s\"", cfg->Name,
-                  natsStatus_GetText(s), (int)jerr, prov_err_text(s));
-        return kiln_nats_status(s);
+        kiln_status st = kiln_nats_status(s);
+        KILN_LOG(prov_level(st), "provision stream failed stream=%s status=%s js_err=%d error=\"%s\"", cfg->Name,
+               natsStatus_GetText(s), (int)jerr, prov_err_text(s));
+        return st;
     }
     LOG_DEBUG("provision stream=%s action=%s", cfg->Name, action);
     return KILN_OK;
@@ -112,9 +120,10 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
         ci = NULL;
     }
     if (s != NATS_OK) {
-        LOG_ERROR("provision consumer failed stream=%s durable=%s status=%s js_err=%d error=\"%s\"",
-                  stream, cfg->Durable, natsStatus_GetText(s), (int)jerr, prov_err_text(s));
-        return kiln_nats_status(s);
+        kiln_status st = kiln_nats_status(s);
+        KILN_LOG(prov_level(st), "provision consumer failed stream=%s durable=%s status=%s js_err=%d error=\"%s\"",
+               stream, cfg->Durable, natsStatus_GetText(s), (int)jerr, prov_err_text(s));
+        return st;
     }
     LOG_DEBUG("provision consumer=%s stream=%s action=%s", cfg->Durable, stream, action);
     return KILN_OK;
@@ -240,5 +249,9 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
         if (kiln_nats_wait_or_stop(pause_ms)) return KILN_ESTOPPED;
         st = prov_once(js, o);
     }
+    if (st == KILN_EUNAVAILABLE || st == KILN_ETIMEOUT)
+        LOG_ERROR("provisioning gave up status=%s: the JetStream API did not answer (is nats-server "
+                  "running with JetStream, -js?)",
+                  kiln_status_str(st));
     return st;
 }
