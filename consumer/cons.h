@@ -453,6 +453,9 @@ kiln_status cons_fetcher_start(void);
  * the fetcher polls that lane when it is due again (any thread). */
 void cons_fetcher_due(const char *lane, int64_t delay_ms);
 void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
+/* When (monotonic ms) nats-server last answered a fetch on lane (KILN_LANE_*)
+ * with nothing; 0 when never. Any thread. */
+int64_t cons_fetcher_empty_at(int lane);
 /* Ends the fetcher's idle long poll, if it is in one (any thread). */
 void cons_fetcher_wake(void);
 
@@ -509,5 +512,22 @@ bool cons_stall_window(uint64_t first_seq, uint64_t upper, uint64_t *cursor, uin
                        uint64_t *from, uint64_t *to);
 /* A lane message at or below the upper bound, still in the stream: re-drive it? */
 bool cons_stall_should_redrive(uint64_t seq, uint64_t redrive_of, const cons_store_info *si);
+/* What one stall round saw of a lane's durable (and the stream). */
+typedef struct {
+    bool valid;
+    int64_t at_ms;               /* monotonic */
+    uint64_t delivered_stream, delivered_consumer;
+    uint64_t num_pending;        /* not yet delivered */
+    int64_t num_ack_pending, max_ack_pending;
+    uint64_t last_seq;           /* the stream's last sequence */
+} cons_stall_obs;
+/* Messages the durable skipped: it counted some as pending both in round prev
+ * and in round now, delivered nothing in between, and yet answered a fetch of
+ * this consumer with nothing after prev (empty_at_ms, monotonic; nats-server
+ * 2.9.10 can do this after a restart until it is restarted again). Then the
+ * lane's messages above the delivered sequence that were already there in
+ * round prev, at most max of them, are [*from, *to]. */
+bool cons_stall_skipped_window(const cons_stall_obs *prev, const cons_stall_obs *now, int64_t empty_at_ms,
+                               uint64_t max, uint64_t *from, uint64_t *to);
 
 #endif

@@ -90,6 +90,7 @@ typedef struct {
     natsMsg *carry[FETCH_CARRY_MAX];
     int carry_n;
     int64_t carry_since;        /* monotonic ms the oldest carried message arrived */
+    atomic_int_least64_t empty_at; /* monotonic ms of the last fetch answered with nothing (stall.c) */
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
@@ -269,6 +270,7 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
         return 0;
     }
     if (list.Count == 0) {
+        atomic_store(&lane->empty_at, kiln_mono_ms());
         natsMsgList_Destroy(&list);
         return 0;
     }
@@ -291,6 +293,12 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
     if (count > 0) fetch_process(lane, &list);
     natsMsgList_Destroy(&list);
     return count;
+}
+
+int64_t cons_fetcher_empty_at(int lane)
+{
+    if (lane < 0 || lane >= LANE_COUNT) return 0;
+    return atomic_load(&fetch_lanes[lane].empty_at);
 }
 
 static void fetch_due_add(fetch_lane *lane, int64_t due, int tries)

@@ -16,7 +16,16 @@
  * again on its subject (headers Kiln-Redrive: <original seq>, Nats-Msg-Id:
  * <id>.redrive.<seq>) and the old copy deleted. Several consumer processes may
  * do this at once: the Nats-Msg-Id dedup and the idempotent delete make that
- * safe. */
+ * safe.
+ *
+ * The same server can also pass over a message above the delivered sequence:
+ * the durable counts it pending, answers every fetch with nothing and never
+ * delivers it (seen after a SIGTERM restart; a restart of nats-server
+ * delivers it at once). When a durable counted messages pending in two rounds
+ * in a row, delivered nothing in between, and answered a fetch of this
+ * consumer with nothing meanwhile, the lane's messages above its delivered
+ * sequence that were there a round ago are checked and re-driven the same
+ * way: the copy gets a new sequence. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +49,7 @@
 typedef struct {
     const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
     uint64_t cursor;            /* next sequence to look at; scans resume here */
+    cons_stall_obs seen;        /* the durable at the previous round */
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
@@ -58,7 +68,7 @@ typedef struct {
 
 static kiln_periodic *stall_timer;
 static int64_t stall_last_err_log = -STALL_ERR_LOG_MS;
-static kiln_metric *stall_m_redriven;
+static kiln_metric *stall_m_redriven, *stall_m_skipped;
 
 uint64_t cons_stall_upper(uint64_t delivered_stream, uint64_t ack_floor_stream,
                           int64_t num_ack_pending)
@@ -93,6 +103,26 @@ bool cons_stall_should_redrive(uint64_t seq, uint64_t redrive_of, const cons_sto
     /* Processing: it may be running right now somewhere, unless it has been
      * for longer than an attempt can run. Terminal: done. */
     return si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING || si->abandoned;
+}
+
+bool cons_stall_skipped_window(const cons_stall_obs *prev, const cons_stall_obs *now, int64_t empty_at_ms,
+                               uint64_t max, uint64_t *from, uint64_t *to)
+{
+    if (!prev->valid || !now->valid || max == 0) return false;
+    if (prev->num_pending == 0 || now->num_pending == 0) return false;
+    /* Anything delivered in between: the durable moves. */
+    if (now->delivered_stream != prev->delivered_stream || now->delivered_consumer != prev->delivered_consumer)
+        return false;
+    /* A full ack-pending window stops delivery by design. */
+    if (now->max_ack_pending > 0 && now->num_ack_pending >= now->max_ack_pending) return false;
+    /* This consumer asked after the previous round and was told "nothing". */
+    if (empty_at_ms <= prev->at_ms) return false;
+    uint64_t f = now->delivered_stream + 1, t = prev->last_seq;
+    if (t < f) return false;
+    if (t - f >= max) t = f + max - 1;
+    *from = f;
+    *to = t;
+    return true;
 }
 
 static void stall_warn_rate_limited(const char *what, const char *lane, natsStatus s, jsErrCode jerr)
@@ -228,33 +258,25 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
     return true;
 }
 
-static void stall_check_lane(stall_lane *lane, uint64_t first_seq)
+/* Looks at the lane's messages in [from, to] and re-drives the lost ones.
+ * Returns false when a JetStream call failed at seq (*failed_at). */
+static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, uint64_t *failed_at)
 {
-    jsConsumerInfo *ci = NULL;
     jsOptions jo;
-    jsErrCode jerr = 0;
     stall_cand cands[STALL_BATCH_MAX];
     size_t nc = 0;
-    uint64_t from = 0, to = 0;
+    bool ok = true;
 
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    natsStatus s =
-        js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, &jo, &jerr);
-    if (s != NATS_OK) {
-        stall_warn_rate_limited("consumer_info", lane->def->name, s, jerr);
-        return;
-    }
-    uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
-    jsConsumerInfo_Destroy(ci);
-    if (!cons_stall_window(first_seq, upper, &lane->cursor, STALL_SCAN_MAX, &from, &to)) return;
     for (uint64_t seq = from; seq <= to && !atomic_load(&cons_g.stopping); seq++) {
         natsMsg *m = NULL;
-        jerr = 0;
-        s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
         if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) continue; /* acked by all: gone */
         if (s != NATS_OK) {
             stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
-            lane->cursor = seq; /* resume here next round */
+            *failed_at = seq;
+            ok = false;
             break;
         }
         if (!stall_candidate(lane, m, seq, &cands[nc])) {
@@ -264,6 +286,51 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq)
         if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc);
     }
     if (nc > 0) stall_flush(lane, cands, &nc);
+    return ok;
+}
+
+static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last_seq)
+{
+    jsConsumerInfo *ci = NULL;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    uint64_t from = 0, to = 0, failed_at = 0;
+
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    natsStatus s =
+        js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, &jo, &jerr);
+    if (s != NATS_OK) {
+        lane->seen.valid = false; /* a gap: the next round starts over */
+        stall_warn_rate_limited("consumer_info", lane->def->name, s, jerr);
+        return;
+    }
+    cons_stall_obs now = {
+        .valid = true,
+        .at_ms = kiln_mono_ms(),
+        .delivered_stream = ci->Delivered.Stream,
+        .delivered_consumer = ci->Delivered.Consumer,
+        .num_pending = ci->NumPending,
+        .num_ack_pending = ci->NumAckPending,
+        .max_ack_pending = ci->Config != NULL ? ci->Config->MaxAckPending : 0,
+        .last_seq = last_seq,
+    };
+    uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+
+    /* Messages above the delivered sequence that the durable passed over. */
+    int64_t empty_at = cons_fetcher_empty_at((int)(lane->def - kiln_lanes));
+    if (cons_stall_skipped_window(&lane->seen, &now, empty_at, STALL_SCAN_MAX, &from, &to)) {
+        LOG_WARN("durable delivers none of its pending messages lane=%s durable=%s pending=%" PRIu64
+                 " delivered_seq=%" PRIu64 "; re-driving seq=%" PRIu64 "..%" PRIu64,
+                 lane->def->name, lane->def->durable, now.num_pending, now.delivered_stream, from, to);
+        kiln_metric_add(stall_m_skipped, 1);
+        (void)stall_scan(lane, from, to, &failed_at);
+    }
+    lane->seen = now;
+
+    /* Messages at or below it that it lost track of. */
+    if (!cons_stall_window(first_seq, upper, &lane->cursor, STALL_SCAN_MAX, &from, &to)) return;
+    if (!stall_scan(lane, from, to, &failed_at)) lane->cursor = failed_at; /* resume here next round */
 }
 
 static void stall_round(void)
@@ -277,11 +344,14 @@ static void stall_round(void)
         stall_warn_rate_limited("stream_info", "-", s, jerr);
         return;
     }
-    uint64_t first = si->State.FirstSeq, msgs = si->State.Msgs;
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, msgs = si->State.Msgs;
     jsStreamInfo_Destroy(si);
-    if (msgs == 0) return; /* nothing retained, nothing lost */
+    if (msgs == 0) { /* nothing retained, nothing lost */
+        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+        return;
+    }
     for (size_t i = 0; i < STALL_NLANES && !atomic_load(&cons_g.stopping); i++)
-        stall_check_lane(&stall_lanes[i], first);
+        stall_check_lane(&stall_lanes[i], first, last);
 }
 
 static void stall_tick(kiln_periodic *p, void *arg)
@@ -291,6 +361,8 @@ static void stall_tick(kiln_periodic *p, void *arg)
     if (!atomic_load(&cons_g.stopping) &&
         natsConnection_Status(cons_g.nc) == NATS_CONN_STATUS_CONNECTED)
         stall_round();
+    else
+        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
 }
 
 kiln_status cons_stall_start(void)
@@ -301,6 +373,9 @@ kiln_status cons_stall_start(void)
     }
     stall_m_redriven = kiln_metric_counter("kiln_consumer_stalled_redriven_total",
                                            "lost job messages published again by the stall check");
+    stall_m_skipped = kiln_metric_counter(
+        "kiln_consumer_stalled_durables_total",
+        "stall rounds that found a durable holding pending messages it would not deliver");
     if (kiln_periodic_start("kiln-stall", cons_g.set->stall_check_ms, stall_tick, NULL,
                             &stall_timer) != KILN_OK)
         return KILN_ERR;

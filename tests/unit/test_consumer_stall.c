@@ -93,3 +93,49 @@ Test(stall, redrive_exempt_from_duplicate_rule)
     j.redrive_of = 0;
     cr_assert(cons_job_is_duplicate_copy(&j, &si), "no header: a second copy");
 }
+
+/* The durable of the chaos run that found it: seq 5632 pending and never
+ * delivered, delivered_seq 5588, fetches answered with nothing. */
+static cons_stall_obs stuck_obs(int64_t at_ms, uint64_t last_seq)
+{
+    return (cons_stall_obs){.valid = true, .at_ms = at_ms, .delivered_stream = 5588, .delivered_consumer = 555,
+                            .num_pending = 1, .num_ack_pending = 0, .max_ack_pending = 20000,
+                            .last_seq = last_seq};
+}
+
+Test(stall, skipped_window)
+{
+    uint64_t from = 0, to = 0;
+    cons_stall_obs prev = stuck_obs(1000, 6328), now = stuck_obs(11000, 6400);
+    cr_assert(cons_stall_skipped_window(&prev, &now, 5000, 512, &from, &to));
+    /* Above the delivered sequence, up to what was there a round ago, capped. */
+    cr_assert(from == 5589 && to == 5589 + 511, "%llu..%llu", (unsigned long long)from, (unsigned long long)to);
+    prev.last_seq = 5700;
+    cr_assert(cons_stall_skipped_window(&prev, &now, 5000, 512, &from, &to));
+    cr_assert(from == 5589 && to == 5700);
+
+    cr_assert_not(cons_stall_skipped_window(&prev, &now, 900, 512, &from, &to),
+                  "no fetch answered with nothing since the previous round");
+    cr_assert_not(cons_stall_skipped_window(&prev, &now, 0, 512, &from, &to), "never fetched (paused lane)");
+    cons_stall_obs moved = now;
+    moved.delivered_stream = 5600;
+    moved.delivered_consumer = 556;
+    cr_assert_not(cons_stall_skipped_window(&prev, &moved, 5000, 512, &from, &to), "it delivered meanwhile");
+    moved = now;
+    moved.delivered_consumer = 556; /* a redelivery moves only the consumer sequence */
+    cr_assert_not(cons_stall_skipped_window(&prev, &moved, 5000, 512, &from, &to), "it redelivered meanwhile");
+    cons_stall_obs idle = now;
+    idle.num_pending = 0;
+    cr_assert_not(cons_stall_skipped_window(&prev, &idle, 5000, 512, &from, &to), "nothing pending now");
+    cr_assert_not(cons_stall_skipped_window(&idle, &now, 5000, 512, &from, &to), "nothing pending before");
+    cons_stall_obs full = now;
+    full.num_ack_pending = 20000;
+    cr_assert_not(cons_stall_skipped_window(&prev, &full, 5000, 512, &from, &to), "ack-pending window full");
+    cons_stall_obs gap = prev;
+    gap.valid = false;
+    cr_assert_not(cons_stall_skipped_window(&gap, &now, 5000, 512, &from, &to), "no previous round");
+    prev.last_seq = 5588;
+    cr_assert_not(cons_stall_skipped_window(&prev, &now, 5000, 512, &from, &to), "nothing was above it a round ago");
+    prev.last_seq = 6328;
+    cr_assert_not(cons_stall_skipped_window(&prev, &now, 5000, 0, &from, &to), "no room to scan");
+}
