@@ -31,9 +31,12 @@ kiln_status kiln_lane_pause_provision(jsCtx *js) {
     }
     if (kv != NULL) kvStore_Destroy(kv);
     if (s != NATS_OK) {
-        LOG_ERROR("cannot provision bucket=%s status=%s err=\"%s\"", KILN_CONTROL_BUCKET,
-                  natsStatus_GetText(s), nats_GetLastError(NULL));
-        return kiln_nats_status(s);
+        kiln_status st = kiln_nats_status(s);
+        /* A timeout or an unreachable API is retried by kiln_provision. */
+        KILN_LOG(st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE ? KILN_LOG_WARN : KILN_LOG_ERROR,
+                 "cannot provision bucket=%s status=%s err=\"%s\"", KILN_CONTROL_BUCKET, natsStatus_GetText(s),
+                 nats_GetLastError(NULL));
+        return st;
     }
     return KILN_OK;
 }

@@ -239,7 +239,9 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
     for (int pass = 1; st != KILN_OK; pass++) {
         bool transient = st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE;
         bool wait_out = transient && o->retry_for_ms > 0 && kiln_mono_ms() < give_up_at;
-        bool race = (st == KILN_ENATS || st == KILN_EUNAVAILABLE) && races < PROV_ATTEMPTS;
+        /* Past the deadline an unreachable API is no race: the caller's wait is over. */
+        bool race = (st == KILN_ENATS || (st == KILN_EUNAVAILABLE && o->retry_for_ms <= 0)) &&
+                    races < PROV_ATTEMPTS;
         if (!wait_out && !race) break;
         if (!wait_out) races++;
         int shift = pass - 1 < PROV_RETRY_MAX_SHIFT ? pass - 1 : PROV_RETRY_MAX_SHIFT;

@@ -44,6 +44,7 @@ struct kiln_pull {
     char inbox[PULL_INBOX_MAX];
     char wake_subject[KILN_PULL_WAKE_SUBJECT_MAX]; /* <inbox>.wake: kiln_pull_wake_subject */
     uint64_t next_req;
+    int64_t empty_sent_at; /* kiln_pull_empty_sent_at */
 };
 
 kiln_status kiln_pull_open(natsConnection *nc, const char *stream, const char *durable,
@@ -108,7 +109,7 @@ static kiln_status pull_keep(natsMsgList *list, int *cap, natsMsg *m)
  * it ends the fetch: request `req`'s own 404/408/409, or a wake (one found
  * among the queued messages means: do not wait at all). */
 static kiln_status pull_take(kiln_pull *p, natsMsgList *list, int *cap, natsMsg *m,
-                             const char *req_subject, bool *ended)
+                             const char *req_subject, bool *ended, bool *empty)
 {
     if (strcmp(natsMsg_GetSubject(m), p->wake_subject) == 0) {
         *ended = true;
@@ -130,6 +131,8 @@ static kiln_status pull_take(kiln_pull *p, natsMsgList *list, int *cap, natsMsg 
         *ended = true;
         if (strcmp(code, "404") != 0 && strcmp(code, "408") != 0)
             LOG_DEBUG("pull request ended inbox=%s status=%s", p->inbox, code);
+        else
+            *empty = true; /* the server's own "no messages" (or none came before expiry) */
     }
     natsMsg_Destroy(m);
     return KILN_OK;
@@ -144,7 +147,7 @@ kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, in
                                  natsMsgList *list)
 {
     int cap = 0;
-    bool ended = false;
+    bool ended = false, empty = false;
     char req_subject[PULL_INBOX_MAX + 24], body[128];
     memset(list, 0, sizeof *list);
     if (batch < 1) return KILN_EINVAL;
@@ -155,7 +158,7 @@ kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, in
     for (int i = 0; i < queued; i++) {
         natsMsg *m = NULL;
         if (natsSubscription_NextMsg(&m, p->sub, 1) != NATS_OK) break;
-        if (pull_take(p, list, &cap, m, "", &ended) != KILN_OK) return KILN_ENOMEM;
+        if (pull_take(p, list, &cap, m, "", &ended, &empty) != KILN_OK) return KILN_ENOMEM;
     }
     if (list->Count >= batch || ended) return KILN_OK;
 
@@ -165,6 +168,7 @@ kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, in
                  batch - list->Count, expires_ms * 1000000);
     else
         snprintf(body, sizeof body, "{\"batch\":%d,\"no_wait\":true}", batch - list->Count);
+    int64_t sent_at = kiln_mono_ms();
     natsStatus s = natsConnection_PublishRequestString(p->nc, p->api_subject, req_subject, body);
     if (s != NATS_OK) return list->Count > 0 ? KILN_OK : kiln_nats_status(s);
 
@@ -177,10 +181,13 @@ kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, in
         s = natsSubscription_NextMsg(&m, p->sub, left);
         if (s == NATS_TIMEOUT) break;
         if (s != NATS_OK) return list->Count > 0 ? KILN_OK : kiln_nats_status(s);
-        if (pull_take(p, list, &cap, m, req_subject, &ended) != KILN_OK) return KILN_ENOMEM;
+        if (pull_take(p, list, &cap, m, req_subject, &ended, &empty) != KILN_OK) return KILN_ENOMEM;
     }
+    if (empty && list->Count == 0) p->empty_sent_at = sent_at;
     return KILN_OK;
 }
+
+int64_t kiln_pull_empty_sent_at(const kiln_pull *p) { return p->empty_sent_at; }
 
 const char *kiln_pull_wake_subject(const kiln_pull *p) { return p->wake_subject; }
 

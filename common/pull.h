@@ -33,6 +33,10 @@ kiln_status kiln_pull_fetch(kiln_pull *p, int batch, int64_t expires_ms, natsMsg
 kiln_status kiln_pull_fetch_wait(kiln_pull *p, int batch, int64_t expires_ms, int64_t wait_ms,
                                  natsMsgList *list);
 
+/* When (monotonic ms) the last request that nats-server itself answered with
+ * nothing (its 404, or 408 at expiry, and no message) was sent; 0 when none. */
+int64_t kiln_pull_empty_sent_at(const kiln_pull *p);
+
 /* The subject whose (empty, core NATS) messages end a kiln_pull_fetch
  * waiting on p at once: it returns what it has. A wake that finds no fetch
  * waiting ends the next one before it sends its request. Another thread can

@@ -453,8 +453,8 @@ kiln_status cons_fetcher_start(void);
  * the fetcher polls that lane when it is due again (any thread). */
 void cons_fetcher_due(const char *lane, int64_t delay_ms);
 void cons_fetcher_stop(void);   /* joins; call after cons_g.stopping is set */
-/* When (monotonic ms) nats-server last answered a fetch on lane (KILN_LANE_*)
- * with nothing; 0 when never. Any thread. */
+/* When (monotonic ms) the last fetch on lane (KILN_LANE_*) that nats-server
+ * answered with nothing (its own 404/408) was sent; 0 when none. Any thread. */
 int64_t cons_fetcher_empty_at(int lane);
 /* Ends the fetcher's idle long poll, if it is in one (any thread). */
 void cons_fetcher_wake(void);

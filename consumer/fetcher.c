@@ -90,7 +90,7 @@ typedef struct {
     natsMsg *carry[FETCH_CARRY_MAX];
     int carry_n;
     int64_t carry_since;        /* monotonic ms the oldest carried message arrived */
-    atomic_int_least64_t empty_at; /* monotonic ms of the last fetch answered with nothing (stall.c) */
+    atomic_int_least64_t empty_at; /* kiln_pull_empty_sent_at of its pull (stall.c reads it) */
 } fetch_lane;
 
 static fetch_lane fetch_lanes[LANE_COUNT] = {
@@ -269,8 +269,8 @@ static int fetch_lane_once(fetch_lane *lane, int batch, int64_t expires_ms, int6
         fetch_sleep_ms(FETCH_ERR_BACKOFF_MS);
         return 0;
     }
+    atomic_store(&lane->empty_at, kiln_pull_empty_sent_at(lane->pull));
     if (list.Count == 0) {
-        atomic_store(&lane->empty_at, kiln_mono_ms());
         natsMsgList_Destroy(&list);
         return 0;
     }

@@ -1,7 +1,8 @@
 /* job.c - the per-job state machine: fetched -> checked -> running ->
  * publishing result -> acked | nak'd with delay | terminated (| abandoned when
- * a publish fails, leaving the message for redelivery). Every transition of
- * cons_job.state happens in this file. */
+ * a publish fails, leaving the message for redelivery; | freed while fetched,
+ * unacked, when it is a redelivery of a job still running here). Every
+ * transition of cons_job.state happens in this file. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -50,6 +50,9 @@ typedef struct {
     const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
     uint64_t cursor;            /* next sequence to look at; scans resume here */
     cons_stall_obs seen;        /* the durable at the previous round */
+    /* A durable found passing over messages: the delivered sequence it was
+     * stuck at, and the part of [skip_cursor, skip_end] not looked at yet. */
+    uint64_t skip_delivered, skip_cursor, skip_end;
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
@@ -170,8 +173,49 @@ static natsStatus stall_copy_headers(natsMsg *from, natsMsg *to)
     return s;
 }
 
-/* Publishes the candidate again (waits for the JetStream ack), then deletes the old copy. */
-static void stall_redrive(const stall_lane *lane, const stall_cand *c)
+/* Deletes the candidate's message; true when it is gone (or was already). */
+static bool stall_delete(const stall_lane *lane, const stall_cand *c, jsOptions *jo)
+{
+    jsErrCode jerr = 0;
+    natsStatus ds = js_DeleteMsg(cons_g.js, KILN_STREAM_JOBS, c->seq, jo, &jerr);
+    bool gone = ds == NATS_OK || ds == NATS_NOT_FOUND || jerr == JSSequenceNotFoundErr ||
+                jerr == JSNoMessageFoundErr;
+    if (!gone)
+        LOG_WARN("stalled message delete failed job=%s lane=%s seq=%" PRIu64 " status=%s js_err=%d",
+                 c->id, lane->def->name, c->seq, natsStatus_GetText(ds), (int)jerr);
+    return gone;
+}
+
+/* Deletes a message the durable passed over; true when it is gone and the
+ * durable had not delivered it before (its delivered sequence is still
+ * below it), so a copy cannot run beside it. */
+static bool stall_delete_undelivered(const stall_lane *lane, const stall_cand *c)
+{
+    jsOptions jo;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    if (!stall_delete(lane, c, &jo)) return false;
+    natsStatus s = js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, &jo, &jerr);
+    if (s != NATS_OK) {
+        stall_warn_rate_limited("consumer_info", lane->def->name, s, jerr);
+        return false; /* unknown: the sweep re-drives it if it is still pending */
+    }
+    bool undelivered = ci->Delivered.Stream < c->seq;
+    jsConsumerInfo_Destroy(ci);
+    if (!undelivered)
+        LOG_INFO("skipped message was delivered meanwhile job=%s lane=%s seq=%" PRIu64, c->id, lane->def->name,
+                 c->seq);
+    return undelivered;
+}
+
+/* Publishes the candidate again (waits for the JetStream ack), then deletes
+ * the old copy; a skipped one (above the delivered sequence, so the durable
+ * could still deliver it meanwhile) is deleted first and published again
+ * only when the durable had not delivered it by then: never two runnable
+ * copies at once. A job left without a copy is the store's sweep's ("pending
+ * and gone"). */
+static void stall_redrive(const stall_lane *lane, const stall_cand *c, bool skipped)
 {
     natsMsg *m = NULL;
     jsPubAck *pa = NULL;
@@ -183,6 +227,8 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
 
     snprintf(msg_id, sizeof msg_id, "%s.redrive.%" PRIu64, c->id, c->seq);
     snprintf(orig, sizeof orig, "%" PRIu64, orig_seq);
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    if (skipped && !stall_delete_undelivered(lane, c)) return;
     natsStatus s = natsMsg_Create(&m, lane->def->subject, NULL, natsMsg_GetData(c->msg),
                                   natsMsg_GetDataLength(c->msg));
     if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
@@ -201,13 +247,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c)
         goto out;
     }
     /* Only now the old copy may go: the new one is stored. */
-    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    jerr = 0;
-    natsStatus ds = js_DeleteMsg(cons_g.js, KILN_STREAM_JOBS, c->seq, &jo, &jerr);
-    bool gone = ds == NATS_NOT_FOUND || jerr == JSSequenceNotFoundErr || jerr == JSNoMessageFoundErr;
-    if (ds != NATS_OK && !gone)
-        LOG_WARN("stalled message delete failed job=%s lane=%s seq=%" PRIu64 " status=%s js_err=%d",
-                 c->id, lane->def->name, c->seq, natsStatus_GetText(ds), (int)jerr);
+    if (!skipped) (void)stall_delete(lane, c, &jo);
     LOG_WARN("stalled message re-driven job=%s lane=%s seq=%" PRIu64 " orig_seq=%" PRIu64
              " new_seq=%" PRIu64 " duplicate=%d",
              c->id, lane->def->name, c->seq, orig_seq, pa->Sequence, (int)pa->Duplicate);
@@ -217,13 +257,16 @@ out:
     natsMsg_Destroy(m);
 }
 
-static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n)
+static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n, bool skipped)
 {
     cons_store_info info[STALL_BATCH_MAX];
     stall_store_check(c, *n, info);
     for (size_t i = 0; i < *n; i++) {
-        if (cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
-            stall_redrive(lane, &c[i]);
+        /* A copy the durable passed over again is left alone: re-driving
+         * what it will not deliver would go on every round. */
+        bool again = skipped && c[i].redrive_of != 0;
+        if (!again && cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
+            stall_redrive(lane, &c[i], skipped);
         else
             LOG_DEBUG("stall check keeps job=%s lane=%s seq=%" PRIu64 " answered=%d known=%d state=%s "
                       "request_seq=%" PRIu64,
@@ -260,7 +303,7 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
 
 /* Looks at the lane's messages in [from, to] and re-drives the lost ones.
  * Returns false when a JetStream call failed at seq (*failed_at). */
-static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, uint64_t *failed_at)
+static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, bool skipped, uint64_t *failed_at)
 {
     jsOptions jo;
     stall_cand cands[STALL_BATCH_MAX];
@@ -283,9 +326,9 @@ static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, uint64_t *f
             natsMsg_Destroy(m);
             continue;
         }
-        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc);
+        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc, skipped);
     }
-    if (nc > 0) stall_flush(lane, cands, &nc);
+    if (nc > 0) stall_flush(lane, cands, &nc, skipped);
     return ok;
 }
 
@@ -317,20 +360,31 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
     uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
     jsConsumerInfo_Destroy(ci);
 
-    /* Messages above the delivered sequence that the durable passed over. */
+    /* Messages above the delivered sequence that the durable passed over:
+     * once per stuck delivered sequence (an episode), the lane's messages
+     * that were there when it was found, STALL_SCAN_MAX per round. */
     int64_t empty_at = cons_fetcher_empty_at((int)(lane->def - kiln_lanes));
-    if (cons_stall_skipped_window(&lane->seen, &now, empty_at, STALL_SCAN_MAX, &from, &to)) {
-        LOG_WARN("durable delivers none of its pending messages lane=%s durable=%s pending=%" PRIu64
-                 " delivered_seq=%" PRIu64 "; re-driving seq=%" PRIu64 "..%" PRIu64,
-                 lane->def->name, lane->def->durable, now.num_pending, now.delivered_stream, from, to);
-        kiln_metric_add(stall_m_skipped, 1);
-        (void)stall_scan(lane, from, to, &failed_at);
+    if (cons_stall_skipped_window(&lane->seen, &now, empty_at, UINT64_MAX, &from, &to)) {
+        if (lane->skip_delivered != now.delivered_stream || lane->skip_end == 0) {
+            LOG_WARN("durable delivers none of its pending messages lane=%s durable=%s pending=%" PRIu64
+                     " delivered_seq=%" PRIu64 "; checking seq=%" PRIu64 "..%" PRIu64,
+                     lane->def->name, lane->def->durable, now.num_pending, now.delivered_stream, from, to);
+            kiln_metric_add(stall_m_skipped, 1);
+            lane->skip_delivered = now.delivered_stream;
+            lane->skip_cursor = from;
+            lane->skip_end = to;
+        }
+        if (lane->skip_cursor <= lane->skip_end) {
+            from = lane->skip_cursor;
+            to = lane->skip_end - from >= STALL_SCAN_MAX ? from + STALL_SCAN_MAX - 1 : lane->skip_end;
+            lane->skip_cursor = stall_scan(lane, from, to, true, &failed_at) ? to + 1 : failed_at;
+        }
     }
     lane->seen = now;
 
     /* Messages at or below it that it lost track of. */
     if (!cons_stall_window(first_seq, upper, &lane->cursor, STALL_SCAN_MAX, &from, &to)) return;
-    if (!stall_scan(lane, from, to, &failed_at)) lane->cursor = failed_at; /* resume here next round */
+    if (!stall_scan(lane, from, to, false, &failed_at)) lane->cursor = failed_at; /* resume here next round */
 }
 
 static void stall_round(void)
@@ -341,6 +395,7 @@ static void stall_round(void)
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
     natsStatus s = js_GetStreamInfo(&si, cons_g.js, KILN_STREAM_JOBS, &jo, &jerr);
     if (s != NATS_OK) {
+        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
         stall_warn_rate_limited("stream_info", "-", s, jerr);
         return;
     }

@@ -76,10 +76,14 @@ static void attempts_lru_push(dev_attempts *t, attempts_entry *e)
     if (t->oldest == NULL) t->oldest = e;
 }
 
-/* Removes the least recently used entry from its bucket and the list. */
+/* Removes the least recently used entry from its bucket and the list,
+ * passing over entries with requests running (their ends must find them)
+ * unless every entry has some. */
 static void attempts_evict(dev_attempts *t)
 {
     attempts_entry *victim = t->oldest;
+    while (victim != NULL && victim->running > 0) victim = victim->newer;
+    if (victim == NULL) victim = t->oldest;
     if (victim == NULL) return;
     attempts_entry **pp = &t->buckets[victim->ka & (t->nbuckets - 1)];
     while (*pp != NULL && *pp != victim) pp = &(*pp)->chain;

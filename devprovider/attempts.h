@@ -22,7 +22,8 @@ void dev_attempts_destroy(dev_attempts *t); /* accepts NULL */
  * attempt and writes its number (1 for the first) to *attempt, counts one
  * more request running, and writes how many were running before it to
  * *running_before (may be NULL). Pair with dev_attempts_end(). Thread-safe.
- * A prompt evicted by newer ones starts again at 1 with nothing running.
+ * A prompt evicted by newer ones starts again at 1 with nothing running;
+ * prompts with requests running are evicted last.
  * KILN_ENOMEM leaves the table as it was. */
 kiln_status dev_attempts_begin(dev_attempts *t, const uint64_t key[2], uint64_t *attempt,
                                uint64_t *running_before);

@@ -352,7 +352,7 @@ Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
     h_nats n;
     h_nats_open(&s, &n);
     natsSubscription *acks = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.>"), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
 
     char id[65];

@@ -163,7 +163,7 @@ Test(devprovider, a_prompt_requested_again_while_it_runs_is_counted_as_overlappi
     CURLM *m = curl_multi_init();
     cr_assert_not_null(m);
     CURL *first = dp_request(&s, "!sleep=1500 twice", hdrs, body, sizeof body, 30000);
-    curl_multi_add_handle(m, first);
+    cr_assert_eq(curl_multi_add_handle(m, first), CURLM_OK);
     int running = 1;
     int64_t t0 = h_now_ms();
     while (h_metric(&s, H_DEVPROVIDER, waiting) < 1 && h_now_ms() - t0 < 5000) {
@@ -188,7 +188,7 @@ Test(devprovider, a_prompt_requested_again_while_it_runs_is_counted_as_overlappi
     cr_assert_eq(dp_status(first), 200);
 
     /* Both ended: the same prompt again is not overlapping. */
-    static const char again[] = "{\"prompt\":\"!sleep=10 twice\"}";
+    static const char again[] = "{\"prompt\":\"!sleep=1500 twice\"}";
     st = h_http_timeout(&r, "POST", url, NULL, "application/json", again, sizeof again - 1, NULL, 10000);
     h_resp_free(&r);
     cr_assert_eq(st, 200);

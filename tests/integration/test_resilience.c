@@ -303,7 +303,7 @@ static void *res_resume_nats(void *arg)
     struct timespec ts = {2, 0};
     while (nanosleep(&ts, &ts) != 0) {
     }
-    kill(s->procs[H_NATS].pid, SIGCONT);
+    if (kill(s->procs[H_NATS].pid, SIGCONT) != 0) perror("harness: SIGCONT nats-server");
     return NULL;
 }
 

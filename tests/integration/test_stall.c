@@ -81,8 +81,9 @@ Test(stall, delayed_jobs_survive_nats_restarts)
 Test(stall, healthy_system_redrives_nothing)
 {
     h_stack s;
+    /* Three slots: jobs queue behind busy slots, and lanes wait their turn. */
     h_stack_opts o = {.consumer_env = {"KILN_STALL_CHECK=100ms", "KILN_RETRY_BASE=200ms",
-                                       "KILN_RETRY_CAP=400ms", NULL}};
+                                       "KILN_RETRY_CAP=400ms", "KILN_CONCURRENCY=3", NULL}};
     h_start(&s, &o);
     h_nats n;
     h_nats_open(&s, &n);
@@ -115,6 +116,8 @@ Test(stall, healthy_system_redrives_nothing)
     /* The check is on (100 ms), so the counter exists: -1 (absent) is a failure too. */
     cr_expect(redriven == 0, "stall check re-drove %.0f messages in a healthy system (-1: no metric)",
               redriven);
+    double stuck = h_metric(&s, H_CONSUMER, "kiln_consumer_stalled_durables_total");
+    cr_expect(stuck == 0, "stall check found %.0f durables passing over messages in a healthy system", stuck);
     h_nats_free(&n);
     h_stop(&s);
 }
