@@ -262,10 +262,7 @@ static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n, bool s
     cons_store_info info[STALL_BATCH_MAX];
     stall_store_check(c, *n, info);
     for (size_t i = 0; i < *n; i++) {
-        /* A copy the durable passed over again is left alone: re-driving
-         * what it will not deliver would go on every round. */
-        bool again = skipped && c[i].redrive_of != 0;
-        if (!again && cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
+        if (cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
             stall_redrive(lane, &c[i], skipped);
         else
             LOG_DEBUG("stall check keeps job=%s lane=%s seq=%" PRIu64 " answered=%d known=%d state=%s "
