@@ -4,8 +4,10 @@
  * jobs.done carries the JobStatus, headers Kiln-Job-Id, Kiln-Status (state
  * name) and Nats-Msg-Id "<id>.done" so a re-publish after a crash is dropped
  * by KILN_DONE's duplicate window. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "clock.h"
 #include "done.h"
@@ -19,6 +21,33 @@
 
 static _Atomic uint64_t done_failed;
 
+/* Messages JetStream refused or did not confirm, kept (owned here) for
+ * done_republish_refused; the ack handler adds, the apply thread takes. */
+static pthread_mutex_t done_refused_mu = PTHREAD_MUTEX_INITIALIZER;
+static natsMsg **done_refused;
+static size_t done_refused_n, done_refused_cap;
+
+/* Keeps msg; false (msg not kept) when out of memory. */
+static bool done_keep_refused(natsMsg *msg)
+{
+    bool kept = false;
+    pthread_mutex_lock(&done_refused_mu);
+    if (done_refused_n == done_refused_cap) {
+        size_t cap = done_refused_cap != 0 ? 2 * done_refused_cap : 64;
+        natsMsg **grown = realloc(done_refused, cap * sizeof *grown);
+        if (grown != NULL) {
+            done_refused = grown;
+            done_refused_cap = cap;
+        }
+    }
+    if (done_refused_n < done_refused_cap) {
+        done_refused[done_refused_n++] = msg;
+        kept = true;
+    }
+    pthread_mutex_unlock(&done_refused_mu);
+    return kept;
+}
+
 void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
@@ -31,8 +60,32 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
         LOG_WARN("publish failed subject=%s job=%s status=%s err=\"%s\"",
                  msg != NULL ? natsMsg_GetSubject(msg) : "-", id, natsStatus_GetText(pae->Err),
                  pae->ErrText != NULL ? pae->ErrText : "");
+        if (msg != NULL && done_keep_refused(msg)) return;
     }
     natsMsg_Destroy(msg);
+}
+
+size_t done_republish_refused(jsCtx *js)
+{
+    pthread_mutex_lock(&done_refused_mu);
+    natsMsg **msgs = done_refused;
+    size_t n = done_refused_n;
+    done_refused = NULL;
+    done_refused_n = done_refused_cap = 0;
+    pthread_mutex_unlock(&done_refused_mu);
+    for (size_t i = 0; i < n; i++) {
+        /* The library owns it from here (it comes back to the handler);
+         * jobs.done keeps its Nats-Msg-Id, so KILN_DONE holds one copy. */
+        if (js == NULL) {
+            natsMsg_Destroy(msgs[i]);
+        } else if (js_PublishMsgAsync(js, &msgs[i], NULL) != NATS_OK) {
+            /* Not handed over: a failure done_wait sees, kept for the next try. */
+            atomic_fetch_add(&done_failed, 1);
+            if (!done_keep_refused(msgs[i])) natsMsg_Destroy(msgs[i]);
+        }
+    }
+    free(msgs);
+    return n;
 }
 
 uint64_t done_failures(void) { return atomic_load(&done_failed); }

@@ -13,10 +13,15 @@
 
 /* The jsCtx async-publish ack handler (runs on a nats.c thread) for every
  * async publish of the store (jobs.done and events): counts failures for
- * done_failures() and destroys the message. */
+ * done_failures(), keeps a failed message for done_republish_refused() and
+ * destroys the others. */
 void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 /* Async publishes JetStream rejected or timed out, since start. */
 uint64_t done_failures(void);
+/* Publishes again (async; done_wait confirms) every message JetStream
+ * refused or did not confirm since the last call, and forgets them; with js
+ * NULL only forgets them. Returns how many there were. Apply thread. */
+size_t done_republish_refused(jsCtx *js);
 
 /* Publishes every jobs.done item and every event asynchronously without
  * waiting; done_wait() then confirms them. Returns KILN_OK when every

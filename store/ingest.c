@@ -50,6 +50,12 @@
 #define INGEST_FETCH_MS 250       /* long poll; short so shutdown and the barrier's idle check react quickly */
 #define INGEST_DONE_ACK_MS 10000  /* wait for jobs.done acks */
 #define INGEST_RETRY_DELAY_MS 1000 /* nak delay when a batch could not be completed */
+/* A batch whose jobs.done/events were refused (e.g. JetStream shutting down
+ * for a restart) publishes them again, after these pauses, before it falls
+ * back to a nak: a lost nak would leave its announcements to the store's
+ * AckWait (30 s). */
+#define INGEST_REPUBLISH_PAUSE_MS 250
+#define INGEST_REPUBLISH_TRIES 6 /* 250 ms .. 4 s apart, ~8 s of pauses */
 #define INGEST_ERROR_SLEEP_MS 500
 #define INGEST_FLUSH_MS 1000      /* PING/PONG of the explicit flush after a partial batch */
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
@@ -201,6 +207,17 @@ static void ingest_settle_inflight(ingest *ing)
     kiln_status st = KILN_OK;
     if (sk->done.n > 0 || sk->events.n > 0)
         st = done_wait(ing->js, ing->inflight_failed0, INGEST_DONE_ACK_MS, &ing->stop);
+    /* Only what failed goes again (events carry no Nats-Msg-Id: what did
+     * arrive must not repeat); what is still unconfirmed is waited for. */
+    for (int tries = 0; st != KILN_OK && tries < INGEST_REPUBLISH_TRIES && !atomic_load(&ing->stop); tries++) {
+        ingest_sleep_ms((int64_t)INGEST_REPUBLISH_PAUSE_MS << (tries < 4 ? tries : 4));
+        uint64_t failed0 = done_failures();
+        size_t again = done_republish_refused(ing->js);
+        st = done_wait(ing->js, failed0, INGEST_DONE_ACK_MS, &ing->stop);
+        LOG_INFO("jobs.done/events published again try=%d msgs=%zu status=%s", tries + 1, again,
+                 kiln_status_str(st));
+    }
+    (void)done_republish_refused(NULL); /* confirmed, or the batch is nak'd below */
     /* Then a consumer running a job cancelled here aborts it. Sent whatever
      * jobs.done did: the cancel is written, and waiting for a redelivery
      * would hold the provider call up. Best effort: the consumer's batch
@@ -289,6 +306,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
     if (st != KILN_OK) {
         /* Let whatever did go out finish, so the next batch waits for its own only. */
         (void)done_wait(ing->js, failed0, INGEST_DONE_ACK_MS, &ing->stop);
+        (void)done_republish_refused(NULL); /* the redelivery announces them */
         LOG_WARN("jobs.done/events publish failed, batch will be redelivered msgs=%d",
                  list->Count);
         kiln_metric_add(ing->m_retries, 1);

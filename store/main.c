@@ -210,6 +210,7 @@ out:
     kiln_metrics_http_stop();
     kiln_nats_close(anc, ajs);
     kiln_nats_close(nc, js);
+    (void)done_republish_refused(NULL); /* refusals that came in after the apply loop ended */
     barrier_destroy(b);
     db_close(db);
     if (rc == 0) LOG_INFO("stopped");

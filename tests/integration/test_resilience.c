@@ -344,3 +344,71 @@ Test(resilience, provisioning_waits_out_a_nats_server_that_stops_answering)
     kiln_nats_close(nc, js);
     h_stop(&s);
 }
+
+/* Sets KILN_DONE's message limit (0: none) and whether it then refuses new
+ * messages (discard new) or drops old ones. */
+static void res_done_limit(jsCtx *js, int64_t max_msgs, bool refuse)
+{
+    jsStreamInfo *si = NULL, *up = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_DONE", NULL, &jerr), NATS_OK, "stream info: jerr %d", (int)jerr);
+    si->Config->MaxMsgs = max_msgs > 0 ? max_msgs : -1;
+    si->Config->Discard = refuse ? js_DiscardNew : js_DiscardOld;
+    natsStatus s = js_UpdateStream(&up, js, si->Config, NULL, &jerr);
+    jsStreamInfo_Destroy(si);
+    jsStreamInfo_Destroy(up);
+    cr_assert_eq(s, NATS_OK, "stream update: %s jerr %d", natsStatus_GetText(s), (int)jerr);
+}
+
+/* Messages on the job's own event subject in KILN_EVENTS. */
+static int64_t res_job_events(jsCtx *js, const char *id)
+{
+    char filter[160];
+    snprintf(filter, sizeof filter, "kiln.events.*.%s", id);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = filter;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_EVENTS", &o, &jerr), NATS_OK, "events info: jerr %d", (int)jerr);
+    int64_t n = 0;
+    if (si->State.Subjects != NULL)
+        for (int i = 0; i < si->State.Subjects->Count; i++) n += (int64_t)si->State.Subjects->List[i].Msgs;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+/* jobs.done that JetStream refuses (here KILN_DONE full with discard new; in
+ * the chaos test, JetStream shutting down for a restart) is published again
+ * by the store itself, not left to a nak of its batch: a restarting server
+ * can lose that nak, and the announcement then waited for the store's
+ * AckWait (30 s). Only what was refused goes again: no event repeats. */
+Test(resilience, a_refused_jobs_done_is_published_again_without_a_redelivery)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char first[65], id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "announced fox", first), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, first, "completed", 1, 20000, "first job");
+    h_expect_done_once(&n, first, "completed", 10000);
+    int64_t events_first = res_job_events(n.js, first);
+    cr_assert_gt(events_first, 0, "no events of the first job on kiln.events.*.%s", first);
+
+    res_done_limit(n.js, 1, true); /* holds the first job's copy; refuses more */
+    double retries0 = h_metric(&s, H_STORE, "kiln_store_batch_retries_total");
+    cr_assert_geq(retries0, 0, "no kiln_store_batch_retries_total");
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "refused fox", id), 202);
+    cr_assert(h_wait_log(&s, H_STORE, "publish failed subject=jobs.done", 20000), "jobs.done was never refused");
+    res_done_limit(n.js, 0, false);
+
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_batch_retries_total"), retries0,
+                 "the batch was nak'd for redelivery instead");
+    cr_expect(h_log_contains(&s, H_STORE, "jobs.done/events published again"));
+    cr_expect_eq(res_job_events(n.js, id), events_first, "the refused job's events (first job: %lld)",
+                 (long long)events_first);
+    h_nats_free(&n);
+    h_stop(&s);
+}
