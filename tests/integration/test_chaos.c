@@ -12,7 +12,10 @@
  *
  * KILN_CHAOS_SECS (default 30) is how long the faults go on, KILN_CHAOS_SEED
  * the random sequence (printed first, so a failure can be replayed with it),
- * KILN_CHAOS_NATS_KILL=1 adds nats-server SIGKILL to the faults.
+ * KILN_CHAOS_NATS_KILL=1 adds nats-server SIGKILL to the faults, and
+ * KILN_CHAOS_CONSUMERS=2 runs a second consumer beside the first (spared by
+ * the faults; README Delivery says what two consumers cannot know of each
+ * other's calls).
  * `make chaos` runs it for longer. */
 #include <inttypes.h>
 #include <signal.h>
@@ -378,6 +381,12 @@ Test(chaos, random_faults_lose_no_job_and_settle_each_once)
                                .consumer_env = {"KILN_DRAIN_TIMEOUT=3s", NULL}};
     h_start(&r.s, &opts);
     cr_assert_eq(h_nats_connect(&r.s, &r.nc, &r.js), 0);
+    pid_t second = 0;
+    if (chaos_env_long("KILN_CHAOS_CONSUMERS", 1) >= 2) {
+        const char *const env[] = {"KILN_METRICS_ADDR=", "KILN_DRAIN_TIMEOUT=3s", NULL};
+        second = h_spawn_another(&r.s, H_CONSUMER, env, "consumer2");
+        cr_assert(second > 0, "the second consumer did not start");
+    }
 
     int64_t t0 = h_now_ms(), end = t0 + secs * 1000;
     int64_t next_fault = t0 + chaos_between(&r, 300, 2500);
@@ -425,6 +434,7 @@ Test(chaos, random_faults_lose_no_job_and_settle_each_once)
     for (int k = 0; k < CHAOS_NFAULTS; k++) fprintf(stderr, " %s %d", chaos_faults[k].what, r.fault_count[k]);
     fprintf(stderr, "\n");
 
+    if (second > 0) cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_nats_close(r.nc, r.js);
     free(r.jobs);
     h_stop(&r.s);
