@@ -32,8 +32,8 @@ kiln_status kiln_lane_pause_provision(jsCtx *js) {
     if (kv != NULL) kvStore_Destroy(kv);
     if (s != NATS_OK) {
         kiln_status st = kiln_nats_status(s);
-        /* A timeout or an unreachable API is retried by kiln_provision. */
-        KILN_LOG(st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE ? KILN_LOG_WARN : KILN_LOG_ERROR,
+        /* A transient failure is retried by kiln_provision. */
+        KILN_LOG(kiln_nats_transient(st) ? KILN_LOG_WARN : KILN_LOG_ERROR,
                  "cannot provision bucket=%s status=%s err=\"%s\"", KILN_CONTROL_BUCKET, natsStatus_GetText(s),
                  nats_GetLastError(NULL));
         return st;

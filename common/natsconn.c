@@ -208,6 +208,11 @@ static atomic_bool natsconn_stoppable; /* kiln_nats_stop_on_signals() */
 
 void kiln_nats_stop_on_signals(void) { atomic_store(&natsconn_stoppable, true); }
 
+bool kiln_nats_transient(kiln_status st)
+{
+    return st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE;
+}
+
 bool kiln_nats_wait_or_stop(int64_t ms)
 {
     if (!atomic_load(&natsconn_stoppable)) {

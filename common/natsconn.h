@@ -56,6 +56,10 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
  * the connect timeout. Off by default: the client library must never take a
  * signal meant for the program that links it. */
 void kiln_nats_stop_on_signals(void);
+/* True for a status another try may fix: a timeout, or a server that did
+ * not answer (restarting, unreachable, JetStream not ready). */
+bool kiln_nats_transient(kiln_status st);
+
 /* Waits ms (between tries at start-up). After kiln_nats_stop_on_signals(), a
  * SIGTERM/SIGINT ends the wait: true then (the signal is taken). */
 bool kiln_nats_wait_or_stop(int64_t ms);

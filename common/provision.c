@@ -36,11 +36,11 @@ static const char *prov_err_text(natsStatus s)
     return t != NULL && t[0] != '\0' ? t : natsStatus_GetText(s);
 }
 
-/* A timeout or an unreachable JetStream API is retried (kiln_provision):
- * a warning; anything else is an error. */
+/* A transient failure is retried (kiln_provision): a warning; anything
+ * else is an error. */
 static kiln_log_level prov_level(kiln_status st)
 {
-    return st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE ? KILN_LOG_WARN : KILN_LOG_ERROR;
+    return kiln_nats_transient(st) ? KILN_LOG_WARN : KILN_LOG_ERROR;
 }
 
 /* Adds the stream if it does not exist, else (when update) updates it to cfg. */
@@ -237,8 +237,7 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
      * what the winner made. A timeout or a lost connection (nats-server
      * restarting) is waited out only when the caller asked for it. */
     for (int pass = 1; st != KILN_OK; pass++) {
-        bool transient = st == KILN_ETIMEOUT || st == KILN_EUNAVAILABLE;
-        bool wait_out = transient && o->retry_for_ms > 0 && kiln_mono_ms() < give_up_at;
+        bool wait_out = kiln_nats_transient(st) && o->retry_for_ms > 0 && kiln_mono_ms() < give_up_at;
         /* Past the deadline an unreachable API is no race: the caller's wait is over. */
         bool race = (st == KILN_ENATS || (st == KILN_EUNAVAILABLE && o->retry_for_ms <= 0)) &&
                     races < PROV_ATTEMPTS;
@@ -251,7 +250,7 @@ kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o)
         if (kiln_nats_wait_or_stop(pause_ms)) return KILN_ESTOPPED;
         st = prov_once(js, o);
     }
-    if (st == KILN_EUNAVAILABLE || st == KILN_ETIMEOUT)
+    if (kiln_nats_transient(st))
         LOG_ERROR("provisioning gave up status=%s: the JetStream API did not answer (is nats-server "
                   "running with JetStream, -js?)",
                   kiln_status_str(st));

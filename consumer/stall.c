@@ -189,14 +189,12 @@ static bool stall_delete(const stall_lane *lane, const stall_cand *c, jsOptions 
 /* Deletes a message the durable passed over; true when it is gone and the
  * durable had not delivered it before (its delivered sequence is still
  * below it), so a copy cannot run beside it. */
-static bool stall_delete_undelivered(const stall_lane *lane, const stall_cand *c)
+static bool stall_delete_undelivered(const stall_lane *lane, const stall_cand *c, jsOptions *jo)
 {
-    jsOptions jo;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    if (!stall_delete(lane, c, &jo)) return false;
-    natsStatus s = js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, &jo, &jerr);
+    if (!stall_delete(lane, c, jo)) return false;
+    natsStatus s = js_GetConsumerInfo(&ci, cons_g.js, KILN_STREAM_JOBS, lane->def->durable, jo, &jerr);
     if (s != NATS_OK) {
         stall_warn_rate_limited("consumer_info", lane->def->name, s, jerr);
         return false; /* unknown: the sweep re-drives it if it is still pending */
@@ -228,7 +226,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c, bool skip
     snprintf(msg_id, sizeof msg_id, "%s.redrive.%" PRIu64, c->id, c->seq);
     snprintf(orig, sizeof orig, "%" PRIu64, orig_seq);
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    if (skipped && !stall_delete_undelivered(lane, c)) return;
+    if (skipped && !stall_delete_undelivered(lane, c, &jo)) return;
     natsStatus s = natsMsg_Create(&m, lane->def->subject, NULL, natsMsg_GetData(c->msg),
                                   natsMsg_GetDataLength(c->msg));
     if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
@@ -384,6 +382,13 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
     if (!stall_scan(lane, from, to, false, &failed_at)) lane->cursor = failed_at; /* resume here next round */
 }
 
+/* A round was missed (NATS unreachable, nothing retained): the next one
+ * compares with nothing, so "two rounds in a row" stays two rounds. */
+static void stall_forget_rounds(void)
+{
+    for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+}
+
 static void stall_round(void)
 {
     jsStreamInfo *si = NULL;
@@ -392,14 +397,14 @@ static void stall_round(void)
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
     natsStatus s = js_GetStreamInfo(&si, cons_g.js, KILN_STREAM_JOBS, &jo, &jerr);
     if (s != NATS_OK) {
-        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+        stall_forget_rounds();
         stall_warn_rate_limited("stream_info", "-", s, jerr);
         return;
     }
     uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, msgs = si->State.Msgs;
     jsStreamInfo_Destroy(si);
     if (msgs == 0) { /* nothing retained, nothing lost */
-        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+        stall_forget_rounds();
         return;
     }
     for (size_t i = 0; i < STALL_NLANES && !atomic_load(&cons_g.stopping); i++)
@@ -414,7 +419,7 @@ static void stall_tick(kiln_periodic *p, void *arg)
         natsConnection_Status(cons_g.nc) == NATS_CONN_STATUS_CONNECTED)
         stall_round();
     else
-        for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+        stall_forget_rounds();
 }
 
 kiln_status cons_stall_start(void)

@@ -55,7 +55,7 @@
  * back to a nak: a lost nak would leave its announcements to the store's
  * AckWait (30 s). */
 #define INGEST_REPUBLISH_PAUSE_MS 250
-#define INGEST_REPUBLISH_TRIES 6 /* 250 ms .. 4 s apart, ~8 s of pauses */
+#define INGEST_REPUBLISH_TRIES 6 /* 250 ms .. 4 s apart: 11.75 s of pauses */
 #define INGEST_ERROR_SLEEP_MS 500
 #define INGEST_FLUSH_MS 1000      /* PING/PONG of the explicit flush after a partial batch */
 #define INGEST_IDEM_SWEEP_MIN_MS (10 * 60 * 1000) /* idem compaction at most this often */
