@@ -80,7 +80,7 @@ typedef struct {
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
         *m_idle_polls, *m_tx_batches, *m_tx_batched, *m_gate_waiting, *m_gate_tripped,
-        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks;
+        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_peer_holds;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers
@@ -162,6 +162,7 @@ struct cons_job {
     bool processing_sent;         /* PROCESSING published for this attempt */
     uint64_t gate_probe_trip;     /* a probe of this breaker trip (gate.c); 0 = none */
     atomic_bool cancel;           /* set by the cancel subscription */
+    atomic_bool call_started;     /* dispatch chose to call the provider (peers.c reads it) */
     cons_job *next;               /* transfer hand-off queue / running list */
 };
 
@@ -213,6 +214,22 @@ void cons_job_abandon(cons_job *j, const char *why);
 /* Fetch thread: j (not in the registry) is a redelivery of a job whose call
  * still runs here; frees it without an ack and counts it as a duplicate. */
 void cons_job_leave_to_running(cons_job *j);
+/* Fetch thread: j (in the registry) is a redelivery of a job whose call still
+ * runs in the consumer `runner`; removes and frees it without an ack, as
+ * cons_job_leave_to_running. */
+void cons_job_leave_to_peer(cons_job *j, const char *runner);
+/* Fetch thread: j (in the registry) waits delay_ms for a consumer that may
+ * still run its call but did not answer (peers.c); nak'd with that delay,
+ * no transition, no attempt used. */
+void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms);
+/* Could an earlier delivery of j still be running in another consumer? True
+ * for a redelivery whose record says a call began (PROCESSING, not yet
+ * abandoned) or, for a job never recorded as called, one delivered at least
+ * ack_wait_ms after it became due: only then can nats-server have given up
+ * on a live call. A copy this consumer handed back untried is never asked
+ * about (untried). */
+bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
+                                int64_t now_ms, int64_t ack_wait_ms);
 const char *cons_job_state_name(cons_job_state s);
 /* The state machine's allowed moves, in one place (exposed for tests). */
 bool cons_job_move_ok(cons_job_state from, cons_job_state to);
@@ -243,6 +260,11 @@ void cons_registry_remove(cons_job *j);
 int cons_registry_cancel(const char *id);
 /* Sends natsMsg_InProgress for every in-flight job. */
 void cons_registry_keepalive(void);
+/* Of the n stream sequences, copies to held those whose job's provider call
+ * started here (running, or publishing its result) and sends each of them an
+ * in-progress ack at once; returns how many (peers.c answers another
+ * consumer with them). */
+size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
 /* Remembers that the n jobs wait for the ack of m (before publishing m; a
  * TransitionBatch is one m for many jobs). One lock for all n. */
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
@@ -467,11 +489,31 @@ void cons_pause_stop(void);
 /* True while lane (KILN_LANE_*) is paused (any thread). */
 bool cons_pause_lane(int lane);
 
+/* ---- peers.c: is a redelivered job's call still running in another consumer? ---- */
+/* How long a redelivery whose call may run in a consumer that did not answer
+ * waits, once per consumer, before it runs (that consumer may be reconnecting
+ * after a NATS outage; libnats tries every 250 ms). */
+#define CONS_PEER_GRACE_MS 1000
+/* How long an ask waits for an answer: peers on the same server answer in
+ * about a millisecond; only a copy nobody runs waits the whole time. */
+#define CONS_PEER_ASK_MS 100
+/* Subscribes to kiln.consumer.running (after cons_status_start: the answers
+ * carry its id). */
+kiln_status cons_peers_start(void);
+void cons_peers_stop(void);
+/* Asks every other consumer which of the n stream sequences' calls run there;
+ * sets held[i] for each one the first answer names, and copies that
+ * consumer's id to runner. Returns how many were held: 0 when nobody answered
+ * within CONS_PEER_ASK_MS. */
+size_t cons_peers_ask(const uint64_t *seqs, size_t n, bool *held, char *runner, size_t runner_len);
+
 /* ---- status.c: answers kiln.consumer.status for `kiln stats` ---- */
 /* With KILN_PROVIDER_RATE, also works out this process's share of it (at
  * start, then every 5 s on a thread of its own). */
 kiln_status cons_status_start(void);
 void cons_status_stop(void);
+/* This process's id, "<host>:<pid>:<8 random hex>" (set by cons_status_start). */
+const char *cons_status_id(void);
 /* rate's part for a process of concurrency mine among consumers of all in
  * all (this one included); rate itself when it is alone or all is unknown. */
 double cons_status_rate_share(double rate, int64_t mine, int64_t all);

@@ -19,7 +19,12 @@ void cons_ctx_register_metrics(void)
     cons_g.m_duplicates = kiln_metric_counter(
         "kiln_consumer_duplicates_skipped_total",
         "copies of a job not run: second copies of an id (published after the duplicate window, acked), "
-        "and redeliveries of a message whose call still runs here (left to that call)");
+        "and redeliveries of a message whose call still runs here or in another consumer (left to "
+        "that call)");
+    cons_g.m_peer_holds = kiln_metric_counter(
+        "kiln_consumer_redeliveries_held_total",
+        "redeliveries whose call may still run in another consumer that did not answer (e.g. still "
+        "reconnecting), handed back once for CONS_PEER_GRACE_MS (1 s) before they run");
     cons_g.m_redelivered = kiln_metric_counter(
         "kiln_consumer_redeliveries_total",
         "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "

@@ -121,13 +121,23 @@ static void fetch_mark_untried(natsMsg *m)
     jsMsgMetaData_Destroy(meta);
 }
 
+/* The second delivery of a message this thread handed back untried. */
+static bool fetch_untried_here(const cons_job *j)
+{
+    return j->num_delivered == 2 && j->stream_seq != 0 &&
+           fetch_untried[j->stream_seq % FETCH_UNTRIED_SLOTS] == j->stream_seq;
+}
+
 /* A redelivery whose earlier deliveries may have run needs the sync check. */
 static bool fetch_may_have_run(const cons_job *j)
 {
-    if (j->num_delivered <= 1) return false;
-    return !(j->num_delivered == 2 && j->stream_seq != 0 &&
-             fetch_untried[j->stream_seq % FETCH_UNTRIED_SLOTS] == j->stream_seq);
+    return j->num_delivered > 1 && !fetch_untried_here(j);
 }
+
+/* Stream sequences this thread already held back once for a consumer that
+ * may still run their call (fetch_ask_peers); direct-mapped like
+ * fetch_untried: a collision only holds a copy once more. Fetch thread only. */
+static uint64_t fetch_peer_held[FETCH_UNTRIED_SLOTS];
 
 /* Gives a fetched message back to JetStream untried. */
 static void fetch_hand_back(natsMsg *m)
@@ -200,6 +210,49 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
     free(ids);
 }
 
+/* Redeliveries whose call may still run in another consumer are asked about
+ * in one question. A copy whose call runs there is left to it; one nobody
+ * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
+ * still be reconnecting) and runs when it comes back unanswered again. Sets
+ * jobs[i] to NULL for every job it took. */
+static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t n)
+{
+    int64_t now = kiln_now_ms();
+    size_t k = 0;
+    size_t *idx = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!cons_job_may_run_elsewhere(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
+                                        cons_g.set->ack_wait_ms))
+            continue;
+        if (idx == NULL && (idx = calloc(n, sizeof *idx)) == NULL) return; /* they just run */
+        idx[k++] = i;
+    }
+    if (k == 0) return;
+    uint64_t *seqs = calloc(k, sizeof *seqs);
+    bool *held = calloc(k, sizeof *held);
+    char runner[320];
+    if (seqs != NULL && held != NULL) {
+        for (size_t c = 0; c < k; c++) seqs[c] = jobs[idx[c]]->stream_seq;
+        cons_peers_ask(seqs, k, held, runner, sizeof runner);
+        for (size_t c = 0; c < k; c++) {
+            cons_job *j = jobs[idx[c]];
+            uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];
+            if (held[c]) {
+                cons_job_leave_to_peer(j, runner);
+            } else if (*mark != j->stream_seq) {
+                *mark = j->stream_seq;
+                cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
+            } else {
+                continue; /* held once already and still unanswered: it runs */
+            }
+            jobs[idx[c]] = NULL;
+        }
+    }
+    free(seqs);
+    free(held);
+    free(idx);
+}
+
 /* Takes ownership of the fetched messages. */
 static void fetch_process(const fetch_lane *lane, natsMsgList *list)
 {
@@ -226,7 +279,9 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
         jobs[made++] = j;
     }
     if (made > 0) fetch_store_check(jobs, made, info);
-    for (size_t i = 0; i < made; i++) cons_job_dispatch(jobs[i], &info[i]);
+    if (made > 0) fetch_ask_peers(jobs, info, made);
+    for (size_t i = 0; i < made; i++)
+        if (jobs[i] != NULL) cons_job_dispatch(jobs[i], &info[i]);
     free(jobs);
     free(info);
 }

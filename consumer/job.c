@@ -112,6 +112,7 @@ kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
     j->state = CONS_JOB_FETCHED;
     j->num_delivered = 1;
     atomic_init(&j->cancel, false);
+    atomic_init(&j->call_started, false);
     if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
         j->num_delivered = meta->NumDelivered;
         j->stream_seq = meta->Sequence.Stream;
@@ -192,6 +193,45 @@ void cons_job_leave_to_running(cons_job *j)
              j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered);
     kiln_metric_add(cons_g.m_duplicates, 1);
     job_free(j);
+}
+
+void cons_job_leave_to_peer(cons_job *j, const char *runner)
+{
+    cons_registry_remove(j);
+    LOG_INFO("job redelivered while its call runs in another consumer, left to it job=%s lane=%s "
+             "seq=%llu delivered=%llu runner=%s",
+             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered,
+             runner);
+    kiln_metric_add(cons_g.m_duplicates, 1);
+    job_free(j);
+}
+
+void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms)
+{
+    LOG_INFO("job redelivered while its call may still run elsewhere, waiting for its consumer "
+             "job=%s lane=%s seq=%llu delivered=%llu delay_ms=%lld",
+             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered,
+             (long long)delay_ms);
+    kiln_metric_add(cons_g.m_peer_holds, 1);
+    job_move(j, CONS_JOB_CHECKED);
+    j->final = CONS_FINAL_NAK;
+    j->nak_delay_ms = delay_ms;
+    job_final(j);
+}
+
+bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
+                                int64_t now_ms, int64_t ack_wait_ms)
+{
+    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || !si->answered || !si->known)
+        return false;
+    if (si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) return !si->abandoned;
+    if (si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING || si->attempts != 0 || j->req == NULL)
+        return false;
+    /* Never recorded as called: a call younger than CONS_PROCESSING_AFTER_MS
+     * when NATS went away has its PROCESSING still in the reconnect buffer. */
+    int64_t due = j->req->created_at_ms > j->req->not_before_ms ? j->req->created_at_ms
+                                                                 : j->req->not_before_ms;
+    return now_ms - due >= ack_wait_ms;
 }
 
 void cons_job_abandon(cons_job *j, const char *why)
@@ -374,6 +414,7 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
      * attempt before the call (written at once: SendAsap), so a job that
      * kills its consumer runs out of attempts instead of looping. */
     if (j->num_delivered > 1) cons_job_send_processing(j);
+    atomic_store(&j->call_started, true);
     cons_transfers_submit(j);
 }
 

@@ -119,6 +119,25 @@ void cons_registry_keepalive(void)
     else LOG_DEBUG("in-progress acks sent jobs=%d", n);
 }
 
+size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
+{
+    size_t k = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (size_t i = 0; i < n; i++) {
+        for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
+            if (j->stream_seq != seqs[i] || !atomic_load(&j->call_started)) continue;
+            /* The asker holds a copy because nats-server thinks this one
+             * died: tell it otherwise now, not at the next keep-alive round. */
+            if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
+                LOG_WARN("in-progress ack failed job=%s", j->id);
+            held[k++] = seqs[i];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return k;
+}
+
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
                              int64_t deadline_mono)
 {

@@ -156,6 +156,8 @@ kiln_status cons_status_start(void) {
                                &status_share_timer);
 }
 
+const char *cons_status_id(void) { return status_id; }
+
 void cons_status_stop(void) {
     kiln_periodic_stop(status_share_timer);
     status_share_timer = NULL;

@@ -563,7 +563,12 @@ void h_stack_dump_logs(const h_stack *s, int lines)
 
 int h_log_count(const h_stack *s, h_comp c, const char *needle)
 {
-    FILE *f = fopen(s->procs[c].log_path, "r");
+    return h_file_log_count(s->procs[c].log_path, needle);
+}
+
+int h_file_log_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
     if (f == NULL) return 0;
     char line[4096];
     int n = 0;
@@ -593,6 +598,22 @@ int h_wait_log(const h_stack *s, h_comp c, const char *needle, int64_t deadline_
 {
     h_log_arg a = {s, c, needle};
     return h_wait_for(h_log_has, &a, deadline_ms, 50);
+}
+
+typedef struct {
+    const char *path, *needle;
+} h_file_log_arg;
+
+static int h_file_log_has(void *arg)
+{
+    h_file_log_arg *a = arg;
+    return h_file_log_count(a->path, a->needle) > 0;
+}
+
+int h_wait_file_log(const char *path, const char *needle, int64_t deadline_ms)
+{
+    h_file_log_arg a = {path, needle};
+    return h_wait_for(h_file_log_has, &a, deadline_ms, 50);
 }
 
 /* ---- stack ---------------------------------------------------------------- */

@@ -133,6 +133,9 @@ int h_log_contains(const h_stack *s, h_comp c, const char *needle);
 int h_log_count(const h_stack *s, h_comp c, const char *needle);
 /* Waits until it does; 1 when it did within deadline_ms. */
 int h_wait_log(const h_stack *s, h_comp c, const char *needle, int64_t deadline_ms);
+/* The same for a log file of its own (a process of h_spawn_another). */
+int h_file_log_count(const char *path, const char *needle);
+int h_wait_file_log(const char *path, const char *needle, int64_t deadline_ms);
 
 /* ---- waiting -------------------------------------------------------------- */
 

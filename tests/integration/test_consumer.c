@@ -385,3 +385,75 @@ Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* Pull requests waiting on a durable (a consumer with free slots keeps one). */
+static int consumer_pulls_waiting(jsCtx *js, const char *durable)
+{
+    jsConsumerInfo *ci = NULL;
+    if (js_GetConsumerInfo(&ci, js, "KILN_JOBS", durable, NULL, NULL) != NATS_OK) return -1;
+    int n = (int)ci->NumWaiting;
+    jsConsumerInfo_Destroy(ci);
+    return n;
+}
+
+Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)
+{
+    /* The first consumer has one slot: while its call runs it pulls nothing,
+     * so the redelivery can only go to the second. */
+    h_stack s;
+    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
+    h_start(&s, &opts);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=6000 patient crane", id), 202);
+    /* Recorded as processing (the store knows a call began) ... */
+    json_t *job = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 10000);
+    cr_assert_not_null(job, "the job was not recorded processing");
+    json_decref(job);
+    /* ... and an in-progress ack names its message. */
+    natsMsg *wpi = NULL;
+    int64_t until = h_now_ms() + 10000;
+    while (wpi == NULL && h_now_ms() < until) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, acks, 500) != NATS_OK) continue;
+        if (natsMsg_GetDataLength(m) == 4 && memcmp(natsMsg_GetData(m), "+WPI", 4) == 0) wpi = m;
+        else natsMsg_Destroy(m);
+    }
+    cr_assert_not_null(wpi, "no in-progress ack while the call ran");
+
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    pid_t second = h_spawn_another(&s, H_CONSUMER, env2, "consumer2");
+    cr_assert(second > 0, "the second consumer did not start");
+    char log2[PATH_MAX];
+    snprintf(log2, sizeof log2, "%s/consumer2.log", s.log_dir);
+    cr_assert(h_wait_file_log(log2, "consumer ready", 15000), "the second consumer was not ready");
+    until = h_now_ms() + 10000;
+    while (consumer_pulls_waiting(n.js, "kiln-worker-normal") < 1 && h_now_ms() < until) {
+        natsMsg *m = NULL; /* the acks of the wait: drained, not looked at */
+        if (natsSubscription_NextMsg(&m, acks, 50) == NATS_OK) natsMsg_Destroy(m);
+    }
+    cr_assert(consumer_pulls_waiting(n.js, "kiln-worker-normal") >= 1, "the second consumer does not pull");
+
+    /* nats-server gives the message up as if the first consumer's acks were late. */
+    cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi), "-NAK"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    cr_assert(h_wait_file_log(log2, "left to it job=", 10000),
+              "the second consumer did not leave the copy to the running call");
+
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 20000, "the redelivered job");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
+                 "a second call began while the first ran");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer our calls still run"));
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    natsMsg_Destroy(wpi);
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}

@@ -752,6 +752,53 @@ Test(job, duplicate_copy)
     cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "a re-drive runs once the attempt was abandoned");
 }
 
+/* Which redeliveries are asked about in the other consumers (peers.c). */
+Test(job, may_run_elsewhere)
+{
+    cons_job j = {0};
+    cons_store_info si = {0};
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    const int64_t now = 1000000, ack_wait = 30000;
+    j.req = &r;
+    j.num_delivered = 2;
+    j.stream_seq = 42;
+    si.answered = si.known = true;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
+    si.attempts = 1;
+    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a call began");
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, true, now, ack_wait),
+                  "handed back untried here");
+    si.abandoned = true;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+                  "processing for longer than an attempt can run");
+    si.abandoned = false;
+    j.num_delivered = 1;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a first delivery");
+    j.num_delivered = 2;
+    si.answered = false;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "store did not answer");
+    si.answered = true;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "already terminal");
+
+    /* Pending: asked only if no call was recorded and nats-server could
+     * have given a call up (due at least AckWait ago). */
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    si.attempts = 1;
+    r.created_at_ms = now - 10 * ack_wait;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a retry");
+    si.attempts = 0;
+    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+              "a call younger than its PROCESSING announcement");
+    r.created_at_ms = now - ack_wait + 1;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+                  "created less than AckWait ago");
+    r.created_at_ms = now - 10 * ack_wait;
+    r.not_before_ms = now - 1000;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+                  "a delayed job coming due");
+}
+
 /* ---- recently cancelled ids ---------------------------------------------- */
 
 Test(cancel, recent_ids)
