@@ -176,6 +176,7 @@ typedef struct {
     unsigned attempts;
     uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
     bool abandoned;  /* processing for longer than an attempt can run (kiln_jobrec_abandoned) */
+    int64_t retry_at_ms; /* pending after a failed attempt: when the next became due; 0 = none */
 } cons_store_info;
 /* storecheck.c: one request to the store on subject (body may be NULL with
  * len 0) and its StoreReply in *out (free with
@@ -224,10 +225,11 @@ void cons_job_leave_to_peer(cons_job *j, const char *runner);
 void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms);
 /* Could an earlier delivery of j still be running in another consumer? True
  * for a redelivery whose record says a call began (PROCESSING, not yet
- * abandoned) or, for a job never recorded as called, one delivered at least
- * ack_wait_ms after it became due: only then can nats-server have given up
- * on a live call. A copy this consumer handed back untried is never asked
- * about (untried). */
+ * abandoned), whose record is pending but that comes at least ack_wait_ms
+ * after the job became due (created, not_before, or its retry time: only
+ * then can nats-server have given up on a live call whose PROCESSING the
+ * store has not seen), or that the store could not tell about. A copy this
+ * consumer handed back untried is never asked about (untried). */
 bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms);
 const char *cons_job_state_name(cons_job_state s);
@@ -495,8 +497,9 @@ bool cons_pause_lane(int lane);
  * after a NATS outage; libnats tries every 250 ms). */
 #define CONS_PEER_GRACE_MS 1000
 /* How long an ask waits for an answer: peers on the same server answer in
- * about a millisecond; only a copy nobody runs waits the whole time. */
-#define CONS_PEER_ASK_MS 100
+ * about a millisecond; only a batch whose copies nobody runs waits the whole
+ * time, with the fetch thread (a slow answer costs a hold, not a call). */
+#define CONS_PEER_ASK_MS 25
 /* Subscribes to kiln.consumer.running (after cons_status_start: the answers
  * carry its id). */
 kiln_status cons_peers_start(void);

@@ -222,15 +222,18 @@ void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms)
 bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms)
 {
-    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || !si->answered || !si->known)
-        return false;
-    if (si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) return !si->abandoned;
-    if (si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING || si->attempts != 0 || j->req == NULL)
-        return false;
-    /* Never recorded as called: a call younger than CONS_PROCESSING_AFTER_MS
-     * when NATS went away has its PROCESSING still in the reconnect buffer. */
-    int64_t due = j->req->created_at_ms > j->req->not_before_ms ? j->req->created_at_ms
-                                                                 : j->req->not_before_ms;
+    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || j->req == NULL) return false;
+    if (si->answered && si->known) {
+        if (si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) return !si->abandoned;
+        if (si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING) return false;
+    }
+    /* Pending, or not known: a call started since may not be recorded yet
+     * (its PROCESSING goes out after CONS_PROCESSING_AFTER_MS, or sat in a
+     * reconnect buffer). A copy due less than AckWait ago is a retry or a
+     * delayed job on time, not a call given up. */
+    int64_t due = j->req->created_at_ms;
+    if (j->req->not_before_ms > due) due = j->req->not_before_ms;
+    if (si->answered && si->known && si->retry_at_ms > due) due = si->retry_at_ms;
     return now_ms - due >= ack_wait_ms;
 }
 

@@ -48,6 +48,7 @@ void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreRep
         info[i].state = rec->status->state;
         info[i].attempts = rec->status->attempts;
         info[i].request_seq = rec->request_seq;
+        info[i].retry_at_ms = rec->retry_at_ms;
         info[i].abandoned = kiln_jobrec_abandoned(rec, kiln_now_ms()) != 0;
         if (k == next) next++;
     }

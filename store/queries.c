@@ -244,7 +244,8 @@ static void queries_check(queries *q, natsMsg *msg)
             goto out;
         }
         /* Only id, state and attempts (and, while processing, what
-         * kiln_jobrec_abandoned needs): the reply stays small for 1024 ids. */
+         * kiln_jobrec_abandoned needs; while pending, retry_at_ms): the
+         * reply stays small for 1024 ids. */
         kiln__v1__job_record__init(&recs[n]);
         kiln__v1__job_status__init(&sts[n]);
         kiln__v1__job_request__init(&reqs[n]);
@@ -257,6 +258,10 @@ static void queries_check(queries *q, natsMsg *msg)
             recs[n].updated_at_ms = rec->updated_at_ms;
             if (rec->request != NULL) reqs[n].timeout_s = rec->request->timeout_s;
         }
+        /* When a waiting job's next attempt became due: a consumer tells a
+         * late redelivery (a call given up) from a retry on time (peers.c). */
+        if (rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING)
+            recs[n].retry_at_ms = rec->retry_at_ms;
         recs[n].request = &reqs[n];
         recs[n].status = &sts[n];
         ptrs[n] = &recs[n];

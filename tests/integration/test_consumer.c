@@ -78,6 +78,10 @@ Test(consumer, kill9_mid_job_completes_exactly_once)
     cr_expect_eq(json_array_size(json_object_get(j, "images")), 1, "%s", d);
     free(d);
     json_decref(j);
+    /* Its record said processing and no consumer answered for the call: the
+     * copy was held back once (the dead one might have been reconnecting),
+     * then run. */
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_redeliveries_held_total"), 1);
 
     /* Exactly one terminal state: one jobs.done copy (de-duplicated stream),
      * and the state never changes afterwards. */

@@ -775,21 +775,27 @@ Test(job, may_run_elsewhere)
     j.num_delivered = 1;
     cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a first delivery");
     j.num_delivered = 2;
-    si.answered = false;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "store did not answer");
-    si.answered = true;
     si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
     cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "already terminal");
 
-    /* Pending: asked only if no call was recorded and nats-server could
-     * have given a call up (due at least AckWait ago). */
+    /* Pending: asked only if nats-server could have given up a call begun
+     * since (due at least AckWait ago). */
     si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
     si.attempts = 1;
     r.created_at_ms = now - 10 * ack_wait;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a retry");
+    si.retry_at_ms = now - 1000;
+    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a retry on time");
+    si.retry_at_ms = now - ack_wait;
+    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+              "a retry an AckWait late: its call may have begun elsewhere");
     si.attempts = 0;
+    si.retry_at_ms = 0;
     cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
               "a call younger than its PROCESSING announcement");
+    si.answered = false;
+    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
+              "the store did not answer: asked");
+    si.answered = true;
     r.created_at_ms = now - ack_wait + 1;
     cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
                   "created less than AckWait ago");
