@@ -107,13 +107,16 @@ unit-test: deps
 	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
 	tests/run.sh build/san/bin unit
 
-# `make chaos`: the chaos test alone, its faults going on for CHAOS_SECS;
+# `make chaos`: the chaos test alone, its faults going on for CHAOS_SECS,
+# with CHAOS_CONSUMERS consumers (the second is spared by the faults);
 # CHAOS_NATS_KILL=1 adds nats-server SIGKILL to them.
 CHAOS_SECS ?= 300
+CHAOS_CONSUMERS ?= 2
 CHAOS_NATS_KILL ?= 0
 chaos: deps
 	$(MAKE) --no-print-directory -j2 BUILD=build/san SAN=1 OPT=-O1 tests
-	KILN_CHAOS_SECS=$(CHAOS_SECS) KILN_CHAOS_NATS_KILL=$(CHAOS_NATS_KILL) \
+	KILN_CHAOS_SECS=$(CHAOS_SECS) KILN_CHAOS_CONSUMERS=$(CHAOS_CONSUMERS) \
+	    KILN_CHAOS_NATS_KILL=$(CHAOS_NATS_KILL) \
 	    tests/run.sh build/san/bin it --filter 'chaos/*'
 
 run: deps all
