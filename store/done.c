@@ -154,16 +154,6 @@ kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const ato
     return KILN_OK;
 }
 
-kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
-                               int64_t timeout_ms)
-{
-    if (l->n == 0 && ev->n == 0) return KILN_OK;
-    uint64_t failed0 = done_failures();
-    kiln_status st = done_publish_async(js, l, ev);
-    if (st != KILN_OK) return st;
-    return done_wait(js, failed0, timeout_ms, NULL);
-}
-
 kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id)
 {
     char subj[sizeof KILN_SUBJ_CANCELLED_PREFIX + KILN_ID_MAX_LEN];

@@ -37,10 +37,6 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
  * sit out the whole timeout (the batch, unacked, is redelivered). */
 kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const atomic_bool *stop);
 
-/* done_publish_async then done_wait. */
-kiln_status done_publish_batch(jsCtx *js, const apply_done_list *l, const events_list *ev,
-                               int64_t timeout_ms);
-
 /* Core NATS broadcast so a consumer running the job aborts it. */
 kiln_status done_broadcast_cancelled(natsConnection *nc, const char *id);
 

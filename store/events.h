@@ -100,8 +100,8 @@ void events_reset(events_list *l);
 void events_free(events_list *l);
 
 /* Publishes every item (first events batched per user, before the others)
- * with js_PublishMsgAsync; the caller waits for the acks
- * (done_publish_batch does, together with jobs.done). */
+ * with js_PublishMsgAsync; the caller waits for the acks (the apply loop
+ * does with done_wait, together with jobs.done's). */
 kiln_status events_publish_async(jsCtx *js, const events_list *l);
 /* Publishes every item synchronously (request threads), each up to tries times. */
 kiln_status events_publish_sync(jsCtx *js, const events_list *l, int tries);
