@@ -177,7 +177,7 @@ static void natsconn_on_disconnected(natsConnection *nc, void *closure)
     LOG_WARN("nats disconnected; reconnecting");
 }
 
-void kiln_nats_log_reconnected(natsConnection *nc, void *closure)
+static void natsconn_on_reconnected(natsConnection *nc, void *closure)
 {
     (void)closure;
     char url[256] = "", shown[256];
@@ -313,10 +313,7 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
     if (s == NATS_OK && o->send_asap) s = natsOptions_SetSendAsap(opts, true);
     if (s == NATS_OK && o->global_delivery) s = natsOptions_UseGlobalMessageDelivery(opts, true);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, natsconn_on_disconnected, NULL);
-    if (s == NATS_OK && o->reconnected_cb != NULL)
-        s = natsOptions_SetReconnectedCB(opts, o->reconnected_cb, o->reconnected_closure);
-    else if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(opts, kiln_nats_log_reconnected, NULL);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, natsconn_on_reconnected, NULL);
     if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, natsconn_on_closed, NULL);
     if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, natsconn_on_error, NULL);
     if (s != NATS_OK) {

@@ -42,14 +42,7 @@ typedef struct {
     jsPubAckHandler ack_handler;
     void *ack_closure;
     int64_t js_wait_ms;         /* JetStream API call timeout; 0 = library default (5 s) */
-    /* Called on libnats' callback thread after each reconnect, instead of
-     * kiln_nats_log_reconnected (which it should call); NULL = just log. */
-    natsConnectionHandler reconnected_cb;
-    void *reconnected_closure;
 } kiln_nats_opts;
-
-/* The default reconnect callback: logs the server reconnected to. */
-void kiln_nats_log_reconnected(natsConnection *nc, void *closure);
 
 void kiln_nats_opts_init(kiln_nats_opts *o);
 

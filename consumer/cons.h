@@ -216,21 +216,29 @@ void cons_job_abandon(cons_job *j, const char *why);
  * still runs here; frees it without an ack and counts it as a duplicate. */
 void cons_job_leave_to_running(cons_job *j);
 /* Fetch thread: j (in the registry) is a redelivery of a job whose call still
- * runs in the consumer `runner`; removes and frees it without an ack, as
+ * runs in another consumer; removes and frees it without an ack, as
  * cons_job_leave_to_running. */
-void cons_job_leave_to_peer(cons_job *j, const char *runner);
+void cons_job_leave_to_peer(cons_job *j);
 /* Fetch thread: j (in the registry) waits delay_ms for a consumer that may
  * still run its call but did not answer (peers.c); nak'd with that delay,
  * no transition, no attempt used. */
 void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms);
-/* Could an earlier delivery of j still be running in another consumer? True
- * for a redelivery whose record says a call began (PROCESSING, not yet
- * abandoned), whose record is pending but that comes at least ack_wait_ms
- * after the job became due (created, not_before, or its retry time: only
- * then can nats-server have given up on a live call whose PROCESSING the
- * store has not seen), or that the store could not tell about. A copy this
- * consumer handed back untried is never asked about (untried). */
-bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
+/* Could an earlier delivery of j still be running in another consumer, and
+ * what to do if no consumer says so (fetcher.c asks them, peers.c). */
+typedef enum {
+    CONS_ASK_NONE,    /* no: run it */
+    CONS_ASK_ONLY,    /* perhaps: ask, and run it if nobody runs it */
+    CONS_ASK_OR_HOLD, /* a call began: ask, and hold it back once if nobody answers */
+} cons_ask_rule;
+/* CONS_ASK_OR_HOLD for a redelivery whose record says a call began
+ * (PROCESSING, not yet abandoned). CONS_ASK_ONLY for one whose record is
+ * pending, or that the store could not tell about, when it comes about
+ * AckWait after the job became due (created, not_before, or the retry time
+ * the store knows): only then can nats-server have given up on a live call
+ * whose PROCESSING the store has not seen; clocks of other hosts and
+ * nats-server's whole-second timestamps get a margin. A copy this consumer
+ * handed back untried is never asked about (untried). */
+cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms);
 const char *cons_job_state_name(cons_job_state s);
 /* The state machine's allowed moves, in one place (exposed for tests). */
@@ -496,19 +504,21 @@ bool cons_pause_lane(int lane);
  * waits, once per consumer, before it runs (that consumer may be reconnecting
  * after a NATS outage; libnats tries every 250 ms). */
 #define CONS_PEER_GRACE_MS 1000
-/* How long an ask waits for an answer: peers on the same server answer in
+/* How long an ask waits for answers: peers on the same server answer in
  * about a millisecond; only a batch whose copies nobody runs waits the whole
- * time, with the fetch thread (a slow answer costs a hold, not a call). */
+ * time, with the fetch thread. A held copy is asked again with the longer
+ * wait, so a peer that answered slowly once is heard the second time. */
 #define CONS_PEER_ASK_MS 25
+#define CONS_PEER_REASK_MS 250
 /* Subscribes to kiln.consumer.running (after cons_status_start: the answers
  * carry its id). */
 kiln_status cons_peers_start(void);
 void cons_peers_stop(void);
-/* Asks every other consumer which of the n stream sequences' calls run there;
- * sets held[i] for each one the first answer names, and copies that
- * consumer's id to runner. Returns how many were held: 0 when nobody answered
- * within CONS_PEER_ASK_MS. */
-size_t cons_peers_ask(const uint64_t *seqs, size_t n, bool *held, char *runner, size_t runner_len);
+/* Asks every other consumer which of the n (at most CONS_FETCH_MAX) stream
+ * sequences' calls run there; sets held[i] for each one an answer names.
+ * Gathers answers until all n are named or wait_ms passed; returns how many
+ * were named. */
+size_t cons_peers_ask(const uint64_t *seqs, size_t n, int64_t wait_ms, bool *held);
 
 /* ---- status.c: answers kiln.consumer.status for `kiln stats` ---- */
 /* With KILN_PROVIDER_RATE, also works out this process's share of it (at

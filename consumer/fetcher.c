@@ -211,46 +211,53 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
 }
 
 /* Redeliveries whose call may still run in another consumer are asked about
- * in one question. A copy whose call runs there is left to it; one nobody
+ * in one question (cons_job_ask_rule says which). A copy whose call runs
+ * there is left to it. One whose record says a call began but nobody
  * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
- * still be reconnecting) and runs when it comes back unanswered again. Sets
- * jobs[i] to NULL for every job it took. */
+ * still be reconnecting) and asked again, with a longer wait, when it comes
+ * back; the others run. Sets jobs[i] to NULL for every job it took. */
 static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t n)
 {
-    int64_t now = kiln_now_ms();
+    int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
     size_t k = 0;
     size_t *idx = NULL;
+    cons_ask_rule *rule = NULL;
     for (size_t i = 0; i < n; i++) {
-        if (!cons_job_may_run_elsewhere(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
-                                        cons_g.set->ack_wait_ms))
-            continue;
-        if (idx == NULL && (idx = calloc(n, sizeof *idx)) == NULL) return; /* they just run */
+        cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
+                                            cons_g.set->ack_wait_ms);
+        if (r == CONS_ASK_NONE) continue;
+        if (idx == NULL) {
+            idx = calloc(n, sizeof *idx);
+            rule = calloc(n, sizeof *rule);
+            if (idx == NULL || rule == NULL) goto out; /* they just run */
+        }
+        if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
+            wait_ms = CONS_PEER_REASK_MS;
+        rule[k] = r;
         idx[k++] = i;
     }
-    if (k == 0) return;
-    uint64_t *seqs = calloc(k, sizeof *seqs);
-    bool *held = calloc(k, sizeof *held);
-    char runner[320];
-    if (seqs != NULL && held != NULL) {
-        for (size_t c = 0; c < k; c++) seqs[c] = jobs[idx[c]]->stream_seq;
-        cons_peers_ask(seqs, k, held, runner, sizeof runner);
-        for (size_t c = 0; c < k; c++) {
-            cons_job *j = jobs[idx[c]];
-            uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];
-            if (held[c]) {
-                cons_job_leave_to_peer(j, runner);
-            } else if (*mark != j->stream_seq) {
-                *mark = j->stream_seq;
-                cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
-            } else {
-                continue; /* held once already and still unanswered: it runs */
-            }
-            jobs[idx[c]] = NULL;
+    if (k == 0) goto out;
+    uint64_t seqs[CONS_FETCH_MAX];
+    bool held[CONS_FETCH_MAX];
+    if (k > CONS_FETCH_MAX) k = CONS_FETCH_MAX; /* a batch is never larger */
+    for (size_t c = 0; c < k; c++) seqs[c] = jobs[idx[c]]->stream_seq;
+    cons_peers_ask(seqs, k, wait_ms, held);
+    for (size_t c = 0; c < k; c++) {
+        cons_job *j = jobs[idx[c]];
+        uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];
+        if (held[c]) {
+            cons_job_leave_to_peer(j);
+        } else if (rule[c] == CONS_ASK_OR_HOLD && *mark != j->stream_seq) {
+            *mark = j->stream_seq;
+            cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
+        } else {
+            continue; /* nobody runs it (or held once already): it runs */
         }
+        jobs[idx[c]] = NULL;
     }
-    free(seqs);
-    free(held);
+out:
     free(idx);
+    free(rule);
 }
 
 /* Takes ownership of the fetched messages. */

@@ -1,8 +1,9 @@
 /* job.c - the per-job state machine: fetched -> checked -> running ->
  * publishing result -> acked | nak'd with delay | terminated (| abandoned when
  * a publish fails, leaving the message for redelivery; | freed while fetched,
- * unacked, when it is a redelivery of a job still running here). Every
- * transition of cons_job.state happens in this file. */
+ * unacked, when it is a redelivery of a job still running here or in another
+ * consumer; | nak'd with a delay, untried, while another consumer may still
+ * run it). Every transition of cons_job.state happens in this file. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,13 +196,12 @@ void cons_job_leave_to_running(cons_job *j)
     job_free(j);
 }
 
-void cons_job_leave_to_peer(cons_job *j, const char *runner)
+void cons_job_leave_to_peer(cons_job *j)
 {
     cons_registry_remove(j);
     LOG_INFO("job redelivered while its call runs in another consumer, left to it job=%s lane=%s "
-             "seq=%llu delivered=%llu runner=%s",
-             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered,
-             runner);
+             "seq=%llu delivered=%llu",
+             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered);
     kiln_metric_add(cons_g.m_duplicates, 1);
     job_free(j);
 }
@@ -219,22 +219,24 @@ void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms)
     job_final(j);
 }
 
-bool cons_job_may_run_elsewhere(const cons_job *j, const cons_store_info *si, bool untried,
+cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms)
 {
-    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || j->req == NULL) return false;
-    if (si->answered && si->known) {
-        if (si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING) return !si->abandoned;
-        if (si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING) return false;
-    }
-    /* Pending, or not known: a call started since may not be recorded yet
+    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || j->req == NULL)
+        return CONS_ASK_NONE;
+    bool told = si->answered && si->known;
+    if (told && si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING)
+        return si->abandoned ? CONS_ASK_NONE : CONS_ASK_OR_HOLD;
+    if (told && si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING) return CONS_ASK_NONE;
+    /* Pending, or not known: a call begun since may not be recorded yet
      * (its PROCESSING goes out after CONS_PROCESSING_AFTER_MS, or sat in a
-     * reconnect buffer). A copy due less than AckWait ago is a retry or a
+     * reconnect buffer). A copy due well under AckWait ago is a retry or a
      * delayed job on time, not a call given up. */
     int64_t due = j->req->created_at_ms;
     if (j->req->not_before_ms > due) due = j->req->not_before_ms;
-    if (si->answered && si->known && si->retry_at_ms > due) due = si->retry_at_ms;
-    return now_ms - due >= ack_wait_ms;
+    if (told && si->retry_at_ms > due) due = si->retry_at_ms;
+    int64_t margin = ack_wait_ms / 10 > 1000 ? ack_wait_ms / 10 : 1000;
+    return now_ms - due >= ack_wait_ms - margin ? CONS_ASK_ONLY : CONS_ASK_NONE;
 }
 
 void cons_job_abandon(cons_job *j, const char *why)

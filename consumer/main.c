@@ -95,16 +95,6 @@ static int64_t main_ms_left(int64_t until)
 }
 
 /* SIGTERM/SIGINT are blocked in every thread and taken by sigwait in main. */
-/* The acks' connection is back: the running jobs' in-progress acks go now,
- * not up to AckWait/3 later. An outage longer than AckWait has made
- * nats-server give them up, and a copy may already be on its way to another
- * consumer, which asks us first (peers.c) and waits for our answer. */
-static void main_on_acks_reconnected(natsConnection *nc, void *closure)
-{
-    kiln_nats_log_reconnected(nc, closure);
-    cons_registry_keepalive();
-}
-
 static void main_wait_signal(const sigset_t *set)
 {
     int sig = 0;
@@ -192,7 +182,6 @@ int main(int argc, char **argv)
     ack_opts.name = "kiln-consumer-acks";
     ack_opts.initial_timeout_ms = MAIN_CONNECT_TIMEOUT_MS;
     ack_opts.send_asap = false;
-    ack_opts.reconnected_cb = main_on_acks_reconnected;
     st = kiln_nats_connect_opts(main_set.nats_url, &ack_opts, &cons_g.ack_nc, NULL);
     if (st != KILN_OK) goto out;
     kiln_provision_opts_init(&popts);

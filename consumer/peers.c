@@ -7,23 +7,49 @@
  * to another consumer, which would call the provider a second time (a
  * second paid generation) beside the running one. Before running such a
  * copy the fetcher asks every consumer here (core NATS, each subscribes).
- * The one whose call runs sends that job's in-progress ack at once and
- * answers; the asker then drops its copy unacked, as for a copy of a call
- * running in its own process (nats-server acks by stream sequence, so the
- * running call's ack settles it). The callback runs on a libnats thread. */
+ * Each one whose call of an asked stream sequence runs sends that job's
+ * in-progress ack at once and answers with the sequences it runs; the asker
+ * gathers the answers until every sequence is accounted for or the wait
+ * ends, and drops the copies that run elsewhere unacked, as for a copy of a
+ * call running in its own process (nats-server acks by stream sequence, so
+ * the running call's ack settles it). The callback runs on a libnats
+ * thread. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "cons.h"
 #include "log.h"
 #include "natsconn.h"
 #include "pb.h"
 #include "subjects.h"
 
-/* Sequences per question: a fetched batch's redeliveries, at most. */
-#define PEERS_MAX_SEQS 1024
+/* Sequences per question or answer: one fetched batch's, at most. */
+#define PEERS_MAX_SEQS CONS_FETCH_MAX
 
 static natsSubscription *peers_sub;
+
+/* Answers a RunningQuery with the asked sequences whose calls run here. */
+static void peers_answer(natsConnection *nc, const char *reply, const Kiln__V1__RunningQuery *q)
+{
+    uint64_t held[PEERS_MAX_SEQS];
+    size_t n = cons_registry_running_seqs(q->stream_seqs, q->n_stream_seqs, held);
+    if (n == 0) return;
+    Kiln__V1__RunningReply rep = KILN__V1__RUNNING_REPLY__INIT;
+    rep.consumer = (char *)cons_status_id();
+    rep.n_stream_seqs = n;
+    rep.stream_seqs = held;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (kiln_pb_pack((const ProtobufCMessage *)&rep, &buf, &len) == KILN_OK) {
+        natsStatus s = natsConnection_Publish(nc, reply, buf, (int)len);
+        if (s != NATS_OK) LOG_WARN("running reply failed status=%s", natsStatus_GetText(s));
+    }
+    free(buf);
+    LOG_INFO("told another consumer our calls still run asker=%s jobs=%zu",
+             q->asker != NULL ? q->asker : "?", n);
+}
 
 static void peers_on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -34,38 +60,43 @@ static void peers_on_query(natsConnection *nc, natsSubscription *sub, natsMsg *m
     Kiln__V1__RunningQuery *q = NULL;
     if (reply != NULL && reply[0] != '\0' && len >= 0 && len <= KILN_PB_MAX_BYTES)
         q = kiln__v1__running_query__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(msg));
-    /* Our own question comes back to us too: the copy it asks about is ours. */
-    if (q == NULL || q->n_stream_seqs == 0 || q->n_stream_seqs > PEERS_MAX_SEQS ||
-        (q->asker != NULL && strcmp(q->asker, cons_status_id()) == 0))
-        goto out;
-    uint64_t *held = malloc(q->n_stream_seqs * sizeof *held);
-    if (held == NULL) goto out;
-    size_t n = cons_registry_running_seqs(q->stream_seqs, q->n_stream_seqs, held);
-    if (n > 0) {
-        Kiln__V1__RunningReply rep = KILN__V1__RUNNING_REPLY__INIT;
-        rep.consumer = (char *)cons_status_id();
-        rep.n_stream_seqs = n;
-        rep.stream_seqs = held;
-        uint8_t *buf = NULL;
-        size_t blen = 0;
-        if (kiln_pb_pack((const ProtobufCMessage *)&rep, &buf, &blen) == KILN_OK) {
-            natsStatus s = natsConnection_Publish(nc, reply, buf, (int)blen);
-            if (s != NATS_OK) LOG_WARN("running reply failed status=%s", natsStatus_GetText(s));
-        }
-        free(buf);
-        LOG_INFO("told another consumer our calls still run asker=%s jobs=%zu",
-                 q->asker != NULL ? q->asker : "?", n);
-    }
-    free(held);
-out:
+    /* Our own question comes back to us too: the copies it asks about are ours. */
+    if (q != NULL && q->n_stream_seqs > 0 && q->n_stream_seqs <= PEERS_MAX_SEQS &&
+        !(q->asker != NULL && strcmp(q->asker, cons_status_id()) == 0))
+        peers_answer(nc, reply, q);
     if (q != NULL) kiln__v1__running_query__free_unpacked(q, NULL);
     natsMsg_Destroy(msg);
 }
 
-size_t cons_peers_ask(const uint64_t *seqs, size_t n, bool *held, char *runner, size_t runner_len)
+/* Marks in held the asked sequences one answer names; returns how many it
+ * newly marked. */
+static size_t peers_take_answer(natsMsg *m, const uint64_t *seqs, size_t n, bool *held)
+{
+    int len = natsMsg_GetDataLength(m);
+    Kiln__V1__RunningReply *rep = NULL;
+    if (len >= 0 && len <= KILN_PB_MAX_BYTES)
+        rep = kiln__v1__running_reply__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
+    if (rep == NULL) return 0;
+    size_t k = 0;
+    if (rep->n_stream_seqs <= PEERS_MAX_SEQS) {
+        for (size_t r = 0; r < rep->n_stream_seqs; r++) {
+            for (size_t i = 0; i < n; i++) {
+                if (held[i] || rep->stream_seqs[r] != seqs[i]) continue;
+                held[i] = true;
+                k++;
+            }
+        }
+    }
+    if (k > 0)
+        LOG_INFO("another consumer still runs redelivered jobs runner=%s jobs=%zu",
+                 rep->consumer != NULL ? rep->consumer : "?", k);
+    kiln__v1__running_reply__free_unpacked(rep, NULL);
+    return k;
+}
+
+size_t cons_peers_ask(const uint64_t *seqs, size_t n, int64_t wait_ms, bool *held)
 {
     memset(held, 0, n * sizeof *held);
-    if (runner_len > 0) runner[0] = '\0';
     if (n == 0 || n > PEERS_MAX_SEQS) return 0;
     Kiln__V1__RunningQuery q = KILN__V1__RUNNING_QUERY__INIT;
     q.asker = (char *)cons_status_id();
@@ -73,31 +104,28 @@ size_t cons_peers_ask(const uint64_t *seqs, size_t n, bool *held, char *runner, 
     q.stream_seqs = (uint64_t *)seqs;
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (kiln_pb_pack((const ProtobufCMessage *)&q, &buf, &len) != KILN_OK) return 0;
-    natsMsg *reply = NULL;
-    natsStatus s = natsConnection_Request(&reply, cons_g.nc, KILN_SUBJ_CONSUMER_RUNNING, buf,
-                                          (int)len, CONS_PEER_ASK_MS);
-    free(buf);
-    if (s != NATS_OK) return 0; /* a timeout: nobody runs them, or nobody could say */
-    int rlen = natsMsg_GetDataLength(reply);
-    Kiln__V1__RunningReply *rep = NULL;
-    if (rlen >= 0 && rlen <= KILN_PB_MAX_BYTES)
-        rep = kiln__v1__running_reply__unpack(NULL, (size_t)rlen,
-                                              (const uint8_t *)natsMsg_GetData(reply));
-    natsMsg_Destroy(reply);
-    if (rep == NULL) return 0;
+    natsInbox *inbox = NULL;
+    natsSubscription *answers = NULL;
     size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t r = 0; r < rep->n_stream_seqs; r++) {
-            if (rep->stream_seqs[r] != seqs[i]) continue;
-            held[i] = true;
-            k++;
-            break;
-        }
+    if (kiln_pb_pack((const ProtobufCMessage *)&q, &buf, &len) != KILN_OK) return 0;
+    /* Several consumers may each run some of the copies: every answer
+     * counts, not just the first (natsConnection_Request's). */
+    natsStatus s = natsInbox_Create(&inbox);
+    if (s == NATS_OK) s = natsConnection_SubscribeSync(&answers, cons_g.nc, inbox);
+    if (s == NATS_OK)
+        s = natsConnection_PublishRequest(cons_g.nc, KILN_SUBJ_CONSUMER_RUNNING, inbox, buf, (int)len);
+    int64_t until = kiln_mono_ms() + wait_ms;
+    while (s == NATS_OK && k < n) {
+        int64_t left = until - kiln_mono_ms();
+        natsMsg *m = NULL;
+        if (left <= 0 || natsSubscription_NextMsg(&m, answers, left) != NATS_OK) break;
+        k += peers_take_answer(m, seqs, n, held);
+        natsMsg_Destroy(m);
     }
-    if (runner_len > 0)
-        snprintf(runner, runner_len, "%s", rep->consumer != NULL ? rep->consumer : "?");
-    kiln__v1__running_reply__free_unpacked(rep, NULL);
+    if (s != NATS_OK) LOG_DEBUG("running query not sent status=%s", natsStatus_GetText(s));
+    kiln_nats_unsubscribe(&answers);
+    natsInbox_Destroy(inbox);
+    free(buf);
     return k;
 }
 

@@ -119,22 +119,33 @@ void cons_registry_keepalive(void)
     else LOG_DEBUG("in-progress acks sent jobs=%d", n);
 }
 
+static int reg_seq_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
 {
+    /* Sorted first: one walk of the in-flight list under the lock. */
+    uint64_t *sorted = malloc(n * sizeof *sorted);
+    if (sorted == NULL) return 0;
+    memcpy(sorted, seqs, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, reg_seq_cmp);
     size_t k = 0;
     pthread_mutex_lock(&reg_mu);
-    for (size_t i = 0; i < n; i++) {
-        for (cons_job *j = reg_head; j != NULL; j = j->reg_next) {
-            if (j->stream_seq != seqs[i] || !atomic_load(&j->call_started)) continue;
-            /* The asker holds a copy because nats-server thinks this one
-             * died: tell it otherwise now, not at the next keep-alive round. */
-            if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
-                LOG_WARN("in-progress ack failed job=%s", j->id);
-            held[k++] = seqs[i];
-            break;
-        }
+    for (cons_job *j = reg_head; j != NULL && k < n; j = j->reg_next) {
+        if (j->stream_seq == 0 || !atomic_load(&j->call_started) ||
+            bsearch(&j->stream_seq, sorted, n, sizeof *sorted, reg_seq_cmp) == NULL)
+            continue;
+        /* The asker holds a copy because nats-server thinks this one died:
+         * tell it otherwise now, not at the next keep-alive round. */
+        if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
+            LOG_WARN("in-progress ack failed job=%s", j->id);
+        held[k++] = j->stream_seq;
     }
     pthread_mutex_unlock(&reg_mu);
+    free(sorted);
     return k;
 }
 

@@ -259,7 +259,8 @@ static void queries_check(queries *q, natsMsg *msg)
             if (rec->request != NULL) reqs[n].timeout_s = rec->request->timeout_s;
         }
         /* When a waiting job's next attempt became due: a consumer tells a
-         * late redelivery (a call given up) from a retry on time (peers.c). */
+         * late redelivery (a call given up) from a retry on time
+         * (cons_job_ask_rule). */
         if (rec->status->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING)
             recs[n].retry_at_ms = rec->retry_at_ms;
         recs[n].request = &reqs[n];

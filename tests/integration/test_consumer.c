@@ -414,7 +414,8 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
 
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=6000 patient crane", id), 202);
+    /* Long enough to outlast a second (sanitizer-built) consumer's start. */
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=15000 patient crane", id), 202);
     /* Recorded as processing (the store knows a call began) ... */
     json_t *job = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 10000);
     cr_assert_not_null(job, "the job was not recorded processing");
@@ -443,13 +444,18 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     }
     cr_assert(consumer_pulls_waiting(n.js, "kiln-worker-normal") >= 1, "the second consumer does not pull");
 
-    /* nats-server gives the message up as if the first consumer's acks were late. */
+    /* nats-server gives the message up as if the first consumer's acks were
+     * late (the call must still run for this to mean anything). */
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
+                 "the call already ended");
     cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi), "-NAK"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
     cr_assert(h_wait_file_log(log2, "left to it job=", 10000),
               "the second consumer did not leave the copy to the running call");
 
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 20000, "the redelivered job");
+    cr_expect_eq(h_file_log_count(log2, "waiting for its consumer"), 0,
+                 "the running consumer's answer did not come in time");
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the redelivered job");
     cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
                  "a second call began while the first ran");
     cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer our calls still run"));

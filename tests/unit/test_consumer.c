@@ -752,57 +752,70 @@ Test(job, duplicate_copy)
     cr_assert_not(cons_job_is_duplicate_copy(&j, &si), "a re-drive runs once the attempt was abandoned");
 }
 
-/* Which redeliveries are asked about in the other consumers (peers.c). */
-Test(job, may_run_elsewhere)
+/* Which redeliveries are asked about in the other consumers (peers.c), and
+ * which are held back when nobody answers. */
+Test(job, ask_rule)
 {
     cons_job j = {0};
     cons_store_info si = {0};
     Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
-    const int64_t now = 1000000, ack_wait = 30000;
+    const int64_t now = 1000000, ack_wait = 30000, margin = 3000;
     j.req = &r;
     j.num_delivered = 2;
     j.stream_seq = 42;
     si.answered = si.known = true;
     si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
     si.attempts = 1;
-    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a call began");
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, true, now, ack_wait),
-                  "handed back untried here");
+    r.created_at_ms = now - 1000; /* a processing record is asked about however young */
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_OR_HOLD, "a call began");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, true, now, ack_wait), CONS_ASK_NONE,
+                 "handed back untried here");
     si.abandoned = true;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-                  "processing for longer than an attempt can run");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "processing for longer than an attempt can run");
     si.abandoned = false;
     j.num_delivered = 1;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a first delivery");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "a first delivery");
     j.num_delivered = 2;
     si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "already terminal");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "already terminal");
 
-    /* Pending: asked only if nats-server could have given up a call begun
-     * since (due at least AckWait ago). */
+    /* Pending: asked (never held) only if nats-server could have given up a
+     * call begun since: due about AckWait ago or more. */
     si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
     si.attempts = 1;
     r.created_at_ms = now - 10 * ack_wait;
     si.retry_at_ms = now - 1000;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait), "a retry on time");
-    si.retry_at_ms = now - ack_wait;
-    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-              "a retry an AckWait late: its call may have begun elsewhere");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "a retry on time");
+    si.retry_at_ms = now - (ack_wait - margin);
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
+                 "a retry about an AckWait late (clock margin): its call may have begun elsewhere");
+    si.retry_at_ms = now - (ack_wait - margin) + 1;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "just inside the margin");
     si.attempts = 0;
     si.retry_at_ms = 0;
-    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-              "a call younger than its PROCESSING announcement");
-    si.answered = false;
-    cr_assert(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-              "the store did not answer: asked");
-    si.answered = true;
-    r.created_at_ms = now - ack_wait + 1;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-                  "created less than AckWait ago");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
+                 "a call younger than its PROCESSING announcement");
+    r.created_at_ms = now - 1000;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "created less than AckWait ago");
     r.created_at_ms = now - 10 * ack_wait;
     r.not_before_ms = now - 1000;
-    cr_assert_not(cons_job_may_run_elsewhere(&j, &si, false, now, ack_wait),
-                  "a delayed job coming due");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "a delayed job coming due");
+    r.not_before_ms = 0;
+    si.answered = false;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
+                 "the store did not answer: asked, never held");
+    si.retry_at_ms = now - 1000; /* what the store would have said is not known */
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY);
+    /* The margin is at least a second (whole-second timestamps). */
+    si.answered = true;
+    si.retry_at_ms = now - 1000;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, 2000), CONS_ASK_ONLY, "AckWait 2 s");
+    si.retry_at_ms = now - 999;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, 2000), CONS_ASK_NONE, "AckWait 2 s");
 }
 
 /* ---- recently cancelled ids ---------------------------------------------- */
