@@ -344,6 +344,20 @@ Test(consumer, a_job_that_kills_its_consumer_runs_out_of_attempts)
     h_stop(&s);
 }
 
+/* The first in-progress ack seen on acks (a $JS.ACK subscription) within
+ * deadline_ms, or NULL; other acks are dropped. The caller destroys it. */
+static natsMsg *consumer_wait_wpi(natsSubscription *acks, int64_t deadline_ms)
+{
+    int64_t until = h_now_ms() + deadline_ms;
+    while (h_now_ms() < until) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, acks, 500) != NATS_OK) continue;
+        if (natsMsg_GetDataLength(m) == 4 && memcmp(natsMsg_GetData(m), "+WPI", 4) == 0) return m;
+        natsMsg_Destroy(m);
+    }
+    return NULL;
+}
+
 /* A redelivery of a message whose call still runs here (its in-progress acks
  * did not reach the server in time, e.g. across a NATS outage) must not start
  * a second call. The test makes one at will: it reads the running job's
@@ -362,14 +376,7 @@ Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=5000 patient heron", id), 202);
     /* The call's first in-progress ack (every AckWait/3: the harness's 2 s). */
-    natsMsg *wpi = NULL;
-    int64_t until = h_now_ms() + 10000;
-    while (wpi == NULL && h_now_ms() < until) {
-        natsMsg *m = NULL;
-        if (natsSubscription_NextMsg(&m, acks, 500) != NATS_OK) continue;
-        if (natsMsg_GetDataLength(m) == 4 && memcmp(natsMsg_GetData(m), "+WPI", 4) == 0) wpi = m;
-        else natsMsg_Destroy(m);
-    }
+    natsMsg *wpi = consumer_wait_wpi(acks, 10000);
     cr_assert_not_null(wpi, "no in-progress ack while the call ran");
     double redelivered0 = h_metric(&s, H_CONSUMER, "kiln_consumer_redeliveries_total");
     cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi), "-NAK"), NATS_OK);
@@ -421,14 +428,7 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     cr_assert_not_null(job, "the job was not recorded processing");
     json_decref(job);
     /* ... and an in-progress ack names its message. */
-    natsMsg *wpi = NULL;
-    int64_t until = h_now_ms() + 10000;
-    while (wpi == NULL && h_now_ms() < until) {
-        natsMsg *m = NULL;
-        if (natsSubscription_NextMsg(&m, acks, 500) != NATS_OK) continue;
-        if (natsMsg_GetDataLength(m) == 4 && memcmp(natsMsg_GetData(m), "+WPI", 4) == 0) wpi = m;
-        else natsMsg_Destroy(m);
-    }
+    natsMsg *wpi = consumer_wait_wpi(acks, 10000);
     cr_assert_not_null(wpi, "no in-progress ack while the call ran");
 
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
@@ -437,7 +437,7 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     char log2[PATH_MAX];
     snprintf(log2, sizeof log2, "%s/consumer2.log", s.log_dir);
     cr_assert(h_wait_file_log(log2, "consumer ready", 15000), "the second consumer was not ready");
-    until = h_now_ms() + 10000;
+    int64_t until = h_now_ms() + 10000;
     while (consumer_pulls_waiting(n.js, "kiln-worker-normal") < 1 && h_now_ms() < until) {
         natsMsg *m = NULL; /* the acks of the wait: drained, not looked at */
         if (natsSubscription_NextMsg(&m, acks, 50) == NATS_OK) natsMsg_Destroy(m);
