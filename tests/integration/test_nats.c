@@ -232,6 +232,22 @@ static void garbage_payload(unsigned *seed, uint8_t **buf, size_t *len)
     for (size_t i = 0; i < *len; i++) (*buf)[i] = (uint8_t)rand_r(seed);
 }
 
+/* A RunningQuery (a consumer's question to the others) with random
+ * sequences, sometimes more than a batch, and a random asker. */
+static void garbage_running_query(unsigned *seed, uint8_t **buf, size_t *len)
+{
+    Kiln__V1__RunningQuery q = KILN__V1__RUNNING_QUERY__INIT;
+    uint64_t seqs[300];
+    q.n_stream_seqs = (size_t)(rand_r(seed) % 300);
+    for (size_t i = 0; i < q.n_stream_seqs; i++)
+        seqs[i] = rand_r(seed) % 2 ? (uint64_t)(rand_r(seed) % 64) : (uint64_t)rand_r(seed) << 31;
+    q.stream_seqs = seqs;
+    char *asker = garbage_str(seed);
+    q.asker = asker;
+    cr_assert_eq(kiln_pb_pack(&q.base, buf, len), KILN_OK);
+    free(asker);
+}
+
 /* The store's and consumers' subjects, public and internal, get requests,
  * transitions and jobs made of random bytes (fixed seed, so a failure
  * replays): every process lives on, and a job submitted afterwards
@@ -264,6 +280,17 @@ Test(nats, garbage_on_every_subject_is_survived, .timeout = 180)
             char inbox[64];
             snprintf(inbox, sizeof inbox, "_INBOX.garbage.%d", sent++);
             cr_assert_eq(natsConnection_PublishRequest(n.nc, requests[i], inbox, buf, (int)len),
+                         NATS_OK);
+            free(buf);
+        }
+        /* Consumers' broadcast questions: answered by some, or by none. */
+        for (int c = 0; c < 2; c++) {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            if (c == 0 && round % 2 == 0) garbage_running_query(&seed, &buf, &len);
+            else garbage_payload(&seed, &buf, &len);
+            const char *subj = c == 0 ? "kiln.consumer.running" : "kiln.consumer.status";
+            cr_assert_eq(natsConnection_PublishRequest(n.nc, subj, "_INBOX.garbage-bcast", buf, (int)len),
                          NATS_OK);
             free(buf);
         }
