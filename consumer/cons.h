@@ -215,8 +215,9 @@ void cons_job_abandon(cons_job *j, const char *why);
 /* Fetch thread: j (not in the registry) is a redelivery of a job whose call
  * still runs here; frees it without an ack and counts it as a duplicate. */
 void cons_job_leave_to_running(cons_job *j);
-/* Fetch thread: j (in the registry) is a redelivery of a job whose call still
- * runs in another consumer; removes and frees it without an ack, as
+/* Fetch thread: j (in the registry) is a copy of a job whose call still runs
+ * in another consumer (or here, when nats-server delivered it again with its
+ * count reset); removes and frees it without an ack, as
  * cons_job_leave_to_running. */
 void cons_job_leave_to_peer(cons_job *j);
 /* Fetch thread: j (in the registry) waits delay_ms for a consumer that may
@@ -231,7 +232,9 @@ typedef enum {
     CONS_ASK_OR_HOLD, /* a call began: ask, and hold it back once if nobody answers */
 } cons_ask_rule;
 /* CONS_ASK_OR_HOLD for a redelivery whose record says a call began
- * (PROCESSING, not yet abandoned). CONS_ASK_ONLY for one whose record is
+ * (PROCESSING, not yet abandoned); a first delivery counts as a redelivery
+ * when the store's record of that very message says a call began or failed
+ * (nats-server 2.9 can deliver a message again with NumDelivered 1). CONS_ASK_ONLY for one whose record is
  * pending, or that the store could not tell about, when it comes about
  * AckWait after the job became due (created, not_before, or the retry time
  * the store knows): only then can nats-server have given up on a live call

@@ -241,7 +241,13 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     bool held[CONS_FETCH_MAX];
     if (k > CONS_FETCH_MAX) k = CONS_FETCH_MAX; /* a batch is never larger */
     for (size_t c = 0; c < k; c++) seqs[c] = jobs[idx[c]]->stream_seq;
+    /* A copy delivered again with its count reset (nats-server 2.9) is not
+     * refused by cons_registry_add: its call may run here. */
+    uint64_t mine[CONS_FETCH_MAX];
+    size_t nmine = cons_registry_running_seqs(seqs, k, mine);
     cons_peers_ask(seqs, k, wait_ms, held);
+    for (size_t m = 0; m < nmine; m++)
+        for (size_t c = 0; c < k; c++) held[c] = held[c] || seqs[c] == mine[m];
     for (size_t c = 0; c < k; c++) {
         cons_job *j = jobs[idx[c]];
         uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];

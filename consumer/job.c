@@ -199,7 +199,8 @@ void cons_job_leave_to_running(cons_job *j)
 void cons_job_leave_to_peer(cons_job *j)
 {
     cons_registry_remove(j);
-    LOG_INFO("job redelivered while its call runs in another consumer, left to it job=%s lane=%s "
+    LOG_INFO("job delivered again while its call runs in another consumer (or here), left to it "
+             "job=%s lane=%s "
              "seq=%llu delivered=%llu",
              j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered);
     kiln_metric_add(cons_g.m_duplicates, 1);
@@ -222,9 +223,18 @@ void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms)
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms)
 {
-    if (j->num_delivered <= 1 || j->stream_seq == 0 || untried || j->req == NULL)
-        return CONS_ASK_NONE;
+    if (j->stream_seq == 0 || untried || j->req == NULL) return CONS_ASK_NONE;
     bool told = si->answered && si->known;
+    if (j->num_delivered <= 1) {
+        /* A first delivery of a message the store saw handled already:
+         * nats-server 2.9 can deliver a message again with its count back
+         * at 1 (fixed upstream in 2.10). */
+        if (!told || si->request_seq != j->stream_seq) return CONS_ASK_NONE;
+        if (si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING)
+            return si->abandoned ? CONS_ASK_NONE : CONS_ASK_OR_HOLD;
+        return si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING && si->attempts > 0 ? CONS_ASK_ONLY
+                                                                                     : CONS_ASK_NONE;
+    }
     if (told && si->state == KILN__V1__JOB_STATE__JOB_STATE_PROCESSING)
         return si->abandoned ? CONS_ASK_NONE : CONS_ASK_OR_HOLD;
     if (told && si->state != KILN__V1__JOB_STATE__JOB_STATE_PENDING) return CONS_ASK_NONE;

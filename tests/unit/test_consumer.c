@@ -775,7 +775,21 @@ Test(job, ask_rule)
                  "processing for longer than an attempt can run");
     si.abandoned = false;
     j.num_delivered = 1;
-    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "a first delivery");
+    si.request_seq = 7;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "a first delivery of another copy of the id");
+    si.request_seq = 42;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_OR_HOLD,
+                 "a first delivery of the very message whose call began: delivered again, count reset");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
+                 "the same, after a failed attempt");
+    si.attempts = 0;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "an ordinary first delivery");
+    si.attempts = 1;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PROCESSING;
+    si.request_seq = 0;
     j.num_delivered = 2;
     si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
     cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "already terminal");
