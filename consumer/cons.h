@@ -234,11 +234,12 @@ typedef enum {
 /* CONS_ASK_OR_HOLD for a redelivery whose record says a call began
  * (PROCESSING, not yet abandoned); a first delivery counts as a redelivery
  * when the store's record of that very message says a call began or failed
- * (nats-server 2.9 can deliver a message again with NumDelivered 1). CONS_ASK_ONLY for one whose record is
- * pending, or that the store could not tell about, when it comes about
- * AckWait after the job became due (created, not_before, or the retry time
- * the store knows): only then can nats-server have given up on a live call
- * whose PROCESSING the store has not seen; clocks of other hosts and
+ * (nats-server 2.9 can deliver a message again with NumDelivered 1).
+ * For one whose record is pending (CONS_ASK_ONLY), or that the store could
+ * not tell about (CONS_ASK_OR_HOLD), only when it comes about AckWait after
+ * the job became due (created, not_before, or the retry time the store
+ * knows): only then can nats-server have given up on a live call whose
+ * PROCESSING the store has not seen; clocks of other hosts and
  * nats-server's whole-second timestamps get a margin. A copy this consumer
  * handed back untried is never asked about (untried). */
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,

@@ -246,7 +246,11 @@ cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bo
     if (j->req->not_before_ms > due) due = j->req->not_before_ms;
     if (told && si->retry_at_ms > due) due = si->retry_at_ms;
     int64_t margin = ack_wait_ms / 10 > 1000 ? ack_wait_ms / 10 : 1000;
-    return now_ms - due >= ack_wait_ms - margin ? CONS_ASK_ONLY : CONS_ASK_NONE;
+    if (now_ms - due < ack_wait_ms - margin) return CONS_ASK_NONE;
+    /* Without the store's word a call may well have begun (right after a
+     * NATS restart the store and the runner may both still be reconnecting):
+     * held like a processing copy. */
+    return told ? CONS_ASK_ONLY : CONS_ASK_OR_HOLD;
 }
 
 void cons_job_abandon(cons_job *j, const char *why)

@@ -820,10 +820,14 @@ Test(job, ask_rule)
                  "a delayed job coming due");
     r.not_before_ms = 0;
     si.answered = false;
-    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
-                 "the store did not answer: asked, never held");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_OR_HOLD,
+                 "the store did not answer: a call may have begun");
     si.retry_at_ms = now - 1000; /* what the store would have said is not known */
-    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY);
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_OR_HOLD);
+    r.created_at_ms = now - 1000;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "the store did not answer, but the job is younger than AckWait");
+    r.created_at_ms = now - 10 * ack_wait;
     /* The margin is at least a second (whole-second timestamps). */
     si.answered = true;
     si.retry_at_ms = now - 1000;
