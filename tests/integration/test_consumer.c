@@ -344,6 +344,16 @@ Test(consumer, a_job_that_kills_its_consumer_runs_out_of_attempts)
     h_stop(&s);
 }
 
+/* Subscribes to the acks consumers send for the normal lane's messages
+ * ($JS.ACK...: +ACK, -NAK, +WPI); the caller destroys the subscription. */
+static natsSubscription *consumer_watch_acks(h_nats *n)
+{
+    natsSubscription *acks = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&acks, n->nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n->nc), NATS_OK);
+    return acks;
+}
+
 /* The first in-progress ack seen on acks (a $JS.ACK subscription) within
  * deadline_ms, or NULL; other acks are dropped. The caller destroys it. */
 static natsMsg *consumer_wait_wpi(natsSubscription *acks, int64_t deadline_ms)
@@ -369,9 +379,7 @@ Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    natsSubscription *acks = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    natsSubscription *acks = consumer_watch_acks(&n);
 
     char id[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=5000 patient heron", id), 202);
@@ -440,9 +448,7 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     h_start(&s, &opts);
     h_nats n;
     h_nats_open(&s, &n);
-    natsSubscription *acks = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    natsSubscription *acks = consumer_watch_acks(&n);
 
     char id[65];
     /* Long enough to outlast a second (sanitizer-built) consumer's start. */
@@ -519,9 +525,7 @@ Test(consumer, redeliveries_of_calls_running_in_two_other_consumers_are_left_to_
     h_start(&s, &opts);
     h_nats n;
     h_nats_open(&s, &n);
-    natsSubscription *acks = NULL;
-    cr_assert_eq(natsConnection_SubscribeSync(&acks, n.nc, "$JS.ACK.KILN_JOBS.kiln-worker-normal.>"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    natsSubscription *acks = consumer_watch_acks(&n);
 
     /* One slot each: the first consumer runs one call, the second another. */
     char id1[65], id2[65], log2[PATH_MAX], log3[PATH_MAX];
