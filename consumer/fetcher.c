@@ -212,7 +212,7 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
 
 /* Redeliveries whose call may still run in another consumer are asked about
  * in one question (cons_job_ask_rule says which). A copy whose call runs
- * there is left to it. One whose record says a call began but nobody
+ * there (or here) is left to it. One ruled CONS_ASK_OR_HOLD that nobody
  * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
  * still be reconnecting) and asked again, with a longer wait, when it comes
  * back; the others run. Sets jobs[i] to NULL for every job it took. */
