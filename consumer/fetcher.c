@@ -218,32 +218,25 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
  * back; the others run. Sets jobs[i] to NULL for every job it took. */
 static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t n)
 {
+    /* A batch holds at most CONS_FETCH_MAX jobs: the candidates fit on the stack. */
+    size_t idx[CONS_FETCH_MAX], k = 0;
+    cons_ask_rule rule[CONS_FETCH_MAX];
+    uint64_t seqs[CONS_FETCH_MAX], mine[CONS_FETCH_MAX];
+    bool held[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
-    size_t k = 0;
-    size_t *idx = NULL;
-    cons_ask_rule *rule = NULL;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
         cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
                                             cons_g.set->ack_wait_ms);
         if (r == CONS_ASK_NONE) continue;
-        if (idx == NULL) {
-            idx = calloc(n, sizeof *idx);
-            rule = calloc(n, sizeof *rule);
-            if (idx == NULL || rule == NULL) goto out; /* they just run */
-        }
         if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
             wait_ms = CONS_PEER_REASK_MS;
+        seqs[k] = jobs[i]->stream_seq;
         rule[k] = r;
         idx[k++] = i;
     }
-    if (k == 0) goto out;
-    uint64_t seqs[CONS_FETCH_MAX];
-    bool held[CONS_FETCH_MAX];
-    if (k > CONS_FETCH_MAX) k = CONS_FETCH_MAX; /* a batch is never larger */
-    for (size_t c = 0; c < k; c++) seqs[c] = jobs[idx[c]]->stream_seq;
+    if (k == 0) return;
     /* A copy delivered again with its count reset (nats-server 2.9) is not
      * refused by cons_registry_add: its call may run here. */
-    uint64_t mine[CONS_FETCH_MAX];
     size_t nmine = cons_registry_running_seqs(seqs, k, mine);
     cons_peers_ask(seqs, k, wait_ms, held);
     for (size_t m = 0; m < nmine; m++)
@@ -261,9 +254,6 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
         }
         jobs[idx[c]] = NULL;
     }
-out:
-    free(idx);
-    free(rule);
 }
 
 /* Takes ownership of the fetched messages. */

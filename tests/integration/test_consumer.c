@@ -439,6 +439,45 @@ static void consumer_wait_puller(h_nats *n, natsSubscription *acks)
     cr_assert(consumer_pulls_waiting(n->js, "kiln-worker-normal") >= 1, "no consumer pulls");
 }
 
+/* The stream sequence of a $JS.ACK.<stream>.<durable>.<delivered>.<sseq>... subject. */
+static uint64_t consumer_ack_seq(const char *subject)
+{
+    const char *p = subject;
+    for (int dots = 0; dots < 5 && p != NULL; dots++) {
+        p = strchr(p, '.');
+        if (p != NULL) p++;
+    }
+    return p != NULL ? strtoull(p, NULL, 10) : 0;
+}
+
+/* The first in-progress ack of a message other than the one of seq. */
+static natsMsg *consumer_wait_wpi_besides(natsSubscription *acks, uint64_t seq)
+{
+    int64_t until = h_now_ms() + 10000;
+    while (h_now_ms() < until) {
+        natsMsg *m = consumer_wait_wpi(acks, until - h_now_ms());
+        if (m == NULL) break;
+        if (consumer_ack_seq(natsMsg_GetSubject(m)) != seq) return m;
+        natsMsg_Destroy(m);
+    }
+    return NULL;
+}
+
+/* Submits prompt, waits until its job is recorded processing (the store
+ * knows a call began) and an in-progress ack names its message (not the one
+ * of skip_seq; 0: any); returns that ack, for the caller to destroy. */
+static natsMsg *consumer_start_call(h_stack *s, natsSubscription *acks, const char *prompt,
+                                    uint64_t skip_seq, char id[65])
+{
+    cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, prompt, id), 202);
+    json_t *job = h_wait_job(s, H_TOKEN_ALICE, id, "processing", 10000);
+    cr_assert_not_null(job, "job %s (%s) was not recorded processing", id, prompt);
+    json_decref(job);
+    natsMsg *wpi = consumer_wait_wpi_besides(acks, skip_seq);
+    cr_assert_not_null(wpi, "no in-progress ack while the call of %s ran", prompt);
+    return wpi;
+}
+
 Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)
 {
     /* The first consumer has one slot: while its call runs it pulls nothing,
@@ -452,14 +491,7 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
 
     char id[65];
     /* Long enough to outlast a second (sanitizer-built) consumer's start. */
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=15000 patient crane", id), 202);
-    /* Recorded as processing (the store knows a call began) ... */
-    json_t *job = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 10000);
-    cr_assert_not_null(job, "the job was not recorded processing");
-    json_decref(job);
-    /* ... and an in-progress ack names its message. */
-    natsMsg *wpi = consumer_wait_wpi(acks, 10000);
-    cr_assert_not_null(wpi, "no in-progress ack while the call ran");
+    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=15000 patient crane", 0, id);
 
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
@@ -490,30 +522,6 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     h_stop(&s);
 }
 
-/* The stream sequence of a $JS.ACK.<stream>.<durable>.<delivered>.<sseq>... subject. */
-static uint64_t consumer_ack_seq(const char *subject)
-{
-    const char *p = subject;
-    for (int dots = 0; dots < 5 && p != NULL; dots++) {
-        p = strchr(p, '.');
-        if (p != NULL) p++;
-    }
-    return p != NULL ? strtoull(p, NULL, 10) : 0;
-}
-
-/* The first in-progress ack of a message other than the one of seq. */
-static natsMsg *consumer_wait_wpi_besides(natsSubscription *acks, uint64_t seq)
-{
-    int64_t until = h_now_ms() + 10000;
-    while (h_now_ms() < until) {
-        natsMsg *m = consumer_wait_wpi(acks, until - h_now_ms());
-        if (m == NULL) break;
-        if (consumer_ack_seq(natsMsg_GetSubject(m)) != seq) return m;
-        natsMsg_Destroy(m);
-    }
-    return NULL;
-}
-
 /* Two calls run in two other consumers when their messages come back to a
  * third: each copy is left to its own runner. (nats-server hands the two
  * over one at a time here, so each question names one; gathering several
@@ -529,20 +537,11 @@ Test(consumer, redeliveries_of_calls_running_in_two_other_consumers_are_left_to_
 
     /* One slot each: the first consumer runs one call, the second another. */
     char id1[65], id2[65], log2[PATH_MAX], log3[PATH_MAX];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=20000 patient egret", id1), 202);
-    json_t *job = h_wait_job(&s, H_TOKEN_ALICE, id1, "processing", 10000);
-    cr_assert_not_null(job, "the first job was not recorded processing");
-    json_decref(job);
-    natsMsg *wpi1 = consumer_wait_wpi(acks, 10000);
-    cr_assert_not_null(wpi1, "no in-progress ack of the first call");
+    natsMsg *wpi1 = consumer_start_call(&s, acks, "!sleep=20000 patient egret", 0, id1);
     const char *const env2[] = {"KILN_METRICS_ADDR=", "KILN_CONCURRENCY=1", NULL};
     pid_t second = consumer_spawn_ready(&s, env2, "consumer2", log2);
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=20000 patient stork", id2), 202);
-    job = h_wait_job(&s, H_TOKEN_ALICE, id2, "processing", 10000);
-    cr_assert_not_null(job, "the second job was not recorded processing");
-    json_decref(job);
-    natsMsg *wpi2 = consumer_wait_wpi_besides(acks, consumer_ack_seq(natsMsg_GetSubject(wpi1)));
-    cr_assert_not_null(wpi2, "no in-progress ack of the second call");
+    natsMsg *wpi2 = consumer_start_call(&s, acks, "!sleep=20000 patient stork",
+                                        consumer_ack_seq(natsMsg_GetSubject(wpi1)), id2);
 
     /* Both given up while no consumer has a free slot; a third one started
      * then receives both. */
