@@ -220,10 +220,11 @@ void cons_job_leave_to_running(cons_job *j);
  * count reset); removes and frees it without an ack, as
  * cons_job_leave_to_running. */
 void cons_job_leave_to_peer(cons_job *j);
-/* Fetch thread: j (in the registry) waits delay_ms for a consumer that may
- * still run its call but did not answer (peers.c); nak'd with that delay,
- * no transition, no attempt used. */
-void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms);
+/* Fetch thread: logs and counts that j waits hold_ms for a consumer that
+ * may still run its call but did not answer (peers.c). The fetcher keeps j
+ * meanwhile, unacked, in the registry (whose in-progress acks keep it from
+ * redelivery): no transition, no attempt used. */
+void cons_job_hold_for_peer(const cons_job *j, int64_t hold_ms);
 /* Could an earlier delivery of j still be running in another consumer, and
  * what to do if no consumer says so (fetcher.c asks them, peers.c). */
 typedef enum {

@@ -139,6 +139,20 @@ static bool fetch_may_have_run(const cons_job *j)
  * fetch_untried: a collision only holds a copy once more. Fetch thread only. */
 static uint64_t fetch_peer_held[FETCH_UNTRIED_SLOTS];
 
+/* The copies held back now, each until its due time (monotonic ms). Kept
+ * here, unacked, with their slot and registry entry, not nak'd with a
+ * delay: nats-server 2.9.10 can drop a message nak'd with a delay when it
+ * stops, and a nak raises the delivery count, which is the attempt number
+ * while the store does not answer. The registry's in-progress acks keep
+ * nats-server from redelivering them meanwhile. Each holds a slot, so there
+ * are at most concurrency of them. Fetch thread only. */
+typedef struct {
+    cons_job *job;
+    int64_t due;
+} fetch_held_job;
+static fetch_held_job *fetch_held;
+static size_t fetch_held_n, fetch_held_cap;
+
 /* Gives a fetched message back to JetStream untried. */
 static void fetch_hand_back(natsMsg *m)
 {
@@ -214,8 +228,8 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
  * in one question (cons_job_ask_rule says which). A copy whose call runs
  * there (or here) is left to it. One ruled CONS_ASK_OR_HOLD that nobody
  * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
- * still be reconnecting) and asked again, with a longer wait, when it comes
- * back; the others run. Sets jobs[i] to NULL for every job it took. */
+ * still be reconnecting) and asked again, with a longer wait, when its hold
+ * ends; the others run. Sets jobs[i] to NULL for every job it took. */
 static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t n)
 {
     /* A batch holds at most CONS_FETCH_MAX jobs: the candidates fit on the stack. */
@@ -246,9 +260,11 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
         uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];
         if (held[c]) {
             cons_job_leave_to_peer(j);
-        } else if (rule[c] == CONS_ASK_OR_HOLD && *mark != j->stream_seq) {
+        } else if (rule[c] == CONS_ASK_OR_HOLD && *mark != j->stream_seq &&
+                   fetch_held_n < fetch_held_cap) {
             *mark = j->stream_seq;
             cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
+            fetch_held[fetch_held_n++] = (fetch_held_job){j, kiln_mono_ms() + CONS_PEER_GRACE_MS};
         } else {
             continue; /* nobody runs it (or held once already): it runs */
         }
@@ -256,17 +272,57 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     }
 }
 
+/* Store check, peer ask and dispatch of n jobs in the registry (fetched
+ * now, or taken back from a hold); each is run, left to a peer or held. */
+static void fetch_run(cons_job **jobs, size_t n)
+{
+    cons_store_info *info = calloc(n, sizeof *info);
+    if (info == NULL) {
+        for (size_t i = 0; i < n; i++) cons_job_abandon(jobs[i], "out of memory");
+        return;
+    }
+    fetch_store_check(jobs, n, info);
+    fetch_ask_peers(jobs, info, n);
+    for (size_t i = 0; i < n; i++)
+        if (jobs[i] != NULL) cons_job_dispatch(jobs[i], &info[i]);
+    free(info);
+}
+
+/* Runs the held copies whose hold has ended. */
+static void fetch_take_held(void)
+{
+    cons_job *jobs[CONS_FETCH_MAX];
+    size_t n = 0;
+    int64_t now = kiln_mono_ms();
+    for (size_t i = 0; i < fetch_held_n && n < CONS_FETCH_MAX;) {
+        if (fetch_held[i].due > now) {
+            i++;
+            continue;
+        }
+        jobs[n++] = fetch_held[i].job;
+        fetch_held[i] = fetch_held[--fetch_held_n];
+    }
+    if (n > 0) fetch_run(jobs, n);
+}
+
+/* The earliest end of a hold (INT64_MAX: none). */
+static int64_t fetch_held_next(void)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < fetch_held_n; i++)
+        if (fetch_held[i].due < next) next = fetch_held[i].due;
+    return next;
+}
+
 /* Takes ownership of the fetched messages. */
 static void fetch_process(const fetch_lane *lane, natsMsgList *list)
 {
     size_t n = (size_t)list->Count, made = 0;
     cons_job **jobs = calloc(n, sizeof *jobs);
-    cons_store_info *info = calloc(n, sizeof *info);
     cons_slots_take((int64_t)n);
     for (size_t i = 0; i < n; i++) {
         cons_job *j = NULL;
-        if (jobs == NULL || info == NULL ||
-            cons_job_create(list->Msgs[i], lane->def->name, &j) != KILN_OK) {
+        if (jobs == NULL || cons_job_create(list->Msgs[i], lane->def->name, &j) != KILN_OK) {
             /* Out of memory: leave it unacked; it comes back after AckWait. */
             natsMsg_Destroy(list->Msgs[i]);
             list->Msgs[i] = NULL;
@@ -281,12 +337,8 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
         }
         jobs[made++] = j;
     }
-    if (made > 0) fetch_store_check(jobs, made, info);
-    if (made > 0) fetch_ask_peers(jobs, info, made);
-    for (size_t i = 0; i < made; i++)
-        if (jobs[i] != NULL) cons_job_dispatch(jobs[i], &info[i]);
+    if (made > 0) fetch_run(jobs, made);
     free(jobs);
-    free(info);
 }
 
 /* Runs up to batch of the lane's carried messages, oldest first. */
@@ -473,6 +525,7 @@ static void *fetch_main(void *arg)
     int64_t carry_max_age = cons_g.set->ack_wait_ms / 4;
     if (carry_max_age < FETCH_CARRY_MIN_AGE_MS) carry_max_age = FETCH_CARRY_MIN_AGE_MS;
     while (!atomic_load(&cons_g.stopping)) {
+        fetch_take_held();
         int64_t t = kiln_mono_ms();
         for (int k = 0; k < LANE_COUNT; k++)
             if (fetch_lanes[k].carry_n > 0 && t - fetch_lanes[k].carry_since > carry_max_age)
@@ -515,7 +568,9 @@ static void *fetch_main(void *arg)
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
             /* Stop waiting at the next due time, but leave the request's
              * expiry alone (kiln_pull_fetch_wait says why). */
-            int64_t wait_ms = INT64_MAX, until_due = fetch_due_next() - kiln_mono_ms();
+            int64_t next_due = fetch_due_next(), held_due = fetch_held_next();
+            if (held_due < next_due) next_due = held_due;
+            int64_t wait_ms = INT64_MAX, until_due = next_due - kiln_mono_ms();
             if (until_due < FETCH_IDLE_WAIT_MS) wait_ms = until_due > 1 ? until_due : 1;
             atomic_store(&fetch_idle_polling, true);
             kiln_metric_add(cons_g.m_idle_polls, 1);
@@ -531,6 +586,11 @@ static void *fetch_main(void *arg)
         }
     }
     for (int k = 0; k < LANE_COUNT; k++) fetch_carry_release(&fetch_lanes[k]);
+    /* Not handed back: a nak would let a third consumer start it at once,
+     * while the one it was held for may still be reconnecting. */
+    for (size_t i = 0; i < fetch_held_n; i++)
+        cons_job_abandon(fetch_held[i].job, "stopping while held for another consumer");
+    fetch_held_n = 0;
     LOG_INFO("fetching stopped");
     return NULL;
 }
@@ -547,6 +607,10 @@ static void fetch_on_hint(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 
 kiln_status cons_fetcher_start(void)
 {
+    fetch_held_cap = (size_t)cons_g.set->concurrency;
+    fetch_held_n = 0;
+    fetch_held = calloc(fetch_held_cap, sizeof *fetch_held);
+    if (fetch_held == NULL) return KILN_ENOMEM;
     for (int i = 0; i < LANE_COUNT; i++) {
         kiln_status pst = kiln_pull_open(cons_g.nc, KILN_STREAM_JOBS, fetch_lanes[i].def->durable,
                                          &fetch_lanes[i].pull);
@@ -588,4 +652,7 @@ void cons_fetcher_stop(void)
         kiln_pull_close(fetch_lanes[i].pull);
         fetch_lanes[i].pull = NULL;
     }
+    free(fetch_held);
+    fetch_held = NULL;
+    fetch_held_cap = 0;
 }

@@ -2,8 +2,8 @@
  * publishing result -> acked | nak'd with delay | terminated (| abandoned when
  * a publish fails, leaving the message for redelivery; | freed while fetched,
  * unacked, when it is a redelivery of a job still running here or in another
- * consumer; | nak'd with a delay, untried, while another consumer may still
- * run it). Every transition of cons_job.state happens in this file. */
+ * consumer). A copy held back for another consumer (fetcher.c) stays fetched
+ * meanwhile. Every transition of cons_job.state happens in this file. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,17 +207,13 @@ void cons_job_leave_to_peer(cons_job *j)
     job_free(j);
 }
 
-void cons_job_hold_for_peer(cons_job *j, int64_t delay_ms)
+void cons_job_hold_for_peer(const cons_job *j, int64_t hold_ms)
 {
     LOG_INFO("job redelivered while its call may still run elsewhere, waiting for its consumer "
-             "job=%s lane=%s seq=%llu delivered=%llu delay_ms=%lld",
+             "job=%s lane=%s seq=%llu delivered=%llu hold_ms=%lld",
              j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered,
-             (long long)delay_ms);
+             (long long)hold_ms);
     kiln_metric_add(cons_g.m_peer_holds, 1);
-    job_move(j, CONS_JOB_CHECKED);
-    j->final = CONS_FINAL_NAK;
-    j->nak_delay_ms = delay_ms;
-    job_final(j);
 }
 
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
