@@ -24,7 +24,7 @@ void cons_ctx_register_metrics(void)
     cons_g.m_peer_holds = kiln_metric_counter(
         "kiln_consumer_redeliveries_held_total",
         "redeliveries of a job whose record says a call began (or that the store could not tell "
-        "about) and no consumer answered for (it died, or is still reconnecting): handed back for "
+        "about) and no consumer answered for (it died, or is still reconnecting): kept unacked for "
         "1 s, once per consumer, before they run");
     cons_g.m_redelivered = kiln_metric_counter(
         "kiln_consumer_redeliveries_total",

@@ -119,6 +119,40 @@ Test(consumer, kill9_mid_job_completes_exactly_once)
     h_stop(&s);
 }
 
+/* A consumer stopping while it holds such a copy leaves it unacked: a nak
+ * would let another consumer start it at once, while the consumer it waits
+ * for may still be reconnecting. It comes back after AckWait and runs once. */
+Test(consumer, a_copy_held_at_a_stop_is_left_unacked_and_runs_once)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = consumer_watch_acks(&n);
+
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=3000 held heron", id), 202);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 20000);
+    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started processing");
+    json_decref(j);
+    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    /* The dead consumer's copy comes back after AckWait (the harness's 2 s)
+     * and is held for 1 s: the stop comes within that second. */
+    cr_assert(h_wait_log(&s, H_CONSUMER, "waiting for its consumer", 15000), "the copy was not held");
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "consumer: bad exit after SIGTERM while holding");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "stopping while held for another consumer"),
+              "the held copy was not left unacked at the stop");
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", -1, 30000, "held job after the restart");
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect_eq(consumer_naks_seen(acks), 0, "the held copy was nak'd");
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 Test(consumer, sigterm_drains_in_flight_and_hands_back_the_rest)
 {
     h_stack s;
