@@ -162,7 +162,6 @@ struct cons_job {
     bool processing_sent;         /* PROCESSING published for this attempt */
     uint64_t gate_probe_trip;     /* a probe of this breaker trip (gate.c); 0 = none */
     atomic_bool cancel;           /* set by the cancel subscription */
-    atomic_bool call_started;     /* dispatch chose to call the provider (peers.c reads it) */
     cons_job *next;               /* transfer hand-off queue / running list */
 };
 
@@ -215,10 +214,11 @@ void cons_job_abandon(cons_job *j, const char *why);
 /* Fetch thread: j (not in the registry) is a redelivery of a job whose call
  * still runs here; frees it without an ack and counts it as a duplicate. */
 void cons_job_leave_to_running(cons_job *j);
-/* Fetch thread: j (in the registry) is a copy of a job whose call still runs
- * in another consumer (or here, when nats-server delivered it again with its
- * count reset); removes and frees it without an ack, as
- * cons_job_leave_to_running. */
+/* Fetch thread: j (in the registry) is a copy of a message another consumer
+ * holds (fetched, held back or running), or another job here does (when
+ * nats-server delivered it again with its count reset); removes and frees
+ * it without an ack, as cons_job_leave_to_running: the holder's ack, nak or
+ * in-progress acks name the same stream sequence. */
 void cons_job_leave_to_peer(cons_job *j);
 /* Fetch thread: logs and counts that j waits hold_ms for a consumer that
  * may still run its call but did not answer (peers.c). The fetcher keeps j
@@ -275,11 +275,15 @@ void cons_registry_remove(cons_job *j);
 int cons_registry_cancel(const char *id);
 /* Sends natsMsg_InProgress for every in-flight job. */
 void cons_registry_keepalive(void);
-/* Of the n stream sequences, copies to held those whose job's provider call
- * started here (running, or publishing its result) and sends each of them an
- * in-progress ack at once; returns how many (peers.c answers another
- * consumer with them). */
-size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
+/* Of the n stream sequences, copies to held those this process has a job
+ * of (fetched, held back for a peer, running or publishing its result) and
+ * sends each of them an in-progress ack at once; returns how many (peers.c
+ * answers another consumer with them). */
+size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
+/* other[i]: the registry holds another job than jobs[i] (all in it) with
+ * jobs[i]'s stream sequence, e.g. a copy nats-server 2.9 delivered again
+ * with its count reset. */
+void cons_registry_other_copies(cons_job *const *jobs, size_t n, bool *other);
 /* Remembers that the n jobs wait for the ack of m (before publishing m; a
  * TransitionBatch is one m for many jobs). One lock for all n. */
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,

@@ -113,7 +113,6 @@ kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
     j->state = CONS_JOB_FETCHED;
     j->num_delivered = 1;
     atomic_init(&j->cancel, false);
-    atomic_init(&j->call_started, false);
     if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
         j->num_delivered = meta->NumDelivered;
         j->stream_seq = meta->Sequence.Stream;
@@ -199,7 +198,7 @@ void cons_job_leave_to_running(cons_job *j)
 void cons_job_leave_to_peer(cons_job *j)
 {
     cons_registry_remove(j);
-    LOG_INFO("job delivered again while its call runs in another consumer (or here), left to it "
+    LOG_INFO("job delivered again while another consumer (or another copy here) holds it, left to it "
              "job=%s lane=%s "
              "seq=%llu delivered=%llu",
              j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered);
@@ -429,7 +428,6 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
      * attempt before the call (written at once: SendAsap), so a job that
      * kills its consumer runs out of attempts instead of looping. */
     if (j->num_delivered > 1) cons_job_send_processing(j);
-    atomic_store(&j->call_started, true);
     cons_transfers_submit(j);
 }
 

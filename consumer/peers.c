@@ -7,13 +7,17 @@
  * to another consumer, which would call the provider a second time (a
  * second paid generation) beside the running one. Before running such a
  * copy the fetcher asks every consumer here (core NATS, each subscribes).
- * Each one whose call of an asked stream sequence runs sends that job's
- * in-progress ack at once and answers with the sequences it runs; the asker
- * gathers the answers until every sequence is accounted for or the wait
- * ends, and drops the copies that run elsewhere unacked, as for a copy of a
- * call running in its own process (nats-server acks by stream sequence, so
- * the running call's ack settles it). The callback runs on a libnats
- * thread. */
+ * Each one that holds a copy of an asked stream sequence (fetched, held
+ * back for another consumer, or running) sends that job's in-progress ack at
+ * once and answers with the sequences it holds; the asker gathers the
+ * answers until every sequence is accounted for or the wait ends, and drops
+ * the copies held elsewhere unacked, as for a copy of a call running in its
+ * own process (nats-server acks by stream sequence, so the holder's ack
+ * settles it). Copies not yet started count too: two live copies of one
+ * message can exist (nats-server 2.9 delivers one again with its count
+ * reset, or a nak comes through the other copy), and a fetched or held-back
+ * copy nobody answered for would start beside the other. The callback runs
+ * on a libnats thread. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,11 +34,11 @@
 
 static natsSubscription *peers_sub;
 
-/* Answers a RunningQuery with the asked sequences whose calls run here. */
+/* Answers a RunningQuery with the asked sequences this process holds. */
 static void peers_answer(natsConnection *nc, const char *reply, const Kiln__V1__RunningQuery *q)
 {
     uint64_t held[PEERS_MAX_SEQS];
-    size_t n = cons_registry_running_seqs(q->stream_seqs, q->n_stream_seqs, held);
+    size_t n = cons_registry_held_seqs(q->stream_seqs, q->n_stream_seqs, held);
     if (n == 0) return;
     Kiln__V1__RunningReply rep = KILN__V1__RUNNING_REPLY__INIT;
     rep.consumer = (char *)cons_status_id();
@@ -47,7 +51,7 @@ static void peers_answer(natsConnection *nc, const char *reply, const Kiln__V1__
         if (s != NATS_OK) LOG_WARN("running reply failed status=%s", natsStatus_GetText(s));
     }
     free(buf);
-    LOG_INFO("told another consumer our calls still run asker=%s jobs=%zu",
+    LOG_INFO("told another consumer we hold the jobs it asked about asker=%s jobs=%zu",
              q->asker != NULL ? q->asker : "?", n);
 }
 
@@ -88,7 +92,7 @@ static size_t peers_take_answer(natsMsg *m, const uint64_t *seqs, size_t n, bool
         }
     }
     if (k > 0)
-        LOG_INFO("another consumer still runs redelivered jobs runner=%s jobs=%zu",
+        LOG_INFO("another consumer holds redelivered jobs holder=%s jobs=%zu",
                  rep->consumer != NULL ? rep->consumer : "?", k);
     kiln__v1__running_reply__free_unpacked(rep, NULL);
     return k;

@@ -125,7 +125,7 @@ static int reg_seq_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
+size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
 {
     /* Sorted first: one walk of the in-flight list under the lock. */
     uint64_t *sorted = malloc(n * sizeof *sorted);
@@ -135,10 +135,10 @@ size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held
     size_t k = 0;
     pthread_mutex_lock(&reg_mu);
     for (cons_job *j = reg_head; j != NULL && k < n; j = j->reg_next) {
-        if (j->stream_seq == 0 || !atomic_load(&j->call_started) ||
+        if (j->stream_seq == 0 ||
             bsearch(&j->stream_seq, sorted, n, sizeof *sorted, reg_seq_cmp) == NULL)
             continue;
-        /* The asker holds a copy because nats-server thinks this one died:
+        /* The asker has a copy because nats-server thinks this one died:
          * tell it otherwise now, not at the next keep-alive round. */
         if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
             LOG_WARN("in-progress ack failed job=%s", j->id);
@@ -147,6 +147,42 @@ size_t cons_registry_running_seqs(const uint64_t *seqs, size_t n, uint64_t *held
     pthread_mutex_unlock(&reg_mu);
     free(sorted);
     return k;
+}
+
+/* A job's stream sequence and its index among the asked jobs. */
+typedef struct {
+    uint64_t seq;
+    size_t idx;
+} reg_seq_idx;
+
+static int reg_seq_idx_cmp(const void *a, const void *b)
+{
+    const reg_seq_idx *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+void cons_registry_other_copies(cons_job *const *jobs, size_t n, bool *other)
+{
+    memset(other, 0, n * sizeof *other);
+    reg_seq_idx *sorted = malloc(n * sizeof *sorted);
+    if (sorted == NULL) return;
+    for (size_t i = 0; i < n; i++) sorted[i] = (reg_seq_idx){jobs[i]->stream_seq, i};
+    qsort(sorted, n, sizeof *sorted, reg_seq_idx_cmp);
+    pthread_mutex_lock(&reg_mu);
+    for (const cons_job *o = reg_head; o != NULL; o = o->reg_next) {
+        if (o->stream_seq == 0) continue;
+        /* The first asked job with o's sequence (a lower bound), then its equals. */
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (sorted[mid].seq < o->stream_seq) lo = mid + 1;
+            else hi = mid;
+        }
+        for (size_t i = lo; i < n && sorted[i].seq == o->stream_seq; i++)
+            if (jobs[sorted[i].idx] != o) other[sorted[i].idx] = true;
+    }
+    pthread_mutex_unlock(&reg_mu);
+    free(sorted);
 }
 
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,

@@ -1,6 +1,7 @@
 /* test_consumer.c - the consumer process: bounded concurrency, SIGKILL mid-job
  * (redelivered, completed exactly once), SIGTERM (drains what is in flight,
  * hands back the rest, loses nothing). Provider failures are in test_retry.c. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -490,17 +491,18 @@ static void consumer_wait_puller(h_nats *n, natsSubscription *acks)
 }
 
 /* The stream sequence of a $JS.ACK.<stream>.<durable>.<delivered>.<sseq>... subject. */
-static uint64_t consumer_ack_seq(const char *subject)
+/* Field n (0-based, dot-separated) of a $JS.ACK subject as a number:
+ * $JS.ACK.<stream>.<durable>.<delivered>.<stream seq>.<consumer seq>... */
+static uint64_t consumer_ack_field(const char *subject, int n)
 {
     const char *p = subject;
-    for (int dots = 0; dots < 5 && p != NULL; dots++) {
+    for (int dots = 0; dots < n && p != NULL; dots++) {
         p = strchr(p, '.');
         if (p != NULL) p++;
     }
     return p != NULL ? strtoull(p, NULL, 10) : 0;
 }
-
-/* The first in-progress ack of a message other than the one of seq. */
+static uint64_t consumer_ack_seq(const char *subject) { return consumer_ack_field(subject, 5); }
 static natsMsg *consumer_wait_wpi_besides(natsSubscription *acks, uint64_t seq)
 {
     int64_t until = h_now_ms() + 10000;
@@ -562,11 +564,126 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
     h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the redelivered job");
     cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
                  "a second call began while the first ran");
-    cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer our calls still run"));
+    cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer we hold the jobs it asked about"));
     h_expect_done_once(&n, id, "completed", 10000);
     cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     natsMsg_Destroy(wpi);
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* What the hold is for: the consumer running the call is alive but silent
+ * (frozen here with SIGSTOP, as one cut off from NATS would be) when
+ * nats-server gives its message to another after AckWait. Nobody answers the
+ * first ask, so the other consumer holds the copy; the runner is thawed
+ * during the hold, answers the second ask, and keeps the only call. */
+Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
+{
+    h_stack s;
+    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
+    h_start(&s, &opts);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = consumer_watch_acks(&n);
+
+    char id[65];
+    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=15000 patient ibis", 0, id);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = consumer_spawn_ready(&s, env2, "consumer2", log2);
+    consumer_wait_puller(&n, acks);
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
+                 "the call already ended");
+
+    /* Frozen, the runner sends no in-progress ack and answers nothing; the
+     * message goes to the second consumer after AckWait (the harness's 2 s). */
+    pid_t runner = s.procs[H_CONSUMER].pid;
+    cr_assert_eq(kill(runner, SIGSTOP), 0);
+    int held = h_wait_file_log(log2, "waiting for its consumer", 10000);
+    cr_assert_eq(kill(runner, SIGCONT), 0);
+    cr_assert(held, "the second consumer did not hold the copy");
+    cr_assert(h_wait_file_log(log2, "left to it job=", 5000),
+              "the copy was not left to the thawed runner");
+
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the held job");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
+                 "a second call began while the first ran");
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    natsMsg_Destroy(wpi);
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* An in-progress ack of stream sequence seq from a delivery after the
+ * first, within deadline_ms, or NULL. The caller destroys it. */
+static natsMsg *consumer_wait_wpi_redelivered(natsSubscription *acks, uint64_t seq, int64_t deadline_ms)
+{
+    int64_t until = h_now_ms() + deadline_ms;
+    while (h_now_ms() < until) {
+        natsMsg *m = consumer_wait_wpi(acks, until - h_now_ms());
+        if (m == NULL) break;
+        const char *subj = natsMsg_GetSubject(m);
+        if (consumer_ack_seq(subj) == seq && consumer_ack_field(subj, 4) > 1) return m;
+        natsMsg_Destroy(m);
+    }
+    return NULL;
+}
+
+/* Two live copies of one message: nats-server 2.9 can deliver one again with
+ * its count reset, and a nak through one copy hands the message out again
+ * while another consumer holds it. The test makes the second the latter
+ * way: while a restarted consumer holds back the copy of a call that died
+ * with its first process, the test naks it through the holder's own
+ * in-progress-ack subject, and a third consumer receives it. The holder
+ * answers the third one's question (a held copy counts, not only a running
+ * call), the third leaves its copy, and the job runs once. */
+Test(consumer, a_copy_held_back_is_answered_for_when_a_second_copy_comes)
+{
+    h_stack s;
+    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
+    h_start(&s, &opts);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = consumer_watch_acks(&n);
+
+    char id[65];
+    natsMsg *wpi1 = consumer_start_call(&s, acks, "!sleep=1500 twice-held plover", 0, id);
+    uint64_t seq = consumer_ack_seq(natsMsg_GetSubject(wpi1));
+    /* Frozen until the copy is held, so that it cannot take the dead
+     * consumer's copy itself. */
+    const char *const env3[] = {"KILN_METRICS_ADDR=", NULL};
+    char log3[PATH_MAX];
+    pid_t third = consumer_spawn_ready(&s, env3, "consumer3", log3);
+    cr_assert_eq(kill(third, SIGSTOP), 0);
+    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    int held = h_wait_log(&s, H_CONSUMER, "waiting for its consumer", 15000);
+    /* The holder's keep-alive (every AckWait/3) comes within its 1 s hold. */
+    natsMsg *wpi2 = held ? consumer_wait_wpi_redelivered(acks, seq, 1000) : NULL;
+    if (wpi2 != NULL)
+        cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi2), "-NAK"), NATS_OK);
+    cr_assert_eq(kill(third, SIGCONT), 0);
+    cr_assert(held, "the restarted consumer did not hold the dead one's copy");
+    cr_assert_not_null(wpi2, "no in-progress ack of the held copy");
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    cr_assert(h_wait_file_log(log3, "left to it job=", 5000),
+              "the third consumer did not leave the second copy to the holder");
+    cr_expect_eq(h_file_log_count(log3, "waiting for its consumer"), 0,
+                 "the holder did not answer for its held copy");
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 2, 30000, "the held job");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
+                 "a second call began while another ran");
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    cr_expect_eq(h_term_pid(third), 0, "the third consumer did not stop cleanly");
+    natsMsg_Destroy(wpi1);
+    natsMsg_Destroy(wpi2);
     natsSubscription_Destroy(acks);
     h_nats_free(&n);
     h_stop(&s);
@@ -611,8 +728,8 @@ Test(consumer, redeliveries_of_calls_running_in_two_other_consumers_are_left_to_
                  "the third consumer did not leave both copies to their calls");
     cr_expect_eq(h_file_log_count(log3, "waiting for its consumer"), 0,
                  "a runner's answer was not heard");
-    cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer our calls still run"));
-    cr_expect_gt(h_file_log_count(log2, "told another consumer our calls still run"), 0);
+    cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer we hold the jobs it asked about"));
+    cr_expect_gt(h_file_log_count(log2, "told another consumer we hold the jobs it asked about"), 0);
 
     h_expect_job(&s, H_TOKEN_ALICE, id1, "completed", 1, 40000, "the first job");
     h_expect_job(&s, H_TOKEN_ALICE, id2, "completed", 1, 40000, "the second job");
