@@ -176,6 +176,7 @@ typedef struct {
     uint64_t request_seq; /* KILN_JOBS sequence of the copy that created the record; 0 = unknown */
     bool abandoned;  /* processing for longer than an attempt can run (kiln_jobrec_abandoned) */
     int64_t retry_at_ms; /* pending after a failed attempt: when the next became due; 0 = none */
+    bool synced;     /* a sync check the store answered after applying all it held */
 } cons_store_info;
 /* storecheck.c: one request to the store on subject (body may be NULL with
  * len 0) and its StoreReply in *out (free with

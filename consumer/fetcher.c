@@ -203,12 +203,12 @@ static void fetch_sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* One kiln.store.check for the batch (sync when any job is a redelivery that
- * may have run, so its attempt count is current); fills info[i] for each job. */
-static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
+/* One kiln.store.check for the batch (sync when asked, or when any job is a
+ * redelivery that may have run, so its attempt count is current); fills
+ * info[i] for each job. */
+static void fetch_store_check(cons_job **jobs, size_t n, bool sync, cons_store_info *info)
 {
     const char **ids = calloc(n, sizeof *ids);
-    bool sync = false;
     if (ids == NULL) {
         memset(info, 0, n * sizeof *info);
         return;
@@ -230,7 +230,8 @@ static void fetch_store_check(cons_job **jobs, size_t n, cons_store_info *info)
  * it. One ruled CONS_ASK_OR_HOLD that nobody
  * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
  * still be reconnecting) and asked again, with a longer wait, when its hold
- * ends; the others run. Sets jobs[i] to NULL for every job it took. */
+ * ends; the others run. Skips NULL entries; sets jobs[i] to NULL for every
+ * job it took. */
 static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t n)
 {
     /* A batch holds at most CONS_FETCH_MAX jobs: the candidates fit on the stack. */
@@ -241,6 +242,7 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     bool held[CONS_FETCH_MAX], here[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
     for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
+        if (jobs[i] == NULL) continue;
         cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
                                             cons_g.set->ack_wait_ms);
         if (r == CONS_ASK_NONE) continue;
@@ -276,14 +278,24 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
 
 /* Store check, peer ask and dispatch of n jobs in the registry (fetched
  * now, or taken back from a hold); each is run, left to a peer or held. */
-static void fetch_run(cons_job **jobs, size_t n)
+static void fetch_run(cons_job **jobs, size_t n, bool from_hold)
 {
     cons_store_info *info = calloc(n, sizeof *info);
     if (info == NULL) {
         for (size_t i = 0; i < n; i++) cons_job_abandon(jobs[i], "out of memory");
         return;
     }
-    fetch_store_check(jobs, n, info);
+    fetch_store_check(jobs, n, from_hold, info);
+    /* The consumer a copy was held for may have finished the job and acked
+     * it during the hold: nats-server then forgets the message, but this copy
+     * is still here. Only a store that caught up can say so; without its
+     * word the copy is left unacked, and comes back after AckWait only if
+     * the message is still pending. */
+    for (size_t i = 0; from_hold && i < n; i++) {
+        if (info[i].answered && info[i].synced) continue;
+        cons_job_abandon(jobs[i], "held copy, and the store could not say whether it was done");
+        jobs[i] = NULL;
+    }
     fetch_ask_peers(jobs, info, n);
     for (size_t i = 0; i < n; i++)
         if (jobs[i] != NULL) cons_job_dispatch(jobs[i], &info[i]);
@@ -304,7 +316,7 @@ static void fetch_take_held(void)
         jobs[n++] = fetch_held[i].job;
         fetch_held[i] = fetch_held[--fetch_held_n];
     }
-    if (n > 0) fetch_run(jobs, n);
+    if (n > 0) fetch_run(jobs, n, true);
 }
 
 /* The earliest end of a hold (INT64_MAX: none). */
@@ -339,7 +351,7 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
         }
         jobs[made++] = j;
     }
-    if (made > 0) fetch_run(jobs, made);
+    if (made > 0) fetch_run(jobs, made, false);
     free(jobs);
 }
 

@@ -384,9 +384,13 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
     else j->attempt = j->num_delivered > 0 ? (unsigned)j->num_delivered : 1;
 
     int64_t now = kiln_now_ms();
-    if (r->not_before_ms > now) {
+    /* A retry's copy can come before the retry is due: one held back for
+     * another consumer (fetcher.c) while that one handed the job back for
+     * its retry. */
+    int64_t due = si->known && si->retry_at_ms > r->not_before_ms ? si->retry_at_ms : r->not_before_ms;
+    if (due > now) {
         /* Not due yet: hand it back without using an attempt or holding a slot. */
-        int64_t delay = r->not_before_ms - now;
+        int64_t delay = due - now;
         LOG_DEBUG("job not due job=%s delay_ms=%lld", j->id, (long long)delay);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK, delay);
         return;

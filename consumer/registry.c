@@ -129,23 +129,33 @@ size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
 {
     /* Sorted first: one walk of the in-flight list under the lock. */
     uint64_t *sorted = malloc(n * sizeof *sorted);
-    if (sorted == NULL) return 0;
+    bool *named = calloc(n, sizeof *named); /* named[i]: sorted[i] is in held */
+    if (sorted == NULL || named == NULL) {
+        free(sorted);
+        free(named);
+        return 0;
+    }
     memcpy(sorted, seqs, n * sizeof *sorted);
     qsort(sorted, n, sizeof *sorted, reg_seq_cmp);
     size_t k = 0;
     pthread_mutex_lock(&reg_mu);
     for (cons_job *j = reg_head; j != NULL && k < n; j = j->reg_next) {
-        if (j->stream_seq == 0 ||
-            bsearch(&j->stream_seq, sorted, n, sizeof *sorted, reg_seq_cmp) == NULL)
-            continue;
+        const uint64_t *hit = j->stream_seq == 0 ? NULL
+                              : bsearch(&j->stream_seq, sorted, n, sizeof *sorted, reg_seq_cmp);
+        if (hit == NULL) continue;
         /* The asker has a copy because nats-server thinks this one died:
          * tell it otherwise now, not at the next keep-alive round. */
         if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
             LOG_WARN("in-progress ack failed job=%s", j->id);
+        /* Two copies of one sequence here (a count-reset delivery) name it once. */
+        size_t at = (size_t)(hit - sorted);
+        if (named[at]) continue;
+        named[at] = true;
         held[k++] = j->stream_seq;
     }
     pthread_mutex_unlock(&reg_mu);
     free(sorted);
+    free(named);
     return k;
 }
 

@@ -39,6 +39,7 @@ void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreRep
     for (size_t i = 0; i < n; i++) {
         if (ids[i] == NULL || ids[i][0] == '\0') continue;
         info[i].answered = true;
+        info[i].synced = rep->synced;
         size_t k = next < rep->n_jobs && storecheck_is(rep->jobs[next], ids[i])
                        ? next
                        : storecheck_find(rep, ids[i]);

@@ -272,6 +272,7 @@ static void queries_check(queries *q, natsMsg *msg)
     Kiln__V1__StoreReply r = KILN__V1__STORE_REPLY__INIT;
     r.n_jobs = n;
     r.jobs = ptrs;
+    r.synced = req->sync && caught_up;
     queries_reply(q, msg, &r);
 out:
     free(recs);

@@ -619,6 +619,53 @@ Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
     h_stop(&s);
 }
 
+/* The runner of a held copy's call comes back during the hold, finishes
+ * and acks: nats-server forgets the message, but the holder still has its
+ * copy. With the store frozen the holder cannot learn that the job is done,
+ * so it must not run the copy (a second paid call); it leaves it unacked,
+ * which settles nothing and costs nothing, since the message is gone. */
+Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
+{
+    h_stack s;
+    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
+    h_start(&s, &opts);
+    h_nats n;
+    h_nats_open(&s, &n);
+    natsSubscription *acks = consumer_watch_acks(&n);
+
+    char id[65];
+    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=2500 finished heron", 0, id);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", "KILN_CONCURRENCY=1", NULL};
+    char log2[PATH_MAX];
+    pid_t holder = consumer_spawn_ready(&s, env2, "consumer2", log2);
+    consumer_wait_puller(&n, acks);
+
+    /* Frozen, the runner keeps no in-progress acks going: after AckWait the
+     * second consumer receives the message, nobody answers, and it holds it. */
+    pid_t runner = s.procs[H_CONSUMER].pid;
+    cr_assert_eq(kill(runner, SIGSTOP), 0);
+    int held = h_wait_file_log(log2, "waiting for its consumer", 10000);
+    if (held) cr_assert_eq(kill(s.procs[H_STORE].pid, SIGSTOP), 0);
+    cr_assert_eq(kill(runner, SIGCONT), 0);
+    cr_assert(held, "the second consumer did not hold the copy");
+    /* The runner's call ended while it was frozen: thawed, it publishes the
+     * result and acks within the hold; the holder's store check times out. */
+    int left = h_wait_file_log(log2, "the store could not say whether it was done", 5000);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert(left, "the holder did not leave its copy while the store could not answer");
+
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the job held while it finished");
+    double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    cr_expect_eq(calls, 1, "the provider was called %g times for one job", calls);
+    h_expect_done_once(&n, id, "completed", 10000);
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    cr_expect_eq(h_term_pid(holder), 0, "the second consumer did not stop cleanly");
+    natsMsg_Destroy(wpi);
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* An in-progress ack of stream sequence seq from a delivery after the
  * first, within deadline_ms, or NULL. The caller destroys it. */
 static natsMsg *consumer_wait_wpi_redelivered(natsSubscription *acks, uint64_t seq, int64_t deadline_ms)
