@@ -419,6 +419,19 @@ static natsMsg *consumer_wait_wpi(natsSubscription *acks, int64_t deadline_ms)
     return NULL;
 }
 
+/* The job ended completed in `attempts` attempts (what names it), with no
+ * provider call beside another, one jobs.done copy, and its message settled. */
+static void consumer_expect_one_call(h_stack *s, h_nats *n, const char *id, int attempts,
+                                     const char *what)
+{
+    h_expect_job(s, H_TOKEN_ALICE, id, "completed", attempts, 30000, what);
+    cr_expect_eq(h_metric(s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
+                 "%s: a second call began while another ran", what);
+    h_expect_done_once(n, id, "completed", 10000);
+    cr_expect(h_wait_worker_idle(n->js, "kiln-worker-normal", 10000), "%s: its message stayed unacked",
+              what);
+}
+
 /* A redelivery of a message whose call still runs here (its in-progress acks
  * did not reach the server in time, e.g. across a NATS outage) must not start
  * a second call. The test makes one at will: it reads the running job's
@@ -443,13 +456,9 @@ Test(consumer, a_redelivery_while_the_call_runs_starts_no_second_call)
     cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_redeliveries_total", redelivered0, 5000),
               "the nak'd message was not redelivered while the call ran");
 
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 20000, "the redelivered job");
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
-                 "a second call began while the first ran");
     cr_expect(h_log_contains(&s, H_CONSUMER, "left to the running attempt"));
-    h_expect_done_once(&n, id, "completed", 10000);
-    /* The running attempt's ack settled the message: it comes back no more. */
-    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    /* The running attempt's ack settles the message: it comes back no more. */
+    consumer_expect_one_call(&s, &n, id, 1, "the redelivered job");
     natsMsg_Destroy(wpi);
     natsSubscription_Destroy(acks);
     h_nats_free(&n);
@@ -564,12 +573,8 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
 
     cr_expect_eq(h_file_log_count(log2, "waiting for its consumer"), 0,
                  "the running consumer's answer did not come in time");
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the redelivered job");
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
-                 "a second call began while the first ran");
     cr_expect(h_log_contains(&s, H_CONSUMER, "told another consumer we hold the jobs it asked about"));
-    h_expect_done_once(&n, id, "completed", 10000);
-    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    consumer_expect_one_call(&s, &n, id, 1, "the redelivered job");
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     natsMsg_Destroy(wpi);
     natsSubscription_Destroy(acks);
@@ -610,11 +615,7 @@ Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
     cr_assert(h_wait_file_log(log2, "left to it job=", 5000),
               "the copy was not left to the thawed runner");
 
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the held job");
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
-                 "a second call began while the first ran");
-    h_expect_done_once(&n, id, "completed", 10000);
-    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    consumer_expect_one_call(&s, &n, id, 1, "the held job");
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     natsMsg_Destroy(wpi);
     natsSubscription_Destroy(acks);
@@ -657,11 +658,9 @@ Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
     cr_expect(left, "the holder did not leave its copy while the store could not answer");
 
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the job held while it finished");
+    consumer_expect_one_call(&s, &n, id, 1, "the job held while it finished");
     double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
     cr_expect_eq(calls, 1, "the provider was called %g times for one job", calls);
-    h_expect_done_once(&n, id, "completed", 10000);
-    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
     cr_expect_eq(h_term_pid(holder), 0, "the second consumer did not stop cleanly");
     natsMsg_Destroy(wpi);
     natsSubscription_Destroy(acks);
@@ -726,11 +725,7 @@ Test(consumer, a_copy_held_back_is_answered_for_when_a_second_copy_comes)
               "the third consumer did not leave the second copy to the holder");
     cr_expect_eq(h_file_log_count(log3, "waiting for its consumer"), 0,
                  "the holder did not answer for its held copy");
-    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 2, 30000, "the held job");
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_overlapping_total"), 0,
-                 "a second call began while another ran");
-    h_expect_done_once(&n, id, "completed", 10000);
-    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the message stayed unacked");
+    consumer_expect_one_call(&s, &n, id, 2, "the held job");
     cr_expect_eq(h_term_pid(third), 0, "the third consumer did not stop cleanly");
     natsMsg_Destroy(wpi1);
     natsMsg_Destroy(wpi2);
