@@ -188,8 +188,14 @@ void cons_registry_other_copies(cons_job *const *jobs, size_t n, bool *other)
             if (sorted[mid].seq < o->stream_seq) lo = mid + 1;
             else hi = mid;
         }
-        for (size_t i = lo; i < n && sorted[i].seq == o->stream_seq; i++)
-            if (jobs[sorted[i].idx] != o) other[sorted[i].idx] = true;
+        /* Two asked copies of one sequence: only the later yields, or both
+         * would be left and the job would wait for a redelivery. */
+        size_t end = lo, o_idx = SIZE_MAX;
+        for (; end < n && sorted[end].seq == o->stream_seq; end++)
+            if (jobs[sorted[end].idx] == o) o_idx = sorted[end].idx;
+        for (size_t i = lo; i < end; i++)
+            if (jobs[sorted[i].idx] != o && (o_idx == SIZE_MAX || sorted[i].idx > o_idx))
+                other[sorted[i].idx] = true;
     }
     pthread_mutex_unlock(&reg_mu);
     free(sorted);

@@ -838,6 +838,40 @@ Test(job, ask_rule)
 
 /* ---- recently cancelled ids ---------------------------------------------- */
 
+/* The copies of a stream sequence a fetched batch finds in this process's
+ * registry besides its own (a copy nats-server 2.9 delivered again with its
+ * count reset): two asked copies of one sequence leave it to the first. */
+Test(registry, other_copies)
+{
+    cr_assert_eq(cons_registry_init(16), KILN_OK);
+    cons_job a = {0}, b = {0}, c = {0}, d = {0};
+    a.stream_seq = b.stream_seq = 5;
+    c.stream_seq = 7;
+    d.stream_seq = 9;
+    cons_job *all[] = {&a, &b, &c, &d};
+    for (size_t i = 0; i < 4; i++) {
+        all[i]->num_delivered = 1;
+        cr_assert(cons_registry_add(all[i]));
+    }
+    bool other[2];
+    cons_job *ac[] = {&a, &c};
+    cons_registry_other_copies(ac, 2, other);
+    cr_expect(other[0], "b, not asked, holds a's sequence");
+    cr_expect_not(other[1], "c is alone");
+    cons_job *ab[] = {&a, &b};
+    cons_registry_other_copies(ab, 2, other);
+    cr_expect_not(other[0], "the first of two asked copies runs");
+    cr_expect(other[1], "the second leaves it to the first");
+    cons_job *ba[] = {&b, &a};
+    cons_registry_other_copies(ba, 2, other);
+    cr_expect(!other[0] && other[1], "the order asked decides");
+    cons_job *dd[] = {&d};
+    cons_registry_other_copies(dd, 1, other);
+    cr_expect_not(other[0], "d is alone");
+    for (size_t i = 0; i < 4; i++) cons_registry_remove(all[i]);
+    cons_registry_destroy();
+}
+
 Test(cancel, recent_ids)
 {
     cr_assert_not(cons_cancel_recent("job-a"));
