@@ -149,6 +149,7 @@ static uint64_t fetch_peer_held[FETCH_UNTRIED_SLOTS];
 typedef struct {
     cons_job *job;
     int64_t due;
+    bool waits_for_store; /* its hold ended without the store's word */
 } fetch_held_job;
 static fetch_held_job *fetch_held;
 static size_t fetch_held_n, fetch_held_cap;
@@ -268,7 +269,8 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
                    fetch_held_n < fetch_held_cap) {
             *mark = j->stream_seq;
             cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
-            fetch_held[fetch_held_n++] = (fetch_held_job){j, kiln_mono_ms() + CONS_PEER_GRACE_MS};
+            fetch_held[fetch_held_n++] =
+                (fetch_held_job){j, kiln_mono_ms() + CONS_PEER_GRACE_MS, false};
         } else {
             continue; /* nobody runs it (or held once already): it runs */
         }
@@ -277,23 +279,28 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
 }
 
 /* Store check, peer ask and dispatch of n jobs in the registry (fetched
- * now, or taken back from a hold); each is run, left to a peer or held. */
-static void fetch_run(cons_job **jobs, size_t n, bool from_hold)
+ * now, or taken back from a hold: then held[i] is each one's entry, NULL
+ * otherwise); each is run, left to a peer or held. */
+static void fetch_run(cons_job **jobs, size_t n, const fetch_held_job *held)
 {
     cons_store_info *info = calloc(n, sizeof *info);
     if (info == NULL) {
         for (size_t i = 0; i < n; i++) cons_job_abandon(jobs[i], "out of memory");
         return;
     }
-    fetch_store_check(jobs, n, from_hold, info);
+    fetch_store_check(jobs, n, held != NULL, info);
     /* The consumer a copy was held for may have finished the job and acked
      * it during the hold: nats-server then forgets the message, but this copy
-     * is still here. Only a store that caught up can say so; without its
-     * word the copy is left unacked, and comes back after AckWait only if
-     * the message is still pending. */
-    for (size_t i = 0; from_hold && i < n; i++) {
+     * is still here. Only a store that caught up can say so; until it does
+     * the copy stays held. (Left unacked instead, it would come back with a
+     * higher delivery count, the attempt number while the store is away.) */
+    for (size_t i = 0; held != NULL && i < n; i++) {
         if (info[i].answered && info[i].synced) continue;
-        cons_job_abandon(jobs[i], "held copy, and the store could not say whether it was done");
+        if (!held[i].waits_for_store)
+            LOG_INFO("held job waits for the store's word job=%s seq=%llu", jobs[i]->id,
+                     (unsigned long long)jobs[i]->stream_seq);
+        fetch_held[fetch_held_n++] =
+            (fetch_held_job){jobs[i], kiln_mono_ms() + CONS_PEER_GRACE_MS, true};
         jobs[i] = NULL;
     }
     fetch_ask_peers(jobs, info, n);
@@ -306,6 +313,7 @@ static void fetch_run(cons_job **jobs, size_t n, bool from_hold)
 static void fetch_take_held(void)
 {
     cons_job *jobs[CONS_FETCH_MAX];
+    fetch_held_job taken[CONS_FETCH_MAX];
     size_t n = 0;
     int64_t now = kiln_mono_ms();
     for (size_t i = 0; i < fetch_held_n && n < CONS_FETCH_MAX;) {
@@ -313,10 +321,11 @@ static void fetch_take_held(void)
             i++;
             continue;
         }
+        taken[n] = fetch_held[i];
         jobs[n++] = fetch_held[i].job;
         fetch_held[i] = fetch_held[--fetch_held_n];
     }
-    if (n > 0) fetch_run(jobs, n, true);
+    if (n > 0) fetch_run(jobs, n, taken);
 }
 
 /* The earliest end of a hold (INT64_MAX: none). */
@@ -351,7 +360,7 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
         }
         jobs[made++] = j;
     }
-    if (made > 0) fetch_run(jobs, made, false);
+    if (made > 0) fetch_run(jobs, made, NULL);
     free(jobs);
 }
 

@@ -626,8 +626,8 @@ Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
 /* The runner of a held copy's call comes back during the hold, finishes
  * and acks: nats-server forgets the message, but the holder still has its
  * copy. With the store frozen the holder cannot learn that the job is done,
- * so it must not run the copy (a second paid call); it leaves it unacked,
- * which settles nothing and costs nothing, since the message is gone. */
+ * so it must not run the copy (a second paid call): it keeps holding it
+ * until the store, thawed, says the job completed. */
 Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
 {
     h_stack s;
@@ -654,9 +654,9 @@ Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
     cr_assert(held, "the second consumer did not hold the copy");
     /* The runner's call ended while it was frozen: thawed, it publishes the
      * result and acks within the hold; the holder's store check times out. */
-    int left = h_wait_file_log(log2, "the store could not say whether it was done", 5000);
+    int waits = h_wait_file_log(log2, "held job waits for the store's word", 5000);
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    cr_expect(left, "the holder did not leave its copy while the store could not answer");
+    cr_expect(waits, "the holder did not keep its copy while the store could not answer");
 
     consumer_expect_one_call(&s, &n, id, 1, "the job held while it finished");
     double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
