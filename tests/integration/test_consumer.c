@@ -77,6 +77,18 @@ static int consumer_naks_seen(natsSubscription *acks)
     return naks;
 }
 
+/* Submits prompt, waits until its call runs (recorded processing), then
+ * SIGKILLs the consumer and starts it again. */
+static void consumer_kill_mid_call(h_stack *s, const char *prompt, char id[65])
+{
+    cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, prompt, id), 202);
+    json_t *j = h_wait_job(s, H_TOKEN_ALICE, id, "processing", 20000);
+    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started processing");
+    json_decref(j);
+    cr_assert_eq(h_proc_kill9(s, H_CONSUMER), 0);
+    cr_assert_eq(h_proc_start(s, H_CONSUMER), 0);
+}
+
 Test(consumer, kill9_mid_job_completes_exactly_once)
 {
     h_stack s;
@@ -86,14 +98,9 @@ Test(consumer, kill9_mid_job_completes_exactly_once)
     natsSubscription *acks = consumer_watch_acks(&n);
 
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=3000 slow fox", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 20000);
-    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started processing");
-    json_decref(j);
-    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
-    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    consumer_kill_mid_call(&s, "!sleep=3000 slow fox", id);
 
-    j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, NULL, 40000);
     char *d = h_job_dump(j);
     cr_assert_str_eq(h_jstr(j, "status"), "completed", "job after consumer death: %s", d);
     cr_expect(h_jint(j, "attempts") >= 1, "%s", d);
@@ -132,12 +139,7 @@ Test(consumer, a_copy_held_at_a_stop_is_left_unacked_and_runs_once)
     natsSubscription *acks = consumer_watch_acks(&n);
 
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=3000 held heron", id), 202);
-    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "processing", 20000);
-    cr_assert_str_eq(h_jstr(j, "status"), "processing", "job never started processing");
-    json_decref(j);
-    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
-    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    consumer_kill_mid_call(&s, "!sleep=3000 held heron", id);
     /* The dead consumer's copy comes back after AckWait (the harness's 2 s)
      * and is held for 1 s: the stop comes within that second. */
     cr_assert(h_wait_log(&s, H_CONSUMER, "waiting for its consumer", 15000), "the copy was not held");
@@ -542,20 +544,30 @@ static natsMsg *consumer_start_call(h_stack *s, natsSubscription *acks, const ch
     return wpi;
 }
 
+/* The usual start of the tests below: a stack whose consumer has one slot
+ * (while its call runs it pulls nothing), the test's NATS connection, a
+ * watch on the normal lane's acks, and a call of prompt started; returns
+ * the call's first in-progress ack (the caller destroys it). */
+static natsMsg *consumer_one_slot_call(h_stack *s, h_nats *n, natsSubscription **acks,
+                                       const char *prompt, char id[65])
+{
+    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
+    h_start(s, &opts);
+    h_nats_open(s, n);
+    *acks = consumer_watch_acks(n);
+    return consumer_start_call(s, *acks, prompt, 0, id);
+}
+
 Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)
 {
     /* The first consumer has one slot: while its call runs it pulls nothing,
      * so the redelivery can only go to the second. */
     h_stack s;
-    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
-    h_start(&s, &opts);
     h_nats n;
-    h_nats_open(&s, &n);
-    natsSubscription *acks = consumer_watch_acks(&n);
-
+    natsSubscription *acks = NULL;
     char id[65];
     /* Long enough to outlast a second (sanitizer-built) consumer's start. */
-    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=15000 patient crane", 0, id);
+    natsMsg *wpi = consumer_one_slot_call(&s, &n, &acks, "!sleep=15000 patient crane", id);
 
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
@@ -590,14 +602,10 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
 Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
 {
     h_stack s;
-    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
-    h_start(&s, &opts);
     h_nats n;
-    h_nats_open(&s, &n);
-    natsSubscription *acks = consumer_watch_acks(&n);
-
+    natsSubscription *acks = NULL;
     char id[65];
-    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=15000 patient ibis", 0, id);
+    natsMsg *wpi = consumer_one_slot_call(&s, &n, &acks, "!sleep=15000 patient ibis", id);
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
     pid_t second = consumer_spawn_ready(&s, env2, "consumer2", log2);
@@ -631,14 +639,10 @@ Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
 Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
 {
     h_stack s;
-    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
-    h_start(&s, &opts);
     h_nats n;
-    h_nats_open(&s, &n);
-    natsSubscription *acks = consumer_watch_acks(&n);
-
+    natsSubscription *acks = NULL;
     char id[65];
-    natsMsg *wpi = consumer_start_call(&s, acks, "!sleep=2500 finished heron", 0, id);
+    natsMsg *wpi = consumer_one_slot_call(&s, &n, &acks, "!sleep=2500 finished heron", id);
     const char *const env2[] = {"KILN_METRICS_ADDR=", "KILN_CONCURRENCY=1", NULL};
     char log2[PATH_MAX];
     pid_t holder = consumer_spawn_ready(&s, env2, "consumer2", log2);
@@ -726,14 +730,10 @@ static natsMsg *consumer_wait_wpi_redelivered(natsSubscription *acks, uint64_t s
 Test(consumer, a_copy_held_back_is_answered_for_when_a_second_copy_comes)
 {
     h_stack s;
-    const h_stack_opts opts = {.consumer_env = {"KILN_CONCURRENCY=1", NULL}};
-    h_start(&s, &opts);
     h_nats n;
-    h_nats_open(&s, &n);
-    natsSubscription *acks = consumer_watch_acks(&n);
-
+    natsSubscription *acks = NULL;
     char id[65];
-    natsMsg *wpi1 = consumer_start_call(&s, acks, "!sleep=1500 twice-held plover", 0, id);
+    natsMsg *wpi1 = consumer_one_slot_call(&s, &n, &acks, "!sleep=1500 twice-held plover", id);
     uint64_t seq = consumer_ack_seq(natsMsg_GetSubject(wpi1));
     /* Frozen until the copy is held, so that it cannot take the dead
      * consumer's copy itself. */
