@@ -55,10 +55,6 @@ void cons_ctx_register_metrics(void)
     cons_g.m_gate_handbacks = kiln_metric_counter(
         "kiln_consumer_provider_handbacks_total",
         "jobs handed back untried because the provider gate closed after they were fetched");
-    cons_g.m_store_waits = kiln_metric_counter(
-        "kiln_consumer_store_waits_total",
-        "redeliveries handed back for 1 s because the store did not answer: only the store knows "
-        "their attempt number");
     cons_g.m_provider_ms = kiln_metric_histogram_ms("kiln_consumer_provider_ms",
                                                     "provider call duration");
 }

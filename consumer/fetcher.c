@@ -220,7 +220,7 @@ static void fetch_store_check(cons_job **jobs, size_t n, bool sync, cons_store_i
     }
     kiln_status st = cons_store_check(ids, n, sync, FETCH_CHECK_TIMEOUT_MS, info);
     if (st != KILN_OK)
-        LOG_WARN("store check failed, redeliveries wait for it jobs=%zu status=%s", n,
+        LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", n,
                  kiln_status_str(st));
     free(ids);
 }

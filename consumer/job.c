@@ -14,9 +14,7 @@
 #include "pb.h"
 #include "subjects.h"
 
-/* A re-drive or redelivery fetched while the store does not answer waits
- * this long in JetStream before it is fetched and checked again. */
-#define JOB_STORE_WAIT_MS 1000
+#define JOB_REDRIVE_RETRY_MS 1000 /* a re-drive fetched while the store does not answer */
 
 /* Outcomes since the last summary line (per-job lines are DEBUG). */
 enum { SUM_COMPLETED = 0, SUM_FAILED, SUM_RETRIED, SUM_SKIPPED, SUM_CANCELLED, SUM_COUNT };
@@ -373,22 +371,17 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
         return;
     }
-    if (!si->answered && (j->redrive_of != 0 || j->num_delivered > 1)) {
-        /* Only the store knows the attempt number of a job that may have run
-         * before. A re-drive's delivery count (1) could be below the record's,
-         * and the store would ignore its transitions; a redelivery's count
-         * also counts hand-backs without a call (a closed provider gate, a
-         * stop while a copy was held), and taken as the attempt number it
-         * ran jobs out of attempts early. */
-        LOG_DEBUG("job waits for the store job=%s delivered=%llu", j->id,
-                  (unsigned long long)j->num_delivered);
-        kiln_metric_add(cons_g.m_store_waits, 1);
+    if (j->redrive_of != 0 && !si->answered) {
+        /* A re-drive runs only on the store's word: without it, its attempt
+         * number (NumDelivered: 1) could be below the record's, and the store
+         * would ignore its transitions while it runs. */
+        LOG_DEBUG("job re-drive waits for the store job=%s", j->id);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK,
-                   JOB_STORE_WAIT_MS);
+                   JOB_REDRIVE_RETRY_MS);
         return;
     }
-    /* A first delivery the store cannot tell about is attempt 1. */
-    j->attempt = si->answered ? (si->known ? si->attempts : 0) + 1 : 1;
+    if (si->answered) j->attempt = (si->known ? si->attempts : 0) + 1;
+    else j->attempt = j->num_delivered > 0 ? (unsigned)j->num_delivered : 1;
 
     int64_t now = kiln_now_ms();
     /* A retry's copy can come before the retry is due: one held back for

@@ -672,38 +672,6 @@ Test(consumer, a_copy_held_while_its_runner_finishes_is_not_run_again)
     h_stop(&s);
 }
 
-/* Only the store knows the attempt number of a job that may have run: a
- * redelivery's delivery count also counts hand-backs without a call, and
- * taken as the attempt number it ran jobs out of attempts early. With the
- * store down (killed: the check fails at once, so the retry is still on
- * time and is not held), the retry of a failed first attempt waits in
- * JetStream, and runs as attempt 2 once the store is back. */
-Test(consumer, a_retry_waits_for_the_store_to_learn_its_attempt)
-{
-    h_stack s;
-    const h_stack_opts opts = {.consumer_env = {"KILN_RETRY_BASE=10ms", NULL}};
-    h_start(&s, &opts);
-    h_nats n;
-    h_nats_open(&s, &n);
-
-    char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=400 !fail=500:1 patient kite", id), 202);
-    cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 10000),
-              "the first attempt did not start");
-    cr_assert_eq(h_proc_kill9(&s, H_STORE), 0);
-    /* It comes back at least twice: each time it waits 1 s in JetStream. */
-    int waited = h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_redeliveries_total", 1, 10000);
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 0,
-                 "the retry ran without the store's word");
-    cr_expect(waited, "the retry did not come back to wait for the store");
-    cr_expect_gt(h_metric(&s, H_CONSUMER, "kiln_consumer_store_waits_total"), 0);
-    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the store restart");
-    consumer_expect_one_call(&s, &n, id, 2, "the retried job");
-    h_nats_free(&n);
-    h_stop(&s);
-}
-
 /* An in-progress ack of stream sequence seq from a delivery after the
  * first, within deadline_ms, or NULL. The caller destroys it. */
 static natsMsg *consumer_wait_wpi_redelivered(natsSubscription *acks, uint64_t seq, int64_t deadline_ms)
