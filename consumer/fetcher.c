@@ -154,6 +154,13 @@ typedef struct {
 static fetch_held_job *fetch_held;
 static size_t fetch_held_n, fetch_held_cap;
 
+/* Keeps j for CONS_PEER_GRACE_MS; the caller checked there is room. */
+static void fetch_hold(cons_job *j, bool waits_for_store)
+{
+    fetch_held[fetch_held_n++] =
+        (fetch_held_job){j, kiln_mono_ms() + CONS_PEER_GRACE_MS, waits_for_store};
+}
+
 /* Gives a fetched message back to JetStream untried. */
 static void fetch_hand_back(natsMsg *m)
 {
@@ -269,8 +276,7 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
                    fetch_held_n < fetch_held_cap) {
             *mark = j->stream_seq;
             cons_job_hold_for_peer(j, CONS_PEER_GRACE_MS);
-            fetch_held[fetch_held_n++] =
-                (fetch_held_job){j, kiln_mono_ms() + CONS_PEER_GRACE_MS, false};
+            fetch_hold(j, false);
         } else {
             continue; /* nobody runs it (or held once already): it runs */
         }
@@ -299,8 +305,7 @@ static void fetch_run(cons_job **jobs, size_t n, const fetch_held_job *held)
         if (!held[i].waits_for_store)
             LOG_INFO("held job waits for the store's word job=%s seq=%llu", jobs[i]->id,
                      (unsigned long long)jobs[i]->stream_seq);
-        fetch_held[fetch_held_n++] =
-            (fetch_held_job){jobs[i], kiln_mono_ms() + CONS_PEER_GRACE_MS, true};
+        fetch_hold(jobs[i], true); /* room: it was just taken out */
         jobs[i] = NULL;
     }
     fetch_ask_peers(jobs, info, n);

@@ -558,6 +558,18 @@ static natsMsg *consumer_one_slot_call(h_stack *s, h_nats *n, natsSubscription *
     return consumer_start_call(s, *acks, prompt, 0, id);
 }
 
+/* A second consumer (env), pulling beside the stack's consumer whose call
+ * still runs; returns its pid, its log in log_path. */
+static pid_t consumer_second_beside_call(h_stack *s, h_nats *n, natsSubscription *acks,
+                                         const char *const *env, char log_path[PATH_MAX])
+{
+    pid_t pid = consumer_spawn_ready(s, env, "consumer2", log_path);
+    consumer_wait_puller(n, acks);
+    cr_assert_eq(h_metric(s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
+                 "the call already ended");
+    return pid;
+}
+
 Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)
 {
     /* The first consumer has one slot: while its call runs it pulls nothing,
@@ -571,13 +583,11 @@ Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_se
 
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
-    pid_t second = consumer_spawn_ready(&s, env2, "consumer2", log2);
-    consumer_wait_puller(&n, acks);
+    /* The call must still run for the -NAK below to mean anything. */
+    pid_t second = consumer_second_beside_call(&s, &n, acks, env2, log2);
 
     /* nats-server gives the message up as if the first consumer's acks were
-     * late (the call must still run for this to mean anything). */
-    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
-                 "the call already ended");
+     * late. */
     cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetSubject(wpi), "-NAK"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
     cr_assert(h_wait_file_log(log2, "left to it job=", 10000),
@@ -608,10 +618,7 @@ Test(consumer, a_copy_held_for_a_silent_consumer_is_left_to_it_once_it_answers)
     natsMsg *wpi = consumer_one_slot_call(&s, &n, &acks, "!sleep=15000 patient ibis", id);
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
-    pid_t second = consumer_spawn_ready(&s, env2, "consumer2", log2);
-    consumer_wait_puller(&n, acks);
-    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
-                 "the call already ended");
+    pid_t second = consumer_second_beside_call(&s, &n, acks, env2, log2);
 
     /* Frozen, the runner sends no in-progress ack and answers nothing; the
      * message goes to the second consumer after AckWait (the harness's 2 s). */
