@@ -80,7 +80,8 @@ typedef struct {
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
         *m_idle_polls, *m_tx_batches, *m_tx_batched, *m_gate_waiting, *m_gate_tripped,
-        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_peer_holds;
+        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_peer_holds,
+        *m_store_waits;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers

@@ -26,6 +26,10 @@ void cons_ctx_register_metrics(void)
         "redeliveries of a job whose record says a call began (or that the store could not tell "
         "about) and no consumer answered for (it died, or is still reconnecting): kept unacked for "
         "1 s, once per consumer, before they run");
+    cons_g.m_store_waits = kiln_metric_counter(
+        "kiln_consumer_store_waits_total",
+        "copies kept unacked until the store could answer for them: redeliveries (their attempt "
+        "number is the store's record plus one) and copies at the end of a hold");
     cons_g.m_redelivered = kiln_metric_counter(
         "kiln_consumer_redeliveries_total",
         "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "

@@ -227,7 +227,7 @@ static void fetch_store_check(cons_job **jobs, size_t n, bool sync, cons_store_i
     }
     kiln_status st = cons_store_check(ids, n, sync, FETCH_CHECK_TIMEOUT_MS, info);
     if (st != KILN_OK)
-        LOG_WARN("store check failed, using delivery counts jobs=%zu status=%s", n,
+        LOG_WARN("store check failed, redeliveries wait for it jobs=%zu status=%s", n,
                  kiln_status_str(st));
     free(ids);
 }
@@ -284,6 +284,26 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     }
 }
 
+/* Whether j, just checked with the store (info), must wait here for the
+ * store's word: kept with its slot, unacked, and checked again every
+ * CONS_PEER_GRACE_MS (held: its entry when taken back from a hold).
+ * - A copy taken back from a hold: the consumer it was held for may have
+ *   finished the job and acked it meanwhile; nats-server then forgets the
+ *   message, but this copy is still here. Only a store that caught up can
+ *   say so.
+ * - A redelivery or re-drive: its attempt number is the store's record
+ *   plus one. Its delivery count is no stand-in, as every hand-back without
+ *   a call raises it (a closed provider gate, a job not due yet, a stop
+ *   while held), and a job could run out of attempts it never used. Not
+ *   nak'd with a delay to wait in JetStream either: nats-server 2.9.10 can
+ *   keep such a message delivered and unacked for good when it stops. */
+static bool fetch_waits_for_store(const cons_job *j, const cons_store_info *info,
+                                  const fetch_held_job *held)
+{
+    if (held != NULL) return !(info->answered && info->synced);
+    return !info->answered && (j->num_delivered > 1 || j->redrive_of != 0);
+}
+
 /* Store check, peer ask and dispatch of n jobs in the registry (fetched
  * now, or taken back from a hold: then held[i] is each one's entry, NULL
  * otherwise); each is run, left to a peer or held. */
@@ -295,17 +315,20 @@ static void fetch_run(cons_job **jobs, size_t n, const fetch_held_job *held)
         return;
     }
     fetch_store_check(jobs, n, held != NULL, info);
-    /* The consumer a copy was held for may have finished the job and acked
-     * it during the hold: nats-server then forgets the message, but this copy
-     * is still here. Only a store that caught up can say so; until it does
-     * the copy stays held. (Left unacked instead, it would come back with a
-     * higher delivery count, the attempt number while the store is away.) */
-    for (size_t i = 0; held != NULL && i < n; i++) {
-        if (info[i].answered && info[i].synced) continue;
-        if (!held[i].waits_for_store)
-            LOG_INFO("held job waits for the store's word job=%s seq=%llu", jobs[i]->id,
-                     (unsigned long long)jobs[i]->stream_seq);
-        fetch_hold(jobs[i], true); /* room: it was just taken out */
+    for (size_t i = 0; i < n; i++) {
+        /* Room: a held copy was just taken out, a fetched one has a slot,
+         * and the held list has room for every slot. */
+        if (!fetch_waits_for_store(jobs[i], &info[i], held != NULL ? &held[i] : NULL) ||
+            fetch_held_n >= fetch_held_cap)
+            continue;
+        if (held == NULL || !held[i].waits_for_store) {
+            LOG_INFO("%s job waits for the store's word job=%s seq=%llu delivered=%llu",
+                     held == NULL ? "redelivered" : "held", jobs[i]->id,
+                     (unsigned long long)jobs[i]->stream_seq,
+                     (unsigned long long)jobs[i]->num_delivered);
+            kiln_metric_add(cons_g.m_store_waits, 1);
+        }
+        fetch_hold(jobs[i], true);
         jobs[i] = NULL;
     }
     fetch_ask_peers(jobs, info, n);
@@ -617,7 +640,9 @@ static void *fetch_main(void *arg)
     /* Not handed back: a nak would let a third consumer start it at once,
      * while the one it was held for may still be reconnecting. */
     for (size_t i = 0; i < fetch_held_n; i++)
-        cons_job_abandon(fetch_held[i].job, "stopping while held for another consumer");
+        cons_job_abandon(fetch_held[i].job, fetch_held[i].waits_for_store
+                                                ? "stopping while it waits for the store's word"
+                                                : "stopping while held for another consumer");
     fetch_held_n = 0;
     LOG_INFO("fetching stopped");
     return NULL;

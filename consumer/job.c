@@ -371,10 +371,12 @@ void cons_job_dispatch(cons_job *j, const cons_store_info *si)
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_ACK, 0);
         return;
     }
+    /* Without the store's word only a first delivery should come here: the
+     * fetcher keeps redeliveries and re-drives until the store answers
+     * (fetch_waits_for_store). Checked again, as a re-drive run on a guess
+     * would be worse than late: its attempt number (NumDelivered: 1) could
+     * be below the record's, and the store would ignore its transitions. */
     if (j->redrive_of != 0 && !si->answered) {
-        /* A re-drive runs only on the store's word: without it, its attempt
-         * number (NumDelivered: 1) could be below the record's, and the store
-         * would ignore its transitions while it runs. */
         LOG_DEBUG("job re-drive waits for the store job=%s", j->id);
         job_finish(j, KILN__V1__JOB_STATE__JOB_STATE_UNSPECIFIED, false, CONS_FINAL_NAK,
                    JOB_REDRIVE_RETRY_MS);

@@ -434,6 +434,68 @@ static void consumer_expect_one_call(h_stack *s, h_nats *n, const char *id, int 
               what);
 }
 
+/* Takes the next delivery of the normal lane's durable as a consumer would
+ * and hands it back untried (-NAK): one more delivery, no call. */
+static void consumer_hand_back_once(h_nats *n)
+{
+    natsMsg *m = NULL;
+    cr_assert_eq(natsConnection_RequestString(&m, n->nc, "$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.kiln-worker-normal",
+                                              "{\"batch\":1,\"expires\":5000000000}", 6000),
+                 NATS_OK, "no delivery from the normal lane");
+    const char *reply = natsMsg_GetReply(m);
+    cr_assert(reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0, "not a job delivery: %.*s",
+              natsMsg_GetDataLength(m), natsMsg_GetData(m));
+    cr_assert_eq(natsConnection_PublishString(n->nc, reply, "-NAK"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n->nc), NATS_OK);
+    natsMsg_Destroy(m);
+}
+
+static int consumer_store_failed_twice(void *arg)
+{
+    return h_log_count(arg, H_CONSUMER, "store check failed") >= 2;
+}
+
+/* A redelivery's attempt number is the store's record plus one, never its
+ * delivery count: hand-backs without a call raise that count. The job
+ * (max_attempts 2) is handed back twice untried, so it comes to the
+ * consumer with delivery count 3 while the store is frozen. The consumer
+ * must keep it, unacked, until the store answers, then run its first
+ * attempt; taking the count for the attempt, it would fail the job with
+ * attempts_exhausted before any call. AckWait is 30 s here, so the copy
+ * is young enough (due under AckWait ago) not to be held for a peer. */
+Test(consumer, a_redelivery_waits_for_the_store_before_it_takes_an_attempt)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_ACK_WAIT=30s"}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"handed back hare\",\"max_attempts\":2}", id), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "pending", 0, 10000, "the submitted job");
+    consumer_hand_back_once(&n);
+    consumer_hand_back_once(&n);
+    natsSubscription *acks = consumer_watch_acks(&n);
+
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGSTOP), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    int waited = h_wait_log(&s, H_CONSUMER, "redelivered job waits for the store's word", 15000);
+    /* Kept past a second failed store check (1 s each), then the store thaws. */
+    int checked = waited && h_wait_for(consumer_store_failed_twice, &s, 5000, 50);
+    double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_expect(waited, "the consumer did not wait for the store's word");
+    cr_expect(checked, "the consumer did not ask the store again");
+    cr_expect_eq(calls, 0, "the provider was called (%g) before the store answered", calls);
+
+    consumer_expect_one_call(&s, &n, id, 1, "the job handed back twice");
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_store_waits_total"), 1);
+    cr_expect_eq(consumer_naks_seen(acks), 0, "the copy waiting for the store was nak'd");
+    natsSubscription_Destroy(acks);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* A redelivery of a message whose call still runs here (its in-progress acks
  * did not reach the server in time, e.g. across a NATS outage) must not start
  * a second call. The test makes one at will: it reads the running job's
