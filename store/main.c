@@ -198,14 +198,15 @@ out:
     if (st == KILN_ESTOPPED) rc = 0; /* stopped while connecting */
     /* The sweep first (it waits on the apply loop), then requests (they
      * write too), then the apply loop finishes its batch, then NATS, then
-     * RocksDB. The apply loop is told first, so that its wind-down and the
-     * requests' drain (each up to seconds with NATS down) overlap. */
+     * RocksDB. The apply loop is told first, and the queue gauges are joined
+     * last, so that the loop's wind-down, the requests' drain and a
+     * queue-depth read in flight (each up to 5 s with NATS down) overlap. */
     kiln_periodic_stop_all_soon(); /* sweep, retention, gauges: joined below */
-    queuegauges_stop(qg);
     sweep_stop(sw);
     ingest_stop_soon(ing);
     retention_stop(ret);
     queries_stop(q);
+    queuegauges_stop(qg);
     ingest_stop(ing);
     kiln_metrics_http_stop();
     kiln_nats_close(anc, ajs);

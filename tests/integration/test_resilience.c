@@ -261,11 +261,16 @@ Test(resilience, memory_floor_holds_jobs)
 
 /* With nats-server gone, SIGTERM still ends every process soon and cleanly
  * (the store waited 30 s per drained subscription for UNSUB flushes that
- * could not happen; its queries now drain against one 5 s deadline). */
+ * could not happen; its queries now drain against one 5 s deadline; and it
+ * waited for a queue-depth read in flight before it told its apply loop to
+ * stop, each up to 5 s). */
 Test(resilience, every_process_stops_promptly_without_nats)
 {
     h_stack s;
-    h_start(&s, NULL);
+    /* The store's queue-depth reads, every 100 ms, keep one in flight (each
+     * waits up to 5 s with NATS down) when its SIGTERM comes. */
+    h_stack_opts o = {.env = {"KILN_QUEUE_STATS_INTERVAL=100ms"}};
+    h_start(&s, &o);
     (void)h_proc_term(&s, H_NATS); /* nats-server's own exit code on SIGTERM is not 0 */
     cr_assert(!h_proc_alive(&s, H_NATS), "nats-server did not stop");
     const h_comp comps[] = {H_GATEWAY, H_CONSUMER, H_STORE};
