@@ -595,5 +595,18 @@ typedef struct {
  * round prev, at most max of them, are [*from, *to]. */
 bool cons_stall_skipped_window(const cons_stall_obs *prev, const cons_stall_obs *now, int64_t empty_at_ms,
                                uint64_t max, uint64_t *from, uint64_t *to);
+/* The lowest message a durable keeps ack-pending, once found due and held
+ * by no consumer (seq 0: none); at_ms monotonic. */
+typedef struct {
+    uint64_t seq;
+    int64_t at_ms;
+} cons_stall_suspect;
+/* The durable has kept the suspect seq ack-pending, held by nobody, for
+ * longer than settle_ms (by then a healthy server redelivers it: its
+ * AckWait or nak delay is over) and answered a fetch of this consumer with
+ * nothing after that (empty_at_ms, monotonic): nats-server 2.9.10 will
+ * not deliver it again. */
+bool cons_stall_unheld_overdue(const cons_stall_suspect *suspect, uint64_t seq, int64_t empty_at_ms,
+                               int64_t settle_ms);
 
 #endif

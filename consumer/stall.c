@@ -25,7 +25,17 @@
  * in a row, delivered nothing in between, and answered a fetch of this
  * consumer with nothing meanwhile, the lane's messages above its delivered
  * sequence that were there a round ago are checked and re-driven the same
- * way: the copy gets a new sequence. */
+ * way: the copy gets a new sequence.
+ *
+ * And it can keep a message delivered and ack-pending for good, never
+ * redelivered (seen for a message nak'd with a delay as the server
+ * stopped). Such a message is the lowest one the durable has not had
+ * acked, so it sits just above the ack floor for good. When that message's
+ * job is due and pending, no consumer holds a copy (kiln.consumer.running),
+ * and the same is still true after its AckWait or nak delay must have run
+ * out, while the durable answered a fetch of this consumer with nothing,
+ * the old copy is deleted and, if no consumer received it meanwhile,
+ * published again. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +55,7 @@
 #define STALL_API_WAIT_MS 2000  /* JetStream API calls */
 #define STALL_CHECK_TIMEOUT_MS 3000 /* kiln.store.check (sync waits up to 2 s in the store) */
 #define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
+#define STALL_PENDING_SCAN_MAX 64 /* sequences above the ack floor looked at per lane per round */
 
 typedef struct {
     const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
@@ -53,6 +64,11 @@ typedef struct {
     /* A durable found passing over messages: the delivered sequence it was
      * stuck at, and the part of [skip_cursor, skip_end] not looked at yet. */
     uint64_t skip_delivered, skip_cursor, skip_end;
+    /* Above the ack floor: where the lowest lane message may be (below it
+     * every sequence is gone or another subject's), and that message once
+     * found due and held by nobody. */
+    uint64_t pending_from;
+    cons_stall_suspect suspect;
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
@@ -66,8 +82,16 @@ typedef struct {
     natsMsg *msg;               /* owned */
     uint64_t seq;
     uint64_t redrive_of;        /* its Kiln-Redrive value, 0 when none */
+    int64_t not_before_ms;      /* its JobRequest's */
     char id[KILN_ID_MAX_LEN + 1];
 } stall_cand;
+
+/* Which kind of stalled message a re-drive is for (stall_redrive). */
+typedef enum {
+    STALL_LOST,    /* at or below the ack floor: never delivered again */
+    STALL_SKIPPED, /* above the delivered sequence, passed over */
+    STALL_UNHELD,  /* ack-pending, never redelivered, held by nobody */
+} stall_kind;
 
 static kiln_periodic *stall_timer;
 static int64_t stall_last_err_log = -STALL_ERR_LOG_MS;
@@ -126,6 +150,12 @@ bool cons_stall_skipped_window(const cons_stall_obs *prev, const cons_stall_obs 
     *from = f;
     *to = t;
     return true;
+}
+
+bool cons_stall_unheld_overdue(const cons_stall_suspect *suspect, uint64_t seq, int64_t empty_at_ms,
+                               int64_t settle_ms)
+{
+    return suspect->seq != 0 && suspect->seq == seq && empty_at_ms > suspect->at_ms + settle_ms;
 }
 
 static void stall_warn_rate_limited(const char *what, const char *lane, natsStatus s, jsErrCode jerr)
@@ -207,13 +237,39 @@ static bool stall_delete_undelivered(const stall_lane *lane, const stall_cand *c
     return undelivered;
 }
 
+/* Whether a consumer, this one included, holds a copy of seq (fetched,
+ * held back or running); the others are asked, with CONS_PEER_REASK_MS for
+ * their answers. Unknown (NATS gone meanwhile) counts as held. */
+static bool stall_held_anywhere(uint64_t seq)
+{
+    uint64_t here = 0;
+    bool held = false;
+    if (cons_registry_held_seqs(&seq, 1, &here) > 0) return true;
+    (void)cons_peers_ask(&seq, 1, CONS_PEER_REASK_MS, &held);
+    return held || natsConnection_Status(cons_g.nc) != NATS_CONN_STATUS_CONNECTED;
+}
+
+/* Deletes an ack-pending message nobody held; true when it is gone and no
+ * consumer received it just before (that one runs it; acking a deleted
+ * message is harmless). */
+static bool stall_delete_unheld(const stall_lane *lane, const stall_cand *c, jsOptions *jo)
+{
+    if (!stall_delete(lane, c, jo)) return false;
+    if (!stall_held_anywhere(c->seq)) return true;
+    LOG_INFO("ack-pending message was delivered again meanwhile, left to its holder job=%s lane=%s "
+             "seq=%" PRIu64,
+             c->id, lane->def->name, c->seq);
+    return false;
+}
+
 /* Publishes the candidate again (waits for the JetStream ack), then deletes
- * the old copy; a skipped one (above the delivered sequence, so the durable
+ * the old copy. A skipped one (above the delivered sequence, so the durable
  * could still deliver it meanwhile) is deleted first and published again
- * only when the durable had not delivered it by then: never two runnable
- * copies at once. A job left without a copy is the store's sweep's ("pending
- * and gone"). */
-static void stall_redrive(const stall_lane *lane, const stall_cand *c, bool skipped)
+ * only when the durable had not delivered it by then, and an unheld one
+ * only when no consumer received it by then: never two runnable copies at
+ * once. A job left without a copy is the store's sweep's ("pending and
+ * gone"). */
+static void stall_redrive(const stall_lane *lane, const stall_cand *c, stall_kind kind)
 {
     natsMsg *m = NULL;
     jsPubAck *pa = NULL;
@@ -226,7 +282,8 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c, bool skip
     snprintf(msg_id, sizeof msg_id, "%s.redrive.%" PRIu64, c->id, c->seq);
     snprintf(orig, sizeof orig, "%" PRIu64, orig_seq);
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    if (skipped && !stall_delete_undelivered(lane, c, &jo)) return;
+    if (kind == STALL_SKIPPED && !stall_delete_undelivered(lane, c, &jo)) return;
+    if (kind == STALL_UNHELD && !stall_delete_unheld(lane, c, &jo)) return;
     natsStatus s = natsMsg_Create(&m, lane->def->subject, NULL, natsMsg_GetData(c->msg),
                                   natsMsg_GetDataLength(c->msg));
     if (s == NATS_OK) s = stall_copy_headers(c->msg, m);
@@ -245,7 +302,7 @@ static void stall_redrive(const stall_lane *lane, const stall_cand *c, bool skip
         goto out;
     }
     /* Only now the old copy may go: the new one is stored. */
-    if (!skipped) (void)stall_delete(lane, c, &jo);
+    if (kind == STALL_LOST) (void)stall_delete(lane, c, &jo);
     LOG_WARN("stalled message re-driven job=%s lane=%s seq=%" PRIu64 " orig_seq=%" PRIu64
              " new_seq=%" PRIu64 " duplicate=%d",
              c->id, lane->def->name, c->seq, orig_seq, pa->Sequence, (int)pa->Duplicate);
@@ -255,13 +312,13 @@ out:
     natsMsg_Destroy(m);
 }
 
-static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n, bool skipped)
+static void stall_flush(const stall_lane *lane, stall_cand *c, size_t *n, stall_kind kind)
 {
     cons_store_info info[STALL_BATCH_MAX];
     stall_store_check(c, *n, info);
     for (size_t i = 0; i < *n; i++) {
         if (cons_stall_should_redrive(c[i].seq, c[i].redrive_of, &info[i]))
-            stall_redrive(lane, &c[i], skipped);
+            stall_redrive(lane, &c[i], kind);
         else
             LOG_DEBUG("stall check keeps job=%s lane=%s seq=%" PRIu64 " answered=%d known=%d state=%s "
                       "request_seq=%" PRIu64,
@@ -286,6 +343,7 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
     if (r == NULL) return false;
     bool ok = r->id != NULL && kiln_jobreq_id_ok(r->id);
     if (ok) snprintf(c->id, sizeof c->id, "%s", r->id);
+    c->not_before_ms = r->not_before_ms;
     kiln__v1__job_request__free_unpacked(r, NULL);
     if (!ok) return false;
     c->seq = seq;
@@ -298,7 +356,7 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
 
 /* Looks at the lane's messages in [from, to] and re-drives the lost ones.
  * Returns false when a JetStream call failed at seq (*failed_at). */
-static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, bool skipped, uint64_t *failed_at)
+static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, stall_kind kind, uint64_t *failed_at)
 {
     jsOptions jo;
     stall_cand cands[STALL_BATCH_MAX];
@@ -321,10 +379,80 @@ static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, bool skippe
             natsMsg_Destroy(m);
             continue;
         }
-        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc, skipped);
+        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc, kind);
     }
-    if (nc > 0) stall_flush(lane, cands, &nc, skipped);
+    if (nc > 0) stall_flush(lane, cands, &nc, kind);
     return ok;
+}
+
+/* The lowest lane message above the ack floor (at or below the delivered
+ * sequence) still in the stream, looking at most STALL_PENDING_SCAN_MAX
+ * sequences from where the previous round stopped; false when none was
+ * found. Sequences gone or of other subjects never come back: passed for
+ * good. */
+static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, stall_cand *c)
+{
+    jsOptions jo;
+    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
+    if (lane->pending_from <= floor) lane->pending_from = floor + 1;
+    for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
+        uint64_t seq = lane->pending_from;
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
+        if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
+            stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
+            return false;
+        }
+        if (s == NATS_OK && stall_candidate(lane, m, seq, c)) return true;
+        natsMsg_Destroy(m);
+        lane->pending_from = seq + 1;
+    }
+    return false;
+}
+
+/* Due by the store's record (retry time) and the request (delay)? */
+static bool stall_due(const stall_cand *c, const cons_store_info *si)
+{
+    int64_t due = si->retry_at_ms > c->not_before_ms ? si->retry_at_ms : c->not_before_ms;
+    return due <= kiln_now_ms();
+}
+
+/* A message the durable keeps ack-pending and never delivers again: found
+ * once (the suspect), re-driven when found again after its AckWait or nak
+ * delay must have run out, with an empty fetch of this consumer since. */
+static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delivered, int64_t empty_at)
+{
+    stall_cand c;
+    if (!stall_lowest_pending(lane, floor, delivered, &c)) {
+        lane->suspect.seq = 0;
+        return;
+    }
+    int64_t ack_wait = cons_g.set->ack_wait_ms, cap = cons_g.set->retry_cap_ms;
+    int64_t settle = (ack_wait > cap ? ack_wait : cap) + ack_wait;
+    bool again = lane->suspect.seq == c.seq;
+    if (again && !cons_stall_unheld_overdue(&lane->suspect, c.seq, empty_at, settle)) goto out;
+    cons_store_info si;
+    stall_store_check(&c, 1, &si);
+    if (!cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
+        stall_held_anywhere(c.seq)) {
+        lane->suspect.seq = 0;
+        goto out;
+    }
+    if (!again) {
+        lane->suspect = (cons_stall_suspect){c.seq, kiln_mono_ms()};
+        LOG_INFO("durable keeps a due job's message that no consumer holds, watching it job=%s lane=%s "
+                 "seq=%" PRIu64,
+                 c.id, lane->def->name, c.seq);
+        goto out;
+    }
+    LOG_WARN("durable keeps a message ack-pending that no consumer holds and does not deliver it "
+             "again job=%s lane=%s seq=%" PRIu64 " watched_ms=%lld",
+             c.id, lane->def->name, c.seq, (long long)(kiln_mono_ms() - lane->suspect.at_ms));
+    lane->suspect.seq = 0;
+    stall_redrive(lane, &c, STALL_UNHELD);
+out:
+    natsMsg_Destroy(c.msg);
 }
 
 static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last_seq)
@@ -353,6 +481,7 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
         .last_seq = last_seq,
     };
     uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
+    uint64_t floor = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
 
     /* Messages above the delivered sequence that the durable passed over:
@@ -372,21 +501,28 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
         if (lane->skip_cursor <= lane->skip_end) {
             from = lane->skip_cursor;
             to = lane->skip_end - from >= STALL_SCAN_MAX ? from + STALL_SCAN_MAX - 1 : lane->skip_end;
-            lane->skip_cursor = stall_scan(lane, from, to, true, &failed_at) ? to + 1 : failed_at;
+            lane->skip_cursor = stall_scan(lane, from, to, STALL_SKIPPED, &failed_at) ? to + 1 : failed_at;
         }
     }
     lane->seen = now;
 
+    /* The lowest message it keeps ack-pending, if nobody holds it. */
+    if (now.num_ack_pending > 0) stall_check_unheld(lane, floor, now.delivered_stream, empty_at);
+    else lane->suspect.seq = 0;
+
     /* Messages at or below it that it lost track of. */
     if (!cons_stall_window(first_seq, upper, &lane->cursor, STALL_SCAN_MAX, &from, &to)) return;
-    if (!stall_scan(lane, from, to, false, &failed_at)) lane->cursor = failed_at; /* resume here next round */
+    if (!stall_scan(lane, from, to, STALL_LOST, &failed_at)) lane->cursor = failed_at; /* resume here next round */
 }
 
 /* A round was missed (NATS unreachable, nothing retained): the next one
  * compares with nothing, so "two rounds in a row" stays two rounds. */
 static void stall_forget_rounds(void)
 {
-    for (size_t i = 0; i < STALL_NLANES; i++) stall_lanes[i].seen.valid = false;
+    for (size_t i = 0; i < STALL_NLANES; i++) {
+        stall_lanes[i].seen.valid = false;
+        stall_lanes[i].suspect.seq = 0;
+    }
 }
 
 static void stall_round(void)

@@ -1609,6 +1609,19 @@ void h_nats_open(h_stack *s, h_nats *n)
     cr_assert_eq(natsConnection_Flush(n->nc), NATS_OK, "flush after subscribing");
 }
 
+natsMsg *h_take_delivery(h_nats *n, const char *durable)
+{
+    char subject[256];
+    natsMsg *m = NULL;
+    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.%s", durable);
+    cr_assert_eq(natsConnection_RequestString(&m, n->nc, subject, "{\"batch\":1,\"expires\":5000000000}", 6000),
+                 NATS_OK, "no delivery from durable %s", durable);
+    const char *reply = natsMsg_GetReply(m);
+    cr_assert(reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0, "not a job delivery from %s: %.*s", durable,
+              natsMsg_GetDataLength(m), natsMsg_GetData(m));
+    return m;
+}
+
 void h_nats_free(h_nats *n)
 {
     h_collect_free(n->done);

@@ -317,6 +317,10 @@ Kiln__V1__JobStatus *h_status_request(h_nats *n, const char *id, char *err, size
 int h_worker_idle(jsCtx *js, const char *durable);
 /* Waits (up to deadline_ms) until h_worker_idle; 1 when it was. */
 int h_wait_worker_idle(jsCtx *js, const char *durable, int64_t deadline_ms);
+/* Takes the next delivery of `durable` on KILN_JOBS as a consumer would (a
+ * pull of one message, 5 s); cr_asserts it came. Its reply subject is the
+ * $JS.ACK subject to ack, nak or keep it in progress with. Caller destroys. */
+natsMsg *h_take_delivery(h_nats *n, const char *durable);
 /* Prints durable's delivered/ack-floor sequences and counts on KILN_JOBS to
  * stderr (for a failure message). */
 void h_dump_durable(jsCtx *js, const char *durable);

@@ -438,14 +438,8 @@ static void consumer_expect_one_call(h_stack *s, h_nats *n, const char *id, int 
  * and hands it back untried (-NAK): one more delivery, no call. */
 static void consumer_hand_back_once(h_nats *n)
 {
-    natsMsg *m = NULL;
-    cr_assert_eq(natsConnection_RequestString(&m, n->nc, "$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.kiln-worker-normal",
-                                              "{\"batch\":1,\"expires\":5000000000}", 6000),
-                 NATS_OK, "no delivery from the normal lane");
-    const char *reply = natsMsg_GetReply(m);
-    cr_assert(reply != NULL && strncmp(reply, "$JS.ACK.", 8) == 0, "not a job delivery: %.*s",
-              natsMsg_GetDataLength(m), natsMsg_GetData(m));
-    cr_assert_eq(natsConnection_PublishString(n->nc, reply, "-NAK"), NATS_OK);
+    natsMsg *m = h_take_delivery(n, "kiln-worker-normal");
+    cr_assert_eq(natsConnection_PublishString(n->nc, natsMsg_GetReply(m), "-NAK"), NATS_OK);
     cr_assert_eq(natsConnection_Flush(n->nc), NATS_OK);
     natsMsg_Destroy(m);
 }

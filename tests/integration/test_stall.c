@@ -209,3 +209,60 @@ Test(stall, an_abandoned_processing_job_is_run_again, .timeout = 240)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+typedef struct {
+    h_stack *s;
+    h_nats *n;
+    const char *ack_subject; /* the phantom holder's delivery */
+    const char *id;
+} stall_phantom;
+
+/* Keeps the phantom's delivery in progress; true once the job completed. */
+static int stall_phantom_keeps(void *arg)
+{
+    stall_phantom *p = arg;
+    (void)natsConnection_PublishString(p->n->nc, p->ack_subject, "+WPI");
+    (void)natsConnection_Flush(p->n->nc);
+    json_t *j = h_get_job(p->s, H_TOKEN_ALICE, p->id, NULL);
+    int done = j != NULL && strcmp(h_jstr(j, "status"), "completed") == 0;
+    json_decref(j);
+    return done;
+}
+
+/* nats-server 2.9.10 can keep a message delivered and ack-pending for good,
+ * never redelivering it (seen for a message nak'd with a delay as the server
+ * stopped). The test makes that state at will: it takes the job's delivery
+ * itself, as no Kiln consumer, and keeps it in progress (+WPI) while the
+ * consumer runs, so the server never redelivers it and no consumer answers
+ * for it. The stall check must see it (due, pending, held by nobody, past
+ * its AckWait and nak delay, with empty fetches) and re-drive it: one call,
+ * completed in one attempt. */
+Test(stall, a_message_kept_ack_pending_by_nobody_is_redriven)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1,
+                      .consumer_env = {"KILN_STALL_CHECK=500ms", "KILN_RETRY_CAP=1s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "unheld urchin", id), 202);
+    natsMsg *phantom = h_take_delivery(&n, "kiln-worker-normal");
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+
+    stall_phantom p = {&s, &n, natsMsg_GetReply(phantom), id};
+    int done = h_wait_for(stall_phantom_keeps, &p, 40000, 500);
+    if (!done) h_dump_durable(n.js, "kiln-worker-normal");
+    cr_assert(done, "a message kept ack-pending by no consumer was never run");
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 1000, "the re-driven job");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "no consumer holds and does not deliver it again"),
+              "the stall check did not say why it re-drove the message");
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_stalled_redriven_total"), 1);
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1);
+    h_expect_done_once(&n, id, "completed", 10000);
+    /* The deleted old copy no longer counts as ack-pending either. */
+    cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the durable still counts a message unacked");
+    natsMsg_Destroy(phantom);
+    h_nats_free(&n);
+    h_stop(&s);
+}

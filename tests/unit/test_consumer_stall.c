@@ -139,3 +139,18 @@ Test(stall, skipped_window)
     prev.last_seq = 6328;
     cr_assert_not(cons_stall_skipped_window(&prev, &now, 5000, 0, &from, &to), "no room to scan");
 }
+
+/* A message kept ack-pending by nobody is re-driven only when it is the same
+ * one found before, its AckWait or nak delay is over (settle), and a fetch
+ * came back empty after that. */
+Test(stall, unheld_overdue)
+{
+    cons_stall_suspect sus = {.seq = 42, .at_ms = 10000};
+    cr_assert(cons_stall_unheld_overdue(&sus, 42, 14001, 4000));
+    cr_assert_not(cons_stall_unheld_overdue(&sus, 42, 14000, 4000),
+                  "the last empty fetch came before the message was due again");
+    cr_assert_not(cons_stall_unheld_overdue(&sus, 42, 9000, 4000), "no empty fetch since it was found");
+    cr_assert_not(cons_stall_unheld_overdue(&sus, 43, 20000, 4000), "another message is the lowest now");
+    cons_stall_suspect none = {0};
+    cr_assert_not(cons_stall_unheld_overdue(&none, 0, 20000, 4000), "nothing found before");
+}
