@@ -337,7 +337,17 @@ static void fetch_run(cons_job **jobs, size_t n, const fetch_held_job *held)
     free(info);
 }
 
-/* Runs the held copies whose hold has ended. */
+/* Whether j's lane was paused (`kiln pause`) since it was fetched. */
+static bool fetch_lane_paused_for(const cons_job *j)
+{
+    for (int k = 0; k < LANE_COUNT; k++)
+        if (strcmp(kiln_lanes[k].name, j->lane) == 0) return cons_pause_lane(k);
+    return false;
+}
+
+/* Runs the held copies whose hold has ended. One whose lane was paused
+ * meanwhile is left unacked (no nak, no delay): it comes back after
+ * AckWait and waits in JetStream with its lane, not here with a slot. */
 static void fetch_take_held(void)
 {
     cons_job *jobs[CONS_FETCH_MAX];
@@ -349,9 +359,14 @@ static void fetch_take_held(void)
             i++;
             continue;
         }
-        taken[n] = fetch_held[i];
-        jobs[n++] = fetch_held[i].job;
+        fetch_held_job e = fetch_held[i];
         fetch_held[i] = fetch_held[--fetch_held_n];
+        if (fetch_lane_paused_for(e.job)) {
+            cons_job_abandon(e.job, "its lane was paused while it was held");
+            continue;
+        }
+        taken[n] = e;
+        jobs[n++] = e.job;
     }
     if (n > 0) fetch_run(jobs, n, taken);
 }

@@ -490,6 +490,56 @@ Test(consumer, a_redelivery_waits_for_the_store_before_it_takes_an_attempt)
     h_stop(&s);
 }
 
+/* Runs `kiln <verb> normal` and cr_asserts it succeeded. */
+static void consumer_kiln_lane(h_stack *s, const char *verb)
+{
+    char *out = NULL;
+    char *argv[] = {"kiln", (char *)verb, "normal", NULL};
+    int rc = h_run_cli(s, argv, &out, 30000);
+    cr_assert_eq(rc, 0, "kiln %s normal exited %d: %s", verb, rc, out);
+    free(out);
+}
+
+/* A copy held in the consumer (here: waiting for the store's word) whose
+ * lane is paused meanwhile waits with its lane: it is left unacked, makes
+ * no call while the lane is paused, and runs once after the resume. */
+Test(consumer, a_copy_held_when_its_lane_is_paused_waits_with_the_lane)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "held heron in a paused lane", id), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "pending", 0, 10000, "the submitted job");
+    consumer_hand_back_once(&n);
+
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGSTOP), 0);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    int held = h_wait_log(&s, H_CONSUMER, "redelivered job waits for the store's word", 15000);
+    if (held) consumer_kiln_lane(&s, "pause");
+    int paused = held && h_wait_metric_eq(&s, H_CONSUMER, "kiln_consumer_lane_paused{lane=\"normal\"}", 1, 10000);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert(held, "the consumer did not hold the copy");
+    cr_assert(paused, "the consumer never saw the pause");
+
+    cr_assert(h_wait_log(&s, H_CONSUMER, "its lane was paused while it was held", 10000),
+              "the held copy was not given up when its lane was paused");
+    /* Observation window: longer than AckWait (2 s), when the copy is
+     * available again, in a lane nobody fetches. */
+    char why[2048];
+    cr_expect(h_job_stays(&s, H_TOKEN_ALICE, id, "pending", 3000, why, sizeof why),
+              "the held job left pending while its lane was paused: %s", why);
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 0,
+                 "the provider was called while the lane was paused");
+
+    consumer_kiln_lane(&s, "resume");
+    consumer_expect_one_call(&s, &n, id, 1, "the job held as its lane was paused");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* A redelivery of a message whose call still runs here (its in-progress acks
  * did not reach the server in time, e.g. across a NATS outage) must not start
  * a second call. The test makes one at will: it reads the running job's
