@@ -444,6 +444,29 @@ static void consumer_hand_back_once(h_nats *n)
     natsMsg_Destroy(m);
 }
 
+/* Starts a stack without a consumer, submits body (its id in id) and hands
+ * the job's delivery back hand_backs times untried. */
+static void consumer_queue_handed_back(h_stack *s, h_nats *n, h_stack_opts *o, const char *body,
+                                       int hand_backs, char id[65])
+{
+    o->no_consumer = 1;
+    h_start(s, o);
+    h_nats_open(s, n);
+    cr_assert_eq(h_submit(s, H_TOKEN_ALICE, body, id), 202);
+    h_expect_job(s, H_TOKEN_ALICE, id, "pending", 0, 10000, "the submitted job");
+    for (int i = 0; i < hand_backs; i++) consumer_hand_back_once(n);
+}
+
+/* Freezes the store (SIGSTOP) and starts the consumer; true once the
+ * consumer keeps the redelivered copy until the store answers. The caller
+ * thaws the store. */
+static int consumer_start_with_store_frozen(h_stack *s)
+{
+    cr_assert_eq(kill(s->procs[H_STORE].pid, SIGSTOP), 0);
+    cr_assert_eq(h_proc_start(s, H_CONSUMER), 0);
+    return h_wait_log(s, H_CONSUMER, "redelivered job waits for the store's word", 15000);
+}
+
 static int consumer_store_failed_twice(void *arg)
 {
     return h_log_count(arg, H_CONSUMER, "store check failed") >= 2;
@@ -460,20 +483,13 @@ static int consumer_store_failed_twice(void *arg)
 Test(consumer, a_redelivery_waits_for_the_store_before_it_takes_an_attempt)
 {
     h_stack s;
-    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_ACK_WAIT=30s"}};
-    h_start(&s, &o);
     h_nats n;
-    h_nats_open(&s, &n);
+    h_stack_opts o = {.env = {"KILN_ACK_WAIT=30s"}};
     char id[65];
-    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"handed back hare\",\"max_attempts\":2}", id), 202);
-    h_expect_job(&s, H_TOKEN_ALICE, id, "pending", 0, 10000, "the submitted job");
-    consumer_hand_back_once(&n);
-    consumer_hand_back_once(&n);
+    consumer_queue_handed_back(&s, &n, &o, "{\"prompt\":\"handed back hare\",\"max_attempts\":2}", 2, id);
     natsSubscription *acks = consumer_watch_acks(&n);
 
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGSTOP), 0);
-    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
-    int waited = h_wait_log(&s, H_CONSUMER, "redelivered job waits for the store's word", 15000);
+    int waited = consumer_start_with_store_frozen(&s);
     /* Kept past a second failed store check (1 s each), then the store thaws. */
     int checked = waited && h_wait_for(consumer_store_failed_twice, &s, 5000, 50);
     double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
@@ -506,18 +522,12 @@ static void consumer_kiln_lane(h_stack *s, const char *verb)
 Test(consumer, a_copy_held_when_its_lane_is_paused_waits_with_the_lane)
 {
     h_stack s;
-    h_stack_opts o = {.no_consumer = 1};
-    h_start(&s, &o);
     h_nats n;
-    h_nats_open(&s, &n);
+    h_stack_opts o = {0};
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "held heron in a paused lane", id), 202);
-    h_expect_job(&s, H_TOKEN_ALICE, id, "pending", 0, 10000, "the submitted job");
-    consumer_hand_back_once(&n);
+    consumer_queue_handed_back(&s, &n, &o, "{\"prompt\":\"held heron in a paused lane\"}", 1, id);
 
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGSTOP), 0);
-    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
-    int held = h_wait_log(&s, H_CONSUMER, "redelivered job waits for the store's word", 15000);
+    int held = consumer_start_with_store_frozen(&s);
     if (held) consumer_kiln_lane(&s, "pause");
     int paused = held && h_wait_metric_eq(&s, H_CONSUMER, "kiln_consumer_lane_paused{lane=\"normal\"}", 1, 10000);
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
