@@ -237,14 +237,19 @@ static bool stall_delete_undelivered(const stall_lane *lane, const stall_cand *c
     return undelivered;
 }
 
-/* Whether a consumer, this one included, holds a copy of seq (fetched,
- * held back or running); the others are asked, with CONS_PEER_REASK_MS for
- * their answers. Unknown (NATS gone meanwhile) counts as held. */
-static bool stall_held_anywhere(uint64_t seq)
+/* Whether this consumer holds a copy of seq (fetched, held back or running). */
+static bool stall_held_here(uint64_t seq)
 {
     uint64_t here = 0;
+    return cons_registry_held_seqs(&seq, 1, &here) > 0;
+}
+
+/* Whether another consumer holds a copy of seq; asked, with
+ * CONS_PEER_REASK_MS for their answers. Unknown (NATS gone meanwhile)
+ * counts as held. */
+static bool stall_held_by_peer(uint64_t seq)
+{
     bool held = false;
-    if (cons_registry_held_seqs(&seq, 1, &here) > 0) return true;
     (void)cons_peers_ask(&seq, 1, CONS_PEER_REASK_MS, &held);
     return held || natsConnection_Status(cons_g.nc) != NATS_CONN_STATUS_CONNECTED;
 }
@@ -255,7 +260,7 @@ static bool stall_held_anywhere(uint64_t seq)
 static bool stall_delete_unheld(const stall_lane *lane, const stall_cand *c, jsOptions *jo)
 {
     if (!stall_delete(lane, c, jo)) return false;
-    if (!stall_held_anywhere(c->seq)) return true;
+    if (!stall_held_here(c->seq) && !stall_held_by_peer(c->seq)) return true;
     LOG_INFO("ack-pending message was delivered again meanwhile, left to its holder job=%s lane=%s "
              "seq=%" PRIu64,
              c->id, lane->def->name, c->seq);
@@ -432,10 +437,12 @@ static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delive
     int64_t settle = (ack_wait > cap ? ack_wait : cap) + ack_wait;
     bool again = lane->suspect.seq == c.seq;
     if (again && !cons_stall_unheld_overdue(&lane->suspect, c.seq, empty_at, settle)) goto out;
+    /* Cheapest first: mostly the lowest unacked message runs here. */
     cons_store_info si;
-    stall_store_check(&c, 1, &si);
-    if (!cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
-        stall_held_anywhere(c.seq)) {
+    bool unheld = !stall_held_here(c.seq);
+    if (unheld) stall_store_check(&c, 1, &si);
+    if (!unheld || !cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
+        stall_held_by_peer(c.seq)) {
         lane->suspect.seq = 0;
         goto out;
     }
