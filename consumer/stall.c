@@ -399,7 +399,8 @@ static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t deli
 {
     jsOptions jo;
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
-    if (lane->pending_from <= floor) lane->pending_from = floor + 1;
+    /* (Above the delivered sequence + 1 only if the stream started over.) */
+    if (lane->pending_from <= floor || lane->pending_from > delivered + 1) lane->pending_from = floor + 1;
     for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
         uint64_t seq = lane->pending_from;
         natsMsg *m = NULL;
