@@ -449,7 +449,9 @@ static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delive
     }
     if (!again) {
         lane->suspect = (cons_stall_suspect){c.seq, kiln_mono_ms()};
-        LOG_INFO("durable keeps a due job's message that no consumer holds, watching it job=%s lane=%s "
+        /* Common and harmless (a dead consumer's job before its AckWait ran
+         * out, a gate hand-back): only a re-drive is worth a warning. */
+        LOG_DEBUG("durable keeps a due job's message that no consumer holds, watching it job=%s lane=%s "
                  "seq=%" PRIu64,
                  c.id, lane->def->name, c.seq);
         goto out;
