@@ -144,6 +144,7 @@ struct cons_job {
     natsMsg *pending_pub;         /* the published message we wait an ack for */
     int64_t pub_deadline_mono;
     cons_job *pub_next;           /* hash bucket chain */
+    cons_job *seq_next;           /* stream-sequence bucket chain */
     cons_job *reg_prev, *reg_next;/* registry list */
     bool in_registry;
 
@@ -269,8 +270,10 @@ bool cons_slots_wait_idle(int64_t timeout_ms);
 /* ---- registry.c: in-flight jobs, and published message -> job ---- */
 kiln_status cons_registry_init(int64_t concurrency);
 void cons_registry_destroy(void);
-/* Adds j, unless it is a redelivery of a message whose job is still in
- * flight here (same stream sequence): then false, and j is not added. */
+/* Adds j, unless a copy of its message (same stream sequence) is still in
+ * flight here: then false, and j is not added. Such a copy is a
+ * redelivery whose in-progress acks came late, or a copy nats-server 2.9
+ * delivered again with its count back at 1. */
 bool cons_registry_add(cons_job *j);
 void cons_registry_remove(cons_job *j);
 /* Marks every in-flight job with this id cancelled; returns how many. */
@@ -282,10 +285,6 @@ void cons_registry_keepalive(void);
  * sends each of them an in-progress ack at once; returns how many (peers.c
  * answers another consumer with them). */
 size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
-/* other[i]: the registry holds another job than jobs[i] (all in it) with
- * jobs[i]'s stream sequence, e.g. a copy nats-server 2.9 delivered again
- * with its count reset. */
-void cons_registry_other_copies(cons_job *const *jobs, size_t n, bool *other);
 /* Remembers that the n jobs wait for the ack of m (before publishing m; a
  * TransitionBatch is one m for many jobs). One lock for all n. */
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,

@@ -234,8 +234,8 @@ static void fetch_store_check(cons_job **jobs, size_t n, bool sync, cons_store_i
 
 /* Redeliveries whose call may still run in another consumer are asked about
  * in one question (cons_job_ask_rule says which). A copy another consumer
- * holds (fetched, held back or running), or another job here, is left to
- * it. One ruled CONS_ASK_OR_HOLD that nobody
+ * holds (fetched, held back or running) is left to it (a second copy here
+ * never got this far: cons_registry_add). One ruled CONS_ASK_OR_HOLD that nobody
  * answered for is held back once for CONS_PEER_GRACE_MS (its consumer may
  * still be reconnecting) and asked again, with a longer wait, when its hold
  * ends; the others run. Skips NULL entries; sets jobs[i] to NULL for every
@@ -245,9 +245,8 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     /* A batch holds at most CONS_FETCH_MAX jobs: the candidates fit on the stack. */
     size_t idx[CONS_FETCH_MAX], k = 0;
     cons_ask_rule rule[CONS_FETCH_MAX];
-    cons_job *asked[CONS_FETCH_MAX];
     uint64_t seqs[CONS_FETCH_MAX];
-    bool held[CONS_FETCH_MAX], here[CONS_FETCH_MAX];
+    bool held[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
     for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
         if (jobs[i] == NULL) continue;
@@ -257,16 +256,11 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
         if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
             wait_ms = CONS_PEER_REASK_MS;
         seqs[k] = jobs[i]->stream_seq;
-        asked[k] = jobs[i];
         rule[k] = r;
         idx[k++] = i;
     }
     if (k == 0) return;
-    /* A copy delivered again with its count reset (nats-server 2.9) is not
-     * refused by cons_registry_add: another copy may be here. */
-    cons_registry_other_copies(asked, k, here);
     cons_peers_ask(seqs, k, wait_ms, held);
-    for (size_t c = 0; c < k; c++) held[c] = held[c] || here[c];
     for (size_t c = 0; c < k; c++) {
         cons_job *j = jobs[idx[c]];
         uint64_t *mark = &fetch_peer_held[j->stream_seq % FETCH_UNTRIED_SLOTS];

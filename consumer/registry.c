@@ -11,15 +11,20 @@
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static cons_job *reg_head;
-static cons_job **reg_buckets;
-static size_t reg_nbuckets; /* power of two */
+static cons_job **reg_buckets;     /* by published message (pending_pub) */
+static cons_job **reg_seq_buckets; /* by stream sequence */
+static size_t reg_nbuckets;        /* of each; a power of two */
 
 kiln_status cons_registry_init(int64_t concurrency)
 {
     size_t n = 64;
     while ((int64_t)n < concurrency * 2) n <<= 1;
     reg_buckets = calloc(n, sizeof *reg_buckets);
-    if (reg_buckets == NULL) return KILN_ENOMEM;
+    reg_seq_buckets = calloc(n, sizeof *reg_seq_buckets);
+    if (reg_buckets == NULL || reg_seq_buckets == NULL) {
+        cons_registry_destroy();
+        return KILN_ENOMEM;
+    }
     reg_nbuckets = n;
     return KILN_OK;
 }
@@ -27,7 +32,8 @@ kiln_status cons_registry_init(int64_t concurrency)
 void cons_registry_destroy(void)
 {
     free(reg_buckets);
-    reg_buckets = NULL;
+    free(reg_seq_buckets);
+    reg_buckets = reg_seq_buckets = NULL;
     reg_nbuckets = 0;
 }
 
@@ -39,20 +45,29 @@ static size_t reg_hash(const natsMsg *m)
     return (size_t)(p >> 7) & (reg_nbuckets - 1);
 }
 
+static size_t reg_seq_hash(uint64_t seq)
+{
+    return (size_t)((seq * 0x9E3779B97F4A7C15ULL) >> 7) & (reg_nbuckets - 1);
+}
+
 bool cons_registry_add(cons_job *j)
 {
     pthread_mutex_lock(&reg_mu);
-    /* A redelivery can reach us while the first delivery's call still runs
-     * (its in-progress acks did not reach the server within AckWait, e.g.
-     * across a NATS outage). Only a redelivery can be a copy, and those are
-     * rare: a walk of the in-flight list is cheap enough. */
-    if (j->num_delivered > 1 && j->stream_seq != 0) {
-        for (const cons_job *o = reg_head; o != NULL; o = o->reg_next) {
+    /* A copy of a message whose job is in flight here: a redelivery whose
+     * first delivery's in-progress acks did not reach the server within
+     * AckWait (e.g. across a NATS outage), or a first delivery nats-server
+     * 2.9 handed out again with its count back at 1 (a failed redelivery
+     * steps its new-message sequence back: design.md). */
+    if (j->stream_seq != 0) {
+        cons_job **b = &reg_seq_buckets[reg_seq_hash(j->stream_seq)];
+        for (const cons_job *o = *b; o != NULL; o = o->seq_next) {
             if (o->stream_seq == j->stream_seq) {
                 pthread_mutex_unlock(&reg_mu);
                 return false;
             }
         }
+        j->seq_next = *b;
+        *b = j;
     }
     j->reg_prev = NULL;
     j->reg_next = reg_head;
@@ -66,6 +81,12 @@ bool cons_registry_add(cons_job *j)
 static void reg_unlink(cons_job *j)
 {
     if (!j->in_registry) return;
+    if (j->stream_seq != 0) {
+        cons_job **pp = &reg_seq_buckets[reg_seq_hash(j->stream_seq)];
+        while (*pp != NULL && *pp != j) pp = &(*pp)->seq_next;
+        if (*pp == j) *pp = j->seq_next;
+        j->seq_next = NULL;
+    }
     if (j->reg_prev != NULL) j->reg_prev->reg_next = j->reg_next;
     else reg_head = j->reg_next;
     if (j->reg_next != NULL) j->reg_next->reg_prev = j->reg_prev;
@@ -157,48 +178,6 @@ size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
     free(sorted);
     free(named);
     return k;
-}
-
-/* A job's stream sequence and its index among the asked jobs. */
-typedef struct {
-    uint64_t seq;
-    size_t idx;
-} reg_seq_idx;
-
-static int reg_seq_idx_cmp(const void *a, const void *b)
-{
-    const reg_seq_idx *x = a, *y = b;
-    return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
-void cons_registry_other_copies(cons_job *const *jobs, size_t n, bool *other)
-{
-    memset(other, 0, n * sizeof *other);
-    reg_seq_idx *sorted = malloc(n * sizeof *sorted);
-    if (sorted == NULL) return;
-    for (size_t i = 0; i < n; i++) sorted[i] = (reg_seq_idx){jobs[i]->stream_seq, i};
-    qsort(sorted, n, sizeof *sorted, reg_seq_idx_cmp);
-    pthread_mutex_lock(&reg_mu);
-    for (const cons_job *o = reg_head; o != NULL; o = o->reg_next) {
-        if (o->stream_seq == 0) continue;
-        /* The first asked job with o's sequence (a lower bound), then its equals. */
-        size_t lo = 0, hi = n;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (sorted[mid].seq < o->stream_seq) lo = mid + 1;
-            else hi = mid;
-        }
-        /* Two asked copies of one sequence: only the later yields, or both
-         * would be left and the job would wait for a redelivery. */
-        size_t end = lo, o_idx = SIZE_MAX;
-        for (; end < n && sorted[end].seq == o->stream_seq; end++)
-            if (jobs[sorted[end].idx] == o) o_idx = sorted[end].idx;
-        for (size_t i = lo; i < end; i++)
-            if (jobs[sorted[i].idx] != o && (o_idx == SIZE_MAX || sorted[i].idx > o_idx))
-                other[sorted[i].idx] = true;
-    }
-    pthread_mutex_unlock(&reg_mu);
-    free(sorted);
 }
 
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,

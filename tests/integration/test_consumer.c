@@ -309,7 +309,7 @@ Test(consumer, results_of_one_round_go_out_in_one_batch)
     }
     double batches = h_metric(&s, H_CONSUMER, "kiln_consumer_transition_batches_total");
     double batched = h_metric(&s, H_CONSUMER, "kiln_consumer_transitions_batched_total");
-    cr_expect_geq(batches, 1, "no TransitionBatch was published");
+    cr_expect_geq(batches, 1, "no TransitionBatch was published (metric %g; -1: unreadable)", batches);
     cr_expect_geq(batched, 2 * batches, "a batch holds at least two transitions");
     cr_expect_leq(batched, NJOBS, "more transitions batched than jobs ran");
     h_nats_free(&n);

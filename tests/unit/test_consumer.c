@@ -838,37 +838,39 @@ Test(job, ask_rule)
 
 /* ---- recently cancelled ids ---------------------------------------------- */
 
-/* The copies of a stream sequence a fetched batch finds in this process's
- * registry besides its own (a copy nats-server 2.9 delivered again with its
- * count reset): two asked copies of one sequence leave it to the first. */
-Test(registry, other_copies)
+/* One copy of a message in flight per process: a second copy of its stream
+ * sequence is refused, whatever its delivery count (a redelivery whose
+ * in-progress acks came late, or a copy nats-server 2.9 delivered again
+ * with its count back at 1), until the first leaves. */
+Test(registry, one_copy_per_sequence)
 {
-    cr_assert_eq(cons_registry_init(16), KILN_OK);
-    cons_job a = {0}, b = {0}, c = {0}, d = {0};
-    a.stream_seq = b.stream_seq = 5;
-    c.stream_seq = 7;
-    d.stream_seq = 9;
-    cons_job *all[] = {&a, &b, &c, &d};
-    for (size_t i = 0; i < 4; i++) {
-        all[i]->num_delivered = 1;
-        cr_assert(cons_registry_add(all[i]));
+    enum { N = 200 };
+    cr_assert_eq(cons_registry_init(16), KILN_OK); /* 64 buckets: chains */
+    static cons_job first[N], again[N];
+    for (size_t i = 0; i < N; i++) {
+        first[i] = (cons_job){.stream_seq = 1000 + 64 * i, .num_delivered = 1};
+        cr_assert(cons_registry_add(&first[i]), "seq %zu refused", i);
     }
-    bool other[2];
-    cons_job *ac[] = {&a, &c};
-    cons_registry_other_copies(ac, 2, other);
-    cr_expect(other[0], "b, not asked, holds a's sequence");
-    cr_expect_not(other[1], "c is alone");
-    cons_job *ab[] = {&a, &b};
-    cons_registry_other_copies(ab, 2, other);
-    cr_expect_not(other[0], "the first of two asked copies runs");
-    cr_expect(other[1], "the second leaves it to the first");
-    cons_job *ba[] = {&b, &a};
-    cons_registry_other_copies(ba, 2, other);
-    cr_expect(!other[0] && other[1], "the order asked decides");
-    cons_job *dd[] = {&d};
-    cons_registry_other_copies(dd, 1, other);
-    cr_expect_not(other[0], "d is alone");
-    for (size_t i = 0; i < 4; i++) cons_registry_remove(all[i]);
+    for (size_t i = 0; i < N; i++) {
+        again[i] = (cons_job){.stream_seq = first[i].stream_seq, .num_delivered = i % 2 ? 2 : 1};
+        cr_assert_not(cons_registry_add(&again[i]), "a second copy of seq %llu (delivered %llu) was added",
+                      (unsigned long long)again[i].stream_seq, (unsigned long long)again[i].num_delivered);
+    }
+    cons_job unknown[2] = {{.stream_seq = 0}, {.stream_seq = 0}};
+    cr_assert(cons_registry_add(&unknown[0]) && cons_registry_add(&unknown[1]),
+              "messages without metadata are not compared");
+    for (size_t i = 0; i < N; i += 2) cons_registry_remove(&first[i]);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(cons_registry_add(&again[i]), i % 2 == 0, "seq %zu after %s first copy left", i,
+                     i % 2 == 0 ? "its" : "another");
+    for (size_t i = 0; i < N; i++) {
+        if (i % 2) cons_registry_remove(&first[i]);
+        else cons_registry_remove(&again[i]);
+    }
+    cons_registry_remove(&unknown[0]);
+    cons_registry_remove(&unknown[1]);
+    cr_assert(cons_registry_add(&first[0]), "an emptied registry takes the sequence again");
+    cons_registry_remove(&first[0]);
     cons_registry_destroy();
 }
 
