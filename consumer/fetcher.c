@@ -28,6 +28,9 @@
 #define FETCH_IDLE_WAIT_MS 50      /* long poll on the normal lane when all lanes are empty */
 #define FETCH_SLOT_WAIT_MS 200
 #define FETCH_CHECK_TIMEOUT_MS 1000
+/* How long after a redelivery first deliveries are asked about too
+ * (cons_job_ask_in_burst). */
+#define FETCH_BURST_ASK_MS 2000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
@@ -133,6 +136,9 @@ static bool fetch_may_have_run(const cons_job *j)
 {
     return j->num_delivered > 1 && !fetch_untried_here(j);
 }
+
+/* When (monotonic ms) this thread last fetched a redelivery. Fetch thread only. */
+static int64_t fetch_redelivery_at = INT64_MIN / 2;
 
 /* Stream sequences this thread already held back once for a consumer that
  * may still run their call (fetch_ask_peers); direct-mapped like
@@ -248,10 +254,13 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     uint64_t seqs[CONS_FETCH_MAX];
     bool held[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
+    bool burst = kiln_mono_ms() - fetch_redelivery_at < FETCH_BURST_ASK_MS;
     for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
         if (jobs[i] == NULL) continue;
-        cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], fetch_untried_here(jobs[i]), now,
-                                            cons_g.set->ack_wait_ms);
+        bool untried = fetch_untried_here(jobs[i]);
+        cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], untried, now, cons_g.set->ack_wait_ms);
+        if (r == CONS_ASK_NONE && burst && cons_job_ask_in_burst(jobs[i], &info[i], untried))
+            r = CONS_ASK_ONLY;
         if (r == CONS_ASK_NONE) continue;
         if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
             wait_ms = CONS_PEER_REASK_MS;
@@ -390,7 +399,10 @@ static void fetch_process(const fetch_lane *lane, natsMsgList *list)
             continue;
         }
         list->Msgs[i] = NULL;
-        if (j->num_delivered > 1) kiln_metric_add(cons_g.m_redelivered, 1);
+        if (j->num_delivered > 1) {
+            kiln_metric_add(cons_g.m_redelivered, 1);
+            fetch_redelivery_at = kiln_mono_ms();
+        }
         if (!cons_registry_add(j)) {
             cons_job_leave_to_running(j);
             continue;

@@ -215,6 +215,12 @@ void cons_job_hold_for_peer(const cons_job *j, int64_t hold_ms)
     kiln_metric_add(cons_g.m_peer_holds, 1);
 }
 
+bool cons_job_ask_in_burst(const cons_job *j, const cons_store_info *si, bool untried)
+{
+    if (j->stream_seq == 0 || untried || j->req == NULL || j->num_delivered > 1) return false;
+    return !(si->answered && si->known && kiln_state_is_terminal(si->state));
+}
+
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms)
 {

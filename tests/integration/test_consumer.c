@@ -2,6 +2,7 @@
  * (redelivered, completed exactly once), SIGTERM (drains what is in flight,
  * hands back the rest, loses nothing). Provider failures are in test_retry.c. */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <criterion/criterion.h>
 
 #include "../harness.h"
+#include "pb.h"
 
 TestSuite(consumer, .fini = h_fini, .timeout = 120);
 
@@ -684,6 +686,78 @@ static pid_t consumer_second_beside_call(h_stack *s, h_nats *n, natsSubscription
     cr_assert_eq(h_metric(s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting"), 1,
                  "the call already ended");
     return pid;
+}
+
+/* A stand-in for another consumer on kiln.consumer.running: it claims,
+ * once, every asked stream sequence but skip_seq. */
+typedef struct {
+    uint64_t skip_seq;
+    atomic_uint_least64_t claimed_seq; /* 0 until it answered */
+} consumer_claimer;
+
+static void consumer_claim_on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    consumer_claimer *c = closure;
+    Kiln__V1__RunningQuery *q =
+        kiln__v1__running_query__unpack(NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+    uint64_t seqs[8];
+    size_t k = 0;
+    for (size_t i = 0; q != NULL && i < q->n_stream_seqs && k < 8; i++)
+        if (q->stream_seqs[i] != c->skip_seq) seqs[k++] = q->stream_seqs[i];
+    if (k > 0 && natsMsg_GetReply(msg) != NULL && atomic_load(&c->claimed_seq) == 0) {
+        Kiln__V1__RunningReply rep = KILN__V1__RUNNING_REPLY__INIT;
+        rep.consumer = (char *)"test-claimer";
+        rep.n_stream_seqs = k;
+        rep.stream_seqs = seqs;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        if (kiln_pb_pack(&rep.base, &buf, &len) == KILN_OK &&
+            natsConnection_Publish(nc, natsMsg_GetReply(msg), buf, (int)len) == NATS_OK)
+            atomic_store(&c->claimed_seq, seqs[0]);
+        free(buf);
+    }
+    if (q != NULL) kiln__v1__running_query__free_unpacked(q, NULL);
+    natsMsg_Destroy(msg);
+}
+
+/* nats-server 2.9 can hand the newest new message out a second time, with
+ * delivery count 1, right after a failed redelivery, while its first copy
+ * runs in another consumer with nothing recorded yet. So a first delivery
+ * that comes with or soon after a redelivery is asked about, and left to a
+ * consumer that claims it. The test makes the redelivery (it takes job A's
+ * delivery and hands it back), queues job B behind it, and claims B's
+ * sequence when asked, once: the consumer must leave B's copy, and B runs
+ * once when it comes back after AckWait. */
+Test(consumer, a_first_delivery_after_a_redelivery_is_left_to_a_consumer_that_holds_it)
+{
+    h_stack s;
+    h_nats n;
+    h_stack_opts o = {0};
+    char a[65], b[65];
+    consumer_queue_handed_back(&s, &n, &o, "{\"prompt\":\"burst opener ant\"}", 0, a);
+    natsMsg *m = h_take_delivery(&n, "kiln-worker-normal");
+    consumer_claimer claimer = {.skip_seq = consumer_ack_field(natsMsg_GetReply(m), 5)};
+    cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetReply(m), "-NAK"), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "claimed bee", b), 202);
+    natsSubscription *claims = NULL;
+    cr_assert_eq(natsConnection_Subscribe(&claims, n.nc, "kiln.consumer.running", consumer_claim_on_query, &claimer),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    h_expect_job(&s, H_TOKEN_ALICE, a, "completed", 1, 30000, "the redelivered job");
+    h_expect_job(&s, H_TOKEN_ALICE, b, "completed", 1, 30000, "the claimed job");
+    cr_expect_neq(atomic_load(&claimer.claimed_seq), 0, "the consumer never asked about the first delivery");
+    char left[128];
+    snprintf(left, sizeof left, "left to it job=%s", b);
+    cr_expect(h_log_contains(&s, H_CONSUMER, left), "the claimed copy was not left to its claimer");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 2,
+                 "one call per job");
+    natsSubscription_Destroy(claims);
+    h_nats_free(&n);
+    h_stop(&s);
 }
 
 Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)

@@ -754,6 +754,36 @@ Test(job, duplicate_copy)
 
 /* Which redeliveries are asked about in the other consumers (peers.c), and
  * which are held back when nobody answers. */
+/* During a burst of redeliveries a first delivery is asked about too: it
+ * may be the second copy nats-server 2.9 hands out after a failed
+ * redelivery. Not a redelivery (the usual rule), not a copy this consumer
+ * handed back, not a job the store says is over. */
+Test(job, ask_in_burst)
+{
+    cons_job j = {0};
+    cons_store_info si = {0};
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    j.req = &r;
+    j.num_delivered = 1;
+    j.stream_seq = 42;
+    cr_assert(cons_job_ask_in_burst(&j, &si, false), "the store did not answer");
+    si.answered = si.known = true;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    cr_assert(cons_job_ask_in_burst(&j, &si, false), "a new job: its first copy may run elsewhere");
+    cr_assert_not(cons_job_ask_in_burst(&j, &si, true), "handed back untried here");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    cr_assert_not(cons_job_ask_in_burst(&j, &si, false), "over: it is skipped anyway");
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    j.num_delivered = 2;
+    cr_assert_not(cons_job_ask_in_burst(&j, &si, false), "a redelivery follows cons_job_ask_rule");
+    j.num_delivered = 1;
+    j.stream_seq = 0;
+    cr_assert_not(cons_job_ask_in_burst(&j, &si, false), "no stream sequence to ask about");
+    j.stream_seq = 42;
+    j.req = NULL;
+    cr_assert_not(cons_job_ask_in_burst(&j, &si, false), "undecodable: never runs");
+}
+
 Test(job, ask_rule)
 {
     cons_job j = {0};
