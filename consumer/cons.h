@@ -246,14 +246,14 @@ typedef enum {
  * PROCESSING the store has not seen; clocks of other hosts and
  * nats-server's whole-second timestamps get a margin. A copy this consumer
  * handed back untried is never asked about (untried). */
+cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
+                                int64_t now_ms, int64_t ack_wait_ms);
 /* Whether a first delivery that comes during a burst of redeliveries is
  * asked about too (as CONS_ASK_ONLY): nats-server 2.9 can hand the newest
  * new message out a second time, with NumDelivered 1, right after a failed
  * redelivery (design.md), while its first copy runs elsewhere with nothing
  * recorded yet. Not when the store says the job is over. */
 bool cons_job_ask_in_burst(const cons_job *j, const cons_store_info *si, bool untried);
-cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
-                                int64_t now_ms, int64_t ack_wait_ms);
 const char *cons_job_state_name(cons_job_state s);
 /* The state machine's allowed moves, in one place (exposed for tests). */
 bool cons_job_move_ok(cons_job_state from, cons_job_state to);

@@ -359,6 +359,27 @@ static bool stall_candidate(const stall_lane *lane, natsMsg *m, uint64_t seq, st
     return true;
 }
 
+/* What stall_read found at a stream sequence. */
+typedef enum { STALL_READ_FAILED, STALL_READ_NONE, STALL_READ_CAND } stall_read_result;
+
+/* Reads the lane's job at seq into *c: STALL_READ_CAND, or STALL_READ_NONE
+ * when the sequence is gone (acked by all) or holds no job of this lane,
+ * or STALL_READ_FAILED when JetStream did not answer (warned). */
+static stall_read_result stall_read(const stall_lane *lane, uint64_t seq, jsOptions *jo, stall_cand *c)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, jo, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) return STALL_READ_NONE;
+    if (s != NATS_OK) {
+        stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
+        return STALL_READ_FAILED;
+    }
+    if (stall_candidate(lane, m, seq, c)) return STALL_READ_CAND;
+    natsMsg_Destroy(m);
+    return STALL_READ_NONE;
+}
+
 /* Looks at the lane's messages in [from, to] and re-drives the lost ones.
  * Returns false when a JetStream call failed at seq (*failed_at). */
 static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, stall_kind kind, uint64_t *failed_at)
@@ -370,21 +391,13 @@ static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, stall_kind 
 
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
     for (uint64_t seq = from; seq <= to && !atomic_load(&cons_g.stopping); seq++) {
-        natsMsg *m = NULL;
-        jsErrCode jerr = 0;
-        natsStatus s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
-        if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) continue; /* acked by all: gone */
-        if (s != NATS_OK) {
-            stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
+        stall_read_result r = stall_read(lane, seq, &jo, &cands[nc]);
+        if (r == STALL_READ_FAILED) {
             *failed_at = seq;
             ok = false;
             break;
         }
-        if (!stall_candidate(lane, m, seq, &cands[nc])) {
-            natsMsg_Destroy(m);
-            continue;
-        }
-        if (++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc, kind);
+        if (r == STALL_READ_CAND && ++nc == STALL_BATCH_MAX) stall_flush(lane, cands, &nc, kind);
     }
     if (nc > 0) stall_flush(lane, cands, &nc, kind);
     return ok;
@@ -402,17 +415,10 @@ static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t deli
     /* (Above the delivered sequence + 1 only if the stream started over.) */
     if (lane->pending_from <= floor || lane->pending_from > delivered + 1) lane->pending_from = floor + 1;
     for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
-        uint64_t seq = lane->pending_from;
-        natsMsg *m = NULL;
-        jsErrCode jerr = 0;
-        natsStatus s = js_GetMsg(&m, cons_g.js, KILN_STREAM_JOBS, seq, &jo, &jerr);
-        if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
-            stall_warn_rate_limited("get_msg", lane->def->name, s, jerr);
-            return false;
-        }
-        if (s == NATS_OK && stall_candidate(lane, m, seq, c)) return true;
-        natsMsg_Destroy(m);
-        lane->pending_from = seq + 1;
+        stall_read_result r = stall_read(lane, lane->pending_from, &jo, c);
+        if (r == STALL_READ_FAILED) return false;
+        if (r == STALL_READ_CAND) return true;
+        lane->pending_from++;
     }
     return false;
 }
@@ -438,15 +444,16 @@ static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delive
     int64_t settle = (ack_wait > cap ? ack_wait : cap) + ack_wait;
     bool again = lane->suspect.seq == c.seq;
     if (again && !cons_stall_unheld_overdue(&lane->suspect, c.seq, empty_at, settle)) goto out;
-    /* Cheapest first: mostly the lowest unacked message runs here. */
+    /* Found again only if every check below passes again (at_ms stays
+     * for the log). Cheapest first: mostly the lowest unacked message runs
+     * here. */
     cons_store_info si;
-    bool unheld = !stall_held_here(c.seq);
-    if (unheld) stall_store_check(&c, 1, &si);
-    if (!unheld || !cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
-        stall_held_by_peer(c.seq)) {
-        lane->suspect.seq = 0;
+    lane->suspect.seq = 0;
+    if (stall_held_here(c.seq)) goto out;
+    stall_store_check(&c, 1, &si);
+    if (!cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
+        stall_held_by_peer(c.seq))
         goto out;
-    }
     if (!again) {
         lane->suspect = (cons_stall_suspect){c.seq, kiln_mono_ms()};
         /* Common and harmless (a dead consumer's job before its AckWait ran
@@ -459,7 +466,6 @@ static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delive
     LOG_WARN("durable keeps a message ack-pending that no consumer holds and does not deliver it "
              "again job=%s lane=%s seq=%" PRIu64 " watched_ms=%lld",
              c.id, lane->def->name, c.seq, (long long)(kiln_mono_ms() - lane->suspect.at_ms));
-    lane->suspect.seq = 0;
     stall_redrive(lane, &c, STALL_UNHELD);
 out:
     natsMsg_Destroy(c.msg);
