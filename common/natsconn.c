@@ -169,6 +169,22 @@ kiln_status kiln_nats_status(natsStatus s)
     }
 }
 
+kiln_status kiln_js_msg_present(jsCtx *js, const char *stream, uint64_t seq, int64_t wait_ms,
+                                natsStatus *ns, jsErrCode *jerr)
+{
+    natsMsg *m = NULL;
+    jsOptions jo;
+    *jerr = 0;
+    *ns = jsOptions_Init(&jo);
+    if (*ns != NATS_OK) return KILN_ENATS;
+    jo.Wait = wait_ms;
+    *ns = js_GetMsg(&m, js, stream, seq, &jo, jerr);
+    natsMsg_Destroy(m);
+    if (*ns == NATS_OK) return KILN_OK;
+    if (*jerr == JSNoMessageFoundErr || (*ns == NATS_NOT_FOUND && *jerr == 0)) return KILN_ENOTFOUND;
+    return KILN_ENATS;
+}
+
 /* These callbacks run on nats.c's own callback thread. */
 static void natsconn_on_disconnected(natsConnection *nc, void *closure)
 {

@@ -73,4 +73,11 @@ void kiln_nats_unsubscribe(natsSubscription **sub);
  * no responders/not connected -> KILN_EUNAVAILABLE, else KILN_ENATS). */
 kiln_status kiln_nats_status(natsStatus s);
 
+/* Whether message seq is still in stream (a STREAM.MSG.GET, waiting up to
+ * wait_ms): KILN_OK when it is; KILN_ENOTFOUND when JetStream says there is
+ * no such message (only that: a stream still recovering is no loss);
+ * KILN_ENATS when it did not say, with *ns and *jerr telling why. */
+kiln_status kiln_js_msg_present(jsCtx *js, const char *stream, uint64_t seq, int64_t wait_ms,
+                                natsStatus *ns, jsErrCode *jerr);
+
 #endif

@@ -30,6 +30,20 @@ void kiln_provision_opts_init(kiln_provision_opts *o)
     o->events_max_age_ms = 3600LL * 1000;
 }
 
+kiln_status kiln_provision_store_config(jsConsumerConfig *cc, const char *name, uint64_t start_seq)
+{
+    natsStatus s = jsConsumerConfig_Init(cc);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    cc->Durable = name;
+    cc->DeliverPolicy = start_seq > 0 ? js_DeliverByStartSequence : js_DeliverAll;
+    cc->OptStartSeq = start_seq;
+    cc->AckPolicy = js_AckExplicit;
+    cc->AckWait = PROV_STORE_ACK_WAIT_MS * PROV_NS_PER_MS;
+    cc->MaxAckPending = PROV_STORE_MAX_ACK_PENDING;
+    cc->MaxDeliver = -1;
+    return KILN_OK;
+}
+
 static const char *prov_err_text(natsStatus s)
 {
     const char *t = nats_GetLastError(NULL);
@@ -93,6 +107,13 @@ static kiln_status prov_consumer(jsCtx *js, const char *stream, jsConsumerConfig
     jsErrCode jerr = 0;
     const char *action = "updated";
     natsStatus s = js_GetConsumerInfo(&ci, js, stream, cfg->Durable, NULL, &jerr);
+    /* Where a durable starts cannot be updated: kiln-store may have been
+     * re-created from a sequence (store/resync.c). */
+    if (s == NATS_OK && ci != NULL && ci->Config != NULL) {
+        cfg->DeliverPolicy = ci->Config->DeliverPolicy;
+        cfg->OptStartSeq = ci->Config->OptStartSeq;
+        cfg->OptStartTime = ci->Config->OptStartTime;
+    }
     jsConsumerInfo_Destroy(ci);
     ci = NULL;
     if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
@@ -205,14 +226,8 @@ static kiln_status prov_once(jsCtx *js, const kiln_provision_opts *o)
     }
 
     jsConsumerConfig store;
-    s = jsConsumerConfig_Init(&store);
-    if (s != NATS_OK) return kiln_nats_status(s);
-    store.Durable = KILN_DURABLE_STORE;
-    store.DeliverPolicy = js_DeliverAll;
-    store.AckPolicy = js_AckExplicit;
-    store.AckWait = PROV_STORE_ACK_WAIT_MS * PROV_NS_PER_MS;
-    store.MaxAckPending = PROV_STORE_MAX_ACK_PENDING;
-    store.MaxDeliver = -1;
+    st = kiln_provision_store_config(&store, KILN_DURABLE_STORE, 0);
+    if (st != KILN_OK) return st;
     st = prov_consumer(js, KILN_STREAM_JOBS, &store, o->update_existing);
     if (st != KILN_OK) return st;
 

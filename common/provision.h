@@ -38,4 +38,9 @@ void kiln_provision_opts_init(kiln_provision_opts *o);
  * kiln_nats_stop_on_signals()). */
 kiln_status kiln_provision(jsCtx *js, const kiln_provision_opts *o);
 
+/* The settings of the store's durable (kiln-store) for a durable called
+ * name (not copied: it must outlive cc) that delivers KILN_JOBS from
+ * start_seq on, or from the stream's start when start_seq is 0. */
+kiln_status kiln_provision_store_config(jsConsumerConfig *cc, const char *name, uint64_t start_seq);
+
 #endif

@@ -20,6 +20,7 @@
 #include "provision.h"
 #include "queries.h"
 #include "queuegauges.h"
+#include "resync.h"
 #include "retention.h"
 #include "sweep.h"
 
@@ -38,6 +39,7 @@ typedef struct {
     int64_t dup_window_ms;
     int64_t idem_ttl_ms;
     int64_t sweep_interval_ms;
+    int64_t durable_check_ms;
     int64_t result_ttl_ms;
     int64_t queue_stats_ms;
     int64_t cache_mb;
@@ -87,6 +89,10 @@ int main(int argc, char **argv)
         {"KILN_SWEEP_INTERVAL", "sweep-interval", KILN_SET_DURATION, "30s", 0, 24LL * 3600 * 1000,
          "how often pending jobs whose JobRequest vanished from KILN_JOBS are re-published; 0 = off",
          &cfg.sweep_interval_ms},
+        {"KILN_DURABLE_CHECK", "durable-check", KILN_SET_DURATION, "5s", 0, 3600LL * 1000,
+         "how often the store checks that its durable has not passed over messages it never "
+         "delivered (and re-creates it if so); 0 = off",
+         &cfg.durable_check_ms},
         {"KILN_RESULT_TTL", "result-ttl", KILN_SET_DURATION, "7d", 0, 3650LL * 24 * 3600 * 1000,
          "how long a finished job's record is kept after it ended (a job with an "
          "Idempotency-Key at least until the key expires); 0 = for ever",
@@ -109,6 +115,7 @@ int main(int argc, char **argv)
     ingest *ing = NULL;
     queries *q = NULL;
     sweep *sw = NULL;
+    resync *rs = NULL;
     retention *ret = NULL;
     queuegauges *qg = NULL;
 
@@ -183,6 +190,7 @@ int main(int argc, char **argv)
     if (queries_start(db, b, nc, js, &q) != KILN_OK) goto out;
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
+    if (resync_start(b, js, cfg.durable_check_ms, &rs) != KILN_OK) goto out;
     if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
     if (queuegauges_start(nc, js, cfg.queue_stats_ms, &qg) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */
@@ -201,8 +209,9 @@ out:
      * RocksDB. The apply loop is told first, and the queue gauges are joined
      * last, so that the loop's wind-down, the requests' drain and a
      * queue-depth read in flight (each up to 5 s with NATS down) overlap. */
-    kiln_periodic_stop_all_soon(); /* sweep, retention, gauges: joined below */
+    kiln_periodic_stop_all_soon(); /* sweep, durable check, retention, gauges: joined below */
     sweep_stop(sw);
+    resync_stop(rs);
     ingest_stop_soon(ing);
     retention_stop(ret);
     queries_stop(q);

@@ -32,6 +32,7 @@
 #include "keys.h"
 #include "log.h"
 #include "metrics.h"
+#include "natsconn.h"
 #include "pb.h"
 #include "periodic.h"
 #include "subjects.h"
@@ -96,17 +97,11 @@ static void sweep_warn(sweep *s, const char *step, const char *id, natsStatus ns
  * KILN_ENATS when JetStream did not say. */
 static kiln_status sweep_msg_present(sweep *s, const char *id, uint64_t seq)
 {
-    natsMsg *m = NULL;
-    jsOptions jo;
+    natsStatus ns = NATS_OK;
     jsErrCode jerr = 0;
-    if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = SWEEP_API_WAIT_MS;
-    natsStatus ns = js_GetMsg(&m, s->js, KILN_STREAM_JOBS, seq, &jo, &jerr);
-    natsMsg_Destroy(m);
-    if (ns == NATS_OK) return KILN_OK;
-    /* Only "no message" counts: a missing stream (a server still recovering) is not a loss. */
-    if (jerr == JSNoMessageFoundErr || (ns == NATS_NOT_FOUND && jerr == 0)) return KILN_ENOTFOUND;
-    sweep_warn(s, "get_msg", id, ns, jerr);
-    return KILN_ENATS;
+    kiln_status st = kiln_js_msg_present(s->js, KILN_STREAM_JOBS, seq, SWEEP_API_WAIT_MS, &ns, &jerr);
+    if (st == KILN_ENATS) sweep_warn(s, "get_msg", id, ns, jerr);
+    return st;
 }
 
 static sweep_track *sweep_track_find(sweep *s, const char *id, uint64_t request_seq)

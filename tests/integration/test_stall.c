@@ -82,7 +82,8 @@ Test(stall, healthy_system_redrives_nothing)
 {
     h_stack s;
     /* Three slots: jobs queue behind busy slots, and lanes wait their turn. */
-    h_stack_opts o = {.consumer_env = {"KILN_STALL_CHECK=100ms", "KILN_RETRY_BASE=200ms",
+    h_stack_opts o = {.env = {"KILN_DURABLE_CHECK=100ms", NULL},
+                      .consumer_env = {"KILN_STALL_CHECK=100ms", "KILN_RETRY_BASE=200ms",
                                        "KILN_RETRY_CAP=400ms", "KILN_CONCURRENCY=3", NULL}};
     h_start(&s, &o);
     h_nats n;
@@ -118,6 +119,9 @@ Test(stall, healthy_system_redrives_nothing)
               redriven);
     double stuck = h_metric(&s, H_CONSUMER, "kiln_consumer_stalled_durables_total");
     cr_expect(stuck == 0, "stall check found %.0f durables passing over messages in a healthy system", stuck);
+    double resyncs = h_metric(&s, H_STORE, "kiln_store_durable_resyncs_total");
+    cr_expect(resyncs == 0, "the store re-created its durable %.0f times in a healthy system (-1: no metric)",
+              resyncs);
     h_nats_free(&n);
     h_stop(&s);
 }
@@ -263,6 +267,62 @@ Test(stall, a_message_kept_ack_pending_by_nobody_is_redriven)
     /* The deleted old copy no longer counts as ack-pending either. */
     cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the durable still counts a message unacked");
     natsMsg_Destroy(phantom);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* nats-server 2.9.10 can count the store's own durable (kiln-store) past
+ * messages it never delivered to the store: in a chaos run it went on
+ * "delivering" (delivered 3985, 0 ack-pending, ack floor 820) while the
+ * store applied nothing for minutes, and the workers' acks then removed the
+ * messages (interest retention: the durable no longer wanted them). The
+ * test makes that state at will: with the store stopped it takes the jobs'
+ * deliveries from kiln-store itself and acks them, so the durable counts
+ * them handled while the store never saw them. The store must notice
+ * (messages still in the stream, above what it applied, that its durable
+ * counts handled), re-create its durable from its applied sequence, and
+ * record the jobs; a consumer then runs each once. */
+Test(stall, messages_the_store_durable_passed_over_are_applied)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_DURABLE_CHECK=200ms", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    cr_assert_eq(h_proc_term(&s, H_STORE), 0);
+
+    enum { N = 3 };
+    char ids[N][65];
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "passed-over-%d", i);
+        cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", ids[i], "bob", "passed over mole"), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        natsMsg *m = h_take_delivery(&n, "kiln-store");
+        cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetReply(m), "+ACK"), NATS_OK);
+        natsMsg_Destroy(m);
+    }
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
+    for (int i = 0; i < N; i++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_BOB, ids[i], "pending", 20000);
+        cr_assert(j != NULL, "the store never recorded %s, a job its durable passed over", ids[i]);
+        json_decref(j);
+    }
+    cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_durable_resyncs_total"), 1,
+                 "the store should have re-created its durable once");
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    for (int i = 0; i < N; i++) {
+        h_expect_job(&s, H_TOKEN_BOB, ids[i], "completed", 1, 30000, "job the store's durable passed over");
+        h_expect_done_once(&n, ids[i], "completed", 10000);
+    }
+    /* The bridge durable that held the messages during the swap is gone. */
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    cr_expect_neq(js_GetConsumerInfo(&ci, n.js, "KILN_JOBS", "kiln-store-resync", NULL, &jerr), NATS_OK,
+                  "the bridge durable kiln-store-resync was left behind");
+    jsConsumerInfo_Destroy(ci);
     h_nats_free(&n);
     h_stop(&s);
 }
