@@ -89,7 +89,7 @@ int main(int argc, char **argv)
         {"KILN_SWEEP_INTERVAL", "sweep-interval", KILN_SET_DURATION, "30s", 0, 24LL * 3600 * 1000,
          "how often pending jobs whose JobRequest vanished from KILN_JOBS are re-published; 0 = off",
          &cfg.sweep_interval_ms},
-        {"KILN_DURABLE_CHECK", "durable-check", KILN_SET_DURATION, "5s", 0, 3600LL * 1000,
+        {"KILN_DURABLE_CHECK", "durable-check", KILN_SET_DURATION, "2s", 0, 3600LL * 1000,
          "how often the store checks that its durable has not passed over messages it never "
          "delivered (and re-creates it if so); 0 = off",
          &cfg.durable_check_ms},
