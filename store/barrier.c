@@ -86,6 +86,14 @@ uint64_t barrier_applied_seq(barrier *b)
     return v;
 }
 
+void barrier_epochs(barrier *b, uint64_t *fetch_epoch, uint64_t *idle_epoch)
+{
+    pthread_mutex_lock(&b->mu);
+    *fetch_epoch = b->fetch_epoch;
+    *idle_epoch = b->idle_epoch;
+    pthread_mutex_unlock(&b->mu);
+}
+
 /* CLOCK_MONOTONIC now + ms. */
 static struct timespec barrier_deadline(int64_t ms)
 {

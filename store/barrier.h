@@ -26,6 +26,10 @@ void barrier_fetch_idle(barrier *b, uint64_t epoch);
 /* Apply thread: every message up to seq is written to RocksDB. */
 void barrier_applied(barrier *b, uint64_t seq);
 uint64_t barrier_applied_seq(barrier *b);
+/* The epoch of the latest fetch begun, and of the latest one that came back
+ * empty: a fetch begun after a moment (epoch above the fetch epoch read
+ * then) that found nothing has *idle_epoch above it. */
+void barrier_epochs(barrier *b, uint64_t *fetch_epoch, uint64_t *idle_epoch);
 
 /* Request threads: reads KILN_JOBS' last sequence and waits until the apply
  * loop has written it, or until a fetch that started afterwards found

@@ -23,7 +23,14 @@
  * durable wants, so a bridge durable (never read) that wants everything from
  * the same sequence on is created first and deleted after the new kiln-store
  * exists. A bridge left by a store that died in between is deleted by the
- * next round that finds kiln-store. */
+ * next round that finds kiln-store.
+ *
+ * The same server can also keep messages pending for a durable and answer
+ * every fetch with nothing (seen for worker durables, consumer/stall.c; a
+ * server restart delivered them). For kiln-store that freezes every job's
+ * state, so when two looks a round apart find it counting messages pending,
+ * nothing delivered, acked or applied in between, and a fetch begun after
+ * the first look came back empty, the durable is re-created the same way. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -46,12 +53,21 @@ struct resync {
     kiln_periodic *timer;
     bool bridge_up;   /* a bridge durable may exist */
     bool suspect;     /* the last round found a passed-over message */
+    resync_look prev; /* the last round's look */
+    bool have_prev;
     kiln_metric *m_resyncs;
 };
 
 uint64_t resync_handled_upto(uint64_t delivered_seq, uint64_t ack_floor_seq, int64_t num_ack_pending)
 {
     return num_ack_pending == 0 && delivered_seq > ack_floor_seq ? delivered_seq : ack_floor_seq;
+}
+
+bool resync_pending_stuck(const resync_look *prev, const resync_look *cur)
+{
+    return prev->num_pending > 0 && cur->num_pending > 0 && prev->num_ack_pending == 0 &&
+           cur->num_ack_pending == 0 && cur->delivered_seq == prev->delivered_seq &&
+           cur->applied_seq == prev->applied_seq && cur->idle_epoch > prev->fetch_epoch;
 }
 
 static void resync_opts(jsOptions *jo)
@@ -155,6 +171,7 @@ static void resync_tick(kiln_periodic *p, void *arg)
     uint64_t applied = barrier_applied_seq(r->b);
     if (ns != NATS_OK) {
         jsConsumerInfo_Destroy(ci);
+        r->have_prev = false;
         if (jerr != JSConsumerNotFoundErr) return;
         /* Deleted (a re-creation cut short, or by hand): the store would
          * receive nothing. */
@@ -163,11 +180,27 @@ static void resync_tick(kiln_periodic *p, void *arg)
         if (resync_add(r, KILN_DURABLE_STORE, applied + 1) == KILN_OK && r->bridge_up) resync_drop_bridge(r);
         return;
     }
+    resync_look cur = {.delivered_seq = ci->Delivered.Stream,
+                       .num_pending = (int64_t)ci->NumPending,
+                       .num_ack_pending = ci->NumAckPending,
+                       .applied_seq = applied};
+    barrier_epochs(r->b, &cur.fetch_epoch, &cur.idle_epoch);
     uint64_t upto = resync_handled_upto(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
-    uint64_t delivered = ci->Delivered.Stream, floor = ci->AckFloor.Stream;
-    int64_t ack_pending = ci->NumAckPending;
+    uint64_t floor = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
     if (r->bridge_up) resync_drop_bridge(r);
+    bool stuck = r->have_prev && resync_pending_stuck(&r->prev, &cur);
+    r->prev = cur;
+    r->have_prev = true;
+    if (stuck) {
+        LOG_WARN("resync: the store's durable holds messages for the store and delivers none "
+                 "durable=%s applied_seq=%" PRIu64 " delivered_seq=%" PRIu64 " num_pending=%" PRId64,
+                 KILN_DURABLE_STORE, applied, cur.delivered_seq, cur.num_pending);
+        r->suspect = false;
+        r->have_prev = false; /* the next look starts afresh */
+        resync_recreate(r, applied);
+        return;
+    }
 
     uint64_t present = 0;
     if (upto <= applied || !resync_find_present(r, applied + 1, upto, &present)) {
@@ -177,12 +210,14 @@ static void resync_tick(kiln_periodic *p, void *arg)
     LOG_WARN("resync: the store's durable counts a message handled that the store never applied "
              "durable=%s applied_seq=%" PRIu64 " delivered_seq=%" PRIu64 " ack_floor_seq=%" PRIu64
              " ack_pending=%" PRId64 " present_seq=%" PRIu64 " again=%d",
-             KILN_DURABLE_STORE, applied, delivered, floor, ack_pending, present, (int)r->suspect);
+             KILN_DURABLE_STORE, applied, cur.delivered_seq, floor, cur.num_ack_pending, present,
+             (int)r->suspect);
     if (!r->suspect) {
         r->suspect = true;
         return;
     }
     r->suspect = false;
+    r->have_prev = false;
     resync_recreate(r, applied);
 }
 
