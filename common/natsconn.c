@@ -185,6 +185,13 @@ kiln_status kiln_js_msg_present(jsCtx *js, const char *stream, uint64_t seq, int
     return KILN_ENATS;
 }
 
+static _Atomic int64_t natsconn_reconnected_at = INT64_MIN / 2;
+
+int64_t kiln_nats_reconnected_at(void)
+{
+    return atomic_load(&natsconn_reconnected_at);
+}
+
 /* These callbacks run on nats.c's own callback thread. */
 static void natsconn_on_disconnected(natsConnection *nc, void *closure)
 {
@@ -199,6 +206,7 @@ static void natsconn_on_reconnected(natsConnection *nc, void *closure)
     char url[256] = "", shown[256];
     if (natsConnection_GetConnectedUrl(nc, url, sizeof url) != NATS_OK) url[0] = '\0';
     kiln_nats_urls_redact(url, shown, sizeof shown);
+    atomic_store(&natsconn_reconnected_at, kiln_mono_ms());
     LOG_INFO("nats reconnected url=%s", shown);
 }
 

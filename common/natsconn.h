@@ -73,6 +73,10 @@ void kiln_nats_unsubscribe(natsSubscription **sub);
  * no responders/not connected -> KILN_EUNAVAILABLE, else KILN_ENATS). */
 kiln_status kiln_nats_status(natsStatus s);
 
+/* When (kiln_mono_ms) a connection of this process last reconnected to
+ * NATS; INT64_MIN / 2 before any reconnect. */
+int64_t kiln_nats_reconnected_at(void);
+
 /* Whether message seq is still in stream (a STREAM.MSG.GET, waiting up to
  * wait_ms): KILN_OK when it is; KILN_ENOTFOUND when JetStream says there is
  * no such message (only that: a stream still recovering is no loss);

@@ -248,11 +248,13 @@ typedef enum {
  * handed back untried is never asked about (untried). */
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms);
-/* Whether a first delivery that comes during a burst of redeliveries is
- * asked about too (as CONS_ASK_ONLY): nats-server 2.9 can hand the newest
- * new message out a second time, with NumDelivered 1, right after a failed
- * redelivery (design.md), while its first copy runs elsewhere with nothing
- * recorded yet. Not when the store says the job is over. */
+/* Whether a first delivery that comes during a burst of redeliveries, or
+ * just after a reconnect to NATS, is asked about too (as CONS_ASK_ONLY):
+ * nats-server 2.9 can hand the newest new message out a second time, with
+ * NumDelivered 1, right after a failed redelivery (design.md), and a
+ * restarted one can deliver again a message it had delivered, while its
+ * first copy runs elsewhere with nothing recorded yet. Not when the store
+ * says the job is over. */
 bool cons_job_ask_in_burst(const cons_job *j, const cons_store_info *si, bool untried);
 const char *cons_job_state_name(cons_job_state s);
 /* The state machine's allowed moves, in one place (exposed for tests). */

@@ -31,6 +31,11 @@
 /* How long after a redelivery first deliveries are asked about too
  * (cons_job_ask_in_burst). */
 #define FETCH_BURST_ASK_MS 2000
+/* And how long after this process reconnected to NATS: a nats-server
+ * restart can forget deliveries it made (after a SIGKILL, a job whose call
+ * ran in one consumer came to another 0.3 s after the restart with
+ * NumDelivered 1). Consumers reconnect within ~250 ms of each other. */
+#define FETCH_RECONNECT_ASK_MS 5000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
 #define FETCH_MEM_PAUSE_MS 50      /* sleep per round while memory is low */
@@ -254,7 +259,9 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     uint64_t seqs[CONS_FETCH_MAX];
     bool held[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
-    bool burst = kiln_mono_ms() - fetch_redelivery_at < FETCH_BURST_ASK_MS;
+    int64_t mono = kiln_mono_ms();
+    bool burst = mono - fetch_redelivery_at < FETCH_BURST_ASK_MS ||
+                 mono - kiln_nats_reconnected_at() < FETCH_RECONNECT_ASK_MS;
     for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
         if (jobs[i] == NULL) continue;
         bool untried = fetch_untried_here(jobs[i]);

@@ -760,6 +760,41 @@ Test(consumer, a_first_delivery_after_a_redelivery_is_left_to_a_consumer_that_ho
     h_stop(&s);
 }
 
+/* A nats-server restart can forget deliveries it made: in a chaos run with
+ * a SIGKILL, a job whose call was running in one consumer came to the other
+ * 0.3 s after the restart with delivery count 1, and nothing asked. So for a
+ * few seconds after a reconnect, first deliveries are asked about too. The
+ * test restarts nats-server, then queues a job and claims its sequence when
+ * asked, once: the consumer must leave the copy, and the job runs once when
+ * it comes back after AckWait. */
+Test(consumer, a_first_delivery_right_after_a_nats_restart_is_left_to_a_consumer_that_holds_it)
+{
+    h_stack s;
+    h_stack_opts o = {0};
+    h_start(&s, &o);
+    (void)h_proc_term(&s, H_NATS); /* nats-server's own exit code on SIGTERM is not 0 */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "nats reconnected", 15000), "the consumer did not reconnect");
+    h_nats n;
+    h_nats_open(&s, &n);
+    consumer_claimer claimer = {.skip_seq = 0};
+    natsSubscription *claims = NULL;
+    cr_assert_eq(natsConnection_Subscribe(&claims, n.nc, "kiln.consumer.running", consumer_claim_on_query, &claimer),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+
+    const char *id = "after-restart-wasp";
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", id, "alice", "claimed wasp"), 0);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the claimed job");
+    cr_expect_neq(atomic_load(&claimer.claimed_seq), 0, "the consumer never asked about the first delivery");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "left to it job=after-restart-wasp"),
+              "the claimed copy was not left to its claimer");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1, "one call");
+    natsSubscription_Destroy(claims);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 Test(consumer, a_redelivery_to_another_consumer_while_the_call_runs_starts_no_second_call)
 {
     /* The first consumer has one slot: while its call runs it pulls nothing,
