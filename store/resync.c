@@ -77,7 +77,7 @@ static void resync_opts(jsOptions *jo)
 
 /* Some message in [from, to] still in KILN_JOBS: the stream's first one if it
  * lies there, else one of the RESYNC_PROBE sequences at either end. */
-static bool resync_find_present(resync *r, uint64_t from, uint64_t to, uint64_t *seq)
+static bool resync_find_present(resync *r, kiln_periodic *p, uint64_t from, uint64_t to, uint64_t *seq)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
@@ -90,7 +90,7 @@ static bool resync_find_present(resync *r, uint64_t from, uint64_t to, uint64_t 
         *seq = first;
         return true;
     }
-    for (uint64_t i = 0; i < RESYNC_PROBE && from + i <= to - i; i++) {
+    for (uint64_t i = 0; i < RESYNC_PROBE && from + i <= to - i && !kiln_periodic_stopping(p); i++) {
         uint64_t probe[2] = {from + i, to - i};
         for (int k = 0; k < 2; k++) {
             natsStatus ns = NATS_OK;
@@ -159,7 +159,6 @@ static void resync_recreate(resync *r, uint64_t applied)
 
 static void resync_tick(kiln_periodic *p, void *arg)
 {
-    (void)p;
     resync *r = arg;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
@@ -203,7 +202,7 @@ static void resync_tick(kiln_periodic *p, void *arg)
     }
 
     uint64_t present = 0;
-    if (upto <= applied || !resync_find_present(r, applied + 1, upto, &present)) {
+    if (upto <= applied || !resync_find_present(r, p, applied + 1, upto, &present)) {
         r->suspect = false;
         return;
     }
