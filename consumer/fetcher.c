@@ -34,7 +34,10 @@
 /* And how long after this process reconnected to NATS: a nats-server
  * restart can forget deliveries it made (after a SIGKILL, a job whose call
  * ran in one consumer came to another 0.3 s after the restart with
- * NumDelivered 1). Consumers reconnect within ~250 ms of each other. */
+ * NumDelivered 1). Consumers reconnect within ~250 ms of each other, and the
+ * runner may answer too late for the first ask (25 ms late in a chaos run),
+ * so such a copy nobody claims is held once, as a redelivery whose call
+ * began: asked about again after the hold, and run on the store's word. */
 #define FETCH_RECONNECT_ASK_MS 5000
 #define FETCH_ROTATION 8           /* every 8 rounds normal, and low, get the first pick once */
 #define FETCH_ERR_BACKOFF_MS 250
@@ -260,14 +263,14 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
     bool held[CONS_FETCH_MAX];
     int64_t now = kiln_now_ms(), wait_ms = CONS_PEER_ASK_MS;
     int64_t mono = kiln_mono_ms();
-    bool burst = mono - fetch_redelivery_at < FETCH_BURST_ASK_MS ||
-                 mono - kiln_nats_reconnected_at() < FETCH_RECONNECT_ASK_MS;
+    bool reconnected = mono - kiln_nats_reconnected_at() < FETCH_RECONNECT_ASK_MS;
+    bool burst = reconnected || mono - fetch_redelivery_at < FETCH_BURST_ASK_MS;
     for (size_t i = 0; i < n && k < CONS_FETCH_MAX; i++) {
         if (jobs[i] == NULL) continue;
         bool untried = fetch_untried_here(jobs[i]);
         cons_ask_rule r = cons_job_ask_rule(jobs[i], &info[i], untried, now, cons_g.set->ack_wait_ms);
         if (r == CONS_ASK_NONE && burst && cons_job_ask_in_burst(jobs[i], &info[i], untried))
-            r = CONS_ASK_ONLY;
+            r = reconnected ? CONS_ASK_OR_HOLD : CONS_ASK_ONLY;
         if (r == CONS_ASK_NONE) continue;
         if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
             wait_ms = CONS_PEER_REASK_MS;
