@@ -297,6 +297,22 @@ static int chaos_all_announced(void *arg)
     return 1;
 }
 
+/* How many of the run's jobs are not terminal now (one GET each, no wait):
+ * a failure names the first such job, and this tells one lost job from a
+ * stalled store (last round a run that stopped applying for minutes looked
+ * like one job never ending). */
+static int chaos_count_unfinished(chaos_run *r)
+{
+    int n = 0;
+    for (int i = 0; i < r->njobs; i++) {
+        json_t *job = h_get_job(&r->s, r->jobs[i].via_http ? H_TOKEN_ALICE : H_TOKEN_BOB, r->jobs[i].id, NULL);
+        const char *state = h_jstr(job, "status");
+        n += state == NULL || !h_state_terminal(state);
+        json_decref(job);
+    }
+    return n;
+}
+
 /* Waits for job j to end and checks how it ended. */
 static void chaos_check_job(chaos_run *r, chaos_job *j, int64_t deadline_at)
 {
@@ -305,12 +321,15 @@ static void chaos_check_job(chaos_run *r, chaos_job *j, int64_t deadline_at)
     json_t *job = h_wait_job(&r->s, token, j->id, NULL, left > 1000 ? left : 1000);
     char *d = h_job_dump(job);
     const char *state = h_jstr(job, "status");
+    int unfinished = 0;
     if (state == NULL || !h_state_terminal(state)) {
         static const char *const durables[] = {"kiln-worker-high", "kiln-worker-normal", "kiln-worker-low",
                                                "kiln-store"};
         for (size_t k = 0; k < sizeof durables / sizeof durables[0]; k++) h_dump_durable(r->js, durables[k]);
+        unfinished = chaos_count_unfinished(r);
     }
-    cr_assert(state != NULL && h_state_terminal(state), "job %s (%s) never ended: %s", j->id, j->prompt, d);
+    cr_assert(state != NULL && h_state_terminal(state), "job %s (%s) never ended (%d of %d jobs not ended): %s",
+              j->id, j->prompt, unfinished, r->njobs, d);
     snprintf(j->final, sizeof j->final, "%s", state);
     const char *want = chaos_kinds[j->kind].want;
     if (j->cancel == CANCEL_DONE) want = "cancelled";
