@@ -157,9 +157,12 @@ static void resync_recreate(resync *r, uint64_t applied)
     LOG_WARN("resync: durable re-created durable=%s start_seq=%" PRIu64, KILN_DURABLE_STORE, start);
 }
 
-static void resync_tick(kiln_periodic *p, void *arg)
+/* Reads the durable's figures, then the apply loop's, into *look (and the
+ * ack floor). False when JetStream did not tell; a missing durable (a
+ * re-creation cut short, or deleted by hand: the store would receive
+ * nothing) is added back from the applied sequence. */
+static bool resync_look_now(resync *r, resync_look *look, uint64_t *handled_upto, uint64_t *ack_floor)
 {
-    resync *r = arg;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     jsOptions jo;
@@ -170,37 +173,50 @@ static void resync_tick(kiln_periodic *p, void *arg)
     uint64_t applied = barrier_applied_seq(r->b);
     if (ns != NATS_OK) {
         jsConsumerInfo_Destroy(ci);
+        if (jerr == JSConsumerNotFoundErr) {
+            LOG_WARN("resync: durable missing, adding it durable=%s start_seq=%" PRIu64, KILN_DURABLE_STORE,
+                     applied + 1);
+            if (resync_add(r, KILN_DURABLE_STORE, applied + 1) == KILN_OK && r->bridge_up) resync_drop_bridge(r);
+        }
+        return false;
+    }
+    *look = (resync_look){.delivered_seq = ci->Delivered.Stream,
+                          .num_pending = (int64_t)ci->NumPending,
+                          .num_ack_pending = ci->NumAckPending,
+                          .applied_seq = applied};
+    barrier_epochs(r->b, &look->fetch_epoch, &look->idle_epoch);
+    *handled_upto = resync_handled_upto(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
+    *ack_floor = ci->AckFloor.Stream;
+    jsConsumerInfo_Destroy(ci);
+    return true;
+}
+
+static void resync_tick(kiln_periodic *p, void *arg)
+{
+    resync *r = arg;
+    resync_look cur;
+    uint64_t upto = 0, floor = 0;
+    if (!resync_look_now(r, &cur, &upto, &floor)) {
         r->have_prev = false;
-        if (jerr != JSConsumerNotFoundErr) return;
-        /* Deleted (a re-creation cut short, or by hand): the store would
-         * receive nothing. */
-        LOG_WARN("resync: durable missing, adding it durable=%s start_seq=%" PRIu64, KILN_DURABLE_STORE,
-                 applied + 1);
-        if (resync_add(r, KILN_DURABLE_STORE, applied + 1) == KILN_OK && r->bridge_up) resync_drop_bridge(r);
         return;
     }
-    resync_look cur = {.delivered_seq = ci->Delivered.Stream,
-                       .num_pending = (int64_t)ci->NumPending,
-                       .num_ack_pending = ci->NumAckPending,
-                       .applied_seq = applied};
-    barrier_epochs(r->b, &cur.fetch_epoch, &cur.idle_epoch);
-    uint64_t upto = resync_handled_upto(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
-    uint64_t floor = ci->AckFloor.Stream;
-    jsConsumerInfo_Destroy(ci);
     if (r->bridge_up) resync_drop_bridge(r);
+    uint64_t applied = cur.applied_seq;
+
+    /* Rule B: holding messages for the store and delivering none. */
     bool stuck = r->have_prev && resync_pending_stuck(&r->prev, &cur);
     r->prev = cur;
-    r->have_prev = true;
+    r->have_prev = !stuck; /* after a re-creation the next look starts afresh */
     if (stuck) {
         LOG_WARN("resync: the store's durable holds messages for the store and delivers none "
                  "durable=%s applied_seq=%" PRIu64 " delivered_seq=%" PRIu64 " num_pending=%" PRId64,
                  KILN_DURABLE_STORE, applied, cur.delivered_seq, cur.num_pending);
         r->suspect = false;
-        r->have_prev = false; /* the next look starts afresh */
         resync_recreate(r, applied);
         return;
     }
 
+    /* Rule A: a message it counts handled that the store never applied. */
     uint64_t present = 0;
     if (upto <= applied || !resync_find_present(r, p, applied + 1, upto, &present)) {
         r->suspect = false;
@@ -211,11 +227,8 @@ static void resync_tick(kiln_periodic *p, void *arg)
              " ack_pending=%" PRId64 " present_seq=%" PRIu64 " again=%d",
              KILN_DURABLE_STORE, applied, cur.delivered_seq, floor, cur.num_ack_pending, present,
              (int)r->suspect);
-    if (!r->suspect) {
-        r->suspect = true;
-        return;
-    }
-    r->suspect = false;
+    r->suspect = !r->suspect;
+    if (r->suspect) return; /* seen once: the next round decides */
     r->have_prev = false;
     resync_recreate(r, applied);
 }
@@ -234,7 +247,7 @@ kiln_status resync_start(barrier *b, jsCtx *js, int64_t interval_ms, resync **ou
     r->bridge_up = true; /* one left by a store that stopped mid-way */
     r->m_resyncs = kiln_metric_counter("kiln_store_durable_resyncs_total",
                                        "times the store re-created its durable after nats-server "
-                                       "counted it past messages it never delivered");
+                                       "passed over or withheld messages for it");
     if (kiln_periodic_start("kiln-resync", interval_ms, resync_tick, r, &r->timer) != KILN_OK) {
         free(r);
         return KILN_ERR;
