@@ -1,7 +1,8 @@
 /* test_stall.c - the consumer's stalled-message recovery (consumer/stall.c):
  * delayed jobs nak'd just before nats-server stops must still complete after
  * the restart (nats-server 2.9.10 can forget their ack-pending entries), and
- * the check re-drives nothing in a healthy system. */
+ * the check re-drives nothing in a healthy system; and the store's own
+ * repairs: its sweep (store/sweep.c) and its durable check (store/resync.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
