@@ -10,6 +10,7 @@
 #include "config.h"
 #include "db.h"
 #include "done.h"
+#include "donecheck.h"
 #include "events.h"
 #include "ingest.h"
 #include "keys.h"
@@ -29,6 +30,10 @@
 /* The apply loop's connection: one batch's publishes (≤ 2 per message,
  * batches of 1024 and rarely up to 3 batches' worth, see ingest.c). */
 #define STORE_APPLY_MAX_PENDING 16384
+/* Confirmed jobs.done kept to check after a reconnect (donecheck.c): those
+ * of the last 2 s of publishing, at most 8192 (~1 s at W2's rate). */
+#define STORE_DONECHECK_KEEP_MS 2000
+#define STORE_DONECHECK_CAP 8192
 
 typedef struct {
     char *nats_url;
@@ -116,6 +121,7 @@ int main(int argc, char **argv)
     queries *q = NULL;
     sweep *sw = NULL;
     resync *rs = NULL;
+    donecheck *dc = NULL;
     retention *ret = NULL;
     queuegauges *qg = NULL;
 
@@ -182,6 +188,8 @@ int main(int argc, char **argv)
     ao.send_asap = false;
     ao.max_pending = STORE_APPLY_MAX_PENDING;
     ao.ack_handler = done_on_pub_ack;
+    if (donecheck_create(STORE_DONECHECK_KEEP_MS, STORE_DONECHECK_CAP, &dc) != KILN_OK) goto out;
+    ao.ack_closure = dc;
     st = kiln_nats_connect_opts(cfg.nats_url, &ao, &anc, &ajs);
     if (st != KILN_OK) goto out;
 
@@ -191,6 +199,7 @@ int main(int argc, char **argv)
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (resync_start(b, js, cfg.durable_check_ms, &rs) != KILN_OK) goto out;
+    if (donecheck_start(dc, js) != KILN_OK) goto out;
     if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
     if (queuegauges_start(nc, js, cfg.queue_stats_ms, &qg) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */
@@ -212,6 +221,7 @@ out:
     kiln_periodic_stop_all_soon(); /* sweep, durable check, retention, gauges: joined below */
     sweep_stop(sw);
     resync_stop(rs);
+    donecheck_stop(dc);
     ingest_stop_soon(ing);
     retention_stop(ret);
     queries_stop(q);
@@ -220,6 +230,7 @@ out:
     kiln_metrics_http_stop();
     kiln_nats_close(anc, ajs);
     kiln_nats_close(nc, js);
+    donecheck_destroy(dc); /* the apply connection's acks no longer come */
     (void)done_republish_refused(NULL); /* refusals that came in after the apply loop ended */
     barrier_destroy(b);
     db_close(db);

@@ -417,3 +417,63 @@ Test(resilience, a_refused_jobs_done_is_published_again_without_a_redelivery)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+typedef struct {
+    const char *id;
+    uint64_t seq;
+} res_done_seq_arg;
+
+static void res_done_seq_one(natsMsg *m, void *arg)
+{
+    res_done_seq_arg *a = arg;
+    char v[128];
+    if (h_msg_header(m, "Kiln-Job-Id", v, sizeof v) && strcmp(v, a->id) == 0)
+        a->seq = natsMsg_GetSequence(m);
+}
+
+/* The KILN_DONE sequence of id's (last) jobs.done; 0 when there is none. */
+static uint64_t res_done_seq(jsCtx *js, const char *id)
+{
+    res_done_seq_arg a = {id, 0};
+    cr_assert_geq(h_done_scan(js, res_done_seq_one, &a), 0, "KILN_DONE could not be read");
+    return a.seq;
+}
+
+/* nats-server 2.9.10 confirms a publish before its file store wrote it, and
+ * a SIGKILL can then take it: in chaos runs a completed job's jobs.done,
+ * confirmed ~40 ms before the kill, was not in KILN_DONE after the restart.
+ * The test makes that state by deleting the confirmed message and
+ * restarting nats-server; the store must announce that job again, once, and
+ * leave the job whose jobs.done survived alone. */
+Test(resilience, a_jobs_done_nats_server_lost_after_confirming_it_is_announced_again)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char kept[65], lost[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "kept heron", kept), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost heron", lost), 202);
+    cr_assert_geq(h_collect_wait(n.done, kept, 1, 20000), 1, "no jobs.done for %s", kept);
+    cr_assert_geq(h_collect_wait(n.done, lost, 1, 20000), 1, "no jobs.done for %s", lost);
+
+    uint64_t seq = res_done_seq(n.js, lost);
+    cr_assert_gt(seq, 0, "KILN_DONE has no jobs.done of %s", lost);
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_DONE", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    h_nats_free(&n);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats_open(&s, &n);
+    h_expect_done_once(&n, lost, "completed", 20000);
+    cr_expect(h_wait_metric_above(&s, H_STORE, "kiln_store_done_rechecked_total", 1, 10000),
+              "the store did not check both jobs.done");
+    cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_done_reannounced_total"), 1);
+    cr_expect(h_log_contains(&s, H_STORE, "jobs.done lost by nats-server"));
+    cr_expect_eq(h_done_count(n.js, kept, NULL, 0), 1, "the surviving jobs.done was announced again");
+    cr_expect_eq(h_collect_wait(n.done, kept, 0, 0), 0, "subscribers got the surviving jobs.done again");
+    h_nats_free(&n);
+    h_stop(&s);
+}
