@@ -5,10 +5,9 @@
  * Seen in chaos runs with nats-server SIGKILLs (2 of 15 in one round): the
  * store published a job's jobs.done, JetStream confirmed it, the store acked
  * the transition, and ~40 ms later nats-server was killed. The restarted
- * server did not have the message: nats-server 2.9.10 confirms a publish
- * before its file store has written it, so a crash can take the last few
- * milliseconds of confirmed messages. The store keeps one right state, but
- * subscribers of jobs.done never heard of the job's end.
+ * nats-server 2.9.10 did not have the message (why is not known). The
+ * store kept the right state, but subscribers of jobs.done never heard of
+ * the job's end.
  *
  * So the apply connection's ack handler hands every confirmed jobs.done to
  * donecheck_keep, which keeps those of the store's last keep_ms of
