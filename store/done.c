@@ -56,6 +56,7 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
     if (pa != NULL && closure != NULL && msg != NULL &&
         strcmp(natsMsg_GetSubject(msg), KILN_SUBJ_DONE) == 0) {
         donecheck_keep(closure, msg, pa->Sequence); /* checked after a reconnect */
+        natsMsg_Destroy(msg);
         return;
     }
     if (pae != NULL) {
@@ -95,8 +96,7 @@ size_t done_republish_refused(jsCtx *js)
 
 uint64_t done_failures(void) { return atomic_load(&done_failed); }
 
-/* Builds the jobs.done message of d. */
-static kiln_status done_msg(const apply_done *d, natsMsg **out)
+kiln_status done_message(const apply_done *d, natsMsg **out)
 {
     natsMsg *m = NULL;
     char msgid[KILN_ID_MAX_LEN + 16];
@@ -118,7 +118,7 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
 {
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
-        kiln_status st = done_msg(&l->items[i], &m);
+        kiln_status st = done_message(&l->items[i], &m);
         if (st != KILN_OK) return st;
         natsStatus s = js_PublishMsgAsync(js, &m, NULL);
         natsMsg_Destroy(m); /* NULL when the library took it */

@@ -24,6 +24,9 @@ uint64_t done_failures(void);
  * NULL only forgets them. Returns how many there were. Apply thread. */
 size_t done_republish_refused(jsCtx *js);
 
+/* Builds the jobs.done message of d (caller destroys it). */
+kiln_status done_message(const apply_done *d, natsMsg **out);
+
 /* Publishes every jobs.done item and every event asynchronously without
  * waiting; done_wait() then confirms them. Returns KILN_OK when every
  * publish was handed to the library. The apply thread is the only async

@@ -10,24 +10,29 @@
  * the job's end.
  *
  * So the apply connection's ack handler hands every confirmed jobs.done to
- * donecheck_keep, which keeps those of the store's last keep_ms of
- * publishing (at most cap; the oldest go first). When any connection of the store reconnects, everything kept until
- * then is checked: the message KILN_DONE holds at its sequence must be the
- * same jobs.done (the restarted server may have given a lost sequence to a
- * newer message). One that is not there is published again with its
- * Nats-Msg-Id, so the stream keeps one copy; core subscribers get it again,
- * the at-least-once the contract allows on crash replay. */
+ * donecheck_keep, which keeps a copy of its payload (the JobStatus; subject
+ * and headers follow from it) for those of the store's last keep_ms of
+ * publishing, at most cap, the oldest going first. When any connection of
+ * the store reconnects, everything kept until then is checked: the message
+ * KILN_DONE holds at its sequence must be the same jobs.done (the restarted
+ * server may have given a lost sequence to a newer message). One that is
+ * not there is published again with its Nats-Msg-Id, so the stream keeps
+ * one copy; core subscribers get it again, the at-least-once the contract
+ * allows on crash replay. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
+#include "done.h"
 #include "donecheck.h"
 #include "log.h"
 #include "metrics.h"
 #include "natsconn.h"
+#include "pb.h"
 #include "periodic.h"
 #include "subjects.h"
 
@@ -38,7 +43,8 @@
 #define DONECHECK_GIVEUP_MS 120000
 
 typedef struct {
-    natsMsg *msg;
+    uint8_t *pb; /* the packed JobStatus; headers and subject follow from it */
+    size_t len;
     uint64_t seq;
     int64_t at_ms; /* kiln_mono_ms when confirmed */
 } donecheck_entry;
@@ -85,11 +91,11 @@ static donecheck_entry donecheck_ring_pop(donecheck_ring *r)
     return out;
 }
 
-/* Appends e; when full, the oldest is pushed out into *dropped (msg NULL
+/* Appends e; when full, the oldest is pushed out into *dropped (pb NULL
  * when nothing was). */
 static void donecheck_ring_push(donecheck_ring *r, donecheck_entry e, donecheck_entry *dropped)
 {
-    dropped->msg = NULL;
+    dropped->pb = NULL;
     if (r->n == r->cap) *dropped = donecheck_ring_pop(r);
     *donecheck_ring_at(r, r->n) = e;
     r->n++;
@@ -97,7 +103,7 @@ static void donecheck_ring_push(donecheck_ring *r, donecheck_entry e, donecheck_
 
 static void donecheck_ring_free(donecheck_ring *r)
 {
-    while (r->n > 0) natsMsg_Destroy(donecheck_ring_pop(r).msg);
+    while (r->n > 0) free(donecheck_ring_pop(r).pb);
     free(r->e);
     r->e = NULL;
 }
@@ -114,8 +120,8 @@ static size_t donecheck_take_reconnect(donecheck *dc)
     while (dc->kept.n > 0) {
         donecheck_entry dropped;
         donecheck_ring_push(&dc->todo, donecheck_ring_pop(&dc->kept), &dropped);
-        if (dropped.msg != NULL) {
-            natsMsg_Destroy(dropped.msg);
+        if (dropped.pb != NULL) {
+            free(dropped.pb);
             lost++;
         }
     }
@@ -147,8 +153,12 @@ kiln_status donecheck_create(int64_t keep_ms, size_t cap, donecheck **out)
 
 void donecheck_keep(donecheck *dc, natsMsg *msg, uint64_t seq)
 {
-    donecheck_entry e = {msg, seq, kiln_mono_ms()}, dropped, old[4];
+    int len = natsMsg_GetDataLength(msg);
+    donecheck_entry e = {malloc(len > 0 ? (size_t)len : 1), (size_t)len, seq, kiln_mono_ms()};
+    donecheck_entry dropped, old[4];
     size_t nold = 0;
+    if (e.pb == NULL) return; /* out of memory: this one goes unchecked */
+    if (len > 0) memcpy(e.pb, natsMsg_GetData(msg), (size_t)len);
     pthread_mutex_lock(&dc->mu);
     size_t lost = donecheck_take_reconnect(dc);
     /* keep_ms of the store's latest publishing, not of wall time: what a
@@ -158,18 +168,17 @@ void donecheck_keep(donecheck *dc, natsMsg *msg, uint64_t seq)
         old[nold++] = donecheck_ring_pop(&dc->kept);
     donecheck_ring_push(&dc->kept, e, &dropped);
     pthread_mutex_unlock(&dc->mu);
-    natsMsg_Destroy(dropped.msg); /* the oldest: cap is the limit under load */
-    for (size_t i = 0; i < nold; i++) natsMsg_Destroy(old[i].msg);
+    free(dropped.pb); /* the oldest: cap is the limit under load */
+    for (size_t i = 0; i < nold; i++) free(old[i].pb);
     if (lost > 0) LOG_WARN("donecheck: too many jobs.done to check, oldest not checked count=%zu", lost);
 }
 
 /* Whether the message KILN_DONE holds at a kept one's sequence is that one. */
-static bool donecheck_same(natsMsg *kept, natsMsg *stored)
+static bool donecheck_same(const donecheck_entry *e, natsMsg *stored)
 {
-    int len = natsMsg_GetDataLength(kept);
-    return strcmp(natsMsg_GetSubject(kept), natsMsg_GetSubject(stored)) == 0 &&
-           len == natsMsg_GetDataLength(stored) &&
-           (len == 0 || memcmp(natsMsg_GetData(kept), natsMsg_GetData(stored), (size_t)len) == 0);
+    return strcmp(natsMsg_GetSubject(stored), KILN_SUBJ_DONE) == 0 &&
+           (size_t)natsMsg_GetDataLength(stored) == e->len &&
+           (e->len == 0 || memcmp(natsMsg_GetData(stored), e->pb, e->len) == 0);
 }
 
 typedef enum { DONECHECK_THERE, DONECHECK_LOST, DONECHECK_UNKNOWN } donecheck_verdict;
@@ -183,7 +192,7 @@ static donecheck_verdict donecheck_look(donecheck *dc, const donecheck_entry *e)
     jo.Wait = DONECHECK_GET_WAIT_MS;
     natsStatus s = js_GetMsg(&got, dc->js, KILN_STREAM_DONE, e->seq, &jo, &jerr);
     if (s == NATS_OK) {
-        donecheck_verdict v = donecheck_same(e->msg, got) ? DONECHECK_THERE : DONECHECK_LOST;
+        donecheck_verdict v = donecheck_same(e, got) ? DONECHECK_THERE : DONECHECK_LOST;
         natsMsg_Destroy(got);
         return v;
     }
@@ -191,56 +200,38 @@ static donecheck_verdict donecheck_look(donecheck *dc, const donecheck_entry *e)
     return DONECHECK_UNKNOWN;
 }
 
-/* A fresh copy of m (subject, payload, headers): the kept one went through
- * the async publisher once. */
-static natsStatus donecheck_copy(natsMsg *m, natsMsg **out)
-{
-    const char **keys = NULL;
-    int nkeys = 0;
-    natsMsg *c = NULL;
-    natsStatus s = natsMsg_Create(&c, natsMsg_GetSubject(m), NULL, natsMsg_GetData(m),
-                                  natsMsg_GetDataLength(m));
-    if (s == NATS_OK) {
-        s = natsMsgHeader_Keys(m, &keys, &nkeys);
-        if (s == NATS_NOT_FOUND) s = NATS_OK; /* no headers */
-    }
-    for (int i = 0; s == NATS_OK && i < nkeys; i++) {
-        const char *v = NULL;
-        s = natsMsgHeader_Get(m, keys[i], &v);
-        if (s == NATS_OK) s = natsMsgHeader_Set(c, keys[i], v);
-    }
-    free((void *)keys);
-    if (s != NATS_OK) {
-        natsMsg_Destroy(c);
-        return s;
-    }
-    *out = c;
-    return NATS_OK;
-}
-
+/* Publishes the kept jobs.done again, built as the apply loop builds it. */
 static bool donecheck_republish(donecheck *dc, const donecheck_entry *e)
 {
-    natsMsg *c = NULL;
+    Kiln__V1__JobStatus *js = kiln__v1__job_status__unpack(NULL, e->len, e->pb);
+    if (js == NULL || js->id == NULL || strlen(js->id) > KILN_ID_MAX_LEN) {
+        LOG_WARN("donecheck: a kept jobs.done does not decode, dropped seq=%" PRIu64, e->seq);
+        kiln__v1__job_status__free_unpacked(js, NULL);
+        return true; /* nothing to publish: not worth another try */
+    }
+    apply_done d = {.state = js->state, .status_pb = e->pb, .status_len = e->len};
+    snprintf(d.id, sizeof d.id, "%s", js->id);
+    kiln__v1__job_status__free_unpacked(js, NULL);
+
+    natsMsg *m = NULL;
     jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
     jsPubOptions po;
-    const char *id = NULL;
-    if (natsMsgHeader_Get(e->msg, KILN_HDR_JOB_ID, &id) != NATS_OK) id = "-";
     natsStatus s = jsPubOptions_Init(&po);
-    if (s == NATS_OK) s = donecheck_copy(e->msg, &c);
+    if (s == NATS_OK && done_message(&d, &m) != KILN_OK) s = NATS_ERR;
     if (s == NATS_OK) {
         po.MaxWait = DONECHECK_GET_WAIT_MS;
-        s = js_PublishMsg(&pa, dc->js, c, &po, &jerr);
+        s = js_PublishMsg(&pa, dc->js, m, &po, &jerr);
     }
-    natsMsg_Destroy(c);
+    natsMsg_Destroy(m);
     if (s != NATS_OK) {
-        LOG_DEBUG("donecheck: publish again failed job=%s status=%s jerr=%d", id,
+        LOG_DEBUG("donecheck: publish again failed job=%s status=%s jerr=%d", d.id,
                   natsStatus_GetText(s), (int)jerr);
         return false;
     }
     LOG_WARN("donecheck: jobs.done lost by nats-server after it confirmed it, published again "
              "job=%s seq=%" PRIu64 " new_seq=%" PRIu64 " duplicate=%d",
-             id, e->seq, pa->Sequence, (int)pa->Duplicate);
+             d.id, e->seq, pa->Sequence, (int)pa->Duplicate);
     jsPubAck_Destroy(pa);
     kiln_metric_add(dc->m_reannounced, 1);
     return true;
@@ -258,8 +249,8 @@ static void donecheck_tick(kiln_periodic *p, void *arg)
     while (dc->todo.n > 0) {
         donecheck_entry dropped;
         donecheck_ring_push(&dc->work, donecheck_ring_pop(&dc->todo), &dropped);
-        if (dropped.msg != NULL) {
-            natsMsg_Destroy(dropped.msg);
+        if (dropped.pb != NULL) {
+            free(dropped.pb);
             lost++;
         }
     }
@@ -277,7 +268,7 @@ static void donecheck_tick(kiln_periodic *p, void *arg)
             reannounced++;
         }
         kiln_metric_add(dc->m_checked, 1);
-        natsMsg_Destroy(donecheck_ring_pop(&dc->work).msg);
+        free(donecheck_ring_pop(&dc->work).pb);
     }
     if (dc->work.n == 0) {
         LOG_INFO("donecheck: jobs.done from before the reconnect checked count=%zu announced_again=%zu",
@@ -285,7 +276,7 @@ static void donecheck_tick(kiln_periodic *p, void *arg)
     } else if (kiln_mono_ms() - dc->work_since_ms > DONECHECK_GIVEUP_MS) {
         LOG_WARN("donecheck: JetStream did not answer, jobs.done left unchecked count=%zu",
                  dc->work.n);
-        while (dc->work.n > 0) natsMsg_Destroy(donecheck_ring_pop(&dc->work).msg);
+        while (dc->work.n > 0) free(donecheck_ring_pop(&dc->work).pb);
     }
 }
 

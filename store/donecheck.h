@@ -18,7 +18,8 @@ typedef struct donecheck donecheck;
 /* Keeps the jobs.done confirmed within keep_ms before the latest one, at
  * most cap of them. *out only on success. */
 kiln_status donecheck_create(int64_t keep_ms, size_t cap, donecheck **out);
-/* Takes msg, a jobs.done JetStream confirmed at KILN_DONE sequence seq. */
+/* Keeps a copy of the payload of msg, a jobs.done JetStream confirmed at
+ * KILN_DONE sequence seq (msg stays the caller's). */
 void donecheck_keep(donecheck *dc, natsMsg *msg, uint64_t seq);
 /* Starts the thread that checks, after every reconnect of the process, the
  * jobs.done kept from before it: those KILN_DONE no longer holds at their
