@@ -8,7 +8,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "clock.h"
 #include "done.h"
@@ -53,12 +52,8 @@ static bool done_keep_refused(natsMsg *msg)
 void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
-    if (pa != NULL && closure != NULL && msg != NULL &&
-        strcmp(natsMsg_GetSubject(msg), KILN_SUBJ_DONE) == 0) {
+    if (pa != NULL && closure != NULL && msg != NULL)
         donecheck_keep(closure, msg, pa->Sequence); /* checked after a reconnect */
-        natsMsg_Destroy(msg);
-        return;
-    }
     if (pae != NULL) {
         const char *id = NULL;
         if (msg == NULL || natsMsgHeader_Get(msg, KILN_HDR_JOB_ID, &id) != NATS_OK) id = "-";

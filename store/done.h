@@ -14,8 +14,8 @@
 /* The jsCtx async-publish ack handler (runs on a nats.c thread) for every
  * async publish of the store (jobs.done and events): counts failures for
  * done_failures(), keeps a failed message for done_republish_refused(),
- * hands a confirmed jobs.done to the donecheck given as closure (when not
- * NULL) and destroys the others. */
+ * shows a confirmed one to the donecheck given as closure (when not NULL)
+ * and destroys the others. */
 void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 /* Async publishes JetStream rejected or timed out, since start. */
 uint64_t done_failures(void);

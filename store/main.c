@@ -30,10 +30,11 @@
 /* The apply loop's connection: one batch's publishes (≤ 2 per message,
  * batches of 1024 and rarely up to 3 batches' worth, see ingest.c). */
 #define STORE_APPLY_MAX_PENDING 16384
-/* Confirmed jobs.done kept to check after a reconnect (donecheck.c): those
- * of the last 2 s of publishing, at most 8192 (~1 s at W2's rate). */
+/* Confirmed jobs.done and events kept to check after a reconnect
+ * (donecheck.c): those of the last 2 s of publishing, at most 16384
+ * (~1 s at W2's rate, a jobs.done and an event per job). */
 #define STORE_DONECHECK_KEEP_MS 2000
-#define STORE_DONECHECK_CAP 8192
+#define STORE_DONECHECK_CAP 16384
 
 typedef struct {
     char *nats_url;
@@ -199,7 +200,7 @@ int main(int argc, char **argv)
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (resync_start(b, js, cfg.durable_check_ms, &rs) != KILN_OK) goto out;
-    if (donecheck_start(dc, js) != KILN_OK) goto out;
+    if (donecheck_start(dc, db, js) != KILN_OK) goto out;
     if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
     if (queuegauges_start(nc, js, cfg.queue_stats_ms, &qg) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */

@@ -439,13 +439,44 @@ static uint64_t res_done_seq(jsCtx *js, const char *id)
     return a.seq;
 }
 
-/* nats-server 2.9.10 confirms a publish before its file store wrote it, and
- * a SIGKILL can then take it: in chaos runs a completed job's jobs.done,
- * confirmed ~40 ms before the kill, was not in KILN_DONE after the restart.
- * The test makes that state by deleting the confirmed message and
- * restarting nats-server; the store must announce that job again, once, and
- * leave the job whose jobs.done survived alone. */
-Test(resilience, a_jobs_done_nats_server_lost_after_confirming_it_is_announced_again)
+enum { RES_EVENTS_MAX = 8 };
+
+/* The messages on id's own event subject in KILN_EVENTS: their sequences
+ * and Kiln-Event-Keys, oldest first; returns how many. */
+static int res_job_event_list(jsCtx *js, const char *id, uint64_t *seqs, char keys[][160])
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_EVENTS", NULL, &jerr), NATS_OK, "events info: jerr %d", (int)jerr);
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    char tail[80];
+    snprintf(tail, sizeof tail, ".%s", id);
+    int n = 0;
+    for (uint64_t seq = first; seq >= 1 && seq <= last && n < RES_EVENTS_MAX; seq++) {
+        natsMsg *m = NULL;
+        if (js_GetMsg(&m, js, "KILN_EVENTS", seq, NULL, &jerr) != NATS_OK) continue;
+        const char *subj = natsMsg_GetSubject(m);
+        size_t sl = strlen(subj), tl = strlen(tail);
+        if (sl > tl && strcmp(subj + sl - tl, tail) == 0) {
+            seqs[n] = seq;
+            if (!h_msg_header(m, "Kiln-Event-Key", keys[n], 160)) keys[n][0] = '\0';
+            n++;
+        }
+        natsMsg_Destroy(m);
+    }
+    return n;
+}
+
+/* nats-server 2.9.10 can lose messages it has confirmed when it is killed:
+ * in chaos runs a completed job's jobs.done, confirmed ~40 ms before the
+ * kill, was not in KILN_DONE after the restart. The test makes that state by
+ * deleting confirmed messages and restarting nats-server: a job's jobs.done
+ * and both its events (processing, then completed). The store must announce
+ * the jobs.done and the completed event again, once each, but not the
+ * processing event (the completed one says more, and must stay last), and
+ * leave the job whose announcements survived alone. */
+Test(resilience, announcements_nats_server_lost_after_confirming_them_are_published_again)
 {
     h_stack s;
     h_start(&s, NULL);
@@ -453,7 +484,7 @@ Test(resilience, a_jobs_done_nats_server_lost_after_confirming_it_is_announced_a
     h_nats_open(&s, &n);
     char kept[65], lost[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "kept heron", kept), 202);
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost heron", lost), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=300 lost heron", lost), 202);
     cr_assert_geq(h_collect_wait(n.done, kept, 1, 20000), 1, "no jobs.done for %s", kept);
     cr_assert_geq(h_collect_wait(n.done, lost, 1, 20000), 1, "no jobs.done for %s", lost);
 
@@ -461,6 +492,15 @@ Test(resilience, a_jobs_done_nats_server_lost_after_confirming_it_is_announced_a
     cr_assert_gt(seq, 0, "KILN_DONE has no jobs.done of %s", lost);
     jsErrCode jerr = 0;
     cr_assert_eq(js_DeleteMsg(n.js, "KILN_DONE", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    uint64_t ev_seqs[RES_EVENTS_MAX];
+    char ev_keys[RES_EVENTS_MAX][160];
+    int nev = res_job_event_list(n.js, lost, ev_seqs, ev_keys);
+    cr_assert_eq(nev, 2, "the slow job has %d events on its subject, want processing and completed", nev);
+    cr_assert(strstr(ev_keys[0], ".processing.") != NULL && strstr(ev_keys[1], ".completed.") != NULL,
+              "events %s, %s", ev_keys[0], ev_keys[1]);
+    for (int i = 0; i < nev; i++)
+        cr_assert_eq(js_DeleteMsg(n.js, "KILN_EVENTS", ev_seqs[i], NULL, &jerr), NATS_OK, "delete event: jerr %d", (int)jerr);
+    int64_t kept_events = res_job_events(n.js, kept);
     h_nats_free(&n);
     h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
@@ -468,12 +508,18 @@ Test(resilience, a_jobs_done_nats_server_lost_after_confirming_it_is_announced_a
 
     h_nats_open(&s, &n);
     h_expect_done_once(&n, lost, "completed", 20000);
-    cr_expect(h_wait_metric_above(&s, H_STORE, "kiln_store_done_rechecked_total", 1, 10000),
-              "the store did not check both jobs.done");
+    /* kept: its jobs.done and event; lost: its jobs.done and two events */
+    cr_expect(h_wait_metric_above(&s, H_STORE, "kiln_store_announcements_rechecked_total", 4, 10000),
+              "the store did not check every announcement");
     cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_done_reannounced_total"), 1);
+    cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_events_reannounced_total"), 1);
     cr_expect(h_log_contains(&s, H_STORE, "jobs.done lost by nats-server"));
+    nev = res_job_event_list(n.js, lost, ev_seqs, ev_keys);
+    cr_expect_eq(nev, 1, "the slow job has %d events on its subject after the restart, want 1", nev);
+    if (nev >= 1) cr_expect(strstr(ev_keys[nev - 1], ".completed.") != NULL, "its last event is %s", ev_keys[nev - 1]);
     cr_expect_eq(h_done_count(n.js, kept, NULL, 0), 1, "the surviving jobs.done was announced again");
     cr_expect_eq(h_collect_wait(n.done, kept, 0, 0), 0, "subscribers got the surviving jobs.done again");
+    cr_expect_eq(res_job_events(n.js, kept), kept_events, "the surviving job's events changed");
     h_nats_free(&n);
     h_stop(&s);
 }
