@@ -29,6 +29,7 @@
 #include "pb.h"
 #include "query.h"
 #include "ratelimit.h"
+#include "resubmit.h"
 #include "rpc.h"
 #include "subjects.h"
 #include "submit.h"
@@ -112,8 +113,10 @@ void gw_submit_free(void)
 void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                            void *closure)
 {
-    (void)js, (void)closure;
+    (void)js;
     atomic_fetch_sub(&submit_inflight, 1);
+    if (pa != NULL && pae == NULL && closure != NULL && msg != NULL)
+        gw_resubmit_keep(closure, msg, pa->Sequence); /* checked after a reconnect */
     pthread_mutex_lock(&submit_mu);
     gw_req *r = submit_pending != NULL ? gw_map_take(submit_pending, (uint64_t)(uintptr_t)msg)
                                        : NULL;

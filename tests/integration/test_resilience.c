@@ -3,6 +3,7 @@
  * load, nats-server stopping to answer while streams are provisioned, and
  * the consumer's available-memory floor. Consumer SIGKILL/SIGTERM are in
  * test_consumer.c. */
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -520,6 +521,121 @@ Test(resilience, announcements_nats_server_lost_after_confirming_them_are_publis
     cr_expect_eq(h_done_count(n.js, kept, NULL, 0), 1, "the surviving jobs.done was announced again");
     cr_expect_eq(h_collect_wait(n.done, kept, 0, 0), 0, "subscribers got the surviving jobs.done again");
     cr_expect_eq(res_job_events(n.js, kept), kept_events, "the surviving job's events changed");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+typedef struct {
+    const char *id;
+    uint64_t seq;
+} res_jobs_seq_arg;
+
+/* The KILN_JOBS sequence of the message whose Nats-Msg-Id is id; 0 when none. */
+static uint64_t res_jobs_seq(jsCtx *js, const char *id)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr), NATS_OK, "jobs info: jerr %d", (int)jerr);
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, found = 0;
+    jsStreamInfo_Destroy(si);
+    for (uint64_t seq = first; seq >= 1 && seq <= last && found == 0; seq++) {
+        natsMsg *m = NULL;
+        char v[128];
+        if (js_GetMsg(&m, js, "KILN_JOBS", seq, NULL, &jerr) != NATS_OK) continue;
+        if (h_msg_header(m, "Nats-Msg-Id", v, sizeof v) && strcmp(v, id) == 0) found = seq;
+        natsMsg_Destroy(m);
+    }
+    return found;
+}
+
+typedef struct {
+    jsCtx *js;
+    const char *id;
+} res_gone_arg;
+
+/* h_wait_for: the job's message is no longer in KILN_JOBS (every durable acked it). */
+static int res_jobs_msg_gone(void *arg)
+{
+    const res_gone_arg *a = arg;
+    return res_jobs_seq(a->js, a->id) == 0;
+}
+
+/* h_wait_for: every thread of process *arg is stopped (SIGSTOP takes each
+ * thread at its next scheduling point, after kill() returned). */
+static int res_all_threads_stopped(void *arg)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)*(pid_t *)arg);
+    DIR *d = opendir(path);
+    if (d == NULL) return 0;
+    int all = 1;
+    struct dirent *e;
+    while (all && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char stat_path[sizeof path + 256 + 8], buf[512];
+        snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, e->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (f == NULL) continue; /* a thread that ended */
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *paren = strrchr(buf, ')'); /* "pid (comm) S ..." */
+        all = paren != NULL && (paren[2] == 'T' || paren[2] == 't');
+    }
+    closedir(d);
+    return all;
+}
+
+/* Freezes the stack's process c and waits until all its threads are stopped. */
+static void res_freeze(h_stack *s, h_comp c)
+{
+    pid_t pid = s->procs[c].pid;
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    cr_assert(h_wait_for(res_all_threads_stopped, &pid, 5000, 5), "process %d did not stop", (int)pid);
+}
+
+/* The same loss for a submit: the gateway answered 202, and the restarted
+ * nats-server no longer has the job, which neither the store nor a consumer
+ * had read. The test makes that state by freezing both (SIGSTOP), submitting,
+ * deleting the job's message and restarting nats-server. The gateway must
+ * publish the job again, and it must run once. A job whose message survived,
+ * and one whose message was consumed before (gone from the stream, known to
+ * the store), must not be published again. */
+Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_again)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char done[65], kept[65], lost[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "done egret", done), 202);
+    cr_assert_geq(h_collect_wait(n.done, done, 1, 20000), 1, "no jobs.done for %s", done);
+    res_gone_arg gone = {n.js, done};
+    cr_assert(h_wait_for(res_jobs_msg_gone, &gone, 10000, 50), "the consumed job's message stayed in KILN_JOBS");
+    res_freeze(&s, H_STORE);
+    res_freeze(&s, H_CONSUMER);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "kept egret", kept), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost egret", lost), 202);
+
+    uint64_t seq = res_jobs_seq(n.js, lost);
+    cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost);
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    h_nats_free(&n);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats_open(&s, &n);
+    res_expect_completed_once(&s, &n, lost, 1, 30000);
+    res_expect_completed_once(&s, &n, kept, 1, 30000);
+    cr_expect(h_wait_metric_above(&s, H_GATEWAY, "kiln_gateway_submits_rechecked_total", 2, 10000),
+              "the gateway did not check all three submits");
+    cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_submits_republished_total"), 1);
+    cr_expect(h_log_contains(&s, H_GATEWAY, "submit lost by nats-server"));
+    cr_expect_eq(h_done_count(n.js, done, NULL, 0), 1, "the consumed job ran again");
     h_nats_free(&n);
     h_stop(&s);
 }

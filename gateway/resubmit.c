@@ -1,0 +1,155 @@
+/* resubmit.c - after a reconnect to NATS, makes sure the jobs the gateway
+ * answered 202 for shortly before are still known, and publishes again each
+ * one nats-server lost.
+ *
+ * nats-server 2.9.10 can lose messages it confirmed in the last moments
+ * before it is killed (seen for jobs.done in chaos runs; store/donecheck.c).
+ * For a submit that means a job its client was told is queued and that
+ * nothing will ever run or know of. So the submit connections' ack handler
+ * shows every confirmed submit to gw_resubmit_keep, which keeps a copy of
+ * its JobRequest for the gateway's last RESUBMIT_KEEP_MS of submitting
+ * (common/pubcheck.c), and after a reconnect each is checked:
+ * - KILN_JOBS still holds it at its sequence: nothing to do;
+ * - it does not: with interest retention the message goes once every
+ *   durable that wants it acked it, and the store acks only what it wrote.
+ *   So a job the store knows (jobs.status) was consumed, and one it does not
+ *   know was lost: it is published again, with its Nats-Msg-Id, to its lane;
+ * - JetStream or the store does not answer: asked again 100 ms later, for up
+ *   to 2 minutes. */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "pb.h"
+#include "pubcheck.h"
+#include "resubmit.h"
+#include "subjects.h"
+
+#define RESUBMIT_KEEP_MS 2000 /* of the gateway's latest submitting */
+#define RESUBMIT_CAP 16384    /* ~3.5 MB of JobRequests; ~0.6-1.3 s of W4 */
+#define RESUBMIT_WAIT_MS 2000 /* one store question or publish */
+
+/* kiln_pubcheck_entry.kind: the lane, by its subject */
+static const char *const resubmit_lanes[] = {KILN_SUBJ_GENERATE, KILN_SUBJ_GENERATE_HIGH,
+                                             KILN_SUBJ_GENERATE_LOW};
+#define RESUBMIT_NLANES ((int)(sizeof resubmit_lanes / sizeof resubmit_lanes[0]))
+
+struct gw_resubmit {
+    kiln_pubcheck *pc;
+    jsCtx *js;           /* set by gw_resubmit_start */
+    natsConnection *qnc;
+    kiln_metric *m_checked, *m_again;
+};
+
+void gw_resubmit_keep(gw_resubmit *rs, natsMsg *msg, uint64_t seq)
+{
+    const char *subj = natsMsg_GetSubject(msg);
+    int lane = 0;
+    while (lane < RESUBMIT_NLANES && strcmp(subj, resubmit_lanes[lane]) != 0) lane++;
+    if (lane == RESUBMIT_NLANES) return;
+    int len = natsMsg_GetDataLength(msg);
+    kiln_pubcheck_keep(rs->pc, natsMsg_GetData(msg), len > 0 ? (size_t)len : 0, lane, seq);
+}
+
+typedef enum { RESUBMIT_KNOWN, RESUBMIT_UNKNOWN, RESUBMIT_NO_ANSWER } resubmit_store_says;
+
+/* Asks the store (jobs.status) whether it knows job id. */
+static resubmit_store_says resubmit_ask_store(gw_resubmit *rs, const char *id)
+{
+    natsMsg *reply = NULL;
+    const char *err = NULL;
+    natsStatus s = natsConnection_RequestString(&reply, rs->qnc, KILN_SUBJ_STATUS, id, RESUBMIT_WAIT_MS);
+    if (s != NATS_OK) return RESUBMIT_NO_ANSWER;
+    resubmit_store_says says = RESUBMIT_KNOWN;
+    if (natsMsgHeader_Get(reply, KILN_HDR_ERROR, &err) == NATS_OK)
+        says = strcmp(err, "not_found") == 0 ? RESUBMIT_UNKNOWN : RESUBMIT_NO_ANSWER;
+    natsMsg_Destroy(reply);
+    return says;
+}
+
+static kiln_pubcheck_result resubmit_publish(gw_resubmit *rs, const kiln_pubcheck_entry *e,
+                                             const char *id)
+{
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    jsPubOptions po;
+    natsStatus s = jsPubOptions_Init(&po);
+    if (s == NATS_OK) {
+        po.MsgId = id;
+        po.MaxWait = RESUBMIT_WAIT_MS;
+        s = js_Publish(&pa, rs->js, resubmit_lanes[e->kind], e->data, (int)e->len, &po, &jerr);
+    }
+    if (s != NATS_OK) {
+        LOG_DEBUG("resubmit: publish again failed job=%s status=%s jerr=%d", id,
+                  natsStatus_GetText(s), (int)jerr);
+        return KILN_PUBCHECK_RETRY;
+    }
+    LOG_WARN("resubmit: submit lost by nats-server after it confirmed it, published again job=%s "
+             "seq=%" PRIu64 " new_seq=%" PRIu64 " duplicate=%d",
+             id, e->seq, pa->Sequence, (int)pa->Duplicate);
+    jsPubAck_Destroy(pa);
+    kiln_metric_add(rs->m_again, 1);
+    return KILN_PUBCHECK_SETTLED;
+}
+
+static kiln_pubcheck_result resubmit_check(const kiln_pubcheck_entry *e, void *arg)
+{
+    gw_resubmit *rs = arg;
+    kiln_pubcheck_look look = kiln_pubcheck_look_up(rs->js, KILN_STREAM_JOBS, e);
+    if (look == KILN_PUBCHECK_UNKNOWN) return KILN_PUBCHECK_RETRY;
+    kiln_pubcheck_result r = KILN_PUBCHECK_SETTLED;
+    if (look == KILN_PUBCHECK_LOST) {
+        Kiln__V1__JobRequest *req = kiln__v1__job_request__unpack(NULL, e->len, e->data);
+        if (req == NULL || req->id == NULL || req->id[0] == '\0') {
+            LOG_WARN("resubmit: a kept submit does not decode, dropped seq=%" PRIu64, e->seq);
+        } else {
+            resubmit_store_says says = resubmit_ask_store(rs, req->id);
+            if (says == RESUBMIT_NO_ANSWER) r = KILN_PUBCHECK_RETRY;
+            else if (says == RESUBMIT_UNKNOWN) r = resubmit_publish(rs, e, req->id);
+        }
+        kiln__v1__job_request__free_unpacked(req, NULL);
+    }
+    if (r == KILN_PUBCHECK_SETTLED) kiln_metric_add(rs->m_checked, 1);
+    return r;
+}
+
+kiln_status gw_resubmit_create(gw_resubmit **out)
+{
+    *out = NULL;
+    gw_resubmit *rs = calloc(1, sizeof *rs);
+    if (rs == NULL) return KILN_ENOMEM;
+    if (kiln_pubcheck_create("kiln-resubmit", RESUBMIT_KEEP_MS, RESUBMIT_CAP, resubmit_check, rs,
+                             &rs->pc) != KILN_OK) {
+        free(rs);
+        return KILN_ENOMEM;
+    }
+    rs->m_checked = kiln_metric_counter("kiln_gateway_submits_rechecked_total",
+                                        "accepted submits looked up after a reconnect to NATS");
+    rs->m_again = kiln_metric_counter(
+        "kiln_gateway_submits_republished_total",
+        "accepted submits published again because nats-server lost them after confirming them");
+    *out = rs;
+    return KILN_OK;
+}
+
+kiln_status gw_resubmit_start(gw_resubmit *rs, jsCtx *js, natsConnection *qnc)
+{
+    rs->js = js;
+    rs->qnc = qnc;
+    return kiln_pubcheck_start(rs->pc);
+}
+
+void gw_resubmit_stop(gw_resubmit *rs)
+{
+    if (rs != NULL) kiln_pubcheck_stop(rs->pc);
+}
+
+void gw_resubmit_destroy(gw_resubmit *rs)
+{
+    if (rs == NULL) return;
+    kiln_pubcheck_destroy(rs->pc);
+    free(rs);
+}
