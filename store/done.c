@@ -66,8 +66,17 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
     natsMsg_Destroy(msg);
 }
 
+/* Async publish options of every store publish (events.h). */
+static void done_pub_options(jsPubOptions *po)
+{
+    jsPubOptions_Init(po);
+    po->MaxWait = EVENTS_PUB_MAX_WAIT_MS;
+}
+
 size_t done_republish_refused(jsCtx *js)
 {
+    jsPubOptions po;
+    done_pub_options(&po);
     pthread_mutex_lock(&done_refused_mu);
     natsMsg **msgs = done_refused;
     size_t n = done_refused_n;
@@ -79,7 +88,7 @@ size_t done_republish_refused(jsCtx *js)
          * jobs.done keeps its Nats-Msg-Id, so KILN_DONE holds one copy. */
         if (js == NULL) {
             natsMsg_Destroy(msgs[i]);
-        } else if (js_PublishMsgAsync(js, &msgs[i], NULL) != NATS_OK) {
+        } else if (js_PublishMsgAsync(js, &msgs[i], &po) != NATS_OK) {
             /* Not handed over: a failure done_wait sees, kept for the next try. */
             atomic_fetch_add(&done_failed, 1);
             if (!done_keep_refused(msgs[i])) natsMsg_Destroy(msgs[i]);
@@ -111,11 +120,13 @@ kiln_status done_message(const apply_done *d, natsMsg **out)
 
 kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events_list *ev)
 {
+    jsPubOptions po;
+    done_pub_options(&po);
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
         kiln_status st = done_message(&l->items[i], &m);
         if (st != KILN_OK) return st;
-        natsStatus s = js_PublishMsgAsync(js, &m, NULL);
+        natsStatus s = js_PublishMsgAsync(js, &m, &po);
         natsMsg_Destroy(m); /* NULL when the library took it */
         if (s != NATS_OK) {
             LOG_WARN("jobs.done publish failed job=%s status=%s", l->items[i].id,
