@@ -639,3 +639,81 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     h_nats_free(&n);
     h_stop(&s);
 }
+
+typedef struct {
+    jsCtx *js;
+    uint64_t seq;
+} res_delivered_arg;
+
+/* h_wait_for: the store's durable has delivered stream sequence seq. */
+static int res_store_delivered(void *arg)
+{
+    const res_delivered_arg *a = arg;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, a->js, "KILN_JOBS", "kiln-store", NULL, &jerr) != NATS_OK) return 0;
+    int done = ci->Delivered.Stream >= a->seq;
+    jsConsumerInfo_Destroy(ci);
+    return done;
+}
+
+/* A store paused (here SIGSTOP; a stalled VM, a throttled container) while
+ * nats-server dies comes back with publishes whose acks will never come:
+ * the server that got them is gone. nats.c kept them pending for good, every
+ * later wait for the store's publish acks timed out, and the store applied
+ * nothing until it was restarted (chaos run 616). The test makes that state
+ * for sure: with the store frozen, a job is delivered to it; nats-server is
+ * frozen too; the store, thawed, applies the job and publishes its event,
+ * which nobody acks; nats-server is killed and started again. Every job
+ * submitted after must still end and be announced. */
+Test(resilience, a_store_whose_publish_acks_never_come_goes_on)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
+    /* The store's long poll must be open when it freezes, or the job is not
+     * delivered to it: then it is thawed, let apply that job, and the next
+     * try takes a new one. */
+    int delivered = 0;
+    res_delivered_arg d = {js, 0};
+    for (int attempt = 0; attempt < 10 && !delivered; attempt++) {
+        char id[65];
+        h_unique_id(id, "unacked");
+        Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+        req.id = id;
+        req.user_id = "alice";
+        req.prompt = "unacked heron";
+        res_freeze(&s, H_STORE);
+        cr_assert_eq(h_publish_request(js, "jobs.generate", &req, 0, &d.seq), 0);
+        delivered = h_wait_for(res_store_delivered, &d, 200, 10);
+        if (delivered) break;
+        cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+        cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000));
+    }
+    cr_assert(delivered, "no job reached the frozen store in 10 tries");
+    res_freeze(&s, H_NATS);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    /* It writes the job, then publishes the job's event: the applied
+     * sequence moves first. */
+    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000),
+              "the store did not apply the job");
+    h_nats_close(nc, js);
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats n;
+    h_nats_open(&s, &n);
+    enum { NJOBS = 5 };
+    char ids[NJOBS][65];
+    for (int i = 0; i < NJOBS; i++) {
+        h_unique_id(ids[i], "after");
+        cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", ids[i], "alice", "after heron"), 0);
+    }
+    for (int i = 0; i < NJOBS; i++)
+        cr_expect_geq(h_collect_wait(n.done, ids[i], 1, 30000), 1, "job %d after the outage was never announced", i);
+    h_nats_free(&n);
+    h_stop(&s);
+}
