@@ -1465,22 +1465,27 @@ int h_msg_header(natsMsg *m, const char *name, char *out, size_t len)
     return 1;
 }
 
-int h_done_scan(jsCtx *js, void (*fn)(natsMsg *m, void *arg), void *arg)
+int h_stream_scan(jsCtx *js, const char *stream, void (*fn)(natsMsg *m, void *arg), void *arg)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, js, "KILN_DONE", NULL, &jerr) != NATS_OK) return -1;
+    if (js_GetStreamInfo(&si, js, stream, NULL, &jerr) != NATS_OK) return -1;
     uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
     int seen = 0;
     for (uint64_t seq = first; seq >= 1 && seq <= last; seq++) {
         natsMsg *m = NULL;
-        if (js_GetMsg(&m, js, "KILN_DONE", seq, NULL, &jerr) != NATS_OK) continue;
+        if (js_GetMsg(&m, js, stream, seq, NULL, &jerr) != NATS_OK) continue;
         fn(m, arg);
         natsMsg_Destroy(m);
         seen++;
     }
     return seen;
+}
+
+int h_done_scan(jsCtx *js, void (*fn)(natsMsg *m, void *arg), void *arg)
+{
+    return h_stream_scan(js, "KILN_DONE", fn, arg);
 }
 
 typedef struct {

@@ -274,8 +274,11 @@ int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char 
 /* Number of messages in stream KILN_DONE whose Kiln-Job-Id header is id; the
  * last one's Kiln-Status is copied into last_status (may be NULL). -1 on error. */
 int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len);
-/* Calls fn on every message of stream KILN_DONE, oldest first (the message
- * is destroyed after fn returns). Returns how many there were, -1 on error. */
+/* Calls fn on every message of stream, oldest first (the message is
+ * destroyed after fn returns; natsMsg_GetSequence gives its sequence).
+ * Returns how many there were, -1 on error. */
+int h_stream_scan(jsCtx *js, const char *stream, void (*fn)(natsMsg *m, void *arg), void *arg);
+/* h_stream_scan of KILN_DONE. */
 int h_done_scan(jsCtx *js, void (*fn)(natsMsg *m, void *arg), void *arg);
 /* A header value of a message copied into out; 1 when present. */
 int h_msg_header(natsMsg *m, const char *name, char *out, size_t len);

@@ -442,31 +442,32 @@ static uint64_t res_done_seq(jsCtx *js, const char *id)
 
 enum { RES_EVENTS_MAX = 8 };
 
+typedef struct {
+    char tail[80]; /* ".<id>": the job's own event subject ends so */
+    uint64_t *seqs;
+    char (*keys)[160];
+    int n;
+} res_event_list_arg;
+
+static void res_event_list_one(natsMsg *m, void *arg)
+{
+    res_event_list_arg *a = arg;
+    const char *subj = natsMsg_GetSubject(m);
+    size_t sl = strlen(subj), tl = strlen(a->tail);
+    if (a->n == RES_EVENTS_MAX || sl <= tl || strcmp(subj + sl - tl, a->tail) != 0) return;
+    a->seqs[a->n] = natsMsg_GetSequence(m);
+    if (!h_msg_header(m, "Kiln-Event-Key", a->keys[a->n], 160)) a->keys[a->n][0] = '\0';
+    a->n++;
+}
+
 /* The messages on id's own event subject in KILN_EVENTS: their sequences
  * and Kiln-Event-Keys, oldest first; returns how many. */
 static int res_job_event_list(jsCtx *js, const char *id, uint64_t *seqs, char keys[][160])
 {
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_EVENTS", NULL, &jerr), NATS_OK, "events info: jerr %d", (int)jerr);
-    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    char tail[80];
-    snprintf(tail, sizeof tail, ".%s", id);
-    int n = 0;
-    for (uint64_t seq = first; seq >= 1 && seq <= last && n < RES_EVENTS_MAX; seq++) {
-        natsMsg *m = NULL;
-        if (js_GetMsg(&m, js, "KILN_EVENTS", seq, NULL, &jerr) != NATS_OK) continue;
-        const char *subj = natsMsg_GetSubject(m);
-        size_t sl = strlen(subj), tl = strlen(tail);
-        if (sl > tl && strcmp(subj + sl - tl, tail) == 0) {
-            seqs[n] = seq;
-            if (!h_msg_header(m, "Kiln-Event-Key", keys[n], 160)) keys[n][0] = '\0';
-            n++;
-        }
-        natsMsg_Destroy(m);
-    }
-    return n;
+    res_event_list_arg a = {.seqs = seqs, .keys = keys};
+    snprintf(a.tail, sizeof a.tail, ".%s", id);
+    cr_assert_geq(h_stream_scan(js, "KILN_EVENTS", res_event_list_one, &a), 0, "KILN_EVENTS could not be read");
+    return a.n;
 }
 
 /* nats-server 2.9.10 can lose messages it has confirmed when it is killed:
@@ -530,22 +531,20 @@ typedef struct {
     uint64_t seq;
 } res_jobs_seq_arg;
 
+static void res_jobs_seq_one(natsMsg *m, void *arg)
+{
+    res_jobs_seq_arg *a = arg;
+    char v[128];
+    if (a->seq == 0 && h_msg_header(m, "Nats-Msg-Id", v, sizeof v) && strcmp(v, a->id) == 0)
+        a->seq = natsMsg_GetSequence(m);
+}
+
 /* The KILN_JOBS sequence of the message whose Nats-Msg-Id is id; 0 when none. */
 static uint64_t res_jobs_seq(jsCtx *js, const char *id)
 {
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    cr_assert_eq(js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr), NATS_OK, "jobs info: jerr %d", (int)jerr);
-    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, found = 0;
-    jsStreamInfo_Destroy(si);
-    for (uint64_t seq = first; seq >= 1 && seq <= last && found == 0; seq++) {
-        natsMsg *m = NULL;
-        char v[128];
-        if (js_GetMsg(&m, js, "KILN_JOBS", seq, NULL, &jerr) != NATS_OK) continue;
-        if (h_msg_header(m, "Nats-Msg-Id", v, sizeof v) && strcmp(v, id) == 0) found = seq;
-        natsMsg_Destroy(m);
-    }
-    return found;
+    res_jobs_seq_arg a = {id, 0};
+    cr_assert_geq(h_stream_scan(js, "KILN_JOBS", res_jobs_seq_one, &a), 0, "KILN_JOBS could not be read");
+    return a.seq;
 }
 
 typedef struct {
