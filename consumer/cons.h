@@ -192,6 +192,15 @@ kiln_status cons_store_ask(const char *subject, const void *body, size_t len, in
  * holds. Returns KILN_OK when the store answered; info[i].answered says so per id. */
 kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_t timeout_ms,
                              cons_store_info *info);
+/* txcheck.c: confirmed kiln.tx publishes kept and, after a reconnect to
+ * NATS, published again when nats-server lost them. init before the main
+ * connection (its ack handler calls keep), start once it is up, stop before
+ * it closes, free after. */
+kiln_status cons_txcheck_init(void);
+void cons_txcheck_keep(natsMsg *msg, uint64_t seq); /* ack handler; msg stays the caller's */
+kiln_status cons_txcheck_start(void);
+void cons_txcheck_stop(void);
+void cons_txcheck_free(void);
 /* Fills info[i] (zeroed by the caller) from rep, the store's check reply for ids. */
 void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreReply *rep,
                       cons_store_info *info);

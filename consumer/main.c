@@ -173,6 +173,7 @@ int main(int argc, char **argv)
         metrics_up = true;
     }
 
+    if (cons_txcheck_init() != KILN_OK) goto out;
     st = kiln_nats_connect_async(main_set.nats_url, "kiln-consumer", MAIN_CONNECT_TIMEOUT_MS,
                                  4 * main_set.concurrency + 256, cons_publish_ack_handler, NULL,
                                  &cons_g.nc, &cons_g.js);
@@ -201,6 +202,7 @@ int main(int argc, char **argv)
     if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
+    if (cons_txcheck_start() != KILN_OK) goto out;
     LOG_INFO("consumer ready concurrency=%lld transfer_threads=%lld provider=%s data_dir=%s "
              "ack_wait_ms=%lld provider_rate_per_s=%g provider_trip_after=%lld",
              (long long)main_set.concurrency, (long long)main_set.transfer_threads,
@@ -241,6 +243,7 @@ out:
                  (long long)cons_slots_used());
     cons_stall_stop();
     cons_retention_stop();
+    cons_txcheck_stop();
     cons_pause_stop();
     cons_peers_stop();
     cons_status_stop();
@@ -254,6 +257,7 @@ out:
      * flushes those acks out. */
     kiln_nats_close(cons_g.ack_nc, NULL);
     cons_g.ack_nc = NULL;
+    cons_txcheck_free(); /* no publish acks come any more */
     if (metrics_up) kiln_metrics_http_stop();
     cons_gate_teardown();
     if (reg_up) cons_registry_destroy();

@@ -302,6 +302,7 @@ void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
      * (a batch's jobs all wait on the one message). */
     cons_job *jobs[PUB_BATCH_MAX];
     size_t n = cons_registry_take_pub(msg, jobs, PUB_BATCH_MAX);
+    if (ok) cons_txcheck_keep(msg, pa->Sequence); /* checked after a reconnect */
     if (!ok) {
         snprintf(err, sizeof err, "%s",
                  pae != NULL && pae->ErrText != NULL ? pae->ErrText : "publish failed");

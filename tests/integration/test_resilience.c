@@ -716,3 +716,55 @@ Test(resilience, a_store_whose_publish_acks_never_come_goes_on)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+typedef struct {
+    jsCtx *js;
+    int deleted;
+} res_tx_delete_arg;
+
+static void res_tx_delete_one(natsMsg *m, void *arg)
+{
+    res_tx_delete_arg *a = arg;
+    jsErrCode jerr = 0;
+    if (strcmp(natsMsg_GetSubject(m), "kiln.tx") == 0 &&
+        js_DeleteMsg(a->js, "KILN_JOBS", natsMsg_GetSequence(m), NULL, &jerr) == NATS_OK)
+        a->deleted++;
+}
+
+/* The same loss for a consumer's transitions: it completed a job, its
+ * `processing` and `completed` transitions were confirmed and it acked the
+ * job, and the restarted nats-server has neither transition. The store
+ * never saw them (frozen here), so before, the job stayed `pending` until
+ * the sweep re-drove it: a second provider call. The test makes that state
+ * by deleting the transitions and restarting nats-server; the consumer must
+ * publish them again, and the job must complete with its one call. */
+Test(resilience, a_transition_nats_server_lost_after_confirming_it_is_published_again)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    res_freeze(&s, H_STORE);
+    double calls0 = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    cr_assert_geq(calls0, 0, "no kiln_devprovider_generations_ok_total");
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost transition heron", id), 202);
+    cr_assert(h_wait_worker_idle(n.js, "kiln-worker-normal", 20000), "the consumer did not finish the job");
+    res_tx_delete_arg del = {n.js, 0};
+    cr_assert_geq(h_stream_scan(n.js, "KILN_JOBS", res_tx_delete_one, &del), 0);
+    cr_assert_geq(del.deleted, 1, "no transition of the job in KILN_JOBS");
+    h_nats_free(&n);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats_open(&s, &n);
+    res_expect_completed_once(&s, &n, id, 1, 20000);
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls0 + 1,
+                 "the job was called again");
+    cr_expect_geq(h_metric(&s, H_CONSUMER, "kiln_consumer_transitions_republished_total"), 1);
+    cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"));
+    h_nats_free(&n);
+    h_stop(&s);
+}
