@@ -66,17 +66,8 @@ void done_on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, vo
     natsMsg_Destroy(msg);
 }
 
-/* Async publish options of every store publish (events.h). */
-static void done_pub_options(jsPubOptions *po)
-{
-    jsPubOptions_Init(po);
-    po->MaxWait = EVENTS_PUB_MAX_WAIT_MS;
-}
-
 size_t done_republish_refused(jsCtx *js)
 {
-    jsPubOptions po;
-    done_pub_options(&po);
     pthread_mutex_lock(&done_refused_mu);
     natsMsg **msgs = done_refused;
     size_t n = done_refused_n;
@@ -88,7 +79,7 @@ size_t done_republish_refused(jsCtx *js)
          * jobs.done keeps its Nats-Msg-Id, so KILN_DONE holds one copy. */
         if (js == NULL) {
             natsMsg_Destroy(msgs[i]);
-        } else if (js_PublishMsgAsync(js, &msgs[i], &po) != NATS_OK) {
+        } else if (js_PublishMsgAsync(js, &msgs[i], NULL) != NATS_OK) {
             /* Not handed over: a failure done_wait sees, kept for the next try. */
             atomic_fetch_add(&done_failed, 1);
             if (!done_keep_refused(msgs[i])) natsMsg_Destroy(msgs[i]);
@@ -120,13 +111,11 @@ kiln_status done_message(const apply_done *d, natsMsg **out)
 
 kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events_list *ev)
 {
-    jsPubOptions po;
-    done_pub_options(&po);
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
         kiln_status st = done_message(&l->items[i], &m);
         if (st != KILN_OK) return st;
-        natsStatus s = js_PublishMsgAsync(js, &m, &po);
+        natsStatus s = js_PublishMsgAsync(js, &m, NULL);
         natsMsg_Destroy(m); /* NULL when the library took it */
         if (s != NATS_OK) {
             LOG_WARN("jobs.done publish failed job=%s status=%s", l->items[i].id,
@@ -135,6 +124,32 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
         }
     }
     return events_publish_async(js, ev);
+}
+
+/* Takes every publish still waiting for its ack back from nats.c and keeps
+ * it as refused (done_republish_refused publishes it again). An ack that
+ * never comes (nats-server killed after reading the publish, or the store
+ * paused across a restart) would otherwise stay pending for good, and every
+ * later done_wait would time out: the apply loop would apply nothing until
+ * the store restarted (chaos run 616). nats.c drops an ack that comes after
+ * this; the publish then goes twice (jobs.done: one copy kept by its
+ * Nats-Msg-Id). Per-publish timeouts (jsPubOptions.MaxWait) would do the
+ * same, but nats.c 3.4.1 then queues a timer message per publish. */
+static void done_take_unacked(jsCtx *js)
+{
+    natsMsgList pending = {0};
+    if (js_PublishAsyncGetPendingList(&pending, js) != NATS_OK) return;
+    size_t kept = 0;
+    for (int i = 0; i < pending.Count; i++) {
+        atomic_fetch_add(&done_failed, 1);
+        if (done_keep_refused(pending.Msgs[i])) {
+            pending.Msgs[i] = NULL; /* owned by the refused list now */
+            kept++;
+        }
+    }
+    LOG_WARN("jobs.done/events without an ack taken back to publish again msgs=%d kept=%zu",
+             pending.Count, kept);
+    natsMsgList_Destroy(&pending);
 }
 
 kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const atomic_bool *stop)
@@ -159,6 +174,7 @@ kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const ato
     }
     if (s != NATS_OK) {
         LOG_WARN("jobs.done/event acks incomplete status=%s", natsStatus_GetText(s));
+        done_take_unacked(js);
         return kiln_nats_status(s);
     }
     if (done_failures() != failed0) return KILN_ENATS;

@@ -352,13 +352,10 @@ static kiln_status events_build(jsCtx *js, const events_list *l, events_outs *o)
 kiln_status events_publish_async(jsCtx *js, const events_list *l)
 {
     events_outs o;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = EVENTS_PUB_MAX_WAIT_MS;
     kiln_status st = events_build(js, l, &o);
     if (st != KILN_OK) return st;
     for (size_t i = 0; i < o.n; i++) {
-        natsStatus s = js_PublishMsgAsync(js, &o.items[i].msg, &po);
+        natsStatus s = js_PublishMsgAsync(js, &o.items[i].msg, NULL);
         if (s != NATS_OK) {
             LOG_WARN("event publish failed job=%s status=%s", o.items[i].first->id,
                      natsStatus_GetText(s));

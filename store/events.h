@@ -47,14 +47,6 @@
 #define EVENTS_SUBJECT_MAX \
     (sizeof KILN_SUBJ_EVENTS_PREFIX + 2 * KILN_USER_MAX_LEN + 1 + KILN_ID_MAX_LEN + 1)
 #define EVENTS_BATCH_BYTES (512 * 1024) /* an EventBatch stays well under max_payload */
-/* How long an async publish of the store (an event, a jobs.done) waits for
- * its ack before nats.c reports it failed. Without it, a publish whose ack
- * never comes (nats-server gone after reading it, or the store paused
- * across a restart) stays pending for good, and every later wait for the
- * store's publishes times out: the apply loop stalls until the store
- * restarts. Below the apply loop's 10 s wait, so a timed-out one is
- * published again within the same batch. */
-#define EVENTS_PUB_MAX_WAIT_MS 5000
 #define EVENTS_KEY_MAX (KILN_ID_MAX_LEN + 48)
 
 /* Writes "kiln.events.<hex(user)>.<id>" into buf (id: a job id, or the
