@@ -31,9 +31,9 @@
  * batches of 1024 and rarely up to 3 batches' worth, see ingest.c). */
 #define STORE_APPLY_MAX_PENDING 16384
 /* Confirmed jobs.done and events kept to check after a reconnect
- * (donecheck.c): those of the last 2 s of publishing, at most 16384
- * (~1 s at W2's rate, a jobs.done and an event per job). */
-#define STORE_DONECHECK_KEEP_MS 2000
+ * (donecheck.c): those of the last 0.5 s of publishing (the losses seen
+ * were of the last ~40 ms), at most 16384 (~2-3 MB at W2's rate). */
+#define STORE_DONECHECK_KEEP_MS 500
 #define STORE_DONECHECK_CAP 16384
 
 typedef struct {
