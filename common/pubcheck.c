@@ -21,7 +21,7 @@
 #include "pubcheck.h"
 
 #define PUBCHECK_TICK_MS 100     /* how soon a reconnect is checked */
-#define PUBCHECK_GET_WAIT_MS 2000 /* one message look-up */
+#define PUBCHECK_GET_WAIT_MS 2000 /* one message look-up or publish */
 /* How long a check keeps asking while nothing answers (a server still
  * recovering its streams) before it gives up on what is left. */
 #define PUBCHECK_GIVEUP_MS 120000
@@ -220,4 +220,27 @@ kiln_pubcheck_look kiln_pubcheck_look_up(jsCtx *js, const char *stream, const ki
     }
     if (jerr == JSNoMessageFoundErr || (s == NATS_NOT_FOUND && jerr == 0)) return KILN_PUBCHECK_LOST;
     return KILN_PUBCHECK_UNKNOWN;
+}
+
+kiln_status kiln_pubcheck_publish(jsCtx *js, natsMsg *m, const char *msg_id, const char *what,
+                                  uint64_t *new_seq, bool *duplicate)
+{
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    jsPubOptions po;
+    natsStatus s = jsPubOptions_Init(&po);
+    if (s == NATS_OK) {
+        po.MsgId = msg_id;
+        po.MaxWait = PUBCHECK_GET_WAIT_MS;
+        s = js_PublishMsg(&pa, js, m, &po, &jerr);
+    }
+    if (s != NATS_OK) {
+        LOG_DEBUG("pubcheck: publish again failed what=%s status=%s jerr=%d", what,
+                  natsStatus_GetText(s), (int)jerr);
+        return kiln_nats_status(s);
+    }
+    if (new_seq != NULL) *new_seq = pa->Sequence;
+    if (duplicate != NULL) *duplicate = pa->Duplicate;
+    jsPubAck_Destroy(pa);
+    return KILN_OK;
 }

@@ -12,6 +12,7 @@
 #define KILN_PUBCHECK_H
 
 #include <nats/nats.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,5 +56,13 @@ typedef enum { KILN_PUBCHECK_THERE, KILN_PUBCHECK_LOST, KILN_PUBCHECK_UNKNOWN } 
  * new messages); UNKNOWN when JetStream did not answer. For a stream whose
  * messages nothing consumes away (limits retention), LOST means lost. */
 kiln_pubcheck_look kiln_pubcheck_look_up(jsCtx *js, const char *stream, const kiln_pubcheck_entry *e);
+
+/* Publishes m again, synchronously (waiting a few seconds at most), with
+ * Nats-Msg-Id msg_id (NULL: none, or the one m carries). On KILN_OK
+ * *new_seq and *duplicate (either may be NULL) say where the stream put it
+ * and whether it already held that id; on failure why is logged at debug,
+ * naming `what`. m stays the caller's. */
+kiln_status kiln_pubcheck_publish(jsCtx *js, natsMsg *m, const char *msg_id, const char *what,
+                                  uint64_t *new_seq, bool *duplicate);
 
 #endif

@@ -31,6 +31,7 @@
 #include "cons.h"
 #include "log.h"
 #include "metrics.h"
+#include "natsconn.h"
 #include "pb.h"
 #include "pubcheck.h"
 #include "subjects.h"
@@ -40,7 +41,7 @@
  * 32 MiB goal; half a second takes about a quarter of that. */
 #define TXCHECK_KEEP_MS 500
 #define TXCHECK_CAP 8192       /* a round's batch or one transition each */
-#define TXCHECK_WAIT_MS 2000   /* one store question or publish */
+#define TXCHECK_WAIT_MS 2000   /* one store question */
 
 enum { TXCHECK_SINGLE = 0, TXCHECK_BATCH = 1 }; /* kiln_pubcheck_entry.kind */
 
@@ -104,28 +105,17 @@ static bool txcheck_publish(const Kiln__V1__JobTransition *t)
     if (kiln_pb_pack(&t->base, &buf, &len) != KILN_OK) return false;
     snprintf(msg_id, sizeof msg_id, "%s.%u.%s", t->request->id, t->attempt, kiln_state_name(t->state));
     natsMsg *m = NULL;
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    jsPubOptions po;
-    natsStatus s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, t->request->id);
-    if (s == NATS_OK) s = jsPubOptions_Init(&po);
-    if (s == NATS_OK) {
-        po.MsgId = msg_id;
-        po.MaxWait = TXCHECK_WAIT_MS;
-        s = js_PublishMsg(&pa, cons_g.js, m, &po, &jerr);
-    }
+    uint64_t new_seq = 0;
+    bool dup = false;
+    kiln_status ks = kiln_nats_status(natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len));
+    if (ks == KILN_OK) ks = kiln_nats_status(natsMsgHeader_Set(m, KILN_HDR_JOB_ID, t->request->id));
+    if (ks == KILN_OK) ks = kiln_pubcheck_publish(cons_g.js, m, msg_id, msg_id, &new_seq, &dup);
     natsMsg_Destroy(m);
     free(buf);
-    if (s != NATS_OK) {
-        LOG_DEBUG("txcheck: publish again failed job=%s status=%s jerr=%d", t->request->id,
-                  natsStatus_GetText(s), (int)jerr);
-        return false;
-    }
+    if (ks != KILN_OK) return false;
     LOG_WARN("txcheck: transition lost by nats-server after it confirmed it, published again "
              "job=%s attempt=%u state=%s new_seq=%" PRIu64 " duplicate=%d",
-             t->request->id, t->attempt, kiln_state_name(t->state), pa->Sequence, (int)pa->Duplicate);
-    jsPubAck_Destroy(pa);
+             t->request->id, t->attempt, kiln_state_name(t->state), new_seq, (int)dup);
     kiln_metric_add(txcheck_m_again, 1);
     return true;
 }

@@ -23,6 +23,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "natsconn.h"
 #include "pb.h"
 #include "pubcheck.h"
 #include "resubmit.h"
@@ -32,7 +33,7 @@
  * ~40 ms; half a second of W4 is ~1.3 MB of JobRequests. */
 #define RESUBMIT_KEEP_MS 500
 #define RESUBMIT_CAP 16384
-#define RESUBMIT_WAIT_MS 2000 /* one store question or publish */
+#define RESUBMIT_WAIT_MS 2000 /* one store question */
 
 /* kiln_pubcheck_entry.kind: the lane, by its subject */
 static const char *const resubmit_lanes[] = {KILN_SUBJ_GENERATE, KILN_SUBJ_GENERATE_HIGH,
@@ -75,24 +76,17 @@ static resubmit_store_says resubmit_ask_store(gw_resubmit *rs, const char *id)
 static kiln_pubcheck_result resubmit_publish(gw_resubmit *rs, const kiln_pubcheck_entry *e,
                                              const char *id)
 {
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    jsPubOptions po;
-    natsStatus s = jsPubOptions_Init(&po);
-    if (s == NATS_OK) {
-        po.MsgId = id;
-        po.MaxWait = RESUBMIT_WAIT_MS;
-        s = js_Publish(&pa, rs->js, resubmit_lanes[e->kind], e->data, (int)e->len, &po, &jerr);
-    }
-    if (s != NATS_OK) {
-        LOG_DEBUG("resubmit: publish again failed job=%s status=%s jerr=%d", id,
-                  natsStatus_GetText(s), (int)jerr);
-        return KILN_PUBCHECK_RETRY;
-    }
+    natsMsg *m = NULL;
+    uint64_t new_seq = 0;
+    bool dup = false;
+    kiln_status ks = kiln_nats_status(
+        natsMsg_Create(&m, resubmit_lanes[e->kind], NULL, (const char *)e->data, (int)e->len));
+    if (ks == KILN_OK) ks = kiln_pubcheck_publish(rs->js, m, id, id, &new_seq, &dup);
+    natsMsg_Destroy(m);
+    if (ks != KILN_OK) return KILN_PUBCHECK_RETRY;
     LOG_WARN("resubmit: submit lost by nats-server after it confirmed it, published again job=%s "
              "seq=%" PRIu64 " new_seq=%" PRIu64 " duplicate=%d",
-             id, e->seq, pa->Sequence, (int)pa->Duplicate);
-    jsPubAck_Destroy(pa);
+             id, e->seq, new_seq, (int)dup);
     kiln_metric_add(rs->m_again, 1);
     return KILN_PUBCHECK_SETTLED;
 }

@@ -43,8 +43,6 @@
 #include "pubcheck.h"
 #include "subjects.h"
 
-#define DONECHECK_PUBLISH_WAIT_MS 2000
-
 typedef enum {
     DONECHECK_DONE,   /* jobs.done: a JobStatus */
     DONECHECK_EVENT,  /* a state change on kiln.events.<user>.<id>: a JobRecord */
@@ -99,25 +97,15 @@ static kiln_pubcheck_result donecheck_done_again(donecheck *dc, const kiln_pubch
     kiln__v1__job_status__free_unpacked(st, NULL);
 
     natsMsg *m = NULL;
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    jsPubOptions po;
-    natsStatus s = jsPubOptions_Init(&po);
-    if (s == NATS_OK && done_message(&d, &m) != KILN_OK) s = NATS_ERR;
-    if (s == NATS_OK) {
-        po.MaxWait = DONECHECK_PUBLISH_WAIT_MS;
-        s = js_PublishMsg(&pa, dc->js, m, &po, &jerr);
-    }
+    uint64_t new_seq = 0;
+    bool dup = false;
+    kiln_status ks = done_message(&d, &m);
+    if (ks == KILN_OK) ks = kiln_pubcheck_publish(dc->js, m, NULL, d.id, &new_seq, &dup);
     natsMsg_Destroy(m);
-    if (s != NATS_OK) {
-        LOG_DEBUG("donecheck: publish again failed job=%s status=%s jerr=%d", d.id,
-                  natsStatus_GetText(s), (int)jerr);
-        return KILN_PUBCHECK_RETRY;
-    }
+    if (ks != KILN_OK) return KILN_PUBCHECK_RETRY;
     LOG_WARN("donecheck: jobs.done lost by nats-server after it confirmed it, published again "
              "job=%s seq=%" PRIu64 " new_seq=%" PRIu64 " duplicate=%d",
-             d.id, e->seq, pa->Sequence, (int)pa->Duplicate);
-    jsPubAck_Destroy(pa);
+             d.id, e->seq, new_seq, (int)dup);
     kiln_metric_add(dc->m_done_again, 1);
     return KILN_PUBCHECK_SETTLED;
 }
