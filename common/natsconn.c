@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "ackgate.h"
 #include "clock.h"
 #include "log.h"
 #include "natsconn.h"
@@ -18,6 +19,7 @@
 #define NATSCONN_URLS_MAX 4096
 #define NATSCONN_RETRY_MS 250
 #define NATSCONN_RECONNECT_BUF (8 * 1024 * 1024) /* publishes buffered while reconnecting */
+#define NATSCONN_SUB_END_WAIT_MS 5000 /* for a message handler's last call to return */
 
 /* Whether [start, end) is [user[:password]@]host[:port] with a port of
  * 1-65535 when given (host: a name, an IPv4 address or [IPv6]). */
@@ -299,6 +301,7 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
     natsOptions *opts = NULL;
     natsConnection *conn = NULL;
     jsCtx *ctx = NULL;
+    kiln_ackgate *gate = NULL;
     char *copy = NULL;
     const char *servers[NATSCONN_MAX_SERVERS];
     int nservers = 0;
@@ -374,9 +377,14 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
         if (s == NATS_OK) {
             if (o->max_pending > 0) jo.PublishAsync.MaxPending = o->max_pending;
             if (o->js_wait_ms > 0) jo.Wait = o->js_wait_ms;
-            jo.PublishAsync.AckHandler = o->ack_handler;
-            jo.PublishAsync.AckHandlerClosure = o->ack_closure;
-            s = natsConnection_JetStream(&ctx, conn, &jo);
+            if (o->ack_handler != NULL) {
+                /* Its calls must end by kiln_nats_close (ackgate.c). */
+                gate = kiln_ackgate_open(o->ack_handler, o->ack_closure);
+                if (gate == NULL) s = NATS_NO_MEMORY;
+                jo.PublishAsync.AckHandler = kiln_ackgate_on_ack;
+                jo.PublishAsync.AckHandlerClosure = gate;
+            }
+            if (s == NATS_OK) s = natsConnection_JetStream(&ctx, conn, &jo);
         }
         if (s != NATS_OK) {
             LOG_ERROR("nats jetstream context status=%s", natsStatus_GetText(s));
@@ -393,6 +401,7 @@ kiln_status kiln_nats_connect_opts(const char *urls, const kiln_nats_opts *o, na
     *nc = conn;
     conn = NULL;
     if (js != NULL) {
+        if (gate != NULL) kiln_ackgate_bind(gate, ctx);
         *js = ctx;
         ctx = NULL;
     }
@@ -417,18 +426,61 @@ kiln_status kiln_nats_connect(const char *urls, const char *name, int64_t initia
 void kiln_nats_close(natsConnection *nc, jsCtx *js)
 {
     jsCtx_Destroy(js);
-    if (nc == NULL) return;
-    /* Push out what is still buffered (SendAsap makes this usually nothing). */
-    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
-        (void)natsConnection_FlushTimeout(nc, 1000);
-    natsConnection_Close(nc);
-    natsConnection_Destroy(nc);
+    if (nc != NULL) {
+        /* Push out what is still buffered (SendAsap makes this usually nothing). */
+        if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
+            (void)natsConnection_FlushTimeout(nc, 1000);
+        natsConnection_Close(nc);
+        natsConnection_Destroy(nc);
+    }
+    kiln_ackgate_close(js); /* no ack handler call runs after this */
+}
+
+/* The end of an async subscription's handler calls, told by libnats' on-
+ * complete callback. Shared by kiln_nats_unsubscribe and the callback: the
+ * last of the two frees it, so a wait given up on leaves nothing dangling. */
+typedef struct {
+    atomic_int refs;
+    atomic_bool done;
+} natsconn_sub_end;
+
+static void natsconn_sub_end_release(natsconn_sub_end *e)
+{
+    if (atomic_fetch_sub(&e->refs, 1) == 1) free(e);
+}
+
+static void natsconn_on_sub_complete(void *closure)
+{
+    natsconn_sub_end *e = closure;
+    atomic_store(&e->done, true);
+    natsconn_sub_end_release(e);
 }
 
 void kiln_nats_unsubscribe(natsSubscription **sub)
 {
     if (sub == NULL || *sub == NULL) return;
+    /* A handler call may still be running, or about to start, on another
+     * thread after Unsubscribe returns, and callers free what it uses next.
+     * libnats says when the last one returned (async subscriptions only:
+     * for a sync one, or one already closed, this fails and nothing runs). */
+    natsconn_sub_end *e = calloc(1, sizeof *e);
+    if (e != NULL) {
+        atomic_init(&e->refs, 2);
+        atomic_init(&e->done, false);
+        if (natsSubscription_SetOnCompleteCB(*sub, natsconn_on_sub_complete, e) != NATS_OK) {
+            free(e);
+            e = NULL;
+        }
+    }
     natsSubscription_Unsubscribe(*sub);
     natsSubscription_Destroy(*sub);
     *sub = NULL;
+    if (e == NULL) return;
+    int64_t until = kiln_mono_ms() + NATSCONN_SUB_END_WAIT_MS;
+    const struct timespec tick = {0, 1000000};
+    while (!atomic_load(&e->done) && kiln_mono_ms() < until) nanosleep(&tick, NULL);
+    if (!atomic_load(&e->done))
+        LOG_WARN("nats unsubscribe: a message handler still runs after %d ms",
+                 NATSCONN_SUB_END_WAIT_MS);
+    natsconn_sub_end_release(e);
 }

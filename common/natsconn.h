@@ -64,9 +64,14 @@ bool kiln_nats_transient(kiln_status st);
  * SIGTERM/SIGINT ends the wait: true then (the signal is taken). */
 bool kiln_nats_wait_or_stop(int64_t ms);
 
-/* Destroys js then drains/closes and destroys nc. Accepts NULLs. */
+/* Destroys js then drains/closes and destroys nc. Accepts NULLs. When it
+ * returns, js's publish-ack handler runs no more (common/ackgate.c): what it
+ * uses may be freed. */
 void kiln_nats_close(natsConnection *nc, jsCtx *js);
-/* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
+/* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. For an
+ * async subscription it returns once its message handler runs no more (up
+ * to 5 s): what the handler uses may be freed. Never call it from that
+ * handler. */
 void kiln_nats_unsubscribe(natsSubscription **sub);
 
 /* Maps a natsStatus to a kiln_status (NATS_TIMEOUT -> KILN_ETIMEOUT,

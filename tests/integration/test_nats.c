@@ -1,14 +1,17 @@
 /* test_nats.c - the NATS contract (CONTRACT §4) for services that skip the
  * gateway: raw JobRequests on the three lanes, invalid input to jobs.dead,
- * the C client library. */
+ * the C client library, and the connection module every binary uses. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <criterion/criterion.h>
 
 #include "../harness.h"
 #include "kiln_client.h"
+#include "natsconn.h"
 #include "pb.h"
 
 TestSuite(nats, .fini = h_fini, .timeout = 120);
@@ -379,5 +382,124 @@ Test(nats, client_library_submit_wait_get)
     cr_expect_eq(gst, 200, "client-submitted job not visible to alice over HTTP");
     cr_expect_str_eq(h_jstr(j, "status"), "completed");
     json_decref(j);
+    h_stop(&s);
+}
+
+/* libnats calls a publish-ack handler on a thread nothing joins: a call
+ * could still be running after kiln_nats_close returned, and the daemons
+ * free what their handlers use right after it (a store's sanitizer report
+ * on SIGTERM in CI). Each call of this handler takes 300 ms; closing while
+ * the first one runs must wait for it, and run no other. Static: a handler
+ * running late must not find a test's stack gone. */
+static atomic_int slow_ack_entered, slow_ack_left;
+
+static void slow_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+{
+    (void)js, (void)pa, (void)pae, (void)arg;
+    atomic_fetch_add(&slow_ack_entered, 1);
+    const struct timespec pause = {0, 300 * 1000000L};
+    nanosleep(&pause, NULL);
+    atomic_fetch_add(&slow_ack_left, 1);
+    natsMsg_Destroy(msg);
+}
+
+static int slow_ack_running(void *arg)
+{
+    (void)arg;
+    return atomic_load(&slow_ack_entered) > 0;
+}
+
+static int slow_ack_called_again(void *arg)
+{
+    return atomic_load(&slow_ack_entered) > *(int *)arg;
+}
+
+Test(nats, no_ack_handler_call_runs_after_kiln_nats_close)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    natsConnection *tnc = NULL;
+    jsCtx *tjs = NULL;
+    cr_assert_eq(h_nats_connect(&s, &tnc, &tjs), 0);
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    const char *subjects[] = {"test.acks"};
+    sc.Name = "TEST_ACKS";
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_MemoryStorage;
+    cr_assert_eq(js_AddStream(NULL, tjs, &sc, NULL, NULL), NATS_OK);
+
+    kiln_nats_opts no;
+    kiln_nats_opts_init(&no);
+    no.name = "ackgate-test";
+    no.ack_handler = slow_ack_handler;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(kiln_nats_connect_opts(s.nats_url, &no, &nc, &js), KILN_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(js_PublishAsync(js, "test.acks", "x", 1, NULL), NATS_OK);
+    cr_assert(h_wait_for(slow_ack_running, NULL, 5000, 5), "no ack came");
+
+    kiln_nats_close(nc, js);
+    int entered = atomic_load(&slow_ack_entered);
+    cr_assert_eq(atomic_load(&slow_ack_left), entered,
+                 "%d ack handler call(s) still running after kiln_nats_close",
+                 entered - atomic_load(&slow_ack_left));
+    cr_expect(!h_wait_for(slow_ack_called_again, &entered, 1000, 10),
+              "the ack handler was called after kiln_nats_close");
+
+    h_nats_close(tnc, tjs);
+    h_stop(&s);
+}
+
+/* The same for a subscription's message handler and kiln_nats_unsubscribe
+ * (the consumer's cancel and status subscriptions, the gateway's rpc). */
+static atomic_int slow_msg_entered, slow_msg_left;
+
+static void slow_msg_handler(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
+{
+    (void)nc, (void)sub, (void)arg;
+    atomic_fetch_add(&slow_msg_entered, 1);
+    const struct timespec pause = {0, 300 * 1000000L};
+    nanosleep(&pause, NULL);
+    atomic_fetch_add(&slow_msg_left, 1);
+    natsMsg_Destroy(msg);
+}
+
+static int slow_msg_running(void *arg)
+{
+    (void)arg;
+    return atomic_load(&slow_msg_entered) > 0;
+}
+
+static int slow_msg_called_again(void *arg)
+{
+    return atomic_load(&slow_msg_entered) > *(int *)arg;
+}
+
+Test(nats, no_message_handler_call_runs_after_kiln_nats_unsubscribe)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    natsConnection *nc = NULL;
+    cr_assert_eq(kiln_nats_connect(s.nats_url, "unsub-test", 5000, &nc, NULL), KILN_OK);
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsConnection_Subscribe(&sub, nc, "test.unsub", slow_msg_handler, NULL), NATS_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(natsConnection_PublishString(nc, "test.unsub", "x"), NATS_OK);
+    cr_assert(h_wait_for(slow_msg_running, NULL, 5000, 5), "no message came");
+
+    kiln_nats_unsubscribe(&sub);
+    int entered = atomic_load(&slow_msg_entered);
+    cr_assert_eq(atomic_load(&slow_msg_left), entered,
+                 "%d message handler call(s) still running after kiln_nats_unsubscribe",
+                 entered - atomic_load(&slow_msg_left));
+    cr_expect(!h_wait_for(slow_msg_called_again, &entered, 1000, 10),
+              "the message handler was called after kiln_nats_unsubscribe");
+
+    kiln_nats_close(nc, NULL);
     h_stop(&s);
 }
