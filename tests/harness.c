@@ -133,11 +133,13 @@ static int h_ephemeral_low(void)
     return lo;
 }
 
-/* Binds a loopback TCP socket to port (0: any); returns the fd or -1, and
- * the bound port in *bound. */
-static int h_bind_port(int port, int *bound)
+/* Binds a loopback TCP socket to port (0: any), with SO_REUSEADDR when
+ * reuse is set; returns the fd or -1, and the bound port in *bound. */
+static int h_bind_port(int port, int reuse, int *bound)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    if (fd >= 0 && reuse) (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
@@ -167,8 +169,8 @@ static int h_free_ports(int *ports, int n)
     for (int i = 0; ok && i < n; i++) {
         /* Random tries in [base, low); bind(0) if that range is too small. */
         for (int t = 0; t < 200 && fds[i] < 0 && low - base > 1000; t++)
-            fds[i] = h_bind_port(base + (int)(rand_r(&seed) % (unsigned)(low - base)), &ports[i]);
-        if (fds[i] < 0) fds[i] = h_bind_port(0, &ports[i]);
+            fds[i] = h_bind_port(base + (int)(rand_r(&seed) % (unsigned)(low - base)), 0, &ports[i]);
+        if (fds[i] < 0) fds[i] = h_bind_port(0, 0, &ports[i]);
         ok = fds[i] >= 0;
     }
     for (int i = 0; i < n; i++)
@@ -441,10 +443,44 @@ int h_proc_alive(h_stack *s, h_comp c)
     return 1;
 }
 
+/* The port component c listens on (a daemon's metrics for store and consumer). */
+static int h_comp_port(const h_stack *s, h_comp c)
+{
+    switch (c) {
+    case H_NATS: return s->nats_port;
+    case H_DEVPROVIDER: return s->dev_port;
+    case H_STORE: return s->store_metrics_port;
+    case H_CONSUMER: return s->cons_metrics_port;
+    case H_GATEWAY: return s->gw_port;
+    default: return 0;
+    }
+}
+
+/* Binds c's port while a test keeps c stopped (harness.h). SO_REUSEADDR
+ * lets the bind pass the stopped process's connections in TIME_WAIT;
+ * another stack's h_free_ports binds without it, and so passes over the
+ * port. A failed hold only leaves the port unguarded, as before. */
+static void h_port_hold(h_stack *s, h_comp c)
+{
+    h_proc *p = &s->procs[c];
+    int port = h_comp_port(s, c), bound = 0;
+    if (p->port_hold != 0 || port <= 0) return;
+    int fd = h_bind_port(port, 1, &bound);
+    if (fd >= 0) p->port_hold = fd + 1;
+}
+
+static void h_port_release(h_proc *p)
+{
+    if (p->port_hold == 0) return;
+    close(p->port_hold - 1);
+    p->port_hold = 0;
+}
+
 int h_proc_start(h_stack *s, h_comp c)
 {
     h_proc *p = &s->procs[c];
     if (p->pid > 0) return 0;
+    h_port_release(p);
     char port[16];
     char *argv[12];
     int a = 0;
@@ -488,6 +524,7 @@ int h_proc_kill9(h_stack *s, h_comp c)
     if (!h_reap(p->pid, H_STOP_DEADLINE_MS, &st)) return -1;
     p->pid = 0;
     p->last_status = st;
+    h_port_hold(s, c);
     return 0;
 }
 
@@ -537,10 +574,12 @@ int h_proc_term(h_stack *s, h_comp c)
         if (c != H_NATS) p->unclean++;
         p->pid = 0;
         p->last_status = st;
+        h_port_hold(s, c);
         return 128 + SIGKILL;
     }
     p->pid = 0;
     p->last_status = st;
+    h_port_hold(s, c);
     int code = h_status_code(st);
     if (code != 0 && c != H_NATS) {
         p->unclean++;
@@ -834,6 +873,7 @@ int h_stack_stop(h_stack *s)
     for (int c = 0; c < H_NPROC; c++) {
         h_proc *p = &s->procs[c];
         p->unclean = 0; /* counted once */
+        h_port_release(p);
     }
     s->started = 0;
     return problems;

@@ -58,6 +58,8 @@ typedef struct {
     int starts;             /* how many times it was started */
     int last_status;        /* waitpid status of the last exit, -1 if none */
     int unclean;            /* count of exits that were not "0 after SIGTERM" */
+    int port_hold;          /* 1 + fd of a socket bound to its port while a test keeps
+                             * it stopped (h_proc_term/h_proc_kill9), 0 = none */
 } h_proc;
 
 typedef struct {
@@ -103,7 +105,11 @@ void h_stop(h_stack *s);
 
 /* One component. h_proc_start starts it again with the same settings (ports,
  * data dir, environment); h_proc_kill9 SIGKILLs it and reaps it; h_proc_term
- * SIGTERMs it, waits (10 s, then SIGKILL) and returns its exit code (or 128+sig). */
+ * SIGTERMs it, waits (10 s, then SIGKILL) and returns its exit code (or 128+sig).
+ * While stopped, its listening port stays bound (not listening) by the
+ * harness until h_proc_start: a connection to it is refused, as to the
+ * stopped process, and another test running beside this one cannot choose
+ * the port for its own stack meanwhile. */
 int h_proc_start(h_stack *s, h_comp c);
 int h_proc_kill9(h_stack *s, h_comp c);
 int h_proc_term(h_stack *s, h_comp c);
