@@ -385,33 +385,65 @@ Test(nats, client_library_submit_wait_get)
     h_stop(&s);
 }
 
-/* libnats calls a publish-ack handler on a thread nothing joins: a call
- * could still be running after kiln_nats_close returned, and the daemons
- * free what their handlers use right after it (a store's sanitizer report
- * on SIGTERM in CI). Each call of this handler takes 300 ms; closing while
- * the first one runs must wait for it, and run no other. Static: a handler
- * running late must not find a test's stack gone. */
-static atomic_int slow_ack_entered, slow_ack_left;
+/* libnats calls publish-ack handlers and message handlers on threads
+ * nothing joins: a call could still be running after kiln_nats_close or
+ * kiln_nats_unsubscribe returned, and the daemons free what their handlers
+ * use right after (a store's sanitizer report on SIGTERM in CI). Each call
+ * of these handlers takes 300 ms; closing while the first one runs must
+ * wait for it, and run no other. Static: a handler running late must not
+ * find a test's stack gone. */
+typedef struct {
+    atomic_int entered, left;
+} slow_calls;
+
+static slow_calls slow_acks, slow_msgs;
+
+static void slow_call(slow_calls *c)
+{
+    atomic_fetch_add(&c->entered, 1);
+    const struct timespec pause = {0, 300 * 1000000L};
+    nanosleep(&pause, NULL);
+    atomic_fetch_add(&c->left, 1);
+}
 
 static void slow_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
 {
     (void)js, (void)pa, (void)pae, (void)arg;
-    atomic_fetch_add(&slow_ack_entered, 1);
-    const struct timespec pause = {0, 300 * 1000000L};
-    nanosleep(&pause, NULL);
-    atomic_fetch_add(&slow_ack_left, 1);
+    slow_call(&slow_acks);
     natsMsg_Destroy(msg);
 }
 
-static int slow_ack_running(void *arg)
+static void slow_msg_handler(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
 {
-    (void)arg;
-    return atomic_load(&slow_ack_entered) > 0;
+    (void)nc, (void)sub, (void)arg;
+    slow_call(&slow_msgs);
+    natsMsg_Destroy(msg);
 }
 
-static int slow_ack_called_again(void *arg)
+static int slow_running(void *arg)
 {
-    return atomic_load(&slow_ack_entered) > *(int *)arg;
+    return atomic_load(&((slow_calls *)arg)->entered) > 0;
+}
+
+typedef struct {
+    slow_calls *c;
+    int seen;
+} slow_after;
+
+static int slow_called_again(void *arg)
+{
+    slow_after *a = arg;
+    return atomic_load(&a->c->entered) > a->seen;
+}
+
+/* After `what` returned: every call of c has returned, and none starts
+ * within a second. */
+static void slow_expect_over(slow_calls *c, const char *what)
+{
+    slow_after a = {c, atomic_load(&c->entered)};
+    cr_assert_eq(atomic_load(&c->left), a.seen, "%d handler call(s) still running after %s",
+                 a.seen - atomic_load(&c->left), what);
+    cr_expect(!h_wait_for(slow_called_again, &a, 1000, 10), "the handler was called after %s", what);
 }
 
 Test(nats, no_ack_handler_call_runs_after_kiln_nats_close)
@@ -440,45 +472,16 @@ Test(nats, no_ack_handler_call_runs_after_kiln_nats_close)
     cr_assert_eq(kiln_nats_connect_opts(s.nats_url, &no, &nc, &js), KILN_OK);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(js_PublishAsync(js, "test.acks", "x", 1, NULL), NATS_OK);
-    cr_assert(h_wait_for(slow_ack_running, NULL, 5000, 5), "no ack came");
+    cr_assert(h_wait_for(slow_running, &slow_acks, 5000, 5), "no ack came");
 
     kiln_nats_close(nc, js);
-    int entered = atomic_load(&slow_ack_entered);
-    cr_assert_eq(atomic_load(&slow_ack_left), entered,
-                 "%d ack handler call(s) still running after kiln_nats_close",
-                 entered - atomic_load(&slow_ack_left));
-    cr_expect(!h_wait_for(slow_ack_called_again, &entered, 1000, 10),
-              "the ack handler was called after kiln_nats_close");
+    slow_expect_over(&slow_acks, "kiln_nats_close");
 
     h_nats_close(tnc, tjs);
     h_stop(&s);
 }
 
-/* The same for a subscription's message handler and kiln_nats_unsubscribe
- * (the consumer's cancel and status subscriptions, the gateway's rpc). */
-static atomic_int slow_msg_entered, slow_msg_left;
-
-static void slow_msg_handler(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
-{
-    (void)nc, (void)sub, (void)arg;
-    atomic_fetch_add(&slow_msg_entered, 1);
-    const struct timespec pause = {0, 300 * 1000000L};
-    nanosleep(&pause, NULL);
-    atomic_fetch_add(&slow_msg_left, 1);
-    natsMsg_Destroy(msg);
-}
-
-static int slow_msg_running(void *arg)
-{
-    (void)arg;
-    return atomic_load(&slow_msg_entered) > 0;
-}
-
-static int slow_msg_called_again(void *arg)
-{
-    return atomic_load(&slow_msg_entered) > *(int *)arg;
-}
-
+/* The consumer's cancel and status subscriptions, the gateway's rpc. */
 Test(nats, no_message_handler_call_runs_after_kiln_nats_unsubscribe)
 {
     h_stack s;
@@ -490,15 +493,10 @@ Test(nats, no_message_handler_call_runs_after_kiln_nats_unsubscribe)
     cr_assert_eq(natsConnection_Subscribe(&sub, nc, "test.unsub", slow_msg_handler, NULL), NATS_OK);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(natsConnection_PublishString(nc, "test.unsub", "x"), NATS_OK);
-    cr_assert(h_wait_for(slow_msg_running, NULL, 5000, 5), "no message came");
+    cr_assert(h_wait_for(slow_running, &slow_msgs, 5000, 5), "no message came");
 
     kiln_nats_unsubscribe(&sub);
-    int entered = atomic_load(&slow_msg_entered);
-    cr_assert_eq(atomic_load(&slow_msg_left), entered,
-                 "%d message handler call(s) still running after kiln_nats_unsubscribe",
-                 entered - atomic_load(&slow_msg_left));
-    cr_expect(!h_wait_for(slow_msg_called_again, &entered, 1000, 10),
-              "the message handler was called after kiln_nats_unsubscribe");
+    slow_expect_over(&slow_msgs, "kiln_nats_unsubscribe");
 
     kiln_nats_close(nc, NULL);
     h_stop(&s);
