@@ -59,8 +59,12 @@ else
     wait_for nats-server 15 answers "$nats_host" "$nats_port"
 fi
 
-start() { # start NAME: runs $BIN/NAME with its log in $KILN_DATA_DIR/logs
-    "$BIN/$1" 2> >(tee -a "$KILN_DATA_DIR/logs/$1.log" >&2) &
+# start NAME: runs $BIN/NAME with its log in $KILN_DATA_DIR/logs. Its tee
+# ignores INT and TERM: Ctrl-C signals the whole process group, and a tee
+# gone first would lose the component's shutdown lines. It ends when the
+# component closes its stderr.
+start() {
+    "$BIN/$1" 2> >(trap '' INT TERM; exec tee -a "$KILN_DATA_DIR/logs/$1.log" >&2) &
     pids+=($!)
 }
 
