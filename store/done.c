@@ -17,10 +17,17 @@
 #include "pb.h"
 #include "subjects.h"
 
-#define DONE_WAIT_SLICE_MS 200 /* how soon done_wait notices a stop */
+#define DONE_WAIT_SLICE_MS 200 /* how soon done_wait notices a stop or a reconnect */
 #define DONE_STOP_WAIT_MS 1000 /* how long it still waits after one */
+/* After a reconnect, how long acks of publishes sent before it may still
+ * come (those libnats had not yet written go out again on the new
+ * connection); the rest went to a server that is gone. */
+#define DONE_RECONNECT_GRACE_MS 500
 
 static _Atomic uint64_t done_failed;
+/* kiln_nats_reconnected_at() when the publishes now pending went out (the
+ * apply thread's own: it publishes, republishes and waits). */
+static int64_t done_sent_reconnect;
 
 /* Messages JetStream refused or did not confirm, kept (owned here) for
  * done_republish_refused; the ack handler adds, the apply thread takes. */
@@ -74,6 +81,7 @@ size_t done_republish_refused(jsCtx *js)
     done_refused = NULL;
     done_refused_n = done_refused_cap = 0;
     pthread_mutex_unlock(&done_refused_mu);
+    if (js != NULL && n > 0) done_sent_reconnect = kiln_nats_reconnected_at();
     for (size_t i = 0; i < n; i++) {
         /* The library owns it from here (it comes back to the handler);
          * jobs.done keeps its Nats-Msg-Id, so KILN_DONE holds one copy. */
@@ -111,6 +119,7 @@ kiln_status done_message(const apply_done *d, natsMsg **out)
 
 kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events_list *ev)
 {
+    done_sent_reconnect = kiln_nats_reconnected_at();
     for (size_t i = 0; i < l->n; i++) {
         natsMsg *m = NULL;
         kiln_status st = done_message(&l->items[i], &m);
@@ -134,7 +143,10 @@ kiln_status done_publish_async(jsCtx *js, const apply_done_list *l, const events
  * the store restarted (chaos run 616). nats.c drops an ack that comes after
  * this; the publish then goes twice (jobs.done: one copy kept by its
  * Nats-Msg-Id). Per-publish timeouts (jsPubOptions.MaxWait) would do the
- * same, but nats.c 3.4.1 then queues a timer message per publish. */
+ * same, but nats.c 3.4.1 then queues a timer message per publish. done_wait
+ * does this at its timeout, or DONE_RECONNECT_GRACE_MS after a reconnect
+ * that came after the publishes went out: waiting the whole timeout there
+ * left a window in which a store stopped dropped them (chaos run 903). */
 static void done_take_unacked(jsCtx *js)
 {
     natsMsgList pending = {0};
@@ -168,9 +180,14 @@ kiln_status done_wait(jsCtx *js, uint64_t failed0, int64_t timeout_ms, const ato
         int64_t left = until - now;
         if (left <= 0) break;
         /* In slices while a stop may come; the acks usually end the first. */
-        po.MaxWait = stop != NULL && !stop_seen && left > DONE_WAIT_SLICE_MS ? DONE_WAIT_SLICE_MS : left;
+        po.MaxWait = stop != NULL && left > DONE_WAIT_SLICE_MS ? DONE_WAIT_SLICE_MS : left;
         s = js_PublishAsyncComplete(js, &po);
         if (s != NATS_TIMEOUT) break;
+        int64_t rc = kiln_nats_reconnected_at();
+        if (rc != done_sent_reconnect && kiln_mono_ms() - rc >= DONE_RECONNECT_GRACE_MS) {
+            LOG_WARN("jobs.done/events sent before a reconnect to NATS still unconfirmed");
+            break;
+        }
     }
     if (s != NATS_OK) {
         LOG_WARN("jobs.done/event acks incomplete status=%s", natsStatus_GetText(s));

@@ -16,6 +16,7 @@
 #include "../harness.h"
 #include "clock.h"
 #include "natsconn.h"
+#include "pb.h"
 #include "provision.h"
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
@@ -697,6 +698,119 @@ Test(resilience, a_store_whose_publish_acks_never_come_goes_on)
     for (int i = 0; i < NJOBS; i++)
         cr_expect_geq(h_collect_wait(n.done, ids[i], 1, 30000), 1, "job %d after the outage was never announced", i);
     h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* KILN_JOBS's last sequence, 0 when it cannot be read. */
+static uint64_t res_jobs_last_seq(jsCtx *js)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, js, "KILN_JOBS", NULL, &jerr) != NATS_OK) return 0;
+    uint64_t last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return last;
+}
+
+typedef struct {
+    jsCtx *js;
+    const char *id;
+} res_done_arg;
+
+static int res_done_published(void *arg)
+{
+    const res_done_arg *a = arg;
+    return h_done_count(a->js, a->id, NULL, 0) >= 1;
+}
+
+/* Chaos run 903: a job's `completed` transition was confirmed to the
+ * consumer ~30 ms before a nats-server SIGKILL, the store wrote it and
+ * published its jobs.done into the dying server, and the restarted server
+ * had lost the transition. 0.6 s after the reconnect the store was stopped:
+ * it waited 1 s for the acks that would never come, dropped the publishes
+ * and left the batch to a redelivery, which, the message being gone, never
+ * came. The job stayed completed and unannounced. The test makes that state:
+ * the store frozen with the job's messages delivered to it, KILN_JOBS purged
+ * (the loss), nats-server frozen while the thawed store publishes into it,
+ * then killed and started again, and the store stopped at once. Its
+ * jobs.done must be in KILN_DONE. */
+/* Publishes the COMPLETED transition (attempt 1, one image) a consumer
+ * would publish for alice's job id. */
+static void res_publish_completed(jsCtx *js, const char *id)
+{
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
+    char url[128];
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
+    req.id = (char *)id;
+    req.user_id = "alice";
+    req.prompt = "unannounced heron";
+    t.request = &req;
+    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    t.attempt = 1;
+    t.at_ms = h_now_ms();
+    img.url = url;
+    img.content_type = "image/png";
+    img.size_bytes = 100;
+    t.n_images = 1;
+    t.images = imgs;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    int rc = h_js_publish(js, "kiln.tx", buf, (int)len, NULL);
+    free(buf);
+    cr_assert_eq(rc, 0, "transition not published");
+}
+
+Test(resilience, a_store_stopped_with_unconfirmed_announcements_publishes_them_first)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
+    char id[65] = "";
+    int delivered = 0;
+    res_delivered_arg d = {js, 0};
+    /* As in the test above, the store's long poll must be open when it
+     * freezes for the transition to reach it. */
+    for (int attempt = 0; attempt < 10 && !delivered; attempt++) {
+        cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "unannounced heron", id), 202);
+        cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq",
+                                      (double)res_jobs_last_seq(js) - 1, 10000),
+                  "the store did not apply the job");
+        res_freeze(&s, H_STORE);
+        res_publish_completed(js, id);
+        d.seq = res_jobs_last_seq(js);
+        cr_assert_gt(d.seq, 0, "KILN_JOBS unreadable");
+        delivered = h_wait_for(res_store_delivered, &d, 200, 10);
+        if (delivered) break;
+        cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    }
+    cr_assert(delivered, "the transition did not reach the frozen store in 10 tries");
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_PurgeStream(js, "KILN_JOBS", NULL, &jerr), NATS_OK, "purge: jerr=%d", (int)jerr);
+    cr_assert_eq(h_done_count(js, id, NULL, 0), 0, "jobs.done already published");
+    res_freeze(&s, H_NATS);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000),
+              "the store did not apply the job");
+    h_nats_close(nc, js);
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_term(&s, H_STORE), 0, "the store did not stop cleanly");
+    cr_expect(h_log_contains(&s, H_STORE, "jobs.done/events published again"),
+              "the stopping store did not publish its announcements again");
+
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
+    res_done_arg a = {js, id};
+    cr_expect(h_wait_for(res_done_published, &a, 10000, 50),
+              "job %s is completed, and its jobs.done was never published", id);
+    h_nats_close(nc, js);
+    cr_assert_eq(h_proc_start(&s, H_STORE), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the store came back");
     h_stop(&s);
 }
 
