@@ -1459,6 +1459,32 @@ int h_js_publish(jsCtx *js, const char *subject, const void *data, int len, cons
     return st == NATS_OK ? 0 : -1;
 }
 
+void h_pack_completed(const char *id, const char *prompt, uint64_t size_bytes, uint8_t **buf,
+                      size_t *len)
+{
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
+    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
+    char url[128];
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
+    req.id = (char *)id;
+    req.user_id = "alice";
+    req.prompt = (char *)prompt;
+    t.request = &req;
+    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    t.attempt = 1;
+    t.at_ms = h_now_ms();
+    img.url = url;
+    img.content_type = "image/png";
+    img.size_bytes = size_bytes;
+    t.n_images = 1;
+    t.images = imgs;
+    *len = kiln__v1__job_transition__get_packed_size(&t);
+    *buf = malloc(*len > 0 ? *len : 1);
+    cr_assert_not_null(*buf);
+    kiln__v1__job_transition__pack(&t, *buf);
+}
+
 int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest *r,
                       int64_t max_wait_ms, uint64_t *seq)
 {

@@ -277,6 +277,11 @@ int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest
 /* Packs and publishes a JobRequest to `subject` with Nats-Msg-Id = its id. */
 int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
                      const char *prompt);
+/* A packed COMPLETED transition of alice's job id, attempt 1, with one
+ * image (url /v1/jobs/<id>/images/0, size_bytes, no ImageBlob), as a
+ * consumer publishes it on kiln.tx. The caller frees *buf. */
+void h_pack_completed(const char *id, const char *prompt, uint64_t size_bytes, uint8_t **buf,
+                      size_t *len);
 /* Number of messages in stream KILN_DONE whose Kiln-Job-Id header is id; the
  * last one's Kiln-Status is copied into last_status (may be NULL). -1 on error. */
 int h_done_count(jsCtx *js, const char *id, char *last_status, size_t len);

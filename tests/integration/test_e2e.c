@@ -370,31 +370,6 @@ Test(e2e, images_from_a_pack_are_each_jobs_own)
     h_stop(&s);
 }
 
-/* A packed COMPLETED transition of alice's job id, attempt 1, with one
- * image (url /v1/jobs/<id>/images/0, size_bytes) and no ImageBlob. */
-static void pack_completed(const char *id, const char *prompt, uint64_t size_bytes, uint8_t **buf,
-                           size_t *len)
-{
-    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
-    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
-    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
-    char url[128];
-    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
-    req.id = (char *)id;
-    req.user_id = "alice";
-    req.prompt = (char *)prompt;
-    t.request = &req;
-    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
-    t.attempt = 1;
-    t.at_ms = h_now_ms();
-    img.url = url;
-    img.content_type = "image/png";
-    img.size_bytes = size_bytes;
-    t.n_images = 1;
-    t.images = imgs;
-    cr_assert_eq(kiln_pb_pack(&t.base, buf, len), KILN_OK);
-}
-
 /* A job completed before packs has no ImageBlob in its record: its image
  * is served from its own file (<data_dir>/images/<shard>/<id>.0.png). */
 Test(e2e, an_image_saved_before_packs_is_still_served)
@@ -422,7 +397,7 @@ Test(e2e, an_image_saved_before_packs_is_still_served)
     h_nats_open(&s, &n);
     uint8_t *buf = NULL;
     size_t len = 0;
-    pack_completed(id, "an old fox", sizeof png - 1, &buf, &len);
+    h_pack_completed(id, "an old fox", sizeof png - 1, &buf, &len);
     jsPubAck *pa = NULL;
     cr_assert_eq(js_Publish(&pa, n.js, KILN_SUBJ_TRANSITION, buf, (int)len, NULL, NULL), NATS_OK);
     jsPubAck_Destroy(pa);
@@ -487,10 +462,10 @@ Test(e2e, store_applies_each_transition_of_a_batch)
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "batch fox b", b), 202);
 
     ProtobufCBinaryData tx[3];
-    pack_completed(a, "batch fox a", 10, &tx[0].data, &tx[0].len);
+    h_pack_completed(a, "batch fox a", 10, &tx[0].data, &tx[0].len);
     tx[1].data = (uint8_t *)strdup("\xff\xff not a transition");
     tx[1].len = strlen((char *)tx[1].data);
-    pack_completed(b, "batch fox b", 10, &tx[2].data, &tx[2].len);
+    h_pack_completed(b, "batch fox b", 10, &tx[2].data, &tx[2].len);
     Kiln__V1__TransitionBatch tb = KILN__V1__TRANSITION_BATCH__INIT;
     tb.n_transitions = 3;
     tb.transitions = tx;

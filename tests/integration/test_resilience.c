@@ -16,7 +16,6 @@
 #include "../harness.h"
 #include "clock.h"
 #include "natsconn.h"
-#include "pb.h"
 #include "provision.h"
 
 TestSuite(resilience, .fini = h_fini, .timeout = 180);
@@ -532,12 +531,12 @@ Test(resilience, announcements_nats_server_lost_after_confirming_them_are_publis
 typedef struct {
     jsCtx *js;
     const char *id;
-} res_gone_arg;
+} res_job_arg;
 
 /* h_wait_for: the job's message is no longer in KILN_JOBS (every durable acked it). */
 static int res_jobs_msg_gone(void *arg)
 {
-    const res_gone_arg *a = arg;
+    const res_job_arg *a = arg;
     return res_seq_of(a->js, "KILN_JOBS", "Nats-Msg-Id", a->id) == 0;
 }
 
@@ -591,7 +590,7 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     char done[65], kept[65], lost[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "done egret", done), 202);
     cr_assert_geq(h_collect_wait(n.done, done, 1, 20000), 1, "no jobs.done for %s", done);
-    res_gone_arg gone = {n.js, done};
+    res_job_arg gone = {n.js, done};
     cr_assert(h_wait_for(res_jobs_msg_gone, &gone, 10000, 50), "the consumed job's message stayed in KILN_JOBS");
     res_freeze(&s, H_STORE);
     res_freeze(&s, H_CONSUMER);
@@ -640,6 +639,23 @@ static int res_store_delivered(void *arg)
     return done;
 }
 
+/* With the store frozen and its messages up to seq delivered to it:
+ * nats-server is frozen, the store thawed applies them and publishes what
+ * they announce into a server that never reads it (it writes first: the
+ * applied sequence moves before the publishes), then nats-server is killed
+ * and started again. Closes the test's own connection (nc, js) first. */
+static void res_store_publishes_into_a_dying_server(h_stack *s, natsConnection *nc, jsCtx *js,
+                                                    uint64_t seq)
+{
+    res_freeze(s, H_NATS);
+    cr_assert_eq(kill(s->procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert(h_wait_metric_above(s, H_STORE, "kiln_store_applied_seq", (double)seq - 1, 5000),
+              "the store did not apply the job");
+    h_nats_close(nc, js);
+    cr_assert_eq(h_proc_kill9(s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(s, H_NATS), 0);
+}
+
 /* A store paused (here SIGSTOP; a stalled VM, a throttled container) while
  * nats-server dies comes back with publishes whose acks will never come:
  * the server that got them is gone. nats.c kept them pending for good, every
@@ -676,15 +692,7 @@ Test(resilience, a_store_whose_publish_acks_never_come_goes_on)
         cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000));
     }
     cr_assert(delivered, "no job reached the frozen store in 10 tries");
-    res_freeze(&s, H_NATS);
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    /* It writes the job, then publishes the job's event: the applied
-     * sequence moves first. */
-    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000),
-              "the store did not apply the job");
-    h_nats_close(nc, js);
-    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    res_store_publishes_into_a_dying_server(&s, nc, js, d.seq);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
 
     h_nats n;
@@ -712,14 +720,10 @@ static uint64_t res_jobs_last_seq(jsCtx *js)
     return last;
 }
 
-typedef struct {
-    jsCtx *js;
-    const char *id;
-} res_done_arg;
-
+/* h_wait_for: KILN_DONE holds the job's jobs.done (arg: a res_job_arg). */
 static int res_done_published(void *arg)
 {
-    const res_done_arg *a = arg;
+    const res_job_arg *a = arg;
     return h_done_count(a->js, a->id, NULL, 0) >= 1;
 }
 
@@ -734,30 +738,12 @@ static int res_done_published(void *arg)
  * (the loss), nats-server frozen while the thawed store publishes into it,
  * then killed and started again, and the store stopped at once. Its
  * jobs.done must be in KILN_DONE. */
-/* Publishes the COMPLETED transition (attempt 1, one image) a consumer
- * would publish for alice's job id. */
+/* Publishes the COMPLETED transition a consumer would publish for id. */
 static void res_publish_completed(jsCtx *js, const char *id)
 {
-    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
-    Kiln__V1__JobTransition t = KILN__V1__JOB_TRANSITION__INIT;
-    Kiln__V1__Image img = KILN__V1__IMAGE__INIT, *imgs[1] = {&img};
-    char url[128];
-    snprintf(url, sizeof url, "/v1/jobs/%s/images/0", id);
-    req.id = (char *)id;
-    req.user_id = "alice";
-    req.prompt = "unannounced heron";
-    t.request = &req;
-    t.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
-    t.attempt = 1;
-    t.at_ms = h_now_ms();
-    img.url = url;
-    img.content_type = "image/png";
-    img.size_bytes = 100;
-    t.n_images = 1;
-    t.images = imgs;
     uint8_t *buf = NULL;
     size_t len = 0;
-    cr_assert_eq(kiln_pb_pack(&t.base, &buf, &len), KILN_OK);
+    h_pack_completed(id, "unannounced heron", 100, &buf, &len);
     int rc = h_js_publish(js, "kiln.tx", buf, (int)len, NULL);
     free(buf);
     cr_assert_eq(rc, 0, "transition not published");
@@ -793,19 +779,13 @@ Test(resilience, a_store_stopped_with_unconfirmed_announcements_publishes_them_f
     jsErrCode jerr = 0;
     cr_assert_eq(js_PurgeStream(js, "KILN_JOBS", NULL, &jerr), NATS_OK, "purge: jerr=%d", (int)jerr);
     cr_assert_eq(h_done_count(js, id, NULL, 0), 0, "jobs.done already published");
-    res_freeze(&s, H_NATS);
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)d.seq - 1, 5000),
-              "the store did not apply the job");
-    h_nats_close(nc, js);
-    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    res_store_publishes_into_a_dying_server(&s, nc, js, d.seq);
     cr_assert_eq(h_proc_term(&s, H_STORE), 0, "the store did not stop cleanly");
     cr_expect(h_log_contains(&s, H_STORE, "jobs.done/events published again"),
               "the stopping store did not publish its announcements again");
 
     cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
-    res_done_arg a = {js, id};
+    res_job_arg a = {js, id};
     cr_expect(h_wait_for(res_done_published, &a, 10000, 50),
               "job %s is completed, and its jobs.done was never published", id);
     h_nats_close(nc, js);
