@@ -6,7 +6,8 @@
  * return while a call may still be running, or about to start. Freeing what
  * the handler uses right after them (the store's announcement check, the
  * gateway's waiting submits, the consumer's transition check) was then a use
- * after free, seen once as a store's sanitizer report on SIGTERM in CI.
+ * after free: the likeliest cause of a store's sanitizer report on SIGTERM
+ * in CI, whose text CI did not keep.
  *
  * So a gate stands between libnats and the handler. A call counts itself in
  * and then looks whether the gate is shut; kiln_ackgate_close shuts it and

@@ -388,7 +388,8 @@ Test(nats, client_library_submit_wait_get)
 /* libnats calls publish-ack handlers and message handlers on threads
  * nothing joins: a call could still be running after kiln_nats_close or
  * kiln_nats_unsubscribe returned, and the daemons free what their handlers
- * use right after (a store's sanitizer report on SIGTERM in CI). Each call
+ * use right after (the likeliest cause of a store's sanitizer report on
+ * SIGTERM in CI). Each call
  * of these handlers takes 300 ms; closing while the first one runs must
  * wait for it, and run no other. Static: a handler running late must not
  * find a test's stack gone. */

@@ -782,7 +782,7 @@ Test(resilience, a_store_stopped_with_unconfirmed_announcements_publishes_them_f
     res_store_publishes_into_a_dying_server(&s, nc, js, d.seq);
     cr_assert_eq(h_proc_term(&s, H_STORE), 0, "the store did not stop cleanly");
     cr_expect(h_log_contains(&s, H_STORE, "jobs.done/events published again"),
-              "the stopping store did not publish its announcements again");
+              "the store did not publish its announcements again (after the reconnect or as it stopped)");
 
     cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
     res_job_arg a = {js, id};
