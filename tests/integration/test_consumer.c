@@ -294,17 +294,30 @@ Test(consumer, results_of_one_round_go_out_in_one_batch)
 {
     enum { NJOBS = 48 };
     h_stack s;
-    /* One wave: all calls start together (the default concurrency, 16,
-     * would run them in waves whose ends are spread by the slot refills). */
+    /* All calls at once (the default concurrency, 16, would run waves). */
     h_stack_opts o = {.no_consumer = 1, .consumer_env = {"KILN_CONCURRENCY=64"}};
     h_start(&s, &o);
     h_nats n;
     h_nats_open(&s, &n);
     char ids[NJOBS][65];
-    /* Queued while no consumer runs; then fetched together, and with the
-     * same provider delay their calls end in the same rounds. */
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=300 batched otter %d\"}", NJOBS, ids);
+    /* Queued while no consumer runs, then fetched together: every call
+     * is still waiting in the provider when the last one arrives. */
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=3000 batched otter %d\"}", NJOBS, ids);
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    /* Ends made to coincide, whatever the machine's load: the consumer is
+     * frozen while every call waits in the provider, and thawed only once
+     * every answer went out, so its first round finds them all done. A
+     * free-running consumer on a loaded machine may take each answer in a
+     * round of its own. */
+    int waiting = h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", NJOBS, 30000);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGSTOP), 0);
+    int answered = waiting && h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total",
+                                                  NJOBS - 1, 30000) &&
+                   h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 0, 10000);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert(waiting, "the %d calls never all reached the provider", NJOBS);
+    cr_assert(answered, "the provider did not answer the %d calls", NJOBS);
+
     for (int i = 0; i < NJOBS; i++) {
         h_expect_job(&s, H_TOKEN_ALICE, ids[i], "completed", 1, 30000, "batched job");
         h_expect_done_once(&n, ids[i], "completed", 10000);
