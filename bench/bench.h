@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#define BENCH_W1_RUNS_MAX 9
+
 typedef struct {
     const char *url;        /* NATS */
     unsigned jobs;          /* w12, backlog */
@@ -13,6 +15,7 @@ typedef struct {
     unsigned secs;          /* w3: duration */
     int64_t timeout_ms;     /* longest wait for completions */
     const char *ready_file; /* backlog: created once the backlog is published */
+    unsigned w1_runs;       /* backlog: kiln-W1 runs of `jobs` each (median reported) */
     unsigned sizes[4];      /* store: store sizes to measure at */
     unsigned nsizes;
     unsigned samples;       /* store: GETs per size */
