@@ -29,9 +29,9 @@ endif
 GEN := $(BUILD)/gen/kiln.pb-c.c $(BUILD)/gen/kiln.pb-c.h
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/kiln.pb-c.o
-CLIENT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out producer/cli.c,$(wildcard producer/*.c)))
-
 obj_of = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
+# The client library; the kiln CLI (producer/cli/) links it like any user.
+CLIENT_OBJ := $(call obj_of,producer)
 
 BINS := $(BUILD)/bin/kiln-gateway $(BUILD)/bin/kiln-consumer $(BUILD)/bin/kiln-store \
         $(BUILD)/bin/kiln $(BUILD)/bin/kiln-devprovider
@@ -74,7 +74,7 @@ $(BUILD)/bin/kiln-gateway: $(call obj_of,gateway) $(BUILD)/lib/libkilncommon.a
 $(BUILD)/bin/kiln-consumer: $(call obj_of,consumer) $(BUILD)/lib/libkilncommon.a
 $(BUILD)/bin/kiln-store: $(call obj_of,store) $(BUILD)/lib/libkilncommon.a
 $(BUILD)/bin/kiln-devprovider: $(call obj_of,devprovider) $(BUILD)/lib/libkilncommon.a
-$(BUILD)/bin/kiln: $(BUILD)/obj/producer/cli.o $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
+$(BUILD)/bin/kiln: $(call obj_of,producer/cli) $(BUILD)/lib/libkilnclient.a $(BUILD)/lib/libkilncommon.a
 $(BINS):
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
