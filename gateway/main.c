@@ -91,7 +91,7 @@ int main(int argc, char **argv)
     int rc = 1;
     natsConnection *nc = NULL, *fnc = NULL, *qnc = NULL, *sse_nc = NULL;
     jsCtx *js = NULL, *fjs = NULL, *sse_js = NULL;
-    gw_resubmit *resubmit = NULL; /* accepted submits checked after a reconnect */
+    kiln_resubmit *resubmit = NULL; /* accepted submits checked after a reconnect */
     int server_started = 0, timers_started = 0, rpc_started = 0, waiter_started = 0;
 
     kiln_log_init("gateway");
@@ -147,7 +147,15 @@ int main(int argc, char **argv)
     no.initial_timeout_ms = MAIN_NATS_CONNECT_MS;
     no.max_pending = MAIN_MAX_PENDING_PUBS;
     no.ack_handler = gw_submit_ack_handler;
-    if ((st = gw_resubmit_create(&resubmit)) != KILN_OK) goto out;
+    st = kiln_resubmit_create(
+        "kiln-resubmit",
+        kiln_metric_counter("kiln_gateway_submits_rechecked_total",
+                            "accepted submits looked up after a reconnect to NATS"),
+        kiln_metric_counter(
+            "kiln_gateway_submits_republished_total",
+            "accepted submits published again because nats-server lost them after confirming them"),
+        &resubmit);
+    if (st != KILN_OK) goto out;
     no.ack_closure = resubmit;
     /* Submits go on two connections (submit.c picks by load): this one
      * without SendAsap, whose publishes libnats' flusher writes in batches
@@ -196,7 +204,7 @@ int main(int argc, char **argv)
     if ((st = gw_submit_init((gw_submit_conn){nc, js}, (gw_submit_conn){fnc, fjs},
                              cfg.publish_timeout_ms, cfg.store_timeout_ms)) != KILN_OK)
         goto out;
-    if ((st = gw_resubmit_start(resubmit, js, qnc)) != KILN_OK) goto out;
+    if ((st = kiln_resubmit_start(resubmit, js, qnc)) != KILN_OK) goto out;
     gw_query_init(cfg.store_timeout_ms);
     if ((st = gw_sse_init(sse_nc, sse_js, cfg.store_timeout_ms)) != KILN_OK) goto out;
     gw_images_init(cfg.data_dir, cfg.store_timeout_ms);
@@ -225,7 +233,7 @@ out:
     gw_gate_close();
     if (server_started) gw_server_drain(MAIN_SHUTDOWN_GRACE_MS);
     if (rpc_started) gw_rpc_shutdown();
-    gw_resubmit_stop(resubmit);
+    kiln_resubmit_stop(resubmit);
     kiln_nats_close(qnc, NULL);
     kiln_nats_close(fnc, fjs);
     kiln_nats_close(nc, js);
@@ -237,7 +245,7 @@ out:
     /* After the daemon: releasing a stream unsubscribes on this connection. */
     kiln_nats_close(sse_nc, sse_js);
     gw_submit_free();
-    gw_resubmit_destroy(resubmit); /* no submit acks come any more */
+    kiln_resubmit_destroy(resubmit); /* no submit acks come any more */
     gw_waiter_free();
     gw_ratelimit_free();
     gw_auth_free();

@@ -116,7 +116,7 @@ void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *p
     (void)js;
     atomic_fetch_sub(&submit_inflight, 1);
     if (pa != NULL && pae == NULL && closure != NULL && msg != NULL)
-        gw_resubmit_keep(closure, msg, pa->Sequence); /* checked after a reconnect */
+        kiln_resubmit_keep(closure, msg, pa->Sequence); /* checked after a reconnect */
     pthread_mutex_lock(&submit_mu);
     gw_req *r = submit_pending != NULL ? gw_map_take(submit_pending, (uint64_t)(uintptr_t)msg)
                                        : NULL;

@@ -7,11 +7,15 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "resubmit.h"
+
 struct kiln_client {
     natsConnection *nc;
     jsCtx *js;
     /* Updated from nats.c's async-ack thread, read by flush callers. */
     atomic_uint_fast64_t async_failed;
+    /* Confirmed submits, checked after a reconnect (common/resubmit.c). */
+    kiln_resubmit *resubmit;
 };
 
 /* Writes a sentence into err (NULL-safe). */

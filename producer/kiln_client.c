@@ -138,6 +138,7 @@ static void client_on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckE
 {
     (void)js;
     kiln_client *c = closure;
+    if (pa != NULL && pae == NULL) kiln_resubmit_keep(c->resubmit, msg, pa->Sequence);
     if (pa == NULL) {
         const char *id = NULL;
         if (natsMsgHeader_Get(msg, KILN_HDR_MSG_ID, &id) != NATS_OK) id = "?";
@@ -158,6 +159,11 @@ kiln_status kiln_client_connect(const char *urls, kiln_client **out)
     c = calloc(1, sizeof *c);
     if (c == NULL) return KILN_ENOMEM;
     atomic_init(&c->async_failed, 0);
+    /* nats-server 2.9.10 can lose a submit it confirmed just before it is
+     * killed: the last 0.5 s of submits are kept and checked after a
+     * reconnect, as the gateway's are. */
+    st = kiln_resubmit_create("kiln-resubmit", NULL, NULL, &c->resubmit);
+    if (st != KILN_OK) goto out;
 
     st = kiln_nats_connect_async(urls, "kiln-client", CLIENT_CONNECT_TIMEOUT_MS,
                                  CLIENT_ASYNC_MAX_PENDING, client_on_async_ack, c, &c->nc,
@@ -167,12 +173,16 @@ kiln_status kiln_client_connect(const char *urls, kiln_client **out)
     kiln_provision_opts_init(&po);
     st = kiln_provision(c->js, &po);
     if (st != KILN_OK) goto out;
+    st = kiln_resubmit_start(c->resubmit, c->js, c->nc);
+    if (st != KILN_OK) goto out;
 
     *out = c;
     c = NULL;
 out:
     if (c != NULL) {
+        kiln_resubmit_stop(c->resubmit);
         kiln_nats_close(c->nc, c->js);
+        kiln_resubmit_destroy(c->resubmit);
         free(c);
     }
     return st;
@@ -186,7 +196,9 @@ void kiln_client_destroy(kiln_client *c)
     if (st != KILN_OK || failed > 0)
         LOG_WARN("client closing with unacknowledged submits status=%s failed=%" PRIu64,
                  kiln_status_str(st), failed);
+    kiln_resubmit_stop(c->resubmit);
     kiln_nats_close(c->nc, c->js);
+    kiln_resubmit_destroy(c->resubmit); /* no acks come any more */
     free(c);
 }
 
@@ -253,6 +265,7 @@ kiln_status kiln_client_submit(kiln_client *c, const kiln_job_spec *spec, char *
         st = kiln_nats_status(ns);
         goto out;
     }
+    kiln_resubmit_keep(c->resubmit, m, pa->Sequence); /* checked after a reconnect */
     memcpy(id_out, id, strlen(id) + 1);
 out:
     jsPubAck_Destroy(pa);

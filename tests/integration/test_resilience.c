@@ -15,6 +15,7 @@
 
 #include "../harness.h"
 #include "clock.h"
+#include "kiln_client.h"
 #include "natsconn.h"
 #include "provision.h"
 
@@ -618,6 +619,66 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     cr_expect_eq(h_metric(&s, H_GATEWAY, "kiln_gateway_submits_republished_total"), 1);
     cr_expect(h_log_contains(&s, H_GATEWAY, "submit lost by nats-server"));
     cr_expect_eq(h_done_count(n.js, done, NULL, 0), 1, "the consumed job ran again");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* Submits the client library's user owns ("alice", as the gateway's token
+ * does), synchronously or not, and cr_asserts each was confirmed. */
+static void res_library_submit(kiln_client *c, const char *prompt, bool async, char id[65])
+{
+    kiln_job_spec spec;
+    kiln_job_spec_init(&spec);
+    spec.user_id = "alice";
+    spec.prompt = prompt;
+    char err[256] = "";
+    uint64_t failed = 0;
+    if (!async) {
+        cr_assert_eq(kiln_client_submit(c, &spec, id, 65, err, sizeof err), KILN_OK, "submit: %s", err);
+        return;
+    }
+    cr_assert_eq(kiln_client_submit_async(c, &spec, id, 65, err, sizeof err), KILN_OK, "submit: %s", err);
+    cr_assert_eq(kiln_client_flush(c, 10000, &failed), KILN_OK);
+    cr_assert_eq(failed, 0, "the async submit was not confirmed");
+}
+
+/* The same loss for jobs other services submit through the client library
+ * (kiln_client_submit and kiln_client_submit_async), which stays connected
+ * across the nats-server restart: it must publish the lost ones again. */
+Test(resilience, a_library_submit_nats_server_lost_after_confirming_it_is_published_again)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    kiln_client *c = NULL;
+    cr_assert_eq(kiln_client_connect(s.nats_url, &c), KILN_OK);
+    char kept[65], lost_sync[65], lost_async[65];
+    res_freeze(&s, H_STORE);
+    res_freeze(&s, H_CONSUMER);
+    res_library_submit(c, "kept library heron", false, kept);
+    res_library_submit(c, "lost library heron", false, lost_sync);
+    res_library_submit(c, "lost async library heron", true, lost_async);
+
+    const char *lost[2] = {lost_sync, lost_async};
+    for (int i = 0; i < 2; i++) {
+        uint64_t seq = res_seq_of(n.js, "KILN_JOBS", "Nats-Msg-Id", lost[i]);
+        cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost[i]);
+        jsErrCode jerr = 0;
+        cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    }
+    h_nats_free(&n);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats_open(&s, &n);
+    res_expect_completed_once(&s, &n, lost_sync, 1, 30000);
+    res_expect_completed_once(&s, &n, lost_async, 1, 30000);
+    res_expect_completed_once(&s, &n, kept, 1, 30000);
+    kiln_client_destroy(c);
     h_nats_free(&n);
     h_stop(&s);
 }

@@ -1,14 +1,15 @@
-/* resubmit.c - after a reconnect to NATS, makes sure the jobs the gateway
- * answered 202 for shortly before are still known, and publishes again each
- * one nats-server lost.
+/* resubmit.c - after a reconnect to NATS, makes sure the jobs a process
+ * submitted shortly before (the gateway's accepted submits, the client
+ * library's) are still known, and publishes again each one nats-server
+ * lost.
  *
  * nats-server 2.9.10 can lose messages it confirmed in the last moments
  * before it is killed (seen for jobs.done in chaos runs; store/donecheck.c).
  * For a submit that means a job its client was told is queued and that
- * nothing will ever run or know of. So the submit connections' ack handler
- * shows every confirmed submit to gw_resubmit_keep, which keeps a copy of
- * its JobRequest for the gateway's last RESUBMIT_KEEP_MS of submitting
- * (common/pubcheck.c), and after a reconnect each is checked:
+ * nothing will ever run or know of. So the submitter shows every confirmed
+ * submit to kiln_resubmit_keep, which keeps a copy of its JobRequest for the
+ * process's last RESUBMIT_KEEP_MS of submitting (common/pubcheck.c), and
+ * after a reconnect each is checked:
  * - KILN_JOBS still holds it at its sequence: nothing to do;
  * - it does not: with interest retention the message goes once every
  *   durable that wants it acked it, and the store acks only what it wrote.
@@ -29,7 +30,7 @@
 #include "resubmit.h"
 #include "subjects.h"
 
-/* Of the gateway's latest submitting: the losses seen were of the last
+/* Of the latest submitting: the losses seen were of the last
  * ~40 ms; half a second of W4 is ~1.3 MB of JobRequests. */
 #define RESUBMIT_KEEP_MS 500
 #define RESUBMIT_CAP 16384
@@ -40,14 +41,14 @@ static const char *const resubmit_lanes[] = {KILN_SUBJ_GENERATE, KILN_SUBJ_GENER
                                              KILN_SUBJ_GENERATE_LOW};
 #define RESUBMIT_NLANES ((int)(sizeof resubmit_lanes / sizeof resubmit_lanes[0]))
 
-struct gw_resubmit {
+struct kiln_resubmit {
     kiln_pubcheck *pc;
-    jsCtx *js;           /* set by gw_resubmit_start */
+    jsCtx *js;           /* set by kiln_resubmit_start */
     natsConnection *qnc;
     kiln_metric *m_checked, *m_again;
 };
 
-void gw_resubmit_keep(gw_resubmit *rs, natsMsg *msg, uint64_t seq)
+void kiln_resubmit_keep(kiln_resubmit *rs, natsMsg *msg, uint64_t seq)
 {
     const char *subj = natsMsg_GetSubject(msg);
     int lane = 0;
@@ -60,7 +61,7 @@ void gw_resubmit_keep(gw_resubmit *rs, natsMsg *msg, uint64_t seq)
 typedef enum { RESUBMIT_KNOWN, RESUBMIT_UNKNOWN, RESUBMIT_NO_ANSWER } resubmit_store_says;
 
 /* Asks the store (jobs.status) whether it knows job id. */
-static resubmit_store_says resubmit_ask_store(gw_resubmit *rs, const char *id)
+static resubmit_store_says resubmit_ask_store(kiln_resubmit *rs, const char *id)
 {
     natsMsg *reply = NULL;
     const char *err = NULL;
@@ -73,7 +74,7 @@ static resubmit_store_says resubmit_ask_store(gw_resubmit *rs, const char *id)
     return says;
 }
 
-static kiln_pubcheck_result resubmit_publish(gw_resubmit *rs, const kiln_pubcheck_entry *e,
+static kiln_pubcheck_result resubmit_publish(kiln_resubmit *rs, const kiln_pubcheck_entry *e,
                                              const char *id)
 {
     natsMsg *m = NULL;
@@ -93,7 +94,7 @@ static kiln_pubcheck_result resubmit_publish(gw_resubmit *rs, const kiln_pubchec
 
 static kiln_pubcheck_result resubmit_check(const kiln_pubcheck_entry *e, void *arg)
 {
-    gw_resubmit *rs = arg;
+    kiln_resubmit *rs = arg;
     kiln_pubcheck_look look = kiln_pubcheck_look_up(rs->js, KILN_STREAM_JOBS, e);
     if (look == KILN_PUBCHECK_UNKNOWN) return KILN_PUBCHECK_RETRY;
     kiln_pubcheck_result r = KILN_PUBCHECK_SETTLED;
@@ -112,38 +113,36 @@ static kiln_pubcheck_result resubmit_check(const kiln_pubcheck_entry *e, void *a
     return r;
 }
 
-kiln_status gw_resubmit_create(gw_resubmit **out)
+kiln_status kiln_resubmit_create(const char *thread_name, kiln_metric *checked, kiln_metric *again,
+                                 kiln_resubmit **out)
 {
     *out = NULL;
-    gw_resubmit *rs = calloc(1, sizeof *rs);
+    kiln_resubmit *rs = calloc(1, sizeof *rs);
     if (rs == NULL) return KILN_ENOMEM;
-    if (kiln_pubcheck_create("kiln-resubmit", RESUBMIT_KEEP_MS, RESUBMIT_CAP, resubmit_check, rs,
+    if (kiln_pubcheck_create(thread_name, RESUBMIT_KEEP_MS, RESUBMIT_CAP, resubmit_check, rs,
                              &rs->pc) != KILN_OK) {
         free(rs);
         return KILN_ENOMEM;
     }
-    rs->m_checked = kiln_metric_counter("kiln_gateway_submits_rechecked_total",
-                                        "accepted submits looked up after a reconnect to NATS");
-    rs->m_again = kiln_metric_counter(
-        "kiln_gateway_submits_republished_total",
-        "accepted submits published again because nats-server lost them after confirming them");
+    rs->m_checked = checked;
+    rs->m_again = again;
     *out = rs;
     return KILN_OK;
 }
 
-kiln_status gw_resubmit_start(gw_resubmit *rs, jsCtx *js, natsConnection *qnc)
+kiln_status kiln_resubmit_start(kiln_resubmit *rs, jsCtx *js, natsConnection *qnc)
 {
     rs->js = js;
     rs->qnc = qnc;
     return kiln_pubcheck_start(rs->pc);
 }
 
-void gw_resubmit_stop(gw_resubmit *rs)
+void kiln_resubmit_stop(kiln_resubmit *rs)
 {
     if (rs != NULL) kiln_pubcheck_stop(rs->pc);
 }
 
-void gw_resubmit_destroy(gw_resubmit *rs)
+void kiln_resubmit_destroy(kiln_resubmit *rs)
 {
     if (rs == NULL) return;
     kiln_pubcheck_destroy(rs->pc);
