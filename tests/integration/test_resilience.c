@@ -575,6 +575,27 @@ static void res_freeze(h_stack *s, h_comp c)
     cr_assert(h_wait_for(res_all_threads_stopped, &pid, 5000, 5), "process %d did not stop", (int)pid);
 }
 
+/* The loss of confirmed submits in a nats-server crash, made on purpose:
+ * with the store and consumer frozen (res_freeze), deletes each job's
+ * message from KILN_JOBS, restarts nats-server, thaws both, and opens n
+ * again once the stack is ready. */
+static void res_lose_submits(h_stack *s, h_nats *n, const char *const *ids, int nids)
+{
+    for (int i = 0; i < nids; i++) {
+        uint64_t seq = res_seq_of(n->js, "KILN_JOBS", "Nats-Msg-Id", ids[i]);
+        cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", ids[i]);
+        jsErrCode jerr = 0;
+        cr_assert_eq(js_DeleteMsg(n->js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    }
+    h_nats_free(n);
+    h_proc_term(s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(s, H_NATS), 0);
+    cr_assert_eq(kill(s->procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert_eq(kill(s->procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert_eq(h_stack_wait_ready(s), 0, "not ready after nats-server came back");
+    h_nats_open(s, n);
+}
+
 /* The same loss for a submit: the gateway answered 202, and the restarted
  * nats-server no longer has the job, which neither the store nor a consumer
  * had read. The test makes that state by freezing both (SIGSTOP), submitting,
@@ -598,18 +619,8 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "kept egret", kept), 202);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost egret", lost), 202);
 
-    uint64_t seq = res_seq_of(n.js, "KILN_JOBS", "Nats-Msg-Id", lost);
-    cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost);
-    jsErrCode jerr = 0;
-    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
-    h_nats_free(&n);
-    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
-
-    h_nats_open(&s, &n);
+    const char *lost_ids[] = {lost};
+    res_lose_submits(&s, &n, lost_ids, 1);
     res_expect_completed_once(&s, &n, lost, 1, 30000);
     res_expect_completed_once(&s, &n, kept, 1, 30000);
     /* the two frozen ones at least (the consumed one too when it was
@@ -660,21 +671,8 @@ Test(resilience, a_library_submit_nats_server_lost_after_confirming_it_is_publis
     res_library_submit(c, "lost library heron", false, lost_sync);
     res_library_submit(c, "lost async library heron", true, lost_async);
 
-    const char *lost[2] = {lost_sync, lost_async};
-    for (int i = 0; i < 2; i++) {
-        uint64_t seq = res_seq_of(n.js, "KILN_JOBS", "Nats-Msg-Id", lost[i]);
-        cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost[i]);
-        jsErrCode jerr = 0;
-        cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
-    }
-    h_nats_free(&n);
-    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
-
-    h_nats_open(&s, &n);
+    const char *lost_ids[] = {lost_sync, lost_async};
+    res_lose_submits(&s, &n, lost_ids, 2);
     res_expect_completed_once(&s, &n, lost_sync, 1, 30000);
     res_expect_completed_once(&s, &n, lost_async, 1, 30000);
     res_expect_completed_once(&s, &n, kept, 1, 30000);
