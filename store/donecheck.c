@@ -14,10 +14,8 @@
  * So the apply connection's ack handler shows every confirmed announcement
  * to donecheck_keep, which keeps a copy of its payload (a JobStatus or a
  * JobRecord: subject and headers follow from it) for those of the store's
- * last keep_ms of publishing, at most cap (common/pubcheck.c). First
- * events (EventBatches on kiln.events.<user>.$new) are not kept: re-sent
- * after the jobs' later events, they would put a stale pending state last.
- * When any connection of the store reconnects, everything kept until then is
+ * last keep_ms of publishing, at most cap (common/pubcheck.c); first
+ * events (EventBatches on kiln.events.<user>.$new) too. When any connection of the store reconnects, everything kept until then is
  * checked: the message its stream (KILN_DONE, KILN_EVENTS: limits retention,
  * nothing consumes them away) holds at its sequence must have the same
  * payload (a restarted server may have given a lost sequence to a newer
@@ -26,7 +24,9 @@
  * the at-least-once the contract allows on crash replay. An event that is
  * not there is published again only while the job's record still has the
  * state (and viewed flag) it announced: otherwise a later event announces
- * more, and the old one must not come after it. */
+ * more, and the old one must not come after it. A lost EventBatch of first
+ * events goes again as a batch of those of its jobs that are still pending
+ * and unviewed. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -47,6 +47,7 @@ typedef enum {
     DONECHECK_DONE,   /* jobs.done: a JobStatus */
     DONECHECK_EVENT,  /* a state change on kiln.events.<user>.<id>: a JobRecord */
     DONECHECK_VIEWED, /* the viewed flag set, same subject: a JobRecord */
+    DONECHECK_FIRST,  /* first events on kiln.events.<user>.$new: an EventBatch */
 } donecheck_kind;
 
 struct donecheck {
@@ -65,9 +66,11 @@ static bool donecheck_kind_of(natsMsg *msg, donecheck_kind *kind)
         *kind = DONECHECK_DONE;
         return true;
     }
-    if (n <= np || strncmp(subj, KILN_SUBJ_EVENTS_PREFIX, np) != 0 ||
-        (n >= 5 && strcmp(subj + n - 5, ".$new") == 0))
-        return false;
+    if (n <= np || strncmp(subj, KILN_SUBJ_EVENTS_PREFIX, np) != 0) return false;
+    if (n >= 5 && strcmp(subj + n - 5, ".$new") == 0) {
+        *kind = DONECHECK_FIRST;
+        return true;
+    }
     /* Job ids have no dots, so ".viewed." names the viewed flag's key. */
     bool viewed = natsMsgHeader_Get(msg, KILN_HDR_EVENT_KEY, &key) == NATS_OK &&
                   strstr(key, ".viewed.") != NULL;
@@ -110,15 +113,15 @@ static kiln_pubcheck_result donecheck_done_again(donecheck *dc, const kiln_pubch
     return KILN_PUBCHECK_SETTLED;
 }
 
-/* Whether the job's record still says what the lost event announced. */
-static bool donecheck_still_current(donecheck *dc, const kiln_pubcheck_entry *e,
-                                    const Kiln__V1__JobRecord *ev)
+/* Whether the job's record still says what the lost event announced
+ * (state, attempts and viewed flag): a record that moved on had a later
+ * event, which must stay last. */
+static bool donecheck_still_current(donecheck *dc, const Kiln__V1__JobRecord *ev)
 {
     Kiln__V1__JobRecord *now = NULL;
     if (db_load_record(dc->db, NULL, NULL, ev->request->id, &now) != KILN_OK) return false;
     bool same = now->status != NULL && now->status->state == ev->status->state &&
-                now->status->attempts == ev->status->attempts &&
-                (e->kind != DONECHECK_VIEWED || now->viewed);
+                now->status->attempts == ev->status->attempts && now->viewed == ev->viewed;
     kiln__v1__job_record__free_unpacked(now, NULL);
     return same;
 }
@@ -134,7 +137,7 @@ static kiln_pubcheck_result donecheck_event_again(donecheck *dc, const kiln_pubc
         return KILN_PUBCHECK_SETTLED;
     }
     kiln_pubcheck_result r = KILN_PUBCHECK_SETTLED;
-    if (!donecheck_still_current(dc, e, ev)) {
+    if (!donecheck_still_current(dc, ev)) {
         LOG_DEBUG("donecheck: event lost by nats-server, a later one supersedes it job=%s seq=%" PRIu64,
                   ev->request->id, e->seq);
     } else {
@@ -156,6 +159,43 @@ static kiln_pubcheck_result donecheck_event_again(donecheck *dc, const kiln_pubc
     return r;
 }
 
+/* Publishes again, in a batch of their own, the first events of a lost
+ * EventBatch whose jobs are still where they were (pending, not viewed): a
+ * job that moved on had later events, and its first must not follow them. */
+static kiln_pubcheck_result donecheck_first_again(donecheck *dc, const kiln_pubcheck_entry *e)
+{
+    Kiln__V1__EventBatch *b = kiln__v1__event_batch__unpack(NULL, e->len, e->data);
+    if (b == NULL) {
+        LOG_WARN("donecheck: a kept first-event batch does not decode, dropped seq=%" PRIu64, e->seq);
+        return KILN_PUBCHECK_SETTLED;
+    }
+    events_list l = {0};
+    kiln_status st = KILN_OK;
+    for (size_t i = 0; st == KILN_OK && i < b->n_records; i++) {
+        Kiln__V1__JobRecord *ev = kiln__v1__job_record__unpack(NULL, b->records[i].len, b->records[i].data);
+        if (ev != NULL && ev->request != NULL && ev->request->id != NULL && ev->status != NULL &&
+            donecheck_still_current(dc, ev) &&
+            events_add_replayed(&l, ev, EVENTS_STATE) == KILN_ENOMEM) /* skipped if a later batch holds it */
+            st = KILN_ENOMEM; /* asked again next tick; an invalid record is left out */
+        kiln__v1__job_record__free_unpacked(ev, NULL);
+    }
+    size_t again = l.n, jobs = b->n_records;
+    kiln__v1__event_batch__free_unpacked(b, NULL);
+    if (st == KILN_OK && again > 0) st = events_publish_sync(dc->js, &l, 1);
+    events_free(&l);
+    if (st != KILN_OK) return KILN_PUBCHECK_RETRY;
+    if (again == 0) {
+        LOG_DEBUG("donecheck: first events lost by nats-server, later ones supersede them jobs=%zu "
+                  "seq=%" PRIu64, jobs, e->seq);
+        return KILN_PUBCHECK_SETTLED;
+    }
+    LOG_WARN("donecheck: first events lost by nats-server after it confirmed them, published again "
+             "jobs=%zu of=%zu seq=%" PRIu64,
+             again, jobs, e->seq);
+    kiln_metric_add(dc->m_events_again, (int64_t)again);
+    return KILN_PUBCHECK_SETTLED;
+}
+
 static kiln_pubcheck_result donecheck_check(const kiln_pubcheck_entry *e, void *arg)
 {
     donecheck *dc = arg;
@@ -163,7 +203,10 @@ static kiln_pubcheck_result donecheck_check(const kiln_pubcheck_entry *e, void *
     kiln_pubcheck_look look = kiln_pubcheck_look_up(dc->js, done ? KILN_STREAM_DONE : KILN_STREAM_EVENTS, e);
     if (look == KILN_PUBCHECK_UNKNOWN) return KILN_PUBCHECK_RETRY;
     kiln_pubcheck_result r = KILN_PUBCHECK_SETTLED;
-    if (look == KILN_PUBCHECK_LOST) r = done ? donecheck_done_again(dc, e) : donecheck_event_again(dc, e);
+    if (look == KILN_PUBCHECK_LOST)
+        r = done                           ? donecheck_done_again(dc, e)
+            : e->kind == DONECHECK_FIRST ? donecheck_first_again(dc, e)
+                                         : donecheck_event_again(dc, e);
     if (r == KILN_PUBCHECK_SETTLED) kiln_metric_add(dc->m_checked, 1);
     return r;
 }

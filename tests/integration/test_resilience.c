@@ -529,6 +529,116 @@ Test(resilience, announcements_nats_server_lost_after_confirming_them_are_publis
     h_stop(&s);
 }
 
+/* The EventBatches of first events in KILN_EVENTS (subjects ending in
+ * ".$new"): their sequences, and how many of them hold each of ids. */
+typedef struct {
+    const char *ids[2];
+    int holds[2];
+    uint64_t seqs[RES_EVENTS_MAX];
+    int n;
+} res_first_arg;
+
+static void res_first_one(natsMsg *m, void *arg)
+{
+    res_first_arg *a = arg;
+    const char *subj = natsMsg_GetSubject(m);
+    size_t sl = strlen(subj);
+    if (sl < 5 || strcmp(subj + sl - 5, ".$new") != 0) return;
+    if (a->n < RES_EVENTS_MAX) a->seqs[a->n++] = natsMsg_GetSequence(m);
+    Kiln__V1__EventBatch *b = kiln__v1__event_batch__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                             (const uint8_t *)natsMsg_GetData(m));
+    cr_assert_not_null(b, "a first-event batch (seq %llu) does not decode",
+                       (unsigned long long)natsMsg_GetSequence(m));
+    for (size_t i = 0; i < b->n_records; i++) {
+        Kiln__V1__JobRecord *r = kiln__v1__job_record__unpack(NULL, b->records[i].len, b->records[i].data);
+        for (int k = 0; k < 2 && r != NULL && r->request != NULL && r->request->id != NULL; k++)
+            if (strcmp(r->request->id, a->ids[k]) == 0) a->holds[k]++;
+        kiln__v1__job_record__free_unpacked(r, NULL);
+    }
+    kiln__v1__event_batch__free_unpacked(b, NULL);
+}
+
+static void res_first_scan(jsCtx *js, res_first_arg *a)
+{
+    a->n = 0;
+    a->holds[0] = a->holds[1] = 0;
+    cr_assert_geq(h_stream_scan(js, "KILN_EVENTS", res_first_one, a), 0, "KILN_EVENTS could not be read");
+}
+
+typedef struct {
+    jsCtx *js;
+    res_first_arg *first;
+    const char *cancelled; /* a job whose cancelled event must be there too; NULL: none */
+} res_first_wait_arg;
+
+/* h_wait_for: both jobs' first events are out (and the cancelled one's end). */
+static int res_first_events_out(void *arg)
+{
+    res_first_wait_arg *w = arg;
+    res_first_scan(w->js, w->first);
+    if (w->first->holds[0] < 1 || w->first->holds[1] < 1) return 0;
+    uint64_t seqs[RES_EVENTS_MAX];
+    char keys[RES_EVENTS_MAX][160];
+    int nev = res_job_event_list(w->js, w->cancelled, seqs, keys);
+    return nev >= 1 && strstr(keys[nev - 1], ".cancelled.") != NULL;
+}
+
+/* h_wait_for: a first-event batch holds the first job again. */
+static int res_first_event_back(void *arg)
+{
+    res_first_wait_arg *w = arg;
+    res_first_scan(w->js, w->first);
+    return w->first->holds[0] >= 1;
+}
+
+/* The same loss for first events, which the store sends per user in
+ * EventBatches on kiln.events.<user>.$new: a lost batch goes again with
+ * the jobs that are still pending, and without a job that moved on (here:
+ * cancelled), whose first event must not follow its cancelled one. */
+Test(resilience, first_events_nats_server_lost_after_confirming_them_are_published_again)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1}; /* the jobs stay pending */
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char waiting[65], cancelled[65];
+    /* Submitted and cancelled together: the first events and the cancelled
+     * one are confirmed within the store's last 0.5 s of publishing. */
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "waiting wren", waiting), 202);
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "cancelled wren", cancelled), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, cancelled, "pending", 0, 10000, "the job to cancel");
+    h_resp r;
+    cr_assert_eq(h_job_post(&s, &r, H_TOKEN_ALICE, cancelled, "cancel"), 200);
+    h_resp_free(&r);
+
+    res_first_arg first = {.ids = {waiting, cancelled}};
+    res_first_wait_arg w = {n.js, &first, cancelled};
+    cr_assert(h_wait_for(res_first_events_out, &w, 10000, 50),
+              "first events out for %d/%d jobs, or no cancelled event", first.holds[0], first.holds[1]);
+    jsErrCode jerr = 0;
+    for (int i = 0; i < first.n; i++)
+        cr_assert_eq(js_DeleteMsg(n.js, "KILN_EVENTS", first.seqs[i], NULL, &jerr), NATS_OK, "delete: jerr %d",
+                     (int)jerr);
+    h_nats_free(&n);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats_open(&s, &n);
+    w.js = n.js;
+    cr_expect(h_wait_for(res_first_event_back, &w, 15000, 50), "the waiting job's first event was not published again");
+    cr_expect_eq(first.holds[1], 0, "the cancelled job's first event was published again, after its cancelled one");
+    uint64_t seqs[RES_EVENTS_MAX];
+    char keys[RES_EVENTS_MAX][160];
+    int nev = res_job_event_list(n.js, cancelled, seqs, keys);
+    cr_expect(nev >= 1 && strstr(keys[nev - 1], ".cancelled.") != NULL, "the cancelled job's last event changed");
+    cr_expect_eq(h_metric(&s, H_STORE, "kiln_store_events_reannounced_total"), 1);
+    cr_expect(h_log_contains(&s, H_STORE, "first events lost by nats-server"));
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 typedef struct {
     jsCtx *js;
     const char *id;
