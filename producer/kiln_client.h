@@ -43,7 +43,11 @@ typedef struct {
 void kiln_job_spec_init(kiln_job_spec *s);
 
 /* Connects (comma-separated urls; reconnects forever once connected) and
- * makes sure Kiln's streams exist. *out is set only on success. */
+ * makes sure Kiln's streams exist. *out is set only on success. While the
+ * client stays connected, the submits JetStream confirmed in its last 0.5 s
+ * of submitting before a reconnect are looked up afterwards and published
+ * again if nats-server lost them (a crash of nats-server 2.9.10 can), on a
+ * thread of the client's own. */
 kiln_status kiln_client_connect(const char *urls, kiln_client **out);
 void kiln_client_destroy(kiln_client *c); /* NULL-safe; flushes async submits */
 
