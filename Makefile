@@ -82,7 +82,7 @@ $(BINS):
 # Tests: Criterion unit tests and integration tests against real daemons.
 UNIT_OBJ := $(call obj_of,tests/unit)
 IT_OBJ := $(call obj_of,tests/integration)
-HARNESS_OBJ := $(BUILD)/obj/tests/harness.o
+HARNESS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/harness*.c))
 # Unit tests link each component's objects except its main.o, so module
 # functions (JSON mapping, directives, store keys, ...) are testable directly.
 COMPONENT_OBJ := $(filter-out %/main.o,$(foreach d,gateway consumer store devprovider,$(call obj_of,$(d))))
