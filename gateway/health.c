@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "gate.h"
 #include "health.h"
+#include "submit.h"
 #include "metrics.h"
 #include "rpc.h"
 #include "server.h"
@@ -31,7 +32,7 @@ static const char *const health_route_names[GW_ROUTE_COUNT] = {
 
 static atomic_uint_fast64_t health_requests[GW_ROUTE_COUNT][HEALTH_CLASSES];
 static kiln_metric *health_m_latency, *health_m_accepted, *health_m_unavailable,
-    *health_m_rate_limited, *health_m_suspended, *health_m_streams;
+    *health_m_rate_limited, *health_m_suspended, *health_m_streams, *health_m_unacked;
 static natsConnection *health_nc;
 
 kiln_status gw_health_init(natsConnection *nc)
@@ -48,6 +49,9 @@ kiln_status gw_health_init(natsConnection *nc)
     health_m_suspended = kiln_metric_gauge("kiln_gateway_waiting_requests",
                                            "requests waiting for NATS or the store");
     health_m_streams = kiln_metric_gauge("kiln_gateway_event_streams", "open SSE event streams");
+    health_m_unacked = kiln_metric_gauge(
+        "kiln_gateway_submits_unacked",
+        "submit publishes JetStream has not acknowledged (nor been given up on) yet");
     return KILN_OK;
 }
 
@@ -107,6 +111,7 @@ void gw_health_metrics(gw_req *r)
     size_t clen = 0;
     kiln_metric_set(health_m_suspended, gw_server_suspended_count());
     kiln_metric_set(health_m_streams, gw_sse_count());
+    kiln_metric_set(health_m_unacked, gw_submit_unacked());
     if (kiln_metrics_render(&common, &clen) != KILN_OK) {
         gw_answer_error(&r->ans, "unavailable", "metrics are unavailable", NULL);
         return;

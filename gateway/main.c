@@ -234,6 +234,7 @@ out:
     if (server_started) gw_server_drain(MAIN_SHUTDOWN_GRACE_MS);
     if (rpc_started) gw_rpc_shutdown();
     kiln_resubmit_stop(resubmit);
+    gw_submit_detach(); /* the ack sweep lets go of the connections closed next */
     kiln_nats_close(qnc, NULL);
     kiln_nats_close(fnc, fjs);
     kiln_nats_close(nc, js);

@@ -102,3 +102,24 @@ void *gw_map_take_any(gw_map *m, uint64_t *key)
     }
     return NULL;
 }
+
+size_t gw_map_take_if(gw_map *m, bool (*pick)(const void *val, void *arg), void *arg, void **out,
+                      size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i <= m->mask && n < max && m->size > 0; i++) {
+        map_node **pp = &m->b[i];
+        while (*pp != NULL && n < max) {
+            if (!pick((*pp)->val, arg)) {
+                pp = &(*pp)->next;
+                continue;
+            }
+            map_node *x = *pp;
+            out[n++] = x->val;
+            *pp = x->next;
+            free(x);
+            m->size--;
+        }
+    }
+    return n;
+}

@@ -3,6 +3,7 @@
 #ifndef GW_MAP_H
 #define GW_MAP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,5 +20,9 @@ void **gw_map_slot(gw_map *m, uint64_t key); /* key's value, in place; NULL when
 size_t gw_map_size(const gw_map *m);
 /* Removes and returns any one value (for draining at shutdown), or NULL. */
 void *gw_map_take_any(gw_map *m, uint64_t *key);
+/* Removes up to max values for which pick(value, arg) is true into out;
+ * returns how many. Walks every bucket: for periodic sweeps, not hot paths. */
+size_t gw_map_take_if(gw_map *m, bool (*pick)(const void *val, void *arg), void *arg, void **out,
+                      size_t max);
 
 #endif

@@ -77,6 +77,7 @@ typedef struct gw_req {
     int64_t wait_deadline_ms; /* mono */
     int64_t query_sent_us;    /* kiln_mono_us() when the last store query left */
     int64_t created_at_ms;
+    int64_t ack_deadline_ms;  /* submit: mono; unacked then, it is answered 503 */
     char *pending_body;       /* submit: the 202 body, sent after the ack */
     size_t pending_len;
     int rpc_kind;             /* which store call is in flight */

@@ -3,7 +3,13 @@
  *
  * The MHD thread suspends the connection, records the published natsMsg* in
  * a table and returns at once; the pub-ack handler (libnats thread) takes the
- * request out of the table, fills the answer and resumes the connection. */
+ * request out of the table, fills the answer and resumes the connection.
+ *
+ * A publish whose ack does not come within KILN_PUBLISH_TIMEOUT is answered
+ * 503 by a sweep of that table (submit_tick, timer thread), not by nats.c's
+ * per-publish MaxWait: nats.c 3.4.1 follows every such publish with its own
+ * bookkeeping and, MaxWait later, a timeout message, acked or not, which cost
+ * the gateway ~14 % of its CPU per submit (design.md, Performance notes). */
 #include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +39,7 @@
 #include "rpc.h"
 #include "subjects.h"
 #include "submit.h"
+#include "timers.h"
 #include "uuid7.h"
 
 #define SUBMIT_POLL_AFTER_MS 3000
@@ -54,12 +61,21 @@ typedef struct {
  * A threshold of 32 cost the gateway ~10 % more CPU in W4 for the same rate. */
 #define SUBMIT_FAST_BELOW 8
 
+#define SUBMIT_TICK_MS 100    /* how often unacked submits are looked at */
+#define SUBMIT_EXPIRE_MAX 256 /* answered per pass of the sweep */
+
 static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
 static gw_map *submit_pending; /* natsMsg* -> gw_req* */
 static gw_submit_conn submit_batched, submit_fast;
 static atomic_int submit_inflight; /* published, ack handler not yet run */
 static int64_t submit_publish_timeout_ms = 5000;
 static int64_t submit_store_timeout_ms = 2000;
+static atomic_bool submit_ticking;
+/* Whether a publish went out on the connection (nats.c's pending list
+ * exists only after its first async publish: before, asking for it crashes). */
+static atomic_bool submit_batched_used, submit_fast_used;
+
+static void submit_tick(uint64_t token, void *arg);
 
 kiln_status gw_submit_init(gw_submit_conn batched, gw_submit_conn fast,
                            int64_t publish_timeout_ms, int64_t store_timeout_ms)
@@ -72,6 +88,8 @@ kiln_status gw_submit_init(gw_submit_conn batched, gw_submit_conn fast,
     pthread_mutex_lock(&submit_mu);
     kiln_status st = submit_pending == NULL ? gw_map_create(8192, &submit_pending) : KILN_OK;
     pthread_mutex_unlock(&submit_mu);
+    if (st == KILN_OK && !atomic_exchange(&submit_ticking, true))
+        st = gw_timers_add(kiln_mono_ms() + SUBMIT_TICK_MS, submit_tick, 0, NULL);
     return st;
 }
 
@@ -90,6 +108,16 @@ static void submit_answer_accepted(gw_req *r)
     gw_health_submit_latency((double)(kiln_mono_us() - r->start_us) / 1000.0);
 }
 
+int gw_submit_unacked(void) { return atomic_load(&submit_inflight); }
+
+void gw_submit_detach(void)
+{
+    atomic_store(&submit_ticking, false);
+    pthread_mutex_lock(&submit_mu);
+    submit_batched.js = submit_fast.js = NULL;
+    pthread_mutex_unlock(&submit_mu);
+}
+
 void gw_submit_fail_pending(void)
 {
     for (;;) {
@@ -100,6 +128,61 @@ void gw_submit_fail_pending(void)
         submit_answer_unavailable(r, "the job could not be confirmed before shutdown");
         gw_server_resume(r);
     }
+}
+
+static bool submit_overdue(const void *val, void *arg)
+{
+    return ((const gw_req *)val)->ack_deadline_ms <= *(const int64_t *)arg;
+}
+
+/* Under submit_mu, with no submit waiting: whatever nats.c still counts as
+ * unacked is a publish whose ack will never come (nats-server restarted
+ * after reading it; its request was answered 503 by now) or comes too late
+ * to answer anyone. Without MaxWait nats.c would keep those for good, each
+ * counting against MaxPending; taken back and dropped here instead. */
+static void submit_drop_stale_locked(void)
+{
+    const gw_submit_conn *conns[2] = {&submit_batched, &submit_fast};
+    atomic_bool *used[2] = {&submit_batched_used, &submit_fast_used};
+    for (int i = 0; i < 2; i++) {
+        natsMsgList stale = {0};
+        if (conns[i]->js == NULL || !atomic_load(used[i]) ||
+            js_PublishAsyncGetPendingList(&stale, conns[i]->js) != NATS_OK)
+            continue;
+        atomic_fetch_sub(&submit_inflight, stale.Count); /* their ack handler will not run */
+        LOG_WARN("submit publishes never acknowledged dropped msgs=%d", stale.Count);
+        natsMsgList_Destroy(&stale);
+    }
+}
+
+/* Timer thread, every SUBMIT_TICK_MS while the gateway runs: answers 503
+ * for the submits whose ack is overdue, and drops stale unacked publishes
+ * when no submit waits. */
+static void submit_tick(uint64_t token, void *arg)
+{
+    (void)token, (void)arg;
+    int64_t now = kiln_mono_ms();
+    void *late[SUBMIT_EXPIRE_MAX];
+    size_t n;
+    do {
+        pthread_mutex_lock(&submit_mu);
+        n = submit_pending != NULL
+                ? gw_map_take_if(submit_pending, submit_overdue, &now, late, SUBMIT_EXPIRE_MAX)
+                : 0;
+        if (n == 0 && submit_pending != NULL && gw_map_size(submit_pending) == 0)
+            submit_drop_stale_locked();
+        pthread_mutex_unlock(&submit_mu);
+        for (size_t i = 0; i < n; i++) {
+            gw_req *r = late[i];
+            LOG_WARN("submit publish failed job=%s err=no ack within %lld ms", r->job_id,
+                     (long long)submit_publish_timeout_ms);
+            submit_answer_unavailable(r, "the job queue did not confirm the job; retry");
+            gw_server_resume(r);
+        }
+    } while (n == SUBMIT_EXPIRE_MAX);
+    if (atomic_load(&submit_ticking) &&
+        gw_timers_add(now + SUBMIT_TICK_MS, submit_tick, 0, NULL) != KILN_OK)
+        LOG_WARN("submit ack timer could not be re-armed");
 }
 
 void gw_submit_free(void)
@@ -225,16 +308,17 @@ static kiln_status submit_publish(gw_req *r, const char *subject, const uint8_t 
     natsStatus s = natsMsg_Create(&msg, subject, NULL, (const char *)buf, (int)len);
     if (s != NATS_OK) return kiln_nats_status(s);
     uint64_t key = (uint64_t)(uintptr_t)msg;
+    r->ack_deadline_ms = kiln_mono_ms() + submit_publish_timeout_ms;
     pthread_mutex_lock(&submit_mu);
     st = gw_map_put(submit_pending, key, r);
     pthread_mutex_unlock(&submit_mu);
     if (st != KILN_OK) goto out;
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MsgId = r->job_id;
-    po.MaxWait = submit_publish_timeout_ms;
+    po.MsgId = r->job_id; /* no MaxWait: submit_tick ends a publish left unacked */
     atomic_fetch_add(&submit_inflight, 1);
     s = js_PublishMsgAsync(conn->js, &msg, &po);
+    if (s == NATS_OK) atomic_store(conn == &submit_fast ? &submit_fast_used : &submit_batched_used, true);
     if (s != NATS_OK) {
         atomic_fetch_sub(&submit_inflight, 1); /* no ack will come */
         /* Not sent: no ack will come. Take r back unless it is already gone. */

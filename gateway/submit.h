@@ -18,9 +18,14 @@ typedef struct {
 
 kiln_status gw_submit_init(gw_submit_conn batched, gw_submit_conn fast,
                            int64_t publish_timeout_ms, int64_t store_timeout_ms);
+/* Before the submit connections close: the ack sweep no longer touches them
+ * and stops re-arming. */
+void gw_submit_detach(void);
 /* Answers 503 to every submit still waiting for an ack (after NATS closed). */
 void gw_submit_fail_pending(void);
 void gw_submit_free(void);
+/* Submit publishes awaiting their JetStream ack (the metrics gauge). */
+int gw_submit_unacked(void);
 
 /* The jsPubAckHandler given to kiln_nats_connect_async (libnats thread). */
 void gw_submit_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,

@@ -744,6 +744,35 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     h_stop(&s);
 }
 
+/* A submit whose JetStream ack never comes: nats-server frozen after it
+ * read nothing of the publish, then killed and started again. The gateway
+ * must answer 503 once KILN_PUBLISH_TIMEOUT has passed (not hang, not
+ * earlier), count nothing as unacknowledged once it has given up on that
+ * publish and NATS is back, and accept submits again. */
+Test(resilience, a_submit_whose_ack_never_comes_is_answered_503_and_given_up)
+{
+    h_stack s;
+    h_stack_opts o = {.env = {"KILN_PUBLISH_TIMEOUT=1s", NULL}};
+    h_start(&s, &o);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "before the freeze", id), 202);
+    res_freeze(&s, H_NATS);
+    int64_t t0 = h_now_ms();
+    long st = h_submit_prompt(&s, H_TOKEN_ALICE, "never acknowledged", id);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(st, 503, "a submit without an ack answered %ld", st);
+    cr_expect(took >= 900 && took <= 4000, "the 503 came after %lld ms (KILN_PUBLISH_TIMEOUT 1 s)",
+              (long long)took);
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+    cr_expect(h_wait_metric_eq(&s, H_GATEWAY, "kiln_gateway_submits_unacked", 0, 10000),
+              "the gateway still counts %g submit(s) unacknowledged",
+              h_metric(&s, H_GATEWAY, "kiln_gateway_submits_unacked"));
+    cr_expect_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "after the restart", id), 202);
+    h_stop(&s);
+}
+
 /* Submits the client library's user owns ("alice", as the gateway's token
  * does), synchronously or not, and cr_asserts each was confirmed. */
 static void res_library_submit(kiln_client *c, const char *prompt, bool async, char id[65])
