@@ -304,6 +304,11 @@ void cons_registry_keepalive(void);
 size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
 /* Remembers that the n jobs wait for the ack of m (before publishing m; a
  * TransitionBatch is one m for many jobs). One lock for all n. */
+/* Runs fn(arg) under the registry's lock when no job waits for a publish
+ * ack, and returns its result (0 when it did not run). A publish a job will
+ * wait for is tracked before it goes out, so fn sees only publishes nobody
+ * waits for. */
+int cons_registry_with_no_pub_waiting(int (*fn)(void *arg), void *arg);
 void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
                              int64_t deadline_mono);
 /* Forgets the pending publish of the n jobs (the publish call itself failed). */
@@ -324,6 +329,10 @@ void cons_publish_batch_begin(void);
 void cons_publish_batch_end(void);
 void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                               void *closure);
+/* Takes back from nats.c the publishes whose ack nobody waits for any more
+ * (an ack that never comes would otherwise stay counted for good; the
+ * transfer thread's overdue sweep calls it). */
+void cons_publish_drop_stale(void);
 
 /* ---- deadletter.c ---- */
 /* Copies j's original payload to jobs.dead with Kiln-Reason (tracked). */

@@ -1,7 +1,16 @@
 /* publish.c - JobTransitions on kiln.tx (JetStream async publish with
  * Nats-Msg-Id "<id>.<attempt>.<state>"), or several of one transfer round
  * in one TransitionBatch, and the async publish ack handler, which continues
- * each job's result chain. */
+ * each job's result chain.
+ *
+ * A publish whose ack does not come within PUB_MAX_WAIT_MS gives its jobs
+ * up through the registry's deadline (the transfer thread's overdue sweep),
+ * not through nats.c's per-publish MaxWait: nats.c 3.4.1 follows every such
+ * publish with its own bookkeeping and, MaxWait later, a timeout message,
+ * acked or not (~17 % of the consumer's CPU in W2; design.md, Performance
+ * notes). What nats.c then keeps for an ack that never comes is taken back
+ * by cons_publish_drop_stale. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +22,7 @@
 #include "pb.h"
 #include "subjects.h"
 
-#define PUB_MAX_WAIT_MS 10000   /* JetStream ack wait for one publish */
-#define PUB_SWEEP_MS 20000      /* after this the transfer thread gives the job up */
+#define PUB_MAX_WAIT_MS 10000   /* JetStream ack wait for one publish: then its jobs are given up */
 #define PUB_SHORT_FIELD 128     /* invalid requests: longer strings are cut */
 
 /* Number of bytes of s holding at most max_chars UTF-8 code points. */
@@ -123,6 +131,31 @@ out:
     return ks;
 }
 
+/* Whether an async publish went out on cons_g.js: nats.c's pending list
+ * exists only after the first (before, asking for it crashes). */
+static atomic_bool pub_used;
+
+/* Under the registry's lock, with no job waiting for an ack: what nats.c
+ * still counts as unacked is a publish whose jobs were given up, or an
+ * untracked one (PROCESSING); its ack changes nothing any more. */
+static int pub_take_stale(void *arg)
+{
+    (void)arg;
+    natsMsgList stale = {0};
+    if (!atomic_load(&pub_used) || js_PublishAsyncGetPendingList(&stale, cons_g.js) != NATS_OK)
+        return 0;
+    int n = stale.Count;
+    natsMsgList_Destroy(&stale);
+    return n;
+}
+
+void cons_publish_drop_stale(void)
+{
+    if (cons_g.js == NULL) return;
+    int n = cons_registry_with_no_pub_waiting(pub_take_stale, NULL);
+    if (n > 0) LOG_WARN("publishes never acknowledged dropped msgs=%d", n);
+}
+
 /* Publishes buf on kiln.tx with one header and, if msg_id is set, a
  * Nats-Msg-Id. The n jobs (none when not tracked) wait for its ack: the ack
  * handler continues them, so they may be gone once this returns KILN_OK. */
@@ -138,10 +171,10 @@ static kiln_status pub_send(cons_job *const *jobs, size_t n, const uint8_t *buf,
         natsMsg_Destroy(m);
         return kiln_nats_status(s);
     }
-    po.MsgId = msg_id;
-    po.MaxWait = PUB_MAX_WAIT_MS;
-    if (n > 0) cons_registry_track_pub(jobs, n, m, kiln_mono_ms() + PUB_SWEEP_MS);
+    po.MsgId = msg_id; /* no MaxWait: the registry's deadline gives the jobs up */
+    if (n > 0) cons_registry_track_pub(jobs, n, m, kiln_mono_ms() + PUB_MAX_WAIT_MS);
     s = js_PublishMsgAsync(cons_g.js, &m, &po);
+    if (s == NATS_OK) atomic_store(&pub_used, true);
     if (s != NATS_OK) {
         if (n > 0) cons_registry_untrack_pub(jobs, n);
         natsMsg_Destroy(m);

@@ -12,6 +12,7 @@
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static cons_job *reg_head;
 static cons_job **reg_buckets;     /* by published message (pending_pub) */
+static size_t reg_pub_waiting;     /* jobs with a pending_pub */
 static cons_job **reg_seq_buckets; /* by stream sequence */
 static size_t reg_nbuckets;        /* of each; a power of two */
 
@@ -103,6 +104,7 @@ static void reg_unhash(cons_job *j)
     if (*pp == j) *pp = j->pub_next;
     j->pub_next = NULL;
     j->pending_pub = NULL;
+    reg_pub_waiting--;
 }
 
 void cons_registry_remove(cons_job *j)
@@ -190,6 +192,7 @@ void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
         reg_unhash(j);
         j->pending_pub = m;
         j->pub_deadline_mono = deadline_mono;
+        reg_pub_waiting++;
         j->pub_next = reg_buckets[b];
         reg_buckets[b] = j;
     }
@@ -219,11 +222,21 @@ size_t cons_registry_take_pub(natsMsg *m, cons_job **out, size_t max)
             *pp = j->pub_next;
             j->pub_next = NULL;
             j->pending_pub = NULL;
+            reg_pub_waiting--;
             out[n++] = j;
         }
     }
     pthread_mutex_unlock(&reg_mu);
     return n;
+}
+
+int cons_registry_with_no_pub_waiting(int (*fn)(void *arg), void *arg)
+{
+    int r = 0;
+    pthread_mutex_lock(&reg_mu);
+    if (reg_pub_waiting == 0) r = fn(arg);
+    pthread_mutex_unlock(&reg_mu);
+    return r;
 }
 
 size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max)

@@ -271,6 +271,7 @@ static void tr_sweep_overdue(int64_t now)
     cons_job *batch[TR_OVERDUE_BATCH];
     size_t n = cons_registry_take_overdue(now, batch, TR_OVERDUE_BATCH);
     for (size_t i = 0; i < n; i++) cons_job_abandon(batch[i], "publish ack overdue");
+    cons_publish_drop_stale();
 }
 
 static void *tr_main(void *arg)

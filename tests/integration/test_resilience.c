@@ -773,6 +773,52 @@ Test(resilience, a_submit_whose_ack_never_comes_is_answered_503_and_given_up)
     h_stop(&s);
 }
 
+/* The same for a consumer's transitions: two calls end while the consumer
+ * is frozen; nats-server is frozen, the consumer thawed publishes both
+ * results as one TransitionBatch into a server that never reads it, and
+ * nats-server is killed and started again. The consumer must give the jobs
+ * up (no ack within 10 s), run them again once redelivered, and let go of
+ * the publish nats.c still counts as unacked: a consumer that kept it waited
+ * for its ack at every stop (5 s). */
+Test(resilience, a_transition_whose_ack_never_comes_is_given_up_and_its_job_runs_again, .timeout = 180)
+{
+    enum { NJOBS = 2 };
+    h_stack s;
+    /* One transfer thread: both results are taken in one round. */
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_ACK_WAIT=3s", NULL},
+                      .consumer_env = {"KILN_TRANSFER_THREADS=1", NULL}};
+    h_start(&s, &o);
+    char ids[NJOBS][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"!sleep=1500 unacked otter %d\"}", NJOBS, ids);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", NJOBS, 20000),
+              "the calls never reached the provider");
+    res_freeze(&s, H_CONSUMER);
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", NJOBS - 1, 10000) &&
+                  h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 0, 10000),
+              "the provider did not answer");
+    res_freeze(&s, H_NATS);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_transition_batches_total", 0, 10000),
+              "the consumer did not publish the results");
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+
+    h_nats n;
+    h_nats_open(&s, &n);
+    for (int i = 0; i < NJOBS; i++) res_expect_completed_once(&s, &n, ids[i], -1, 60000);
+    cr_expect(h_wait_log(&s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
+              "the consumer kept the publish whose ack never came");
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0);
+    int64_t took = h_now_ms() - t0;
+    cr_expect(took < 4000, "the consumer took %lld ms to stop (waiting for an ack that cannot come?)",
+              (long long)took);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* Submits the client library's user owns ("alice", as the gateway's token
  * does), synchronously or not, and cr_asserts each was confirmed. */
 static void res_library_submit(kiln_client *c, const char *prompt, bool async, char id[65])
