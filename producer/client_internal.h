@@ -14,6 +14,10 @@ struct kiln_client {
     jsCtx *js;
     /* Updated from nats.c's async-ack thread, read by flush callers. */
     atomic_uint_fast64_t async_failed;
+    /* Async submits awaiting their ack, and the mono ms of the last ack (or
+     * of the first submit after none was awaited): see client_give_up_stale. */
+    atomic_int_fast64_t async_unacked;
+    atomic_int_fast64_t async_progress_ms;
     /* Confirmed submits, checked after a reconnect (common/resubmit.c). */
     kiln_resubmit *resubmit;
 };

@@ -20,7 +20,8 @@
 
 #define CLIENT_CONNECT_TIMEOUT_MS 2000   /* initial connect retries this long */
 #define CLIENT_ASYNC_MAX_PENDING 16384   /* async publishes in flight before submit_async stalls */
-#define CLIENT_ASYNC_ACK_WAIT_MS 30000   /* an async publish unacked this long counts as failed */
+#define CLIENT_ASYNC_ACK_WAIT_MS 30000   /* no ack this long: the unacked async submits count as failed */
+#define CLIENT_FLUSH_SLICE_MS 1000       /* flush looks for stale submits this often */
 #define CLIENT_ASYNC_STALL_MAX_MS 30000  /* submit_async gives up when stalled this long */
 #define CLIENT_DESTROY_FLUSH_MS 10000    /* destroy waits this long for outstanding acks */
 #define CLIENT_WAIT_RECHECK_MS 5000      /* wait re-reads the state this often (missed events) */
@@ -138,6 +139,8 @@ static void client_on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckE
 {
     (void)js;
     kiln_client *c = closure;
+    atomic_store(&c->async_progress_ms, kiln_mono_ms());
+    atomic_fetch_sub(&c->async_unacked, 1);
     if (pa != NULL && pae == NULL) kiln_resubmit_keep(c->resubmit, msg, pa->Sequence);
     if (pa == NULL) {
         const char *id = NULL;
@@ -159,6 +162,8 @@ kiln_status kiln_client_connect(const char *urls, kiln_client **out)
     c = calloc(1, sizeof *c);
     if (c == NULL) return KILN_ENOMEM;
     atomic_init(&c->async_failed, 0);
+    atomic_init(&c->async_unacked, 0);
+    atomic_init(&c->async_progress_ms, 0);
     /* nats-server 2.9.10 can lose a submit it confirmed just before it is
      * killed: the last 0.5 s of submits are kept and checked after a
      * reconnect, as the gateway's are. */
@@ -273,6 +278,28 @@ out:
     return st;
 }
 
+/* Async submits carry no MaxWait: nats.c 3.4.1 follows every such publish
+ * with bookkeeping and, MaxWait later, a timeout message, acked or not
+ * (~76 bytes per submit for 30 s, and a dispatch; design.md, Performance
+ * notes). Instead, where a caller waits (flush, a stalled submit_async):
+ * when submits are awaited and no ack came for CLIENT_ASYNC_ACK_WAIT_MS,
+ * every unacked one counts as failed and is taken back from nats.c (an ack
+ * that comes after that is dropped by nats.c). */
+static void client_give_up_stale(kiln_client *c)
+{
+    if (atomic_load(&c->async_unacked) <= 0 ||
+        kiln_mono_ms() - atomic_load(&c->async_progress_ms) < CLIENT_ASYNC_ACK_WAIT_MS)
+        return;
+    natsMsgList stale = {0};
+    if (js_PublishAsyncGetPendingList(&stale, c->js) != NATS_OK) return;
+    atomic_fetch_add(&c->async_failed, (uint64_t)stale.Count);
+    atomic_fetch_sub(&c->async_unacked, stale.Count);
+    atomic_store(&c->async_progress_ms, kiln_mono_ms());
+    LOG_WARN("async submits without an ack for %d ms counted as failed count=%d",
+             CLIENT_ASYNC_ACK_WAIT_MS, stale.Count);
+    natsMsgList_Destroy(&stale);
+}
+
 kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, char *id_out,
                                      size_t id_out_len, char *err, size_t errlen)
 {
@@ -283,8 +310,9 @@ kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, 
     kiln_status st = client_prepare(c, spec, id, sizeof id, id_out_len, err, errlen, &m);
     if (st != KILN_OK) goto out;
     jsPubOptions_Init(&po);
-    po.MsgId = id;
-    po.MaxWait = CLIENT_ASYNC_ACK_WAIT_MS;
+    po.MsgId = id; /* no MaxWait: client_give_up_stale */
+    /* Counted before the publish: its ack may come before the call returns. */
+    if (atomic_fetch_add(&c->async_unacked, 1) == 0) atomic_store(&c->async_progress_ms, kiln_mono_ms());
     /* js_PublishMsgAsync returns NATS_TIMEOUT after a short stall when
      * CLIENT_ASYNC_MAX_PENDING publishes are in flight: that is back-pressure,
      * so keep trying (the message stays ours on failure) up to a limit. */
@@ -293,8 +321,10 @@ kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, 
     for (;;) {
         ns = js_PublishMsgAsync(c->js, &m, &po);
         if (ns != NATS_TIMEOUT || kiln_mono_ms() >= deadline) break;
+        client_give_up_stale(c);
     }
     if (ns != NATS_OK) {
+        atomic_fetch_sub(&c->async_unacked, 1); /* not sent: no ack will come */
         client_seterr(err, errlen, "async publish to %s failed: %s",
                       kiln_priority_subject(spec->priority), client_nats_text(ns));
         st = kiln_nats_status(ns);
@@ -311,8 +341,16 @@ kiln_status kiln_client_flush(kiln_client *c, int64_t timeout_ms, uint64_t *fail
     if (c == NULL) return KILN_EINVAL;
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    if (timeout_ms > 0) po.MaxWait = timeout_ms;
-    natsStatus ns = js_PublishAsyncComplete(c->js, &po);
+    int64_t until = timeout_ms > 0 ? kiln_mono_ms() + timeout_ms : INT64_MAX;
+    natsStatus ns = NATS_TIMEOUT;
+    for (;;) {
+        int64_t left = until - kiln_mono_ms();
+        if (left <= 0) break;
+        po.MaxWait = left < CLIENT_FLUSH_SLICE_MS ? left : CLIENT_FLUSH_SLICE_MS;
+        ns = js_PublishAsyncComplete(c->js, &po);
+        if (ns != NATS_TIMEOUT) break;
+        client_give_up_stale(c);
+    }
     /* Failures since the previous flush; later acks count towards the next one. */
     uint64_t f = atomic_exchange(&c->async_failed, 0);
     if (failed != NULL) *failed = f;

@@ -65,8 +65,10 @@ kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, 
 kiln_status kiln_client_flush(kiln_client *c, int64_t timeout_ms, uint64_t *failed);
 /* (flush details: timeout_ms <= 0 waits without limit; *failed counts the
  * failures since the previous flush; on KILN_ETIMEOUT the unacknowledged
- * publishes stay pending, a later flush waits for them again, and one that
- * gets no ack within 30 s counts as failed. submit_async blocks, up to 30 s,
+ * publishes stay pending and a later flush waits for them again; when
+ * publishes are unacknowledged and no ack at all came for 30 s, each of
+ * them counts as failed (JetStream may still have stored one: submitting
+ * it again with the same id is safe). submit_async blocks, up to 30 s,
  * while 16384 publishes are unacknowledged.) */
 
 /* jobs.status: the job's current state. KILN_ENOTFOUND when the store does not

@@ -773,6 +773,41 @@ Test(resilience, a_submit_whose_ack_never_comes_is_answered_503_and_given_up)
     h_stop(&s);
 }
 
+/* An async library submit whose ack never comes (nats-server frozen, then
+ * killed and started again while the client stays connected): a flush
+ * without a time limit must count it as failed once no ack came for 30 s,
+ * not wait for good, and later submits must work. */
+Test(resilience, a_library_async_submit_without_an_ack_counts_as_failed, .timeout = 120)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    kiln_client *c = NULL;
+    cr_assert_eq(kiln_client_connect(s.nats_url, &c), KILN_OK);
+    kiln_job_spec spec;
+    kiln_job_spec_init(&spec);
+    spec.user_id = "alice";
+    spec.prompt = "unacknowledged library wren";
+    char id[65], err[256] = "";
+    res_freeze(&s, H_NATS);
+    cr_assert_eq(kiln_client_submit_async(c, &spec, id, sizeof id, err, sizeof err), KILN_OK, "%s", err);
+    int64_t t0 = h_now_ms();
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    uint64_t failed = 0;
+    kiln_status st = kiln_client_flush(c, 0, &failed);
+    int64_t took = h_now_ms() - t0;
+    cr_expect_eq(st, KILN_OK, "flush: %s", kiln_status_str(st));
+    cr_expect_eq(failed, 1, "the unacknowledged submit counted %llu failures", (unsigned long long)failed);
+    cr_expect(took >= 29000 && took <= 45000, "the flush ended after %lld ms (30 s without an ack)",
+              (long long)took);
+    spec.prompt = "acknowledged library wren";
+    cr_assert_eq(kiln_client_submit_async(c, &spec, id, sizeof id, err, sizeof err), KILN_OK, "%s", err);
+    cr_expect_eq(kiln_client_flush(c, 10000, &failed), KILN_OK);
+    cr_expect_eq(failed, 0, "a submit after the restart failed");
+    kiln_client_destroy(c);
+    h_stop(&s);
+}
+
 /* The same for a consumer's transitions: two calls end while the consumer
  * is frozen; nats-server is frozen, the consumer thawed publishes both
  * results as one TransitionBatch into a server that never reads it, and
