@@ -329,6 +329,9 @@ void cons_publish_batch_begin(void);
 void cons_publish_batch_end(void);
 void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                               void *closure);
+/* Around every async publish on cons_g.js (see cons_publish_drop_stale). */
+void cons_publish_send_begin(void);
+void cons_publish_send_end(void);
 /* Takes back from nats.c the publishes whose ack nobody waits for any more
  * (an ack that never comes would otherwise stay counted for good; the
  * transfer thread's overdue sweep calls it). */

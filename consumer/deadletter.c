@@ -57,7 +57,9 @@ kiln_status cons_deadletter_publish(cons_job *j)
     LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", job_id[0] ? job_id : "-",
              j->lane, (unsigned long long)j->stream_seq, reason);
     cons_registry_track_pub(&j, 1, m, kiln_mono_ms() + DEAD_SWEEP_MS);
+    cons_publish_send_begin();
     s = js_PublishMsgAsync(cons_g.js, &m, &po);
+    cons_publish_send_end();
     /* Accepted: the ack handler owns j from here on. */
     if (s != NATS_OK) {
         cons_registry_untrack_pub(&j, 1);

@@ -10,6 +10,7 @@
  * acked or not (~17 % of the consumer's CPU in W2; design.md, Performance
  * notes). What nats.c then keeps for an ack that never comes is taken back
  * by cons_publish_drop_stale. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,15 @@ out:
  * exists only after the first (before, asking for it crashes). */
 static atomic_bool pub_used;
 
+/* Held shared around every async publish on cons_g.js, exclusively while
+ * stale publishes are taken back: nats.c lists a publish as pending before
+ * it has written it out, and one taken back (and freed) in between would be
+ * written from freed memory. */
+static pthread_rwlock_t pub_sending = PTHREAD_RWLOCK_INITIALIZER;
+
+void cons_publish_send_begin(void) { pthread_rwlock_rdlock(&pub_sending); }
+void cons_publish_send_end(void) { pthread_rwlock_unlock(&pub_sending); }
+
 /* Under the registry's lock, with no job waiting for an ack: what nats.c
  * still counts as unacked is a publish whose jobs were given up, or an
  * untracked one (PROCESSING); its ack changes nothing any more. */
@@ -152,7 +162,9 @@ static int pub_take_stale(void *arg)
 void cons_publish_drop_stale(void)
 {
     if (cons_g.js == NULL) return;
+    pthread_rwlock_wrlock(&pub_sending);
     int n = cons_registry_with_no_pub_waiting(pub_take_stale, NULL);
+    pthread_rwlock_unlock(&pub_sending);
     if (n > 0) LOG_WARN("publishes never acknowledged dropped msgs=%d", n);
 }
 
@@ -173,7 +185,9 @@ static kiln_status pub_send(cons_job *const *jobs, size_t n, const uint8_t *buf,
     }
     po.MsgId = msg_id; /* no MaxWait: the registry's deadline gives the jobs up */
     if (n > 0) cons_registry_track_pub(jobs, n, m, kiln_mono_ms() + PUB_MAX_WAIT_MS);
+    cons_publish_send_begin();
     s = js_PublishMsgAsync(cons_g.js, &m, &po);
+    cons_publish_send_end();
     if (s == NATS_OK) atomic_store(&pub_used, true);
     if (s != NATS_OK) {
         if (n > 0) cons_registry_untrack_pub(jobs, n);

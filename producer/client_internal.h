@@ -4,6 +4,7 @@
 #define KILN_CLIENT_INTERNAL_H
 
 #include <nats/nats.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -18,6 +19,9 @@ struct kiln_client {
      * of the first submit after none was awaited): see client_give_up_stale. */
     atomic_int_fast64_t async_unacked;
     atomic_int_fast64_t async_progress_ms;
+    /* Shared around every async publish, exclusive while stale ones are
+     * taken back: nats.c lists a publish as pending before writing it out. */
+    pthread_rwlock_t async_sending;
     /* Confirmed submits, checked after a reconnect (common/resubmit.c). */
     kiln_resubmit *resubmit;
 };

@@ -164,6 +164,7 @@ kiln_status kiln_client_connect(const char *urls, kiln_client **out)
     atomic_init(&c->async_failed, 0);
     atomic_init(&c->async_unacked, 0);
     atomic_init(&c->async_progress_ms, 0);
+    pthread_rwlock_init(&c->async_sending, NULL);
     /* nats-server 2.9.10 can lose a submit it confirmed just before it is
      * killed: the last 0.5 s of submits are kept and checked after a
      * reconnect, as the gateway's are. */
@@ -188,6 +189,7 @@ out:
         kiln_resubmit_stop(c->resubmit);
         kiln_nats_close(c->nc, c->js);
         kiln_resubmit_destroy(c->resubmit);
+        pthread_rwlock_destroy(&c->async_sending);
         free(c);
     }
     return st;
@@ -204,6 +206,7 @@ void kiln_client_destroy(kiln_client *c)
     kiln_resubmit_stop(c->resubmit);
     kiln_nats_close(c->nc, c->js);
     kiln_resubmit_destroy(c->resubmit); /* no acks come any more */
+    pthread_rwlock_destroy(&c->async_sending);
     free(c);
 }
 
@@ -291,7 +294,10 @@ static void client_give_up_stale(kiln_client *c)
         kiln_mono_ms() - atomic_load(&c->async_progress_ms) < CLIENT_ASYNC_ACK_WAIT_MS)
         return;
     natsMsgList stale = {0};
-    if (js_PublishAsyncGetPendingList(&stale, c->js) != NATS_OK) return;
+    pthread_rwlock_wrlock(&c->async_sending);
+    natsStatus ns = js_PublishAsyncGetPendingList(&stale, c->js);
+    pthread_rwlock_unlock(&c->async_sending);
+    if (ns != NATS_OK) return;
     atomic_fetch_add(&c->async_failed, (uint64_t)stale.Count);
     atomic_fetch_sub(&c->async_unacked, stale.Count);
     atomic_store(&c->async_progress_ms, kiln_mono_ms());
@@ -319,7 +325,9 @@ kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, 
     int64_t deadline = kiln_mono_ms() + CLIENT_ASYNC_STALL_MAX_MS;
     natsStatus ns;
     for (;;) {
+        pthread_rwlock_rdlock(&c->async_sending);
         ns = js_PublishMsgAsync(c->js, &m, &po);
+        pthread_rwlock_unlock(&c->async_sending);
         if (ns != NATS_TIMEOUT || kiln_mono_ms() >= deadline) break;
         client_give_up_stale(c);
     }
