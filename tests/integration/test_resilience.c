@@ -773,6 +773,30 @@ Test(resilience, a_submit_whose_ack_never_comes_is_answered_503_and_given_up)
     h_stop(&s);
 }
 
+/* Submits a job of "alice" (the gateway token's user) through the client
+ * library, synchronously or not, and cr_asserts it was accepted. */
+static void res_library_send(kiln_client *c, const char *prompt, bool async, char id[65])
+{
+    kiln_job_spec spec;
+    kiln_job_spec_init(&spec);
+    spec.user_id = "alice";
+    spec.prompt = prompt;
+    char err[256] = "";
+    kiln_status st = async ? kiln_client_submit_async(c, &spec, id, 65, err, sizeof err)
+                           : kiln_client_submit(c, &spec, id, 65, err, sizeof err);
+    cr_assert_eq(st, KILN_OK, "submit: %s", err);
+}
+
+/* res_library_send, and for an async submit its ack awaited. */
+static void res_library_submit(kiln_client *c, const char *prompt, bool async, char id[65])
+{
+    res_library_send(c, prompt, async, id);
+    if (!async) return;
+    uint64_t failed = 0;
+    cr_assert_eq(kiln_client_flush(c, 10000, &failed), KILN_OK);
+    cr_assert_eq(failed, 0, "the async submit was not confirmed");
+}
+
 /* An async library submit whose ack never comes (nats-server frozen, then
  * killed and started again while the client stays connected): a flush
  * without a time limit must count it as failed once no ack came for 30 s,
@@ -783,13 +807,9 @@ Test(resilience, a_library_async_submit_without_an_ack_counts_as_failed, .timeou
     h_start(&s, NULL);
     kiln_client *c = NULL;
     cr_assert_eq(kiln_client_connect(s.nats_url, &c), KILN_OK);
-    kiln_job_spec spec;
-    kiln_job_spec_init(&spec);
-    spec.user_id = "alice";
-    spec.prompt = "unacknowledged library wren";
-    char id[65], err[256] = "";
+    char id[65];
     res_freeze(&s, H_NATS);
-    cr_assert_eq(kiln_client_submit_async(c, &spec, id, sizeof id, err, sizeof err), KILN_OK, "%s", err);
+    res_library_send(c, "unacknowledged library wren", true, id);
     int64_t t0 = h_now_ms();
     cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
@@ -800,10 +820,7 @@ Test(resilience, a_library_async_submit_without_an_ack_counts_as_failed, .timeou
     cr_expect_eq(failed, 1, "the unacknowledged submit counted %llu failures", (unsigned long long)failed);
     cr_expect(took >= 29000 && took <= 45000, "the flush ended after %lld ms (30 s without an ack)",
               (long long)took);
-    spec.prompt = "acknowledged library wren";
-    cr_assert_eq(kiln_client_submit_async(c, &spec, id, sizeof id, err, sizeof err), KILN_OK, "%s", err);
-    cr_expect_eq(kiln_client_flush(c, 10000, &failed), KILN_OK);
-    cr_expect_eq(failed, 0, "a submit after the restart failed");
+    res_library_submit(c, "acknowledged library wren", true, id); /* after the restart */
     kiln_client_destroy(c);
     h_stop(&s);
 }
@@ -852,25 +869,6 @@ Test(resilience, a_transition_whose_ack_never_comes_is_given_up_and_its_job_runs
               (long long)took);
     h_nats_free(&n);
     h_stop(&s);
-}
-
-/* Submits the client library's user owns ("alice", as the gateway's token
- * does), synchronously or not, and cr_asserts each was confirmed. */
-static void res_library_submit(kiln_client *c, const char *prompt, bool async, char id[65])
-{
-    kiln_job_spec spec;
-    kiln_job_spec_init(&spec);
-    spec.user_id = "alice";
-    spec.prompt = prompt;
-    char err[256] = "";
-    uint64_t failed = 0;
-    if (!async) {
-        cr_assert_eq(kiln_client_submit(c, &spec, id, 65, err, sizeof err), KILN_OK, "submit: %s", err);
-        return;
-    }
-    cr_assert_eq(kiln_client_submit_async(c, &spec, id, 65, err, sizeof err), KILN_OK, "submit: %s", err);
-    cr_assert_eq(kiln_client_flush(c, 10000, &failed), KILN_OK);
-    cr_assert_eq(failed, 0, "the async submit was not confirmed");
 }
 
 /* The same loss for jobs other services submit through the client library
