@@ -484,3 +484,12 @@ void kiln_nats_unsubscribe(natsSubscription **sub)
                  NATSCONN_SUB_END_WAIT_MS);
     natsconn_sub_end_release(e);
 }
+
+int kiln_nats_drop_unacked(jsCtx *js)
+{
+    natsMsgList stale = {0};
+    if (js == NULL || js_PublishAsyncGetPendingList(&stale, js) != NATS_OK) return 0;
+    int n = stale.Count;
+    natsMsgList_Destroy(&stale);
+    return n;
+}

@@ -68,6 +68,13 @@ bool kiln_nats_wait_or_stop(int64_t ms);
  * returns, js's publish-ack handler runs no more (common/ackgate.c): what it
  * uses may be freed. */
 void kiln_nats_close(natsConnection *nc, jsCtx *js);
+
+/* Takes back every async publish of js that nats.c still waits an ack for,
+ * and frees it (an ack that comes later is dropped); returns how many. Call
+ * only after js's first async publish (nats.c 3.4.1 crashes before), and
+ * only while no async publish on js is under way: nats.c lists a publish as
+ * pending before it writes it out. */
+int kiln_nats_drop_unacked(jsCtx *js);
 /* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. For an
  * async subscription it returns once its message handler runs no more (up
  * to 5 s): what the handler uses may be freed. Never call it from that

@@ -151,12 +151,7 @@ void cons_publish_send_end(void) { pthread_rwlock_unlock(&pub_sending); }
 static int pub_take_stale(void *arg)
 {
     (void)arg;
-    natsMsgList stale = {0};
-    if (!atomic_load(&pub_used) || js_PublishAsyncGetPendingList(&stale, cons_g.js) != NATS_OK)
-        return 0;
-    int n = stale.Count;
-    natsMsgList_Destroy(&stale);
-    return n;
+    return atomic_load(&pub_used) ? kiln_nats_drop_unacked(cons_g.js) : 0;
 }
 
 void cons_publish_drop_stale(void)

@@ -145,13 +145,10 @@ static void submit_drop_stale_locked(void)
     const gw_submit_conn *conns[2] = {&submit_batched, &submit_fast};
     atomic_bool *used[2] = {&submit_batched_used, &submit_fast_used};
     for (int i = 0; i < 2; i++) {
-        natsMsgList stale = {0};
-        if (conns[i]->js == NULL || !atomic_load(used[i]) ||
-            js_PublishAsyncGetPendingList(&stale, conns[i]->js) != NATS_OK)
-            continue;
-        atomic_fetch_sub(&submit_inflight, stale.Count); /* their ack handler will not run */
-        LOG_WARN("submit publishes never acknowledged dropped msgs=%d", stale.Count);
-        natsMsgList_Destroy(&stale);
+        int n = atomic_load(used[i]) ? kiln_nats_drop_unacked(conns[i]->js) : 0;
+        if (n == 0) continue;
+        atomic_fetch_sub(&submit_inflight, n); /* their ack handler will not run */
+        LOG_WARN("submit publishes never acknowledged dropped msgs=%d", n);
     }
 }
 

@@ -293,17 +293,15 @@ static void client_give_up_stale(kiln_client *c)
     if (atomic_load(&c->async_unacked) <= 0 ||
         kiln_mono_ms() - atomic_load(&c->async_progress_ms) < CLIENT_ASYNC_ACK_WAIT_MS)
         return;
-    natsMsgList stale = {0};
     pthread_rwlock_wrlock(&c->async_sending);
-    natsStatus ns = js_PublishAsyncGetPendingList(&stale, c->js);
+    int n = kiln_nats_drop_unacked(c->js);
     pthread_rwlock_unlock(&c->async_sending);
-    if (ns != NATS_OK) return;
-    atomic_fetch_add(&c->async_failed, (uint64_t)stale.Count);
-    atomic_fetch_sub(&c->async_unacked, stale.Count);
+    if (n == 0) return;
+    atomic_fetch_add(&c->async_failed, (uint64_t)n);
+    atomic_fetch_sub(&c->async_unacked, n);
     atomic_store(&c->async_progress_ms, kiln_mono_ms());
     LOG_WARN("async submits without an ack for %d ms counted as failed count=%d",
-             CLIENT_ASYNC_ACK_WAIT_MS, stale.Count);
-    natsMsgList_Destroy(&stale);
+             CLIENT_ASYNC_ACK_WAIT_MS, n);
 }
 
 kiln_status kiln_client_submit_async(kiln_client *c, const kiln_job_spec *spec, char *id_out,
