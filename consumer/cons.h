@@ -143,6 +143,7 @@ struct cons_job {
     /* Publish-ack tracking (registry.c, under its mutex). */
     natsMsg *pending_pub;         /* the published message we wait an ack for */
     int64_t pub_deadline_mono;
+    int64_t pub_since_mono;       /* when it was tracked */
     cons_job *pub_next;           /* hash bucket chain */
     cons_job *seq_next;           /* stream-sequence bucket chain */
     cons_job *reg_prev, *reg_next;/* registry list */
@@ -316,9 +317,12 @@ void cons_registry_untrack_pub(cons_job *const *jobs, size_t n);
 /* Takes up to max jobs that waited for m into out and forgets the links;
  * returns how many. */
 size_t cons_registry_take_pub(natsMsg *m, cons_job **out, size_t max);
-/* Detaches up to max jobs whose publish ack is overdue (and removes them from
- * the registry); the caller abandons them. Returns the count. */
-size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max);
+/* Detaches up to max jobs whose publish ack is overdue, or whose publish was
+ * tracked before lost_before_mono (a reconnect since: its ack can be gone
+ * with the old connection), and removes them from the registry; the caller
+ * abandons them. Returns the count. */
+size_t cons_registry_take_overdue(int64_t now_mono, int64_t lost_before_mono, cons_job **out,
+                                  size_t max);
 
 /* ---- publish.c: transitions on kiln.tx and the JetStream ack handler ---- */
 /* Publishes j's transition (state st). track: wait for the ack and continue j's chain. */
@@ -329,9 +333,11 @@ void cons_publish_batch_begin(void);
 void cons_publish_batch_end(void);
 void cons_publish_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                               void *closure);
-/* Around every async publish on cons_g.js (see cons_publish_drop_stale). */
-void cons_publish_send_begin(void);
-void cons_publish_send_end(void);
+/* Every async publish on cons_g.js goes through here: the n jobs (none for
+ * an untracked publish) wait for the ack of *m for 10 s (publish.c),
+ * then the overdue sweep gives them up. On KILN_OK nats.c owns the message
+ * and *m is NULL; otherwise the caller still owns it. */
+kiln_status cons_publish_async(cons_job *const *jobs, size_t n, natsMsg **m, const char *msg_id);
 /* Takes back from nats.c the publishes whose ack nobody waits for any more
  * (an ack that never comes would otherwise stay counted for good; the
  * transfer thread's overdue sweep calls it). */

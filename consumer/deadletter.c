@@ -4,14 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "clock.h"
 #include "cons.h"
 #include "log.h"
 #include "natsconn.h"
 #include "subjects.h"
-
-#define DEAD_MAX_WAIT_MS 10000
-#define DEAD_SWEEP_MS 20000
 
 /* Header values must be one line of printable text. */
 static void dead_sanitize(const char *in, char *out, size_t outlen)
@@ -33,7 +29,6 @@ kiln_status cons_deadletter_publish(cons_job *j)
     char msg_id[64];
     const char *job_id = j->id;
     const char *hdr_id = NULL;
-    jsPubOptions po;
 
     /* An undecodable payload may still name its job in the publisher's Nats-Msg-Id. */
     if (job_id[0] == '\0' && natsMsgHeader_Get(j->msg, KILN_HDR_MSG_ID, &hdr_id) == NATS_OK &&
@@ -47,26 +42,17 @@ kiln_status cons_deadletter_publish(cons_job *j)
                        natsMsg_GetDataLength(j->msg));
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_REASON, reason);
     if (s == NATS_OK && job_id[0] != '\0') s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, job_id);
-    if (s == NATS_OK) s = jsPubOptions_Init(&po);
     if (s != NATS_OK) {
         ks = kiln_nats_status(s);
         goto out;
     }
-    po.MsgId = msg_id;
-    po.MaxWait = DEAD_MAX_WAIT_MS;
     LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", job_id[0] ? job_id : "-",
              j->lane, (unsigned long long)j->stream_seq, reason);
-    cons_registry_track_pub(&j, 1, m, kiln_mono_ms() + DEAD_SWEEP_MS);
-    cons_publish_send_begin();
-    s = js_PublishMsgAsync(cons_g.js, &m, &po);
-    cons_publish_send_end();
-    /* Accepted: the ack handler owns j from here on. */
-    if (s != NATS_OK) {
-        cons_registry_untrack_pub(&j, 1);
+    /* Accepted: the ack handler (or the overdue sweep) owns j from here on. */
+    ks = cons_publish_async(&j, 1, &m, msg_id);
+    if (ks != KILN_OK)
         LOG_WARN("dead letter publish failed seq=%llu status=%s",
-                 (unsigned long long)j->stream_seq, natsStatus_GetText(s));
-        ks = KILN_ENATS;
-    }
+                 (unsigned long long)j->stream_seq, kiln_status_str(ks));
 
 out:
     natsMsg_Destroy(m);

@@ -1,7 +1,7 @@
 /* publish.c - JobTransitions on kiln.tx (JetStream async publish with
  * Nats-Msg-Id "<id>.<attempt>.<state>"), or several of one transfer round
  * in one TransitionBatch, and the async publish ack handler, which continues
- * each job's result chain.
+ * each job's result chain. Dead letters go out through cons_publish_async too.
  *
  * A publish whose ack does not come within PUB_MAX_WAIT_MS gives its jobs
  * up through the registry's deadline (the transfer thread's overdue sweep),
@@ -142,9 +142,6 @@ static atomic_bool pub_used;
  * written from freed memory. */
 static pthread_rwlock_t pub_sending = PTHREAD_RWLOCK_INITIALIZER;
 
-void cons_publish_send_begin(void) { pthread_rwlock_rdlock(&pub_sending); }
-void cons_publish_send_end(void) { pthread_rwlock_unlock(&pub_sending); }
-
 /* Under the registry's lock, with no job waiting for an ack: what nats.c
  * still counts as unacked is a publish whose jobs were given up, or an
  * untracked one (PROCESSING); its ack changes nothing any more. */
@@ -163,6 +160,24 @@ void cons_publish_drop_stale(void)
     if (n > 0) LOG_WARN("publishes never acknowledged dropped msgs=%d", n);
 }
 
+kiln_status cons_publish_async(cons_job *const *jobs, size_t n, natsMsg **m, const char *msg_id)
+{
+    jsPubOptions po;
+    natsStatus s = jsPubOptions_Init(&po);
+    if (s != NATS_OK) return kiln_nats_status(s);
+    po.MsgId = msg_id; /* no MaxWait: the registry's deadline gives the jobs up */
+    if (n > 0) cons_registry_track_pub(jobs, n, *m, kiln_mono_ms() + PUB_MAX_WAIT_MS);
+    pthread_rwlock_rdlock(&pub_sending);
+    s = js_PublishMsgAsync(cons_g.js, m, &po);
+    pthread_rwlock_unlock(&pub_sending);
+    if (s != NATS_OK) {
+        if (n > 0) cons_registry_untrack_pub(jobs, n);
+        return KILN_ENATS;
+    }
+    atomic_store(&pub_used, true);
+    return KILN_OK;
+}
+
 /* Publishes buf on kiln.tx with one header and, if msg_id is set, a
  * Nats-Msg-Id. The n jobs (none when not tracked) wait for its ack: the ack
  * handler continues them, so they may be gone once this returns KILN_OK. */
@@ -170,26 +185,11 @@ static kiln_status pub_send(cons_job *const *jobs, size_t n, const uint8_t *buf,
                             const char *hdr, const char *hdr_value, const char *msg_id)
 {
     natsMsg *m = NULL;
-    jsPubOptions po;
     natsStatus s = natsMsg_Create(&m, KILN_SUBJ_TRANSITION, NULL, (const char *)buf, (int)len);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, hdr, hdr_value);
-    if (s == NATS_OK) s = jsPubOptions_Init(&po);
-    if (s != NATS_OK) {
-        natsMsg_Destroy(m);
-        return kiln_nats_status(s);
-    }
-    po.MsgId = msg_id; /* no MaxWait: the registry's deadline gives the jobs up */
-    if (n > 0) cons_registry_track_pub(jobs, n, m, kiln_mono_ms() + PUB_MAX_WAIT_MS);
-    cons_publish_send_begin();
-    s = js_PublishMsgAsync(cons_g.js, &m, &po);
-    cons_publish_send_end();
-    if (s == NATS_OK) atomic_store(&pub_used, true);
-    if (s != NATS_OK) {
-        if (n > 0) cons_registry_untrack_pub(jobs, n);
-        natsMsg_Destroy(m);
-        return KILN_ENATS;
-    }
-    return KILN_OK;
+    kiln_status ks = s == NATS_OK ? cons_publish_async(jobs, n, &m, msg_id) : kiln_nats_status(s);
+    natsMsg_Destroy(m); /* NULL once nats.c took it */
+    return ks;
 }
 
 /* Publishes one packed transition of j, with its message id. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "cons.h"
 #include "log.h"
 
@@ -186,12 +187,14 @@ void cons_registry_track_pub(cons_job *const *jobs, size_t n, natsMsg *m,
                              int64_t deadline_mono)
 {
     size_t b = reg_hash(m);
+    int64_t now = kiln_mono_ms();
     pthread_mutex_lock(&reg_mu);
     for (size_t i = 0; i < n; i++) {
         cons_job *j = jobs[i];
         reg_unhash(j);
         j->pending_pub = m;
         j->pub_deadline_mono = deadline_mono;
+        j->pub_since_mono = now;
         reg_pub_waiting++;
         j->pub_next = reg_buckets[b];
         reg_buckets[b] = j;
@@ -239,14 +242,16 @@ int cons_registry_with_no_pub_waiting(int (*fn)(void *arg), void *arg)
     return r;
 }
 
-size_t cons_registry_take_overdue(int64_t now_mono, cons_job **out, size_t max)
+size_t cons_registry_take_overdue(int64_t now_mono, int64_t lost_before_mono, cons_job **out,
+                                  size_t max)
 {
     size_t n = 0;
     pthread_mutex_lock(&reg_mu);
     cons_job *j = reg_head;
     while (j != NULL && n < max) {
         cons_job *next = j->reg_next;
-        if (j->pending_pub != NULL && j->pub_deadline_mono <= now_mono) {
+        if (j->pending_pub != NULL &&
+            (j->pub_deadline_mono <= now_mono || j->pub_since_mono < lost_before_mono)) {
             reg_unhash(j);
             reg_unlink(j);
             out[n++] = j;

@@ -3,7 +3,8 @@
  * calls of this process (and, on completion, parse the answer and save the
  * images). Each worker aborts its own cancelled calls; worker 0 also sends
  * in-progress acks every AckWait/3, gives up jobs whose result publish was
- * never acknowledged, and logs the outcome summary. Other threads talk to a
+ * never acknowledged (every second: after 10 s, or 2 s after a reconnect),
+ * and logs the outcome summary. Other threads talk to a
  * worker only through its inbox (cons_transfers_submit) and curl_multi_wakeup. */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -16,12 +17,18 @@
 #include "clock.h"
 #include "cons.h"
 #include "log.h"
+#include "natsconn.h"
 
 #define TR_CONNECT_TIMEOUT_MS 10000
 #define TR_POLL_MAX_MS 1000
 #define TR_URL_MAX 2048
 #define TR_AUTH_MAX 4096
 #define TR_OVERDUE_BATCH 64
+#define TR_OVERDUE_EVERY_MS 1000 /* how often worker 0 looks for overdue publishes */
+/* After a reconnect, the acks of publishes written before it come within
+ * this or not at all (the old server took them down with it); publishes
+ * buffered during the outage go out on reconnect and are acked in ms. */
+#define TR_RECONNECT_ACK_GRACE_MS 2000
 #define TR_IDLE_EASY_MAX 64 /* reset easy handles a worker keeps for its next calls */
 
 /* One transfer thread and everything only it touches, except the inbox. */
@@ -269,7 +276,9 @@ static void tr_announce_slow(tr_worker *w, int64_t now)
 static void tr_sweep_overdue(int64_t now)
 {
     cons_job *batch[TR_OVERDUE_BATCH];
-    size_t n = cons_registry_take_overdue(now, batch, TR_OVERDUE_BATCH);
+    int64_t reconnected = kiln_nats_reconnected_at();
+    int64_t lost_before = now - reconnected >= TR_RECONNECT_ACK_GRACE_MS ? reconnected : INT64_MIN;
+    size_t n = cons_registry_take_overdue(now, lost_before, batch, TR_OVERDUE_BATCH);
     for (size_t i = 0; i < n; i++) cons_job_abandon(batch[i], "publish ack overdue");
     cons_publish_drop_stale();
 }
@@ -282,6 +291,7 @@ static void *tr_main(void *arg)
     int64_t ka_every = cons_g.set->ack_wait_ms / 3;
     if (ka_every < 100) ka_every = 100;
     int64_t next_ka = duties ? kiln_mono_ms() + ka_every : INT64_MAX;
+    int64_t next_overdue = duties ? kiln_mono_ms() + TR_OVERDUE_EVERY_MS : INT64_MAX;
     int still = 0;
 
     while (!atomic_load(&tr_quit)) {
@@ -298,13 +308,17 @@ static void *tr_main(void *arg)
         if (duties) {
             if (now >= next_ka) {
                 cons_registry_keepalive();
-                tr_sweep_overdue(now);
                 next_ka = now + ka_every;
+            }
+            if (now >= next_overdue) {
+                tr_sweep_overdue(now);
+                next_overdue = now + TR_OVERDUE_EVERY_MS;
             }
             cons_job_log_summary(now);
         }
         int64_t wait = TR_POLL_MAX_MS;
         if (next_ka - now < wait) wait = next_ka - now;
+        if (next_overdue - now < wait) wait = next_overdue - now;
         if (w->next_slow - now < wait) wait = w->next_slow - now;
         if (wait < 1) wait = 1;
         curl_multi_poll(w->multi, NULL, 0, (int)wait, NULL);

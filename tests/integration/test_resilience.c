@@ -829,9 +829,10 @@ Test(resilience, a_library_async_submit_without_an_ack_counts_as_failed, .timeou
  * is frozen; nats-server is frozen, the consumer thawed publishes both
  * results as one TransitionBatch into a server that never reads it, and
  * nats-server is killed and started again. The consumer must give the jobs
- * up (no ack within 10 s), run them again once redelivered, and let go of
- * the publish nats.c still counts as unacked: a consumer that kept it waited
- * for its ack at every stop (5 s). */
+ * up soon after it reconnected (the ack went with the old server; before,
+ * it waited out the publish's 10 s), run them again once redelivered, and
+ * let go of the publish nats.c still counts as unacked: a consumer that kept
+ * it waited for its ack at every stop (5 s). */
 Test(resilience, a_transition_whose_ack_never_comes_is_given_up_and_its_job_runs_again, .timeout = 180)
 {
     enum { NJOBS = 2 };
@@ -856,10 +857,58 @@ Test(resilience, a_transition_whose_ack_never_comes_is_given_up_and_its_job_runs
     cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+    cr_expect(h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 5000),
+              "the consumer did not give up the lost publish's jobs within 5 s of the restart");
 
     h_nats n;
     h_nats_open(&s, &n);
     for (int i = 0; i < NJOBS; i++) res_expect_completed_once(&s, &n, ids[i], -1, 60000);
+    cr_expect(h_wait_log(&s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
+              "the consumer kept the publish whose ack never came");
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0);
+    int64_t took = h_now_ms() - t0;
+    cr_expect(took < 4000, "the consumer took %lld ms to stop (waiting for an ack that cannot come?)",
+              (long long)took);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* The same for a dead letter: a job's only attempt fails while the consumer
+ * is frozen, nats-server is frozen, and the thawed consumer publishes the
+ * job's dead letter into it; nats-server is killed and started again. The
+ * consumer must give the job up soon after it reconnected, end it `failed`
+ * once redelivered, with its dead letter, and let go of the lost publish. */
+Test(resilience, a_dead_letter_whose_ack_never_comes_is_given_up_and_its_job_ends_failed, .timeout = 180)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_ACK_WAIT=3s", NULL}};
+    h_start(&s, &o);
+    char id[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE,
+                          "{\"prompt\":\"!sleep=1500 !fail=500 an unacked letter\",\"max_attempts\":1}", id),
+                 202);
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 20000),
+              "the call never reached the provider");
+    res_freeze(&s, H_CONSUMER);
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_faults_fail_total", 0, 10000) &&
+                  h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 0, 10000),
+              "the provider did not answer");
+    res_freeze(&s, H_NATS);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "dead letter job=", 10000),
+              "the consumer did not publish the dead letter");
+    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
+    cr_expect(h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 5000),
+              "the consumer did not give up the lost dead letter's job within 5 s of the restart");
+
+    h_nats n;
+    h_nats_open(&s, &n);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 60000, "the job whose dead letter was lost");
+    cr_expect(h_collect_wait(n.dead, id, 1, 30000) >= 1, "job %s never reached jobs.dead", id);
     cr_expect(h_wait_log(&s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
               "the consumer kept the publish whose ack never came");
     int64_t t0 = h_now_ms();
