@@ -825,6 +825,45 @@ Test(resilience, a_library_async_submit_without_an_ack_counts_as_failed, .timeou
     h_stop(&s);
 }
 
+/* With the consumer frozen after its calls ended: freezes nats-server,
+ * thaws the consumer, waits until published(s) shows its publish went into
+ * the frozen server, then kills nats-server and starts it again. The
+ * consumer must give that publish's jobs up within 5 s of the restart. */
+static void res_consumer_publish_lost(h_stack *s, int (*published)(void *), const char *what)
+{
+    res_freeze(s, H_NATS);
+    cr_assert_eq(kill(s->procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_assert(h_wait_for(published, s, 10000, 20), "the consumer did not publish %s", what);
+    cr_assert_eq(h_proc_kill9(s, H_NATS), 0);
+    cr_assert_eq(h_proc_start(s, H_NATS), 0);
+    cr_assert_eq(h_stack_wait_ready(s), 0, "not ready after nats-server came back");
+    cr_expect(h_wait_log(s, H_CONSUMER, "reason=\"publish ack overdue\"", 5000),
+              "the consumer did not give up the jobs of %s within 5 s of the restart", what);
+}
+
+/* The consumer let go of the publish nats.c still counted as unacked: it
+ * stops at once (one that kept it waited 5 s for its ack at every stop). */
+static void res_expect_consumer_let_go(h_stack *s)
+{
+    cr_expect(h_wait_log(s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
+              "the consumer kept the publish whose ack never came");
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(s, H_CONSUMER), 0);
+    int64_t took = h_now_ms() - t0;
+    cr_expect(took < 4000, "the consumer took %lld ms to stop (waiting for an ack that cannot come?)",
+              (long long)took);
+}
+
+static int res_batch_published(void *arg)
+{
+    return h_metric(arg, H_CONSUMER, "kiln_consumer_transition_batches_total") > 0;
+}
+
+static int res_dead_letter_published(void *arg)
+{
+    return h_log_contains(arg, H_CONSUMER, "dead letter job=");
+}
+
 /* The same for a consumer's transitions: two calls end while the consumer
  * is frozen; nats-server is frozen, the consumer thawed publishes both
  * results as one TransitionBatch into a server that never reads it, and
@@ -850,26 +889,12 @@ Test(resilience, a_transition_whose_ack_never_comes_is_given_up_and_its_job_runs
     cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", NJOBS - 1, 10000) &&
                   h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 0, 10000),
               "the provider did not answer");
-    res_freeze(&s, H_NATS);
-    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
-    cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_transition_batches_total", 0, 10000),
-              "the consumer did not publish the results");
-    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
-    cr_expect(h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 5000),
-              "the consumer did not give up the lost publish's jobs within 5 s of the restart");
+    res_consumer_publish_lost(&s, res_batch_published, "the results' TransitionBatch");
 
     h_nats n;
     h_nats_open(&s, &n);
     for (int i = 0; i < NJOBS; i++) res_expect_completed_once(&s, &n, ids[i], -1, 60000);
-    cr_expect(h_wait_log(&s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
-              "the consumer kept the publish whose ack never came");
-    int64_t t0 = h_now_ms();
-    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0);
-    int64_t took = h_now_ms() - t0;
-    cr_expect(took < 4000, "the consumer took %lld ms to stop (waiting for an ack that cannot come?)",
-              (long long)took);
+    res_expect_consumer_let_go(&s);
     h_nats_free(&n);
     h_stop(&s);
 }
@@ -895,27 +920,13 @@ Test(resilience, a_dead_letter_whose_ack_never_comes_is_given_up_and_its_job_end
     cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_faults_fail_total", 0, 10000) &&
                   h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 0, 10000),
               "the provider did not answer");
-    res_freeze(&s, H_NATS);
-    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
-    cr_assert(h_wait_log(&s, H_CONSUMER, "dead letter job=", 10000),
-              "the consumer did not publish the dead letter");
-    cr_assert_eq(h_proc_kill9(&s, H_NATS), 0);
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
-    cr_expect(h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 5000),
-              "the consumer did not give up the lost dead letter's job within 5 s of the restart");
+    res_consumer_publish_lost(&s, res_dead_letter_published, "the dead letter");
 
     h_nats n;
     h_nats_open(&s, &n);
     h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 60000, "the job whose dead letter was lost");
     cr_expect(h_collect_wait(n.dead, id, 1, 30000) >= 1, "job %s never reached jobs.dead", id);
-    cr_expect(h_wait_log(&s, H_CONSUMER, "publishes never acknowledged dropped", 10000),
-              "the consumer kept the publish whose ack never came");
-    int64_t t0 = h_now_ms();
-    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0);
-    int64_t took = h_now_ms() - t0;
-    cr_expect(took < 4000, "the consumer took %lld ms to stop (waiting for an ack that cannot come?)",
-              (long long)took);
+    res_expect_consumer_let_go(&s);
     h_nats_free(&n);
     h_stop(&s);
 }
