@@ -59,6 +59,13 @@ typedef struct {
     uint64_t copy_seq; /* stream sequence of our re-driven copy */
 } sweep_track;
 
+/* A due job whose request (or our last copy of it) is gone from the stream. */
+typedef struct {
+    char id[KILN_ID_MAX_LEN + 1];
+    uint64_t request_seq;
+    uint64_t lost_seq; /* the vanished copy's sequence */
+} sweep_gone;
+
 struct sweep {
     db_store *db;
     barrier *b;
@@ -70,6 +77,8 @@ struct sweep {
     size_t cursor_len;
     sweep_track track[SWEEP_TRACK_MAX];
     size_t track_next;
+    sweep_gone gone[SWEEP_CHECK_MAX]; /* this round's, re-driven at its end */
+    size_t n_gone;
     int64_t last_err_log;
     kiln_metric *m_redriven;
 };
@@ -171,8 +180,9 @@ out:
     return st;
 }
 
-/* Looks at one pending index entry. *checked is set when the job was overdue
- * (and so cost a stream lookup). */
+/* Looks at one pending index entry; a due job whose request is gone joins
+ * s->gone. *checked is set when the job was overdue (and so cost a stream
+ * lookup). */
 static void sweep_job(sweep *s, const char *id, bool *checked)
 {
     Kiln__V1__JobRecord *rec = NULL;
@@ -191,19 +201,50 @@ static void sweep_job(sweep *s, const char *id, bool *checked)
         lost_seq = t->copy_seq;
     }
     kiln_status p = sweep_msg_present(s, id, request_seq);
-    if (p != KILN_ENOTFOUND) goto out;
-
-    /* Gone. The job may just have finished: the worker acks (and the stream
-     * deletes) its request only after the terminal transition is stored, so
-     * once the apply loop has caught up the record tells. */
-    if (barrier_wait(s->b, BARRIER_MAX_WAIT_MS) != KILN_OK) goto out;
-    kiln__v1__job_record__free_unpacked(rec, NULL);
-    rec = NULL;
-    if (db_load_record(s->db, NULL, NULL, id, &rec) != KILN_OK) goto out;
-    if (!sweep_is_due(rec, kiln_now_ms()) || rec->request_seq != request_seq) goto out;
-    (void)sweep_redrive(s, rec, lost_seq);
+    if (p != KILN_ENOTFOUND || s->n_gone == SWEEP_CHECK_MAX) goto out;
+    sweep_gone *g = &s->gone[s->n_gone++];
+    snprintf(g->id, sizeof g->id, "%s", id);
+    g->request_seq = request_seq;
+    g->lost_seq = lost_seq;
 out:
-    if (rec != NULL) kiln__v1__job_record__free_unpacked(rec, NULL);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+}
+
+/* Waits until the apply loop has caught up with KILN_JOBS: as long as it
+ * makes progress (a backlog), up to one sweep interval; a wait in which it
+ * applied nothing (a stuck durable, which the store's durable check mends)
+ * ends the round's wait. */
+static kiln_status sweep_wait_applied(sweep *s, kiln_periodic *p)
+{
+    int64_t until = kiln_mono_ms() + s->interval_ms;
+    for (;;) {
+        uint64_t before = barrier_applied_seq(s->b);
+        kiln_status st = barrier_wait(s->b, BARRIER_MAX_WAIT_MS);
+        if (st != KILN_ETIMEOUT || barrier_applied_seq(s->b) == before ||
+            kiln_mono_ms() >= until || atomic_load(&s->stopping) || kiln_periodic_stopping(p))
+            return st;
+    }
+}
+
+/* Re-drives the round's gone jobs still due. A job may just have finished:
+ * the worker acks (and the stream deletes) its request only after the
+ * terminal transition is stored, so once the apply loop has caught up the
+ * record tells. One wait for the whole round: with the apply loop stuck, a
+ * wait of up to 2 s per job made a round over hundreds of lost requests
+ * last minutes. */
+static void sweep_redrive_gone(sweep *s, kiln_periodic *p)
+{
+    size_t n = s->n_gone;
+    s->n_gone = 0;
+    if (n == 0 || sweep_wait_applied(s, p) != KILN_OK) return;
+    for (size_t i = 0; i < n && !atomic_load(&s->stopping) && !kiln_periodic_stopping(p); i++) {
+        const sweep_gone *g = &s->gone[i];
+        Kiln__V1__JobRecord *rec = NULL;
+        if (db_load_record(s->db, NULL, NULL, g->id, &rec) != KILN_OK) continue;
+        if (sweep_is_due(rec, kiln_now_ms()) && rec->request_seq == g->request_seq)
+            (void)sweep_redrive(s, rec, g->lost_seq);
+        kiln__v1__job_record__free_unpacked(rec, NULL);
+    }
 }
 
 /* One pass over the PENDING and PROCESSING ranges of by_user_state, resuming
@@ -274,6 +315,7 @@ static bool sweep_round(sweep *s, kiln_periodic *p)
     if (!rocksdb_iter_valid(it) && ierr == NULL) s->cursor_len = 0;
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
+    sweep_redrive_gone(s, p);
     return more;
 }
 
