@@ -509,6 +509,20 @@ static kiln_status apply_one(db_store *db, db_batch *wb,
     return KILN_OK;
 }
 
+kiln_status apply_reannounce(db_store *db, const char *id, apply_sink *sink)
+{
+    Kiln__V1__JobRecord *rec = NULL;
+    kiln_status st = db_load_record(db, NULL, NULL, id, &rec);
+    if (st == KILN_ENOTFOUND) return KILN_OK;
+    if (st != KILN_OK) return st;
+    if (rec->status != NULL && kiln_state_is_terminal(rec->status->state)) {
+        st = apply_done_add(&sink->done, rec->status);
+        if (st == KILN_OK) st = events_add_replayed(&sink->events, rec, EVENTS_STATE);
+    }
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    return st;
+}
+
 kiln_status apply_transition(db_store *db, db_batch *wb, const void *data,
                              size_t len, apply_sink *sink, int *changed)
 {

@@ -66,6 +66,10 @@ typedef struct {
     size_t nindex; /* a power of two, at least 2 * ncounters */
 } apply_sink;
 
+/* Adds to sink what a crash replay of id's record announces: its jobs.done
+ * and its event (rechecked) when the job is terminal; nothing otherwise, or
+ * when there is no record. */
+kiln_status apply_reannounce(db_store *db, const char *id, apply_sink *sink);
 void apply_sink_reset(apply_sink *s);
 void apply_sink_free(apply_sink *s); /* NULL-safe */
 

@@ -42,6 +42,7 @@
 #include "pull.h"
 #include "reap.h"
 #include "subjects.h"
+#include "unannounced.h"
 
 /* A fetch asks for 1024 messages; with late deliveries of an earlier request
  * a batch can hold up to about twice that: at most ~4096 publishes (jobs.done
@@ -84,6 +85,7 @@ struct ingest {
     uint64_t inflight_seq;
     int64_t next_sweep_ms; /* monotonic */
     bool gather;           /* pause INGEST_GATHER_US before the next fetch */
+    unannounced ua;        /* slot = sink index of the batch */
     pthread_t thread;
     int thread_started;
     atomic_bool stop;
@@ -224,6 +226,7 @@ static void ingest_settle_inflight(ingest *ing)
                  kiln_status_str(st));
     }
     (void)done_republish_refused(NULL); /* confirmed, or the batch is nak'd below */
+    unannounced_settled(&ing->ua, ing->cur ^ 1, st == KILN_OK);
     /* Then a consumer running a job cancelled here aborts it. Sent whatever
      * jobs.done did: the cancel is written, and waiting for a redelivery
      * would hold the provider call up. Best effort: the consumer's batch
@@ -284,6 +287,7 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
             db_put_u64(ing->db, ing->wb, DB_CF_META, DB_META_APPLIED_SEQ,
                        strlen(DB_META_APPLIED_SEQ), max_seq);
     }
+    if (st == KILN_OK) unannounced_stage(&ing->ua, ing->wb, ing->cur, &sk->done);
     int64_t t_staged = kiln_mono_us();
     if (st == KILN_OK) st = db_write(ing->db, ing->wb);
     db_unlock(ing->db);
@@ -351,10 +355,45 @@ static kiln_status ingest_fetch(ingest *ing, natsMsgList *list)
     return kiln_pull_fetch(ing->pull, INGEST_BATCH, INGEST_FETCH_MS, list);
 }
 
+/* Removes the unannounced slots of confirmed batches (an idle or stopping
+ * loop: a restart then announces nothing again). */
+static void ingest_clear_unannounced(ingest *ing)
+{
+    kiln_status st = unannounced_clear_confirmed(&ing->ua, ing->db, ing->wb);
+    if (st != KILN_OK) LOG_WARN("unannounced slots not cleared status=%s", kiln_status_str(st));
+}
+
+/* At start, before the first batch overwrites a slot: announces again the
+ * jobs the last run wrote terminal and may not have announced
+ * (unannounced.h), until JetStream confirmed them or the store stops. */
+static void ingest_reannounce(ingest *ing)
+{
+    apply_sink *sk = &ing->sink[0];
+    size_t n = 0;
+    kiln_status st = unannounced_load(&ing->ua, ing->db, sk, &n);
+    while (st == KILN_OK && sk->done.n > 0 && !atomic_load(&ing->stop)) {
+        uint64_t failed0 = done_failures();
+        st = done_publish_async(ing->js, &sk->done, &sk->events);
+        if (st == KILN_OK) st = done_wait(ing->js, failed0, INGEST_DONE_ACK_MS, &ing->stop);
+        (void)done_republish_refused(NULL); /* the whole list goes again */
+        LOG_INFO("jobs.done of the last run published again jobs=%zu done=%zu status=%s", n,
+                 sk->done.n, kiln_status_str(st));
+        if (st == KILN_OK) break;
+        st = KILN_OK;
+        ingest_sleep_ms(INGEST_ERROR_SLEEP_MS);
+    }
+    if (st != KILN_OK) LOG_WARN("unannounced jobs not readable status=%s", kiln_status_str(st));
+    bool done = st == KILN_OK && !atomic_load(&ing->stop);
+    for (int i = 0; i < UNANNOUNCED_SLOTS; i++) unannounced_settled(&ing->ua, i, done);
+    if (done) ingest_clear_unannounced(ing);
+    apply_sink_reset(sk);
+}
+
 static void *ingest_main(void *arg)
 {
     ingest *ing = arg;
     int64_t last_err_log = 0;
+    ingest_reannounce(ing);
     while (!atomic_load(&ing->stop)) {
         natsMsgList list = {0};
         if (kiln_mono_ms() >= ing->next_sweep_ms) {
@@ -382,6 +421,7 @@ static void *ingest_main(void *arg)
             barrier_fetch_idle(ing->b, epoch);
             /* Nothing more: finish the batch in flight rather than hold its acks. */
             ingest_settle_inflight(ing);
+            ingest_clear_unannounced(ing);
             continue;
         }
         if (s != KILN_OK) {
@@ -399,6 +439,7 @@ static void *ingest_main(void *arg)
         natsMsgList_Destroy(&list); /* empty when it went in flight */
     }
     ingest_settle_inflight(ing);
+    ingest_clear_unannounced(ing);
     return NULL;
 }
 
