@@ -324,6 +324,9 @@ static void ingest_batch(ingest *ing, natsMsgList *list)
         natsMsgList_Destroy(list);
         memset(list, 0, sizeof *list);
         apply_sink_reset(sk);
+        /* The next batch takes the other sink, and so the other unannounced
+         * slot: this batch's stays (unconfirmed) until the batch after. */
+        ing->cur ^= 1;
         return;
     }
     if (list->Count < INGEST_BATCH && (sk->done.n > 0 || sk->events.n > 0)) {
