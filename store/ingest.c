@@ -12,7 +12,9 @@
  * the message is acked (a crash in between redelivers it; re-applying an
  * identical terminal transition re-publishes jobs.done, and a redelivered
  * message re-announces the change it finds written: jobs.done de-duplicated
- * by Nats-Msg-Id, an event only if it is not its subject's last, events.h).
+ * by Nats-Msg-Id, an event only if it is not its subject's last, events.h;
+ * the batch's terminal job ids are written with it, for a start to announce
+ * when nats-server lost the batch and no redelivery comes, unannounced.h).
  * Outputs keep stream order because batch k+1 publishes only
  * after batch k's were confirmed. One thread does every fetch, ack and
  * message destroy (common/pull.c is single-threaded per kiln_pull).
