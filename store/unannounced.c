@@ -46,13 +46,12 @@ void unannounced_settled(unannounced *u, int slot, bool ok)
 kiln_status unannounced_clear_confirmed(unannounced *u, db_store *db, db_batch *wb)
 {
     bool any = false;
+    for (int i = 0; i < UNANNOUNCED_SLOTS; i++) any = any || (u->written[i] && u->confirmed[i]);
+    if (!any) return KILN_OK; /* the usual idle fetch: nothing to write */
     db_batch_clear(wb);
-    for (int i = 0; i < UNANNOUNCED_SLOTS; i++) {
-        if (!u->written[i] || !u->confirmed[i]) continue;
-        db_batch_delete(wb, DB_CF_META, unannounced_keys[i], strlen(unannounced_keys[i]));
-        any = true;
-    }
-    if (!any) return KILN_OK;
+    for (int i = 0; i < UNANNOUNCED_SLOTS; i++)
+        if (u->written[i] && u->confirmed[i])
+            db_batch_delete(wb, DB_CF_META, unannounced_keys[i], strlen(unannounced_keys[i]));
     db_lock(db);
     kiln_status st = db_write(db, wb);
     db_unlock(db);

@@ -38,7 +38,7 @@ void unannounced_stage(unannounced *u, db_batch *wb, int slot, const apply_done_
 /* The batch in slot was settled: its announcements confirmed (ok) or not. */
 void unannounced_settled(unannounced *u, int slot, bool ok);
 /* Removes the slots whose batches were confirmed, in one write through wb
- * (cleared first). */
+ * (cleared first, only when there is one to remove). */
 kiln_status unannounced_clear_confirmed(unannounced *u, db_store *db, db_batch *wb);
 /* At start: adds to sink what the jobs in the slots (left by the last run)
  * announce; *n counts those jobs. */

@@ -1064,17 +1064,6 @@ static int res_done_published(void *arg)
     return h_done_count(a->js, a->id, NULL, 0) >= 1;
 }
 
-/* Chaos run 903: a job's `completed` transition was confirmed to the
- * consumer ~30 ms before a nats-server SIGKILL, the store wrote it and
- * published its jobs.done into the dying server, and the restarted server
- * had lost the transition. 0.6 s after the reconnect the store was stopped:
- * it waited 1 s for the acks that would never come, dropped the publishes
- * and left the batch to a redelivery, which, the message being gone, never
- * came. The job stayed completed and unannounced. The test makes that state:
- * the store frozen with the job's messages delivered to it, KILN_JOBS purged
- * (the loss), nats-server frozen while the thawed store publishes into it,
- * then killed and started again, and the store stopped at once. Its
- * jobs.done must be in KILN_DONE. */
 /* Publishes the COMPLETED transition a consumer would publish for id. */
 static void res_publish_completed(jsCtx *js, const char *id)
 {
@@ -1086,18 +1075,21 @@ static void res_publish_completed(jsCtx *js, const char *id)
     cr_assert_eq(rc, 0, "transition not published");
 }
 
-/* With the store frozen and a `completed` transition of a new job of
- * alice's delivered to it: KILN_JOBS purged (the loss), then
+/* Starts a stack without a consumer and leaves it in chaos run 903's
+ * state: the store frozen with a `completed` transition of a new job of
+ * alice's delivered to it, KILN_JOBS purged (the loss), then
  * res_store_publishes_into_a_dying_server. The job's id into id. */
-static void res_store_announces_into_a_dying_server(h_stack *s, char id[65])
+static void res_start_with_an_unannounced_job(h_stack *s, char id[65])
 {
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(s, &o);
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     cr_assert_eq(h_nats_connect(s, &nc, &js), 0);
     int delivered = 0;
     res_delivered_arg d = {js, 0};
-    /* As in the test above, the store's long poll must be open when it
-     * freezes for the transition to reach it. */
+    /* As in a_store_whose_publish_acks_never_come_goes_on, the store's long
+     * poll must be open when it freezes for the transition to reach it. */
     for (int attempt = 0; attempt < 10 && !delivered; attempt++) {
         cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, "unannounced heron", id), 202);
         cr_assert(h_wait_metric_above(s, H_STORE, "kiln_store_applied_seq",
@@ -1130,13 +1122,22 @@ static void res_expect_announced(h_stack *s, const char *id)
     h_nats_close(nc, js);
 }
 
+/* Chaos run 903: a job's `completed` transition was confirmed to the
+ * consumer ~30 ms before a nats-server SIGKILL, the store wrote it and
+ * published its jobs.done into the dying server, and the restarted server
+ * had lost the transition. 0.6 s after the reconnect the store was stopped:
+ * it waited 1 s for the acks that would never come, dropped the publishes
+ * and left the batch to a redelivery, which, the message being gone, never
+ * came. The job stayed completed and unannounced. The test makes that state:
+ * the store frozen with the job's messages delivered to it, KILN_JOBS purged
+ * (the loss), nats-server frozen while the thawed store publishes into it,
+ * then killed and started again, and the store stopped at once. Its
+ * jobs.done must be in KILN_DONE. */
 Test(resilience, a_store_stopped_with_unconfirmed_announcements_publishes_them_first)
 {
     h_stack s;
-    h_stack_opts o = {.no_consumer = 1};
-    h_start(&s, &o);
     char id[65] = "";
-    res_store_announces_into_a_dying_server(&s, id);
+    res_start_with_an_unannounced_job(&s, id);
     cr_assert_eq(h_proc_term(&s, H_STORE), 0, "the store did not stop cleanly");
     cr_expect(h_log_contains(&s, H_STORE, "jobs.done/events published again"),
               "the store did not publish its announcements again (after the reconnect or as it stopped)");
@@ -1153,10 +1154,8 @@ Test(resilience, a_store_stopped_with_unconfirmed_announcements_publishes_them_f
 Test(resilience, a_store_killed_with_unconfirmed_announcements_publishes_them_when_it_starts)
 {
     h_stack s;
-    h_stack_opts o = {.no_consumer = 1};
-    h_start(&s, &o);
     char id[65] = "";
-    res_store_announces_into_a_dying_server(&s, id);
+    res_start_with_an_unannounced_job(&s, id);
     cr_assert_eq(h_proc_kill9(&s, H_STORE), 0);
     cr_assert_eq(h_proc_start(&s, H_STORE), 0);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the store came back");
