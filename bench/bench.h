@@ -6,16 +6,13 @@
 
 #include <stdint.h>
 
-#define BENCH_W1_RUNS_MAX 9
-
 typedef struct {
     const char *url;        /* NATS */
-    unsigned jobs;          /* w12, backlog */
+    unsigned jobs;          /* w12, w1, backlog */
     unsigned rate;          /* w3: submits per second */
     unsigned secs;          /* w3: duration */
     int64_t timeout_ms;     /* longest wait for completions */
     const char *ready_file; /* backlog: created once the backlog is published */
-    unsigned w1_runs;       /* backlog: kiln-W1 runs of `jobs` each (median reported) */
     unsigned sizes[4];      /* store: store sizes to measure at */
     unsigned nsizes;
     unsigned samples;       /* store: GETs per size */
@@ -31,7 +28,8 @@ typedef struct {
     "muted palette, wide angle, fine detail"
 
 int bench_w12(const bench_args *a);     /* kiln-W1 and kiln-W2 */
-int bench_backlog(const bench_args *a); /* backlog published, then drained by a consumer started later */
+int bench_w1(const bench_args *a);      /* one kiln-W1 run, its jobs purged after */
+int bench_backlog(const bench_args *a); /* a kiln-W1 run whose jobs a consumer started later drains */
 int bench_w3(const bench_args *a);      /* paced submit -> jobs.done latency */
 int bench_store(const bench_args *a);   /* store GET latency at several store sizes */
 

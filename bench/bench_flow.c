@@ -100,12 +100,6 @@ out:
     return rc;
 }
 
-static int flow_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* One kiln-W1 run: n jobs of prefix published and every ack awaited; its
  * seconds in *secs. */
 static int flow_w1_run(kiln_client *c, const char *prefix, unsigned n, int64_t timeout_ms, double *secs)
@@ -147,46 +141,51 @@ static int flow_purge_w1(const char *url)
     return s == NATS_OK ? 0 : -1;
 }
 
+/* One kiln-W1 run into prefix; its figure line printed. */
+static int flow_w1(kiln_client *c, const bench_args *a, const char *prefix)
+{
+    double secs = 0;
+    if (flow_w1_run(c, prefix, a->jobs, a->timeout_ms, &secs) != 0) return -1;
+    bench_fig("kiln-W1", "W1", a->jobs, secs, -1, -1, NULL);
+    return 0;
+}
+
+/* kiln-W1 alone, its jobs purged after: run.sh makes its runs but the last
+ * this way, each right after a limit-W1 run (the machine's phase moves the
+ * rates of a 1-2 s run; neighbours share it). Like limit-W1, nothing
+ * consumes: the store and the consumer are stopped meanwhile. */
+int bench_w1(const bench_args *a)
+{
+    kiln_client *c = NULL;
+    char prefix[48];
+    int rc = 1;
+    bench_prefix(prefix, sizeof prefix, "w");
+    if (kiln_client_connect(a->url, &c) != KILN_OK) {
+        fprintf(stderr, "bench: cannot connect to %s\n", a->url);
+        goto out;
+    }
+    if (flow_w1(c, a, prefix) == 0 && flow_purge_w1(a->url) == 0) rc = 0;
+out:
+    kiln_client_destroy(c);
+    return rc;
+}
+
 int bench_backlog(const bench_args *a)
 {
     kiln_client *c = NULL;
     bench_done d;
-    char base[40], prefix[48], extra[512];
-    double secs[BENCH_W1_RUNS_MAX], sorted[BENCH_W1_RUNS_MAX];
-    unsigned runs = a->w1_runs;
+    char prefix[48], extra[512];
     int rc = 1;
 
-    bench_prefix(base, sizeof base, "b");
+    bench_prefix(prefix, sizeof prefix, "b");
     memset(&d, 0, sizeof d);
     if (kiln_client_connect(a->url, &c) != KILN_OK) {
         fprintf(stderr, "bench: cannot connect to %s\n", a->url);
         goto out;
     }
-    /* kiln-W1: like limit-W1, nothing consumes while the jobs are published
-     * (run.sh starts the store and the consumer only after this). A run
-     * lasts about a second, so one hiccup of the machine moves it: the
-     * figure is the median of `runs` runs, each line printed; each run but
-     * the last is purged. Each run has a prefix of its own: every id is new. */
-    char *p = extra;
-    size_t left = sizeof extra;
-    for (unsigned r = 0; r < runs; r++) {
-        char wl[16];
-        snprintf(prefix, sizeof prefix, "%sr%u", base, r);
-        if (flow_w1_run(c, prefix, a->jobs, a->timeout_ms, &secs[r]) != 0) goto out;
-        if (r + 1 < runs && flow_purge_w1(a->url) != 0) goto out;
-        snprintf(wl, sizeof wl, "W1-run%u", r + 1);
-        bench_fig("kiln-W1", wl, a->jobs, secs[r], -1, -1, NULL);
-        int k = snprintf(p, left, "%s%.0f", r == 0 ? "runs_per_s=" : "/", a->jobs / secs[r]);
-        if (k > 0 && (size_t)k < left) {
-            p += k;
-            left -= (size_t)k;
-        }
-        sorted[r] = secs[r];
-    }
-    qsort(sorted, runs, sizeof sorted[0], flow_cmp_double);
-    bench_fig("kiln-W1", "W1", a->jobs, sorted[runs / 2], -1, -1, extra);
-    /* The drain waits for the last run's jobs (nothing runs them before
-     * the ready file below). */
+    /* kiln-W1's last run: its jobs are the backlog (run.sh starts the store
+     * and the consumer only after the ready file). */
+    if (flow_w1(c, a, prefix) != 0) goto out;
     if (bench_done_start(&d, a->url, prefix, a->jobs) != KILN_OK) goto out;
     /* Tell run.sh to start the consumer; the clock starts now. */
     FILE *f = fopen(a->ready_file, "w");

@@ -11,13 +11,11 @@
 static void kb_usage(void)
 {
     fprintf(stderr,
-            "usage: kiln-bench w12|backlog|w3|store --url NATS_URL [options]\n"
-            "  --jobs N            w12, backlog: jobs to submit (default 100000)\n"
+            "usage: kiln-bench w12|w1|backlog|w3|store --url NATS_URL [options]\n"
+            "  --jobs N            w12, w1, backlog: jobs to submit (default 100000)\n"
             "  --rate N --secs N   w3: paced submits per second and duration (1000, 10)\n"
             "  --timeout-ms N      longest wait for completions (default 120000)\n"
             "  --ready-file PATH   backlog: created once the backlog is durable\n"
-            "  --w1-runs N         backlog: publish --jobs N times, one kiln-W1 line each and\n"
-            "                      their median (1-9, default 1); the drain takes them all\n"
             "  --sizes A,B         store: store sizes to measure GETs at (10000,1000000)\n"
             "  --samples N         store: GETs per size (default 5000)\n"
             "  --fill-deadline-ms N  store: stop filling after this long (default 150000)\n"
@@ -53,7 +51,7 @@ int main(int argc, char **argv)
 {
     bench_args a = {.jobs = 100000, .rate = 1000, .secs = 10, .timeout_ms = 120000,
                     .sizes = {10000, 1000000}, .nsizes = 2, .samples = 5000,
-                    .fill_deadline_ms = 150000, .w1_runs = 1};
+                    .fill_deadline_ms = 150000};
     unsigned v;
     if (argc < 2) {
         kb_usage();
@@ -71,8 +69,6 @@ int main(int argc, char **argv)
             bad = kb_uint(val, 3600000, &v);
             a.timeout_ms = v;
         } else if (!bad && strcmp(o, "--ready-file") == 0) a.ready_file = val;
-        else if (!bad && strcmp(o, "--w1-runs") == 0)
-            bad = kb_uint(val, BENCH_W1_RUNS_MAX, &a.w1_runs) || a.w1_runs == 0;
         else if (!bad && strcmp(o, "--sizes") == 0) bad = kb_sizes(val, &a);
         else if (!bad && strcmp(o, "--samples") == 0) bad = kb_uint(val, 1000000, &a.samples);
         else if (!bad && strcmp(o, "--fill-deadline-ms") == 0) {
@@ -96,8 +92,9 @@ int main(int argc, char **argv)
     kiln_log_init("kiln-bench");
     if (kiln_log_set_level("warn") != 0) return 2;
     if (strcmp(cmd, "w12") == 0) return bench_w12(&a);
+    if (strcmp(cmd, "w1") == 0) return bench_w1(&a);
     if (strcmp(cmd, "backlog") == 0) {
-        if (a.ready_file == NULL || (uint64_t)a.jobs * a.w1_runs > BENCH_MAX_JOBS) {
+        if (a.ready_file == NULL) {
             kb_usage();
             return 2;
         }

@@ -6,7 +6,8 @@
 #   bench/run.sh BIN_DIR        (BIN_DIR holds kiln-* and kiln-bench*)
 #
 # Settings (environment): BENCH_JOBS (100000), BENCH_W1_RUNS (3: limit-W1
-# and kiln-W1 are each the median of that many runs), BENCH_STORE_SIZES
+# and kiln-W1 are each the median of that many runs, made in turn),
+# BENCH_STORE_SIZES
 # (10000,1000000), BENCH_BUDGET_S (270: the store fill stops so the whole run
 # ends within it), BENCH_KEEP=1 keeps the temp dir and logs, BENCH_PHASES
 # ("limit flow w4 store": a subset runs only those parts, e.g. for profiling),
@@ -52,7 +53,7 @@ stop() { # stop NAME: SIGTERM, wait up to 10 s, then SIGKILL
 cleanup() {
     trap - EXIT INT TERM
     local n
-    for n in gateway consumer store devprovider nats; do stop "$n"; done
+    for n in gateway consumer store devprovider nats limitnats; do stop "$n"; done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then note "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -93,17 +94,26 @@ wait_for() { # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds; it retu
     done
 }
 
-start_nats() { # start_nats DATADIR; a new port on each of 3 tries (another process may take one)
-    local try
+start_nats() { # start_nats DATADIR [NAME]; a new port on each of 3 tries (another process may take one)
+    # NAME: nats (Kiln's; NATS_URL, NATS_MON_PORT) or limitnats (the limit
+    # program's; LIMIT_URL, LIMIT_MON_PORT). The monitoring port serves /varz:
+    # the messages per job (nats_msgs).
+    local name=${2:-nats} try port mon
     for try in 1 2 3; do
-        free_port NATS_PORT
-        free_port NATS_MON_PORT # /varz: the messages per job (nats_msgs)
-        NATS_URL=nats://127.0.0.1:$NATS_PORT
+        free_port port
+        free_port mon
         # shellcheck disable=SC2086 # BENCH_NATS_ARGS is a list of words
-        nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$1" ${BENCH_NATS_ARGS:-} 2>>"$LOGS/nats-server.log" >&2 &
-        PID[nats]=$!
-        wait_for nats-server 15 answers_or_died nats "$NATS_PORT" && kill -0 "${PID[nats]}" 2>/dev/null && return 0
-        stop nats
+        nats-server -js -a 127.0.0.1 -p "$port" -m "$mon" -sd "$1" ${BENCH_NATS_ARGS:-} 2>>"$LOGS/$name-server.log" >&2 &
+        PID[$name]=$!
+        if wait_for nats-server 15 answers_or_died "$name" "$port" && kill -0 "${PID[$name]}" 2>/dev/null; then
+            if [ "$name" = nats ]; then
+                NATS_URL=nats://127.0.0.1:$port NATS_MON_PORT=$mon
+            else
+                LIMIT_URL=nats://127.0.0.1:$port LIMIT_MON_PORT=$mon
+            fi
+            return 0
+        fi
+        stop "$name"
     done
     return 1
 }
@@ -209,14 +219,14 @@ store_counts() { # the store's batches, messages and gathering pauses so far (it
         END {print b + 0, m + 0, g + 0}'
 }
 
-nats_msgs() { # the messages nats-server received and sent so far: "IN OUT" (its /varz; "- -" when it does not answer)
-    curl -s -m 2 "http://127.0.0.1:$NATS_MON_PORT/varz" | awk -F'[:,]' '
+nats_msgs() { # nats_msgs [MON_PORT]: the messages nats-server received and sent so far: "IN OUT" (its /varz; "- -" when it does not answer)
+    curl -s -m 2 "http://127.0.0.1:${1:-$NATS_MON_PORT}/varz" | awk -F'[:,]' '
         $1 ~ /"in_msgs"/ {i = $2} $1 ~ /"out_msgs"/ {o = $2}
         END {if (i == "" || o == "") print "- -"; else print i + 0, o + 0}'
 }
 
-msgs_since() { # msgs_since "IN OUT" JOBS: "IN OUT PER_JOB" of nats-server since that mark ("-" when unknown)
-    awk -v a="$1" -v b="$(nats_msgs)" -v n="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
+msgs_since() { # msgs_since "IN OUT" JOBS [MON_PORT]: "IN OUT PER_JOB" of nats-server since that mark ("-" when unknown)
+    awk -v a="$1" -v b="$(nats_msgs "${3:-}")" -v n="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
         if (x[1] == "-" || y[1] == "-") {print "- - -"; exit}
         i = y[1] - x[1]; o = y[2] - x[2]; printf "%d %d %s", i, o, (n > 0 ? sprintf("%.1f", (i + o) / n) : "-")}'
 }
@@ -349,32 +359,67 @@ echo "# make bench: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/104
 MEM_CONS=- W4_GW=- W4_JOBS=- W2_STORE=- W2_CONS=- W2_GW=- W4_STORE=- W4_CONS=- SOCK_ERR=-
 declare -A WRK=()
 
+# --- W1 runs ---------------------------------------------------------------
+# A W1 run lasts 1-2 s, so one hiccup of the machine moves it, and the
+# machine's phase moves every run of a minute: limit-W1 and kiln-W1 are each
+# the median of W1_RUNS runs, and with both phases selected their runs
+# alternate (limit, Kiln, limit, ...), each on its own nats-server, so that
+# the ratio compares runs made seconds apart.
+W1_LIMIT_RUNS=() W1_KILN_RUNS=() # "RATE FILE" per run
+
+w1_run_limit() { # w1_run_limit K: one limit-W1 run on the limit's nats-server
+    local out=$TMP/limit-w1-$1.out
+    "$BIN/kiln-bench-limit" --url "$LIMIT_URL" --jobs "$JOBS" --only w1 >"$out" 2>>"$LOGS/limit.log" ||
+        note "the limit program failed in w1 (see $LOGS/limit.log)"
+    W1_LIMIT_RUNS+=("$(fig_in "$out" limit-W1/W1.rate) $out")
+}
+
+w1_run_kiln() { # w1_run_kiln K: one kiln-W1 run, its jobs purged after
+    local out=$TMP/kiln-w1-$1.out
+    "$BIN/kiln-bench" w1 --url "$NATS_URL" --jobs "$JOBS" --timeout-ms 60000 >"$out" 2>>"$LOGS/kiln-bench.log" ||
+        note "kiln-W1 run $1 failed (see $LOGS/kiln-bench.log)"
+    W1_KILN_RUNS+=("$(fig_in "$out" kiln-W1/W1.rate) $out")
+}
+
+fig_in() { # fig_in FILE NAME/WORKLOAD.FIELD: one figure of a FIG file ("-" when missing), FIG untouched
+    local k=${2%%.*}
+    awk -v n="${k%/*}" -v w="${k#*/}" -v f="${2#*.}" '
+        $1 == "FIG" && $2 == "name=" n && $3 == "workload=" w {
+            for (i = 4; i <= NF; i++) if (index($i, f "=") == 1) v = substr($i, length(f) + 2) }
+        END {print (v == "" ? "-" : v)}' "$1"
+}
+
+w1_median() { # w1_median NAME "RATE FILE"...: the median run's figures become NAME's, every run's rate NAME/runs
+    local name=$1 median
+    shift
+    median=$(printf '%s\n' "$@" | sort -g | sed -n "$((($# + 1) / 2))p") # a failed run's "-" sorts first
+    parse_figs "${median#* }"
+    FIG[$name/runs]=$(printf '%s\n' "$@" | awk '{printf "%s%s", (NR > 1 ? "/" : ""), $1}')
+}
+
+w1_limit_line() { # w1_limit_line "IN OUT": the limit-W1 line, its messages counted from that mark
+    local -a m
+    read -r -a m <<<"$(msgs_since "$1" "$((JOBS * ${#W1_LIMIT_RUNS[@]}))" "$LIMIT_MON_PORT")"
+    FIG[limit-W1/msgs.per_job]=${m[2]}
+    w1_median limit-W1 "${W1_LIMIT_RUNS[@]}"
+    line limit-W1/W1 "msgs_per_job=$(fig limit-W1/msgs.per_job) runs_per_s=$(fig limit-W1/runs) (async publish with Nats-Msg-Id, every ack awaited; the median of $W1_RUNS runs$(phase flow && echo ", each made just before a kiln-W1 run"))"
+}
+
 # --- the limit: libnats alone ---------------------------------------------
 if phase limit; then
-    start_nats "$TMP/nats-limit" || exit 1
-    # W1 (W1_RUNS times: the median run is the figure, as for kiln-W1) and
-    # W2 in turn, each counted on the server (msgs_since).
-    for w in w1 w2; do
-        runs=1
-        [ "$w" = w1 ] && runs=$W1_RUNS
-        m0=$(nats_msgs)
-        rates=()
-        for ((k = 1; k <= runs; k++)); do
-            "$BIN/kiln-bench-limit" --url "$NATS_URL" --jobs "$JOBS" --only "$w" >"$TMP/limit-$w-$k.out" 2>>"$LOGS/limit.log" ||
-                note "the limit program failed in $w (see $LOGS/limit.log)"
-            unset "FIG[limit-${w^^}/${w^^}.rate]"
-            parse_figs "$TMP/limit-$w-$k.out"
-            rates+=("$(fig "limit-${w^^}/${w^^}.rate") $k")
-        done
-        read -r -a m <<<"$(msgs_since "$m0" "$((JOBS * runs))")"
-        FIG[limit-${w^^}/msgs.per_job]=${m[2]}
-        # The median run's figures (a failed run's rate "-" sorts first).
-        median=$(printf '%s\n' "${rates[@]}" | sort -g | sed -n "$(((runs + 1) / 2))p")
-        parse_figs "$TMP/limit-$w-${median##* }.out"
-        [ "$runs" -gt 1 ] && FIG[limit-${w^^}/runs]=$(printf '%s\n' "${rates[@]}" | awk '{printf "%s%s", (NR > 1 ? "/" : ""), $1}')
-    done
-    stop nats
-    line limit-W1/W1 "msgs_per_job=$(fig limit-W1/msgs.per_job) runs_per_s=$(fig limit-W1/runs) (async publish with Nats-Msg-Id, every ack awaited; the median of $W1_RUNS runs)"
+    start_nats "$TMP/nats-limit" limitnats || exit 1
+    if ! phase flow; then # else W1's runs alternate with kiln-W1's (below)
+        m0=$(nats_msgs "$LIMIT_MON_PORT")
+        for ((k = 1; k <= W1_RUNS; k++)); do w1_run_limit "$k"; done
+        w1_limit_line "$m0"
+    fi
+    m0=$(nats_msgs "$LIMIT_MON_PORT")
+    "$BIN/kiln-bench-limit" --url "$LIMIT_URL" --jobs "$JOBS" --only w2 >"$TMP/limit-w2.out" 2>>"$LOGS/limit.log" ||
+        note "the limit program failed in w2 (see $LOGS/limit.log)"
+    parse_figs "$TMP/limit-w2.out"
+    read -r -a m <<<"$(msgs_since "$m0" "$JOBS" "$LIMIT_MON_PORT")"
+    FIG[limit-W2/msgs.per_job]=${m[2]}
+    stop limitnats
     line limit-W2/W2 "msgs_per_job=$(fig limit-W2/msgs.per_job) (publish + pull batches of 256 + done publish + ack; first publish to last done ack)"
 fi
 
@@ -425,23 +470,38 @@ fresh_if_dirty() {
 
 if phase flow; then
     # W1: the client library publishes JOBS jobs into Kiln's stream while no
-    # Kiln process consumes (as limit-W1: nothing consumes), W1_RUNS times
-    # (each run but the last purged); the median run is the figure. Then the
-    # store and a fresh consumer (concurrency 256) drain the last run's
-    # backlog: its peak RSS is the kiln-mem figure.
+    # Kiln process consumes (as limit-W1: nothing consumes), W1_RUNS times,
+    # each run right after a limit-W1 run (W1 runs, above). Each run but the
+    # last is purged; the store and a fresh consumer (concurrency 256) then
+    # drain the last run's backlog: its peak RSS is the kiln-mem figure.
     stop consumer
     stop store
+    if phase limit; then
+        start_nats "$TMP/nats-limit-w1" limitnats || exit 1
+        LIMIT_M0=$(nats_msgs "$LIMIT_MON_PORT")
+    fi
+    for ((k = 1; k < W1_RUNS; k++)); do
+        phase limit && w1_run_limit "$k"
+        w1_run_kiln "$k"
+    done
+    if phase limit; then
+        w1_run_limit "$W1_RUNS"
+        w1_limit_line "$LIMIT_M0"
+    fi
     rm -f "$TMP/ready"
-    "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --w1-runs "$W1_RUNS" --ready-file "$TMP/ready" \
+    "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
         --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
     BACKLOG_PID=$!
     until [ -e "$TMP/ready" ] || ! kill -0 "$BACKLOG_PID" 2>/dev/null; do sleep 0.05; done
     { start_store && start_consumer; } || exit 1
     wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; unfinished_report; DIRTY=1; }
+    stop limitnats
     parse_figs "$TMP/backlog.out"
+    W1_KILN_RUNS+=("$(fig kiln-W1/W1.rate) $TMP/backlog.out")
+    w1_median kiln-W1 "${W1_KILN_RUNS[@]}"
     MEM_CONS=$(hwm_mb consumer)
     r1=$(ratio "$(fig kiln-W1/W1.rate)" "$(fig limit-W1/W1.rate)")
-    line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) runs_per_s=$(fig kiln-W1/W1.runs_per_s) (client library: submit_async + flush into KILN_JOBS, nothing consuming; the median of $W1_RUNS runs; rss = producer)"
+    line kiln-W1/W1 "ratio=$r1 goal=ratio>=0.8 $(verdict cmp "$r1" '>=' 0.8) runs_per_s=$(fig kiln-W1/runs) (client library: submit_async + flush into KILN_JOBS, nothing consuming; the median of $W1_RUNS runs; rss = producer)"
     RSS_OVERRIDE="consumer:$MEM_CONS" line kiln-drain/backlog "(the $JOBS-job backlog drained by the store and a consumer started after it; not a goal)"
 
     # W2: everything running; its clock starts at the first publish.
