@@ -73,6 +73,7 @@ free_port() { # free_port VAR: sets VAR to a loopback port nothing listens on, n
         case $USED_PORTS in *" $p "*) continue ;; esac
         answers "$p" && continue
         USED_PORTS+="$p "
+        # shellcheck disable=SC2034 # a nameref: this sets the caller's VAR
         out_=$p
         return
     done
@@ -305,7 +306,7 @@ parse_figs() { # parse_figs FILE: reads `FIG name=... workload=... k=v ...` line
     local line kv key name wl
     while read -r line; do
         [[ $line == FIG\ * ]] || continue
-        name= wl=
+        name="" wl=""
         for kv in $line; do
             case $kv in name=*) name=${kv#name=} ;; workload=*) wl=${kv#workload=} ;; esac
         done
