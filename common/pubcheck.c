@@ -25,6 +25,9 @@
 /* How long a check keeps asking while nothing answers (a server still
  * recovering its streams) before it gives up on what is left. */
 #define PUBCHECK_GIVEUP_MS 120000
+/* How long a stopping owner finishes the checks a reconnect left: a store
+ * question (2 s) twice, and what they lead to publishing. */
+#define PUBCHECK_FINISH_MS 5000
 
 /* A FIFO of entries in a fixed array (oldest at head). */
 typedef struct {
@@ -150,27 +153,39 @@ void kiln_pubcheck_keep(kiln_pubcheck *pc, const void *data, size_t len, int kin
                  dropped);
 }
 
-static void pubcheck_tick(kiln_periodic *p, void *arg)
+/* Moves what a reconnect left to check into work (the checking thread's,
+ * or the stopped owner's). */
+static void pubcheck_gather(kiln_pubcheck *pc)
 {
-    kiln_pubcheck *pc = arg;
-    int64_t now = kiln_mono_ms();
-
     pthread_mutex_lock(&pc->mu);
     size_t dropped = pubcheck_take_reconnect(pc);
-    if (pc->work.n == 0 && pc->todo.n > 0) pc->work_since_ms = now;
+    if (pc->work.n == 0 && pc->todo.n > 0) pc->work_since_ms = kiln_mono_ms();
     dropped += pubcheck_ring_move(&pc->todo, &pc->work);
     pthread_mutex_unlock(&pc->mu);
     if (dropped > 0)
         LOG_WARN("pubcheck %s: too many publishes to check, oldest not checked count=%zu", pc->name,
                  dropped);
-    if (pc->work.n == 0) return;
+}
 
+/* Decides about work from its oldest entry on, until one has no answer yet
+ * (or p is stopping); returns how many were settled. */
+static size_t pubcheck_work(kiln_pubcheck *pc, kiln_periodic *p)
+{
     size_t settled = 0;
-    while (pc->work.n > 0 && !kiln_periodic_stopping(p)) {
+    while (pc->work.n > 0 && (p == NULL || !kiln_periodic_stopping(p))) {
         if (pc->fn(pubcheck_ring_at(&pc->work, 0), pc->arg) == KILN_PUBCHECK_RETRY) break;
         free(pubcheck_ring_pop(&pc->work).data);
         settled++;
     }
+    return settled;
+}
+
+static void pubcheck_tick(kiln_periodic *p, void *arg)
+{
+    kiln_pubcheck *pc = arg;
+    pubcheck_gather(pc);
+    if (pc->work.n == 0) return;
+    size_t settled = pubcheck_work(pc, p);
     if (pc->work.n == 0) {
         LOG_INFO("pubcheck %s: publishes from before the reconnect checked count=%zu", pc->name,
                  settled);
@@ -191,6 +206,32 @@ void kiln_pubcheck_stop(kiln_pubcheck *pc)
     if (pc == NULL) return;
     kiln_periodic_stop(pc->timer);
     pc->timer = NULL;
+}
+
+size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
+{
+    if (pc == NULL) return 0;
+    pubcheck_gather(pc);
+    if (pc->work.n == 0) return 0;
+    int64_t until = kiln_mono_ms() + PUBCHECK_FINISH_MS;
+    size_t settled = 0;
+    for (;;) {
+        /* NATS gone again: every question would wait out its timeout. */
+        if (nc == NULL || natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) break;
+        settled += pubcheck_work(pc, NULL);
+        if (pc->work.n == 0 || kiln_mono_ms() + PUBCHECK_TICK_MS >= until) break;
+        nats_Sleep(PUBCHECK_TICK_MS);
+        pubcheck_gather(pc);
+    }
+    if (pc->work.n == 0) {
+        LOG_INFO("pubcheck %s: publishes from before the reconnect checked before stopping count=%zu",
+                 pc->name, settled);
+        return 0;
+    }
+    LOG_WARN("pubcheck %s: stopping with publishes from before the reconnect unchecked count=%zu "
+             "checked=%zu",
+             pc->name, pc->work.n, settled);
+    return pc->work.n;
 }
 
 void kiln_pubcheck_destroy(kiln_pubcheck *pc)

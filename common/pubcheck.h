@@ -6,8 +6,9 @@
  * submits).
  *
  * Threads: kiln_pubcheck_keep from any thread (a publish-ack handler); the
- * check function runs on the pubcheck's own thread; create, start, stop and
- * destroy from one owner thread. */
+ * check function runs on the pubcheck's own thread, and at the end on the
+ * owner's (kiln_pubcheck_finish); create, start, stop, finish and destroy
+ * from one owner thread. */
 #ifndef KILN_PUBCHECK_H
 #define KILN_PUBCHECK_H
 
@@ -46,6 +47,12 @@ void kiln_pubcheck_keep(kiln_pubcheck *pc, const void *data, size_t len, int kin
 /* Starts the checking thread (what fn needs must be ready). */
 kiln_status kiln_pubcheck_start(kiln_pubcheck *pc);
 void kiln_pubcheck_stop(kiln_pubcheck *pc); /* NULL-safe; joins the thread */
+/* After kiln_pubcheck_stop, while what fn needs still works: decides about
+ * the publishes a reconnect left unchecked on the caller's thread, for up to
+ * 5 s while nc stays connected (a process stopped just after a reconnect
+ * would otherwise forget them: chaos run 2329). Returns how many stay
+ * unchecked (logged). NULL-safe. */
+size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc);
 /* Frees what is kept; once nothing calls kiln_pubcheck_keep any more. */
 void kiln_pubcheck_destroy(kiln_pubcheck *pc); /* NULL-safe */
 

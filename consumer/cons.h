@@ -196,7 +196,8 @@ kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_
 /* txcheck.c: confirmed kiln.tx publishes kept and, after a reconnect to
  * NATS, published again when nats-server lost them. init before the main
  * connection (its ack handler calls keep), start once it is up, stop before
- * it closes, free after. */
+ * it closes (stop also finishes, for up to 5 s, the checks a reconnect just
+ * before the stop left), free after. */
 kiln_status cons_txcheck_init(void);
 void cons_txcheck_keep(natsMsg *msg, uint64_t seq); /* ack handler; msg stays the caller's */
 kiln_status cons_txcheck_start(void);

@@ -53,6 +53,7 @@ typedef enum {
 struct donecheck {
     kiln_pubcheck *pc;
     db_store *db; /* set by donecheck_start */
+    natsConnection *nc; /* js's */
     jsCtx *js;
     kiln_metric *m_checked, *m_done_again, *m_events_again;
 };
@@ -233,16 +234,19 @@ kiln_status donecheck_create(int64_t keep_ms, size_t cap, donecheck **out)
     return KILN_OK;
 }
 
-kiln_status donecheck_start(donecheck *dc, db_store *db, jsCtx *js)
+kiln_status donecheck_start(donecheck *dc, db_store *db, natsConnection *nc, jsCtx *js)
 {
     dc->db = db;
+    dc->nc = nc;
     dc->js = js;
     return kiln_pubcheck_start(dc->pc);
 }
 
 void donecheck_stop(donecheck *dc)
 {
-    if (dc != NULL) kiln_pubcheck_stop(dc->pc);
+    if (dc == NULL) return;
+    kiln_pubcheck_stop(dc->pc);
+    (void)kiln_pubcheck_finish(dc->pc, dc->nc);
 }
 
 void donecheck_destroy(donecheck *dc)

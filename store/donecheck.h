@@ -28,9 +28,11 @@ void donecheck_keep(donecheck *dc, natsMsg *msg, uint64_t seq);
  * announcements kept from before it: a jobs.done its stream no longer holds
  * at its sequence is published again (same Nats-Msg-Id) on js; such an
  * event, when the job's record in db still says what it announced. db and
- * js must outlive donecheck_stop(). */
-kiln_status donecheck_start(donecheck *dc, db_store *db, jsCtx *js);
-void donecheck_stop(donecheck *dc); /* NULL-safe; joins the thread */
+ * js (on nc) must outlive donecheck_stop(). */
+kiln_status donecheck_start(donecheck *dc, db_store *db, natsConnection *nc, jsCtx *js);
+/* Joins the thread, then finishes what a reconnect left to check (up to 5 s,
+ * while nc is connected: kiln_pubcheck_finish). NULL-safe. */
+void donecheck_stop(donecheck *dc);
 /* Frees what is kept; after the connection whose acks feed it is closed. */
 void donecheck_destroy(donecheck *dc); /* NULL-safe */
 

@@ -200,7 +200,7 @@ int main(int argc, char **argv)
     if (ingest_start(db, nc, anc, ajs, b, &ing) != KILN_OK) goto out;
     if (sweep_start(db, b, js, cfg.sweep_interval_ms, &sw) != KILN_OK) goto out;
     if (resync_start(b, js, cfg.durable_check_ms, &rs) != KILN_OK) goto out;
-    if (donecheck_start(dc, db, js) != KILN_OK) goto out;
+    if (donecheck_start(dc, db, nc, js) != KILN_OK) goto out;
     if (retention_start(db, cfg.result_ttl_ms, &ret) != KILN_OK) goto out;
     if (queuegauges_start(nc, js, cfg.queue_stats_ms, &qg) != KILN_OK) goto out;
     if (kiln_metrics_http_start(cfg.metrics_addr) != KILN_OK) goto out; /* it logged why */

@@ -1216,3 +1216,53 @@ Test(resilience, a_transition_nats_server_lost_after_confirming_it_is_published_
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* Chaos run 2329: the same loss, and the consumer was told to stop 0.2 s
+ * after the reconnect, while its check of the lost transition still waited
+ * for the store. Its stop dropped the check: the job stayed `processing`
+ * until the store's sweep took it as abandoned 90 s later and ran it again.
+ * A stopping consumer must finish that check while NATS is up: here the
+ * store stays frozen until the consumer was told to stop, and no consumer
+ * runs after it, so only the stopped one can publish the transitions. */
+Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lost_transition)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    res_freeze(&s, H_STORE);
+    double calls0 = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    cr_assert_geq(calls0, 0, "no kiln_devprovider_generations_ok_total");
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost transition at a stop egret", id), 202);
+    cr_assert(h_wait_worker_idle(n.js, "kiln-worker-normal", 20000), "the consumer did not finish the job");
+    res_tx_delete_arg del = {n.js, 0};
+    cr_assert_geq(h_stream_scan(n.js, "KILN_JOBS", res_tx_delete_one, &del), 0);
+    cr_assert_geq(del.deleted, 1, "no transition of the job in KILN_JOBS");
+    h_nats_free(&n);
+    int reconnects = h_log_count(&s, H_CONSUMER, "nats reconnected");
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    /* Both of the consumer's connections are back, so its check has begun
+     * (it asks the frozen store, which cannot answer). */
+    int64_t until = h_now_ms() + 15000;
+    while (h_log_count(&s, H_CONSUMER, "nats reconnected") < reconnects + 2 && h_now_ms() < until)
+        usleep(20000);
+    cr_assert_geq(h_log_count(&s, H_CONSUMER, "nats reconnected"), reconnects + 2,
+                  "the consumer did not reconnect");
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGTERM), 0);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "signal received", 5000), "the consumer did not take the SIGTERM");
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "the consumer did not stop cleanly");
+    cr_expect_lt(h_now_ms() - t0, 9000, "the consumer took %lld ms to stop", (long long)(h_now_ms() - t0));
+    cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"),
+              "the stopping consumer did not publish the lost transition again");
+
+    h_nats_open(&s, &n);
+    res_expect_completed_once(&s, &n, id, 1, 20000);
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls0 + 1,
+                 "the job was called again");
+    h_nats_free(&n);
+    h_stop(&s);
+}
