@@ -744,6 +744,84 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     h_stop(&s);
 }
 
+/* Waits until component c logged `want` more reconnects to NATS than
+ * `before` (one per connection of the process). */
+static void res_wait_reconnects(h_stack *s, h_comp c, int before, int want)
+{
+    int64_t until = h_now_ms() + 15000;
+    while (h_log_count(s, c, "nats reconnected") < before + want && h_now_ms() < until) usleep(20000);
+    cr_assert_geq(h_log_count(s, c, "nats reconnected"), before + want, "%s did not reconnect",
+                  s->procs[c].name);
+}
+
+/* No pull request waits on durable: frozen processes' requests have
+ * expired, so nats-server puts no new message into their sockets. */
+static int res_no_pull_waiting(void *arg)
+{
+    const res_job_arg *a = arg; /* id: the durable */
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, a->js, "KILN_JOBS", a->id, NULL, &jerr) != NATS_OK) return 0;
+    int none = ci->NumWaiting == 0;
+    jsConsumerInfo_Destroy(ci);
+    return none;
+}
+
+/* The gateway's side of chaos run 2329: it answered 202 for a submit that
+ * the restarted nats-server lost, and it is told to stop right after the
+ * reconnect, while its check of that submit still waits for the (frozen)
+ * store. A 202 means the job is kept: the stopping gateway must finish the
+ * check and publish the job again. */
+Test(resilience, a_gateway_stopped_right_after_a_reconnect_still_publishes_a_lost_submit)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    /* A job first: nats-server 2.9.10 can bring back a deleted first
+     * message of a stream when it restarts. */
+    char done[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "done at a stop egret", done), 202);
+    cr_assert_geq(h_collect_wait(n.done, done, 1, 20000), 1, "no jobs.done for %s", done);
+    res_job_arg gone = {n.js, done};
+    cr_assert(h_wait_for(res_jobs_msg_gone, &gone, 10000, 50), "the consumed job's message stayed in KILN_JOBS");
+    res_freeze(&s, H_STORE);
+    res_freeze(&s, H_CONSUMER);
+    /* Else the submit would reach a frozen process's socket, and it would
+     * read it after the thaw: not lost. */
+    const char *durables[] = {"kiln-store", "kiln-worker-normal"};
+    for (int i = 0; i < 2; i++) {
+        res_job_arg d = {n.js, durables[i]};
+        cr_assert(h_wait_for(res_no_pull_waiting, &d, 30000, 100), "pull requests of %s never expired",
+                  durables[i]);
+    }
+    char lost[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost at a stop egret", lost), 202);
+    uint64_t seq = res_seq_of(n.js, "KILN_JOBS", "Nats-Msg-Id", lost);
+    cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost);
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    h_nats_free(&n);
+    int reconnects = h_log_count(&s, H_GATEWAY, "nats reconnected");
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    res_wait_reconnects(&s, H_GATEWAY, reconnects, 4); /* submit, fast submit, events, query */
+    cr_assert_eq(kill(s.procs[H_GATEWAY].pid, SIGTERM), 0);
+    cr_assert(h_wait_log(&s, H_GATEWAY, "shutting down", 5000), "the gateway did not take the SIGTERM");
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGCONT), 0);
+    cr_expect_eq(h_proc_term(&s, H_GATEWAY), 0, "the gateway did not stop cleanly");
+    cr_expect(h_log_contains(&s, H_GATEWAY, "submit lost by nats-server"),
+              "the stopping gateway did not publish the lost submit again");
+
+    cr_assert_eq(h_proc_start(&s, H_GATEWAY), 0);
+    cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after the gateway came back");
+    h_nats_open(&s, &n);
+    res_expect_completed_once(&s, &n, lost, 1, 30000);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* A submit whose JetStream ack never comes: nats-server frozen after it
  * read nothing of the publish, then killed and started again. The gateway
  * must answer 503 once KILN_PUBLISH_TIMEOUT has passed (not hang, not
@@ -1245,11 +1323,7 @@ Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lo
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
     /* Both of the consumer's connections are back, so its check has begun
      * (it asks the frozen store, which cannot answer). */
-    int64_t until = h_now_ms() + 15000;
-    while (h_log_count(&s, H_CONSUMER, "nats reconnected") < reconnects + 2 && h_now_ms() < until)
-        usleep(20000);
-    cr_assert_geq(h_log_count(&s, H_CONSUMER, "nats reconnected"), reconnects + 2,
-                  "the consumer did not reconnect");
+    res_wait_reconnects(&s, H_CONSUMER, reconnects, 2);
     cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGTERM), 0);
     cr_assert(h_wait_log(&s, H_CONSUMER, "signal received", 5000), "the consumer did not take the SIGTERM");
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
