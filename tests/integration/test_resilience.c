@@ -778,13 +778,6 @@ Test(resilience, a_gateway_stopped_right_after_a_reconnect_still_publishes_a_los
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    /* A job first: nats-server 2.9.10 can bring back a deleted first
-     * message of a stream when it restarts. */
-    char done[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "done at a stop egret", done), 202);
-    cr_assert_geq(h_collect_wait(n.done, done, 1, 20000), 1, "no jobs.done for %s", done);
-    res_job_arg gone = {n.js, done};
-    cr_assert(h_wait_for(res_jobs_msg_gone, &gone, 10000, 50), "the consumed job's message stayed in KILN_JOBS");
     res_freeze(&s, H_STORE);
     res_freeze(&s, H_CONSUMER);
     /* Else the submit would reach a frozen process's socket, and it would
@@ -1257,6 +1250,34 @@ static void res_tx_delete_one(natsMsg *m, void *arg)
         a->deleted++;
 }
 
+/* The loss of a consumer's confirmed transitions, made on purpose: with
+ * the store frozen, the consumer completes a job of prompt (its transitions
+ * confirmed, the job acked), and the job's transitions are deleted from
+ * KILN_JOBS; each test then restarts nats-server its own way. n is closed.
+ * Returns the dev provider's calls before the job. */
+static double res_lose_transitions(h_stack *s, h_nats *n, const char *prompt, char *id)
+{
+    res_freeze(s, H_STORE);
+    double calls0 = h_metric(s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    cr_assert_geq(calls0, 0, "no kiln_devprovider_generations_ok_total");
+    cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, prompt, id), 202);
+    cr_assert(h_wait_worker_idle(n->js, "kiln-worker-normal", 20000), "the consumer did not finish the job");
+    res_tx_delete_arg del = {n->js, 0};
+    cr_assert_geq(h_stream_scan(n->js, "KILN_JOBS", res_tx_delete_one, &del), 0);
+    cr_assert_geq(del.deleted, 1, "no transition of the job in KILN_JOBS");
+    h_nats_free(n);
+    return calls0;
+}
+
+/* After res_lose_transitions: the job completes once, with its one call. */
+static void res_expect_one_call(h_stack *s, h_nats *n, const char *id, double calls0)
+{
+    h_nats_open(s, n);
+    res_expect_completed_once(s, n, id, 1, 20000);
+    cr_expect_eq(h_metric(s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls0 + 1,
+                 "the job was called again");
+}
+
 /* The same loss for a consumer's transitions: it completed a job, its
  * `processing` and `completed` transitions were confirmed and it acked the
  * job, and the restarted nats-server has neither transition. The store
@@ -1270,25 +1291,14 @@ Test(resilience, a_transition_nats_server_lost_after_confirming_it_is_published_
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    res_freeze(&s, H_STORE);
-    double calls0 = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
-    cr_assert_geq(calls0, 0, "no kiln_devprovider_generations_ok_total");
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost transition heron", id), 202);
-    cr_assert(h_wait_worker_idle(n.js, "kiln-worker-normal", 20000), "the consumer did not finish the job");
-    res_tx_delete_arg del = {n.js, 0};
-    cr_assert_geq(h_stream_scan(n.js, "KILN_JOBS", res_tx_delete_one, &del), 0);
-    cr_assert_geq(del.deleted, 1, "no transition of the job in KILN_JOBS");
-    h_nats_free(&n);
+    double calls0 = res_lose_transitions(&s, &n, "lost transition heron", id);
     h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
     cr_assert_eq(h_stack_wait_ready(&s), 0, "not ready after nats-server came back");
 
-    h_nats_open(&s, &n);
-    res_expect_completed_once(&s, &n, id, 1, 20000);
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls0 + 1,
-                 "the job was called again");
+    res_expect_one_call(&s, &n, id, calls0);
     cr_expect_geq(h_metric(&s, H_CONSUMER, "kiln_consumer_transitions_republished_total"), 1);
     cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"));
     h_nats_free(&n);
@@ -1308,16 +1318,8 @@ Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lo
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    res_freeze(&s, H_STORE);
-    double calls0 = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
-    cr_assert_geq(calls0, 0, "no kiln_devprovider_generations_ok_total");
     char id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost transition at a stop egret", id), 202);
-    cr_assert(h_wait_worker_idle(n.js, "kiln-worker-normal", 20000), "the consumer did not finish the job");
-    res_tx_delete_arg del = {n.js, 0};
-    cr_assert_geq(h_stream_scan(n.js, "KILN_JOBS", res_tx_delete_one, &del), 0);
-    cr_assert_geq(del.deleted, 1, "no transition of the job in KILN_JOBS");
-    h_nats_free(&n);
+    double calls0 = res_lose_transitions(&s, &n, "lost transition at a stop egret", id);
     int reconnects = h_log_count(&s, H_CONSUMER, "nats reconnected");
     h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     cr_assert_eq(h_proc_start(&s, H_NATS), 0);
@@ -1333,10 +1335,7 @@ Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lo
     cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"),
               "the stopping consumer did not publish the lost transition again");
 
-    h_nats_open(&s, &n);
-    res_expect_completed_once(&s, &n, id, 1, 20000);
-    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls0 + 1,
-                 "the job was called again");
+    res_expect_one_call(&s, &n, id, calls0);
     h_nats_free(&n);
     h_stop(&s);
 }
