@@ -216,9 +216,11 @@ size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
     int64_t until = kiln_mono_ms() + PUBCHECK_FINISH_MS;
     size_t settled = 0;
     for (;;) {
-        /* NATS gone again: every question would wait out its timeout. */
-        if (nc == NULL || natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) break;
-        settled += pubcheck_work(pc, NULL);
+        natsConnStatus cs = nc != NULL ? natsConnection_Status(nc) : NATS_CONN_STATUS_CLOSED;
+        if (cs == NATS_CONN_STATUS_CLOSED) break;
+        /* Reconnecting (the stop can come within a second of an outage):
+         * wait for it rather than let every question wait out its timeout. */
+        if (cs == NATS_CONN_STATUS_CONNECTED) settled += pubcheck_work(pc, NULL);
         if (pc->work.n == 0 || kiln_mono_ms() + PUBCHECK_TICK_MS >= until) break;
         nats_Sleep(PUBCHECK_TICK_MS);
         pubcheck_gather(pc);

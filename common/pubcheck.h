@@ -49,9 +49,9 @@ kiln_status kiln_pubcheck_start(kiln_pubcheck *pc);
 void kiln_pubcheck_stop(kiln_pubcheck *pc); /* NULL-safe; joins the thread */
 /* After kiln_pubcheck_stop, while what fn needs still works: decides about
  * the publishes a reconnect left unchecked on the caller's thread, for up to
- * 5 s while nc stays connected (a process stopped just after a reconnect
- * would otherwise forget them: chaos run 2329). Returns how many stay
- * unchecked (logged). NULL-safe. */
+ * 5 s, waiting while nc reconnects (a process stopped just after a
+ * reconnect would otherwise forget them: chaos run 2329). Returns how many
+ * stay unchecked (logged). NULL-safe. */
 size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc);
 /* Frees what is kept; once nothing calls kiln_pubcheck_keep any more. */
 void kiln_pubcheck_destroy(kiln_pubcheck *pc); /* NULL-safe */
