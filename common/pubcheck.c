@@ -213,6 +213,8 @@ size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
     if (pc == NULL) return 0;
     pubcheck_gather(pc);
     if (pc->work.n == 0) return 0;
+    LOG_INFO("pubcheck %s: stopping, checking the publishes from before the reconnect first count=%zu",
+             pc->name, pc->work.n);
     int64_t until = kiln_mono_ms() + PUBCHECK_FINISH_MS;
     size_t settled = 0;
     for (;;) {

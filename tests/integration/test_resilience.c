@@ -1339,3 +1339,33 @@ Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lo
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* The same, with NATS gone again when the consumer is told to stop (a chaos
+ * run stopped a consumer 0.2 s before its connection was back): the
+ * stopping consumer must wait for the reconnect, then check. */
+Test(resilience, a_consumer_stopped_while_reconnecting_still_publishes_a_lost_transition)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    double calls0 = res_lose_transitions(&s, &n, "lost transition while reconnecting egret", id);
+    int reconnects = h_log_count(&s, H_CONSUMER, "nats reconnected");
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    res_wait_reconnects(&s, H_CONSUMER, reconnects, 2);
+    h_proc_term(&s, H_NATS);
+    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGTERM), 0);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "stopping, checking the publishes from before the reconnect", 10000),
+              "the stopping consumer did not take up its check");
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "the consumer did not stop cleanly");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"),
+              "the stopping consumer did not wait for NATS and publish the lost transition again");
+
+    res_expect_one_call(&s, &n, id, calls0);
+    h_nats_free(&n);
+    h_stop(&s);
+}
