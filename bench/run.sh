@@ -383,11 +383,7 @@ w1_run_kiln() { # w1_run_kiln K: one kiln-W1 run, its jobs purged after
 }
 
 fig_in() { # fig_in FILE NAME/WORKLOAD.FIELD: one figure of a FIG file ("-" when missing), FIG untouched
-    local k=${2%%.*}
-    awk -v n="${k%/*}" -v w="${k#*/}" -v f="${2#*.}" '
-        $1 == "FIG" && $2 == "name=" n && $3 == "workload=" w {
-            for (i = 4; i <= NF; i++) if (index($i, f "=") == 1) v = substr($i, length(f) + 2) }
-        END {print (v == "" ? "-" : v)}' "$1"
+    (FIG=() && parse_figs "$1" && fig "$2") # a subshell: its FIG goes with it
 }
 
 w1_median() { # w1_median NAME "RATE FILE"...: the median run's figures become NAME's, every run's rate NAME/runs

@@ -201,18 +201,13 @@ kiln_status kiln_pubcheck_start(kiln_pubcheck *pc)
     return kiln_periodic_start(pc->name, PUBCHECK_TICK_MS, pubcheck_tick, pc, &pc->timer);
 }
 
-void kiln_pubcheck_stop(kiln_pubcheck *pc)
+/* On the stopping owner's thread, the checking thread joined: decides about
+ * what a reconnect left, for up to PUBCHECK_FINISH_MS, waiting while nc
+ * reconnects. */
+static void pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
 {
-    if (pc == NULL) return;
-    kiln_periodic_stop(pc->timer);
-    pc->timer = NULL;
-}
-
-size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
-{
-    if (pc == NULL) return 0;
     pubcheck_gather(pc);
-    if (pc->work.n == 0) return 0;
+    if (pc->work.n == 0) return;
     LOG_INFO("pubcheck %s: stopping, checking the publishes from before the reconnect first count=%zu",
              pc->name, pc->work.n);
     int64_t until = kiln_mono_ms() + PUBCHECK_FINISH_MS;
@@ -230,13 +225,21 @@ size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
     if (pc->work.n == 0) {
         LOG_INFO("pubcheck %s: publishes from before the reconnect checked before stopping count=%zu",
                  pc->name, settled);
-        return 0;
+        return;
     }
     LOG_WARN("pubcheck %s: stopping with publishes from before the reconnect unchecked count=%zu "
              "checked=%zu",
              pc->name, pc->work.n, settled);
-    return pc->work.n;
 }
+
+void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc)
+{
+    if (pc == NULL) return;
+    kiln_periodic_stop(pc->timer);
+    pc->timer = NULL;
+    pubcheck_finish(pc, nc);
+}
+
 
 void kiln_pubcheck_destroy(kiln_pubcheck *pc)
 {

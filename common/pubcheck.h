@@ -7,8 +7,8 @@
  *
  * Threads: kiln_pubcheck_keep from any thread (a publish-ack handler); the
  * check function runs on the pubcheck's own thread, and at the end on the
- * owner's (kiln_pubcheck_finish); create, start, stop, finish and destroy
- * from one owner thread. */
+ * owner's (kiln_pubcheck_stop); create, start, stop and destroy from one
+ * owner thread. */
 #ifndef KILN_PUBCHECK_H
 #define KILN_PUBCHECK_H
 
@@ -46,13 +46,12 @@ kiln_status kiln_pubcheck_create(const char *name, int64_t keep_ms, size_t cap,
 void kiln_pubcheck_keep(kiln_pubcheck *pc, const void *data, size_t len, int kind, uint64_t seq);
 /* Starts the checking thread (what fn needs must be ready). */
 kiln_status kiln_pubcheck_start(kiln_pubcheck *pc);
-void kiln_pubcheck_stop(kiln_pubcheck *pc); /* NULL-safe; joins the thread */
-/* After kiln_pubcheck_stop, while what fn needs still works: decides about
- * the publishes a reconnect left unchecked on the caller's thread, for up to
- * 5 s, waiting while nc reconnects (a process stopped just after a
- * reconnect would otherwise forget them: chaos run 2329). Returns how many
- * stay unchecked (logged). NULL-safe. */
-size_t kiln_pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc);
+/* Joins the checking thread, then, on the caller's thread and while what fn
+ * needs still works, decides about the publishes a reconnect left unchecked:
+ * for up to 5 s, waiting while nc (fn's connection) reconnects. A process
+ * stopped just after a reconnect would otherwise forget them (chaos run
+ * 2329). What stays unchecked is logged. NULL-safe. */
+void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc);
 /* Frees what is kept; once nothing calls kiln_pubcheck_keep any more. */
 void kiln_pubcheck_destroy(kiln_pubcheck *pc); /* NULL-safe */
 

@@ -139,9 +139,7 @@ kiln_status kiln_resubmit_start(kiln_resubmit *rs, jsCtx *js, natsConnection *qn
 
 void kiln_resubmit_stop(kiln_resubmit *rs)
 {
-    if (rs == NULL) return;
-    kiln_pubcheck_stop(rs->pc);
-    (void)kiln_pubcheck_finish(rs->pc, rs->qnc);
+    if (rs != NULL) kiln_pubcheck_stop(rs->pc, rs->qnc);
 }
 
 void kiln_resubmit_destroy(kiln_resubmit *rs)

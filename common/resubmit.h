@@ -30,7 +30,7 @@ void kiln_resubmit_keep(kiln_resubmit *rs, natsMsg *msg, uint64_t seq);
  * (jobs.status) on qnc. Both must outlive kiln_resubmit_stop(). */
 kiln_status kiln_resubmit_start(kiln_resubmit *rs, jsCtx *js, natsConnection *qnc);
 /* Joins the thread, then finishes what a reconnect left to check (up to
- * 5 s, waiting while qnc reconnects: kiln_pubcheck_finish). NULL-safe. */
+ * 5 s, waiting while qnc reconnects: kiln_pubcheck_stop). NULL-safe. */
 void kiln_resubmit_stop(kiln_resubmit *rs);
 /* Frees what is kept; after the connections whose acks feed it are closed. */
 void kiln_resubmit_destroy(kiln_resubmit *rs); /* NULL-safe */

@@ -193,8 +193,7 @@ kiln_status cons_txcheck_start(void)
 
 void cons_txcheck_stop(void)
 {
-    kiln_pubcheck_stop(txcheck_pc);
-    (void)kiln_pubcheck_finish(txcheck_pc, cons_g.nc);
+    kiln_pubcheck_stop(txcheck_pc, cons_g.nc);
 }
 
 void cons_txcheck_free(void)

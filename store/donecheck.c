@@ -244,9 +244,7 @@ kiln_status donecheck_start(donecheck *dc, db_store *db, natsConnection *nc, jsC
 
 void donecheck_stop(donecheck *dc)
 {
-    if (dc == NULL) return;
-    kiln_pubcheck_stop(dc->pc);
-    (void)kiln_pubcheck_finish(dc->pc, dc->nc);
+    if (dc != NULL) kiln_pubcheck_stop(dc->pc, dc->nc);
 }
 
 void donecheck_destroy(donecheck *dc)

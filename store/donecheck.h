@@ -31,7 +31,7 @@ void donecheck_keep(donecheck *dc, natsMsg *msg, uint64_t seq);
  * js (on nc) must outlive donecheck_stop(). */
 kiln_status donecheck_start(donecheck *dc, db_store *db, natsConnection *nc, jsCtx *js);
 /* Joins the thread, then finishes what a reconnect left to check (up to 5 s,
- * waiting while nc reconnects: kiln_pubcheck_finish). NULL-safe. */
+ * waiting while nc reconnects: kiln_pubcheck_stop). NULL-safe. */
 void donecheck_stop(donecheck *dc);
 /* Frees what is kept; after the connection whose acks feed it is closed. */
 void donecheck_destroy(donecheck *dc); /* NULL-safe */

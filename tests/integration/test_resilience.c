@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -685,11 +686,37 @@ static void res_freeze(h_stack *s, h_comp c)
     cr_assert(h_wait_for(res_all_threads_stopped, &pid, 5000, 5), "process %d did not stop", (int)pid);
 }
 
-/* The loss of confirmed submits in a nats-server crash, made on purpose:
- * with the store and consumer frozen (res_freeze), deletes each job's
- * message from KILN_JOBS, restarts nats-server, thaws both, and opens n
- * again once the stack is ready. */
-static void res_lose_submits(h_stack *s, h_nats *n, const char *const *ids, int nids)
+/* No pull request waits on durable: frozen processes' requests have
+ * expired, so nats-server puts no new message into their sockets. */
+static int res_no_pull_waiting(void *arg)
+{
+    const res_job_arg *a = arg; /* id: the durable */
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, a->js, "KILN_JOBS", a->id, NULL, &jerr) != NATS_OK) return 0;
+    int none = ci->NumWaiting == 0;
+    jsConsumerInfo_Destroy(ci);
+    return none;
+}
+
+/* Freezes the store and the consumer so that neither reads what is submitted
+ * next: once stopped, until their open pull requests have expired (else
+ * nats-server would put the job into a frozen process's socket, which reads
+ * it after the thaw, and the job would not be lost). */
+static void res_freeze_readers(h_stack *s, h_nats *n)
+{
+    res_freeze(s, H_STORE);
+    res_freeze(s, H_CONSUMER);
+    const char *durables[] = {"kiln-store", "kiln-worker-normal"};
+    for (int i = 0; i < 2; i++) {
+        res_job_arg d = {n->js, durables[i]};
+        cr_assert(h_wait_for(res_no_pull_waiting, &d, 30000, 100), "pull requests of %s never expired",
+                  durables[i]);
+    }
+}
+
+/* Deletes each job's message from KILN_JOBS: nats-server's loss of it. */
+static void res_delete_submits(h_nats *n, const char *const *ids, int nids)
 {
     for (int i = 0; i < nids; i++) {
         uint64_t seq = res_seq_of(n->js, "KILN_JOBS", "Nats-Msg-Id", ids[i]);
@@ -697,6 +724,29 @@ static void res_lose_submits(h_stack *s, h_nats *n, const char *const *ids, int 
         jsErrCode jerr = 0;
         cr_assert_eq(js_DeleteMsg(n->js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
     }
+}
+
+/* Restarts nats-server (SIGTERM: it exits non-zero, not a Kiln failure) and
+ * waits until component c logged the reconnect of each of its nconns
+ * connections. */
+static void res_restart_nats_seen_by(h_stack *s, h_comp c, int nconns)
+{
+    int before = h_log_count(s, c, "nats reconnected");
+    h_proc_term(s, H_NATS);
+    cr_assert_eq(h_proc_start(s, H_NATS), 0);
+    int64_t until = h_now_ms() + 15000;
+    while (h_log_count(s, c, "nats reconnected") < before + nconns && h_now_ms() < until) usleep(20000);
+    cr_assert_geq(h_log_count(s, c, "nats reconnected"), before + nconns, "%s did not reconnect",
+                  s->procs[c].name);
+}
+
+/* The loss of confirmed submits in a nats-server crash, made on purpose:
+ * with the store and consumer frozen (res_freeze_readers), deletes each
+ * job's message from KILN_JOBS, restarts nats-server, thaws both, and
+ * opens n again once the stack is ready. */
+static void res_lose_submits(h_stack *s, h_nats *n, const char *const *ids, int nids)
+{
+    res_delete_submits(n, ids, nids);
     h_nats_free(n);
     h_proc_term(s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     cr_assert_eq(h_proc_start(s, H_NATS), 0);
@@ -724,8 +774,7 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     cr_assert_geq(h_collect_wait(n.done, done, 1, 20000), 1, "no jobs.done for %s", done);
     res_job_arg gone = {n.js, done};
     cr_assert(h_wait_for(res_jobs_msg_gone, &gone, 10000, 50), "the consumed job's message stayed in KILN_JOBS");
-    res_freeze(&s, H_STORE);
-    res_freeze(&s, H_CONSUMER);
+    res_freeze_readers(&s, &n);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "kept egret", kept), 202);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost egret", lost), 202);
 
@@ -744,29 +793,6 @@ Test(resilience, a_submit_nats_server_lost_after_confirming_it_is_published_agai
     h_stop(&s);
 }
 
-/* Waits until component c logged `want` more reconnects to NATS than
- * `before` (one per connection of the process). */
-static void res_wait_reconnects(h_stack *s, h_comp c, int before, int want)
-{
-    int64_t until = h_now_ms() + 15000;
-    while (h_log_count(s, c, "nats reconnected") < before + want && h_now_ms() < until) usleep(20000);
-    cr_assert_geq(h_log_count(s, c, "nats reconnected"), before + want, "%s did not reconnect",
-                  s->procs[c].name);
-}
-
-/* No pull request waits on durable: frozen processes' requests have
- * expired, so nats-server puts no new message into their sockets. */
-static int res_no_pull_waiting(void *arg)
-{
-    const res_job_arg *a = arg; /* id: the durable */
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, a->js, "KILN_JOBS", a->id, NULL, &jerr) != NATS_OK) return 0;
-    int none = ci->NumWaiting == 0;
-    jsConsumerInfo_Destroy(ci);
-    return none;
-}
-
 /* The gateway's side of chaos run 2329: it answered 202 for a submit that
  * the restarted nats-server lost, and it is told to stop right after the
  * reconnect, while its check of that submit still waits for the (frozen)
@@ -778,27 +804,13 @@ Test(resilience, a_gateway_stopped_right_after_a_reconnect_still_publishes_a_los
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
-    res_freeze(&s, H_STORE);
-    res_freeze(&s, H_CONSUMER);
-    /* Else the submit would reach a frozen process's socket, and it would
-     * read it after the thaw: not lost. */
-    const char *durables[] = {"kiln-store", "kiln-worker-normal"};
-    for (int i = 0; i < 2; i++) {
-        res_job_arg d = {n.js, durables[i]};
-        cr_assert(h_wait_for(res_no_pull_waiting, &d, 30000, 100), "pull requests of %s never expired",
-                  durables[i]);
-    }
+    res_freeze_readers(&s, &n);
     char lost[65];
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "lost at a stop egret", lost), 202);
-    uint64_t seq = res_seq_of(n.js, "KILN_JOBS", "Nats-Msg-Id", lost);
-    cr_assert_gt(seq, 0, "KILN_JOBS has no message of %s", lost);
-    jsErrCode jerr = 0;
-    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, &jerr), NATS_OK, "delete: jerr %d", (int)jerr);
+    const char *lost_ids[] = {lost};
+    res_delete_submits(&n, lost_ids, 1);
     h_nats_free(&n);
-    int reconnects = h_log_count(&s, H_GATEWAY, "nats reconnected");
-    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    res_wait_reconnects(&s, H_GATEWAY, reconnects, 4); /* submit, fast submit, events, query */
+    res_restart_nats_seen_by(&s, H_GATEWAY, 4); /* submit, fast submit, events, query */
     cr_assert_eq(kill(s.procs[H_GATEWAY].pid, SIGTERM), 0);
     cr_assert(h_wait_log(&s, H_GATEWAY, "shutting down", 5000), "the gateway did not take the SIGTERM");
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
@@ -1014,8 +1026,7 @@ Test(resilience, a_library_submit_nats_server_lost_after_confirming_it_is_publis
     kiln_client *c = NULL;
     cr_assert_eq(kiln_client_connect(s.nats_url, &c), KILN_OK);
     char kept[65], lost_sync[65], lost_async[65];
-    res_freeze(&s, H_STORE);
-    res_freeze(&s, H_CONSUMER);
+    res_freeze_readers(&s, &n);
     res_library_submit(c, "kept library heron", false, kept);
     res_library_submit(c, "lost library heron", false, lost_sync);
     res_library_submit(c, "lost async library heron", true, lost_async);
@@ -1309,63 +1320,52 @@ Test(resilience, a_transition_nats_server_lost_after_confirming_it_is_published_
  * after the reconnect, while its check of the lost transition still waited
  * for the store. Its stop dropped the check: the job stayed `processing`
  * until the store's sweep took it as abandoned 90 s later and ran it again.
- * A stopping consumer must finish that check while NATS is up: here the
- * store stays frozen until the consumer was told to stop, and no consumer
- * runs after it, so only the stopped one can publish the transitions. */
-Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lost_transition)
+ * A stopping consumer must finish that check: here the store stays frozen
+ * until the consumer was told to stop, and no consumer runs after it, so
+ * only the stopped one can publish the transitions. With nats_down,
+ * nats-server is gone again when the consumer is told to stop (a chaos run
+ * stopped a consumer 0.2 s before its connection was back), and comes back
+ * once the consumer took its check up: the consumer must wait for it. */
+static void res_stop_consumer_after_lost_transition(const char *prompt, bool nats_down)
 {
     h_stack s;
     h_start(&s, NULL);
     h_nats n;
     h_nats_open(&s, &n);
     char id[65];
-    double calls0 = res_lose_transitions(&s, &n, "lost transition at a stop egret", id);
-    int reconnects = h_log_count(&s, H_CONSUMER, "nats reconnected");
-    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    double calls0 = res_lose_transitions(&s, &n, prompt, id);
     /* Both of the consumer's connections are back, so its check has begun
      * (it asks the frozen store, which cannot answer). */
-    res_wait_reconnects(&s, H_CONSUMER, reconnects, 2);
+    res_restart_nats_seen_by(&s, H_CONSUMER, 2);
+    if (nats_down) h_proc_term(&s, H_NATS);
     cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGTERM), 0);
-    cr_assert(h_wait_log(&s, H_CONSUMER, "signal received", 5000), "the consumer did not take the SIGTERM");
+    if (nats_down) {
+        cr_assert(h_wait_log(&s, H_CONSUMER, "stopping, checking the publishes from before the reconnect", 10000),
+                  "the stopping consumer did not take up its check");
+        cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    } else {
+        cr_assert(h_wait_log(&s, H_CONSUMER, "signal received", 5000), "the consumer did not take the SIGTERM");
+    }
     cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
     int64_t t0 = h_now_ms();
     cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "the consumer did not stop cleanly");
-    cr_expect_lt(h_now_ms() - t0, 9000, "the consumer took %lld ms to stop", (long long)(h_now_ms() - t0));
+    if (!nats_down)
+        cr_expect_lt(h_now_ms() - t0, 9000, "the consumer took %lld ms to stop", (long long)(h_now_ms() - t0));
     cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"),
-              "the stopping consumer did not publish the lost transition again");
+              "the stopping consumer did not %spublish the lost transition again",
+              nats_down ? "wait for NATS and " : "");
 
     res_expect_one_call(&s, &n, id, calls0);
     h_nats_free(&n);
     h_stop(&s);
 }
 
-/* The same, with NATS gone again when the consumer is told to stop (a chaos
- * run stopped a consumer 0.2 s before its connection was back): the
- * stopping consumer must wait for the reconnect, then check. */
+Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lost_transition)
+{
+    res_stop_consumer_after_lost_transition("lost transition at a stop egret", false);
+}
+
 Test(resilience, a_consumer_stopped_while_reconnecting_still_publishes_a_lost_transition)
 {
-    h_stack s;
-    h_start(&s, NULL);
-    h_nats n;
-    h_nats_open(&s, &n);
-    char id[65];
-    double calls0 = res_lose_transitions(&s, &n, "lost transition while reconnecting egret", id);
-    int reconnects = h_log_count(&s, H_CONSUMER, "nats reconnected");
-    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    res_wait_reconnects(&s, H_CONSUMER, reconnects, 2);
-    h_proc_term(&s, H_NATS);
-    cr_assert_eq(kill(s.procs[H_CONSUMER].pid, SIGTERM), 0);
-    cr_assert(h_wait_log(&s, H_CONSUMER, "stopping, checking the publishes from before the reconnect", 10000),
-              "the stopping consumer did not take up its check");
-    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
-    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
-    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "the consumer did not stop cleanly");
-    cr_expect(h_log_contains(&s, H_CONSUMER, "transition lost by nats-server"),
-              "the stopping consumer did not wait for NATS and publish the lost transition again");
-
-    res_expect_one_call(&s, &n, id, calls0);
-    h_nats_free(&n);
-    h_stop(&s);
+    res_stop_consumer_after_lost_transition("lost transition while reconnecting egret", true);
 }
