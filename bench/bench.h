@@ -12,7 +12,7 @@ typedef struct {
     unsigned rate;          /* w3: submits per second */
     unsigned secs;          /* w3: duration */
     int64_t timeout_ms;     /* longest wait for completions */
-    const char *ready_file; /* backlog: created once the backlog is published */
+    const char *ready_file; /* backlog: a line written to it once the backlog is published */
     unsigned sizes[4];      /* store: store sizes to measure at */
     unsigned nsizes;
     unsigned samples;       /* store: GETs per size */

@@ -187,13 +187,18 @@ int bench_backlog(const bench_args *a)
      * and the consumer only after the ready file). */
     if (flow_w1(c, a, prefix) != 0) goto out;
     if (bench_done_start(&d, a->url, prefix, a->jobs) != KILN_OK) goto out;
-    /* Tell run.sh to start the consumer; the clock starts now. */
+    /* Tell run.sh to start the consumer (a line, for a FIFO's reader); the
+     * clock starts now. */
     FILE *f = fopen(a->ready_file, "w");
     if (f == NULL) {
-        fprintf(stderr, "bench: cannot create %s\n", a->ready_file);
+        fprintf(stderr, "bench: cannot open %s\n", a->ready_file);
         goto out;
     }
-    fclose(f);
+    int werr = fputs("ready\n", f) == EOF;
+    if (fclose(f) != 0 || werr) {
+        fprintf(stderr, "bench: cannot write %s\n", a->ready_file);
+        goto out;
+    }
     int64_t t0 = bench_now_us();
     kiln_status st = bench_done_wait(&d, a->timeout_ms);
     int64_t t1 = bench_now_us();

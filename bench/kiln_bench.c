@@ -15,7 +15,7 @@ static void kb_usage(void)
             "  --jobs N            w12, w1, backlog: jobs to submit (default 100000)\n"
             "  --rate N --secs N   w3: paced submits per second and duration (1000, 10)\n"
             "  --timeout-ms N      longest wait for completions (default 120000)\n"
-            "  --ready-file PATH   backlog: created once the backlog is durable\n"
+            "  --ready-file PATH   backlog: a line written to it (a file or FIFO) once the backlog is durable\n"
             "  --sizes A,B         store: store sizes to measure GETs at (10000,1000000)\n"
             "  --samples N         store: GETs per size (default 5000)\n"
             "  --fill-deadline-ms N  store: stop filling after this long (default 150000)\n"
