@@ -53,7 +53,7 @@ stop() { # stop NAME: SIGTERM, wait up to 10 s, then SIGKILL
 cleanup() {
     trap - EXIT INT TERM
     local n
-    for n in gateway consumer store devprovider nats limitnats; do stop "$n"; done
+    for n in backlog gateway consumer store devprovider nats limitnats; do stop "$n"; done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then note "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -492,10 +492,12 @@ if phase flow; then
     "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
         --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
     BACKLOG_PID=$!
+    PID[backlog]=$BACKLOG_PID # an interrupted run stops it (it may wait to open the FIFO)
     until read -r -t 1 -u "$READY_FD" _; do kill -0 "$BACKLOG_PID" 2>/dev/null || break; done
     exec {READY_FD}<&-
     { start_store && start_consumer; } || exit 1
     wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; unfinished_report; DIRTY=1; }
+    unset "PID[backlog]"
     stop limitnats
     parse_figs "$TMP/backlog.out"
     W1_KILN_RUNS+=("$(fig kiln-W1/W1.rate) $TMP/backlog.out")
