@@ -81,7 +81,7 @@ typedef struct {
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
         *m_idle_polls, *m_tx_batches, *m_tx_batched, *m_gate_waiting, *m_gate_tripped,
         *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_peer_holds,
-        *m_store_waits;
+        *m_store_waits, *m_resent;
 } cons_ctx;
 
 /* Defined in ctx.c; main.c fills it before any thread starts. Metric pointers
@@ -101,6 +101,8 @@ typedef enum {
     CONS_JOB_TERMINATED,  /* final: message Term'd (dead-lettered invalid input) */
     CONS_JOB_ABANDONED,   /* final: a publish failed; left unacked for redelivery */
 } cons_job_state;
+
+#define CONS_RESEND_MAX 3 /* publishes of one job sent again after reconnects, then it is abandoned */
 
 typedef enum { CONS_FINAL_ACK = 0, CONS_FINAL_NAK, CONS_FINAL_TERM } cons_final;
 
@@ -136,6 +138,7 @@ struct cons_job {
     char dead_reason[CONS_REASON_MAX]; /* "" = no dead letter */
     cons_step steps[2];
     int n_steps, step;
+    unsigned resent;              /* publishes of this job sent again after a reconnect lost their ack */
     cons_final final;
     int64_t nak_delay_ms;
     bool truncate_prompt;         /* invalid request: transition carries a shortened prompt */
@@ -225,6 +228,12 @@ void cons_job_hand_back(cons_job *j);
 void cons_job_published(cons_job *j, bool ok, const char *err);
 /* Transfer thread: a publish ack never came; give the job up for redelivery. */
 void cons_job_abandon(cons_job *j, const char *why);
+/* Overdue sweep: j's publish went out before a reconnect and its ack went
+ * with the old connection. Publishes the current step again (same
+ * Nats-Msg-Id: the stream keeps one copy if the first was stored) instead
+ * of abandoning j, whose provider call would then run again; abandons j
+ * after CONS_RESEND_MAX such losses. */
+void cons_job_resend(cons_job *j);
 /* Fetch thread: j (not in the registry) is a redelivery of a job whose call
  * still runs here; frees it without an ack and counts it as a duplicate. */
 void cons_job_leave_to_running(cons_job *j);
@@ -318,12 +327,13 @@ void cons_registry_untrack_pub(cons_job *const *jobs, size_t n);
 /* Takes up to max jobs that waited for m into out and forgets the links;
  * returns how many. */
 size_t cons_registry_take_pub(natsMsg *m, cons_job **out, size_t max);
-/* Detaches up to max jobs whose publish ack is overdue, or whose publish was
- * tracked before lost_before_mono (a reconnect since: its ack can be gone
- * with the old connection), and removes them from the registry; the caller
- * abandons them. Returns the count. */
+/* Takes up to max jobs off their publish: those whose ack is overdue, and
+ * (lost[i] true) those whose publish was tracked before lost_before_mono (a
+ * reconnect since: its ack can be gone with the old connection). They stay
+ * in the registry (their in-progress acks go on) and are the caller's: it
+ * abandons the overdue ones and sends the lost ones again. Returns the count. */
 size_t cons_registry_take_overdue(int64_t now_mono, int64_t lost_before_mono, cons_job **out,
-                                  size_t max);
+                                  bool *lost, size_t max);
 
 /* ---- publish.c: transitions on kiln.tx and the JetStream ack handler ---- */
 /* Publishes j's transition (state st). track: wait for the ack and continue j's chain. */

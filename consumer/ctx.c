@@ -30,6 +30,10 @@ void cons_ctx_register_metrics(void)
         "kiln_consumer_store_waits_total",
         "copies kept unacked until the store could answer for them: redeliveries (their attempt "
         "number is the store's record plus one) and copies at the end of a hold");
+    cons_g.m_resent = kiln_metric_counter(
+        "kiln_consumer_publishes_resent_total",
+        "transitions and dead letters published again because a reconnect lost their JetStream ack "
+        "(the job goes on instead of running again)");
     cons_g.m_redelivered = kiln_metric_counter(
         "kiln_consumer_redeliveries_total",
         "job messages received again (JetStream NumDelivered > 1: retries, delays, hand-backs, "

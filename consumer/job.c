@@ -275,6 +275,19 @@ static void job_run_chain(cons_job *j)
     job_final(j);
 }
 
+void cons_job_resend(cons_job *j)
+{
+    if (j->resent >= CONS_RESEND_MAX) {
+        job_abandon_now(j, "publish ack lost in reconnects");
+        return;
+    }
+    j->resent++;
+    LOG_WARN("publish ack lost in a reconnect, publishing again job=%s attempt=%u step=%d try=%u", j->id,
+             j->attempt, j->step, j->resent);
+    kiln_metric_add(cons_g.m_resent, 1);
+    job_run_chain(j);
+}
+
 /* Plans the outcome and starts carrying it out. */
 static void job_finish(cons_job *j, Kiln__V1__JobState tx, bool dead, cons_final final,
                        int64_t nak_delay_ms)

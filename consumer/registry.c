@@ -243,20 +243,17 @@ int cons_registry_with_no_pub_waiting(int (*fn)(void *arg), void *arg)
 }
 
 size_t cons_registry_take_overdue(int64_t now_mono, int64_t lost_before_mono, cons_job **out,
-                                  size_t max)
+                                  bool *lost, size_t max)
 {
     size_t n = 0;
     pthread_mutex_lock(&reg_mu);
-    cons_job *j = reg_head;
-    while (j != NULL && n < max) {
-        cons_job *next = j->reg_next;
-        if (j->pending_pub != NULL &&
-            (j->pub_deadline_mono <= now_mono || j->pub_since_mono < lost_before_mono)) {
-            reg_unhash(j);
-            reg_unlink(j);
-            out[n++] = j;
-        }
-        j = next;
+    for (cons_job *j = reg_head; j != NULL && n < max; j = j->reg_next) {
+        if (j->pending_pub == NULL) continue;
+        bool was_lost = j->pub_since_mono < lost_before_mono;
+        if (!was_lost && j->pub_deadline_mono > now_mono) continue;
+        reg_unhash(j);
+        lost[n] = was_lost;
+        out[n++] = j;
     }
     pthread_mutex_unlock(&reg_mu);
     return n;

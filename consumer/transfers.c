@@ -276,12 +276,18 @@ static void tr_announce_slow(tr_worker *w, int64_t now)
 static void tr_sweep_overdue(int64_t now)
 {
     cons_job *batch[TR_OVERDUE_BATCH];
+    bool lost[TR_OVERDUE_BATCH];
     int64_t reconnected = kiln_nats_reconnected_at();
     int64_t lost_before = now - reconnected >= TR_RECONNECT_ACK_GRACE_MS ? reconnected : INT64_MIN;
     size_t n;
     do {
-        n = cons_registry_take_overdue(now, lost_before, batch, TR_OVERDUE_BATCH);
-        for (size_t i = 0; i < n; i++) cons_job_abandon(batch[i], "publish ack overdue");
+        n = cons_registry_take_overdue(now, lost_before, batch, lost, TR_OVERDUE_BATCH);
+        /* A resent publish is tracked from now, after the reconnect, so a
+         * later pass does not take it again unless another reconnect comes. */
+        for (size_t i = 0; i < n; i++) {
+            if (lost[i]) cons_job_resend(batch[i]);
+            else cons_job_abandon(batch[i], "publish ack overdue");
+        }
     } while (n == TR_OVERDUE_BATCH);
     cons_publish_drop_stale();
 }
