@@ -491,12 +491,11 @@ if phase flow; then
     rm -f "$TMP/ready" && mkfifo "$TMP/ready" && exec {READY_FD}<>"$TMP/ready" || exit 1
     "$BIN/kiln-bench" backlog --url "$NATS_URL" --jobs "$JOBS" --ready-file "$TMP/ready" \
         --timeout-ms 60000 >"$TMP/backlog.out" 2>>"$LOGS/kiln-bench.log" &
-    BACKLOG_PID=$!
-    PID[backlog]=$BACKLOG_PID # an interrupted run stops it (it may wait to open the FIFO)
-    until read -r -t 1 -u "$READY_FD" _; do kill -0 "$BACKLOG_PID" 2>/dev/null || break; done
+    PID[backlog]=$! # an interrupted run stops it (it may wait to open the FIFO)
+    until read -r -t 1 -u "$READY_FD" _; do kill -0 "${PID[backlog]}" 2>/dev/null || break; done
     exec {READY_FD}<&-
     { start_store && start_consumer; } || exit 1
-    wait "$BACKLOG_PID" || { note "the backlog was not fully drained"; unfinished_report; DIRTY=1; }
+    wait "${PID[backlog]}" || { note "the backlog was not fully drained"; unfinished_report; DIRTY=1; }
     unset "PID[backlog]"
     stop limitnats
     parse_figs "$TMP/backlog.out"

@@ -240,7 +240,6 @@ void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc)
     pubcheck_finish(pc, nc);
 }
 
-
 void kiln_pubcheck_destroy(kiln_pubcheck *pc)
 {
     if (pc == NULL) return;

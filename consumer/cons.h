@@ -102,8 +102,6 @@ typedef enum {
     CONS_JOB_ABANDONED,   /* final: a publish failed; left unacked for redelivery */
 } cons_job_state;
 
-#define CONS_RESEND_MAX 3 /* publishes of one job sent again after reconnects, then it is abandoned */
-
 typedef enum { CONS_FINAL_ACK = 0, CONS_FINAL_NAK, CONS_FINAL_TERM } cons_final;
 
 typedef enum { CONS_STEP_TX = 0, CONS_STEP_DEAD } cons_step;
@@ -228,6 +226,7 @@ void cons_job_hand_back(cons_job *j);
 void cons_job_published(cons_job *j, bool ok, const char *err);
 /* Transfer thread: a publish ack never came; give the job up for redelivery. */
 void cons_job_abandon(cons_job *j, const char *why);
+#define CONS_RESEND_MAX 3 /* publishes of one job sent again after reconnects, then it is abandoned */
 /* Overdue sweep: j's publish went out before a reconnect and its ack went
  * with the old connection. Publishes the current step again (same
  * Nats-Msg-Id: the stream keeps one copy if the first was stored) instead

@@ -1033,14 +1033,11 @@ Test(resilience, a_dead_letter_whose_ack_a_restart_lost_is_published_again, .tim
     double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_faults_fail_total");
     res_consumer_publish_lost(&s, res_dead_letter_published, "the dead letter");
 
-    h_nats n;
-    h_nats_open(&s, &n);
     h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 60000, "the job whose dead letter was lost");
     cr_expect_eq(res_dead_letters_of(&s, id), 1, "KILN_DEAD does not hold one letter for job %s", id);
     cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_faults_fail_total"), calls,
                  "the job whose dead letter was published again was called again");
     res_expect_consumer_let_go(&s);
-    h_nats_free(&n);
     h_stop(&s);
 }
 
