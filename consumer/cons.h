@@ -610,6 +610,15 @@ void cons_memwatch_set_source(const char *path);
  * 250 ms; logs once when pausing and once when resuming. */
 bool cons_memwatch_paused(void);
 
+/* ---- nextseq.c: the next sequence KILN_JOBS holds ---- */
+typedef enum { CONS_NEXTSEQ_FAILED, CONS_NEXTSEQ_NONE, CONS_NEXTSEQ_FOUND } cons_nextseq_result;
+/* The lowest sequence at or after `from` that KILN_JOBS still holds, of any
+ * subject, into *seq: FOUND, NONE when there is none, FAILED when JetStream
+ * did not answer (or answered something else). */
+cons_nextseq_result cons_nextseq(uint64_t from, int64_t timeout_ms, uint64_t *seq);
+/* The same for a $JS.API.STREAM.MSG.GET reply body. */
+cons_nextseq_result cons_nextseq_parse(const char *reply, size_t len, uint64_t *seq);
+
 /* ---- stall.c: re-publishes job messages a 2.9.10 restart left undeliverable ---- */
 kiln_status cons_stall_start(void); /* no-op when stall_check_ms is 0 */
 void cons_stall_stop(void);
@@ -629,8 +638,17 @@ typedef struct {
     uint64_t delivered_stream, delivered_consumer;
     uint64_t num_pending;        /* not yet delivered */
     int64_t num_ack_pending, max_ack_pending;
+    int64_t num_redelivered;     /* ack-pending messages delivered more than once */
+    uint64_t ack_floor_stream;
     uint64_t last_seq;           /* the stream's last sequence */
 } cons_stall_obs;
+/* May the durable count messages ack-pending that are gone from the stream?
+ * nats-server 2.9.10 can come back from a crash so: it tries to redeliver
+ * them for good ("error looking up message for consumer: deleted
+ * message"), and each try uses up a pull request. Then some are
+ * ack-pending, some were redelivered, and the ack floor stayed where it was
+ * in the previous round. Acking a gone sequence is harmless either way. */
+bool cons_stall_gone_suspected(const cons_stall_obs *prev, const cons_stall_obs *now);
 /* Messages the durable skipped: it counted some as pending both in round prev
  * and in round now, delivered nothing in between, and yet answered a fetch of
  * this consumer with nothing after prev (empty_at_ms, monotonic; nats-server

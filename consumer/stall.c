@@ -35,7 +35,15 @@
  * and the same is still true after its AckWait or nak delay must have run
  * out, while the durable answered a fetch of this consumer with nothing,
  * the old copy is deleted and, if no consumer received it meanwhile,
- * published again. */
+ * published again.
+ *
+ * Last, it can come back from a crash counting messages ack-pending that
+ * are gone from the stream (chaos run 2615): it tries to redeliver them for
+ * good, each try uses up a pull request, and the lane's other jobs wait.
+ * The walk up from the ack floor that finds the lowest message acks, while
+ * that state is suspected (cons_stall_gone_suspected), every sequence it
+ * passes that the stream no longer holds: an ack of a sequence the durable
+ * does not count is a no-op, and one it counts ends the entry. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +63,8 @@
 #define STALL_API_WAIT_MS 2000  /* JetStream API calls */
 #define STALL_CHECK_TIMEOUT_MS 3000 /* kiln.store.check (sync waits up to 2 s in the store) */
 #define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
-#define STALL_PENDING_SCAN_MAX 64 /* sequences above the ack floor looked at per lane per round */
+#define STALL_PENDING_SCAN_MAX 64 /* messages above the ack floor looked at per lane per round */
+#define STALL_GONE_ACK_MAX 4096   /* gone sequences acked per lane per round */
 
 typedef struct {
     const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
@@ -69,6 +78,10 @@ typedef struct {
      * found due and held by nobody. */
     uint64_t pending_from;
     cons_stall_suspect suspect;
+    /* Acking gone sequences on the walk above (cons_stall_gone_suspected);
+     * an episode walks from the ack floor again, as earlier rounds passed
+     * gone sequences without acking them. */
+    bool acking_gone;
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
@@ -95,7 +108,7 @@ typedef enum {
 
 static kiln_periodic *stall_timer;
 static int64_t stall_last_err_log = -STALL_ERR_LOG_MS;
-static kiln_metric *stall_m_redriven, *stall_m_skipped;
+static kiln_metric *stall_m_redriven, *stall_m_skipped, *stall_m_gone_acked;
 
 uint64_t cons_stall_upper(uint64_t delivered_stream, uint64_t ack_floor_stream,
                           int64_t num_ack_pending)
@@ -156,6 +169,12 @@ bool cons_stall_unheld_overdue(const cons_stall_suspect *suspect, uint64_t seq, 
                                int64_t settle_ms)
 {
     return suspect->seq != 0 && suspect->seq == seq && empty_at_ms > suspect->at_ms + settle_ms;
+}
+
+bool cons_stall_gone_suspected(const cons_stall_obs *prev, const cons_stall_obs *now)
+{
+    return prev->valid && now->valid && now->num_ack_pending > 0 && now->num_redelivered > 0 &&
+           now->ack_floor_stream == prev->ack_floor_stream;
 }
 
 static void stall_warn_rate_limited(const char *what, const char *lane, natsStatus s, jsErrCode jerr)
@@ -403,18 +422,55 @@ static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, stall_kind 
     return ok;
 }
 
+/* Acks [from, to], sequences the stream no longer holds, for the lane's
+ * durable (delivery count and sequences other than the stream's are not
+ * read for a sequence the durable counts; 0 moves no ack floor of one it
+ * does not). Returns how many were sent. */
+static uint64_t stall_ack_gone(const stall_lane *lane, uint64_t from, uint64_t to)
+{
+    char subj[200];
+    uint64_t sent = 0;
+    for (uint64_t seq = from; seq <= to; seq++) {
+        snprintf(subj, sizeof subj, "$JS.ACK.%s.%s.1.%" PRIu64 ".0.0.0", KILN_STREAM_JOBS, lane->def->durable,
+                 seq);
+        if (natsConnection_PublishString(cons_g.ack_nc, subj, "+ACK") != NATS_OK) break;
+        sent++;
+    }
+    return sent;
+}
+
 /* The lowest lane message above the ack floor (at or below the delivered
  * sequence) still in the stream, looking at most STALL_PENDING_SCAN_MAX
- * sequences from where the previous round stopped; false when none was
+ * messages from where the previous round stopped; false when none was
  * found. Sequences gone or of other subjects never come back: passed for
- * good. */
-static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, stall_cand *c)
+ * good, and with ack_gone the gone ones are acked for the durable (at most
+ * STALL_GONE_ACK_MAX a round; *acked counts them). */
+static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, bool ack_gone,
+                                 uint64_t *acked, stall_cand *c)
 {
     jsOptions jo;
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
     /* (Above the delivered sequence + 1 only if the stream started over.) */
     if (lane->pending_from <= floor || lane->pending_from > delivered + 1) lane->pending_from = floor + 1;
     for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
+        uint64_t next = 0;
+        cons_nextseq_result nr = cons_nextseq(lane->pending_from, STALL_API_WAIT_MS, &next);
+        if (nr == CONS_NEXTSEQ_FAILED) {
+            stall_warn_rate_limited("next_seq", lane->def->name, NATS_ERR, 0);
+            return false;
+        }
+        uint64_t gone_to = nr == CONS_NEXTSEQ_NONE || next > delivered ? delivered : next - 1;
+        if (gone_to >= lane->pending_from) {
+            if (ack_gone) {
+                uint64_t budget = STALL_GONE_ACK_MAX - *acked;
+                if (gone_to - lane->pending_from >= budget) gone_to = lane->pending_from + budget - 1;
+                uint64_t sent = stall_ack_gone(lane, lane->pending_from, gone_to);
+                *acked += sent;
+                if (sent < gone_to - lane->pending_from + 1) return false; /* resume here */
+            }
+            lane->pending_from = gone_to + 1;
+            if (*acked >= STALL_GONE_ACK_MAX || lane->pending_from > delivered) return false;
+        }
         stall_read_result r = stall_read(lane, lane->pending_from, &jo, c);
         if (r == STALL_READ_FAILED) return false;
         if (r == STALL_READ_CAND) return true;
@@ -433,10 +489,19 @@ static bool stall_due(const stall_cand *c, const cons_store_info *si)
 /* A message the durable keeps ack-pending and never delivers again: found
  * once (the suspect), re-driven when found again after its AckWait or nak
  * delay must have run out, with an empty fetch of this consumer since. */
-static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delivered, int64_t empty_at)
+static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delivered, bool ack_gone,
+                               int64_t empty_at)
 {
     stall_cand c;
-    if (!stall_lowest_pending(lane, floor, delivered, &c)) {
+    uint64_t acked = 0, walked_from = lane->pending_from > floor ? lane->pending_from : floor + 1;
+    bool found = stall_lowest_pending(lane, floor, delivered, ack_gone, &acked, &c);
+    if (acked > 0) {
+        kiln_metric_add(stall_m_gone_acked, (double)acked);
+        LOG_INFO("durable may count messages ack-pending that are gone from the stream; acked the gone "
+                 "sequences for it lane=%s durable=%s seq=%" PRIu64 "..%" PRIu64 " acked=%" PRIu64,
+                 lane->def->name, lane->def->durable, walked_from, lane->pending_from - 1, acked);
+    }
+    if (!found) {
         lane->suspect.seq = 0;
         return;
     }
@@ -451,6 +516,13 @@ static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delive
     lane->suspect.seq = 0;
     if (stall_held_here(c.seq)) goto out;
     stall_store_check(&c, 1, &si);
+    if (si.answered && si.known && kiln_state_is_terminal(si.state)) {
+        /* Finished: nothing to keep an eye on, and the walk goes on above it
+         * next round (a message the server failed to remove holds it
+         * otherwise for good, seen in run 2615). */
+        lane->pending_from = c.seq + 1;
+        goto out;
+    }
     if (!cons_stall_should_redrive(c.seq, c.redrive_of, &si) || !stall_due(&c, &si) ||
         stall_held_by_peer(c.seq))
         goto out;
@@ -494,8 +566,13 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
         .num_pending = ci->NumPending,
         .num_ack_pending = ci->NumAckPending,
         .max_ack_pending = ci->Config != NULL ? ci->Config->MaxAckPending : 0,
+        .num_redelivered = ci->NumRedelivered,
+        .ack_floor_stream = ci->AckFloor.Stream,
         .last_seq = last_seq,
     };
+    bool ack_gone = cons_stall_gone_suspected(&lane->seen, &now);
+    if (ack_gone && !lane->acking_gone) lane->pending_from = 0; /* from the floor */
+    lane->acking_gone = ack_gone;
     uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
     uint64_t floor = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
@@ -523,7 +600,7 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
     lane->seen = now;
 
     /* The lowest message it keeps ack-pending, if nobody holds it. */
-    if (now.num_ack_pending > 0) stall_check_unheld(lane, floor, now.delivered_stream, empty_at);
+    if (now.num_ack_pending > 0) stall_check_unheld(lane, floor, now.delivered_stream, ack_gone, empty_at);
     else lane->suspect.seq = 0;
 
     /* Messages at or below it that it lost track of. */
@@ -585,6 +662,10 @@ kiln_status cons_stall_start(void)
     stall_m_skipped = kiln_metric_counter(
         "kiln_consumer_stalled_durables_total",
         "stall rounds that found a durable holding pending messages it would not deliver");
+    stall_m_gone_acked = kiln_metric_counter(
+        "kiln_consumer_stalled_gone_acked_total",
+        "sequences gone from KILN_JOBS that the stall check acked for a worker durable that may count "
+        "them ack-pending");
     if (kiln_periodic_start("kiln-stall", cons_g.set->stall_check_ms, stall_tick, NULL,
                             &stall_timer) != KILN_OK)
         return KILN_ERR;

@@ -154,3 +154,49 @@ Test(stall, unheld_overdue)
     cons_stall_suspect none = {0};
     cr_assert_not(cons_stall_unheld_overdue(&none, 0, 20000, 4000), "nothing found before");
 }
+
+Test(stall, gone_suspected)
+{
+    cons_stall_obs prev = {.valid = true, .num_ack_pending = 15, .num_redelivered = 15, .ack_floor_stream = 1710};
+    cons_stall_obs now = prev;
+    /* Run 2615's durable: 15 ack-pending, all redelivered, the floor still. */
+    cr_assert(cons_stall_gone_suspected(&prev, &now));
+    now.ack_floor_stream = 1711;
+    cr_assert_not(cons_stall_gone_suspected(&prev, &now), "the floor moved: acks arrive");
+    now = prev;
+    now.num_redelivered = 0;
+    cr_assert_not(cons_stall_gone_suspected(&prev, &now), "nothing redelivered: jobs running");
+    now = prev;
+    now.num_ack_pending = 0;
+    cr_assert_not(cons_stall_gone_suspected(&prev, &now), "nothing ack-pending");
+    now = prev;
+    prev.valid = false;
+    cr_assert_not(cons_stall_gone_suspected(&prev, &now), "no previous round to compare with");
+}
+
+static cons_nextseq_result nextseq_of(const char *json, uint64_t *seq)
+{
+    return cons_nextseq_parse(json, strlen(json), seq);
+}
+
+Test(stall, nextseq_reply)
+{
+    uint64_t seq = 0;
+    cr_assert_eq(nextseq_of("{\"type\":\"io.nats.jetstream.api.v1.stream_msg_get_response\",\"message\":"
+                            "{\"subject\":\"jobs.generate.low\",\"seq\":1738,\"data\":\"\"}}",
+                            &seq),
+                 CONS_NEXTSEQ_FOUND);
+    cr_assert_eq(seq, 1738);
+    cr_assert_eq(nextseq_of("{\"type\":\"x\",\"error\":{\"code\":404,\"err_code\":10037,"
+                            "\"description\":\"no message found\"}}",
+                            &seq),
+                 CONS_NEXTSEQ_NONE);
+    cr_assert_eq(nextseq_of("{\"error\":{\"code\":503,\"err_code\":10039,\"description\":\"jetstream not "
+                            "enabled\"}}",
+                            &seq),
+                 CONS_NEXTSEQ_FAILED, "another error is not 'nothing there'");
+    cr_assert_eq(nextseq_of("{\"message\":{\"seq\":0}}", &seq), CONS_NEXTSEQ_FAILED);
+    cr_assert_eq(nextseq_of("{\"message\":{\"seq\":\"12\"}}", &seq), CONS_NEXTSEQ_FAILED);
+    cr_assert_eq(nextseq_of("not json", &seq), CONS_NEXTSEQ_FAILED);
+    cr_assert_eq(seq, 1738, "a failed parse leaves *seq alone");
+}
