@@ -40,10 +40,10 @@
  * Last, it can come back from a crash counting messages ack-pending that
  * are gone from the stream (chaos run 2615): it tries to redeliver them for
  * good, each try uses up a pull request, and the lane's other jobs wait.
- * The walk up from the ack floor that finds the lowest message acks, while
- * that state is suspected (cons_stall_gone_suspected), every sequence it
- * passes that the stream no longer holds: an ack of a sequence the durable
- * does not count is a no-op, and one it counts ends the entry. */
+ * While that state is suspected (cons_stall_gone_suspected), a walk up from
+ * the ack floor acks for the durable every sequence the stream no longer
+ * holds: an ack of a sequence the durable does not count is a no-op, and
+ * one it counts ends the entry. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,8 +63,9 @@
 #define STALL_API_WAIT_MS 2000  /* JetStream API calls */
 #define STALL_CHECK_TIMEOUT_MS 3000 /* kiln.store.check (sync waits up to 2 s in the store) */
 #define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
-#define STALL_PENDING_SCAN_MAX 64 /* messages above the ack floor looked at per lane per round */
+#define STALL_PENDING_SCAN_MAX 64 /* sequences above the ack floor looked at per lane per round */
 #define STALL_GONE_ACK_MAX 4096   /* gone sequences acked per lane per round */
+#define STALL_GONE_LOOK_MAX 256   /* next-sequence lookups of that walk per lane per round */
 
 typedef struct {
     const kiln_lane_info *def; /* name, subject, durable (common/queuestats.h) */
@@ -78,10 +79,9 @@ typedef struct {
      * found due and held by nobody. */
     uint64_t pending_from;
     cons_stall_suspect suspect;
-    /* Acking gone sequences on the walk above (cons_stall_gone_suspected);
-     * an episode walks from the ack floor again, as earlier rounds passed
-     * gone sequences without acking them. */
-    bool acking_gone;
+    /* While the durable may count gone messages ack-pending
+     * (cons_stall_gone_suspected): where the walk acking them goes on. */
+    uint64_t gone_from;
 } stall_lane;
 
 static stall_lane stall_lanes[] = {
@@ -423,9 +423,9 @@ static bool stall_scan(stall_lane *lane, uint64_t from, uint64_t to, stall_kind 
 }
 
 /* Acks [from, to], sequences the stream no longer holds, for the lane's
- * durable (delivery count and sequences other than the stream's are not
- * read for a sequence the durable counts; 0 moves no ack floor of one it
- * does not). Returns how many were sent. */
+ * durable; returns how many acks went out. The server finds an entry by its
+ * stream sequence and reads the delivery sequence from the entry; for a
+ * sequence it does not count, delivery sequence 0 moves no ack floor. */
 static uint64_t stall_ack_gone(const stall_lane *lane, uint64_t from, uint64_t to)
 {
     char subj[200];
@@ -439,38 +439,56 @@ static uint64_t stall_ack_gone(const stall_lane *lane, uint64_t from, uint64_t t
     return sent;
 }
 
+/* What one round's walk acked: all of it lies in [from, to]. */
+typedef struct {
+    uint64_t from, to, acked;
+} stall_gone_acks;
+
+/* Acks, for the lane's durable, the sequences in (floor, delivered] that
+ * the stream no longer holds, from where the previous round stopped: at
+ * most STALL_GONE_ACK_MAX acks and STALL_GONE_LOOK_MAX lookups a round.
+ * Messages still there are passed; they are the other rules' business. */
+static void stall_ack_gone_walk(stall_lane *lane, uint64_t floor, uint64_t delivered, stall_gone_acks *gone)
+{
+    if (lane->gone_from <= floor || lane->gone_from > delivered + 1) lane->gone_from = floor + 1;
+    for (int looked = 0; lane->gone_from <= delivered && looked < STALL_GONE_LOOK_MAX &&
+                         gone->acked < STALL_GONE_ACK_MAX && !atomic_load(&cons_g.stopping);
+         looked++) {
+        uint64_t next = 0;
+        cons_nextseq_result nr = cons_nextseq(lane->gone_from, STALL_API_WAIT_MS, &next);
+        if (nr == CONS_NEXTSEQ_FAILED) {
+            stall_warn_rate_limited("next_seq", lane->def->name, NATS_ERR, 0);
+            return;
+        }
+        uint64_t to = nr == CONS_NEXTSEQ_NONE || next > delivered ? delivered : next - 1;
+        if (to >= lane->gone_from) {
+            uint64_t budget = STALL_GONE_ACK_MAX - gone->acked;
+            if (to - lane->gone_from >= budget) to = lane->gone_from + budget - 1;
+            uint64_t sent = stall_ack_gone(lane, lane->gone_from, to);
+            if (sent > 0) {
+                if (gone->acked == 0) gone->from = lane->gone_from;
+                gone->to = lane->gone_from + sent - 1;
+                gone->acked += sent;
+            }
+            lane->gone_from += sent;
+            if (lane->gone_from <= to) return; /* a publish failed: resume here */
+        }
+        if (nr == CONS_NEXTSEQ_FOUND && next == lane->gone_from) lane->gone_from = next + 1;
+    }
+}
+
 /* The lowest lane message above the ack floor (at or below the delivered
  * sequence) still in the stream, looking at most STALL_PENDING_SCAN_MAX
- * messages from where the previous round stopped; false when none was
+ * sequences from where the previous round stopped; false when none was
  * found. Sequences gone or of other subjects never come back: passed for
- * good, and with ack_gone the gone ones are acked for the durable (at most
- * STALL_GONE_ACK_MAX a round; *acked counts them). */
-static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, bool ack_gone,
-                                 uint64_t *acked, stall_cand *c)
+ * good. */
+static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, stall_cand *c)
 {
     jsOptions jo;
     if (jsOptions_Init(&jo) == NATS_OK) jo.Wait = STALL_API_WAIT_MS;
     /* (Above the delivered sequence + 1 only if the stream started over.) */
     if (lane->pending_from <= floor || lane->pending_from > delivered + 1) lane->pending_from = floor + 1;
     for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
-        uint64_t next = 0;
-        cons_nextseq_result nr = cons_nextseq(lane->pending_from, STALL_API_WAIT_MS, &next);
-        if (nr == CONS_NEXTSEQ_FAILED) {
-            stall_warn_rate_limited("next_seq", lane->def->name, NATS_ERR, 0);
-            return false;
-        }
-        uint64_t gone_to = nr == CONS_NEXTSEQ_NONE || next > delivered ? delivered : next - 1;
-        if (gone_to >= lane->pending_from) {
-            if (ack_gone) {
-                uint64_t budget = STALL_GONE_ACK_MAX - *acked;
-                if (gone_to - lane->pending_from >= budget) gone_to = lane->pending_from + budget - 1;
-                uint64_t sent = stall_ack_gone(lane, lane->pending_from, gone_to);
-                *acked += sent;
-                if (sent < gone_to - lane->pending_from + 1) return false; /* resume here */
-            }
-            lane->pending_from = gone_to + 1;
-            if (*acked >= STALL_GONE_ACK_MAX || lane->pending_from > delivered) return false;
-        }
         stall_read_result r = stall_read(lane, lane->pending_from, &jo, c);
         if (r == STALL_READ_FAILED) return false;
         if (r == STALL_READ_CAND) return true;
@@ -489,19 +507,10 @@ static bool stall_due(const stall_cand *c, const cons_store_info *si)
 /* A message the durable keeps ack-pending and never delivers again: found
  * once (the suspect), re-driven when found again after its AckWait or nak
  * delay must have run out, with an empty fetch of this consumer since. */
-static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delivered, bool ack_gone,
-                               int64_t empty_at)
+static void stall_check_unheld(stall_lane *lane, uint64_t floor, uint64_t delivered, int64_t empty_at)
 {
     stall_cand c;
-    uint64_t acked = 0, walked_from = lane->pending_from > floor ? lane->pending_from : floor + 1;
-    bool found = stall_lowest_pending(lane, floor, delivered, ack_gone, &acked, &c);
-    if (acked > 0) {
-        kiln_metric_add(stall_m_gone_acked, (double)acked);
-        LOG_INFO("durable may count messages ack-pending that are gone from the stream; acked the gone "
-                 "sequences for it lane=%s durable=%s seq=%" PRIu64 "..%" PRIu64 " acked=%" PRIu64,
-                 lane->def->name, lane->def->durable, walked_from, lane->pending_from - 1, acked);
-    }
-    if (!found) {
+    if (!stall_lowest_pending(lane, floor, delivered, &c)) {
         lane->suspect.seq = 0;
         return;
     }
@@ -543,6 +552,18 @@ out:
     natsMsg_Destroy(c.msg);
 }
 
+/* Messages gone from the stream that the durable may count ack-pending. */
+static void stall_check_gone(stall_lane *lane, uint64_t floor, uint64_t delivered)
+{
+    stall_gone_acks gone = {0};
+    stall_ack_gone_walk(lane, floor, delivered, &gone);
+    if (gone.acked == 0) return;
+    kiln_metric_add(stall_m_gone_acked, (double)gone.acked);
+    LOG_INFO("durable may count messages ack-pending that are gone from the stream; acked the gone "
+             "sequences for it lane=%s durable=%s seq=%" PRIu64 "..%" PRIu64 " acked=%" PRIu64,
+             lane->def->name, lane->def->durable, gone.from, gone.to, gone.acked);
+}
+
 static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last_seq)
 {
     jsConsumerInfo *ci = NULL;
@@ -570,9 +591,11 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
         .ack_floor_stream = ci->AckFloor.Stream,
         .last_seq = last_seq,
     };
-    bool ack_gone = cons_stall_gone_suspected(&lane->seen, &now);
-    if (ack_gone && !lane->acking_gone) lane->pending_from = 0; /* from the floor */
-    lane->acking_gone = ack_gone;
+    /* The walk goes on from round to round while the suspicion lasts and
+     * starts from the floor only in a new episode: starting over each
+     * round would ack a long-running job's range again and again. */
+    if (!cons_stall_gone_suspected(&lane->seen, &now)) lane->gone_from = 0;
+    else stall_check_gone(lane, now.ack_floor_stream, now.delivered_stream);
     uint64_t upper = cons_stall_upper(ci->Delivered.Stream, ci->AckFloor.Stream, ci->NumAckPending);
     uint64_t floor = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
@@ -600,7 +623,7 @@ static void stall_check_lane(stall_lane *lane, uint64_t first_seq, uint64_t last
     lane->seen = now;
 
     /* The lowest message it keeps ack-pending, if nobody holds it. */
-    if (now.num_ack_pending > 0) stall_check_unheld(lane, floor, now.delivered_stream, ack_gone, empty_at);
+    if (now.num_ack_pending > 0) stall_check_unheld(lane, floor, now.delivered_stream, empty_at);
     else lane->suspect.seq = 0;
 
     /* Messages at or below it that it lost track of. */

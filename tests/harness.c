@@ -787,6 +787,8 @@ static int h_stack_start_once(h_stack *s, const h_stack_opts *opts)
     if (h_wait_http(s, H_DEVPROVIDER, url, 200) != 0) goto fail;
     if (h_proc_start(s, H_STORE) != 0) goto fail;
     if (!(opts != NULL && opts->no_consumer) && h_proc_start(s, H_CONSUMER) != 0) goto fail;
+    /* A consumer the test starts later keeps its metrics port, as a stopped one does. */
+    if (opts != NULL && opts->no_consumer) h_port_hold(s, H_CONSUMER);
     if (h_proc_start(s, H_GATEWAY) != 0) goto fail;
     snprintf(url, sizeof url, "%s/readyz", s->gw_url);
     if (h_wait_http(s, H_GATEWAY, url, 200) != 0) goto fail;
