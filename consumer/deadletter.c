@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cons.h"
+#include "jobreq.h"
 #include "log.h"
 #include "natsconn.h"
 #include "subjects.h"
@@ -46,13 +47,17 @@ kiln_status cons_deadletter_publish(cons_job *j)
         ks = kiln_nats_status(s);
         goto out;
     }
-    LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", job_id[0] ? job_id : "-",
-             j->lane, (unsigned long long)j->stream_seq, reason);
-    /* Accepted: the ack handler (or the overdue sweep) owns j from here on. */
+    /* Accepted, the ack handler (or the overdue sweep) owns j: what the log
+     * line names is copied first. */
+    char id_copy[KILN_ID_MAX_LEN + 1];
+    const char *lane = j->lane; /* a static lane name */
+    unsigned long long seq = (unsigned long long)j->stream_seq;
+    snprintf(id_copy, sizeof id_copy, "%s", job_id[0] ? job_id : "-");
     ks = cons_publish_async(&j, 1, &m, msg_id);
     if (ks != KILN_OK)
-        LOG_WARN("dead letter publish failed seq=%llu status=%s",
-                 (unsigned long long)j->stream_seq, kiln_status_str(ks));
+        LOG_WARN("dead letter publish failed job=%s seq=%llu status=%s", id_copy, seq, kiln_status_str(ks));
+    else /* after the publish: the tests take this line as "it went out" */
+        LOG_INFO("dead letter job=%s lane=%s seq=%llu reason=\"%s\"", id_copy, lane, seq, reason);
 
 out:
     natsMsg_Destroy(m);
