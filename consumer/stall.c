@@ -558,7 +558,7 @@ static void stall_check_gone(stall_lane *lane, uint64_t floor, uint64_t delivere
     stall_gone_acks gone = {0};
     stall_ack_gone_walk(lane, floor, delivered, &gone);
     if (gone.acked == 0) return;
-    kiln_metric_add(stall_m_gone_acked, (double)gone.acked);
+    kiln_metric_add(stall_m_gone_acked, (int64_t)gone.acked);
     LOG_INFO("durable may count messages ack-pending that are gone from the stream; acked the gone "
              "sequences for it lane=%s durable=%s seq=%" PRIu64 "..%" PRIu64 " acked=%" PRIu64,
              lane->def->name, lane->def->durable, gone.from, gone.to, gone.acked);
