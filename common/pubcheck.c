@@ -27,7 +27,6 @@
 #define PUBCHECK_GIVEUP_MS 120000
 /* How long a stopping owner finishes the checks a reconnect left: a store
  * question (2 s) twice, and what they lead to publishing. */
-#define PUBCHECK_FINISH_MS 5000
 
 /* A FIFO of entries in a fixed array (oldest at head). */
 typedef struct {
@@ -202,15 +201,14 @@ kiln_status kiln_pubcheck_start(kiln_pubcheck *pc)
 }
 
 /* On the stopping owner's thread, the checking thread joined: decides about
- * what a reconnect left, for up to PUBCHECK_FINISH_MS, waiting while nc
- * reconnects. */
-static void pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
+ * what a reconnect left, for up to finish_ms, waiting while nc reconnects. */
+static void pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc, int64_t finish_ms)
 {
     pubcheck_gather(pc);
     if (pc->work.n == 0) return;
     LOG_INFO("pubcheck %s: stopping, checking the publishes from before the reconnect first count=%zu",
              pc->name, pc->work.n);
-    int64_t until = kiln_mono_ms() + PUBCHECK_FINISH_MS;
+    int64_t until = kiln_mono_ms() + (finish_ms > 0 ? finish_ms : 0);
     size_t settled = 0;
     for (;;) {
         natsConnStatus cs = nc != NULL ? natsConnection_Status(nc) : NATS_CONN_STATUS_CLOSED;
@@ -232,12 +230,12 @@ static void pubcheck_finish(kiln_pubcheck *pc, natsConnection *nc)
              pc->name, pc->work.n, settled);
 }
 
-void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc)
+void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc, int64_t finish_ms)
 {
     if (pc == NULL) return;
     kiln_periodic_stop(pc->timer);
     pc->timer = NULL;
-    pubcheck_finish(pc, nc);
+    pubcheck_finish(pc, nc, finish_ms);
 }
 
 void kiln_pubcheck_destroy(kiln_pubcheck *pc)

@@ -48,10 +48,13 @@ void kiln_pubcheck_keep(kiln_pubcheck *pc, const void *data, size_t len, int kin
 kiln_status kiln_pubcheck_start(kiln_pubcheck *pc);
 /* Joins the checking thread, then, on the caller's thread and while what fn
  * needs still works, decides about the publishes a reconnect left unchecked:
- * for up to 5 s, waiting while nc (fn's connection) reconnects. A process
- * stopped just after a reconnect would otherwise forget them (chaos run
- * 2329). What stays unchecked is logged. NULL-safe. */
-void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc);
+ * for up to finish_ms (KILN_PUBCHECK_FINISH_MS unless the caller's own stop
+ * has less left), waiting while nc (fn's connection) reconnects; connected,
+ * it checks once even with nothing left. A process stopped just after a
+ * reconnect would otherwise forget them (chaos run 2329). What stays
+ * unchecked is logged. NULL-safe. */
+#define KILN_PUBCHECK_FINISH_MS 5000
+void kiln_pubcheck_stop(kiln_pubcheck *pc, natsConnection *nc, int64_t finish_ms);
 /* Frees what is kept; once nothing calls kiln_pubcheck_keep any more. */
 void kiln_pubcheck_destroy(kiln_pubcheck *pc); /* NULL-safe */
 

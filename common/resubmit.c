@@ -139,7 +139,7 @@ kiln_status kiln_resubmit_start(kiln_resubmit *rs, jsCtx *js, natsConnection *qn
 
 void kiln_resubmit_stop(kiln_resubmit *rs)
 {
-    if (rs != NULL) kiln_pubcheck_stop(rs->pc, rs->qnc);
+    if (rs != NULL) kiln_pubcheck_stop(rs->pc, rs->qnc, KILN_PUBCHECK_FINISH_MS);
 }
 
 void kiln_resubmit_destroy(kiln_resubmit *rs)

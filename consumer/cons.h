@@ -197,12 +197,12 @@ kiln_status cons_store_check(const char *const *ids, size_t n, bool sync, int64_
 /* txcheck.c: confirmed kiln.tx publishes kept and, after a reconnect to
  * NATS, published again when nats-server lost them. init before the main
  * connection (its ack handler calls keep), start once it is up, stop before
- * it closes (stop also finishes, for up to 5 s, the checks a reconnect just
- * before the stop left), free after. */
+ * it closes (stop also finishes, for up to finish_ms, the checks a
+ * reconnect just before the stop left), free after. */
 kiln_status cons_txcheck_init(void);
 void cons_txcheck_keep(natsMsg *msg, uint64_t seq); /* ack handler; msg stays the caller's */
 kiln_status cons_txcheck_start(void);
-void cons_txcheck_stop(void);
+void cons_txcheck_stop(int64_t finish_ms); /* finish_ms: see kiln_pubcheck_stop */
 void cons_txcheck_free(void);
 /* Fills info[i] (zeroed by the caller) from rep, the store's check reply for ids. */
 void cons_store_match(const char *const *ids, size_t n, const Kiln__V1__StoreReply *rep,

@@ -243,7 +243,9 @@ out:
                  (long long)cons_slots_used());
     cons_stall_stop();
     cons_retention_stop();
-    cons_txcheck_stop();
+    /* The checks a reconnect left share the 5 s after the drain (README:
+     * "at most 5 s more"); with NATS down all that time they could not run. */
+    cons_txcheck_stop(main_ms_left(until));
     cons_pause_stop();
     cons_peers_stop();
     cons_status_stop();

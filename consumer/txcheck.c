@@ -191,9 +191,9 @@ kiln_status cons_txcheck_start(void)
     return kiln_pubcheck_start(txcheck_pc);
 }
 
-void cons_txcheck_stop(void)
+void cons_txcheck_stop(int64_t finish_ms)
 {
-    kiln_pubcheck_stop(txcheck_pc, cons_g.nc);
+    kiln_pubcheck_stop(txcheck_pc, cons_g.nc, finish_ms);
 }
 
 void cons_txcheck_free(void)

@@ -244,7 +244,7 @@ kiln_status donecheck_start(donecheck *dc, db_store *db, natsConnection *nc, jsC
 
 void donecheck_stop(donecheck *dc)
 {
-    if (dc != NULL) kiln_pubcheck_stop(dc->pc, dc->nc);
+    if (dc != NULL) kiln_pubcheck_stop(dc->pc, dc->nc, KILN_PUBCHECK_FINISH_MS);
 }
 
 void donecheck_destroy(donecheck *dc)
