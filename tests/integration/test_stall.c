@@ -420,7 +420,7 @@ static int stall_make_gone_state(h_stack *s, h_nats *n, char ids[][65], uint64_t
     char replies[STALL_GONE_N][256];
     uint64_t seqs[STALL_GONE_N];
     for (int i = 0; i < STALL_GONE_N; i++) {
-        snprintf(ids[i], 65, "gone-%d", i);
+        snprintf(ids[i], sizeof ids[i], "gone-%d", i);
         cr_assert_eq(
             stall_publish(n->js, "jobs.generate.high", ids[i], KILN__V1__PRIORITY__PRIORITY_HIGH, NULL), 0);
     }
