@@ -228,15 +228,16 @@ Test(stall, an_abandoned_processing_job_is_run_again, .timeout = 240)
 typedef struct {
     h_stack *s;
     h_nats *n;
-    const char *ack_subject; /* the phantom holder's delivery */
-    const char *id;
+    const char *ack_subject[2]; /* the phantom holder's deliveries (the second may be NULL) */
+    const char *id;             /* the job awaited */
 } stall_phantom;
 
-/* Keeps the phantom's delivery in progress; true once the job completed. */
+/* Keeps the phantom's deliveries in progress; true once the job completed. */
 static int stall_phantom_keeps(void *arg)
 {
     stall_phantom *p = arg;
-    (void)natsConnection_PublishString(p->n->nc, p->ack_subject, "+WPI");
+    for (size_t i = 0; i < sizeof p->ack_subject / sizeof p->ack_subject[0]; i++)
+        if (p->ack_subject[i] != NULL) (void)natsConnection_PublishString(p->n->nc, p->ack_subject[i], "+WPI");
     (void)natsConnection_Flush(p->n->nc);
     json_t *j = h_get_job(p->s, H_TOKEN_ALICE, p->id, NULL);
     int done = j != NULL && strcmp(h_jstr(j, "status"), "completed") == 0;
@@ -265,7 +266,7 @@ Test(stall, a_message_kept_ack_pending_by_nobody_is_redriven)
     natsMsg *phantom = h_take_delivery(&n, "kiln-worker-normal");
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
 
-    stall_phantom p = {&s, &n, natsMsg_GetReply(phantom), id};
+    stall_phantom p = {&s, &n, {natsMsg_GetReply(phantom), NULL}, id};
     int done = h_wait_for(stall_phantom_keeps, &p, 40000, 500);
     if (!done) h_dump_durable(n.js, "kiln-worker-normal");
     cr_assert(done, "a message kept ack-pending by no consumer was never run");
@@ -278,6 +279,48 @@ Test(stall, a_message_kept_ack_pending_by_nobody_is_redriven)
     /* The deleted old copy no longer counts as ack-pending either. */
     cr_expect(h_wait_worker_idle(n.js, "kiln-worker-normal", 10000), "the durable still counts a message unacked");
     natsMsg_Destroy(phantom);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
+/* The same with a finished job's message kept ack-pending below it (chaos
+ * run 2615 kept a completed job's message that no durable would ever ack):
+ * the rule looks at the lowest message above the ack floor, and one whose
+ * job is terminal must not stop it there for good. The test holds two
+ * deliveries as no consumer: the first job's, cancelled while held, and the
+ * second's, which must be re-driven and run once. */
+Test(stall, a_finished_jobs_message_kept_ack_pending_does_not_hide_an_unheld_one_above_it)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1,
+                      .consumer_env = {"KILN_STALL_CHECK=500ms", "KILN_RETRY_CAP=1s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char finished[65], id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "finished flounder", finished), 202);
+    natsMsg *held_finished = h_take_delivery(&n, "kiln-worker-normal");
+    h_resp r;
+    cr_assert_eq(h_job_post(&s, &r, H_TOKEN_ALICE, finished, "cancel"), 200, "cancel: %s", r.body);
+    h_resp_free(&r);
+    h_expect_job(&s, H_TOKEN_ALICE, finished, "cancelled", 0, 10000, "the held job cancelled");
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "unheld urchin above it", id), 202);
+    natsMsg *held = h_take_delivery(&n, "kiln-worker-normal");
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+
+    stall_phantom p = {&s, &n, {natsMsg_GetReply(held_finished), natsMsg_GetReply(held)}, id};
+    int done = h_wait_for(stall_phantom_keeps, &p, 40000, 500);
+    if (!done) h_dump_durable(n.js, "kiln-worker-normal");
+    cr_assert(done, "a message kept ack-pending by no consumer above a finished job's was never run");
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 1000, "the re-driven job");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "no consumer holds and does not deliver it again"),
+              "the stall check did not say why it re-drove the message");
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_stalled_redriven_total"), 1,
+                 "the finished job's message was re-driven too");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1);
+    h_expect_job(&s, H_TOKEN_ALICE, finished, "cancelled", 0, 1000, "the finished job");
+    natsMsg_Destroy(held);
+    natsMsg_Destroy(held_finished);
     h_nats_free(&n);
     h_stop(&s);
 }
