@@ -110,3 +110,13 @@ const char *kiln_priority_subject(Kiln__V1__Priority p)
     default: return KILN_SUBJ_GENERATE;
     }
 }
+
+bool kiln_subject_priority(const char *subject, Kiln__V1__Priority *out)
+{
+    if (subject == NULL) return false;
+    if (strcmp(subject, KILN_SUBJ_GENERATE_HIGH) == 0) *out = KILN__V1__PRIORITY__PRIORITY_HIGH;
+    else if (strcmp(subject, KILN_SUBJ_GENERATE) == 0) *out = KILN__V1__PRIORITY__PRIORITY_NORMAL;
+    else if (strcmp(subject, KILN_SUBJ_GENERATE_LOW) == 0) *out = KILN__V1__PRIORITY__PRIORITY_LOW;
+    else return false;
+    return true;
+}

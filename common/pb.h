@@ -3,6 +3,7 @@
 #ifndef KILN_PB_H
 #define KILN_PB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,5 +34,7 @@ const char *kiln_priority_name(Kiln__V1__Priority p);
 kiln_status kiln_priority_parse(const char *name, Kiln__V1__Priority *out);
 /* The jobs.generate* subject for a priority. */
 const char *kiln_priority_subject(Kiln__V1__Priority p);
+/* The priority of a jobs.generate* lane subject; false for any other subject. */
+bool kiln_subject_priority(const char *subject, Kiln__V1__Priority *out);
 
 #endif

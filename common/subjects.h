@@ -51,5 +51,6 @@
 #define KILN_HDR_EVENT_KEY "Kiln-Event-Key" /* KILN_EVENTS: "<id>.<state>.<attempts>.ev" (store/events.h) */
 #define KILN_HDR_TX_BATCH "Kiln-Tx-Batch" /* kiln.tx: a TransitionBatch of this many */
 #define KILN_HDR_REDRIVE "Kiln-Redrive" /* re-published lost job: its original KILN_JOBS sequence */
+#define KILN_HDR_LANE "Kiln-Lane" /* jobs.dead: the lane ("high", "normal", "low") the job came on */
 
 #endif

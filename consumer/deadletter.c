@@ -43,6 +43,7 @@ kiln_status cons_deadletter_publish(cons_job *j)
                        natsMsg_GetDataLength(j->msg));
     if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_REASON, reason);
     if (s == NATS_OK && job_id[0] != '\0') s = natsMsgHeader_Set(m, KILN_HDR_JOB_ID, job_id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, KILN_HDR_LANE, j->lane); /* a retry goes back to it */
     if (s != NATS_OK) {
         ks = kiln_nats_status(s);
         goto out;

@@ -125,7 +125,11 @@ kiln_status cons_job_create(natsMsg *msg, const char *lane, cons_job **out)
     if (len > 0 && len <= KILN_PB_MAX_BYTES)
         j->req = kiln__v1__job_request__unpack(NULL, (size_t)len,
                                                (const uint8_t *)natsMsg_GetData(msg));
-    if (j->req != NULL) kiln_pb_drop_unknown(&j->req->base); /* transitions carry it */
+    if (j->req != NULL) {
+        kiln_pb_drop_unknown(&j->req->base); /* transitions carry it */
+        /* The lane it came on is its priority (as the store records it). */
+        (void)kiln_subject_priority(natsMsg_GetSubject(msg), &j->req->priority);
+    }
     if (j->req != NULL && j->req->id != NULL && kiln_jobreq_id_ok(j->req->id))
         snprintf(j->id, sizeof j->id, "%s", j->req->id);
     *out = j;

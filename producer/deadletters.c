@@ -195,6 +195,9 @@ kiln_status kiln_client_dead_retry(kiln_client *c, uint64_t seq, char *id_out, s
                                               (size_t)natsMsg_GetDataLength(dead), id, sizeof id,
                                               err, errlen, &buf, &len, &prio);
     if (st != KILN_OK) goto out;
+    /* The lane the job came on, which its payload's field need not name. */
+    const char *lane = NULL;
+    if (natsMsgHeader_Get(dead, KILN_HDR_LANE, &lane) == NATS_OK) (void)kiln_priority_parse(lane, &prio);
     if (strlen(id) + 1 > id_out_len) {
         client_seterr(err, errlen, "id_out is too small for the job id");
         st = KILN_EINVAL;

@@ -151,7 +151,8 @@ kiln_status kiln_client_retry_encode(const void *data, size_t len, char *id_out,
                                      size_t *blen, Kiln__V1__Priority *priority);
 
 /* Submits dead letter seq's job again (kiln_client_retry_encode, header
- * Kiln-Retry-Of: <old id>), waits for the JetStream ack, then removes the
+ * Kiln-Retry-Of: <old id>) on the lane the letter's Kiln-Lane header names
+ * (the payload's priority without one), waits for the JetStream ack, then removes the
  * letter. KILN_OK once the job is submitted; err then holds a warning when
  * the letter could not be removed (it is empty otherwise). KILN_ENOTFOUND
  * when there is no such letter. */

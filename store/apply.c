@@ -372,7 +372,7 @@ static kiln_status apply_idem_from_request(db_store *db, db_batch *wb,
     return st;
 }
 
-kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
+kiln_status apply_job_request(db_store *db, db_batch *wb, const char *subject, const void *data,
                               size_t len, int64_t fallback_created_ms, uint64_t seq,
                               apply_sink *sink, int *changed)
 {
@@ -391,6 +391,8 @@ kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
         st = KILN_EINVAL;
         goto out;
     }
+    /* The record, GET and the sweep's re-drive follow the lane. */
+    (void)kiln_subject_priority(subject, &req->priority);
     st = db_load_record(db, NULL, wb, req->id, &old);
     if (st == KILN_OK) {
         /* Known already: a replay or a duplicate. A replay announces the

@@ -107,12 +107,14 @@ int64_t apply_finished_at(const Kiln__V1__JobRecord *rec);
 kiln_status apply_stage_remove(db_store *db, db_batch *wb, const Kiln__V1__JobRecord *rec);
 
 /* A JobRequest from jobs.generate* at stream sequence seq (stored as the
- * record's request_seq). fallback_created_ms stands in for a missing
+ * record's request_seq). subject is the lane subject it came on: the lane
+ * a job runs on is its priority, whatever the request's field says (NULL
+ * keeps the field). fallback_created_ms stands in for a missing
  * created_at_ms. A new record with an idempotency_key also reserves the key
  * when it is free. *changed = 1 when a new record was staged.
  * KILN_EINVAL: undecodable or invalid (the caller acks and ignores it);
  * KILN_EIO: RocksDB failed (the caller retries the batch). */
-kiln_status apply_job_request(db_store *db, db_batch *wb, const void *data,
+kiln_status apply_job_request(db_store *db, db_batch *wb, const char *subject, const void *data,
                               size_t len, int64_t fallback_created_ms, uint64_t seq,
                               apply_sink *sink, int *changed);
 

@@ -173,7 +173,7 @@ static kiln_status ingest_apply_msg(ingest *ing, apply_sink *sink, natsMsg *msg,
     } else if (strcmp(subj, KILN_SUBJ_TRANSITION) == 0) {
         st = ingest_transition(ing, data, (size_t)len, *seq, sink, &changed);
     } else if (ingest_is_lane(subj)) {
-        st = apply_job_request(ing->db, ing->wb, data, (size_t)len, ts_ms, *seq, sink,
+        st = apply_job_request(ing->db, ing->wb, subj, data, (size_t)len, ts_ms, *seq, sink,
                                &changed);
         if (st == KILN_EINVAL) {
             /* The consumer dead-letters it; the store only skips it. */

@@ -129,7 +129,7 @@ static kiln_status fuzz_apply_packed(fz_input *in, const ProtobufCMessage *m, in
     uint8_t flip = fz_u8(in);
     if (flip >= 200 && len > 0) buf[fz_u32(in) % len] ^= (uint8_t)(1u << (flip % 8));
     kiln_status st = transition ? apply_transition(fuzz_db, fuzz_wb, buf, len, sink, &changed)
-                                : apply_job_request(fuzz_db, fuzz_wb, buf, len, kiln_now_ms(),
+                                : apply_job_request(fuzz_db, fuzz_wb, NULL, buf, len, kiln_now_ms(),
                                                     fz_u32(in), sink, &changed);
     if (st == KILN_OK && changed) fuzz_record_reads(buf, len, transition);
     free(buf);
@@ -348,7 +348,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint8_t *raw = (uint8_t *)fz_copy(in.p, len);
             if (raw == NULL) break;
             st = kind % 7 == 2 ? apply_transition(fuzz_db, fuzz_wb, raw, len, &sink, &changed)
-                               : apply_job_request(fuzz_db, fuzz_wb, raw, len, kiln_now_ms(), 1,
+                               : apply_job_request(fuzz_db, fuzz_wb, NULL, raw, len, kiln_now_ms(), 1,
                                                    &sink, &changed);
             if (st == KILN_OK && changed) fuzz_record_reads(raw, len, kind % 7 == 2);
             free(raw);

@@ -221,3 +221,43 @@ Test(dead, retry_all_resubmits_every_dead_job)
     h_nats_free(&n);
     h_stop(&s);
 }
+
+/* A job another service publishes straight to jobs.generate.high without
+ * setting its priority field runs on the high lane: its record says
+ * "high", and so does its dead letter's retry, which goes back to that lane
+ * (the letter's Kiln-Lane header), not to the lane the field names. */
+Test(dead, a_job_keeps_the_lane_it_was_published_on_in_its_record_and_its_retry)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    h_unique_id(id, "lane-born");
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    req.id = id;
+    req.user_id = "alice";
+    req.prompt = "!fail=500:1 a lane-born lynx";
+    req.max_attempts = 1; /* priority left at its default, normal */
+    cr_assert_eq(h_publish_request(n.js, "jobs.generate.high", &req, 0, NULL), 0);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "failed", 1, 30000, "the job published on the high lane");
+    json_t *j = h_get_job(&s, H_TOKEN_ALICE, id, NULL);
+    cr_expect_str_eq(h_jstr(j, "priority"), "high", "the record names another lane than the job's");
+    json_decref(j);
+
+    cr_assert(h_collect_wait(n.dead, id, 1, 30000) >= 1, "job %s never reached jobs.dead", id);
+    uint64_t seq = dead_seq_of(&s, id);
+    cr_assert(seq > 0, "kiln dead list does not show job %s", id);
+    char *out = NULL;
+    int rc = dead_cli(&s, "retry", seq, &out);
+    cr_assert_eq(rc, 0, "kiln dead retry exited %d: %s", rc, out);
+    char again[65] = "";
+    cr_assert_eq(sscanf(out, "id=%64s", again), 1, "output: %s", out);
+    free(out);
+    h_expect_job(&s, H_TOKEN_ALICE, again, "completed", 1, 30000, "the retried job");
+    j = h_get_job(&s, H_TOKEN_ALICE, again, NULL);
+    cr_expect_str_eq(h_jstr(j, "priority"), "high", "the retry left the job's lane");
+    json_decref(j);
+    h_nats_free(&n);
+    h_stop(&s);
+}

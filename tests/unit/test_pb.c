@@ -188,6 +188,23 @@ Test(pb, priority_names_and_subjects)
     cr_assert_eq(kiln_priority_parse("HIGH", &p), KILN_EINVAL);
 }
 
+Test(pb, a_lane_subject_names_its_priority)
+{
+    Kiln__V1__Priority p = KILN__V1__PRIORITY__PRIORITY_NORMAL;
+    cr_assert(kiln_subject_priority("jobs.generate.high", &p));
+    cr_assert_eq(p, KILN__V1__PRIORITY__PRIORITY_HIGH);
+    cr_assert(kiln_subject_priority("jobs.generate.low", &p));
+    cr_assert_eq(p, KILN__V1__PRIORITY__PRIORITY_LOW);
+    cr_assert(kiln_subject_priority("jobs.generate", &p));
+    cr_assert_eq(p, KILN__V1__PRIORITY__PRIORITY_NORMAL);
+    /* Anything else leaves *out alone. */
+    p = KILN__V1__PRIORITY__PRIORITY_LOW;
+    cr_assert_not(kiln_subject_priority("jobs.generate.urgent", &p));
+    cr_assert_not(kiln_subject_priority("kiln.tx", &p));
+    cr_assert_not(kiln_subject_priority(NULL, &p));
+    cr_assert_eq(p, KILN__V1__PRIORITY__PRIORITY_LOW);
+}
+
 /* Fields the schema does not know go, also inside nested messages, and
  * what is packed afterwards decodes (protobuf-c 1.4.1 writes field 0 back
  * in a form it refuses to read). */

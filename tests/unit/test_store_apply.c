@@ -149,7 +149,7 @@ static int job_request(const char *id, const char *user, const char *idem, uint6
     if (idem != NULL) r.idempotency_key = (char *)idem;
     cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
     begin(replay);
-    kiln_status st = apply_job_request(tdb, twb, buf, len, kiln_now_ms(), seq, &sink, &changed);
+    kiln_status st = apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), seq, &sink, &changed);
     commit();
     free(buf);
     cr_assert_eq(st, KILN_OK);
@@ -228,6 +228,34 @@ Test(store_apply, job_request_creates_pending_with_request_seq_and_event)
     cr_assert_eq(sink.events.n, 1);
     rec = load("j1");
     cr_assert_eq(rec->request_seq, 17);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+}
+
+/* The lane subject a request came on decides the record's priority; a
+ * caller without one (NULL) keeps the request's field. */
+Test(store_apply, the_lane_subject_decides_the_recorded_priority)
+{
+    Kiln__V1__JobRequest r;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int changed = 0;
+    req_init(&r, "laned", "alice");
+    r.priority = KILN__V1__PRIORITY__PRIORITY_LOW;
+    cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+    begin(0);
+    cr_assert_eq(apply_job_request(tdb, twb, "jobs.generate.high", buf, len, kiln_now_ms(), 3, &sink, &changed),
+                 KILN_OK);
+    r.id = "fielded";
+    free(buf);
+    cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
+    cr_assert_eq(apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), 4, &sink, &changed), KILN_OK);
+    commit();
+    free(buf);
+    Kiln__V1__JobRecord *rec = load("laned");
+    cr_expect_eq(rec->request->priority, KILN__V1__PRIORITY__PRIORITY_HIGH);
+    kiln__v1__job_record__free_unpacked(rec, NULL);
+    rec = load("fielded");
+    cr_expect_eq(rec->request->priority, KILN__V1__PRIORITY__PRIORITY_LOW);
     kiln__v1__job_record__free_unpacked(rec, NULL);
 }
 
@@ -504,7 +532,7 @@ Test(store_apply, deferred_counters_across_a_large_then_small_batches)
         snprintf(user, sizeof user, "user-%d", i);
         req_init(&r, id, user);
         cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
-        cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), (uint64_t)i + 1, &sink,
+        cr_assert_eq(apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), (uint64_t)i + 1, &sink,
                                        &changed),
                      KILN_OK);
         free(buf);
@@ -512,7 +540,7 @@ Test(store_apply, deferred_counters_across_a_large_then_small_batches)
             snprintf(id, sizeof id, "big2-%d", i);
             req_init(&r, id, user);
             cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
-            cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), (uint64_t)i + 1000,
+            cr_assert_eq(apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), (uint64_t)i + 1000,
                                            &sink, &changed),
                          KILN_OK);
             free(buf);
@@ -541,7 +569,7 @@ Test(store_apply, deferred_counters_across_a_large_then_small_batches)
         if (round == 1) {
             req_init(&r, "small-5", "user-5");
             cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
-            cr_assert_eq(apply_job_request(tdb, twb, buf, len, kiln_now_ms(), 5000, &sink,
+            cr_assert_eq(apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), 5000, &sink,
                                            &changed),
                          KILN_OK);
             free(buf);
@@ -576,7 +604,7 @@ Test(store_apply, a_request_with_an_unwritable_unknown_field_still_reads_back)
     memcpy(msg, buf, len);
     memcpy(msg + len, odd, sizeof odd);
     begin(0);
-    kiln_status st = apply_job_request(tdb, twb, msg, len + sizeof odd, kiln_now_ms(), 5, &sink,
+    kiln_status st = apply_job_request(tdb, twb, NULL, msg, len + sizeof odd, kiln_now_ms(), 5, &sink,
                                        &changed);
     commit();
     cr_assert_eq(st, KILN_OK);

@@ -55,7 +55,7 @@ static void apply_msg(const ProtobufCMessage *m, int is_request)
     cr_assert_eq(db_batch_create(&wb), KILN_OK);
     db_lock(rdb);
     kiln_status st = is_request
-                         ? apply_job_request(rdb, wb, buf, len, CREATED_MS, 1, &sink, &changed)
+                         ? apply_job_request(rdb, wb, NULL, buf, len, CREATED_MS, 1, &sink, &changed)
                          : apply_transition(rdb, wb, buf, len, &sink, &changed);
     if (st == KILN_OK) st = db_write(rdb, wb);
     db_unlock(rdb);
