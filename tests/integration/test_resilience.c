@@ -966,6 +966,41 @@ static int res_dead_letters_of(h_stack *s, const char *id)
     return count;
 }
 
+/* A result whose publish nats-server takes but never acknowledges, with no
+ * disconnect to tell (nats-server frozen): after 10 s the consumer gives
+ * the job up, which frees its slot while the server is still frozen, and
+ * once the server runs again the job ends once, from that one call (the
+ * late ack finds its job gone; the redelivered copy finds it finished). */
+Test(resilience, a_result_whose_publish_ack_never_comes_is_given_up_and_its_job_ends_once, .timeout = 180)
+{
+    h_stack s;
+    h_stack_opts o = {.env = {"KILN_ACK_WAIT=3s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!sleep=1500 overdue owl", id), 202);
+    cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 20000),
+              "the call never reached the provider");
+    res_freeze(&s, H_NATS);
+    int64_t frozen_at = h_now_ms();
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", 0, 10000),
+              "the provider did not answer");
+    int gave_up = h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 20000);
+    double in_flight = h_metric(&s, H_CONSUMER, "kiln_consumer_in_flight");
+    int64_t frozen_ms = h_now_ms() - frozen_at;
+    cr_assert_eq(kill(s.procs[H_NATS].pid, SIGCONT), 0);
+    cr_expect(gave_up, "the consumer never gave up the result nats-server did not acknowledge");
+    cr_expect_eq(in_flight, 0, "the job held its slot after %lld ms with its result unacknowledged",
+                 (long long)frozen_ms);
+
+    res_expect_completed_once(&s, &n, id, 1, 60000);
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1,
+                 "the given-up job was called again");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* The same for a consumer's transitions: two calls end while the consumer
  * is frozen; nats-server is frozen, the consumer thawed publishes both
  * results as one TransitionBatch into a server that never reads it, and
