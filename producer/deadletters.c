@@ -42,10 +42,11 @@ static kiln_status dead_fill(kiln_dead_letter *l, natsMsg *m, uint64_t seq)
     l->at_ms = natsMsg_GetTime(m) / 1000000;
     l->job_id = dead_header(m, KILN_HDR_JOB_ID);
     l->reason = dead_header(m, KILN_HDR_REASON);
+    l->lane = dead_header(m, KILN_HDR_LANE);
     int len = natsMsg_GetDataLength(m);
     l->len = len > 0 ? (size_t)len : 0;
     l->data = malloc(l->len + 1);
-    if (l->job_id == NULL || l->reason == NULL || l->data == NULL) return KILN_ENOMEM;
+    if (l->job_id == NULL || l->reason == NULL || l->lane == NULL || l->data == NULL) return KILN_ENOMEM;
     if (l->len > 0) memcpy(l->data, natsMsg_GetData(m), l->len);
     return KILN_OK;
 }
@@ -56,6 +57,7 @@ void kiln_dead_letters_free(kiln_dead_letter *letters, size_t n)
     for (size_t i = 0; i < n; i++) {
         free(letters[i].job_id);
         free(letters[i].reason);
+        free(letters[i].lane);
         free(letters[i].data);
     }
     free(letters);

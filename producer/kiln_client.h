@@ -132,6 +132,7 @@ typedef struct {
     char *reason;   /* Kiln-Reason, "" when none */
     uint8_t *data;  /* the original payload (a JobRequest when it decodes) */
     size_t len;
+    char *lane;     /* Kiln-Lane: "high", "normal", "low"; "" for letters older than it */
 } kiln_dead_letter;
 
 /* Reads up to max letters (1-1000) with sequence >= from_seq, oldest first.

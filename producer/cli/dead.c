@@ -16,8 +16,8 @@ static const char cli_usage_dead[] =
     "Dead letters are the jobs.dead messages kept in stream KILN_DEAD (30 days): jobs\n"
     "that used up their attempts, invalid jobs, and bytes that were not a job.\n"
     "  list         one line per letter, oldest first:\n"
-    "               seq=N at=TIME job=ID reason=TEXT (then next=SEQ when more remain;\n"
-    "               with --json one object per letter, then {\"next\":SEQ})\n"
+    "               seq=N at=TIME job=ID lane=LANE reason=TEXT (then next=SEQ when\n"
+    "               more remain; with --json one object per letter, then {\"next\":SEQ})\n"
     "    --from SEQ   start at this sequence (default: the oldest)\n"
     "    --limit N    at most N letters, 1-200 (default 50)\n"
     "  retry SEQ    submit the letter's job again under a new id (same request, to\n"
@@ -34,11 +34,11 @@ static int cli_print_letter(const cli_common *cc, const kiln_dead_letter *l)
     char at[32] = "-";
     if (l->at_ms > 0) kiln_rfc3339_ms(l->at_ms, at, sizeof at);
     if (cc->json)
-        return cli_print_json(json_pack("{s:I, s:s, s:s, s:s, s:I}", "seq", (json_int_t)l->seq,
-                                        "at", at, "job_id", l->job_id, "reason", l->reason,
-                                        "bytes", (json_int_t)l->len));
-    printf("seq=%" PRIu64 " at=%s job=%s reason=%s\n", l->seq, at, l->job_id[0] ? l->job_id : "-",
-           l->reason);
+        return cli_print_json(json_pack("{s:I, s:s, s:s, s:s, s:s, s:I}", "seq", (json_int_t)l->seq,
+                                        "at", at, "job_id", l->job_id, "lane", l->lane, "reason",
+                                        l->reason, "bytes", (json_int_t)l->len));
+    printf("seq=%" PRIu64 " at=%s job=%s lane=%s reason=%s\n", l->seq, at, l->job_id[0] ? l->job_id : "-",
+           l->lane[0] ? l->lane : "-", l->reason);
     return 0;
 }
 

@@ -11,25 +11,33 @@
 
 TestSuite(dead, .fini = h_fini, .timeout = 150);
 
-/* `kiln dead list --json`: the seq of the letter whose job_id is job_id
- * ("" = a letter without a job), 0 when none. */
-static uint64_t dead_seq_of(h_stack *s, const char *job_id)
+/* `kiln dead list --json`: the first letter whose job_id is job_id ("" = a
+ * letter without a job), NULL when none; the caller json_decrefs it. */
+static json_t *dead_letter_of(h_stack *s, const char *job_id)
 {
     char *out = NULL;
     char *argv[] = {"kiln", "dead", "list", "--json", NULL};
     int rc = h_run_cli(s, argv, &out, 30000);
     cr_assert_eq(rc, 0, "kiln dead list exited %d: %s", rc, out);
-    uint64_t seq = 0;
-    for (char *line = strtok(out, "\n"); line != NULL && seq == 0; line = strtok(NULL, "\n")) {
+    json_t *found = NULL;
+    for (char *line = strtok(out, "\n"); line != NULL && found == NULL; line = strtok(NULL, "\n")) {
         json_t *o = json_loads(line, 0, NULL);
         cr_assert_not_null(o, "not a JSON line: %s", line);
-        if (strcmp(h_jstr(o, "job_id"), job_id) == 0) seq = (uint64_t)h_jint(o, "seq");
-        if (seq > 0)
-            cr_expect(h_jstr(o, "reason")[0] != '\0', "letter %llu has no reason",
-                      (unsigned long long)seq);
-        json_decref(o);
+        if (json_object_get(o, "seq") != NULL && strcmp(h_jstr(o, "job_id"), job_id) == 0) found = o;
+        else json_decref(o);
     }
     free(out);
+    return found;
+}
+
+/* The seq of dead_letter_of(s, job_id), 0 when none. */
+static uint64_t dead_seq_of(h_stack *s, const char *job_id)
+{
+    json_t *o = dead_letter_of(s, job_id);
+    if (o == NULL) return 0;
+    uint64_t seq = (uint64_t)h_jint(o, "seq");
+    cr_expect(h_jstr(o, "reason")[0] != '\0', "letter %llu has no reason", (unsigned long long)seq);
+    json_decref(o);
     return seq;
 }
 
@@ -246,8 +254,11 @@ Test(dead, a_job_keeps_the_lane_it_was_published_on_in_its_record_and_its_retry)
     json_decref(j);
 
     cr_assert(h_collect_wait(n.dead, id, 1, 30000) >= 1, "job %s never reached jobs.dead", id);
-    uint64_t seq = dead_seq_of(&s, id);
-    cr_assert(seq > 0, "kiln dead list does not show job %s", id);
+    json_t *letter = dead_letter_of(&s, id);
+    cr_assert_not_null(letter, "kiln dead list does not show job %s", id);
+    uint64_t seq = (uint64_t)h_jint(letter, "seq");
+    cr_expect_str_eq(h_jstr(letter, "lane"), "high", "the letter names another lane than the job's");
+    json_decref(letter);
     char *out = NULL;
     int rc = dead_cli(&s, "retry", seq, &out);
     cr_assert_eq(rc, 0, "kiln dead retry exited %d: %s", rc, out);
