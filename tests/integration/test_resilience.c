@@ -1422,6 +1422,59 @@ static void res_stop_consumer_after_lost_transition(const char *prompt, bool nat
     h_stop(&s);
 }
 
+/* Chaos run 2916: a consumer told to stop while nats-server was down took
+ * more than its drain and 5 s: the wait after the drain used its 5 s on a
+ * result whose ack could not come, and the check of the transitions a
+ * reconnect left then waited 5 s more for NATS. The test makes both waits:
+ * a lost transition with the store frozen (the check pending once
+ * nats-server restarted), a job whose call ends while nats-server is down
+ * again (its result's ack cannot come), then the stop, with a 1 s drain.
+ * The consumer must be gone within the drain and 5 s (and some for its
+ * exit). */
+Test(resilience, a_consumer_stopped_with_nats_down_and_checks_pending_stops_within_the_drain_and_5_s,
+     .timeout = 180)
+{
+    h_stack s;
+    h_stack_opts o = {.consumer_env = {"KILN_DRAIN_TIMEOUT=1s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65], late[65];
+    (void)res_lose_transitions(&s, &n, "stop bound egret", id);
+    /* A call that outlasts both nats-server stops below; it starts before
+     * the first, as right after a reconnect a new job waits for the
+     * (frozen) store's word. */
+    h_nats_open(&s, &n);
+    double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
+    h_unique_id(late, "stop-bound");
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    req.id = late;
+    req.user_id = "alice";
+    req.prompt = "!sleep=8000 a result into the void";
+    cr_assert_eq(h_publish_request(n.js, "jobs.generate", &req, 0, NULL), 0);
+    h_nats_free(&n);
+    cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 20000),
+              "the late job's call never reached the provider");
+    res_restart_nats_seen_by(&s, H_CONSUMER, 2); /* its check asks the frozen store */
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls,
+                 "the late job's call ended before nats-server went (a slow machine?)");
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", calls, 15000),
+              "the provider did not answer the late job");
+
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(&s, H_CONSUMER), 0, "the consumer did not stop cleanly");
+    int64_t took = h_now_ms() - t0;
+    cr_expect_lt(took, 1000 + 5000 + 1500, "the consumer took %lld ms to stop (drain 1 s, then at most 5 s)",
+                 (long long)took);
+    cr_expect(h_log_contains(&s, H_CONSUMER, "stopping with publishes from before the reconnect unchecked"),
+              "the consumer did not have its check pending at the stop (nothing was tested)");
+    /* The job whose transitions were lost is the sweep's now, a minute and more away: not waited for. */
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    cr_assert_eq(kill(s.procs[H_STORE].pid, SIGCONT), 0);
+    h_stop(&s);
+}
+
 Test(resilience, a_consumer_stopped_right_after_a_reconnect_still_publishes_a_lost_transition)
 {
     res_stop_consumer_after_lost_transition("lost transition at a stop egret", false);
