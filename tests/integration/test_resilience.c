@@ -987,12 +987,12 @@ Test(resilience, a_result_whose_publish_ack_never_comes_is_given_up_and_its_job_
     cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", 0, 10000),
               "the provider did not answer");
     int gave_up = h_wait_log(&s, H_CONSUMER, "reason=\"publish ack overdue\"", 20000);
-    double in_flight = h_metric(&s, H_CONSUMER, "kiln_consumer_in_flight");
+    /* (The slot goes just after the log line.) */
+    int freed = h_wait_metric_eq(&s, H_CONSUMER, "kiln_consumer_in_flight", 0, 3000);
     int64_t frozen_ms = h_now_ms() - frozen_at;
     cr_assert_eq(kill(s.procs[H_NATS].pid, SIGCONT), 0);
     cr_expect(gave_up, "the consumer never gave up the result nats-server did not acknowledge");
-    cr_expect_eq(in_flight, 0, "the job held its slot after %lld ms with its result unacknowledged",
-                 (long long)frozen_ms);
+    cr_expect(freed, "the job held its slot after %lld ms with its result unacknowledged", (long long)frozen_ms);
 
     res_expect_completed_once(&s, &n, id, 1, 60000);
     cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1,
@@ -1450,7 +1450,7 @@ Test(resilience, a_consumer_stopped_with_nats_down_and_checks_pending_stops_with
     Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
     req.id = late;
     req.user_id = "alice";
-    req.prompt = "!sleep=8000 a result into the void";
+    req.prompt = "!sleep=12000 a result into the void";
     cr_assert_eq(h_publish_request(n.js, "jobs.generate", &req, 0, NULL), 0);
     h_nats_free(&n);
     cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 20000),
@@ -1459,7 +1459,7 @@ Test(resilience, a_consumer_stopped_with_nats_down_and_checks_pending_stops_with
     h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
     cr_assert_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), calls,
                  "the late job's call ended before nats-server went (a slow machine?)");
-    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", calls, 15000),
+    cr_assert(h_wait_metric_above(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total", calls, 20000),
               "the provider did not answer the late job");
 
     int64_t t0 = h_now_ms();
