@@ -231,26 +231,31 @@ Test(store_apply, job_request_creates_pending_with_request_seq_and_event)
     kiln__v1__job_record__free_unpacked(rec, NULL);
 }
 
-/* The lane subject a request came on decides the record's priority; a
- * caller without one (NULL) keeps the request's field. */
-Test(store_apply, the_lane_subject_decides_the_recorded_priority)
+/* Applies alice's request id with field priority prio, as if it came on
+ * subject (NULL: no subject known), in a batch of its own. */
+static void job_request_on(const char *subject, const char *id, Kiln__V1__Priority prio, uint64_t seq)
 {
     Kiln__V1__JobRequest r;
     uint8_t *buf = NULL;
     size_t len = 0;
     int changed = 0;
-    req_init(&r, "laned", "alice");
-    r.priority = KILN__V1__PRIORITY__PRIORITY_LOW;
+    req_init(&r, id, "alice");
+    r.priority = prio;
     cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
     begin(0);
-    cr_assert_eq(apply_job_request(tdb, twb, "jobs.generate.high", buf, len, kiln_now_ms(), 3, &sink, &changed),
-                 KILN_OK);
-    r.id = "fielded";
-    free(buf);
-    cr_assert_eq(kiln_pb_pack(&r.base, &buf, &len), KILN_OK);
-    cr_assert_eq(apply_job_request(tdb, twb, NULL, buf, len, kiln_now_ms(), 4, &sink, &changed), KILN_OK);
+    kiln_status st = apply_job_request(tdb, twb, subject, buf, len, kiln_now_ms(), seq, &sink, &changed);
     commit();
     free(buf);
+    cr_assert_eq(st, KILN_OK);
+    cr_assert_eq(changed, 1);
+}
+
+/* The lane subject a request came on decides the record's priority; a
+ * caller without one (NULL) keeps the request's field. */
+Test(store_apply, the_lane_subject_decides_the_recorded_priority)
+{
+    job_request_on("jobs.generate.high", "laned", KILN__V1__PRIORITY__PRIORITY_LOW, 3);
+    job_request_on(NULL, "fielded", KILN__V1__PRIORITY__PRIORITY_LOW, 4);
     Kiln__V1__JobRecord *rec = load("laned");
     cr_expect_eq(rec->request->priority, KILN__V1__PRIORITY__PRIORITY_HIGH);
     kiln__v1__job_record__free_unpacked(rec, NULL);
