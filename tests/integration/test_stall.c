@@ -186,6 +186,64 @@ Test(stall, the_sweep_finds_a_request_lost_behind_a_backlog_soon_after_a_start)
     h_stop(&s);
 }
 
+typedef struct {
+    const char *id;
+    char subject[64]; /* of the re-driven copy ("" until found) */
+} stall_redrive_find;
+
+/* h_stream_scan: the subject of the Kiln-Redrive copy of job f->id. */
+static void stall_find_redrive(natsMsg *m, void *arg)
+{
+    stall_redrive_find *f = arg;
+    const char *redrive = NULL, *msg_id = NULL;
+    if (natsMsgHeader_Get(m, "Kiln-Redrive", &redrive) != NATS_OK ||
+        natsMsgHeader_Get(m, "Nats-Msg-Id", &msg_id) != NATS_OK || msg_id == NULL)
+        return;
+    if (strncmp(msg_id, f->id, strlen(f->id)) == 0 && msg_id[strlen(f->id)] == '.')
+        snprintf(f->subject, sizeof f->subject, "%s", natsMsg_GetSubject(m));
+}
+
+static int stall_store_redrove_one(void *arg)
+{
+    return h_metric(arg, H_STORE, "kiln_store_sweep_redriven_total") >= 1;
+}
+
+/* A job another service publishes straight to jobs.generate.high, its
+ * priority field left unset, whose request is then lost: the sweep must
+ * publish it again on the high lane, the one it came on, not on the lane
+ * the field names (the store records the subject's lane). */
+Test(stall, the_sweep_redrives_a_lost_request_on_the_lane_it_came_on)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_SWEEP_INTERVAL=2s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    h_unique_id(id, "lane-lost");
+    Kiln__V1__JobRequest q = KILN__V1__JOB_REQUEST__INIT;
+    q.id = id;
+    q.user_id = (char *)"bob";
+    q.prompt = (char *)"lost lane mole";
+    uint64_t seq = 0;
+    cr_assert_eq(h_publish_request(n.js, "jobs.generate.high", &q, 0, &seq), 0);
+    json_t *j = h_wait_job(&s, H_TOKEN_BOB, id, "pending", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the job");
+    cr_expect_str_eq(h_jstr(j, "priority"), "high");
+    json_decref(j);
+
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, NULL), NATS_OK);
+    cr_assert(h_wait_for(stall_store_redrove_one, &s, 20000, 100), "the sweep did not re-drive the lost request");
+    stall_redrive_find f = {id, ""};
+    cr_assert_geq(h_stream_scan(n.js, "KILN_JOBS", stall_find_redrive, &f), 0);
+    cr_expect_str_eq(f.subject, "jobs.generate.high", "the lost request was re-driven on another lane");
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    h_expect_job(&s, H_TOKEN_BOB, id, "completed", 1, 30000, "the re-driven job");
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* A job left processing by a worker that died, whose message JetStream no
  * longer holds (what nats-server 2.9.10 sometimes leaves after a SIGKILL;
  * here the message is deleted by hand): once it has been processing for
