@@ -55,6 +55,12 @@ struct resync {
     bool suspect;     /* the last round found a passed-over message */
     resync_look prev; /* the last round's look */
     bool have_prev;
+    /* The applied sequence at the last re-creation, and how many in a row
+     * found the store no further (the re-created durable passed over the
+     * same messages again). */
+    bool recreated;
+    uint64_t recreated_at;
+    unsigned recreated_again;
     kiln_metric *m_resyncs;
 };
 
@@ -155,6 +161,17 @@ static void resync_recreate(resync *r, uint64_t applied)
     resync_drop_bridge(r);
     kiln_metric_add(r->m_resyncs, 1);
     LOG_WARN("resync: durable re-created durable=%s start_seq=%" PRIu64, KILN_DURABLE_STORE, start);
+    /* Chaos run 3117: after a SIGKILL recovery the re-created durable jumped
+     * to the stream's end at every new message and delivered nothing, until
+     * nats-server restarted. Only an operator can do that. */
+    r->recreated_again = r->recreated && r->recreated_at == applied ? r->recreated_again + 1 : 0;
+    r->recreated = true;
+    r->recreated_at = applied;
+    if (r->recreated_again > 0)
+        LOG_ERROR("resync: the re-created durable delivered nothing again; restart nats-server (its "
+                  "delivery to the store is broken, the jobs' results are not recorded meanwhile) "
+                  "durable=%s applied_seq=%" PRIu64 " recreations_without_progress=%u",
+                  KILN_DURABLE_STORE, applied, r->recreated_again);
 }
 
 /* Reads the durable's figures, then the apply loop's, into *look (and the
