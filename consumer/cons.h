@@ -264,9 +264,15 @@ typedef enum {
  * knows): only then can nats-server have given up on a live call whose
  * PROCESSING the store has not seen; clocks of other hosts and
  * nats-server's whole-second timestamps get a margin. A copy this consumer
- * handed back untried is never asked about (untried). */
+ * handed back untried is never asked about (untried). A first delivery of a
+ * re-drive (Kiln-Redrive) of a pending job's own message is asked about
+ * that message (CONS_ASK_ONLY, cons_job_ask_seq): nats-server can lose a
+ * message while another consumer holds a copy back (chaos run 3110). */
 cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bool untried,
                                 int64_t now_ms, int64_t ack_wait_ms);
+/* The stream sequence other consumers are asked about for j: the original
+ * message's for a first delivery of a re-drive, j's own otherwise. */
+uint64_t cons_job_ask_seq(const cons_job *j);
 /* Whether a first delivery that comes during a burst of redeliveries, or
  * just after a reconnect to NATS, is asked about too (as CONS_ASK_ONLY):
  * nats-server 2.9 can hand the newest new message out a second time, with
@@ -308,8 +314,9 @@ int cons_registry_cancel(const char *id);
 /* Sends natsMsg_InProgress for every in-flight job. */
 void cons_registry_keepalive(void);
 /* Of the n stream sequences, copies to held those this process has a job
- * of (fetched, held back for a peer, running or publishing its result) and
- * sends each of them an in-progress ack at once; returns how many (peers.c
+ * of (fetched, held back for a peer, running or publishing its result),
+ * counting a re-drive as a copy of its original message too, and sends
+ * each such job an in-progress ack at once; returns how many (peers.c
  * answers another consumer with them). */
 size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held);
 /* Remembers that the n jobs wait for the ack of m (before publishing m; a

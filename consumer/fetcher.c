@@ -274,7 +274,7 @@ static void fetch_ask_peers(cons_job **jobs, const cons_store_info *info, size_t
         if (r == CONS_ASK_NONE) continue;
         if (fetch_peer_held[jobs[i]->stream_seq % FETCH_UNTRIED_SLOTS] == jobs[i]->stream_seq)
             wait_ms = CONS_PEER_REASK_MS;
-        seqs[k] = jobs[i]->stream_seq;
+        seqs[k] = cons_job_ask_seq(jobs[i]);
         rule[k] = r;
         idx[k++] = i;
     }

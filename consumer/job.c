@@ -219,6 +219,11 @@ void cons_job_hold_for_peer(const cons_job *j, int64_t hold_ms)
     kiln_metric_add(cons_g.m_peer_holds, 1);
 }
 
+uint64_t cons_job_ask_seq(const cons_job *j)
+{
+    return j->num_delivered <= 1 && j->redrive_of != 0 ? j->redrive_of : j->stream_seq;
+}
+
 bool cons_job_ask_in_burst(const cons_job *j, const cons_store_info *si, bool untried)
 {
     if (j->stream_seq == 0 || untried || j->req == NULL || j->num_delivered > 1) return false;
@@ -230,6 +235,10 @@ cons_ask_rule cons_job_ask_rule(const cons_job *j, const cons_store_info *si, bo
 {
     if (j->stream_seq == 0 || untried || j->req == NULL) return CONS_ASK_NONE;
     bool told = si->answered && si->known;
+    if (j->num_delivered <= 1 && j->redrive_of != 0)
+        return told && si->request_seq == j->redrive_of && si->state == KILN__V1__JOB_STATE__JOB_STATE_PENDING
+                   ? CONS_ASK_ONLY
+                   : CONS_ASK_NONE;
     if (j->num_delivered <= 1) {
         /* A first delivery of a message the store saw handled already:
          * nats-server 2.9 can deliver a message again with its count back

@@ -164,18 +164,25 @@ size_t cons_registry_held_seqs(const uint64_t *seqs, size_t n, uint64_t *held)
     size_t k = 0;
     pthread_mutex_lock(&reg_mu);
     for (cons_job *j = reg_head; j != NULL && k < n; j = j->reg_next) {
-        const uint64_t *hit = j->stream_seq == 0 ? NULL
-                              : bsearch(&j->stream_seq, sorted, n, sizeof *sorted, reg_seq_cmp);
-        if (hit == NULL) continue;
-        /* The asker has a copy because nats-server thinks this one died:
-         * tell it otherwise now, not at the next keep-alive round. */
-        if (kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
-            LOG_WARN("in-progress ack failed job=%s", j->id);
-        /* Two copies of one sequence here (a count-reset delivery) name it once. */
-        size_t at = (size_t)(hit - sorted);
-        if (named[at]) continue;
-        named[at] = true;
-        held[k++] = j->stream_seq;
+        /* A re-drive holds its job for its original message too: another
+         * consumer may have a copy of that one (chaos run 3110). */
+        const uint64_t mine[2] = {j->stream_seq, j->redrive_of};
+        bool acked = false;
+        for (size_t m = 0; m < 2 && k < n; m++) {
+            const uint64_t *hit =
+                mine[m] == 0 ? NULL : bsearch(&mine[m], sorted, n, sizeof *sorted, reg_seq_cmp);
+            if (hit == NULL) continue;
+            /* The asker has a copy because nats-server thinks this one died:
+             * tell it otherwise now, not at the next keep-alive round. */
+            if (!acked && kiln_msg_ack(cons_g.ack_nc, j->msg, KILN_ACK_PROGRESS, 0) != KILN_OK)
+                LOG_WARN("in-progress ack failed job=%s", j->id);
+            acked = true;
+            /* Two copies of one sequence here (a count-reset delivery) name it once. */
+            size_t at = (size_t)(hit - sorted);
+            if (named[at]) continue;
+            named[at] = true;
+            held[k++] = mine[m];
+        }
     }
     pthread_mutex_unlock(&reg_mu);
     free(sorted);

@@ -778,6 +778,57 @@ Test(consumer, a_first_delivery_after_a_redelivery_is_left_to_a_consumer_that_ho
     h_stop(&s);
 }
 
+/* Chaos run 3110: nats-server lost a job's message while a consumer held a
+ * copy of it back (waiting for the store's word), the store's sweep
+ * re-drove the request, and the re-drive ran beside the held copy once that
+ * was taken up: two calls. So a re-drive's first delivery is asked about
+ * its original message. The test publishes a job, deletes its message,
+ * lets the sweep re-drive it, and claims the original's sequence when asked,
+ * once, as the consumer holding it would: the consumer must leave the
+ * re-drive to it, and the job runs once when the copy comes back after
+ * AckWait. */
+Test(consumer, a_redrive_of_a_message_another_consumer_holds_is_left_to_it)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1, .env = {"KILN_SWEEP_INTERVAL=2s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char id[65];
+    h_unique_id(id, "held-heron");
+    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
+    req.id = id;
+    req.user_id = "alice";
+    req.prompt = "held heron";
+    uint64_t seq = 0;
+    cr_assert_eq(h_publish_request(n.js, "jobs.generate", &req, 0, &seq), 0);
+    json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "pending", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the job");
+    json_decref(j);
+    consumer_claimer claimer = {.skip_seq = 0};
+    natsSubscription *claims = NULL;
+    cr_assert_eq(natsConnection_Subscribe(&claims, n.nc, "kiln.consumer.running", consumer_claim_on_query, &claimer),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, NULL), NATS_OK); /* lost */
+    char redriven[128];
+    snprintf(redriven, sizeof redriven, "lost job request re-driven job=%s", id);
+    cr_assert(h_wait_log(&s, H_STORE, redriven, 20000), "the sweep did not re-drive the lost request");
+
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 30000, "the re-driven job");
+    cr_expect_eq(atomic_load(&claimer.claimed_seq), seq,
+                 "the consumer did not ask about the re-drive's original message (seq %llu)",
+                 (unsigned long long)seq);
+    char left[128];
+    snprintf(left, sizeof left, "left to it job=%s", id);
+    cr_expect(h_log_contains(&s, H_CONSUMER, left), "the re-drive was not left to the holder of the original");
+    cr_expect_eq(h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total"), 1, "one call");
+    natsSubscription_Destroy(claims);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* A nats-server restart can forget deliveries it made: in chaos runs with
  * a SIGKILL, a job whose call was running in one consumer came to the other
  * right after the restart with delivery count 1, and nothing asked (or the

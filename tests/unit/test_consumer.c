@@ -866,6 +866,44 @@ Test(job, ask_rule)
     cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, 2000), CONS_ASK_NONE, "AckWait 2 s");
 }
 
+/* A re-drive's first delivery is asked about its original message while
+ * its job is pending (another consumer may hold a copy of that one back);
+ * a redelivery of it follows the rules above, about its own sequence. */
+Test(job, ask_rule_for_a_redrive)
+{
+    cons_job j = {0};
+    cons_store_info si = {0};
+    Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
+    const int64_t now = 1000000, ack_wait = 30000;
+    j.req = &r;
+    j.num_delivered = 1;
+    j.stream_seq = 591;
+    j.redrive_of = 400;
+    r.created_at_ms = now - 1000;
+    si.answered = si.known = true;
+    si.request_seq = 400;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_PENDING;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_ONLY,
+                 "a re-drive of a pending job's own message");
+    cr_assert_eq(cons_job_ask_seq(&j), 400, "asked about the original message");
+    cr_assert_eq(cons_job_ask_rule(&j, &si, true, now, ack_wait), CONS_ASK_NONE, "handed back untried here");
+    si.request_seq = 7;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "a re-drive of another copy of the id");
+    si.request_seq = 400;
+    si.answered = false;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE,
+                 "without the store's word (the fetcher keeps it until it answers)");
+    si.answered = true;
+    si.state = KILN__V1__JOB_STATE__JOB_STATE_COMPLETED;
+    cr_assert_eq(cons_job_ask_rule(&j, &si, false, now, ack_wait), CONS_ASK_NONE, "already terminal");
+    j.num_delivered = 2;
+    cr_assert_eq(cons_job_ask_seq(&j), 591, "a redelivered re-drive is asked about as itself");
+    j.redrive_of = 0;
+    j.num_delivered = 1;
+    cr_assert_eq(cons_job_ask_seq(&j), 591);
+}
+
 /* ---- recently cancelled ids ---------------------------------------------- */
 
 /* One copy of a message in flight per process: a second copy of its stream
@@ -901,6 +939,30 @@ Test(registry, one_copy_per_sequence)
     cons_registry_remove(&unknown[1]);
     cr_assert(cons_registry_add(&first[0]), "an emptied registry takes the sequence again");
     cons_registry_remove(&first[0]);
+    cons_registry_destroy();
+}
+
+/* Asked which sequences it holds, a process names a re-drive's original
+ * message too: another consumer may hold a copy of that one. */
+Test(registry, a_redrive_holds_its_original_sequence)
+{
+    cr_assert_eq(cons_registry_init(16), KILN_OK);
+    static cons_job plain = {.stream_seq = 500, .num_delivered = 1};
+    static cons_job redrive = {.stream_seq = 591, .redrive_of = 400, .num_delivered = 1};
+    cr_assert(cons_registry_add(&plain));
+    cr_assert(cons_registry_add(&redrive));
+    const uint64_t asked[] = {700, 400, 500};
+    uint64_t held[3] = {0};
+    size_t n = cons_registry_held_seqs(asked, 3, held);
+    cr_assert_eq(n, 2, "held %zu of 400 and 500", n);
+    cr_expect((held[0] == 400 && held[1] == 500) || (held[0] == 500 && held[1] == 400),
+              "held %llu and %llu", (unsigned long long)held[0], (unsigned long long)held[1]);
+    const uint64_t own[] = {591, 400};
+    n = cons_registry_held_seqs(own, 2, held);
+    cr_expect_eq(n, 2, "a re-drive is named by its own sequence and its original's");
+    cons_registry_remove(&plain);
+    cons_registry_remove(&redrive);
+    cr_expect_eq(cons_registry_held_seqs(asked, 3, held), 0);
     cons_registry_destroy();
 }
 
