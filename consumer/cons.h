@@ -619,10 +619,10 @@ bool cons_memwatch_paused(void);
 
 /* ---- nextseq.c: the next sequence KILN_JOBS holds ---- */
 typedef enum { CONS_NEXTSEQ_FAILED, CONS_NEXTSEQ_NONE, CONS_NEXTSEQ_FOUND } cons_nextseq_result;
-/* The lowest sequence at or after `from` that KILN_JOBS still holds, of any
- * subject, into *seq: FOUND, NONE when there is none, FAILED when JetStream
- * did not answer (or answered something else). */
-cons_nextseq_result cons_nextseq(uint64_t from, int64_t timeout_ms, uint64_t *seq);
+/* The lowest sequence at or after `from` that KILN_JOBS still holds, of
+ * `subject` (NULL: any), into *seq: FOUND, NONE when there is none, FAILED
+ * when JetStream did not answer (or answered something else). */
+cons_nextseq_result cons_nextseq(uint64_t from, const char *subject, int64_t timeout_ms, uint64_t *seq);
 /* The same for a $JS.API.STREAM.MSG.GET reply body. */
 cons_nextseq_result cons_nextseq_parse(const char *reply, size_t len, uint64_t *seq);
 

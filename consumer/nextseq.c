@@ -1,8 +1,8 @@
 /* nextseq.c - the next sequence KILN_JOBS still holds at or after a given
- * one, of any subject, in one JetStream API request. The stall check walks
- * a durable's range with it: a run of sequences gone from the stream (acked
- * by every durable, or lost) costs one request instead of one js_GetMsg
- * each. nats.c 3.4.1 offers "next by subject" only through the direct get
+ * one, of any subject or of one, in one JetStream API request. The stall
+ * check walks a durable's range with it: a run of sequences gone from the
+ * stream (acked by every durable, or lost), or of other lanes, costs one
+ * request instead of one js_GetMsg each. nats.c 3.4.1 offers "next by subject" only through the direct get
  * API, which the stream would have to allow (allow_direct); the stream's
  * own $JS.API.STREAM.MSG.GET takes {"seq", "next_by_subj"} on 2.9.10. */
 #include <inttypes.h>
@@ -35,11 +35,13 @@ cons_nextseq_result cons_nextseq_parse(const char *reply, size_t len, uint64_t *
     return r;
 }
 
-cons_nextseq_result cons_nextseq(uint64_t from, int64_t timeout_ms, uint64_t *seq)
+cons_nextseq_result cons_nextseq(uint64_t from, const char *subject, int64_t timeout_ms, uint64_t *seq)
 {
-    char body[96];
-    /* ">" matches every subject of the stream. */
-    int n = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"next_by_subj\":\">\"}", from);
+    char body[128];
+    /* ">" matches every subject of the stream. (Kiln's subjects need no JSON escapes.) */
+    int n = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", from,
+                     subject != NULL ? subject : ">");
+    if (n < 0 || (size_t)n >= sizeof body) return CONS_NEXTSEQ_FAILED;
     natsMsg *reply = NULL;
     natsStatus s = natsConnection_Request(&reply, cons_g.nc, "$JS.API.STREAM.MSG.GET." KILN_STREAM_JOBS,
                                           body, n, timeout_ms);

@@ -63,7 +63,7 @@
 #define STALL_API_WAIT_MS 2000  /* JetStream API calls */
 #define STALL_CHECK_TIMEOUT_MS 3000 /* kiln.store.check (sync waits up to 2 s in the store) */
 #define STALL_ERR_LOG_MS 60000  /* at most one warning a minute for failing checks */
-#define STALL_PENDING_SCAN_MAX 64 /* sequences above the ack floor looked at per lane per round */
+#define STALL_PENDING_SCAN_MAX 64 /* lane messages above the ack floor read per lane per round */
 #define STALL_GONE_ACK_MAX 4096   /* gone sequences acked per lane per round */
 #define STALL_GONE_LOOK_MAX 256   /* next-sequence lookups of that walk per lane per round */
 
@@ -455,7 +455,7 @@ static void stall_ack_gone_walk(stall_lane *lane, uint64_t floor, uint64_t deliv
                          gone->acked < STALL_GONE_ACK_MAX && !atomic_load(&cons_g.stopping);
          looked++) {
         uint64_t next = 0;
-        cons_nextseq_result nr = cons_nextseq(lane->gone_from, STALL_API_WAIT_MS, &next);
+        cons_nextseq_result nr = cons_nextseq(lane->gone_from, NULL, STALL_API_WAIT_MS, &next);
         if (nr == CONS_NEXTSEQ_FAILED) {
             stall_warn_rate_limited("next_seq", lane->def->name, NATS_ERR, 0);
             return;
@@ -478,10 +478,12 @@ static void stall_ack_gone_walk(stall_lane *lane, uint64_t floor, uint64_t deliv
 }
 
 /* The lowest lane message above the ack floor (at or below the delivered
- * sequence) still in the stream, looking at most STALL_PENDING_SCAN_MAX
- * sequences from where the previous round stopped; false when none was
- * found. Sequences gone or of other subjects never come back: passed for
- * good. */
+ * sequence) still in the stream, from where the previous round stopped;
+ * false when none was found. Sequences gone or of other subjects never come
+ * back: passed for good, a run of them in one request (chaos run 3126:
+ * 2 600 of them lay between the floor and a lost retry, which a walk of 64
+ * a round would have reached after seven minutes). At most
+ * STALL_PENDING_SCAN_MAX lane messages are read a round. */
 static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t delivered, stall_cand *c)
 {
     jsOptions jo;
@@ -489,10 +491,21 @@ static bool stall_lowest_pending(stall_lane *lane, uint64_t floor, uint64_t deli
     /* (Above the delivered sequence + 1 only if the stream started over.) */
     if (lane->pending_from <= floor || lane->pending_from > delivered + 1) lane->pending_from = floor + 1;
     for (int looked = 0; lane->pending_from <= delivered && looked < STALL_PENDING_SCAN_MAX; looked++) {
-        stall_read_result r = stall_read(lane, lane->pending_from, &jo, c);
+        uint64_t next = 0;
+        cons_nextseq_result nr = cons_nextseq(lane->pending_from, lane->def->subject, STALL_API_WAIT_MS, &next);
+        if (nr == CONS_NEXTSEQ_FAILED) {
+            stall_warn_rate_limited("next_seq", lane->def->name, NATS_ERR, 0);
+            return false;
+        }
+        if (nr == CONS_NEXTSEQ_NONE || next > delivered) {
+            lane->pending_from = delivered + 1;
+            return false;
+        }
+        lane->pending_from = next;
+        stall_read_result r = stall_read(lane, next, &jo, c);
         if (r == STALL_READ_FAILED) return false;
         if (r == STALL_READ_CAND) return true;
-        lane->pending_from++;
+        lane->pending_from++; /* gone meanwhile, or not a job */
     }
     return false;
 }

@@ -383,6 +383,55 @@ Test(stall, a_finished_jobs_message_kept_ack_pending_does_not_hide_an_unheld_one
     h_stop(&s);
 }
 
+/* Chaos run 3126: a retry's message kept ack-pending for good lay 2 625
+ * sequences above the durable's ack floor, all of them gone, and the rule
+ * above walked them 64 a round (every 10 s there): the job stayed pending
+ * past the run's 3 minutes. The walk now passes a run of gone or other
+ * sequences in one request. The test holds a cancelled job's delivery (the
+ * floor stays below it), puts 3 000 sequences that are gone above it, then
+ * holds a pending job's delivery: that one must run within 25 s with a 1 s
+ * check (the walk of 64 a round took 47 s to reach it). */
+Test(stall, a_message_kept_ack_pending_far_above_the_floor_is_redriven_soon)
+{
+    enum { GAP = 3000 };
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1,
+                      .consumer_env = {"KILN_STALL_CHECK=1s", "KILN_RETRY_CAP=1s", NULL}};
+    h_start(&s, &o);
+    h_nats n;
+    h_nats_open(&s, &n);
+    char finished[65], id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "floor flounder", finished), 202);
+    natsMsg *held_finished = h_take_delivery(&n, "kiln-worker-normal");
+    h_resp r;
+    cr_assert_eq(h_job_post(&s, &r, H_TOKEN_ALICE, finished, "cancel"), 200, "cancel: %s", r.body);
+    h_resp_free(&r);
+    for (int i = 0; i < GAP; i++) {
+        if (i % 200 == 0) /* the held delivery must not come back meanwhile (AckWait 2 s) */
+            cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetReply(held_finished), "+WPI"), NATS_OK);
+        jsPubAck *pa = NULL;
+        cr_assert_eq(js_Publish(&pa, n.js, "jobs.generate", "gone", 4, NULL, NULL), NATS_OK);
+        uint64_t seq = pa->Sequence;
+        jsPubAck_Destroy(pa);
+        cr_assert_eq(js_DeleteMsg(n.js, "KILN_JOBS", seq, NULL, NULL), NATS_OK);
+    }
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "unheld urchin far above", id), 202);
+    natsMsg *held = h_take_delivery(&n, "kiln-worker-normal");
+    cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
+
+    stall_phantom p = {&s, &n, {natsMsg_GetReply(held_finished), natsMsg_GetReply(held)}, id};
+    int done = h_wait_for(stall_phantom_keeps, &p, 25000, 500);
+    if (!done) h_dump_durable(n.js, "kiln-worker-normal");
+    cr_assert(done, "a message kept ack-pending %d sequences above the floor was not run within 25 s", GAP);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 1000, "the re-driven job");
+    cr_expect(h_log_contains(&s, H_CONSUMER, "no consumer holds and does not deliver it again"),
+              "the job ran, but not through the stall check");
+    natsMsg_Destroy(held);
+    natsMsg_Destroy(held_finished);
+    h_nats_free(&n);
+    h_stop(&s);
+}
+
 /* nats-server 2.9.10 can count the store's own durable (kiln-store) past
  * messages it never delivered to the store: in a chaos run it went on
  * "delivering" (delivered 3985, 0 ack-pending, ack floor 820) while the
