@@ -220,6 +220,10 @@ out:
      * last, so that the loop's wind-down, the requests' drain and a
      * queue-depth read in flight (each up to 5 s with NATS down) overlap. */
     kiln_periodic_stop_all_soon(); /* sweep, durable check, retention, gauges: joined below */
+    /* The requests' drain (up to 5 s with NATS down) runs beside the steps
+     * below, the donecheck's wait for NATS (5 s) above all: one after the
+     * other they took a store past 10 s (chaos run 3327). */
+    queries_stop_soon(q);
     sweep_stop(sw);
     resync_stop(rs);
     donecheck_stop(dc);

@@ -50,6 +50,7 @@ struct queries {
     jsCtx *js;
     natsSubscription *subs[QUERIES_MAX_SUBS];
     int nsubs;
+    int64_t drain_deadline; /* set by queries_stop_soon; 0 before */
     queries_binding bind[16];
     kiln_metric *m_latency, *m_requests, *m_cancelled, *m_idem_new;
 };
@@ -580,13 +581,20 @@ out:
     return st;
 }
 
-void queries_stop(queries *q)
+void queries_stop_soon(queries *q)
 {
-    if (q == NULL) return;
+    if (q == NULL || q->drain_deadline != 0) return;
     /* One deadline for all: with NATS down, the drain's flush of each UNSUB
      * waits out its timeout (libnats' default is 30 s per subscription). */
     for (int i = 0; i < q->nsubs; i++) (void)natsSubscription_DrainTimeout(q->subs[i], QUERIES_DRAIN_MS);
-    int64_t deadline = kiln_mono_ms() + QUERIES_DRAIN_MS + QUERIES_DRAIN_GRACE_MS;
+    q->drain_deadline = kiln_mono_ms() + QUERIES_DRAIN_MS + QUERIES_DRAIN_GRACE_MS;
+}
+
+void queries_stop(queries *q)
+{
+    if (q == NULL) return;
+    queries_stop_soon(q);
+    int64_t deadline = q->drain_deadline;
     for (int i = 0; i < q->nsubs; i++) {
         /* Handlers in flight finish before the database closes. */
         int64_t left = deadline - kiln_mono_ms();

@@ -21,5 +21,8 @@ kiln_status queries_start(db_store *db, barrier *b, natsConnection *nc, jsCtx *j
 
 /* Drains every subscription (waits for handlers in flight) and frees. NULL-safe. */
 void queries_stop(queries *q);
+/* Starts the drain queries_stop waits for, so that its deadline runs
+ * beside other stop steps (NULL-safe; queries_stop calls it if need be). */
+void queries_stop_soon(queries *q);
 
 #endif
