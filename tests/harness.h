@@ -277,6 +277,9 @@ int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest
 /* Packs and publishes a JobRequest to `subject` with Nats-Msg-Id = its id. */
 int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
                      const char *prompt);
+/* The same, with the stream sequence it got into *seq (may be NULL). */
+int h_publish_jobreq_at(jsCtx *js, const char *subject, const char *id, const char *user,
+                        const char *prompt, uint64_t *seq);
 /* A packed COMPLETED transition of alice's job id, attempt 1, with one
  * image (url /v1/jobs/<id>/images/0, size_bytes, no ImageBlob), as a
  * consumer publishes it on kiln.tx. The caller frees *buf. */

@@ -120,11 +120,17 @@ int h_publish_request(jsCtx *js, const char *subject, const Kiln__V1__JobRequest
 int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char *user,
                      const char *prompt)
 {
+    return h_publish_jobreq_at(js, subject, id, user, prompt, NULL);
+}
+
+int h_publish_jobreq_at(jsCtx *js, const char *subject, const char *id, const char *user,
+                        const char *prompt, uint64_t *seq)
+{
     Kiln__V1__JobRequest r = KILN__V1__JOB_REQUEST__INIT;
     r.id = (char *)id;
     r.user_id = (char *)user;
     r.prompt = (char *)(prompt != NULL ? prompt : "");
-    int rc = h_publish_request(js, subject, &r, 0, NULL);
+    int rc = h_publish_request(js, subject, &r, 0, seq);
     if (rc != 0) fprintf(stderr, "harness: js publish of job %s to %s failed\n", id, subject);
     return rc;
 }

@@ -796,12 +796,8 @@ Test(consumer, a_redrive_of_a_message_another_consumer_holds_is_left_to_it)
     h_nats_open(&s, &n);
     char id[65];
     h_unique_id(id, "held-heron");
-    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
-    req.id = id;
-    req.user_id = "alice";
-    req.prompt = "held heron";
     uint64_t seq = 0;
-    cr_assert_eq(h_publish_request(n.js, "jobs.generate", &req, 0, &seq), 0);
+    cr_assert_eq(h_publish_jobreq_at(n.js, "jobs.generate", id, "alice", "held heron", &seq), 0);
     json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "pending", 30000);
     cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the job");
     json_decref(j);

@@ -1447,11 +1447,7 @@ Test(resilience, a_consumer_stopped_with_nats_down_and_checks_pending_stops_with
     h_nats_open(&s, &n);
     double calls = h_metric(&s, H_DEVPROVIDER, "kiln_devprovider_generations_ok_total");
     h_unique_id(late, "stop-bound");
-    Kiln__V1__JobRequest req = KILN__V1__JOB_REQUEST__INIT;
-    req.id = late;
-    req.user_id = "alice";
-    req.prompt = "!sleep=12000 a result into the void";
-    cr_assert_eq(h_publish_request(n.js, "jobs.generate", &req, 0, NULL), 0);
+    cr_assert_eq(h_publish_jobreq(n.js, "jobs.generate", late, "alice", "!sleep=12000 a result into the void"), 0);
     h_nats_free(&n);
     cr_assert(h_wait_metric_eq(&s, H_DEVPROVIDER, "kiln_devprovider_requests_waiting", 1, 20000),
               "the late job's call never reached the provider");

@@ -221,12 +221,8 @@ Test(stall, the_sweep_redrives_a_lost_request_on_the_lane_it_came_on)
     h_nats_open(&s, &n);
     char id[65];
     h_unique_id(id, "lane-lost");
-    Kiln__V1__JobRequest q = KILN__V1__JOB_REQUEST__INIT;
-    q.id = id;
-    q.user_id = (char *)"bob";
-    q.prompt = (char *)"lost lane mole";
     uint64_t seq = 0;
-    cr_assert_eq(h_publish_request(n.js, "jobs.generate.high", &q, 0, &seq), 0);
+    cr_assert_eq(h_publish_jobreq_at(n.js, "jobs.generate.high", id, "bob", "lost lane mole", &seq), 0);
     json_t *j = h_wait_job(&s, H_TOKEN_BOB, id, "pending", 30000);
     cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the job");
     cr_expect_str_eq(h_jstr(j, "priority"), "high");
@@ -341,6 +337,20 @@ Test(stall, a_message_kept_ack_pending_by_nobody_is_redriven)
     h_stop(&s);
 }
 
+/* Takes the next delivery of kiln-worker-normal, which must be the job of
+ * prompt just submitted (into id), and cancels that job: a finished job's
+ * message held ack-pending, the ack floor below it. Caller destroys. */
+static natsMsg *stall_hold_cancelled(h_stack *s, h_nats *n, const char *prompt, char id[65])
+{
+    cr_assert_eq(h_submit_prompt(s, H_TOKEN_ALICE, prompt, id), 202);
+    natsMsg *held = h_take_delivery(n, "kiln-worker-normal");
+    h_resp r;
+    cr_assert_eq(h_job_post(s, &r, H_TOKEN_ALICE, id, "cancel"), 200, "cancel: %s", r.body);
+    h_resp_free(&r);
+    h_expect_job(s, H_TOKEN_ALICE, id, "cancelled", 0, 10000, "the held job cancelled");
+    return held;
+}
+
 /* The same with a finished job's message kept ack-pending below it (chaos
  * run 2615 kept a completed job's message that no durable would ever ack):
  * the rule looks at the lowest message above the ack floor, and one whose
@@ -356,12 +366,7 @@ Test(stall, a_finished_jobs_message_kept_ack_pending_does_not_hide_an_unheld_one
     h_nats n;
     h_nats_open(&s, &n);
     char finished[65], id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "finished flounder", finished), 202);
-    natsMsg *held_finished = h_take_delivery(&n, "kiln-worker-normal");
-    h_resp r;
-    cr_assert_eq(h_job_post(&s, &r, H_TOKEN_ALICE, finished, "cancel"), 200, "cancel: %s", r.body);
-    h_resp_free(&r);
-    h_expect_job(&s, H_TOKEN_ALICE, finished, "cancelled", 0, 10000, "the held job cancelled");
+    natsMsg *held_finished = stall_hold_cancelled(&s, &n, "finished flounder", finished);
     cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "unheld urchin above it", id), 202);
     natsMsg *held = h_take_delivery(&n, "kiln-worker-normal");
     cr_assert_eq(h_proc_start(&s, H_CONSUMER), 0);
@@ -401,11 +406,7 @@ Test(stall, a_message_kept_ack_pending_far_above_the_floor_is_redriven_soon)
     h_nats n;
     h_nats_open(&s, &n);
     char finished[65], id[65];
-    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "floor flounder", finished), 202);
-    natsMsg *held_finished = h_take_delivery(&n, "kiln-worker-normal");
-    h_resp r;
-    cr_assert_eq(h_job_post(&s, &r, H_TOKEN_ALICE, finished, "cancel"), 200, "cancel: %s", r.body);
-    h_resp_free(&r);
+    natsMsg *held_finished = stall_hold_cancelled(&s, &n, "floor flounder", finished);
     for (int i = 0; i < GAP; i++) {
         if (i % 200 == 0) /* the held delivery must not come back meanwhile (AckWait 2 s) */
             cr_assert_eq(natsConnection_PublishString(n.nc, natsMsg_GetReply(held_finished), "+WPI"), NATS_OK);
