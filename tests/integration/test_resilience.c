@@ -1480,3 +1480,43 @@ Test(resilience, a_consumer_stopped_while_reconnecting_still_publishes_a_lost_tr
 {
     res_stop_consumer_after_lost_transition("lost transition while reconnecting egret", true);
 }
+
+/* Chaos run 3327: a store SIGTERMed while nats-server was down, after a
+ * reconnect had left its announcements to check, took 1.6 s for its
+ * periodic rounds, the donecheck's 5 s wait for NATS, then up to 5 s to
+ * drain its query subscriptions, and the harness killed it at 10 s. The
+ * test makes that state: a job's jobs.done is published, KILN_DONE is
+ * deleted (so the check after the reconnect finds no answer and stays
+ * pending), nats-server restarts, then stops, and the store is stopped.
+ * It must be gone within the donecheck's 5 s and its rounds. */
+Test(resilience, a_store_stopped_with_nats_down_and_checks_pending_stops_within_5_s_and_its_rounds)
+{
+    h_stack s;
+    h_stack_opts o = {.no_consumer = 1};
+    h_start(&s, &o);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    cr_assert_eq(h_nats_connect(&s, &nc, &js), 0);
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "stop bound heron", id), 202);
+    cr_assert(h_wait_metric_above(&s, H_STORE, "kiln_store_applied_seq", (double)res_jobs_last_seq(js) - 1, 10000),
+              "the store did not apply the job");
+    res_publish_completed(js, id);
+    res_job_arg a = {js, id};
+    cr_assert(h_wait_for(res_done_published, &a, 10000, 50), "the job's jobs.done was not published");
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_DeleteStream(js, "KILN_DONE", NULL, &jerr), NATS_OK, "delete KILN_DONE: jerr=%d", (int)jerr);
+    h_nats_close(nc, js);
+
+    res_restart_nats_seen_by(&s, H_STORE, 2);
+    h_proc_term(&s, H_NATS); /* nats-server exits non-zero on SIGTERM: not a Kiln failure */
+    int64_t t0 = h_now_ms();
+    cr_expect_eq(h_proc_term(&s, H_STORE), 0, "the store did not stop cleanly");
+    int64_t took = h_now_ms() - t0;
+    cr_expect_lt(took, 5000 + 3500, "the store took %lld ms to stop (the donecheck's 5 s, its rounds ~2 s)",
+                 (long long)took);
+    cr_expect(h_log_contains(&s, H_STORE, "stopping with publishes from before the reconnect unchecked"),
+              "the store did not have its check pending at the stop (nothing was tested)");
+    cr_assert_eq(h_proc_start(&s, H_NATS), 0);
+    h_stop(&s);
+}
