@@ -193,8 +193,9 @@ void cons_job_leave_to_running(cons_job *j)
     /* Unacked and forgotten: the running job's ack or in-progress ack names
      * the same stream sequence, and nats-server acks by that. */
     LOG_INFO("job delivered again while its call runs here, left to the running attempt job=%s lane=%s "
-             "seq=%llu delivered=%llu",
-             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered);
+             "seq=%llu delivered=%llu redrive_of=%llu",
+             j->id, j->lane, (unsigned long long)j->stream_seq, (unsigned long long)j->num_delivered,
+             (unsigned long long)j->redrive_of);
     kiln_metric_add(cons_g.m_duplicates, 1);
     job_free(j);
 }

@@ -14,7 +14,7 @@ static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static cons_job *reg_head;
 static cons_job **reg_buckets;     /* by published message (pending_pub) */
 static size_t reg_pub_waiting;     /* jobs with a pending_pub */
-static cons_job **reg_seq_buckets; /* by stream sequence */
+static cons_job **reg_seq_buckets; /* by reg_origin */
 static size_t reg_nbuckets;        /* of each; a power of two */
 
 kiln_status cons_registry_init(int64_t concurrency)
@@ -52,18 +52,28 @@ static size_t reg_seq_hash(uint64_t seq)
     return (size_t)((seq * 0x9E3779B97F4A7C15ULL) >> 7) & (reg_nbuckets - 1);
 }
 
+/* The message a job's copies share: a re-drive's original, else its own.
+ * The sweep's or a stall check's re-drive is a new message of the same
+ * job: it must not run here beside a copy of the one it replaced. */
+static uint64_t reg_origin(const cons_job *j)
+{
+    return j->redrive_of != 0 ? j->redrive_of : j->stream_seq;
+}
+
 bool cons_registry_add(cons_job *j)
 {
     pthread_mutex_lock(&reg_mu);
     /* A copy of a message whose job is in flight here: a redelivery whose
      * first delivery's in-progress acks did not reach the server within
-     * AckWait (e.g. across a NATS outage), or a first delivery nats-server
+     * AckWait (e.g. across a NATS outage), a first delivery nats-server
      * 2.9 handed out again with its count back at 1 (a failed redelivery
-     * steps its new-message sequence back: design.md). */
-    if (j->stream_seq != 0) {
-        cons_job **b = &reg_seq_buckets[reg_seq_hash(j->stream_seq)];
+     * steps its new-message sequence back: design.md), or a re-drive of a
+     * message held here, or that message beside its re-drive. */
+    uint64_t origin = reg_origin(j);
+    if (origin != 0) {
+        cons_job **b = &reg_seq_buckets[reg_seq_hash(origin)];
         for (const cons_job *o = *b; o != NULL; o = o->seq_next) {
-            if (o->stream_seq == j->stream_seq) {
+            if (reg_origin(o) == origin) {
                 pthread_mutex_unlock(&reg_mu);
                 return false;
             }
@@ -83,8 +93,8 @@ bool cons_registry_add(cons_job *j)
 static void reg_unlink(cons_job *j)
 {
     if (!j->in_registry) return;
-    if (j->stream_seq != 0) {
-        cons_job **pp = &reg_seq_buckets[reg_seq_hash(j->stream_seq)];
+    if (reg_origin(j) != 0) {
+        cons_job **pp = &reg_seq_buckets[reg_seq_hash(reg_origin(j))];
         while (*pp != NULL && *pp != j) pp = &(*pp)->seq_next;
         if (*pp == j) *pp = j->seq_next;
         j->seq_next = NULL;

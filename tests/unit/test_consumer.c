@@ -966,6 +966,31 @@ Test(registry, a_redrive_holds_its_original_sequence)
     cons_registry_destroy();
 }
 
+/* A re-drive is a new message of the same job: it does not run here beside
+ * a copy of its original, nor the original beside it, nor two re-drives of
+ * one original side by side. */
+Test(registry, a_redrive_and_its_original_are_one_job_here)
+{
+    cr_assert_eq(cons_registry_init(16), KILN_OK);
+    static cons_job original = {.stream_seq = 400, .num_delivered = 1};
+    static cons_job redrive = {.stream_seq = 591, .redrive_of = 400, .num_delivered = 1};
+    static cons_job redrive2 = {.stream_seq = 777, .redrive_of = 400, .num_delivered = 1};
+    static cons_job other = {.stream_seq = 592, .redrive_of = 401, .num_delivered = 1};
+    cr_assert(cons_registry_add(&original));
+    cr_expect_not(cons_registry_add(&redrive), "a re-drive was taken beside a copy of its original");
+    cr_expect(cons_registry_add(&other), "a re-drive of another message was refused");
+    cons_registry_remove(&original);
+    cr_assert(cons_registry_add(&redrive), "the re-drive was refused with its original gone");
+    static cons_job original_again = {.stream_seq = 400, .num_delivered = 2};
+    cr_expect_not(cons_registry_add(&original_again), "the original was taken beside its re-drive");
+    cr_expect_not(cons_registry_add(&redrive2), "two re-drives of one message were taken");
+    cons_registry_remove(&redrive);
+    cr_expect(cons_registry_add(&original_again), "the original was refused with its re-drive gone");
+    cons_registry_remove(&original_again);
+    cons_registry_remove(&other);
+    cons_registry_destroy();
+}
+
 Test(cancel, recent_ids)
 {
     cr_assert_not(cons_cancel_recent("job-a"));
