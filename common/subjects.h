@@ -27,6 +27,7 @@
 #define KILN_SUBJ_CANCELLED_PREFIX "kiln.cancelled." /* + job id: broadcast to consumers */
 #define KILN_SUBJ_CONSUMER_STATUS "kiln.consumer.status" /* empty -> ConsumerStatus from each consumer */
 #define KILN_SUBJ_CONSUMER_RUNNING "kiln.consumer.running" /* RunningQuery -> RunningReply from a runner */
+#define KILN_SUBJ_CONSUMER_PROVIDER "kiln.consumer.provider" /* ProviderNews, to every consumer */
 #define KILN_STORE_QUEUE "kiln-store"
 
 /* Streams. KILN_JOBS holds the three job lanes and the transitions, with

@@ -80,7 +80,7 @@ typedef struct {
     kiln_metric *m_completed, *m_failed, *m_retried, *m_cancelled, *m_dead, *m_skipped,
         *m_duplicates, *m_mem_paused, *m_in_flight, *m_provider_ms, *m_redelivered,
         *m_idle_polls, *m_tx_batches, *m_tx_batched, *m_gate_waiting, *m_gate_tripped,
-        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_peer_holds,
+        *m_gate_rate_pauses, *m_gate_trips, *m_gate_handbacks, *m_gate_peer_pauses, *m_peer_holds,
         *m_store_waits, *m_resent;
 } cons_ctx;
 
@@ -435,6 +435,7 @@ typedef struct {
     int trip_after;
     int64_t cap_ms;
     int64_t closed_until_us; /* kiln_mono_us(): no call starts before */
+    int64_t held_until_us;   /* another consumer's tripped breaker holds calls back until (0: none) */
     int unavailable_run;     /* CONS_CALL_UNAVAILABLE outcomes in a row */
     bool tripped;            /* one call at a time until one is answered */
     uint64_t trips;          /* times tripped; a probe belongs to one trip */
@@ -465,6 +466,18 @@ void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us);
 /* True while a 429 pause lasts or the breaker is tripped (not for a steady
  * rate); the state the unit tests check (allowance reports it too). */
 bool cons_gate_closed(cons_gate *g, int64_t now_us);
+/* What another consumer of the same provider account told (gatenews.c). */
+typedef enum {
+    CONS_NEWS_RATE_LIMITED = 1, /* a 429: no new calls for pause_ms */
+    CONS_NEWS_OUTAGE,           /* its breaker tripped or a probe failed */
+    CONS_NEWS_OUTAGE_OVER,      /* its breaker closed, or it stopped while tripped */
+} cons_news;
+/* Applies a peer's news: a 429 closes the gate for pause_ms (1 s when 0, at
+ * most cap_ms), as an own 429 would; an outage holds new calls back until
+ * its end is told, at most cap_ms from now (only with the breaker on: its
+ * probes are the teller's); OUTAGE_OVER ends that hold. Returns true when
+ * the gate went from open to closed or back. */
+bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_us);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
 cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
                                     const char *provider_code, long http_status);
@@ -485,6 +498,20 @@ void cons_gate_job_over(const cons_job *j);
 void cons_gate_share_rate(double rate_per_s);
 /* "ok", "paused" (a 429's Retry-After) or "tripped" (the breaker), now (any thread). */
 const char *cons_gate_state_name(void);
+/* A peer's news (gatenews.c, a libnats thread): applied, logged, counted. */
+void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller);
+
+/* ---- gatenews.c: kiln.consumer.provider, the gate's news among consumers ---- */
+/* Subscribes; the account key is SHA-256 of KILN_PROVIDER_URL, a NUL and
+ * KILN_PROVIDER_KEY (first 8 bytes, hex), so only consumers of one account
+ * hear each other. */
+kiln_status cons_gatenews_start(void);
+/* Tells OUTAGE_OVER when this process stops with its breaker tripped (the
+ * others would otherwise hold back until KILN_RETRY_CAP), then unsubscribes. */
+void cons_gatenews_stop(void);
+/* Tells the other consumers of the account (any thread; a core publish,
+ * nothing waited for; before cons_gatenews_start, nothing). */
+void cons_gatenews_tell(cons_news news, int64_t pause_ms);
 
 /* ---- imagefile.c ---- */
 /* Appends bytes to the calling thread's pack under data_dir (no fsync) and

@@ -60,6 +60,9 @@ void cons_ctx_register_metrics(void)
     cons_g.m_gate_trips = kiln_metric_counter(
         "kiln_consumer_provider_breaker_trips_total",
         "times KILN_PROVIDER_TRIP_AFTER unavailable calls in a row tripped the breaker");
+    cons_g.m_gate_peer_pauses = kiln_metric_counter(
+        "kiln_consumer_provider_peer_pauses_total",
+        "times another consumer's 429 or tripped breaker held this one's new calls back");
     cons_g.m_gate_handbacks = kiln_metric_counter(
         "kiln_consumer_provider_handbacks_total",
         "jobs handed back untried because the provider gate closed after they were fetched");

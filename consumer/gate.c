@@ -42,9 +42,14 @@ static int64_t gate_ceil_ms(int64_t us) {
     return (us + 999) / 1000;
 }
 
+/* Under g->mu: the latest time a pause (own or a peer's) keeps calls back. */
+static int64_t gate_paused_until_us(const cons_gate *g) {
+    return g->held_until_us > g->closed_until_us ? g->held_until_us : g->closed_until_us;
+}
+
 /* Under g->mu. */
 static bool gate_is_closed(const cons_gate *g, int64_t now_us) {
-    return g->tripped || now_us < g->closed_until_us;
+    return g->tripped || now_us < gate_paused_until_us(g);
 }
 
 /* Under g->mu: the gauges as the state is now. */
@@ -55,7 +60,8 @@ static void gate_show(cons_gate *g, int64_t now_us) {
 
 /* Under g->mu: 0 when a call may start now, else how long to wait (ms). */
 static int64_t gate_wait_ms(cons_gate *g, int64_t now_us) {
-    if (now_us < g->closed_until_us) return gate_ceil_ms(g->closed_until_us - now_us);
+    int64_t until = gate_paused_until_us(g);
+    if (now_us < until) return gate_ceil_ms(until - now_us);
     if (g->tripped && g->probes_out > 0) return GATE_PROBE_POLL_MS;
     if (kiln_bucket_available(&g->rate, now_us) < 1)
         return gate_ceil_ms(kiln_bucket_wait_us(&g->rate, now_us));
@@ -166,6 +172,27 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
     return change;
 }
 
+bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_us) {
+    pthread_mutex_lock(&g->mu);
+    bool was_closed = gate_is_closed(g, now_us);
+    switch (news) {
+    case CONS_NEWS_RATE_LIMITED:
+        if (pause_ms <= 0) pause_ms = GATE_RATE_PAUSE_MS;
+        (void)gate_close(g, pause_ms < g->cap_ms ? pause_ms : g->cap_ms, now_us);
+        break;
+    case CONS_NEWS_OUTAGE:
+        if (g->trip_after > 0) g->held_until_us = now_us + g->cap_ms * 1000;
+        break;
+    case CONS_NEWS_OUTAGE_OVER:
+        g->held_until_us = 0;
+        break;
+    }
+    bool changed = gate_is_closed(g, now_us) != was_closed;
+    gate_show(g, now_us);
+    pthread_mutex_unlock(&g->mu);
+    return changed;
+}
+
 void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us) {
     pthread_mutex_lock(&g->mu);
     kiln_bucket_set_rate(&g->rate, rate_per_s, now_us);
@@ -265,6 +292,36 @@ void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status)
     } else if (change == CONS_GATE_PROBE_FAILED) {
         LOG_WARN("provider still unavailable, next try in ms=%lld code=%s", (long long)pause_ms,
                  j->err_code);
+    }
+    /* The account's other consumers would each find out with a job's attempt. */
+    if (change == CONS_GATE_RATE_PAUSE || (change == CONS_GATE_RECOVERED && o == CONS_CALL_RATE_LIMITED))
+        cons_gatenews_tell(CONS_NEWS_RATE_LIMITED, pause_ms);
+    else if (change == CONS_GATE_TRIPPED || change == CONS_GATE_PROBE_FAILED)
+        cons_gatenews_tell(CONS_NEWS_OUTAGE, pause_ms);
+    if (change == CONS_GATE_RECOVERED) cons_gatenews_tell(CONS_NEWS_OUTAGE_OVER, 0);
+}
+
+void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller) {
+    if (!atomic_load(&gate_ready)) return;
+    bool changed = cons_gate_hear(&gate_g, news, pause_ms, kiln_mono_us());
+    switch (news) {
+    case CONS_NEWS_RATE_LIMITED: {
+        int64_t ms = pause_ms > 0 ? pause_ms : GATE_RATE_PAUSE_MS;
+        kiln_metric_add(cons_g.m_gate_peer_pauses, 1);
+        LOG_WARN("provider rate limit (429) at another consumer, no new calls for ms=%lld consumer=%s",
+                 (long long)(ms < gate_g.cap_ms ? ms : gate_g.cap_ms), teller);
+        break;
+    }
+    case CONS_NEWS_OUTAGE:
+        if (gate_g.trip_after <= 0) break; /* no breaker here: calls go on */
+        kiln_metric_add(cons_g.m_gate_peer_pauses, 1);
+        LOG_WARN("provider unavailable at another consumer (its breaker), no new calls until it "
+                 "answers again or ms=%lld consumer=%s",
+                 (long long)gate_g.cap_ms, teller);
+        break;
+    case CONS_NEWS_OUTAGE_OVER:
+        if (changed) LOG_INFO("provider outage over at another consumer consumer=%s", teller);
+        break;
     }
 }
 

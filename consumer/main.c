@@ -199,6 +199,7 @@ int main(int argc, char **argv)
      * share of KILN_PROVIDER_RATE. */
     if (cons_status_start() != KILN_OK) goto out;
     if (cons_peers_start() != KILN_OK) goto out;
+    if (cons_gatenews_start() != KILN_OK) goto out;
     if (cons_fetcher_start() != KILN_OK) goto out;
     if (cons_stall_start() != KILN_OK) goto out;
     if (cons_retention_start() != KILN_OK) goto out;
@@ -247,6 +248,7 @@ out:
      * "at most 5 s more"); with NATS down all that time they could not run. */
     cons_txcheck_stop(main_ms_left(until));
     cons_pause_stop();
+    cons_gatenews_stop();
     cons_peers_stop();
     cons_status_stop();
     cons_cancel_stop();

@@ -276,3 +276,110 @@ Test(gate, consumers_share_the_provider_rate) {
     cr_expect(whole == 1 && listed == 1, "the remaining consumer did not take the whole 4/s back");
     h_stop(&s);
 }
+
+/* ---- news among consumers (consumer/gatenews.c) ---- */
+
+/* Starts a second consumer (env entries replacing the stack's) and waits
+ * until it is ready; its log path into log_path. */
+static pid_t gate_second_consumer(h_stack *s, const char *const *env, char log_path[PATH_MAX]) {
+    pid_t pid = h_spawn_another(s, H_CONSUMER, env, "consumer2");
+    cr_assert(pid > 0, "the second consumer did not start");
+    snprintf(log_path, PATH_MAX, "%s/consumer2.log", s->log_dir);
+    cr_assert(h_wait_file_log(log_path, "consumer ready", 15000), "the second consumer was not ready");
+    return pid;
+}
+
+typedef struct {
+    h_stack *s;
+    const char *log2;
+    const char *needle;
+} gate_either_arg;
+
+/* h_wait_for: either consumer logged needle. */
+static int gate_either_logged(void *arg) {
+    const gate_either_arg *a = arg;
+    return h_log_contains(a->s, H_CONSUMER, a->needle) || h_file_log_count(a->log2, a->needle) > 0;
+}
+
+/* A 429 is the account's: a consumer whose call got one tells the others,
+ * and they hold their new calls back for its Retry-After too, instead of
+ * each spending a job's attempt on a certain 429. Jobs submitted during
+ * the pause must start no sooner than its 1 s on either consumer (before,
+ * the other consumer ran them at once). */
+Test(gate, a_429_at_one_consumer_pauses_the_others_new_calls) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=5s", NULL}};
+    h_start(&s, &opts);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+
+    char a[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!ratelimit=1 shared gate owl", a), 202);
+    gate_either_arg told = {&s, log2, "provider rate limit (429), no new calls"};
+    cr_assert(h_wait_for(gate_either_logged, &told, 10000, 5), "no consumer got the 429");
+    enum { LATER = 6 };
+    char later[LATER][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared gate wren %d\"}", LATER, later);
+    gate_either_arg heard = {&s, log2, "provider rate limit (429) at another consumer"};
+    cr_expect(h_wait_for(gate_either_logged, &heard, 5000, 20), "the other consumer did not hear of the 429");
+
+    int64_t a_start = gate_started_ms(&s, a, "the rate-limited job");
+    for (int k = 0; k < LATER; k++) {
+        int64_t t = gate_started_ms(&s, later[k], "a job submitted during the pause");
+        cr_expect(t - a_start >= 900, "a job submitted during another consumer's 429 pause started %lld ms "
+                  "after the 429'd call", (long long)(t - a_start));
+        h_expect_job(&s, H_TOKEN_ALICE, later[k], "completed", 1, 5000, "a job submitted during the pause");
+    }
+    h_expect_job(&s, H_TOKEN_ALICE, a, "completed", 2, 5000, "the rate-limited job");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}
+
+/* An outage is the provider's: a consumer whose breaker trips tells the
+ * others, which hold their new calls back (no attempt of theirs spent on
+ * it, no breaker of their own tripped) until its probe finds the provider
+ * back and it says so. */
+Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_provider_is_back) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=1", NULL}};
+    h_start(&s, &opts);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+
+    char trig[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared breaker trigger\",\"max_attempts\":10}", trig),
+                 202);
+    gate_either_arg tripped = {&s, log2, "provider breaker tripped"};
+    cr_assert(h_wait_for(gate_either_logged, &tripped, 10000, 5), "no breaker tripped");
+    bool first_tripped = h_log_contains(&s, H_CONSUMER, "provider breaker tripped");
+    gate_either_arg held = {&s, log2, "provider unavailable at another consumer"};
+    cr_expect(h_wait_for(gate_either_logged, &held, 5000, 20), "the other consumer did not hear of the outage");
+
+    enum { LATER = 4 };
+    char later[LATER][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared breaker queued %d\",\"max_attempts\":10}", LATER, later);
+    /* Two probes fail (1 s, then 2 s of cool-down) before the provider is back. */
+    const char *tripped_log = first_tripped ? NULL : log2;
+    int64_t until = h_now_ms() + 15000;
+    while (h_now_ms() < until &&
+           (tripped_log == NULL ? h_log_count(&s, H_CONSUMER, "provider still unavailable")
+                                : h_file_log_count(tripped_log, "provider still unavailable")) < 2)
+        usleep(50000);
+    cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
+
+    for (int k = 0; k < LATER; k++)
+        h_expect_job(&s, H_TOKEN_ALICE, later[k], "completed", -1, 30000, "a job queued during the outage");
+    h_expect_job(&s, H_TOKEN_ALICE, trig, "completed", -1, 30000, "the trigger");
+    /* The held consumer never tripped its own breaker: it made no call
+     * while the provider was down. */
+    int own_trips = first_tripped ? h_file_log_count(log2, "provider breaker tripped")
+                                  : h_log_count(&s, H_CONSUMER, "provider breaker tripped");
+    cr_expect_eq(own_trips, 0, "the held consumer called the provider during the outage and tripped");
+    gate_either_arg over = {&s, log2, "provider outage over at another consumer"};
+    cr_expect(h_wait_for(gate_either_logged, &over, 5000, 20), "the held consumer never heard the outage end");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}

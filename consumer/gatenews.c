@@ -1,0 +1,109 @@
+/* gatenews.c - kiln.consumer.provider: what one consumer's provider gate
+ * learnt, told to the other consumers of the same provider account.
+ *
+ * A 429 is the account's: every consumer's next call would get one too. An
+ * outage is the provider's: every consumer would spend KILN_PROVIDER_TRIP_AFTER
+ * jobs' attempts finding it out. So a consumer whose call got a 429 tells
+ * the others its Retry-After, and they pause their new calls as long; one
+ * whose breaker trips (or whose probe fails) tells them, and they hold
+ * their new calls back while its probes find out when the provider is back
+ * (it tells that too), at most KILN_RETRY_CAP without news. Core NATS,
+ * fire and forget: a consumer that misses the news learns by itself, as
+ * before. The callback runs on a libnats thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cons.h"
+#include "log.h"
+#include "natsconn.h"
+#include "pb.h"
+#include "sha256.h"
+#include "subjects.h"
+
+static natsSubscription *gatenews_sub;
+static char gatenews_account[2 * 8 + 1]; /* hex of SHA-256(url NUL key)[0..8) */
+static atomic_bool gatenews_up;
+
+static void gatenews_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    (void)closure;
+    int len = natsMsg_GetDataLength(msg);
+    Kiln__V1__ProviderNews *pn = kiln__v1__provider_news__unpack(
+        NULL, len > 0 ? (size_t)len : 0, (const uint8_t *)natsMsg_GetData(msg));
+    if (pn == NULL) {
+        LOG_WARN("provider news that does not decode, ignored bytes=%d", len);
+    } else if (pn->provider_key != NULL && strcmp(pn->provider_key, gatenews_account) == 0 &&
+               pn->consumer != NULL && strcmp(pn->consumer, cons_status_id()) != 0) {
+        int64_t pause_ms = pn->pause_ms > 0 ? pn->pause_ms : 0;
+        switch (pn->event) {
+        case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_RATE_LIMITED:
+            cons_gate_heard(CONS_NEWS_RATE_LIMITED, pause_ms, pn->consumer);
+            break;
+        case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE:
+            cons_gate_heard(CONS_NEWS_OUTAGE, pause_ms, pn->consumer);
+            break;
+        case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE_OVER:
+            cons_gate_heard(CONS_NEWS_OUTAGE_OVER, 0, pn->consumer);
+            break;
+        default: /* a newer consumer's news this one does not know */
+            LOG_DEBUG("provider news of an unknown kind ignored event=%d consumer=%s", (int)pn->event,
+                      pn->consumer);
+            break;
+        }
+    }
+    kiln__v1__provider_news__free_unpacked(pn, NULL);
+    natsMsg_Destroy(msg);
+}
+
+void cons_gatenews_tell(cons_news news, int64_t pause_ms)
+{
+    if (!atomic_load(&gatenews_up)) return;
+    Kiln__V1__ProviderNews pn = KILN__V1__PROVIDER_NEWS__INIT;
+    pn.consumer = (char *)cons_status_id();
+    pn.provider_key = gatenews_account;
+    pn.event = news == CONS_NEWS_RATE_LIMITED ? KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_RATE_LIMITED
+               : news == CONS_NEWS_OUTAGE     ? KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE
+                                              : KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE_OVER;
+    pn.pause_ms = pause_ms;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (kiln_pb_pack((const ProtobufCMessage *)&pn, &buf, &len) != KILN_OK) return;
+    natsStatus s = natsConnection_Publish(cons_g.nc, KILN_SUBJ_CONSUMER_PROVIDER, buf, (int)len);
+    if (s != NATS_OK) LOG_DEBUG("provider news not sent status=%s", natsStatus_GetText(s));
+    free(buf);
+}
+
+kiln_status cons_gatenews_start(void)
+{
+    const char *url = cons_g.set->provider_url, *key = cons_g.set->provider_key;
+    size_t nu = strlen(url), nk = key != NULL ? strlen(key) : 0;
+    char *acct = malloc(nu + 1 + nk);
+    if (acct == NULL) return KILN_ENOMEM;
+    memcpy(acct, url, nu + 1); /* with its NUL: "ab"+"c" is not "a"+"bc" */
+    if (nk > 0) memcpy(acct + nu + 1, key, nk);
+    uint8_t digest[KILN_SHA256_LEN];
+    kiln_status st = kiln_sha256(acct, nu + 1 + nk, digest);
+    free(acct);
+    if (st != KILN_OK) return st;
+    for (int i = 0; i < 8; i++) snprintf(gatenews_account + 2 * i, 3, "%02x", digest[i]);
+    natsStatus s = natsConnection_Subscribe(&gatenews_sub, cons_g.nc, KILN_SUBJ_CONSUMER_PROVIDER,
+                                            gatenews_on_msg, NULL);
+    if (s != NATS_OK) {
+        LOG_ERROR("provider news subscribe failed status=%s", natsStatus_GetText(s));
+        gatenews_sub = NULL;
+        return kiln_nats_status(s);
+    }
+    atomic_store(&gatenews_up, true);
+    return KILN_OK;
+}
+
+void cons_gatenews_stop(void)
+{
+    if (atomic_load(&gatenews_up) && strcmp(cons_gate_state_name(), "tripped") == 0)
+        cons_gatenews_tell(CONS_NEWS_OUTAGE_OVER, 0);
+    atomic_store(&gatenews_up, false);
+    kiln_nats_unsubscribe(&gatenews_sub);
+}
