@@ -474,7 +474,7 @@ typedef enum {
 } cons_news;
 /* Applies a peer's news: a 429 closes the gate for pause_ms (1 s when 0, at
  * most cap_ms), as an own 429 would; an outage holds new calls back until
- * its end is told, at most cap_ms from now (only with the breaker on: its
+ * its end is told, at most 2 x cap_ms from now (only with the breaker on: its
  * probes are the teller's); OUTAGE_OVER ends that hold. Returns true when
  * the gate went from open to closed or back. */
 bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_us);

@@ -24,6 +24,7 @@
 #define GATE_RATE_PAUSE_MS 1000   /* after a 429 without Retry-After */
 #define GATE_COOLDOWN_MIN_MS 1000 /* first pause of a tripped breaker */
 #define GATE_PROBE_POLL_MS 50     /* how often the fetcher asks while a probe is out */
+#define GATE_HOLD_CAPS 2          /* a peer's outage holds calls back at most this many caps */
 
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us) {
     memset(g, 0, sizeof *g);
@@ -181,7 +182,10 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
         (void)gate_close(g, pause_ms < g->cap_ms ? pause_ms : g->cap_ms, now_us);
         break;
     case CONS_NEWS_OUTAGE:
-        if (g->trip_after > 0) g->held_until_us = now_us + g->cap_ms * 1000;
+        /* The teller's next probe comes within the cap of its last failed one,
+         * and the probe itself takes a while; a teller gone without a word
+         * holds no one longer than this. */
+        if (g->trip_after > 0) g->held_until_us = now_us + GATE_HOLD_CAPS * g->cap_ms * 1000;
         break;
     case CONS_NEWS_OUTAGE_OVER:
         g->held_until_us = 0;
@@ -317,7 +321,7 @@ void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller) {
         kiln_metric_add(cons_g.m_gate_peer_pauses, 1);
         LOG_WARN("provider unavailable at another consumer (its breaker), no new calls until it "
                  "answers again or ms=%lld consumer=%s",
-                 (long long)gate_g.cap_ms, teller);
+                 (long long)(GATE_HOLD_CAPS * gate_g.cap_ms), teller);
         break;
     case CONS_NEWS_OUTAGE_OVER:
         if (changed) LOG_INFO("provider outage over at another consumer consumer=%s", teller);

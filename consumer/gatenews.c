@@ -7,7 +7,7 @@
  * the others its Retry-After, and they pause their new calls as long; one
  * whose breaker trips (or whose probe fails) tells them, and they hold
  * their new calls back while its probes find out when the provider is back
- * (it tells that too), at most KILN_RETRY_CAP without news. Core NATS,
+ * (it tells that too), at most twice KILN_RETRY_CAP without news. Core NATS,
  * fire and forget: a consumer that misses the news learns by itself, as
  * before. The callback runs on a libnats thread. */
 #include <stdio.h>
