@@ -478,6 +478,10 @@ typedef enum {
  * probes are the teller's); OUTAGE_OVER ends that hold. Returns true when
  * the gate went from open to closed or back. */
 bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_us);
+/* What this gate would tell a consumer that just started: OUTAGE while its
+ * breaker is tripped, else RATE_LIMITED with what is left of a 429's pause;
+ * false when open (a peer's outage is the teller's to tell). */
+bool cons_gate_news_now(cons_gate *g, int64_t now_us, cons_news *news, int64_t *pause_ms);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
 cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
                                     const char *provider_code, long http_status);
@@ -500,6 +504,8 @@ void cons_gate_share_rate(double rate_per_s);
 const char *cons_gate_state_name(void);
 /* A peer's news (gatenews.c, a libnats thread): applied, logged, counted. */
 void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller);
+/* cons_gate_news_now of the process's gate (false before setup). */
+bool cons_gate_news(cons_news *news, int64_t *pause_ms);
 
 /* ---- gatenews.c: kiln.consumer.provider, the gate's news among consumers ---- */
 /* Subscribes; the account key is SHA-256 of KILN_PROVIDER_URL, a NUL and

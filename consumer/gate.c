@@ -25,6 +25,7 @@
 #define GATE_COOLDOWN_MIN_MS 1000 /* first pause of a tripped breaker */
 #define GATE_PROBE_POLL_MS 50     /* how often the fetcher asks while a probe is out */
 #define GATE_HOLD_CAPS 2          /* a peer's outage holds calls back at most this many caps */
+#define GATE_HOLD_POLL_MS 1000    /* the longest wait named while a peer's outage holds calls */
 
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us) {
     memset(g, 0, sizeof *g);
@@ -43,14 +44,9 @@ static int64_t gate_ceil_ms(int64_t us) {
     return (us + 999) / 1000;
 }
 
-/* Under g->mu: the latest time a pause (own or a peer's) keeps calls back. */
-static int64_t gate_paused_until_us(const cons_gate *g) {
-    return g->held_until_us > g->closed_until_us ? g->held_until_us : g->closed_until_us;
-}
-
 /* Under g->mu. */
 static bool gate_is_closed(const cons_gate *g, int64_t now_us) {
-    return g->tripped || now_us < gate_paused_until_us(g);
+    return g->tripped || now_us < g->closed_until_us || now_us < g->held_until_us;
 }
 
 /* Under g->mu: the gauges as the state is now. */
@@ -61,8 +57,13 @@ static void gate_show(cons_gate *g, int64_t now_us) {
 
 /* Under g->mu: 0 when a call may start now, else how long to wait (ms). */
 static int64_t gate_wait_ms(cons_gate *g, int64_t now_us) {
-    int64_t until = gate_paused_until_us(g);
-    if (now_us < until) return gate_ceil_ms(until - now_us);
+    if (now_us < g->closed_until_us) return gate_ceil_ms(g->closed_until_us - now_us);
+    /* A peer's outage may end any moment (its OUTAGE_OVER): a job handed
+     * back meanwhile comes back this soon, not at the hold's far end. */
+    if (now_us < g->held_until_us) {
+        int64_t ms = gate_ceil_ms(g->held_until_us - now_us);
+        return ms < GATE_HOLD_POLL_MS ? ms : GATE_HOLD_POLL_MS;
+    }
     if (g->tripped && g->probes_out > 0) return GATE_PROBE_POLL_MS;
     if (kiln_bucket_available(&g->rate, now_us) < 1)
         return gate_ceil_ms(kiln_bucket_wait_us(&g->rate, now_us));
@@ -195,6 +196,22 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
     gate_show(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return changed;
+}
+
+bool cons_gate_news_now(cons_gate *g, int64_t now_us, cons_news *news, int64_t *pause_ms) {
+    pthread_mutex_lock(&g->mu);
+    bool any = true;
+    if (g->tripped) {
+        *news = CONS_NEWS_OUTAGE;
+        *pause_ms = g->cooldown_ms;
+    } else if (now_us < g->closed_until_us) {
+        *news = CONS_NEWS_RATE_LIMITED;
+        *pause_ms = gate_ceil_ms(g->closed_until_us - now_us);
+    } else {
+        any = false;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return any;
 }
 
 void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us) {
@@ -331,6 +348,10 @@ void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller) {
 
 void cons_gate_job_over(const cons_job *j) {
     if (atomic_load(&gate_ready)) cons_gate_probe_over(&gate_g, j->gate_probe_trip);
+}
+
+bool cons_gate_news(cons_news *news, int64_t *pause_ms) {
+    return atomic_load(&gate_ready) && cons_gate_news_now(&gate_g, kiln_mono_us(), news, pause_ms);
 }
 
 const char *cons_gate_state_name(void) {

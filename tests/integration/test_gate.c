@@ -383,3 +383,38 @@ Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_pr
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
 }
+
+/* Consumers are often added because the queue grows, which is what an
+ * outage does: one that starts while another's breaker is tripped asks,
+ * hears of it and holds its calls back rather than tripping its own. */
+Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=1", NULL}};
+    h_start(&s, &opts);
+    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+    char trig[65];
+    cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"late breaker trigger\",\"max_attempts\":10}", trig),
+                 202);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
+    enum { LATER = 4 };
+    char later[LATER][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"late breaker queued %d\",\"max_attempts\":10}", LATER, later);
+
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+    cr_expect(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
+              "the new consumer did not hear of the outage");
+    /* Two more probes of the first consumer fail meanwhile (2 s, then 4 s of cool-down). */
+    int failed = h_log_count(&s, H_CONSUMER, "provider still unavailable");
+    int64_t until = h_now_ms() + 15000;
+    while (h_now_ms() < until && h_log_count(&s, H_CONSUMER, "provider still unavailable") < failed + 1)
+        usleep(50000);
+    cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
+    for (int k = 0; k < LATER; k++)
+        h_expect_job(&s, H_TOKEN_ALICE, later[k], "completed", -1, 40000, "a job queued during the outage");
+    cr_expect_eq(h_file_log_count(log2, "provider breaker tripped"), 0,
+                 "the new consumer called the provider during the outage and tripped");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}
