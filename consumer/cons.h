@@ -470,12 +470,16 @@ bool cons_gate_closed(cons_gate *g, int64_t now_us);
 typedef enum {
     CONS_NEWS_RATE_LIMITED = 1, /* a 429: no new calls for pause_ms */
     CONS_NEWS_OUTAGE,           /* its breaker tripped or a probe failed */
-    CONS_NEWS_OUTAGE_OVER,      /* its breaker closed, or it stopped while tripped */
+    CONS_NEWS_OUTAGE_OVER,      /* its breaker closed: the provider answers again */
+    CONS_NEWS_HANDOVER,         /* it stopped while tripped: the probing is the hearer's */
 } cons_news;
 /* Applies a peer's news: a 429 closes the gate for pause_ms (1 s when 0, at
  * most cap_ms), as an own 429 would; an outage holds new calls back until
  * its end is told, at most 2 x cap_ms from now (only with the breaker on: its
- * probes are the teller's); OUTAGE_OVER ends that hold. Returns true when
+ * probes are the teller's); OUTAGE_OVER ends that hold and, the provider
+ * having answered, this gate's own trip; HANDOVER ends the hold and trips
+ * this gate's breaker (with one on), so that it probes instead of sending
+ * every call into a provider last seen down. Returns true when
  * the gate went from open to closed or back. */
 bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_us);
 /* What this gate would tell a consumer that just started: OUTAGE while its
@@ -512,8 +516,9 @@ bool cons_gate_news(cons_news *news, int64_t *pause_ms);
  * KILN_PROVIDER_KEY (first 8 bytes, hex), so only consumers of one account
  * hear each other. */
 kiln_status cons_gatenews_start(void);
-/* Tells OUTAGE_OVER when this process stops with its breaker tripped (the
- * others would otherwise hold back until KILN_RETRY_CAP), then unsubscribes. */
+/* Tells HANDOVER when this process stops with its breaker tripped (the
+ * others would otherwise hold back until twice KILN_RETRY_CAP), then
+ * unsubscribes. */
 void cons_gatenews_stop(void);
 /* Tells the other consumers of the account (any thread; a core publish,
  * nothing waited for; before cons_gatenews_start, nothing). */

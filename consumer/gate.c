@@ -190,6 +190,20 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
         break;
     case CONS_NEWS_OUTAGE_OVER:
         g->held_until_us = 0;
+        if (g->tripped) { /* the teller's call was answered: as one of ours */
+            g->tripped = false;
+            g->probes_out = 0;
+            g->unavailable_run = 0;
+            g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
+        }
+        break;
+    case CONS_NEWS_HANDOVER:
+        g->held_until_us = 0;
+        if (g->trip_after > 0 && !g->tripped) { /* the first probe may go at once */
+            g->tripped = true;
+            g->trips++;
+            g->probes_out = 0;
+        }
         break;
     }
     bool changed = gate_is_closed(g, now_us) != was_closed;
@@ -342,6 +356,12 @@ void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller) {
         break;
     case CONS_NEWS_OUTAGE_OVER:
         if (changed) LOG_INFO("provider outage over at another consumer consumer=%s", teller);
+        break;
+    case CONS_NEWS_HANDOVER:
+        if (gate_g.trip_after > 0)
+            LOG_WARN("provider breaker taken over from a stopping consumer: one call at a time until "
+                     "one is answered consumer=%s",
+                     teller);
         break;
     }
 }

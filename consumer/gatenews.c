@@ -7,7 +7,9 @@
  * the others its Retry-After, and they pause their new calls as long; one
  * whose breaker trips (or whose probe fails) tells them, and they hold
  * their new calls back while its probes find out when the provider is back
- * (it tells that too), at most twice KILN_RETRY_CAP without news. A
+ * (it tells that too), at most twice KILN_RETRY_CAP without news; one that
+ * stops while tripped hands the probing over (each hearer trips its own
+ * breaker rather than send every call into a provider last seen down). A
  * consumer that starts asks (ASK, with a reply subject), and those paused
  * by a 429 or tripped answer with what is left of it: consumers are often
  * added because the queue grows, which is what a 429 or an outage does.
@@ -30,9 +32,13 @@ static atomic_bool gatenews_up;
 
 static Kiln__V1__ProviderEvent gatenews_event(cons_news news)
 {
-    return news == CONS_NEWS_RATE_LIMITED ? KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_RATE_LIMITED
-           : news == CONS_NEWS_OUTAGE     ? KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE
-                                          : KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE_OVER;
+    switch (news) {
+    case CONS_NEWS_RATE_LIMITED: return KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_RATE_LIMITED;
+    case CONS_NEWS_OUTAGE: return KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE;
+    case CONS_NEWS_OUTAGE_OVER: return KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE_OVER;
+    case CONS_NEWS_HANDOVER: break;
+    }
+    return KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_HANDOVER;
 }
 
 /* Publishes this process's news of kind ev on subj (reply: where answers go, or NULL). */
@@ -89,6 +95,9 @@ static void gatenews_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *
         case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_OUTAGE_OVER:
             cons_gate_heard(CONS_NEWS_OUTAGE_OVER, 0, pn->consumer);
             break;
+        case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_HANDOVER:
+            cons_gate_heard(CONS_NEWS_HANDOVER, 0, pn->consumer);
+            break;
         case KILN__V1__PROVIDER_EVENT__PROVIDER_EVENT_ASK:
             gatenews_answer(natsMsg_GetReply(msg));
             break;
@@ -136,7 +145,7 @@ kiln_status cons_gatenews_start(void)
 void cons_gatenews_stop(void)
 {
     if (atomic_load(&gatenews_up) && strcmp(cons_gate_state_name(), "tripped") == 0)
-        cons_gatenews_tell(CONS_NEWS_OUTAGE_OVER, 0);
+        cons_gatenews_tell(CONS_NEWS_HANDOVER, 0);
     atomic_store(&gatenews_up, false);
     kiln_nats_unsubscribe(&gatenews_answers);
     kiln_nats_unsubscribe(&gatenews_sub);

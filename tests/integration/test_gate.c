@@ -418,3 +418,46 @@ Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
 }
+
+/* A consumer stopped while its breaker is tripped hands the probing over:
+ * the one it held back trips its own breaker and sends one call at a time,
+ * instead of every queued job's call into a provider last seen down. */
+Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=3", NULL}};
+    h_start(&s, &opts);
+    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+    char trig[3][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover trigger %d\",\"max_attempts\":10}", 3, trig);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
+    enum { LATER = 5 };
+    char later[LATER][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover queued %d\",\"max_attempts\":10}", LATER, later);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+    cr_assert(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
+              "the new consumer did not hear of the outage");
+
+    cr_assert_eq(h_proc_term(&s, H_CONSUMER), 0, "the tripped consumer did not stop cleanly");
+    cr_expect(h_wait_file_log(log2, "provider breaker taken over", 5000), "the probing was not handed over");
+    cr_assert(h_wait_file_log(log2, "provider still unavailable", 10000), "no probe of the second consumer failed");
+    cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
+
+    for (int k = 0; k < LATER; k++) {
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, later[k], "completed", 30000);
+        char *d = h_job_dump(j);
+        cr_expect_str_eq(h_jstr(j, "status"), "completed", "a job queued during the outage: %s", d);
+        /* Every attempt but the last was a probe one of the consumers logged. */
+        char probe_line[512];
+        snprintf(probe_line, sizeof probe_line, "trying one call job=%s", later[k]);
+        int probes = h_log_count(&s, H_CONSUMER, probe_line) + h_file_log_count(log2, probe_line);
+        cr_expect(h_jint(j, "attempts") - 1 <= probes,
+                  "a job queued during the outage spent attempts beyond its %d probes: %s", probes, d);
+        free(d);
+        json_decref(j);
+    }
+    cr_expect(h_wait_file_log(log2, "provider breaker closed", 5000));
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}

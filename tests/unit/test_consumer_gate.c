@@ -368,3 +368,31 @@ Test(gate, the_news_for_a_newcomer) {
     cr_assert(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 1000, T0));
     cr_expect_not(cons_gate_news_now(&g, T0, &news, &ms), "a peer's outage was passed on");
 }
+
+/* A peer's breaker closing means the provider answered it: a hearer's own
+ * trip ends too. A peer stopping while tripped hands its probing over: the
+ * hearer's breaker trips, and one call at a time goes out, at once. */
+Test(gate, a_peers_recovery_closes_the_breaker_and_its_stop_hands_the_probing_over) {
+    gate_setup(0, 0, 1, 10000);
+    learn(CONS_CALL_UNAVAILABLE, 0, T0, NULL);
+    cr_assert(cons_gate_closed(&g, T0 + 5000 * MS), "not tripped");
+    cr_assert(cons_gate_hear(&g, CONS_NEWS_OUTAGE_OVER, 0, T0 + 5000 * MS), "a peer's recovery left it tripped");
+    cr_assert_eq(allowed(T0 + 5000 * MS, NULL), INT64_MAX);
+    cr_expect_eq(start(T0 + 5000 * MS), 0, "a call after a peer's recovery is a probe");
+
+    gate_setup(0, 0, 5, 10000);
+    cr_assert(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 1000, T0));
+    cr_assert_not(cons_gate_hear(&g, CONS_NEWS_HANDOVER, 0, T0 + 1000 * MS), "still closed: now tripped");
+    uint64_t trip = start(T0 + 1000 * MS);
+    cr_expect_neq(trip, 0, "the first call after a handover is not a probe");
+    uint64_t t2 = 0;
+    int64_t w = 0;
+    cr_expect_not(cons_gate_try_start(&g, T0 + 1000 * MS, &t2, &w), "two probes at once after a handover");
+    cr_assert_eq(learn(CONS_CALL_OK, 0, T0 + 1100 * MS, NULL), CONS_GATE_RECOVERED);
+    cons_gate_probe_over(&g, trip);
+    cr_expect_eq(allowed(T0 + 1100 * MS, NULL), INT64_MAX);
+
+    gate_setup(0, 0, 0, 10000); /* no breaker: a handover leaves it open */
+    cr_assert_not(cons_gate_hear(&g, CONS_NEWS_HANDOVER, 0, T0));
+    cr_expect_eq(allowed(T0, NULL), INT64_MAX);
+}
