@@ -88,6 +88,27 @@ static int gate_log_reached(void *arg) {
     return h_log_count(a->s, H_CONSUMER, a->needle) >= a->n;
 }
 
+/* Each of the n jobs queued during an outage completed, and every attempt
+ * but its last was a probe logged by the stack's consumer or by the
+ * consumer logging to log2 (NULL: none). */
+static void gate_expect_only_probes_spent(h_stack *s, const char *log2, char ids[][65], int n) {
+    for (int k = 0; k < n; k++) {
+        json_t *j = h_wait_job(s, H_TOKEN_ALICE, ids[k], "completed", 30000);
+        char *d = h_job_dump(j);
+        cr_expect_str_eq(h_jstr(j, "status"), "completed",
+                         "a job queued during the outage did not complete: %s", d);
+        char probe_line[512];
+        snprintf(probe_line, sizeof probe_line, "trying one call job=%s", ids[k]);
+        int probes = h_log_count(s, H_CONSUMER, probe_line) +
+                     (log2 != NULL ? h_file_log_count(log2, probe_line) : 0);
+        cr_expect(h_jint(j, "attempts") - 1 <= probes,
+                  "a job queued during the outage spent attempts on it beyond its %d probes: %s",
+                  probes, d);
+        free(d);
+        json_decref(j);
+    }
+}
+
 Test(gate, an_outage_trips_the_breaker_and_queued_jobs_spend_no_attempts) {
     h_stack s;
     const h_stack_opts opts = {.env = {GATE_FAST_RETRY, "KILN_PROVIDER_TRIP_AFTER=2", NULL}};
@@ -125,21 +146,7 @@ Test(gate, an_outage_trips_the_breaker_and_queued_jobs_spend_no_attempts) {
               "consumer: two probes of the tripped breaker did not fail");
     cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
 
-    for (int k = 0; k < LATER; k++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, later[k], NULL, 20000);
-        char *d = h_job_dump(j);
-        cr_expect_str_eq(h_jstr(j, "status"), "completed",
-                         "a job queued during the outage did not complete: %s", d);
-        /* Every attempt but the last was a probe the consumer logged. */
-        char probe_line[512];
-        snprintf(probe_line, sizeof probe_line, "trying one call job=%s", later[k]);
-        int probes = h_log_count(&s, H_CONSUMER, probe_line);
-        cr_expect(h_jint(j, "attempts") - 1 <= probes,
-                  "a job queued during the outage spent attempts on it beyond its %d probes: %s",
-                  probes, d);
-        free(d);
-        json_decref(j);
-    }
+    gate_expect_only_probes_spent(&s, NULL, later, LATER);
     for (int k = 0; k < 2; k++)
         h_expect_job(&s, H_TOKEN_ALICE, trig[k], "completed", -1, 20000, "trigger");
     /* One probe at a time: each one out ended in a "still unavailable"
@@ -279,6 +286,14 @@ Test(gate, consumers_share_the_provider_rate) {
 
 /* ---- news among consumers (consumer/gatenews.c) ---- */
 
+/* A stack whose consumers trip after trip_after unavailable calls (cool-down
+ * up to 30 s), with the dev provider stopped. */
+static void gate_start_outage(h_stack *s, const char *trip_after) {
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", trip_after, NULL}};
+    h_start(s, &opts);
+    cr_assert_eq(h_proc_term(s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+}
+
 /* Starts a second consumer (env entries replacing the stack's) and waits
  * until it is ready; its log path into log_path. */
 static pid_t gate_second_consumer(h_stack *s, const char *const *env, char log_path[PATH_MAX]) {
@@ -342,12 +357,10 @@ Test(gate, a_429_at_one_consumer_pauses_the_others_new_calls) {
  * back and it says so. */
 Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_provider_is_back) {
     h_stack s;
-    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=1", NULL}};
-    h_start(&s, &opts);
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1");
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
     pid_t second = gate_second_consumer(&s, env2, log2);
-    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
 
     char trig[65];
     cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared breaker trigger\",\"max_attempts\":10}", trig),
@@ -389,9 +402,7 @@ Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_pr
  * hears of it and holds its calls back rather than tripping its own. */
 Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
     h_stack s;
-    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=1", NULL}};
-    h_start(&s, &opts);
-    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1");
     char trig[65];
     cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"late breaker trigger\",\"max_attempts\":10}", trig),
                  202);
@@ -424,9 +435,7 @@ Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
  * instead of every queued job's call into a provider last seen down. */
 Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
     h_stack s;
-    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", "KILN_PROVIDER_TRIP_AFTER=3", NULL}};
-    h_start(&s, &opts);
-    cr_assert_eq(h_proc_term(&s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3");
     char trig[3][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover trigger %d\",\"max_attempts\":10}", 3, trig);
     cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
@@ -444,19 +453,7 @@ Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
     cr_assert(h_wait_file_log(log2, "provider still unavailable", 10000), "no probe of the second consumer failed");
     cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
 
-    for (int k = 0; k < LATER; k++) {
-        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, later[k], "completed", 30000);
-        char *d = h_job_dump(j);
-        cr_expect_str_eq(h_jstr(j, "status"), "completed", "a job queued during the outage: %s", d);
-        /* Every attempt but the last was a probe one of the consumers logged. */
-        char probe_line[512];
-        snprintf(probe_line, sizeof probe_line, "trying one call job=%s", later[k]);
-        int probes = h_log_count(&s, H_CONSUMER, probe_line) + h_file_log_count(log2, probe_line);
-        cr_expect(h_jint(j, "attempts") - 1 <= probes,
-                  "a job queued during the outage spent attempts beyond its %d probes: %s", probes, d);
-        free(d);
-        json_decref(j);
-    }
+    gate_expect_only_probes_spent(&s, log2, later, LATER);
     cr_expect(h_wait_file_log(log2, "provider breaker closed", 5000));
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
