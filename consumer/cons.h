@@ -504,7 +504,8 @@ void cons_gate_job_over(const cons_job *j);
 /* The process's steady rate becomes rate_per_s (status.c: this process's
  * share of KILN_PROVIDER_RATE). */
 void cons_gate_share_rate(double rate_per_s);
-/* "ok", "paused" (a 429's Retry-After) or "tripped" (the breaker), now (any thread). */
+/* "ok", "paused" (a 429's Retry-After, own or a peer's), "tripped" (the
+ * breaker) or "held" (another consumer's tripped breaker), now (any thread). */
 const char *cons_gate_state_name(void);
 /* A peer's news (gatenews.c, a libnats thread): applied, logged, counted. */
 void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller);

@@ -377,9 +377,11 @@ bool cons_gate_news(cons_news *news, int64_t *pause_ms) {
 const char *cons_gate_state_name(void) {
     if (!atomic_load(&gate_ready)) return "ok";
     pthread_mutex_lock(&gate_g.mu);
-    const char *name = gate_g.tripped                            ? "tripped"
-                       : gate_is_closed(&gate_g, kiln_mono_us()) ? "paused"
-                                                                 : "ok";
+    int64_t now = kiln_mono_us();
+    const char *name = gate_g.tripped                      ? "tripped"
+                       : now < gate_g.closed_until_us      ? "paused"
+                       : now < gate_g.held_until_us        ? "held"
+                                                           : "ok";
     pthread_mutex_unlock(&gate_g.mu);
     return name;
 }

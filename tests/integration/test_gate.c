@@ -371,6 +371,18 @@ Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_pr
     gate_either_arg held = {&s, log2, "provider unavailable at another consumer"};
     cr_expect(h_wait_for(gate_either_logged, &held, 5000, 20), "the other consumer did not hear of the outage");
 
+    /* kiln stats tells the tripped consumer from the one it holds back. */
+    json_t *o = h_kiln_stats(&s);
+    json_t *list = json_object_get(o, "consumers");
+    int tripped_n = 0, held_n = 0;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        const char *p = h_jstr(json_array_get(list, i), "provider");
+        tripped_n += p != NULL && strcmp(p, "tripped") == 0;
+        held_n += p != NULL && strcmp(p, "held") == 0;
+    }
+    cr_expect(tripped_n == 1 && held_n == 1, "kiln stats during the outage: %d tripped, %d held of %zu",
+              tripped_n, held_n, json_array_size(list));
+    json_decref(o);
     enum { LATER = 4 };
     char later[LATER][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared breaker queued %d\",\"max_attempts\":10}", LATER, later);
