@@ -436,6 +436,7 @@ typedef struct {
     int64_t cap_ms;
     int64_t closed_until_us; /* kiln_mono_us(): no call starts before */
     int64_t held_until_us;   /* another consumer's tripped breaker holds calls back until (0: none) */
+    bool hold_lapsed;        /* such a hold ran out unended and tripped the breaker (not yet logged) */
     int unavailable_run;     /* CONS_CALL_UNAVAILABLE outcomes in a row */
     bool tripped;            /* one call at a time until one is answered */
     uint64_t trips;          /* times tripped; a probe belongs to one trip */
@@ -476,7 +477,8 @@ typedef enum {
 /* Applies a peer's news: a 429 closes the gate for pause_ms (1 s when 0, at
  * most cap_ms), as an own 429 would; an outage holds new calls back until
  * its end is told, at most 2 x cap_ms from now (only with the breaker on: its
- * probes are the teller's); OUTAGE_OVER ends that hold and, the provider
+ * probes are the teller's; a hold that runs out unended trips this gate's
+ * breaker, as a HANDOVER does); OUTAGE_OVER ends that hold and, the provider
  * having answered, this gate's own trip; HANDOVER ends the hold and trips
  * this gate's breaker (with one on), so that it probes instead of sending
  * every call into a provider last seen down. Returns true when
@@ -486,6 +488,9 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
  * breaker is tripped, else RATE_LIMITED with what is left of a 429's pause;
  * false when open (a peer's outage is the teller's to tell). */
 bool cons_gate_news_now(cons_gate *g, int64_t now_us, cons_news *news, int64_t *pause_ms);
+/* Whether a peer's hold ran out unended and tripped the breaker since the
+ * last call (then it probes); read once. */
+bool cons_gate_hold_lapsed(cons_gate *g);
 /* The outcome class of a finished call (openai_handle_result's verdict and error code). */
 cons_call_outcome cons_gate_outcome(openai_verdict v, const char *err_code,
                                     const char *provider_code, long http_status);

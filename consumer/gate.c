@@ -49,6 +49,25 @@ static bool gate_is_closed(const cons_gate *g, int64_t now_us) {
     return g->tripped || now_us < g->closed_until_us || now_us < g->held_until_us;
 }
 
+/* Under g->mu: the probing of a peer's outage becomes this gate's: its
+ * breaker trips (the first probe may go at once), rather than every call
+ * resume into a provider last seen down. */
+static void gate_take_over(cons_gate *g) {
+    if (g->tripped) return;
+    g->tripped = true;
+    g->trips++;
+    g->probes_out = 0;
+}
+
+/* Under g->mu: a peer's hold that ran out without word of the outage's
+ * end (its teller may be gone) hands the probing over, as a HANDOVER would. */
+static void gate_hold_lapse(cons_gate *g, int64_t now_us) {
+    if (g->held_until_us == 0 || now_us < g->held_until_us) return;
+    g->held_until_us = 0;
+    g->hold_lapsed = !g->tripped;
+    gate_take_over(g);
+}
+
 /* Under g->mu: the gauges as the state is now. */
 static void gate_show(cons_gate *g, int64_t now_us) {
     kiln_metric_set(g->waiting_gauge, gate_is_closed(g, now_us) ? 1 : 0);
@@ -73,6 +92,7 @@ static int64_t gate_wait_ms(cons_gate *g, int64_t now_us) {
 int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms, bool *closed) {
     int64_t allow = 0;
     pthread_mutex_lock(&g->mu);
+    gate_hold_lapse(g, now_us);
     if (closed != NULL) *closed = gate_is_closed(g, now_us);
     *wait_ms = gate_wait_ms(g, now_us);
     /* gate_wait_ms 0: open, not probing, and at least one token. */
@@ -85,6 +105,7 @@ int64_t cons_gate_allowance(cons_gate *g, int64_t now_us, int64_t *wait_ms, bool
 bool cons_gate_try_start(cons_gate *g, int64_t now_us, uint64_t *probe_trip, int64_t *wait_ms) {
     *probe_trip = 0;
     pthread_mutex_lock(&g->mu);
+    gate_hold_lapse(g, now_us);
     *wait_ms = gate_wait_ms(g, now_us);
     bool ok = *wait_ms == 0 && kiln_bucket_take(&g->rate, 1, now_us);
     if (ok && g->tripped) {
@@ -199,17 +220,21 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
         break;
     case CONS_NEWS_HANDOVER:
         g->held_until_us = 0;
-        if (g->trip_after > 0 && !g->tripped) { /* the first probe may go at once */
-            g->tripped = true;
-            g->trips++;
-            g->probes_out = 0;
-        }
+        if (g->trip_after > 0) gate_take_over(g);
         break;
     }
     bool changed = gate_is_closed(g, now_us) != was_closed;
     gate_show(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return changed;
+}
+
+bool cons_gate_hold_lapsed(cons_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    bool lapsed = g->hold_lapsed;
+    g->hold_lapsed = false;
+    pthread_mutex_unlock(&g->mu);
+    return lapsed;
 }
 
 bool cons_gate_news_now(cons_gate *g, int64_t now_us, cons_news *news, int64_t *pause_ms) {
@@ -236,6 +261,7 @@ void cons_gate_set_rate(cons_gate *g, double rate_per_s, int64_t now_us) {
 
 bool cons_gate_closed(cons_gate *g, int64_t now_us) {
     pthread_mutex_lock(&g->mu);
+    gate_hold_lapse(g, now_us);
     bool closed = gate_is_closed(g, now_us);
     pthread_mutex_unlock(&g->mu);
     return closed;
@@ -290,6 +316,10 @@ int64_t cons_gate_calls_allowed(int64_t *wait_ms) {
     int64_t now = kiln_mono_us();
     bool closed = false;
     int64_t allow = cons_gate_allowance(&gate_g, now, wait_ms, &closed);
+    if (cons_gate_hold_lapsed(&gate_g))
+        LOG_WARN("provider breaker taken over: no word of another consumer's outage for ms=%lld, one "
+                 "call at a time until one is answered",
+                 (long long)(GATE_HOLD_CAPS * gate_g.cap_ms));
     if (gate_seen_closed && !closed) LOG_INFO("provider calls resume");
     gate_seen_closed = closed;
     return allow;

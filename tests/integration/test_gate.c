@@ -287,9 +287,9 @@ Test(gate, consumers_share_the_provider_rate) {
 /* ---- news among consumers (consumer/gatenews.c) ---- */
 
 /* A stack whose consumers trip after trip_after unavailable calls (cool-down
- * up to 30 s), with the dev provider stopped. */
-static void gate_start_outage(h_stack *s, const char *trip_after) {
-    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=30s", trip_after, NULL}};
+ * up to cap, a KILN_RETRY_CAP entry), with the dev provider stopped. */
+static void gate_start_outage(h_stack *s, const char *trip_after, const char *cap) {
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", cap, trip_after, NULL}};
     h_start(s, &opts);
     cr_assert_eq(h_proc_term(s, H_DEVPROVIDER), 0, "dev provider did not stop cleanly");
 }
@@ -357,7 +357,7 @@ Test(gate, a_429_at_one_consumer_pauses_the_others_new_calls) {
  * back and it says so. */
 Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_provider_is_back) {
     h_stack s;
-    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1");
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1", "KILN_RETRY_CAP=30s");
     const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
     pid_t second = gate_second_consumer(&s, env2, log2);
@@ -414,7 +414,7 @@ Test(gate, a_breaker_tripped_at_one_consumer_holds_the_others_calls_until_the_pr
  * hears of it and holds its calls back rather than tripping its own. */
 Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
     h_stack s;
-    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1");
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=1", "KILN_RETRY_CAP=30s");
     char trig[65];
     cr_assert_eq(h_submit(&s, H_TOKEN_ALICE, "{\"prompt\":\"late breaker trigger\",\"max_attempts\":10}", trig),
                  202);
@@ -447,7 +447,7 @@ Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
  * instead of every queued job's call into a provider last seen down. */
 Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
     h_stack s;
-    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3");
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3", "KILN_RETRY_CAP=30s");
     char trig[3][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover trigger %d\",\"max_attempts\":10}", 3, trig);
     cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
@@ -467,6 +467,33 @@ Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
 
     gate_expect_only_probes_spent(&s, log2, later, LATER);
     cr_expect(h_wait_file_log(log2, "provider breaker closed", 5000));
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}
+
+/* A tripped consumer killed without a word: the one it held back hears
+ * nothing more, and when its hold runs out (twice KILN_RETRY_CAP) it takes
+ * the probing over instead of sending every queued job's call into the
+ * outage. */
+Test(gate, a_hold_whose_teller_died_runs_out_into_probes) {
+    h_stack s;
+    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3", "KILN_RETRY_CAP=2s");
+    char trig[3][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"lapse trigger %d\",\"max_attempts\":10}", 3, trig);
+    cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+    cr_assert(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
+              "the new consumer did not hear of the outage");
+    cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
+    enum { LATER = 5 };
+    char later[LATER][65];
+    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"lapse queued %d\",\"max_attempts\":10}", LATER, later);
+    cr_expect(h_wait_file_log(log2, "provider breaker taken over: no word", 10000), "the hold never ran out into probes");
+    cr_assert(h_wait_file_log(log2, "provider still unavailable", 10000), "no probe of the second consumer failed");
+    cr_assert_eq(h_proc_start(&s, H_DEVPROVIDER), 0, "dev provider did not start again");
+    gate_expect_only_probes_spent(&s, log2, later, LATER);
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
 }

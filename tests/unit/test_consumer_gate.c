@@ -301,7 +301,8 @@ Test(gate, out_of_credit_trips_the_breaker_or_pauses_without_one) {
 
 /* Another consumer's 429 closes the gate for its Retry-After (capped), as
  * one of this process's own would; its breaker holds new calls back until
- * its OUTAGE_OVER, at most twice the cap; a process without a breaker goes on. */
+ * its OUTAGE_OVER, at most twice the cap (then it probes itself); a process
+ * without a breaker goes on. */
 Test(gate, a_peers_429_pauses_new_calls_for_its_retry_after) {
     gate_setup(0, 0, 5, 10000);
     int64_t w = 0;
@@ -333,8 +334,15 @@ Test(gate, a_peers_outage_holds_new_calls_until_it_is_over) {
     cr_assert(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 1000, T0 + 7000 * MS));
     cr_assert_not(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 2000, T0 + 9000 * MS), "held already: no change");
     cr_expect(cons_gate_closed(&g, T0 + 28999 * MS), "a later failed probe did not extend the hold");
-    cr_expect_not(cons_gate_closed(&g, T0 + 29000 * MS), "held past twice the cap");
+    /* A hold that runs out without word (its teller may be gone) hands the
+     * probing over: one call at a time. */
+    cr_expect_eq(allowed(T0 + 29000 * MS, NULL), 1, "past twice the cap, not one probe");
+    cr_expect(cons_gate_hold_lapsed(&g), "the lapse was not told");
+    cr_expect_not(cons_gate_hold_lapsed(&g), "the lapse was told twice");
+    cr_expect_neq(start(T0 + 29000 * MS), 0, "the call after a hold ran out is not a probe");
     /* The end of a peer's outage does not end this process's own 429 pause. */
+    gate_setup(0, 0, 5, 10000);
+    cr_assert(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 1000, T0 + 19000 * MS));
     learn(CONS_CALL_RATE_LIMITED, 4000, T0 + 20000 * MS, NULL);
     cr_assert_not(cons_gate_hear(&g, CONS_NEWS_OUTAGE, 1000, T0 + 20000 * MS));
     cr_assert_not(cons_gate_hear(&g, CONS_NEWS_OUTAGE_OVER, 0, T0 + 21000 * MS));
