@@ -497,3 +497,27 @@ Test(gate, a_hold_whose_teller_died_runs_out_into_probes) {
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
 }
+
+/* A 429 is one account's: consumers with another KILN_PROVIDER_KEY (another
+ * account at the same URL) do not hear of it. */
+Test(gate, a_429_is_not_told_to_consumers_of_another_account) {
+    h_stack s;
+    const h_stack_opts opts = {.env = {"KILN_RETRY_BASE=100ms", "KILN_RETRY_CAP=5s", NULL}};
+    h_start(&s, &opts);
+    const char *const env2[] = {"KILN_METRICS_ADDR=", "KILN_PROVIDER_KEY=another-account", NULL};
+    char log2[PATH_MAX];
+    pid_t second = gate_second_consumer(&s, env2, log2);
+    char a[65], after[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "!ratelimit=1 other account owl", a), 202);
+    gate_either_arg told = {&s, log2, "provider rate limit (429), no new calls"};
+    cr_assert(h_wait_for(gate_either_logged, &told, 10000, 5), "no consumer got the 429");
+    /* News travels in a millisecond; a job run to its end after the 429 is
+     * well past it. */
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "other account wren", after), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, after, "completed", 1, 10000, "the job after the 429");
+    h_expect_job(&s, H_TOKEN_ALICE, a, "completed", 2, 10000, "the rate-limited job");
+    gate_either_arg heard = {&s, log2, "at another consumer"};
+    cr_expect_not(gate_either_logged(&heard), "a consumer of another account heard of the 429");
+    cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
+    h_stop(&s);
+}
