@@ -521,3 +521,26 @@ Test(gate, a_429_is_not_told_to_consumers_of_another_account) {
     cr_expect_eq(h_term_pid(second), 0, "the second consumer did not stop cleanly");
     h_stop(&s);
 }
+
+/* What is not provider news on kiln.consumer.provider (bytes that are no
+ * ProviderNews, an event of a newer version) is logged and ignored: the
+ * consumer goes on running jobs. */
+Test(gate, bad_provider_news_is_ignored) {
+    h_stack s;
+    h_start(&s, NULL);
+    h_nats n;
+    h_nats_open(&s, &n);
+    static const char garbage[] = "\x0a\x50not provider news";
+    cr_assert_eq(natsConnection_Publish(n.nc, "kiln.consumer.provider", garbage, (int)sizeof garbage - 1), NATS_OK);
+    static const uint8_t unknown_event[] = {0x18, 0x63}; /* field 3 (event) = 99 */
+    cr_assert_eq(natsConnection_Publish(n.nc, "kiln.consumer.provider", unknown_event, (int)sizeof unknown_event),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(n.nc), NATS_OK);
+    cr_expect(h_wait_log(&s, H_CONSUMER, "provider news that does not decode", 5000), "the garbage was not reported");
+    char id[65];
+    cr_assert_eq(h_submit_prompt(&s, H_TOKEN_ALICE, "after bad news owl", id), 202);
+    h_expect_job(&s, H_TOKEN_ALICE, id, "completed", 1, 10000, "a job after bad provider news");
+    cr_expect_eq(h_metric(&s, H_CONSUMER, "kiln_consumer_provider_peer_pauses_total"), 0, "bad news paused calls");
+    h_nats_free(&n);
+    h_stop(&s);
+}
