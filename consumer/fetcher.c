@@ -26,6 +26,14 @@
  * must never wait on an empty lane: with 5 ms long polls on the empty high and
  * low lanes every 100 ms, normal jobs queued behind them for ~10 ms (W3 p99). */
 #define FETCH_IDLE_WAIT_MS 50      /* long poll on the normal lane when all lanes are empty */
+/* An idle consumer's polls cost nats-server a request and its end each: at
+ * 50 ms, with the hinted lanes' 100 ms pauses, ~40 requests a second, 1.6 %
+ * of a core per idle consumer. Each idle poll that finds nothing doubles
+ * the next one's length and the hinted lanes' pause, up to this; the first
+ * job fetched ends it. A long poll answers at the first arrival, hints and
+ * due times end it, so only unhinted arrivals on high and low
+ * (redeliveries, another consumer's delayed naks) can be seen later. */
+#define FETCH_IDLE_WAIT_MAX_MS 1000
 #define FETCH_SLOT_WAIT_MS 200
 #define FETCH_CHECK_TIMEOUT_MS 1000
 /* How long after a redelivery first deliveries are asked about too
@@ -205,6 +213,9 @@ static void fetch_carry_release(fetch_lane *lane)
  * empty); a hint for high or low then wakes that poll, or a high job on an
  * idle consumer would wait for it to expire (up to FETCH_IDLE_WAIT_MS). */
 static atomic_bool fetch_idle_polling;
+/* The next idle poll's length (fetch thread only): FETCH_IDLE_WAIT_MS after
+ * a fetch that got jobs, doubled by each idle poll that got none. */
+static int64_t fetch_idle_ms = FETCH_IDLE_WAIT_MS;
 /* The normal lane's wake subject, copied at start: wakers publish it on a
  * connection of theirs and never touch the lane's kiln_pull. */
 static char fetch_wake_subject[KILN_PULL_WAKE_SUBJECT_MAX];
@@ -583,7 +594,9 @@ static int64_t fetch_lane_maybe(fetch_lane *lane, int64_t want, int64_t now)
     if (got > 0) {
         lane->skip_until = 0;
     } else {
-        lane->skip_until = now + (lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS);
+        int64_t skip = lane->hinted ? FETCH_EMPTY_SKIP_MS : FETCH_EMPTY_SKIP_NORMAL_MS;
+        if (lane->hinted && fetch_idle_ms > skip) skip = fetch_idle_ms; /* a hint ends it */
+        lane->skip_until = now + skip;
         /* Due but not there: maybe not released yet (or another consumer
          * took it); look again soon, a little later each time. */
         if (due && tries < FETCH_DUE_RETRIES)
@@ -642,6 +655,7 @@ static void *fetch_main(void *arg)
             if (atomic_load(&cons_g.stopping)) break;
             got += fetch_lane_maybe(&fetch_lanes[order[k]], free_n - got, now);
         }
+        if (got > 0) fetch_idle_ms = FETCH_IDLE_WAIT_MS;
         if (got == 0 && !atomic_load(&cons_g.stopping) && cons_pause_lane(LANE_NORMAL)) {
             /* Nothing fetched and the long poll's lane paused: rest instead. */
             fetch_sleep_ms(FETCH_IDLE_WAIT_MS);
@@ -653,10 +667,10 @@ static void *fetch_main(void *arg)
             int64_t next_due = fetch_due_next(), held_due = fetch_held_next();
             if (held_due < next_due) next_due = held_due;
             int64_t wait_ms = INT64_MAX, until_due = next_due - kiln_mono_ms();
-            if (until_due < FETCH_IDLE_WAIT_MS) wait_ms = until_due > 1 ? until_due : 1;
+            if (until_due < fetch_idle_ms) wait_ms = until_due > 1 ? until_due : 1;
             atomic_store(&fetch_idle_polling, true);
             kiln_metric_add(cons_g.m_idle_polls, 1);
-            int got_idle = fetch_lane_once(nl, (int)free_n, FETCH_IDLE_WAIT_MS, wait_ms);
+            int got_idle = fetch_lane_once(nl, (int)free_n, fetch_idle_ms, wait_ms);
             atomic_store(&fetch_idle_polling, false);
             /* The next round does not poll normal with no_wait first (at
              * low load a 404 each time): its idle poll, if it comes to one,
@@ -664,6 +678,10 @@ static void *fetch_main(void *arg)
             if (got_idle > 0) {
                 nl->skip_until = 0;
                 nl->leave_to_idle = true;
+                fetch_idle_ms = FETCH_IDLE_WAIT_MS;
+            } else if (fetch_idle_ms < FETCH_IDLE_WAIT_MAX_MS) {
+                fetch_idle_ms = fetch_idle_ms * 2 < FETCH_IDLE_WAIT_MAX_MS ? fetch_idle_ms * 2
+                                                                        : FETCH_IDLE_WAIT_MAX_MS;
             }
         }
     }
@@ -728,6 +746,7 @@ kiln_status cons_fetcher_start(void)
 void cons_fetcher_stop(void)
 {
     if (fetch_started) {
+        fetch_wake_idle(cons_g.nc); /* an idle poll can last FETCH_IDLE_WAIT_MAX_MS */
         pthread_join(fetch_thread, NULL);
         fetch_started = false;
     }

@@ -150,3 +150,39 @@ Test(priority, hinted_lanes_start_at_once_on_idle_consumer)
     }
     h_stop(&s);
 }
+
+/* An idle consumer's polls cost nats-server a request and its end each:
+ * they grow longer while nothing comes (up to 1 s; ~20 a second before),
+ * and a job submitted then still starts at once on any lane. */
+Test(priority, an_idle_consumer_polls_rarely_and_still_starts_jobs_at_once)
+{
+    h_stack s;
+    h_start(&s, NULL);
+    double polls = h_metric(&s, H_CONSUMER, "kiln_consumer_idle_polls_total");
+    cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_idle_polls_total", polls + 5, 20000) == 1,
+              "consumer never went idle (kiln_consumer_idle_polls_total)");
+    /* Settled into its longest polls: the next three take about 3 s. */
+    polls = h_metric(&s, H_CONSUMER, "kiln_consumer_idle_polls_total");
+    int64_t t0 = h_now_ms();
+    cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_idle_polls_total", polls + 2, 10000) == 1,
+              "the idle consumer stopped polling");
+    int64_t took = h_now_ms() - t0;
+    cr_expect_geq(took, 1500, "three idle polls took %lld ms", (long long)took);
+    static const char *lanes[] = {"normal", "high", "low"};
+    for (size_t l = 0; l < sizeof lanes / sizeof lanes[0]; l++) {
+        char id[65], prompt[64];
+        int64_t created = 0;
+        snprintf(prompt, sizeof prompt, "long idle %s heron", lanes[l]);
+        cr_assert_eq(prio_submit(&s, lanes[l], prompt, id, &created), 202);
+        json_t *j = h_wait_job(&s, H_TOKEN_ALICE, id, "completed", 20000);
+        cr_assert_str_eq(h_jstr(j, "status"), "completed", "%s job %s", lanes[l], id);
+        int64_t waited = h_job_ms(j, "started_at") - created;
+        json_decref(j);
+        cr_expect_lt(waited, 100, "a %s job on a long-idle consumer started %lld ms after submit", lanes[l],
+                     (long long)waited);
+        /* Idle again before the next lane's job. */
+        polls = h_metric(&s, H_CONSUMER, "kiln_consumer_idle_polls_total");
+        cr_assert(h_wait_metric_above(&s, H_CONSUMER, "kiln_consumer_idle_polls_total", polls + 4, 20000) == 1);
+    }
+    h_stop(&s);
+}
