@@ -460,9 +460,10 @@ static int h_comp_port(const h_stack *s, h_comp c)
  * port. A failed hold only leaves the port unguarded, as before. */
 static void h_port_hold(h_stack *s, h_comp c)
 {
-    h_proc *p = &s->procs[c];
     int port = h_comp_port(s, c), bound = 0;
-    if (p->port_hold != 0 || port <= 0) return;
+    if (port <= 0) return; /* first: only a real component indexes procs (gcc -O2 -Warray-bounds) */
+    h_proc *p = &s->procs[c];
+    if (p->port_hold != 0) return;
     int fd = h_bind_port(port, 1, &bound);
     if (fd >= 0) p->port_hold = fd + 1;
 }
