@@ -15,6 +15,7 @@
  * may start before it fetches, and again for each job just before its call
  * starts (a job fetched before the gate closed is handed back); transfer
  * threads report outcomes. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
@@ -26,6 +27,7 @@
 #define GATE_PROBE_POLL_MS 50     /* how often the fetcher asks while a probe is out */
 #define GATE_HOLD_CAPS 2          /* a peer's outage holds calls back at most this many caps */
 #define GATE_HOLD_POLL_MS 1000    /* the longest wait named while a peer's outage holds calls */
+#define GATE_PEER_JITTER_DIV 5    /* a peer's 429 pauses up to 1/5 longer here */
 
 void cons_gate_init(cons_gate *g, const cons_gate_config *cfg, int64_t now_us) {
     memset(g, 0, sizeof *g);
@@ -368,15 +370,21 @@ void cons_gate_call_ended(const cons_job *j, openai_verdict v, long http_status)
 
 void cons_gate_heard(cons_news news, int64_t pause_ms, const char *teller) {
     if (!atomic_load(&gate_ready)) return;
+    if (news == CONS_NEWS_RATE_LIMITED) {
+        /* Up to a fifth longer than the teller's own pause: the teller's
+         * calls go first and find out whether the limit is back, instead of
+         * every consumer's at the same instant (another 429 extends all). */
+        if (pause_ms <= 0) pause_ms = GATE_RATE_PAUSE_MS;
+        if (pause_ms > gate_g.cap_ms) pause_ms = gate_g.cap_ms;
+        pause_ms += (int64_t)arc4random_uniform((uint32_t)(pause_ms / GATE_PEER_JITTER_DIV) + 1);
+    }
     bool changed = cons_gate_hear(&gate_g, news, pause_ms, kiln_mono_us());
     switch (news) {
-    case CONS_NEWS_RATE_LIMITED: {
-        int64_t ms = pause_ms > 0 ? pause_ms : GATE_RATE_PAUSE_MS;
+    case CONS_NEWS_RATE_LIMITED:
         kiln_metric_add(cons_g.m_gate_peer_pauses, 1);
         LOG_WARN("provider rate limit (429) at another consumer, no new calls for ms=%lld consumer=%s",
-                 (long long)(ms < gate_g.cap_ms ? ms : gate_g.cap_ms), teller);
+                 (long long)pause_ms, teller);
         break;
-    }
     case CONS_NEWS_OUTAGE:
         if (gate_g.trip_after <= 0) break; /* no breaker here: calls go on */
         kiln_metric_add(cons_g.m_gate_peer_pauses, 1);

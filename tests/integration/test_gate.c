@@ -316,6 +316,20 @@ static int gate_either_logged(void *arg) {
     return h_log_contains(a->s, H_CONSUMER, a->needle) || h_file_log_count(a->log2, a->needle) > 0;
 }
 
+/* The pause (ms) in the first "429) at another consumer" line of the log at
+ * path, -1 when there is none. */
+static long gate_heard_pause_ms(const char *path) {
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    long ms = -1;
+    while (f != NULL && ms < 0 && fgets(line, sizeof line, f) != NULL) {
+        const char *at = strstr(line, "429) at another consumer, no new calls for ms=");
+        if (at != NULL) ms = strtol(strchr(at, '=') + 1, NULL, 10);
+    }
+    if (f != NULL) fclose(f);
+    return ms;
+}
+
 /* A 429 is the account's: a consumer whose call got one tells the others,
  * and they hold their new calls back for its Retry-After too, instead of
  * each spending a job's attempt on a certain 429. Jobs submitted during
@@ -338,6 +352,11 @@ Test(gate, a_429_at_one_consumer_pauses_the_others_new_calls) {
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"shared gate wren %d\"}", LATER, later);
     gate_either_arg heard = {&s, log2, "provider rate limit (429) at another consumer"};
     cr_expect(h_wait_for(gate_either_logged, &heard, 5000, 20), "the other consumer did not hear of the 429");
+    /* The hearer pauses the 429's 1 s and up to a fifth more: the teller's
+     * calls go first. */
+    long heard_ms = gate_heard_pause_ms(s.procs[H_CONSUMER].log_path);
+    if (heard_ms < 0) heard_ms = gate_heard_pause_ms(log2);
+    cr_expect(heard_ms >= 1000 && heard_ms <= 1200, "the hearer paused %ld ms for a 1 s Retry-After", heard_ms);
 
     int64_t a_start = gate_started_ms(&s, a, "the rate-limited job");
     for (int k = 0; k < LATER; k++) {
