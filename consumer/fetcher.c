@@ -216,6 +216,12 @@ static atomic_bool fetch_idle_polling;
 /* The next idle poll's length (fetch thread only): FETCH_IDLE_WAIT_MS after
  * a fetch that got jobs, doubled by each idle poll that got none. */
 static int64_t fetch_idle_ms = FETCH_IDLE_WAIT_MS;
+
+/* An idle round found nothing again: the next idle wait is twice as long. */
+static void fetch_idle_grow(void)
+{
+    fetch_idle_ms = fetch_idle_ms * 2 < FETCH_IDLE_WAIT_MAX_MS ? fetch_idle_ms * 2 : FETCH_IDLE_WAIT_MAX_MS;
+}
 /* The normal lane's wake subject, copied at start: wakers publish it on a
  * connection of theirs and never touch the lane's kiln_pull. */
 static char fetch_wake_subject[KILN_PULL_WAKE_SUBJECT_MAX];
@@ -657,8 +663,11 @@ static void *fetch_main(void *arg)
         }
         if (got > 0) fetch_idle_ms = FETCH_IDLE_WAIT_MS;
         if (got == 0 && !atomic_load(&cons_g.stopping) && cons_pause_lane(LANE_NORMAL)) {
-            /* Nothing fetched and the long poll's lane paused: rest instead. */
+            /* Nothing fetched and the long poll's lane paused: rest instead
+             * (the hinted lanes' pauses grow as in an idle poll; a hint is
+             * seen after the rest). */
             fetch_sleep_ms(FETCH_IDLE_WAIT_MS);
+            fetch_idle_grow();
         } else if (got == 0 && !atomic_load(&cons_g.stopping)) {
             /* Nothing fetched: long poll the normal lane (returns on the first arrival). */
             fetch_lane *nl = &fetch_lanes[LANE_NORMAL];
@@ -679,9 +688,8 @@ static void *fetch_main(void *arg)
                 nl->skip_until = 0;
                 nl->leave_to_idle = true;
                 fetch_idle_ms = FETCH_IDLE_WAIT_MS;
-            } else if (fetch_idle_ms < FETCH_IDLE_WAIT_MAX_MS) {
-                fetch_idle_ms = fetch_idle_ms * 2 < FETCH_IDLE_WAIT_MAX_MS ? fetch_idle_ms * 2
-                                                                        : FETCH_IDLE_WAIT_MAX_MS;
+            } else {
+                fetch_idle_grow();
             }
         }
     }
