@@ -211,7 +211,7 @@ static void fetch_carry_release(fetch_lane *lane)
 
 /* Set while the fetch thread long-polls the normal lane (all lanes were
  * empty); a hint for high or low then wakes that poll, or a high job on an
- * idle consumer would wait for it to expire (up to FETCH_IDLE_WAIT_MS). */
+ * idle consumer would wait for it to expire (up to FETCH_IDLE_WAIT_MAX_MS). */
 static atomic_bool fetch_idle_polling;
 /* The next idle poll's length (fetch thread only): FETCH_IDLE_WAIT_MS after
  * a fetch that got jobs, doubled by each idle poll that got none. */

@@ -461,23 +461,32 @@ Test(gate, a_consumer_started_during_another_ones_outage_hears_of_it) {
     h_stop(&s);
 }
 
+/* A stack (cool-down up to cap) whose consumer tripped after three calls
+ * into the stopped provider, and a second consumer that heard of it and
+ * holds back; the second's pid, its log into log2. */
+static pid_t gate_tripped_and_held(h_stack *s, const char *cap, const char *what, char log2[PATH_MAX]) {
+    gate_start_outage(s, "KILN_PROVIDER_TRIP_AFTER=3", cap);
+    char trig[3][65], body[128];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s trigger %%d\",\"max_attempts\":10}", what);
+    h_submit_each(s, H_TOKEN_ALICE, body, 3, trig);
+    cr_assert(h_wait_log(s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
+    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
+    pid_t second = gate_second_consumer(s, env2, log2);
+    cr_assert(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
+              "the new consumer did not hear of the outage");
+    return second;
+}
+
 /* A consumer stopped while its breaker is tripped hands the probing over:
  * the one it held back trips its own breaker and sends one call at a time,
  * instead of every queued job's call into a provider last seen down. */
 Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
     h_stack s;
-    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3", "KILN_RETRY_CAP=30s");
-    char trig[3][65];
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover trigger %d\",\"max_attempts\":10}", 3, trig);
-    cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
+    char log2[PATH_MAX];
+    pid_t second = gate_tripped_and_held(&s, "KILN_RETRY_CAP=30s", "handover", log2);
     enum { LATER = 5 };
     char later[LATER][65];
     h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"handover queued %d\",\"max_attempts\":10}", LATER, later);
-    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
-    char log2[PATH_MAX];
-    pid_t second = gate_second_consumer(&s, env2, log2);
-    cr_assert(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
-              "the new consumer did not hear of the outage");
 
     cr_assert_eq(h_proc_term(&s, H_CONSUMER), 0, "the tripped consumer did not stop cleanly");
     cr_expect(h_wait_file_log(log2, "provider breaker taken over", 5000), "the probing was not handed over");
@@ -496,15 +505,8 @@ Test(gate, a_tripped_consumer_that_stops_hands_its_probing_over) {
  * outage. */
 Test(gate, a_hold_whose_teller_died_runs_out_into_probes) {
     h_stack s;
-    gate_start_outage(&s, "KILN_PROVIDER_TRIP_AFTER=3", "KILN_RETRY_CAP=2s");
-    char trig[3][65];
-    h_submit_each(&s, H_TOKEN_ALICE, "{\"prompt\":\"lapse trigger %d\",\"max_attempts\":10}", 3, trig);
-    cr_assert(h_wait_log(&s, H_CONSUMER, "provider breaker tripped", 10000), "the breaker did not trip");
-    const char *const env2[] = {"KILN_METRICS_ADDR=", NULL};
     char log2[PATH_MAX];
-    pid_t second = gate_second_consumer(&s, env2, log2);
-    cr_assert(h_wait_file_log(log2, "provider unavailable at another consumer", 5000),
-              "the new consumer did not hear of the outage");
+    pid_t second = gate_tripped_and_held(&s, "KILN_RETRY_CAP=2s", "lapse", log2);
     cr_assert_eq(h_proc_kill9(&s, H_CONSUMER), 0);
     enum { LATER = 5 };
     char later[LATER][65];
