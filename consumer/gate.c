@@ -51,14 +51,25 @@ static bool gate_is_closed(const cons_gate *g, int64_t now_us) {
     return g->tripped || now_us < g->closed_until_us || now_us < g->held_until_us;
 }
 
-/* Under g->mu: the probing of a peer's outage becomes this gate's: its
- * breaker trips (the first probe may go at once), rather than every call
- * resume into a provider last seen down. */
-static void gate_take_over(cons_gate *g) {
-    if (g->tripped) return;
+/* Under g->mu: the breaker trips (one call at a time from now on); false
+ * when it was tripped already. */
+static bool gate_trip(cons_gate *g) {
+    if (g->tripped) return false;
     g->tripped = true;
     g->trips++;
     g->probes_out = 0;
+    return true;
+}
+
+/* Under g->mu: the provider answered (here or at another consumer): the
+ * run of failures ends and the breaker closes; true when it was tripped. */
+static bool gate_answered(cons_gate *g) {
+    g->unavailable_run = 0;
+    g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
+    if (!g->tripped) return false;
+    g->tripped = false;
+    g->probes_out = 0;
+    return true;
 }
 
 /* Under g->mu: a peer's hold that ran out without word of the outage's
@@ -66,8 +77,10 @@ static void gate_take_over(cons_gate *g) {
 static void gate_hold_lapse(cons_gate *g, int64_t now_us) {
     if (g->held_until_us == 0 || now_us < g->held_until_us) return;
     g->held_until_us = 0;
-    g->hold_lapsed = !g->tripped;
-    gate_take_over(g);
+    /* The probing of the outage becomes this gate's (a HANDOVER would do
+     * the same): one call at a time, not every call into a provider last
+     * seen down. */
+    g->hold_lapsed = gate_trip(g);
 }
 
 /* Under g->mu: the gauges as the state is now. */
@@ -157,13 +170,7 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
     case CONS_CALL_ANSWERED:
     case CONS_CALL_RATE_LIMITED:
         /* Any of these is an answer: the provider is up. */
-        g->unavailable_run = 0;
-        g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
-        if (g->tripped) {
-            g->tripped = false;
-            g->probes_out = 0;
-            change = CONS_GATE_RECOVERED;
-        }
+        if (gate_answered(g)) change = CONS_GATE_RECOVERED;
         if (o != CONS_CALL_RATE_LIMITED) break;
         *pause_ms = retry_after_ms > 0 ? retry_after_ms : GATE_RATE_PAUSE_MS;
         if (*pause_ms > g->cap_ms) *pause_ms = g->cap_ms;
@@ -179,9 +186,7 @@ cons_gate_change cons_gate_learn(cons_gate *g, cons_call_outcome o, int64_t retr
             if (g->probes_out == 0 || now_us < g->closed_until_us) break;
             change = CONS_GATE_PROBE_FAILED;
         } else if (g->unavailable_run >= g->trip_after) {
-            g->tripped = true;
-            g->trips++;
-            g->probes_out = 0;
+            (void)gate_trip(g);
             change = CONS_GATE_TRIPPED;
         } else {
             break;
@@ -213,16 +218,11 @@ bool cons_gate_hear(cons_gate *g, cons_news news, int64_t pause_ms, int64_t now_
         break;
     case CONS_NEWS_OUTAGE_OVER:
         g->held_until_us = 0;
-        if (g->tripped) { /* the teller's call was answered: as one of ours */
-            g->tripped = false;
-            g->probes_out = 0;
-            g->unavailable_run = 0;
-            g->cooldown_ms = GATE_COOLDOWN_MIN_MS;
-        }
+        if (g->tripped) (void)gate_answered(g); /* the teller's call was answered: as one of ours */
         break;
     case CONS_NEWS_HANDOVER:
         g->held_until_us = 0;
-        if (g->trip_after > 0) gate_take_over(g);
+        if (g->trip_after > 0) (void)gate_trip(g); /* the first probe may go at once */
         break;
     }
     bool changed = gate_is_closed(g, now_us) != was_closed;

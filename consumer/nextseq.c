@@ -2,9 +2,10 @@
  * one, of any subject or of one, in one JetStream API request. The stall
  * check walks a durable's range with it: a run of sequences gone from the
  * stream (acked by every durable, or lost), or of other lanes, costs one
- * request instead of one js_GetMsg each. nats.c 3.4.1 offers "next by subject" only through the direct get
- * API, which the stream would have to allow (allow_direct); the stream's
- * own $JS.API.STREAM.MSG.GET takes {"seq", "next_by_subj"} on 2.9.10. */
+ * request instead of one js_GetMsg each. nats.c 3.4.1 offers "next by
+ * subject" only through the direct get API, which the stream would have to
+ * allow (allow_direct); the stream's own $JS.API.STREAM.MSG.GET takes
+ * {"seq", "next_by_subj"} on 2.9.10. */
 #include <inttypes.h>
 #include <stdio.h>
 

@@ -280,6 +280,11 @@ int h_publish_jobreq(jsCtx *js, const char *subject, const char *id, const char 
 /* The same, with the stream sequence it got into *seq (may be NULL). */
 int h_publish_jobreq_at(jsCtx *js, const char *subject, const char *id, const char *user,
                         const char *prompt, uint64_t *seq);
+/* h_publish_jobreq_at, then waits (30 s) until the store records the job
+ * pending, cr_asserting both; returns the job as user's GET (token) shows
+ * it, for the caller to json_decref. */
+json_t *h_publish_recorded(h_stack *s, jsCtx *js, const char *subject, const char *id, const char *user,
+                           const char *token, const char *prompt, uint64_t *seq);
 /* A packed COMPLETED transition of alice's job id, attempt 1, with one
  * image (url /v1/jobs/<id>/images/0, size_bytes, no ImageBlob), as a
  * consumer publishes it on kiln.tx. The caller frees *buf. */

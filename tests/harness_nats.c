@@ -135,6 +135,15 @@ int h_publish_jobreq_at(jsCtx *js, const char *subject, const char *id, const ch
     return rc;
 }
 
+json_t *h_publish_recorded(h_stack *s, jsCtx *js, const char *subject, const char *id, const char *user,
+                           const char *token, const char *prompt, uint64_t *seq)
+{
+    cr_assert_eq(h_publish_jobreq_at(js, subject, id, user, prompt, seq), 0);
+    json_t *j = h_wait_job(s, token, id, "pending", 30000);
+    cr_assert_str_eq(h_jstr(j, "status"), "pending", "the store never recorded the job");
+    return j;
+}
+
 int h_msg_header(natsMsg *m, const char *name, char *out, size_t len)
 {
     const char *v = NULL;
